@@ -1,0 +1,108 @@
+"""The ``rlhf-lab`` command: one subcommand per DVC stage, each reading ``--params``.
+
+    rlhf-lab --help
+    rlhf-lab prepare_models --params params.yaml
+
+Errors a user can fix (bad params, bad data, a model that can't be found) print one line and
+exit with code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rlhf_lab.errors import RlhfLabError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="RLHF experiment stages (run them through `dvc repro`; each is also a command).",
+)
+
+ParamsOpt = Annotated[
+    Path, typer.Option("--params", "-p", help="params file (YAML)", show_default=True)
+]
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+def _run(stage: str, params_path: Path, **kwargs: Any) -> None:
+    from rlhf_lab.config import load_params
+    from rlhf_lab.ui import console
+
+    try:
+        params = load_params(params_path)
+        module = importlib.import_module(f"rlhf_lab.stages.{stage}")
+        module.main(params, **kwargs)
+    except RlhfLabError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("prepare_models")
+def prepare_models(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Materialise models/base/{policy,encoder} from embedded models, local dirs or hub ids."""
+    _run("prepare_models", params)
+
+
+@app.command("prepare_preference")
+def prepare_preference(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Normalise a data source into preference pairs and prompts; drop invalid rows to a file."""
+    _run("prepare_preference", params)
+
+
+@app.command("score_with_llm")
+def score_with_llm(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Score every candidate reply with the LLM judge (local model or OpenAI-compatible API)."""
+    _run("score_with_llm", params)
+
+
+@app.command("train_reward")
+def train_reward(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Train the Bradley–Terry reward model on preference pairs."""
+    _run("train_reward", params)
+
+
+@app.command("train_critic")
+def train_critic(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Warm-start the PPO critic (LoRA + value head) by regression on judge scores."""
+    _run("train_critic", params)
+
+
+@app.command("train_sft")
+def train_sft(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Supervised fine-tuning with LoRA, merged into models/sft (the baseline)."""
+    _run("train_sft", params)
+
+
+@app.command("train_ppo")
+def train_ppo(
+    params: ParamsOpt = DEFAULT_PARAMS,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue from the last checkpoint")
+    ] = False,
+) -> None:
+    """PPO on the SFT policy against the composite reward."""
+    _run("train_ppo", params, resume=resume)
+
+
+@app.command("evaluate")
+def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Compare SFT and PPO on held-out prompts; write metrics, samples, plots and a report."""
+    _run("evaluate", params)
+
+
+@app.command("params")
+def params_cmd() -> None:
+    """Print the default params.yaml, every key with its one-line doc."""
+    from rlhf_lab.config import documented_yaml
+
+    typer.echo(documented_yaml(), nl=False)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,394 @@
+"""Typed configuration: one frozen class per ``params.yaml`` section.
+
+Every field carries a one-line doc (the attribute docstring under it; ``rlhf-lab params`` prints
+them). Loading is strict: an unknown key or a value of the wrong type fails with one line
+that names the file, the section and the key, e.g.::
+
+    params.yaml: ppo.clip: expected a number, got 'wide'
+
+Derived sizes (PPO minibatch size, ...) are computed once here and checked, in the spirit of
+lm-human-preferences' ``validate()``: bad combinations fail before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rlhf_lab.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for every params section: frozen, strict, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+    )
+
+
+class TaskConfig(Section):
+    name: Literal["chat", "crs", "docstring"] = "chat"
+    """Which task: preference-tuned chat, movie recommendation (ReDial) or docstrings."""
+    system_prompt: str | None = None
+    """System message put before every prompt; null keeps the chat template's default."""
+
+
+class ModelsConfig(Section):
+    policy: str = "embedded:smollm2-135m-instruct"
+    """Policy source: an embedded name (embedded:...), a local directory or a hub id."""
+    encoder: str = "embedded:all-minilm-l6-v2"
+    """Encoder for the reward model and BERTScore: embedded name, local dir or hub id."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) for hub ids; ignored for local sources."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the policy is materialised in (float32 on CPU; bfloat16 on recent GPUs)."""
+
+
+class DataConfig(Section):
+    source: str = "chitchat"
+    """Where rows come from: 'chitchat' (embedded), a local file or a hub dataset id."""
+    format: Literal["auto", "chitchat", "hh", "redial", "docstring"] = "auto"
+    """Row format of the source; 'auto' infers it from the task and the source."""
+    data_dir: str | None = None
+    """Hub subset (data_dir), e.g. 'helpful-base' for Anthropic/hh-rlhf."""
+    split: str = "train"
+    """Hub split to read when the source is a hub id."""
+    pairs: Literal["auto", "human", "reference_vs_sample", "judge"] = "auto"
+    """Pair construction: human labels, reference vs base-policy sample (SPIN), or judge."""
+    num_candidates: int = Field(2, ge=2)
+    """Replies sampled per prompt when data.pairs is 'judge'."""
+    max_examples: int = Field(400, ge=0)
+    """Rows kept from the source after validation (0 = all); sampled deterministically."""
+    max_turns: int = Field(6, ge=1)
+    """Dialogue turns of context kept in a prompt (the most recent ones)."""
+    max_chars: int = Field(2000, ge=16)
+    """Longest text (any single turn or reply) accepted, in characters."""
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Fraction of rows in the valid split (by a hash of id and seed)."""
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Fraction of rows in the test split (by a hash of id and seed)."""
+    max_invalid_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    """The stage fails when more than this fraction of source rows is invalid."""
+    catalogue: str | None = None
+    """crs only: a movie catalogue CSV (ReDial movies_with_mentions.csv format)."""
+    sample_max_new_tokens: int = Field(48, ge=1)
+    """Longest reply sampled from the base policy when building pairs (tokens)."""
+    sample_temperature: float = Field(0.7, gt=0.0)
+    """Sampling temperature for base-policy replies."""
+    sample_batch_size: int = Field(16, ge=1)
+    """Prompts per generation batch."""
+    seed: int = 0
+    """Seed for splitting, subsampling and sampling."""
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DataConfig:
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ValueError("data.valid_fraction + data.test_fraction must be below 1")
+        return self
+
+
+class JudgeConfig(Section):
+    backend: Literal["local", "openai", "none"] = "local"
+    """'local' scores with a causal LM in-process, 'openai' calls a chat-completions server."""
+    model: str = "models/base/policy"
+    """Judge model: a local dir or hub id (local), or the served model name (openai)."""
+    base_url: str | None = None
+    """openai backend: server URL, e.g. http://127.0.0.1:8000/v1 (vLLM, Ollama, llama.cpp)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """openai backend: name of the env var holding the API key (the key is never stored)."""
+    batch_size: int = Field(8, ge=1)
+    """local backend: replies scored per forward pass."""
+    max_length: int = Field(768, ge=32)
+    """local backend: longest judge prompt in tokens (truncated from the left)."""
+    pairwise: bool = False
+    """Also compare chosen vs rejected head to head, in both orders to cancel position bias."""
+    min_margin: float = Field(0.25, ge=0.0)
+    """data.pairs=judge: candidate pairs whose score gap is below this are dropped as ties."""
+    timeout_s: float = Field(60.0, gt=0.0)
+    """openai backend: per-request timeout in seconds."""
+    max_retries: int = Field(3, ge=0)
+    """openai backend: retries per item (exponential backoff) before it counts as failed."""
+    concurrency: int = Field(4, ge=1)
+    """openai backend: requests in flight at once."""
+    cache_dir: str = ".cache/judge"
+    """Resumable score cache keyed by (judge model, rubric sha, text sha)."""
+
+
+class RewardTrainConfig(Section):
+    lr: float = Field(3.0e-5, gt=0.0)
+    """AdamW learning rate for the reward model."""
+    epochs: int = Field(2, ge=1)
+    """Passes over the training pairs."""
+    batch_size: int = Field(16, ge=1)
+    """Pairs per optimiser step."""
+    max_length: int = Field(256, ge=16)
+    """Longest (prompt + reply) in encoder tokens; truncated from the left."""
+    weight_decay: float = Field(0.01, ge=0.0)
+    """AdamW weight decay."""
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    """Fraction of steps with linear learning-rate warm-up."""
+    seed: int = 0
+    """Seed for head init and shuffling."""
+
+
+class RewardConfig(Section):
+    train: RewardTrainConfig = RewardTrainConfig()
+    """Reward-model training (the train_reward stage reads only this part)."""
+    weights: dict[str, float] = {"reward_model": 1.0}
+    """Composite PPO score: weight per component (reward_model, judge, text/..., task/...)."""
+    weights_end: dict[str, float] | None = None
+    """If set, weights move linearly from `weights` to these over PPO training (curriculum)."""
+    length_band: list[int] = [5, 60]
+    """Reply length band [lo, hi] (whitespace tokens) that the text/length reward scores 1."""
+
+    @model_validator(mode="after")
+    def _band(self) -> RewardConfig:
+        band = self.length_band
+        if len(band) != 2 or not 0 <= band[0] <= band[1]:
+            raise ValueError(f"reward.length_band must be [lo, hi] with 0 <= lo <= hi, got {band}")
+        return self
+
+
+class LoraConfig(Section):
+    r: int = Field(16, ge=1)
+    """LoRA rank."""
+    alpha: int = Field(32, ge=1)
+    """LoRA alpha (scale = alpha / r)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """LoRA dropout."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Modules that get adapters (peft names), or 'all-linear'."""
+
+
+class SftConfig(Section):
+    lr: float = Field(2.0e-4, gt=0.0)
+    """AdamW learning rate for the LoRA parameters."""
+    epochs: int = Field(1, ge=1)
+    """Passes over the training replies."""
+    batch_size: int = Field(8, ge=1)
+    """Sequences per optimiser step."""
+    max_length: int = Field(384, ge=16)
+    """Longest prompt + reply in tokens (prompt truncated from the left)."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA adapter settings; the adapter is merged into models/sft at the end."""
+    seed: int = 0
+    """Seed for adapter init and shuffling."""
+
+
+class CriticConfig(Section):
+    lr: float = Field(1.0e-4, gt=0.0)
+    """AdamW learning rate for the critic adapter and value head."""
+    epochs: int = Field(2, ge=1)
+    """Passes over the scored replies."""
+    batch_size: int = Field(8, ge=1)
+    """Replies per optimiser step."""
+    max_length: int = Field(384, ge=16)
+    """Longest prompt + reply in tokens."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA adapter settings of the critic."""
+    seed: int = 0
+    """Seed for init and shuffling."""
+
+
+class PpoConfig(Section):
+    steps: int = Field(40, ge=1)
+    """PPO iterations (each: one rollout batch, then `epochs` passes of updates)."""
+    batch_size: int = Field(16, ge=1)
+    """Prompts per rollout batch."""
+    minibatches: int = Field(2, ge=1)
+    """Minibatches per PPO epoch (minibatch size = batch_size / minibatches)."""
+    epochs: int = Field(2, ge=1)
+    """PPO epochs over each rollout batch."""
+    lr: float = Field(5.0e-5, gt=0.0)
+    """AdamW learning rate (policy adapter, critic adapter and value head)."""
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Global gradient-norm clip."""
+    clip: float = Field(0.2, gt=0.0)
+    """Policy ratio clip range ε."""
+    clip_value: float = Field(0.2, gt=0.0)
+    """Value clip range around the rollout values."""
+    vf_coef: float = Field(0.1, ge=0.0)
+    """Weight of the value loss in the total loss."""
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    """GAE discount."""
+    lam: float = Field(0.95, ge=0.0, le=1.0)
+    """GAE λ."""
+    kl_coef: float = Field(0.05, ge=0.0)
+    """β: initial (adaptive) or fixed KL penalty coefficient."""
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    """Per-token KL estimator in the reward (k1 = log-ratio; k3 = unbiased, non-negative)."""
+    adaptive_kl: bool = True
+    """Use the adaptive KL controller (Ziegler et al. 2019) instead of a fixed β."""
+    kl_target: float = Field(6.0, gt=0.0)
+    """Adaptive controller: target KL per reply (nats)."""
+    kl_horizon: int = Field(10000, ge=1)
+    """Adaptive controller: horizon (in samples)."""
+    whiten_rewards: bool = False
+    """Whiten per-token rewards across the batch before GAE."""
+    target_approx_kl: float | None = None
+    """Stop the epochs of a step early when approx-KL passes this (null: never)."""
+    temperature: float = Field(0.7, gt=0.0)
+    """Sampling temperature (the same temperature is used to recompute logprobs)."""
+    max_new_tokens: int = Field(48, ge=1)
+    """Longest reply in tokens."""
+    missing_eos_penalty: float | None = 1.0
+    """Subtracted from the score of a reply that never emits EOS (null: no penalty)."""
+    score_clip: float | None = 5.0
+    """Clip the normalised score to ±this before shaping (null: no clip)."""
+    lora: LoraConfig = LoraConfig()
+    """Policy adapter settings."""
+    save_every: int = Field(10, ge=1)
+    """Checkpoint every this many steps (for --resume)."""
+    max_bad_steps: int = Field(3, ge=1)
+    """Abort after this many updates skipped for a non-finite loss."""
+    seed: int = 0
+    """Seed for sampling and minibatch order."""
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PpoConfig:
+        if self.batch_size % self.minibatches:
+            raise ValueError(
+                f"ppo.batch_size ({self.batch_size}) must be divisible by "
+                f"ppo.minibatches ({self.minibatches})"
+            )
+        # lm-human-preferences asserts minibatch_size >= 8 when whitening: whitening a
+        # handful of advantages amplifies noise into the update.
+        if self.minibatch_size < 2:
+            raise ValueError("ppo.batch_size / ppo.minibatches must be at least 2")
+        return self
+
+    @property
+    def minibatch_size(self) -> int:
+        """Rollouts per gradient step."""
+        return self.batch_size // self.minibatches
+
+
+class EvalGates(Section):
+    min_reward_gain: float = 0.0
+    """Proceed only if PPO's mean reward-model score beats SFT's by more than this."""
+    max_kl: float = Field(10.0, ge=0.0)
+    """Proceed only if KL(PPO || SFT) per reply is below this (nats)."""
+    max_bleu_drop: float = Field(2.0, ge=0.0)
+    """Proceed only if BLEU falls by at most this (BLEU points)."""
+    max_distinct2_drop: float = Field(0.1, ge=0.0)
+    """Proceed only if distinct-2 falls by at most this fraction of SFT's."""
+
+
+class EvalConfig(Section):
+    num_prompts: int = Field(100, ge=1)
+    """Held-out prompts evaluated (from data/prompts/test.jsonl)."""
+    batch_size: int = Field(16, ge=1)
+    """Prompts per generation batch."""
+    max_new_tokens: int = Field(48, ge=1)
+    """Longest reply in tokens."""
+    temperature: float = Field(0.7, ge=0.0)
+    """Sampling temperature (0 = greedy); the same for SFT and PPO."""
+    bertscore_layers: int = Field(6, ge=1)
+    """Encoder layer BERTScore reads (MiniLM-L6 has 6)."""
+    n_boot: int = Field(2000, ge=100)
+    """Bootstrap resamples for confidence intervals."""
+    gates: EvalGates = EvalGates()
+    """Thresholds for the proceed / adjust / reconsider verdict."""
+    seed: int = 0
+    """Seed for sampling (shared by both models) and the bootstrap."""
+
+
+class Params(Section):
+    """All of params.yaml."""
+
+    task: TaskConfig = TaskConfig()
+    models: ModelsConfig = ModelsConfig()
+    data: DataConfig = DataConfig()
+    judge: JudgeConfig = JudgeConfig()
+    reward: RewardConfig = RewardConfig()
+    critic: CriticConfig = CriticConfig()
+    sft: SftConfig = SftConfig()
+    ppo: PpoConfig = PpoConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def _describe(err: dict[str, Any]) -> str:
+    kind = err["type"]
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "missing key"
+    if kind in {"float_type", "int_type", "bool_type", "string_type", "dict_type", "list_type"}:
+        want = {
+            "float_type": "a number",
+            "int_type": "an integer",
+            "bool_type": "true or false",
+            "string_type": "a string",
+            "dict_type": "a mapping",
+            "list_type": "a list",
+        }[kind]
+        return f"expected {want}, got {got!r}"
+    return f"{err['msg']} (got {got!r})"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a parsed YAML mapping; raise ConfigError with one line naming the key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        if err["type"] == "value_error":
+            # model validators: the message already names the keys
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            raise ConfigError(f"{source}: {msg}{more}") from None
+        raise ConfigError(f"{source}: {key}: {_describe(err)}{more}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate ``params.yaml`` (a missing file gives the defaults is NOT allowed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    return parse_params(raw, str(path))
+
+
+def section_dict(params: Params, *names: str) -> dict[str, Any]:
+    """The named sections as plain data, for provenance files next to saved models."""
+    return {n: getattr(params, n).model_dump(mode="json") for n in names}
+
+
+def documented_yaml(params: Params | None = None) -> str:
+    """``params`` as YAML with each field's doc line as a comment (used to write params.yaml)."""
+    params = params or Params()
+    lines: list[str] = []
+
+    def emit(model: BaseModel, indent: int) -> None:
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            pad = "  " * indent
+            if field.description:
+                lines.append(f"{pad}# {field.description}")
+            if isinstance(value, BaseModel):
+                lines.append(f"{pad}{name}:")
+                emit(value, indent + 1)
+            else:
+                dumped = yaml.safe_dump(
+                    {name: value}, default_flow_style=True, sort_keys=False, width=200
+                ).strip()
+                lines.append(f"{pad}{dumped.removeprefix('{').removesuffix('}')}")
+
+    for name in Params.model_fields:
+        lines.append(f"{name}:")
+        emit(getattr(params, name), 1)
+    return "\n".join(lines) + "\n"

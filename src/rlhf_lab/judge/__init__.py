@@ -1,0 +1,1 @@
+"""The LLM judge: rubrics, backends (local, openai) and the resumable score cache."""

@@ -1,0 +1,1 @@
+"""PPO for language models: pure math (core) and the trainer."""

@@ -1,0 +1,15 @@
+"""train_ppo: not implemented yet (tracked in issue #5).
+
+rlhf-lab train_ppo --params params.yaml
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlhf_lab.config import Params
+from rlhf_lab.errors import NotImplementedStage
+
+
+def main(params: Params, **_: Any) -> None:
+    raise NotImplementedStage("stage 'train_ppo' is not implemented yet (issue #5)")

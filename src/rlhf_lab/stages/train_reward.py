@@ -1,0 +1,15 @@
+"""train_reward: not implemented yet (tracked in issue #4).
+
+rlhf-lab train_reward --params params.yaml
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlhf_lab.config import Params
+from rlhf_lab.errors import NotImplementedStage
+
+
+def main(params: Params, **_: Any) -> None:
+    raise NotImplementedStage("stage 'train_reward' is not implemented yet (issue #4)")

@@ -1,0 +1,1 @@
+"""Task-specific data and reward rules (chat, crs, docstring)."""

@@ -1,0 +1,503 @@
+"""Docstring generation: static-analysis rewards computed from the function's ``ast``.
+
+The prompt row holds the function source in ``row["meta"]["code"]`` and the human docstring
+in ``row["reference"]``. The code is parsed with :mod:`ast` and never executed.
+:func:`analyze_function` extracts the facts a good docstring should reflect (parameters,
+whether a value is returned, what is raised, which control flow is used) and each component
+checks the reply against one fact, giving a score in [0, 1]:
+
+=================== ===========================================================================
+``param_coverage``  fraction of parameters (a leading ``self``/``cls`` excluded) the docstring
+                    names as a whole word, case-insensitive, ``max_len`` also as "max len";
+                    1.0 when there are none
+``return_mention``  value returned (``return <expr>`` other than ``None``, or a generator):
+                    1 if the docstring uses a return word (return/returns/yield(s)/"->"/
+                    ``:rtype``/generator), else 0. Nothing returned: 1 unless the docstring
+                    claims a return value — a return word not followed by "None"/"nothing".
+                    A stub body (``pass``, ``...``, ``raise NotImplementedError``) describes a
+                    contract that the code does not show, so any docstring gets 1
+``raises_mention``  body raises: 1 if the docstring says raise/throw/error/exception (any word
+                    ending in "error"/"exception" included) or names a raised class, else 0;
+                    1 when nothing is raised
+``control_flow``    fraction of the control-flow kinds present (if/match, for, while, try) that
+                    the docstring describes through the kind's keyword family
+                    (:data:`CONTROL_FLOW_WORDS`); 1 when there is none
+``length``          1 for :data:`LENGTH_MIN_WORDS`..:data:`LENGTH_MAX_WORDS` words, linear to 0
+                    at 0 words and at :data:`LENGTH_ZERO_WORDS`
+``bleu``            sentence BLEU-4 (sacrebleu, ``exp`` smoothing) to the reference / 100; 0
+                    without a reference
+=================== ===========================================================================
+
+Code that does not parse (the Python 2 part of the Barone & Sennrich corpus, truncated code)
+gets ``parse_ok=False`` and 0.0 on the four code-based components: with no facts there is no
+evidence the reply is right, and a constant 1.0 would reward any text on those rows. Only
+statements of the function itself count: a ``return`` or ``raise`` inside a nested ``def`` or
+``class`` belongs to that inner scope, and comprehensions / ``x if c else y`` are expressions,
+not control flow a docstring is expected to narrate.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import re
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import sacrebleu
+
+from rlhf_lab.rewards import Row, register
+
+LENGTH_MIN_WORDS = 3
+"""Shortest docstring (in whitespace-separated words) with full length score."""
+LENGTH_MAX_WORDS = 80
+"""Longest docstring with full length score."""
+LENGTH_ZERO_WORDS = 160
+"""Length at which the score has fallen linearly to 0 above the band."""
+
+COMPONENTS = (
+    "param_coverage",
+    "return_mention",
+    "raises_mention",
+    "control_flow",
+    "length",
+    "bleu",
+)
+"""Component names; each is registered as ``docstring/<name>``."""
+
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "param_coverage": 0.3,
+    "return_mention": 0.15,
+    "raises_mention": 0.1,
+    "control_flow": 0.1,
+    "length": 0.1,
+    "bleu": 0.25,
+}
+"""Weights used by :func:`docstring_reward` when none are given."""
+
+CONTROL_FLOW_WORDS: dict[str, tuple[str, ...]] = {
+    "if": (
+        r"if",
+        r"when",
+        r"whenever",
+        r"unless",
+        r"otherwise",
+        r"else",
+        r"whether",
+        r"depending",
+        r"conditionally",
+        r"in case",
+    ),
+    "for": (
+        r"each",
+        r"every",
+        r"all",
+        r"iterat\w*",
+        r"loop\w*",
+        r"over",
+        r"through",
+    ),
+    "while": (
+        r"until",
+        r"while",
+        r"repeat\w*",
+        r"loop\w*",
+        r"as long as",
+        r"retr(?:y|ies|ied|ying)",
+        r"poll\w*",
+    ),
+    "try": (
+        r"try",
+        r"tries",
+        r"trying",
+        r"attempt\w*",
+        r"fail\w*",
+        r"\w*errors?",
+        r"\w*exceptions?",
+        r"catch\w*",
+        r"caught",
+    ),
+}
+"""Keyword families (regexes matched as whole words, case-insensitive) per control-flow kind."""
+
+_RETURN_WORDS = re.compile(
+    r"\b(returns?|returned|returning|yields?|yielded|yielding|generators?|rtype)\b"
+    r"|->",
+    re.IGNORECASE,
+)
+_NO_VALUE = re.compile(r"[\s:*`]*(none|nothing|anything|null|no\s+value)\b", re.IGNORECASE)
+_RAISE_WORDS = re.compile(
+    r"\b(raises?|raised|raising|throws?|thrown|throwing|\w*errors?|\w*exceptions?)\b",
+    re.IGNORECASE,
+)
+_FENCE = re.compile(r"^\s*```[\w+-]*\s*\n?(.*?)\n?\s*```\s*$", re.DOTALL)
+_CONTROL_RES = {
+    kind: re.compile(r"\b(?:" + "|".join(words) + r")\b", re.IGNORECASE)
+    for kind, words in CONTROL_FLOW_WORDS.items()
+}
+
+
+@dataclass(frozen=True)
+class FunctionFacts:
+    """What static analysis knows about a function (all empty when ``parse_ok`` is False)."""
+
+    name: str
+    """Function name ("" when nothing parsed)."""
+    params: tuple[str, ...]
+    """Parameter names in order, ``*args``/``**kwargs`` as ``args``/``kwargs``, no self/cls."""
+    returns_value: bool
+    """A ``return`` with a value other than ``None``, or a ``yield`` (a generator)."""
+    raises: tuple[str, ...]
+    """Raised exception names (last dotted part; a bare re-raise gives the handler's types)."""
+    control_flow: tuple[str, ...]
+    """Kinds present, subset of ``("if", "for", "while", "try")`` in that order."""
+    parse_ok: bool
+    """The code parsed and a function was found in it."""
+    is_stub: bool = False
+    """The body is only ``pass``/``...``/a docstring/``raise NotImplementedError``."""
+
+
+_NO_FACTS = FunctionFacts("", (), False, (), (), False)
+
+
+def _first_function(tree: ast.Module) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+    """First top-level def, else the first method of the first class that has one."""
+    funcs = (ast.FunctionDef, ast.AsyncFunctionDef)
+    for node in tree.body:
+        if isinstance(node, funcs):
+            return node
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, funcs):
+                    return item
+    return None
+
+
+def _own_nodes(func: ast.AST) -> list[ast.AST]:
+    """Nodes of ``func``'s body, not descending into nested defs, classes or lambdas."""
+    out: list[ast.AST] = []
+    stack = list(ast.iter_child_nodes(func))
+    scopes = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        if not isinstance(node, scopes):
+            stack.extend(ast.iter_child_nodes(node))
+    return out
+
+
+def _exc_name(node: ast.expr | None) -> str | None:
+    if node is None:
+        return None
+    if isinstance(node, ast.Call):
+        node = node.func
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    if isinstance(node, ast.Name):
+        return node.id
+    return None
+
+
+def _handler_names(handler: ast.ExceptHandler) -> list[str]:
+    if handler.type is None:
+        return ["Exception"]
+    types = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return [n for n in (_exc_name(t) for t in types) if n]
+
+
+def _raises(func: ast.AST) -> list[str]:
+    names: list[str] = []
+
+    def visit(node: ast.AST, handler: ast.ExceptHandler | None) -> None:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            return
+        if isinstance(node, ast.Raise):
+            if node.exc is None:
+                found = _handler_names(handler) if handler is not None else ["Exception"]
+            else:
+                found = [_exc_name(node.exc) or "Exception"]
+            names.extend(n for n in found if n not in names)
+        for child in ast.iter_child_nodes(node):
+            visit(child, node if isinstance(node, ast.ExceptHandler) else handler)
+
+    for child in ast.iter_child_nodes(func):
+        visit(child, None)
+    return names
+
+
+def _is_stub(func: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    body = list(func.body)
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]  # docstring
+    if not body:
+        return True
+    if len(body) != 1:
+        return False
+    stmt = body[0]
+    if isinstance(stmt, ast.Pass):
+        return True
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+        return stmt.value.value is Ellipsis
+    return isinstance(stmt, ast.Raise) and _exc_name(stmt.exc) == "NotImplementedError"
+
+
+@functools.lru_cache(maxsize=4096)
+def analyze_function(code: str) -> FunctionFacts:
+    """Static facts about the first function in ``code`` (parsed, never executed).
+
+    Never raises: code that does not parse, or has no function, gives ``parse_ok=False``.
+    """
+    try:
+        tree = ast.parse(textwrap.dedent(code))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return _NO_FACTS
+    func = _first_function(tree)
+    if func is None:
+        return _NO_FACTS
+    a = func.args
+    params = [p.arg for p in (*a.posonlyargs, *a.args)]
+    if params and params[0] in ("self", "cls"):
+        params = params[1:]
+    params += [a.vararg.arg] if a.vararg else []
+    params += [p.arg for p in a.kwonlyargs]
+    params += [a.kwarg.arg] if a.kwarg else []
+
+    nodes = _own_nodes(func)
+    returns_value = any(
+        isinstance(n, ast.Yield | ast.YieldFrom)
+        or (
+            isinstance(n, ast.Return)
+            and n.value is not None
+            and not (isinstance(n.value, ast.Constant) and n.value.value is None)
+        )
+        for n in nodes
+    )
+    kinds = {
+        "if": (ast.If, ast.Match),
+        "for": (ast.For, ast.AsyncFor),
+        "while": (ast.While,),
+        "try": (ast.Try, ast.TryStar),
+    }
+    control = tuple(k for k, types in kinds.items() if any(isinstance(n, types) for n in nodes))
+    return FunctionFacts(
+        name=func.name,
+        params=tuple(params),
+        returns_value=returns_value,
+        raises=tuple(_raises(func)),
+        control_flow=control,
+        parse_ok=True,
+        is_stub=_is_stub(func),
+    )
+
+
+def clean_docstring(reply: str) -> str:
+    """The docstring text of a reply: code fences and surrounding triple quotes removed.
+
+    A reply that is a whole ``def`` gives that function's docstring ("" if it has none), so
+    a policy cannot collect parameter coverage by echoing the signature.
+    """
+    text = reply.strip()
+    m = _FENCE.match(text)
+    if m:
+        text = m.group(1).strip()
+    if re.match(r"(async\s+)?def\s|@", text):
+        try:
+            func = _first_function(ast.parse(text))
+        except (SyntaxError, ValueError):
+            func = None
+        if func is not None:
+            return (ast.get_docstring(func) or "").strip()
+    for quote in ('"""', "'''"):
+        if text.startswith(quote):
+            text = text[3:]
+            if text.endswith(quote):
+                text = text[:-3]
+            break
+    return text.strip()
+
+
+def _mentions_word(doc: str, word: str) -> bool:
+    pattern = r"(?<![A-Za-z0-9_])" + re.escape(word) + r"(?![A-Za-z0-9_])"
+    return re.search(pattern, doc, re.IGNORECASE) is not None
+
+
+def param_coverage(doc: str, facts: FunctionFacts) -> float:
+    """Fraction of parameters the docstring names (see module docstring)."""
+    if not facts.parse_ok:
+        return 0.0
+    if not facts.params:
+        return 1.0
+    named = 0
+    for p in facts.params:
+        spaced = p.strip("_").replace("_", " ")
+        if _mentions_word(doc, p) or (spaced and spaced != p and _mentions_word(doc, spaced)):
+            named += 1
+    return named / len(facts.params)
+
+
+def _claims_return(doc: str) -> bool:
+    # "Returns None" / "returns nothing" is not a claim of a value.
+    return any(not _NO_VALUE.match(doc, m.end()) for m in _RETURN_WORDS.finditer(doc))
+
+
+def return_mention(doc: str, facts: FunctionFacts) -> float:
+    """Does the docstring's return statement agree with the code? (module docstring)"""
+    if not facts.parse_ok:
+        return 0.0
+    if facts.is_stub:
+        return 1.0
+    if facts.returns_value:
+        return 1.0 if _RETURN_WORDS.search(doc) else 0.0
+    return 0.0 if _claims_return(doc) else 1.0
+
+
+def raises_mention(doc: str, facts: FunctionFacts) -> float:
+    """Does the docstring mention the exceptions the body raises? (module docstring)"""
+    if not facts.parse_ok:
+        return 0.0
+    if not facts.raises:
+        return 1.0
+    if _RAISE_WORDS.search(doc) or any(_mentions_word(doc, name) for name in facts.raises):
+        return 1.0
+    return 0.0
+
+
+def control_flow(doc: str, facts: FunctionFacts) -> float:
+    """Fraction of the function's control-flow kinds the docstring describes."""
+    if not facts.parse_ok:
+        return 0.0
+    if not facts.control_flow:
+        return 1.0
+    described = sum(1 for kind in facts.control_flow if _CONTROL_RES[kind].search(doc))
+    return described / len(facts.control_flow)
+
+
+def length_score(doc: str) -> float:
+    """1 inside the word band, linear to 0 at 0 words and at :data:`LENGTH_ZERO_WORDS`."""
+    n = len(doc.split())
+    if n < LENGTH_MIN_WORDS:
+        return n / LENGTH_MIN_WORDS
+    if n <= LENGTH_MAX_WORDS:
+        return 1.0
+    return max(0.0, 1.0 - (n - LENGTH_MAX_WORDS) / (LENGTH_ZERO_WORDS - LENGTH_MAX_WORDS))
+
+
+def bleu_score(doc: str, reference: str | None) -> float:
+    """Sentence BLEU-4 to ``reference`` in [0, 1] (sacrebleu, ``exp`` smoothing)."""
+    if not reference or not reference.strip() or not doc.strip():
+        return 0.0
+    bleu = sacrebleu.sentence_bleu(doc, [reference], smooth_method="exp")
+    return min(1.0, max(0.0, bleu.score / 100.0))
+
+
+def _row_code(row: Row) -> str:
+    code = (row.get("meta") or {}).get("code")
+    return code if isinstance(code, str) else ""
+
+
+def score_components(reply: str, row: Row, names: Sequence[str] = COMPONENTS) -> dict[str, float]:
+    """The named components (short names) for one reply to one row."""
+    doc = clean_docstring(reply)
+    facts = analyze_function(_row_code(row))
+    fns = {
+        "param_coverage": lambda: param_coverage(doc, facts),
+        "return_mention": lambda: return_mention(doc, facts),
+        "raises_mention": lambda: raises_mention(doc, facts),
+        "control_flow": lambda: control_flow(doc, facts),
+        "length": lambda: length_score(doc),
+        "bleu": lambda: bleu_score(doc, row.get("reference")),
+    }
+    return {name: float(fns[name]()) for name in names}
+
+
+def _normalise_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    clean: dict[str, float] = {}
+    for name, w in weights.items():
+        short = name.removeprefix("docstring/")
+        if short not in COMPONENTS:
+            raise ValueError(f"unknown docstring component {name!r}; known: {list(COMPONENTS)}")
+        if w < 0:
+            raise ValueError(f"docstring weight {name!r} is negative ({w})")
+        clean[short] = clean.get(short, 0.0) + float(w)
+    total = sum(clean.values())
+    if total <= 0:
+        raise ValueError("docstring weights sum to 0")
+    return {name: w / total for name, w in clean.items() if w > 0}
+
+
+def docstring_reward(
+    reply: str, row: Row, weights: Mapping[str, float] | None = None
+) -> tuple[float, dict[str, float]]:
+    """Weighted sum of components (weights normalised to sum 1) and the components used.
+
+    ``weights`` keys are component names with or without the ``docstring/`` prefix; default
+    :data:`DEFAULT_WEIGHTS`.
+    """
+    norm = _normalise_weights(DEFAULT_WEIGHTS if weights is None else weights)
+    comps = score_components(reply, row, tuple(norm))
+    return sum(norm[name] * comps[name] for name in norm), comps
+
+
+def bad_docstrings(code: str) -> list[str]:
+    """Deliberately bad docstrings for ``code``'s function, for the discrimination check.
+
+    Empty-ish, generic, wrong parameter names, and the function name copied.
+    """
+    facts = analyze_function(code)
+    name = facts.name or "function"
+    taken = {p.lower() for p in facts.params}
+    decoys = [w for w in ("foo", "bar", "baz", "qux", "spam", "eggs") if w not in taken]
+    wrong = decoys[: max(1, len(facts.params))] if decoys else ["thing"]
+    return [
+        "TODO",
+        "This function does stuff.",
+        f"Takes {' and '.join(wrong)}.",
+        name,
+    ]
+
+
+def _per_reply(component: str, replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
+    if len(replies) != len(rows):
+        raise ValueError(f"{len(replies)} replies for {len(rows)} rows")
+    return [
+        score_components(reply, row, (component,))[component]
+        for reply, row in zip(replies, rows, strict=True)
+    ]
+
+
+@register("docstring/param_coverage")
+def param_coverage_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
+    """Reward component: :func:`param_coverage` per reply."""
+    return _per_reply("param_coverage", replies, rows)
+
+
+@register("docstring/return_mention")
+def return_mention_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
+    """Reward component: :func:`return_mention` per reply."""
+    return _per_reply("return_mention", replies, rows)
+
+
+@register("docstring/raises_mention")
+def raises_mention_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
+    """Reward component: :func:`raises_mention` per reply."""
+    return _per_reply("raises_mention", replies, rows)
+
+
+@register("docstring/control_flow")
+def control_flow_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
+    """Reward component: :func:`control_flow` per reply."""
+    return _per_reply("control_flow", replies, rows)
+
+
+@register("docstring/length")
+def length_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
+    """Reward component: :func:`length_score` per reply."""
+    return _per_reply("length", replies, rows)
+
+
+@register("docstring/bleu")
+def bleu_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
+    """Reward component: :func:`bleu_score` per reply against ``row["reference"]``."""
+    return _per_reply("bleu", replies, rows)

@@ -1,0 +1,1 @@
+"""Supervised training loops: reward model, SFT, critic."""

@@ -1,0 +1,1 @@
+"""critic training (see issue #4)."""

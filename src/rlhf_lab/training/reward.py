@@ -1,0 +1,1 @@
+"""reward training (see issue #4)."""

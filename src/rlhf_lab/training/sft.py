@@ -1,0 +1,1 @@
+"""sft training (see issue #4)."""

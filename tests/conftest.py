@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny random models (seconds) and, once per session, the embedded models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from rlhf_lab.testing import build_tiny_encoder, build_tiny_policy
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Tests must never reach a model hub, and tokenizers' thread pool fights with pytest forks.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """A 2-layer Llama policy and a 2-layer BERT encoder saved with save_pretrained."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {
+        "policy": build_tiny_policy(root / "policy"),
+        "encoder": build_tiny_encoder(root / "encoder"),
+    }
+
+
+@pytest.fixture(scope="session")
+def embedded_models(tmp_path_factory) -> dict[str, Path]:
+    """The real embedded defaults materialised once per session (about 30 s)."""
+    from rlhf_lab import models
+
+    root = tmp_path_factory.mktemp("embedded-models")
+    models.materialise_policy("embedded:smollm2-135m-instruct", root / "policy", "float32", None)
+    models.materialise_encoder("embedded:all-minilm-l6-v2", root / "encoder", None)
+    return {"policy": root / "policy", "encoder": root / "encoder"}
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real public data); tests that need it skip cleanly without it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA

@@ -1,0 +1,75 @@
+"""params.yaml loading: strict types, unknown keys, one-line errors naming the key."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from rlhf_lab.config import Params, documented_yaml, load_params, parse_params
+from rlhf_lab.errors import ConfigError
+
+from .conftest import REPO
+
+
+def test_repo_params_load_and_match_documented_defaults():
+    params = load_params(REPO / "params.yaml")
+    assert params.ppo.clip == 0.2
+    assert params.ppo.minibatch_size == params.ppo.batch_size // params.ppo.minibatches
+    # params.yaml may tune values, but every section and key must exist in it, so that
+    # `dvc exp run -S section.key=...` edits an existing key and DVC tracks it.
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    defaults = yaml.safe_load(documented_yaml())
+
+    def keys(d, prefix=""):
+        out = set()
+        for k, v in d.items():
+            out.add(prefix + k)
+            if isinstance(v, dict) and k not in ("weights", "weights_end"):
+                out |= keys(v, prefix + k + ".")
+        return out
+
+    assert keys(raw) == keys(defaults)
+
+
+def test_documented_yaml_round_trips():
+    assert parse_params(yaml.safe_load(documented_yaml())) == Params()
+    assert "# PPO" in documented_yaml() or "# Policy ratio clip range" in documented_yaml()
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"ppo": {"clipp": 0.1}}, "params.yaml: ppo.clipp: unknown key"),
+        ({"ppo": {"clip": "wide"}}, "params.yaml: ppo.clip: expected a number, got 'wide'"),
+        ({"sft": {"epochs": 1.5}}, "params.yaml: sft.epochs: expected an integer, got 1.5"),
+        ({"bogus": {}}, "params.yaml: bogus: unknown key"),
+        ({"sft": {"lora": {"r": "8"}}}, "params.yaml: sft.lora.r: expected an integer, got '8'"),
+        ({"task": {"name": "poetry"}}, "params.yaml: task.name:"),
+        ({"ppo": {"batch_size": 10, "minibatches": 4}}, "must be divisible by ppo.minibatches"),
+        ({"data": {"valid_fraction": 0.6, "test_fraction": 0.5}}, "must be below 1"),
+    ],
+)
+def test_bad_params_give_one_line_naming_the_key(raw, message):
+    with pytest.raises(ConfigError) as info:
+        parse_params(raw)
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_frozen():
+    params = Params()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises ValidationError
+        params.ppo.clip = 0.3  # type: ignore[misc]
+
+
+def test_invalid_yaml_names_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ppo:\n  clip: [0.1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: invalid YAML"):
+        load_params(bad)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
