@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
+from rlhf_lab.config import documented_yaml, parse_params
 from rlhf_lab.testing import build_tiny_encoder, build_tiny_policy
 
 from .conftest import REPO
@@ -30,7 +33,10 @@ def tiny_repo(tmp_path) -> Path:
     repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
-    shutil.copy(REPO / "tests/profiles/tiny.yaml", repo / "params.yaml")
+    # DVC needs every declared param key in params.yaml: write the full documented file with
+    # the tiny profile's overrides applied.
+    tiny = parse_params(yaml.safe_load((REPO / "tests/profiles/tiny.yaml").read_text()))
+    (repo / "params.yaml").write_text(documented_yaml(tiny))
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     build_tiny_policy(repo / "tiny-models/policy")
     build_tiny_encoder(repo / "tiny-models/encoder")
@@ -42,6 +48,34 @@ def tiny_repo(tmp_path) -> Path:
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "tiny"], repo)
     return repo
+
+
+def test_full_dvc_repro_then_experiment(tiny_repo):
+    """The whole DAG on the tiny profile; a no-op repro; an experiment with a changed param."""
+    _run([*DVC, "repro"], tiny_repo)
+    metrics = json.loads((tiny_repo / "metrics/evaluate.json").read_text())
+    assert metrics["verdict/decision"] in {"proceed", "adjust", "reconsider"}
+    assert 0.0 <= metrics["delta/win_rate_rm"] <= 1.0
+    for stage in (
+        "prepare_preference",
+        "score_with_llm",
+        "train_reward",
+        "train_sft",
+        "train_critic",
+        "train_ppo",
+    ):
+        assert (tiny_repo / f"metrics/{stage}.json").is_file(), stage
+    assert (tiny_repo / "models/ppo/model.safetensors").is_file()
+    assert (tiny_repo / "reports/report.md").is_file()
+    status = _run([*DVC, "status"], tiny_repo)
+    assert "up to date" in status.stdout.lower()
+    _run(["git", "add", "-A"], tiny_repo)
+    _run(["git", "commit", "-qm", "baseline"], tiny_repo)
+    _run([*DVC, "exp", "run", "-S", "ppo.clip=0.1", "-n", "clip01"], tiny_repo)
+    shown = _run([*DVC, "exp", "show", "--json"], tiny_repo).stdout
+    assert "clip01" in shown and "0.1" in shown
+    diff = _run([*DVC, "metrics", "diff", "--json"], tiny_repo).stdout
+    assert "metrics/evaluate.json" in diff or "metrics/train_ppo.json" in diff
 
 
 def test_dvc_repro_prepare_models_then_up_to_date(tiny_repo):

@@ -96,6 +96,45 @@ def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     _run("evaluate", params)
 
 
+@app.command("generate")
+def generate(
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", help="a user message (repeatable)")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="prompts: .jsonl prompt rows, or one per line"),
+    ] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="base, sft, ppo or a model dir (repeat to compare)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="also write the replies as JSONL")
+    ] = None,
+    temperature: Annotated[
+        float | None, typer.Option(help="sampling temperature (default: eval.temperature)")
+    ] = None,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="longest reply (default: eval.max_new_tokens)")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="sampling seed (default: eval.seed)")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Sample replies from trained models for a prompt or a file of prompts (not a stage)."""
+    _run(
+        "generate",
+        params,
+        models=model or ["ppo"],
+        prompts=prompt or [],
+        file=file,
+        out=out,
+        temperature=temperature,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+    )
+
+
 @app.command("params")
 def params_cmd() -> None:
     """Print the default params.yaml, every key with its one-line doc."""

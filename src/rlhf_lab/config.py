@@ -115,6 +115,20 @@ class JudgeConfig(Section):
     """openai backend: requests in flight at once."""
     cache_dir: str = ".cache/judge"
     """Resumable score cache keyed by (judge model, rubric sha, text sha)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """local backend: dtype the judge runs in (float32 on CPU; bfloat16 on recent GPUs)."""
+    logprobs: bool = True
+    """openai backend: ask for top logprobs (expected rating); false parses the digit only."""
+    retry_backoff_s: float = Field(1.0, gt=0.0)
+    """openai backend: first retry waits this long (seconds), doubling each retry."""
+    max_failure_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Fail the stage (outputs still written) when more items fail; a re-run scores only those."""
+
+    @model_validator(mode="after")
+    def _backend(self) -> JudgeConfig:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError("judge.base_url is required when judge.backend is 'openai'")
+        return self
 
 
 class RewardTrainConfig(Section):
@@ -130,6 +144,8 @@ class RewardTrainConfig(Section):
     """AdamW weight decay."""
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
     """Fraction of steps with linear learning-rate warm-up."""
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Global gradient-norm clip."""
     seed: int = 0
     """Seed for head init and shuffling."""
 
@@ -172,6 +188,12 @@ class SftConfig(Section):
     """Sequences per optimiser step."""
     max_length: int = Field(384, ge=16)
     """Longest prompt + reply in tokens (prompt truncated from the left)."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay on the LoRA matrices."""
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    """Fraction of steps with linear learning-rate warm-up."""
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Global gradient-norm clip."""
     lora: LoraConfig = LoraConfig()
     """LoRA adapter settings; the adapter is merged into models/sft at the end."""
     seed: int = 0
@@ -187,6 +209,12 @@ class CriticConfig(Section):
     """Replies per optimiser step."""
     max_length: int = Field(384, ge=16)
     """Longest prompt + reply in tokens."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay on the LoRA matrices and the value head."""
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    """Fraction of steps with linear learning-rate warm-up."""
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Global gradient-norm clip."""
     lora: LoraConfig = LoraConfig()
     """LoRA adapter settings of the critic."""
     seed: int = 0
@@ -234,6 +262,8 @@ class PpoConfig(Section):
     """Sampling temperature (the same temperature is used to recompute logprobs)."""
     max_new_tokens: int = Field(48, ge=1)
     """Longest reply in tokens."""
+    max_prompt_length: int = Field(256, ge=8)
+    """Longest prompt in tokens (oldest turns dropped first, then cut from the left)."""
     missing_eos_penalty: float | None = 1.0
     """Subtracted from the score of a reply that never emits EOS (null: no penalty)."""
     score_clip: float | None = 5.0
@@ -267,6 +297,15 @@ class PpoConfig(Section):
 
 
 class EvalGates(Section):
+    """Thresholds of the evaluate verdict, checked on PPO vs SFT at the end of ``evaluate``.
+
+    Hard gates: ``reward_gain`` (mean reward-model gain > ``min_reward_gain``) and ``kl``
+    (KL(PPO || SFT) < ``max_kl``). Soft gates: ``bleu_drop`` and ``distinct2_drop``. Verdict:
+    ``proceed`` when every gate passes; ``adjust`` when only one soft gate fails (retune, e.g.
+    a larger KL coefficient or more diversity reward); ``reconsider`` when a hard gate fails or
+    both soft gates fail (the run did not buy reward, or bought it by drifting too far).
+    """
+
     min_reward_gain: float = 0.0
     """Proceed only if PPO's mean reward-model score beats SFT's by more than this."""
     max_kl: float = Field(10.0, ge=0.0)
@@ -292,6 +331,8 @@ class EvalConfig(Section):
     """Bootstrap resamples for confidence intervals."""
     gates: EvalGates = EvalGates()
     """Thresholds for the proceed / adjust / reconsider verdict."""
+    judge: bool = False
+    """Score replies with the configured judge too (slow on CPU)."""
     seed: int = 0
     """Seed for sampling (shared by both models) and the bootstrap."""
 

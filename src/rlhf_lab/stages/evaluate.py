@@ -1,15 +1,87 @@
-"""evaluate: not implemented yet (tracked in issue #6).
+"""evaluate: compare the SFT and PPO policies on held-out prompts and decide what to do next.
 
-rlhf-lab evaluate --params params.yaml
+    rlhf-lab evaluate --params params.yaml
+
+Reads ``task``, ``eval`` and ``reward.length_band`` (and ``judge`` when ``eval.judge`` is true),
+``data/prompts/test.jsonl``, ``models/{sft,ppo,reward}`` and ``models/base/encoder``. Writes
+``metrics/evaluate.json`` (flat keys: ``sft/...``, ``ppo/...``, ``ref/...``, ``delta/...``,
+``verdict/...``), ``reports/samples.jsonl``, ``reports/report.md`` and ``plots/evaluate/``
+(PNGs plus DVC plot data). The library is ``rlhf_lab.evaluation.evaluate`` (generation,
+scoring, statistics, gates) and ``rlhf_lab.evaluation.report`` (report and plots).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from rlhf_lab.config import Params
-from rlhf_lab.errors import NotImplementedStage
+from rlhf_lab import ui
+from rlhf_lab.config import Params, section_dict
+from rlhf_lab.evaluation import report
+from rlhf_lab.evaluation.evaluate import EvalPaths, JudgeScorer, load_prompt_rows, run_evaluation
+from rlhf_lab.io import atomic_dir, write_json, write_jsonl
+from rlhf_lab.models import read_provenance
+
+PROMPTS = Path("data/prompts/test.jsonl")
+REPORTS_DIR = Path("reports")
+PLOTS_DIR = Path("plots/evaluate")
+METRICS = Path("metrics/evaluate.json")
+PATHS = EvalPaths()
+
+
+def _judge_factory(params: Params) -> JudgeScorer:
+    # Imported only when eval.judge is on: building a judge loads a second LM (local backend).
+    from rlhf_lab.judge import build_judge
+
+    return build_judge(params.judge, params.task.name, progress=True).score
+
+
+def _run_params(params: Params) -> dict[str, Any]:
+    """The params the report lists: this stage's, plus what made the two policies."""
+    sections: dict[str, Any] = section_dict(params, "task", "eval")
+    sections["reward"] = {"length_band": params.reward.length_band}
+    for name, folder in (("sft", PATHS.sft), ("ppo", PATHS.ppo)):
+        made_by = read_provenance(folder).get("params", {})
+        if name in made_by:
+            sections[name] = made_by[name]
+    return report.flatten_params(sections)
 
 
 def main(params: Params, **_: Any) -> None:
-    raise NotImplementedStage("stage 'evaluate' is not implemented yet (issue #6)")
+    cfg = params.eval
+    rows = load_prompt_rows(PROMPTS, cfg.num_prompts)
+    result = run_evaluation(
+        rows,
+        cfg,
+        task=params.task.name,
+        system_prompt=params.task.system_prompt,
+        length_band=params.reward.length_band,
+        paths=PATHS,
+        judge_factory=(lambda: _judge_factory(params)) if cfg.judge else None,
+    )
+    with atomic_dir(PLOTS_DIR) as tmp:
+        report.write_plot_images(result, tmp)
+        report.write_plot_data(result, tmp)
+    with atomic_dir(REPORTS_DIR) as tmp:
+        write_jsonl(tmp / "samples.jsonl", report.sample_rows(result))
+        text = report.render_report(
+            result,
+            plots_rel=f"../{PLOTS_DIR.as_posix()}",
+            run_params=_run_params(params),
+            n_boot=cfg.n_boot,
+        )
+        (tmp / "report.md").write_text(text, encoding="utf-8")
+    write_json(METRICS, result.metrics)
+    m = result.metrics
+    ui.summary(
+        "evaluate",
+        {
+            "verdict": m["verdict/decision"],
+            "failed gates": m["verdict/failed_gates"] or "none",
+            "reward model SFT → PPO": f"{m['sft/rm_score']:.3f} → {m['ppo/rm_score']:.3f}",
+            "win rate (reward model)": m["delta/win_rate_rm"],
+            "Wilcoxon p (reward model)": m["delta/rm_pvalue_wilcoxon"],
+            "KL(PPO ‖ SFT)": m["delta/kl_ppo_sft"],
+            "report": str(REPORTS_DIR / "report.md"),
+        },
+    )

@@ -1,15 +1,112 @@
-"""score_with_llm: not implemented yet (tracked in issue #3).
+"""score_with_llm: the judge scores every candidate reply on the task's rubric.
 
-rlhf-lab score_with_llm --params params.yaml
+    rlhf-lab score_with_llm --params params.yaml
+
+Reads ``task``, ``judge``, ``data.pairs`` (and ``data.catalogue`` for crs); reads
+``data/preference/{train,valid,test}.jsonl`` and ``data/prompts/*.jsonl`` (task meta);
+writes ``data/scored/{split}.jsonl`` (scored rows; judge-labelled pairs when
+``data.pairs: judge``), ``data/scored/failures.jsonl`` (one line per failed judge item) and
+``metrics/score_with_llm.json``. Answers are cached under ``judge.cache_dir``: a re-run, or a
+run resumed after a kill, asks the judge only for what is missing. When more than
+``judge.max_failure_fraction`` of the items fail, the outputs are still written and the stage
+exits with code 2, so ``dvc repro`` runs it again (scoring only the failed items).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from rlhf_lab import ui
 from rlhf_lab.config import Params
-from rlhf_lab.errors import NotImplementedStage
+from rlhf_lab.errors import ConfigError, RlhfLabError
+from rlhf_lab.io import atomic_dir, write_json, write_jsonl
+from rlhf_lab.judge import build_judge
+from rlhf_lab.judge.preference import ScoredPreference, score_preference, unscored
+from rlhf_lab.judge.rows import is_candidate_row, load_preference, load_prompt_meta
+
+PREFERENCE_DIR = Path("data/preference")
+PROMPTS_DIR = Path("data/prompts")
+SCORED_DIR = Path("data/scored")
+METRICS = Path("metrics/score_with_llm.json")
+
+
+class JudgeFailures(RlhfLabError):
+    """More judge items failed than judge.max_failure_fraction allows."""
 
 
 def main(params: Params, **_: Any) -> None:
-    raise NotImplementedStage("stage 'score_with_llm' is not implemented yet (issue #3)")
+    cfg = params.judge
+    splits = load_preference(PREFERENCE_DIR, require_candidates=params.data.pairs == "judge")
+    if cfg.backend == "none":
+        if any(is_candidate_row(r) for rows in splits.values() for r in rows):
+            raise ConfigError(
+                "params.yaml: judge.backend: 'none' cannot label candidate rows "
+                "(data.pairs: judge needs backend local or openai)"
+            )
+        result = unscored(splits)
+    else:
+        if params.task.name == "crs" and params.data.catalogue:
+            from rlhf_lab.tasks import crs
+
+            crs.set_catalogue(params.data.catalogue)
+        judge = build_judge(cfg, params.task.name, progress=True)
+        result = score_preference(
+            judge,
+            splits,
+            min_margin=cfg.min_margin,
+            pairwise=cfg.pairwise,
+            prompt_meta=load_prompt_meta(PROMPTS_DIR),
+        )
+        result.metrics["judge/backend"] = cfg.backend
+    _write(result)
+    _summary(result, cfg.backend)
+    _check_failures(result, cfg.max_failure_fraction)
+
+
+def _write(result: ScoredPreference) -> None:
+    with atomic_dir(SCORED_DIR) as tmp:
+        for split, rows in result.splits.items():
+            write_jsonl(tmp / f"{split}.jsonl", rows)
+        write_jsonl(tmp / "failures.jsonl", result.failures)
+    write_json(METRICS, result.metrics)
+
+
+def _summary(result: ScoredPreference, backend: str) -> None:
+    m = result.metrics
+    rows: dict[str, Any] = {
+        "rows in → out": f"{m['judge/rows']} → {m['judge/rows_out']}",
+        "scored": ", ".join(f"{s}: {len(r)}" for s, r in result.splits.items()),
+    }
+    if backend != "none":
+        fails = {k.rsplit("/", 1)[1]: v for k, v in m.items() if k.startswith("judge/failures/")}
+        rows.update(
+            {
+                "judge": f"{backend}: {m['judge/model']}",
+                "rubric sha": m["judge/rubric_sha"][:16],
+                "items scored / total": f"{m['judge/items_scored']} / {m['judge/items']}",
+                "from cache / new": f"{m['judge/items_cached']} / {m['judge/items_new']}",
+                "failures": ", ".join(f"{k} {v}" for k, v in fails.items() if v) or "0",
+                "items/s": m["judge/items_per_s"] if m["judge/items_per_s"] else "—",
+                "ties dropped": m["judge/ties_dropped"],
+                "agreement (pairs)": (
+                    f"{m['judge/agreement']:.3f} ({m['judge/agreement_pairs']})"
+                    if m["judge/agreement"] is not None
+                    else "—"
+                ),
+                "longer-reply baseline": m["judge/length_baseline"] or "—",
+            }
+        )
+    rows["outputs"] = f"{SCORED_DIR}/, {METRICS}"
+    ui.summary("score_with_llm", rows)
+
+
+def _check_failures(result: ScoredPreference, max_fraction: float) -> None:
+    m = result.metrics
+    failed, total = m.get("judge/failures", 0), m.get("judge/items", 0)
+    if total and failed / total > max_fraction:
+        raise JudgeFailures(
+            f"score_with_llm: {failed} of {total} judge items failed (see "
+            f"{SCORED_DIR / 'failures.jsonl'}), more than judge.max_failure_fraction="
+            f"{max_fraction:g}; outputs were written, re-run to score only the missing items"
+        )

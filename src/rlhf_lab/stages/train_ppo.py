@@ -1,15 +1,99 @@
-"""train_ppo: not implemented yet (tracked in issue #5).
+"""train_ppo: PPO on the SFT policy against the composite reward; writes models/ppo.
 
-rlhf-lab train_ppo --params params.yaml
+    rlhf-lab train_ppo --params params.yaml
+    rlhf-lab train_ppo --params params.yaml --resume    # continue from checkpoints/train_ppo
+
+Reads ``task``, ``ppo``, ``reward.weights``/``weights_end``/``length_band`` (and ``judge`` when
+the judge weight is non-zero), ``data/prompts/train.jsonl``, ``models/sft``, ``models/critic``
+and ``models/reward``; writes ``models/ppo`` (the policy merged into a plain causal LM),
+``metrics/train_ppo.json``, dvclive curves under ``plots/train_ppo/`` and checkpoints under
+``checkpoints/train_ppo/``. The loop is :class:`rlhf_lab.ppo.trainer.PpoTrainer`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from rlhf_lab.config import Params
-from rlhf_lab.errors import NotImplementedStage
+import torch
+
+from rlhf_lab import ui
+from rlhf_lab.config import Params, section_dict
+from rlhf_lab.errors import DataError
+from rlhf_lab.io import atomic_dir, read_jsonl, write_json
+from rlhf_lab.ppo.model import export_policy, load_policy_critic
+from rlhf_lab.ppo.scoring import REWARD_MODEL, active_components, build_scorer, describe
+from rlhf_lab.ppo.trainer import PpoTrainer
+
+PROMPTS = Path("data/prompts/train.jsonl")
+SFT_DIR = Path("models/sft")
+CRITIC_DIR = Path("models/critic")
+REWARD_DIR = Path("models/reward")
+OUT_DIR = Path("models/ppo")
+CHECKPOINT_DIR = Path("checkpoints/train_ppo")
+PLOTS_DIR = Path("plots/train_ppo")
+METRICS = Path("metrics/train_ppo.json")
 
 
-def main(params: Params, **_: Any) -> None:
-    raise NotImplementedStage("stage 'train_ppo' is not implemented yet (issue #5)")
+def main(params: Params, resume: bool = False, **_: Any) -> None:
+    cfg = params.ppo
+    for path, stage in ((SFT_DIR, "train_sft"), (CRITIC_DIR, "train_critic")):
+        if not path.is_dir():
+            raise DataError(f"{path}: not found (run `rlhf-lab {stage}` first)")
+    weighted = active_components(params.reward.weights, params.reward.weights_end)
+    if REWARD_MODEL in weighted and not REWARD_DIR.is_dir():
+        raise DataError(f"{REWARD_DIR}: not found (run `rlhf-lab train_reward` first)")
+    if not PROMPTS.is_file():
+        raise DataError(f"{PROMPTS}: not found (run `rlhf-lab prepare_preference` first)")
+    rows = read_jsonl(PROMPTS)
+    if not rows:
+        raise DataError(f"{PROMPTS}: no prompts")
+
+    scorer = build_scorer(
+        params.reward,
+        cfg.steps,
+        reward_model_dir=REWARD_DIR,
+        judge_cfg=params.judge,
+        task=params.task.name,
+    )
+    torch.manual_seed(cfg.seed)  # the policy adapter's init
+    model = load_policy_critic(SFT_DIR, CRITIC_DIR, cfg.lora, cfg.temperature)
+    trainer = PpoTrainer(
+        model,
+        rows,
+        scorer,
+        cfg,
+        system_prompt=params.task.system_prompt,
+        checkpoint_dir=CHECKPOINT_DIR,
+        plots_dir=PLOTS_DIR,
+    )
+    metrics = trainer.train(resume=resume)
+
+    with atomic_dir(OUT_DIR) as tmp:
+        export_policy(
+            model,
+            tmp,
+            stage="train_ppo",
+            base=str(SFT_DIR),
+            critic=str(CRITIC_DIR),
+            reward=describe(scorer),
+            params=section_dict(params, "task", "ppo", "reward"),
+            metrics={k: v for k, v in metrics.items() if not k.startswith("time/")},
+        )
+    write_json(METRICS, metrics)
+    show = [
+        "objective/score_start",
+        "objective/score",
+        "objective/kl",
+        "objective/kl_coef",
+        "objective/entropy",
+        "policy/clipfrac",
+        "loss/value",
+        "val/explained_variance",
+        "gen/length",
+        "gen/eos_rate",
+        "train/skipped_updates",
+        "time/samples_per_s",
+    ]
+    rewards = sorted(k for k in metrics if k.startswith("reward/"))
+    ui.summary("train_ppo", {k: metrics[k] for k in [*show, *rewards] if k in metrics})

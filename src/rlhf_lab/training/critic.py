@@ -1,1 +1,348 @@
-"""critic training (see issue #4)."""
+"""Critic warm-start: regress per-token values onto each reply's normalised judge score.
+
+PPO's critic starts from the SFT model with a fresh value head, which knows nothing about the
+reward scale; its first updates then mostly fit the scale, and the advantages of the first PPO
+steps are noise. Pretraining the critic on scored replies (the supervised critic pretraining
+step of MACPO-style pipelines; "critic warm-up" in Ouyang et al. 2022's PPO setup) gives PPO a
+useful baseline from step 0.
+
+The critic is :class:`rlhf_lab.ppo.model.PolicyCritic` with only its ``critic`` adapter: the
+LoRA adapter + value head PPO loads, on the same frozen ``models/sft`` base, seeing each
+example exactly as PPO does: ``[chat prompt (left-padded) | reply tokens + EOS]``. For a reply
+with judge score ``s`` (``scores[candidate]["overall"]``, 1..5), the target is
+``z = (s - mean) / std`` over the training replies, and the loss is the per-token squared error
+of every value over the reply, averaged per reply, then over replies::
+
+    loss = mean_replies( mean_t∈reply (V_t - z)^2 )
+
+Metrics (``metrics/train_critic.json``) on valid, for the trained critic and for the untrained
+one (peft init — LoRA B = 0 — and a fresh head, the same seed): ``mse`` is that loss;
+``pearson`` / ``spearman`` correlate the value at the reply's last token (the state that has
+read the whole reply) with ``z``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from rlhf_lab import models
+from rlhf_lab.config import CriticConfig
+from rlhf_lab.errors import DataError
+from rlhf_lab.io import atomic_dir
+from rlhf_lab.ppo.core import masked_mean
+from rlhf_lab.ppo.model import (
+    PolicyCritic,
+    chat_prompt_ids,
+    new_critic,
+    pad_left,
+    pad_right,
+    save_critic,
+)
+from rlhf_lab.training.common import (
+    Curves,
+    TrainOutcome,
+    adamw_with_warmup,
+    gather,
+    make_accelerator,
+    mean_across,
+    peak_memory_mb,
+    progress,
+    state_dict_for_saving,
+    train_mode,
+)
+
+OVERALL = "overall"
+
+
+@dataclass(frozen=True)
+class ScoredReply:
+    """A reply with the judge's overall rating of it."""
+
+    prompt: list[dict[str, str]]
+    reply: str
+    score: float
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+
+
+def scored_replies(rows: Sequence[Mapping[str, Any]]) -> tuple[list[ScoredReply], int]:
+    """Every reply a scored row rates: ``row[candidate]`` with ``scores[candidate]["overall"]``.
+
+    Preference rows give ``chosen`` and ``rejected``; scored prompt rows give ``reference``.
+    Rows whose ``scores`` is null (the judge was off or failed) are skipped and counted, as are
+    candidates without a finite ``overall``. Returns the replies and the rows skipped.
+    """
+    out, skipped = [], 0
+    for row in rows:
+        scores = row.get("scores")
+        if not isinstance(scores, Mapping):
+            skipped += 1
+            continue
+        n = len(out)
+        for candidate, dims in scores.items():
+            reply = row.get(candidate)
+            value = dims.get(OVERALL) if isinstance(dims, Mapping) else None
+            if isinstance(reply, str) and isinstance(value, int | float) and math.isfinite(value):
+                out.append(ScoredReply(list(row["prompt"]), reply, float(value)))
+        skipped += len(out) == n
+    return out, skipped
+
+
+def score_stats(replies: Sequence[ScoredReply]) -> tuple[float, float]:
+    """Mean and standard deviation of the raw scores (std 1.0 when they are all equal)."""
+    s = np.array([r.score for r in replies], dtype=np.float64)
+    std = float(s.std(ddof=1)) if s.size > 1 else 0.0
+    return float(s.mean()), std if std > 1e-8 else 1.0
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt_ids: list[int]
+    reply_ids: list[int]
+    target: float
+
+
+def encode(
+    tok: Any,
+    replies: Sequence[ScoredReply],
+    max_length: int,
+    system_prompt: str | None,
+    mean: float,
+    std: float,
+) -> list[Example]:
+    """Tokenise as PPO sees a rollout: chat prompt ids, then the reply's ids and EOS.
+
+    The reply keeps at most half of ``max_length`` (cut from the right, EOS kept); the prompt
+    takes the rest (oldest turns first, see :func:`rlhf_lab.ppo.model.chat_prompt_ids`).
+    """
+    out = []
+    budget = max(2, max_length // 2)
+    for r in replies:
+        ids = tok(r.reply, add_special_tokens=False)["input_ids"][: budget - 1]
+        ids = [*ids, tok.eos_token_id]
+        prompt = chat_prompt_ids(tok, r.prompt, system_prompt, max_length - len(ids))
+        out.append(Example(prompt, ids, (r.score - mean) / std))
+    return out
+
+
+class Collator:
+    """Examples → ``query``/``query_mask`` (left-padded), ``response``/``response_mask``
+    (right-padded) and ``target``."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, batch: Sequence[Example]) -> dict[str, torch.Tensor]:
+        query, query_mask = pad_left([e.prompt_ids for e in batch], self.pad_id)
+        response, response_mask = pad_right([e.reply_ids for e in batch], self.pad_id)
+        target = torch.tensor([e.target for e in batch], dtype=torch.float32)
+        return {
+            "query": query,
+            "query_mask": query_mask,
+            "response": response,
+            "response_mask": response_mask,
+            "target": target,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# math
+# ---------------------------------------------------------------------------------------------
+
+
+def per_reply_mse(values: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over each reply's tokens of ``(V_t - target)^2`` → [B]."""
+    return masked_mean((values - target[:, None]) ** 2, mask, dim=1)
+
+
+def last_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The value at each row's last valid token → [B] (right-padded masks)."""
+    last = (mask.long().sum(dim=1) - 1).clamp_min(0)
+    return values.gather(1, last[:, None]).squeeze(1)
+
+
+def pearson(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Pearson correlation; nan when either side is constant or has fewer than 2 values."""
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
+    """Spearman rank correlation (average ranks for ties); nan as :func:`pearson`."""
+    from scipy.stats import rankdata
+
+    return pearson(rankdata(np.asarray(a)), rankdata(np.asarray(b)))
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _values(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    # model(...) is PolicyCritic.forward = the critic's values (so DDP wrapping works).
+    return model(batch["query"], batch["query_mask"], batch["response"], batch["response_mask"])
+
+
+@torch.no_grad()
+def evaluate(accelerator: Any, model: Any, loader: DataLoader, what: str) -> dict[str, float]:
+    """``mse``, ``pearson``, ``spearman`` of the critic on ``loader`` (all processes)."""
+    mse, last, target = [], [], []
+    with train_mode(model, False):
+        for batch in progress(accelerator, loader, what):
+            values = _values(model, batch)
+            mask = batch["response_mask"].to(values.device)
+            t = batch["target"].to(values.device)
+            mse.append(gather(accelerator, per_reply_mse(values, t, mask)))
+            last.append(gather(accelerator, last_values(values, mask)))
+            target.append(gather(accelerator, t))
+    if not mse:
+        nan = float("nan")
+        return {"mse": nan, "pearson": nan, "spearman": nan}
+    lv, tv = torch.cat(last).numpy(), torch.cat(target).numpy()
+    return {
+        "mse": float(torch.cat(mse).mean()),
+        "pearson": pearson(lv, tv),
+        "spearman": spearman(lv, tv),
+    }
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
+    }
+
+
+def train_critic(
+    sft_dir: str | Path,
+    train: Sequence[ScoredReply],
+    valid: Sequence[ScoredReply],
+    cfg: CriticConfig,
+    *,
+    system_prompt: str | None = None,
+    out_dir: str | Path | None = None,
+    plots_dir: str | Path | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> TrainOutcome:
+    """Train the critic adapter + value head on ``train``; compare with the untrained one on
+    ``valid``; with ``out_dir`` save it (atomically) in the format PPO loads."""
+    if not train:
+        raise DataError("train_critic: no scored training replies")
+    accelerator = make_accelerator(cfg.seed, cfg.batch_size, "critic.batch_size")
+
+    def build() -> PolicyCritic:
+        torch.manual_seed(cfg.seed)
+        return new_critic(sft_dir, cfg.lora, device=accelerator.device)
+
+    model = build()
+    tok = model.tok
+    mean, std = score_stats(train)
+    train_ex = encode(tok, train, cfg.max_length, system_prompt, mean, std)
+    valid_ex = encode(tok, valid, cfg.max_length, system_prompt, mean, std)
+    # Evaluation sorted by length: batches of similar lengths need little padding.
+    valid_ex.sort(key=lambda e: len(e.prompt_ids) + len(e.reply_ids))
+    collate = Collator(tok.pad_token_id)
+    loader = DataLoader(train_ex, cfg.batch_size, shuffle=True, collate_fn=collate)
+    valid_loader = DataLoader(valid_ex, cfg.batch_size, collate_fn=collate)
+    total_steps = len(loader) * cfg.epochs
+    optimizer, scheduler = adamw_with_warmup(
+        model, cfg.lr, cfg.weight_decay, total_steps, cfg.warmup_ratio
+    )
+    model, optimizer, loader, scheduler, valid_loader = accelerator.prepare(
+        model, optimizer, loader, scheduler, valid_loader
+    )
+    curves = Curves(plots_dir, enabled=accelerator.is_main_process)
+
+    untrained = evaluate(accelerator, model, valid_loader, "critic valid (untrained)")
+    history: list[dict[str, float]] = []
+    epoch_losses: list[float] = []
+    step = 0
+    start = time.perf_counter()
+    eval_seconds = 0.0
+    valid_metrics: dict[str, float] = untrained
+    for epoch in range(cfg.epochs):
+        losses = []
+        with train_mode(model, True):
+            for batch in progress(accelerator, loader, f"critic epoch {epoch + 1}/{cfg.epochs}"):
+                values = _values(model, batch)
+                mask = batch["response_mask"].to(values.device)
+                loss = per_reply_mse(values, batch["target"].to(values.device), mask).mean()
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm
+                )
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+                step += 1
+                point = {
+                    "train/loss": mean_across(accelerator, loss),
+                    "train/lr": scheduler.get_last_lr()[0],
+                }
+                losses.append(point["train/loss"])
+                history.append({"step": step, **point})
+                curves.log(step, point)
+        epoch_losses.append(sum(losses) / max(len(losses), 1))
+        t0 = time.perf_counter()
+        valid_metrics = evaluate(accelerator, model, valid_loader, "critic valid")
+        eval_seconds += time.perf_counter() - t0
+        curves.log(step, {f"valid/{k}": v for k, v in valid_metrics.items() if math.isfinite(v)})
+    train_seconds = time.perf_counter() - start - eval_seconds
+
+    metrics: dict[str, Any] = {
+        "train/loss": epoch_losses[-1],
+        "train/loss_first_epoch": epoch_losses[0],
+        "train/replies": len(train),
+        "train/steps": step,
+        "valid/replies": len(valid_ex),
+        **{f"valid/{k}": v for k, v in valid_metrics.items()},
+        **{f"valid/untrained/{k}": v for k, v in untrained.items()},
+        "score/mean": mean,
+        "score/std": std,
+        "perf/train_seconds": train_seconds,
+        "perf/train_replies_per_s": len(train) * cfg.epochs / max(train_seconds, 1e-9),
+        "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
+    }
+    if out_dir is not None:
+        final = state_dict_for_saving(accelerator, model, build)
+        if final is not None:
+            with atomic_dir(out_dir) as tmp:
+                save_critic(
+                    final,
+                    tmp,
+                    base=str(sft_dir),
+                    score_mean=mean,
+                    score_std=std,
+                    max_length=cfg.max_length,
+                    lora=cfg.lora.model_dump(mode="json"),
+                )
+                models.write_provenance(
+                    tmp,
+                    role="critic",
+                    base=str(sft_dir),
+                    parameters=sum(p.numel() for p in final.trainable_parameters()),
+                    metrics=_finite({k: v for k, v in metrics.items() if "perf/" not in k}),
+                    **dict(provenance or {}),
+                )
+        accelerator.wait_for_everyone()
+    curves.close()
+    return TrainOutcome(
+        metrics=_finite(metrics),
+        is_main_process=accelerator.is_main_process,
+        num_processes=accelerator.num_processes,
+        history=history,
+    )

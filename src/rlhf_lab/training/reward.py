@@ -1,1 +1,327 @@
-"""reward training (see issue #4)."""
+"""Reward-model training: a Bradley–Terry loss on preference pairs, any sequence-classifier encoder.
+
+The loss is ``-log σ(r(x, y_chosen) - r(x, y_rejected))`` (Bradley & Terry 1952; Ouyang et al.
+2022, eq. 1), the same whatever produced the label (human, reference-vs-sample, judge). Inputs go
+through :func:`rlhf_lab.reward_model.encoder_inputs`, the format PPO and evaluate score with, so
+the reply is always kept and the oldest context is cut first.
+
+We write the loop instead of using TRL's ``RewardTrainer``: it appends an EOS token that BERT
+tokenizers do not have, and the loop is short. Each batch holds the chosen and the rejected
+side as separate tensors (``chosen_*`` / ``rejected_*``, as TRL's ``chosen_ids/rejected_ids``)
+so that splitting a batch across processes keeps every pair on one process; both sides then go
+through the encoder in one forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from rlhf_lab import models
+from rlhf_lab.config import RewardTrainConfig
+from rlhf_lab.io import atomic_dir
+from rlhf_lab.reward_model import encoder_inputs, save_reward_stats
+from rlhf_lab.training.common import (
+    Curves,
+    TrainOutcome,
+    adamw_with_warmup,
+    gather,
+    make_accelerator,
+    mean_across,
+    peak_memory_mb,
+    progress,
+    state_dict_for_saving,
+    train_mode,
+)
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """One comparison: a dialogue and two candidate replies, ``chosen`` preferred."""
+
+    prompt: list[dict[str, str]]
+    chosen: str
+    rejected: str
+
+
+# ---------------------------------------------------------------------------------------------
+# pure math
+# ---------------------------------------------------------------------------------------------
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
+    """Mean of ``-log σ(r_chosen - r_rejected)``; ``logsigmoid`` keeps it finite for any margin."""
+    return -F.logsigmoid(r_chosen - r_rejected).mean()
+
+
+def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
+    """Fraction of pairs where the chosen reply scores higher; a tie counts as half.
+
+    Counting ties as half makes a constant scorer read 0.5 (chance), not 0.
+    """
+    if r_chosen.numel() == 0:
+        return float("nan")
+    wins = (r_chosen > r_rejected).double() + 0.5 * (r_chosen == r_rejected).double()
+    return float(wins.mean())
+
+
+def mean_margin(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> float:
+    """Mean of ``r_chosen - r_rejected`` (raw reward units)."""
+    if r_chosen.numel() == 0:
+        return float("nan")
+    return float((r_chosen.double() - r_rejected.double()).mean())
+
+
+def longer_wins_accuracy(chosen: Sequence[str], rejected: Sequence[str]) -> float:
+    """Pairwise accuracy of the baseline "the longer reply (in characters) wins", ties half.
+
+    A reward model that only learned length scores about this; it has to beat it to have
+    learned anything else.
+    """
+    if not chosen:
+        return float("nan")
+    c = torch.tensor([len(s) for s in chosen], dtype=torch.float64)
+    r = torch.tensor([len(s) for s in rejected], dtype=torch.float64)
+    return pairwise_accuracy(c, r)
+
+
+def pairs_from_rows(rows: Sequence[Mapping[str, Any]]) -> tuple[list[PreferencePair], int]:
+    """Preference rows → pairs; rows without both replies, or with identical ones, are dropped.
+
+    An identical pair carries no preference: its loss is log 2 whatever the model does. Judge
+    mode can leave ``chosen`` null (a tie). Returns the pairs and the number dropped.
+    """
+    pairs, dropped = [], 0
+    for row in rows:
+        chosen, rejected = row.get("chosen"), row.get("rejected")
+        if not isinstance(chosen, str) or not isinstance(rejected, str) or chosen == rejected:
+            dropped += 1
+            continue
+        pairs.append(PreferencePair(list(row["prompt"]), chosen, rejected))
+    return pairs, dropped
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+# ---------------------------------------------------------------------------------------------
+
+
+class PairCollator:
+    """Tokenise a list of pairs into ``chosen_*`` and ``rejected_*`` tensors of equal length."""
+
+    def __init__(self, tok: Any, max_length: int) -> None:
+        self.tok = tok
+        self.max_length = max_length
+
+    def __call__(self, pairs: Sequence[PreferencePair]) -> dict[str, torch.Tensor]:
+        n = len(pairs)
+        prompts = [p.prompt for p in pairs]
+        # One call for both sides pads them to a common length, so they can be concatenated
+        # into one forward pass later.
+        batch = encoder_inputs(
+            self.tok,
+            prompts + prompts,
+            [p.chosen for p in pairs] + [p.rejected for p in pairs],
+            self.max_length,
+        )
+        out: dict[str, torch.Tensor] = {}
+        for key, value in batch.items():
+            out[f"chosen_{key}"] = value[:n]
+            out[f"rejected_{key}"] = value[n:]
+        return out
+
+
+def score_batch(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tuple[Any, Any]:
+    """Rewards of the chosen and the rejected side of a collated batch (one forward pass)."""
+    keys = [k.removeprefix("chosen_") for k in batch if k.startswith("chosen_")]
+    inputs = {k: torch.cat([batch[f"chosen_{k}"], batch[f"rejected_{k}"]]) for k in keys}
+    rewards = model(**inputs).logits[:, 0].float()
+    n = batch[f"chosen_{keys[0]}"].shape[0]
+    return rewards[:n], rewards[n:]
+
+
+def by_length(pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
+    """Pairs sorted by text length: evaluation batches then need little padding."""
+
+    def size(p: PreferencePair) -> int:
+        return sum(len(m["content"]) for m in p.prompt) + max(len(p.chosen), len(p.rejected))
+
+    return sorted(pairs, key=size)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _score_all(accelerator: Any, model: Any, loader: DataLoader, what: str) -> tuple[Any, Any]:
+    chosen, rejected = [], []
+    with train_mode(model, False):
+        for batch in progress(accelerator, loader, what):
+            rc, rr = score_batch(model, batch)
+            chosen.append(gather(accelerator, rc))
+            rejected.append(gather(accelerator, rr))
+    if not chosen:
+        return torch.zeros(0), torch.zeros(0)
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+def _eval_metrics(prefix: str, rc: torch.Tensor, rr: torch.Tensor, pairs: Sequence) -> dict:
+    # Pairs the length baseline gets wrong: a model that only learned length scores 0 here.
+    shorter = torch.tensor([len(p.chosen) < len(p.rejected) for p in pairs], dtype=torch.bool)
+    return {
+        f"{prefix}/accuracy": pairwise_accuracy(rc, rr),
+        f"{prefix}/accuracy_chosen_shorter": pairwise_accuracy(rc[shorter], rr[shorter]),
+        f"{prefix}/margin": mean_margin(rc, rr),
+        f"{prefix}/longer_wins_accuracy": longer_wins_accuracy(
+            [p.chosen for p in pairs], [p.rejected for p in pairs]
+        ),
+        f"{prefix}/pairs": len(pairs),
+    }
+
+
+def _finite(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    # An empty split gives NaN; JSON (and DVC) want null.
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
+    }
+
+
+def train_reward_model(
+    encoder_dir: str | Path,
+    train_pairs: Sequence[PreferencePair],
+    eval_sets: Mapping[str, Sequence[PreferencePair]],
+    cfg: RewardTrainConfig,
+    out_dir: str | Path | None = None,
+    plots_dir: str | Path | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> TrainOutcome:
+    """Train a 1-logit reward head + encoder on ``train_pairs``; evaluate on ``eval_sets``.
+
+    With ``out_dir`` the main process saves the model there (atomically) with
+    ``reward_stats.json`` (mean/std of the raw scores of every training reply, which PPO
+    normalises with) and ``provenance.json``. The ``"valid"`` eval set, if given, is also
+    scored after every epoch for the curves. Call it on every process.
+    """
+    if not train_pairs:
+        raise ValueError("no training pairs")
+    accelerator = make_accelerator(cfg.seed, cfg.batch_size, "reward.train.batch_size")
+
+    def build() -> Any:
+        model = models.load_sequence_classifier(encoder_dir, num_labels=1)
+        # Decoder-style encoders pool the last non-pad token, so they need a real pad id.
+        models.ensure_pad_token(tok, model)
+        return model
+
+    tok = models.load_tokenizer(encoder_dir, padding_side="right")
+    model = build()
+    collate = PairCollator(tok, cfg.max_length)
+    loader = DataLoader(list(train_pairs), cfg.batch_size, shuffle=True, collate_fn=collate)
+    total_steps = len(loader) * cfg.epochs
+    optimizer, scheduler = adamw_with_warmup(
+        model, cfg.lr, cfg.weight_decay, total_steps, cfg.warmup_ratio
+    )
+    # Scores come back in loader order, so the metrics below use these sorted lists too.
+    eval_sets = {name: by_length(pairs) for name, pairs in eval_sets.items()}
+    eval_loaders = {
+        name: DataLoader(pairs, cfg.batch_size, collate_fn=collate)
+        for name, pairs in eval_sets.items()
+    }
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
+    curves = Curves(plots_dir, enabled=accelerator.is_main_process)
+
+    history: list[dict[str, float]] = []
+    scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    step, seen, eval_seconds = 0, 0, 0.0
+    epoch_loss: list[float] = []
+    epoch_acc: list[float] = []
+    start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        model.train()
+        epoch_loss, epoch_acc = [], []
+        for batch in progress(accelerator, loader, f"reward epoch {epoch + 1}/{cfg.epochs}"):
+            rc, rr = score_batch(model, batch)
+            loss = bradley_terry_loss(rc, rr)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            seen += cfg.batch_size
+            point = {
+                "train/loss": mean_across(accelerator, loss),
+                "train/accuracy": mean_across(accelerator, (rc > rr).float().mean()),
+                "train/lr": scheduler.get_last_lr()[0],
+            }
+            epoch_loss.append(point["train/loss"])
+            epoch_acc.append(point["train/accuracy"])
+            history.append({"step": step, **point})
+            curves.log(step, point)
+        if "valid" in eval_loaders:
+            t0 = time.perf_counter()
+            scored["valid"] = _score_all(accelerator, model, eval_loaders["valid"], "valid")
+            eval_seconds += time.perf_counter() - t0
+            curves.log(step, {"valid/accuracy": pairwise_accuracy(*scored["valid"])})
+    train_seconds = time.perf_counter() - start - eval_seconds
+
+    metrics: dict[str, Any] = {
+        "train/loss": sum(epoch_loss) / len(epoch_loss),
+        "train/accuracy": sum(epoch_acc) / len(epoch_acc),
+        "train/pairs": len(train_pairs),
+        "train/steps": step,
+    }
+    for name, pairs in eval_sets.items():
+        if name not in scored:  # valid was already scored after the last epoch
+            scored[name] = _score_all(accelerator, model, eval_loaders[name], name)
+        metrics.update(_eval_metrics(name, *scored[name], pairs))
+    # Duplicates that fill the last batch (even_batches) are not counted as pairs.
+    metrics["perf/train_pairs_per_s"] = min(seen, len(train_pairs) * cfg.epochs) / train_seconds
+    metrics["perf/train_seconds"] = train_seconds
+    metrics["perf/peak_memory_mb"] = peak_memory_mb(accelerator.device)
+    metrics["perf/num_processes"] = accelerator.num_processes
+
+    if out_dir is not None:
+        # Normalisation PPO applies: raw scores of every training reply, chosen and rejected.
+        stats_loader = accelerator.prepare(
+            DataLoader(by_length(train_pairs), cfg.batch_size, collate_fn=collate)
+        )
+        rc, rr = _score_all(accelerator, model, stats_loader, "reward stats")
+        scores = torch.cat([rc, rr]).double()
+        metrics["reward/mean"] = float(scores.mean())
+        metrics["reward/std"] = float(scores.std()) if scores.numel() > 1 else 1.0
+        final = state_dict_for_saving(accelerator, model, build)
+        if final is not None:
+            with atomic_dir(out_dir) as tmp:
+                models.save_model(final, tok, tmp)
+                save_reward_stats(
+                    tmp, metrics["reward/mean"], metrics["reward/std"] or 1.0, cfg.max_length
+                )
+                models.write_provenance(
+                    tmp,
+                    role="reward",
+                    base=str(encoder_dir),
+                    parameters=models.parameter_count(final),
+                    dtype=str(final.dtype).removeprefix("torch."),
+                    num_processes=accelerator.num_processes,
+                    metrics=_finite({k: v for k, v in metrics.items() if "perf/" not in k}),
+                    **dict(provenance or {}),
+                )
+        accelerator.wait_for_everyone()
+    curves.close()
+    return TrainOutcome(
+        metrics=_finite(metrics),
+        is_main_process=accelerator.is_main_process,
+        num_processes=accelerator.num_processes,
+        history=history,
+    )

@@ -1,1 +1,315 @@
-"""sft training (see issue #4)."""
+"""Supervised fine-tuning (SFT) of the policy with LoRA, merged into a plain causal LM at the end.
+
+Each example is a dialogue and the reply to imitate (the reference where the task has one, else
+the preferred reply of a preference pair). The prompt is rendered exactly as generation renders
+it (:func:`rlhf_lab.generation.chat_prompt_text`: chat template, optional system message,
+generation prompt), and the target is the reply followed by the tokenizer's EOS token, so the
+model learns to stop (for SmolLM2 EOS is ``<|im_end|>``; the pad token is a distinct
+``<|endoftext|>``, so padding never masks EOS). The loss covers only the reply and its EOS:
+prompt tokens get the label ``-100`` (Ouyang et al. 2022 train SFT on demonstrations; TRL's
+``completion_only_loss`` does the same).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from rlhf_lab import models
+from rlhf_lab.config import SftConfig
+from rlhf_lab.io import atomic_dir
+from rlhf_lab.training.common import (
+    Curves,
+    TrainOutcome,
+    adamw_with_warmup,
+    apply_lora,
+    gather,
+    make_accelerator,
+    mean_across,
+    peak_memory_mb,
+    progress,
+    state_dict_for_saving,
+    train_mode,
+    trainable_parameters,
+)
+
+IGNORE_INDEX = -100
+"""Label of tokens that carry no loss (torch's cross_entropy default ignore_index)."""
+
+
+@dataclass(frozen=True)
+class SftExample:
+    """A dialogue and the assistant reply to imitate."""
+
+    prompt: list[dict[str, str]]
+    reply: str
+
+
+def sft_examples(
+    prompt_rows: Sequence[Mapping[str, Any]], preference_rows: Sequence[Mapping[str, Any]]
+) -> list[SftExample]:
+    """Demonstrations: prompt rows' references when any exist, else preference rows' chosen.
+
+    Chitchat, ReDial and docstring prompts carry a human reference reply; HH-style data has only
+    preference pairs, whose preferred reply is the demonstration. Rows without a usable reply
+    (``chosen`` is null for judge-labelled ties) are skipped.
+    """
+    with_reference = [r for r in prompt_rows if isinstance(r.get("reference"), str)]
+    if with_reference:
+        return [SftExample(list(r["prompt"]), r["reference"]) for r in with_reference]
+    return [
+        SftExample(list(r["prompt"]), r["chosen"])
+        for r in preference_rows
+        if isinstance(r.get("chosen"), str)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# pure pieces: truncation + label mask, per-sequence loss
+# ---------------------------------------------------------------------------------------------
+
+
+def sft_features(
+    prompt_ids: Sequence[int], reply_ids: Sequence[int], max_length: int
+) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)`` of one example: prompt tokens masked with ``IGNORE_INDEX``.
+
+    At most ``max_length`` tokens. The reply keeps everything that fits once the prompt has
+    kept up to half the budget (cut from its end: a truncated reply loses its EOS, as it
+    should, since it did not end there); the prompt then fills the rest, cut from the left
+    so the most recent turns survive, as generation cuts it.
+    """
+    reply = list(reply_ids[: max_length - min(len(prompt_ids), max_length // 2)])
+    room = max_length - len(reply)
+    prompt = (
+        list(prompt_ids[len(prompt_ids) - room :]) if len(prompt_ids) > room else list(prompt_ids)
+    )
+    return prompt + reply, [IGNORE_INDEX] * len(prompt) + reply
+
+
+def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence sum of next-token NLL over labelled positions, and their count.
+
+    Position t predicts token t+1 (the causal shift); ``IGNORE_INDEX`` labels are skipped.
+    """
+    # Half-precision logits are upcast: a log-softmax over a 50k vocabulary in bf16 loses
+    # most of its digits.
+    shift_logits = logits[:, :-1].to(torch.promote_types(logits.dtype, torch.float32))
+    shift_labels = labels[:, 1:]
+    nll = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="none",
+    ).view(shift_labels.shape)
+    mask = shift_labels != IGNORE_INDEX
+    return (nll * mask).sum(1), mask.sum(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenisation and batches
+# ---------------------------------------------------------------------------------------------
+
+
+def tokenize_example(
+    tok: Any, example: SftExample, max_length: int, system_prompt: str | None = None
+) -> dict[str, list[int]]:
+    """Chat-template the prompt, append reply + EOS, truncate and mask (see the module doc)."""
+    from rlhf_lab.generation import chat_prompt_text
+
+    prompt = chat_prompt_text(tok, example.prompt, system_prompt)
+    # Tokenised apart, as at generation time: the prompt alone, then what the model emits.
+    prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    reply_ids = tok(example.reply + tok.eos_token, add_special_tokens=False)["input_ids"]
+    input_ids, labels = sft_features(prompt_ids, reply_ids, max_length)
+    return {"input_ids": input_ids, "labels": labels}
+
+
+class SftCollator:
+    """Right-pad ``input_ids`` with the pad token and ``labels`` with ``IGNORE_INDEX``."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for i, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[i, :n] = torch.tensor(f["input_ids"])
+            labels[i, :n] = torch.tensor(f["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _evaluate(accelerator: Any, model: Any, loader: DataLoader | None, what: str) -> float:
+    """Token-weighted mean NLL over a loader, gathered from every process (NaN if empty)."""
+    if loader is None:
+        return float("nan")
+    total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+    with train_mode(model, False):
+        for batch in progress(accelerator, loader, what):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            nll, n = sequence_nll(logits.logits, batch["labels"])
+            total += gather(accelerator, nll).double().sum()
+            count += gather(accelerator, n).double().sum()
+    return float(total / count) if count > 0 else float("nan")
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(loss) if math.isfinite(loss) else float("nan")
+
+
+def train_sft_model(
+    policy_dir: str | Path,
+    train_examples: Sequence[SftExample],
+    valid_examples: Sequence[SftExample],
+    cfg: SftConfig,
+    system_prompt: str | None = None,
+    out_dir: str | Path | None = None,
+    plots_dir: str | Path | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> TrainOutcome:
+    """LoRA-train the policy in ``policy_dir`` on the replies; merge and save to ``out_dir``.
+
+    Valid loss is measured before training (the base model: LoRA starts as the identity) and
+    after every epoch. Call it on every process; only the main process writes.
+    """
+    if not train_examples:
+        raise ValueError("no training examples")
+    accelerator = make_accelerator(cfg.seed, cfg.batch_size, "sft.batch_size")
+    tok = models.load_tokenizer(policy_dir)
+    dtype = models.read_provenance(policy_dir).get("dtype", "float32")
+    dtype = dtype if dtype in models.DTYPES else "float32"
+
+    def build() -> Any:
+        base = models.load_causal_lm(policy_dir, dtype)
+        models.ensure_pad_token(tok, base)
+        return apply_lora(base, cfg.lora)
+
+    model = build()
+    collate = SftCollator(tok.pad_token_id)
+    train_feats = [
+        tokenize_example(tok, ex, cfg.max_length, system_prompt) for ex in train_examples
+    ]
+    valid_feats = [
+        tokenize_example(tok, ex, cfg.max_length, system_prompt) for ex in valid_examples
+    ]
+    loader = DataLoader(train_feats, cfg.batch_size, shuffle=True, collate_fn=collate)
+    optimizer, scheduler = adamw_with_warmup(
+        model, cfg.lr, cfg.weight_decay, len(loader) * cfg.epochs, cfg.warmup_ratio
+    )
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    valid_loader = None
+    if valid_feats:
+        # Sorted by length: little padding, and the order does not change a mean.
+        ordered = sorted(valid_feats, key=lambda f: len(f["input_ids"]))
+        valid_loader = accelerator.prepare(DataLoader(ordered, cfg.batch_size, collate_fn=collate))
+    curves = Curves(plots_dir, enabled=accelerator.is_main_process)
+
+    valid_base = _evaluate(accelerator, model, valid_loader, "valid (base)")
+    curves.log(0, {"valid/loss": valid_base})
+    history: list[dict[str, float]] = []
+    step, tokens, eval_seconds = 0, 0, 0.0
+    epoch_nll, epoch_tokens = 0.0, 0
+    valid_loss = valid_base
+    start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        model.train()
+        epoch_nll, epoch_tokens = 0.0, 0
+        for batch in progress(accelerator, loader, f"sft epoch {epoch + 1}/{cfg.epochs}"):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+            nll, n = sequence_nll(logits.logits, batch["labels"])
+            # A token-weighted mean over the *global* batch: DDP averages gradients over
+            # processes, so scale by num_processes / global token count (HF's
+            # num_items_in_batch fix) rather than taking a per-process mean.
+            global_n = accelerator.reduce(n.sum().detach(), reduction="sum").clamp(min=1)
+            loss = nll.sum() * accelerator.num_processes / global_n
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            step += 1
+            batch_tokens = int(global_n.item())
+            batch_loss = mean_across(accelerator, nll.sum()) * accelerator.num_processes
+            batch_loss /= batch_tokens
+            tokens += batch_tokens
+            epoch_nll += batch_loss * batch_tokens
+            epoch_tokens += batch_tokens
+            point = {"train/loss": batch_loss, "train/lr": scheduler.get_last_lr()[0]}
+            history.append({"step": step, **point})
+            curves.log(step, point)
+        t0 = time.perf_counter()
+        valid_loss = _evaluate(accelerator, model, valid_loader, "valid")
+        eval_seconds += time.perf_counter() - t0
+        curves.log(step, {"valid/loss": valid_loss})
+    train_seconds = time.perf_counter() - start - eval_seconds
+
+    unwrapped = accelerator.unwrap_model(model)
+    metrics: dict[str, Any] = {
+        "train/loss": epoch_nll / max(epoch_tokens, 1),
+        "train/examples": len(train_examples),
+        "train/steps": step,
+        "train/reply_tokens": tokens // cfg.epochs,
+        "train/truncated_replies": sum(f["labels"][-1] != tok.eos_token_id for f in train_feats),
+        "valid/loss": valid_loss,
+        "valid/perplexity": _perplexity(valid_loss),
+        "valid/loss_base": valid_base,
+        "valid/perplexity_base": _perplexity(valid_base),
+        "valid/examples": len(valid_examples),
+        "lora/trainable_parameters": trainable_parameters(unwrapped),
+        "perf/train_seconds": train_seconds,
+        "perf/train_tokens_per_s": tokens / train_seconds if train_seconds > 0 else float("nan"),
+        "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
+        "perf/num_processes": accelerator.num_processes,
+    }
+    metrics = {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
+    }
+
+    if out_dir is not None:
+        final = state_dict_for_saving(accelerator, model, build)
+        if final is not None:
+            # Fold the adapters into the weights: models/sft is then a plain causal LM that
+            # any stage (and vLLM, llama.cpp...) loads without peft.
+            merged = final.merge_and_unload()
+            with atomic_dir(out_dir) as tmp:
+                models.save_model(merged, tok, tmp)
+                models.write_provenance(
+                    tmp,
+                    role="sft",
+                    base=str(policy_dir),
+                    parameters=models.parameter_count(merged),
+                    dtype=str(merged.dtype).removeprefix("torch."),
+                    pad_token=tok.pad_token,
+                    eos_token=tok.eos_token,
+                    num_processes=accelerator.num_processes,
+                    lora=cfg.lora.model_dump(mode="json"),
+                    metrics={k: v for k, v in metrics.items() if not k.startswith("perf/")},
+                    **dict(provenance or {}),
+                )
+        accelerator.wait_for_everyone()
+    curves.close()
+    return TrainOutcome(
+        metrics=metrics,
+        is_main_process=accelerator.is_main_process,
+        num_processes=accelerator.num_processes,
+        history=history,
+    )

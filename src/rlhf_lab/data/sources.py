@@ -1,0 +1,591 @@
+"""Data sources: read records from a file, a hub dataset or the embedded chats, and parse them.
+
+``data.source`` is one of
+
+* ``chitchat`` — the embedded default: the ``chitchat-dataset`` package's real human chats;
+* a local ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file, or a directory of them;
+* anything else is a hub dataset id, read with ``datasets.load_dataset(source,
+  data_dir=data.data_dir, split=data.split)`` (the only case that touches the network).
+
+Reading yields :class:`Record` s (one per line / dataset row / conversation), each either a
+parsed JSON object or the :class:`RowError` that stopped it (bad bytes, bad JSON). A *parser*
+per ``data.format`` turns one record into zero or more :class:`Example` s:
+
+``hh``        HH-RLHF ``{"chosen", "rejected"}`` transcripts; prompt = the turns both share
+              before the final Assistant reply; chosen/rejected = the two final replies.
+``redial``    a ReDial dialogue (raw schema or ``community-datasets/re_dial``); one example per
+              recommender turn that follows a seeker turn: prompt = the dialogue so far (seeker
+              = user, recommender = assistant), reference = the recommender's reply, ``@id``
+              mentions replaced by movie names; ``meta.movies`` = id -> name,
+              ``meta.gold_movies`` = ids the recommender suggested in that reply.
+``docstring`` ``{"code", "docstring"}`` (also CodeSearchNet / CodeXGLUE column names); the
+              prompt asks for the function's docstring, reference = the docstring,
+              ``meta.code`` = the function source (its own docstring removed).
+``chitchat``  one example per turn after the first: prompt = the conversation so far (the
+              speaker of the target turn plays the assistant), reference = that turn.
+
+Prompts keep the last ``data.max_turns`` turns and then start with a user turn: several chat
+templates (Llama 2, Mistral, Gemma) raise on a conversation that opens with the assistant.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import itertools
+import json
+import re
+import textwrap
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from rlhf_lab.config import DataConfig, TaskConfig
+from rlhf_lab.data.rows import Example, Message
+from rlhf_lab.data.validate import (
+    BAD_ENCODING,
+    BAD_JSON,
+    BAD_TRANSCRIPT,
+    WRONG_TYPE,
+    Origin,
+    RowError,
+    content_key,
+    first_present,
+    require,
+)
+from rlhf_lab.errors import ConfigError, DataError
+
+FORMATS = ("hh", "redial", "docstring", "chitchat")
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+CODE_KEYS = ("code", "func_code_string", "whole_func_string", "original_string", "function")
+"""Columns holding the function source, in order of preference (ours, CodeSearchNet, CodeXGLUE)."""
+DOC_KEYS = ("docstring", "func_documentation_string", "docstring_summary")
+"""Columns holding the docstring, in order of preference."""
+
+
+@dataclass
+class Record:
+    """One source record: a JSON object, or the error that kept it from being one."""
+
+    origin: Origin
+    value: dict[str, Any] | None = None
+    error: RowError | None = None
+    raw: str | None = None
+    """The raw line text when the record failed to parse (for data/invalid)."""
+
+
+# ---------------------------------------------------------------------------------- reading
+
+
+def _split_label(path: Path) -> str:
+    name = path.name
+    for suffix in (".gz", ".jsonl", ".parquet"):
+        name = name.removesuffix(suffix)
+    return name or "source"
+
+
+def read_jsonl(path: str | Path) -> Iterator[Record]:
+    """Records of a ``.jsonl`` / ``.jsonl.gz`` file; bad bytes and bad JSON become errors."""
+    path = Path(path)
+    source, split = str(path), _split_label(path)
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue  # blank lines (a trailing newline) are not rows
+                origin = Origin(source, lineno, split)
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    bad = raw[exc.start : exc.start + 1].hex()
+                    err = RowError(
+                        BAD_ENCODING, None, f"invalid UTF-8 byte 0x{bad} at byte {exc.start}"
+                    )
+                    yield Record(
+                        origin, error=err, raw=raw.decode("utf-8", "replace").rstrip("\r\n")
+                    )
+                    continue
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    err = RowError(BAD_JSON, None, f"{exc.msg} at column {exc.colno}")
+                    yield Record(origin, error=err, raw=text.rstrip("\r\n"))
+                    continue
+                if not isinstance(value, dict):
+                    err = RowError(
+                        WRONG_TYPE, None, f"expected a JSON object, got {type(value).__name__}"
+                    )
+                    yield Record(origin, error=err, raw=text.rstrip("\r\n"))
+                    continue
+                yield Record(origin, value)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read: {exc}") from None
+
+
+def read_parquet(path: str | Path) -> Iterator[Record]:
+    """Records of a ``.parquet`` file (line = 1-based row number)."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    source, split = str(path), _split_label(path)
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError mix
+        raise DataError(f"{path}: cannot read parquet: {exc}") from None
+    n = 0
+    for batch in pf.iter_batches(batch_size=1024):
+        for value in batch.to_pylist():
+            n += 1
+            yield Record(Origin(source, n, split), value)
+
+
+def read_hub(source: str, data_dir: str | None, split: str) -> Iterator[Record]:
+    """Records of a hub dataset (``datasets.load_dataset``); line = 1-based row number."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(source, data_dir=data_dir, split=split)
+    except Exception as exc:  # network, auth, missing split: all one line for the user
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataError(
+            f"data.source {source!r}: not 'chitchat', not a local file "
+            f"({Path(source).resolve()}), and loading it as a hub dataset failed: {first}"
+        ) from None
+    label = f"{source}[{split}]" if data_dir is None else f"{source}/{data_dir}[{split}]"
+    for i, value in enumerate(ds, start=1):
+        yield Record(Origin(label, i, split), dict(value))
+
+
+def read_chitchat(path: str | Path | None = None) -> Iterator[Record]:
+    """The ``chitchat-dataset`` package's conversations, one record each (line = position)."""
+    if path is None:
+        try:
+            import chitchat_dataset
+        except ImportError:
+            raise DataError(
+                "data.source 'chitchat' needs the Python package 'chitchat-dataset' "
+                "(pip install chitchat-dataset); it is not installed"
+            ) from None
+        path = Path(chitchat_dataset.__file__).parent / "dataset.json"
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    for i, (conv_id, conv) in enumerate(data.items(), start=1):
+        origin = Origin("chitchat", i, "train")
+        if not isinstance(conv, dict):
+            err = RowError(WRONG_TYPE, None, f"expected an object, got {type(conv).__name__}")
+            yield Record(origin, error=err, raw=json.dumps(conv)[:2000])
+            continue
+        yield Record(origin, {"id": conv_id, **conv})
+
+
+def local_files(source: str) -> list[Path] | None:
+    """The files a local source names (a file, or a directory's data files); None if not local."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.name.endswith(FILE_SUFFIXES))
+        if not files:
+            raise DataError(f"data.source {source!r}: no {'/'.join(FILE_SUFFIXES)} files in it")
+        return files
+    if source.startswith((".", "/", "~")) or source.endswith((*FILE_SUFFIXES, ".gz", ".json")):
+        raise DataError(f"data.source {source!r}: file not found ({path.resolve()})")
+    return None
+
+
+def read_source(cfg: DataConfig) -> Iterator[Record]:
+    """Records of ``data.source``, whatever it is (see the module docstring)."""
+    if cfg.source == "chitchat":
+        yield from read_chitchat()
+        return
+    files = local_files(cfg.source)
+    if files is None:
+        yield from read_hub(cfg.source, cfg.data_dir, cfg.split)
+        return
+    for path in files:
+        if path.name.endswith(".parquet"):
+            yield from read_parquet(path)
+        elif path.name.endswith((".jsonl", ".jsonl.gz")):
+            yield from read_jsonl(path)
+        else:
+            raise DataError(
+                f"data.source {str(path)!r}: unsupported file type; use {', '.join(FILE_SUFFIXES)}"
+            )
+
+
+# ---------------------------------------------------------------------------------- format
+
+
+def _format_from_keys(keys: Iterable[str]) -> str | None:
+    keys = set(keys)
+    if {"chosen", "rejected"} <= keys:
+        return "hh"
+    if {"messages", "movieMentions"} <= keys:
+        return "redial"
+    if keys & set(CODE_KEYS) and keys & set(DOC_KEYS):
+        return "docstring"
+    return None
+
+
+def _format_from_name(source: str) -> str | None:
+    name = source.lower()
+    if "hh-rlhf" in name or "hh_rlhf" in name:
+        return "hh"
+    if "redial" in name or "re_dial" in name:
+        return "redial"
+    if any(s in name for s in ("docstring", "code_search_net", "codesearchnet", "code_x_glue")):
+        return "docstring"
+    return None
+
+
+def resolve_format(cfg: DataConfig, task: TaskConfig, first: Mapping[str, Any] | None) -> str:
+    """``data.format``, or for 'auto': the first row's keys, then the source name, then the task.
+
+    ``first`` is the first parsed record of the source (None if there is none).
+    """
+    if cfg.source == "chitchat" and cfg.format not in ("auto", "chitchat"):
+        raise ConfigError(
+            f"params.yaml: data.format {cfg.format!r} does not fit data.source 'chitchat' "
+            "(the embedded chats); set data.format to 'auto' or 'chitchat'"
+        )
+    if cfg.format == "chitchat" and cfg.source != "chitchat":
+        raise ConfigError(
+            "params.yaml: data.format 'chitchat' reads the embedded chats; "
+            f"set data.source to 'chitchat' (got {cfg.source!r})"
+        )
+    if cfg.format != "auto":
+        return cfg.format
+    if cfg.source == "chitchat":
+        return "chitchat"
+    # Row keys first: a path can mention anything ("tests/test_redial_x/docstrings.jsonl").
+    found = (_format_from_keys(first) if first else None) or _format_from_name(cfg.source)
+    if found:
+        return found
+    by_task = {"crs": "redial", "docstring": "docstring"}.get(task.name)
+    if by_task:
+        return by_task
+    raise ConfigError(
+        f"params.yaml: data.format: cannot infer the format of data.source {cfg.source!r}; "
+        f"set data.format to one of {', '.join(FORMATS)}"
+    )
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def window(turns: list[Message], max_turns: int) -> list[Message]:
+    """The last ``max_turns`` turns, minus a leading assistant turn (see the module docstring)."""
+    kept = turns[-max_turns:]
+    if len(kept) > 1 and kept[0]["role"] == "assistant":
+        kept = kept[1:]
+    return kept
+
+
+def _merge_turns(turns: Iterable[tuple[Any, str]], sep: str) -> list[tuple[Any, str]]:
+    """Join consecutive turns of the same speaker (chat apps split one turn into messages)."""
+    merged: list[tuple[Any, str]] = []
+    for speaker, text in turns:
+        if merged and merged[-1][0] == speaker:
+            merged[-1] = (speaker, merged[-1][1] + sep + text)
+        else:
+            merged.append((speaker, text))
+    return merged
+
+
+# ---------------------------------------------------------------------------------- hh
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):[ \t]?")
+_HH_ROLE = {"Human": "user", "Assistant": "assistant"}
+
+
+def hh_turns(text: str, field: str) -> list[Message]:
+    """Split an HH-RLHF transcript into chat messages (consecutive same-role turns merged)."""
+    parts = _HH_TURN.split(text if text.startswith("\n\n") else "\n\n" + text.lstrip())
+    if parts[0].strip():
+        raise RowError(BAD_TRANSCRIPT, field, "text before the first Human:/Assistant: marker")
+    pairs = [(_HH_ROLE[parts[i]], parts[i + 1].strip()) for i in range(1, len(parts), 2)]
+    if not pairs:
+        raise RowError(BAD_TRANSCRIPT, field, "no '\\n\\nHuman:' / '\\n\\nAssistant:' turns")
+    return [{"role": r, "content": c} for r, c in _merge_turns(pairs, "\n\n")]
+
+
+def parse_hh(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -> list[Example]:
+    """One HH-RLHF pair: prompt = shared turns before the final reply; chosen/rejected = replies."""
+    chosen_text = require(row, "chosen", str)
+    rejected_text = require(row, "rejected", str)
+    chosen, rejected = hh_turns(chosen_text, "chosen"), hh_turns(rejected_text, "rejected")
+    for name, turns in (("chosen", chosen), ("rejected", rejected)):
+        if turns[-1]["role"] != "assistant":
+            raise RowError(
+                BAD_TRANSCRIPT, name, "the transcript does not end with an Assistant turn"
+            )
+    prompt = chosen[:-1]
+    if prompt != rejected[:-1]:
+        raise RowError(
+            BAD_TRANSCRIPT, "rejected", "chosen and rejected differ before the final reply"
+        )
+    if not prompt:
+        raise RowError(BAD_TRANSCRIPT, "chosen", "no Human turn before the final reply")
+    prompt = window(prompt, max_turns)
+    reply_c, reply_r = chosen[-1]["content"], rejected[-1]["content"]
+    key = content_key(prompt)
+    return [
+        Example(
+            id=f"hh-{content_key(prompt, reply_c, reply_r)}",
+            # Pairs that share a prompt stay in one split, so no prompt is in train and test.
+            group=f"hh-{key}",
+            prompt=prompt,
+            reference=reply_c,
+            origin=origin,
+            meta={"origin": str(origin)},
+            chosen=reply_c,
+            rejected=reply_r,
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------- redial
+
+_MENTION = re.compile(r"@(\d+)")
+
+
+def _clean_name(name: str) -> str:
+    return " ".join(name.split())  # ReDial names have double spaces: "Whip It  (2009)"
+
+
+def _by_movie_id(value: Any, field: str) -> dict[str, Any]:
+    """ReDial's id-keyed objects, raw (``{id: x}``) or hub (``[{"movieId": id, ...}]``) form."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    if isinstance(value, list):
+        out: dict[str, Any] = {}
+        for i, item in enumerate(value):
+            if not isinstance(item, dict) or item.get("movieId") is None:
+                raise RowError(WRONG_TYPE, f"{field}[{i}]", "expected an object with a movieId")
+            out[str(item["movieId"])] = item.get("movieName", item)
+        return out
+    raise RowError(WRONG_TYPE, field, f"expected an object or a list, got {type(value).__name__}")
+
+
+def parse_redial(
+    row: Mapping[str, Any],
+    origin: Origin,
+    *,
+    max_turns: int,
+    catalogue: Callable[[str], str | None] | None = None,
+) -> list[Example]:
+    """One ReDial dialogue -> one example per recommender turn (module docstring).
+
+    ``catalogue`` names ids that the dialogue's ``movieMentions`` lacks (``data.catalogue``).
+    """
+    conv_id = row.get("conversationId", content_key(row.get("messages")))
+    messages = require(row, "messages", list)
+    recommender = require(row, "respondentWorkerId", int)
+    movies: dict[str, str] = {}
+    for movie_id, name in _by_movie_id(row.get("movieMentions"), "movieMentions").items():
+        if isinstance(name, str) and name.strip():
+            movies[movie_id] = _clean_name(name)
+    # "suggested" = 0 marks a movie the seeker brought up; the recommender naming it again is
+    # not a recommendation. The recommender's own answers are preferred over the seeker's.
+    questions = _by_movie_id(row.get("respondentQuestions"), "respondentQuestions") or (
+        _by_movie_id(row.get("initiatorQuestions"), "initiatorQuestions")
+    )
+
+    def name_of(movie_id: str) -> str | None:
+        if movie_id not in movies and catalogue is not None and (name := catalogue(movie_id)):
+            movies[movie_id] = _clean_name(name)
+        return movies.get(movie_id)
+
+    raw_turns: list[tuple[bool, str]] = []
+    for j, msg in enumerate(messages):
+        if not isinstance(msg, dict):
+            raise RowError(
+                WRONG_TYPE, f"messages[{j}]", f"expected an object, got {type(msg).__name__}"
+            )
+        text = require(msg, "text", str, where=f"messages[{j}].")
+        sender = require(msg, "senderWorkerId", int, where=f"messages[{j}].")
+        raw_turns.append((sender == recommender, text))
+    turns = _merge_turns(raw_turns, "\n")
+
+    def render(text: str) -> str:
+        # Unknown ids keep ReDial's own @id markup (crs.find_mentions still reads it).
+        return _MENTION.sub(lambda m: name_of(m.group(1)) or m.group(0), text).strip()
+
+    rendered = [
+        {"role": "assistant" if is_rec else "user", "content": render(text)}
+        for is_rec, text in turns
+    ]
+    examples = []
+    for t, (is_rec, text) in enumerate(turns):
+        if not is_rec or t == 0:
+            continue  # only recommender replies to something the seeker said
+        gold: list[str] = []
+        for movie_id in _MENTION.findall(text):
+            answers = questions.get(movie_id)
+            suggested = answers.get("suggested") if isinstance(answers, dict) else None
+            if suggested != 0 and movie_id not in gold:
+                gold.append(movie_id)
+        examples.append(
+            Example(
+                id=f"redial-{conv_id}-{t}",
+                group=f"redial-{conv_id}",
+                prompt=window(rendered[max(0, t - max_turns) : t], max_turns),
+                reference=rendered[t]["content"],
+                origin=origin,
+                meta={
+                    "movies": dict(movies),
+                    "gold_movies": gold,
+                    "conversation_id": str(conv_id),
+                    "turn": t,
+                    "origin": str(origin),
+                },
+            )
+        )
+    return examples
+
+
+# ---------------------------------------------------------------------------------- docstring
+
+DOCSTRING_INSTRUCTION = (
+    "Write a docstring for this {language} function. Reply with the docstring text only, "
+    "without quotes."
+)
+
+
+def strip_docstring(code: str) -> str:
+    """``code`` without the first function's own docstring (CodeSearchNet's code keeps it).
+
+    Code that does not parse (Python 2, truncated) is returned unchanged.
+    """
+    try:
+        tree = ast.parse(textwrap.dedent(code))
+    except (SyntaxError, ValueError):
+        return code
+    func = next(
+        (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))),
+        None,
+    )
+    if func is None or not func.body:
+        return code
+    first = func.body[0]
+    is_doc = (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    )
+    # A docstring sharing a line with `def` (or the only statement) cannot be cut by lines.
+    if not is_doc or first.lineno == func.lineno or len(func.body) == 1 or first.end_lineno is None:
+        return code
+    lines = code.splitlines(keepends=True)
+    return "".join(lines[: first.lineno - 1] + lines[first.end_lineno :])
+
+
+def parse_docstring(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -> list[Example]:
+    """One function: prompt asks for its docstring; reference = the docstring."""
+    code_key = first_present(row, CODE_KEYS) or "code"
+    doc_key = first_present(row, DOC_KEYS) or "docstring"
+    code = strip_docstring(require(row, code_key, str)).strip("\n")
+    docstring = require(row, doc_key, str).strip()
+    language = row.get("language")
+    language = language.capitalize() if isinstance(language, str) and language else "Python"
+    instruction = DOCSTRING_INSTRUCTION.format(language=language)
+    fence = language.lower()
+    prompt = [{"role": "user", "content": f"{instruction}\n\n```{fence}\n{code}\n```"}]
+    meta: dict[str, Any] = {"code": code, "origin": str(origin)}
+    source_id = first_present(row, ("id", "url", "func_code_url", "func_name"))
+    if source_id is not None:
+        meta["source_id"] = str(row[source_id])
+    return [
+        Example(
+            id=f"docstring-{content_key(code, docstring)}",
+            # One function with two docstrings stays in one split.
+            group=f"docstring-{content_key(code)}",
+            prompt=prompt,
+            reference=docstring,
+            origin=origin,
+            meta=meta,
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------- chitchat
+
+
+def parse_chitchat(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -> list[Example]:
+    """One chitchat conversation -> one example per turn after the first."""
+    conv_id = require(row, "id", str)
+    groups = require(row, "messages", list)
+    raw_turns: list[tuple[str, str]] = []
+    for j, group in enumerate(groups):
+        if not isinstance(group, list):
+            raise RowError(
+                WRONG_TYPE, f"messages[{j}]", f"expected a list, got {type(group).__name__}"
+            )
+        for k, utt in enumerate(group):
+            if not isinstance(utt, dict):
+                raise RowError(WRONG_TYPE, f"messages[{j}][{k}]", "expected an object")
+            text = require(utt, "text", str, where=f"messages[{j}][{k}].")
+            sender = require(utt, "sender", str, where=f"messages[{j}][{k}].")
+            raw_turns.append((sender, text.strip()))
+    turns = _merge_turns(raw_turns, "\n")
+    examples = []
+    for t in range(1, len(turns)):
+        speaker = turns[t][0]
+        # The speaker of the target turn plays the assistant, so the policy learns both sides.
+        # Only the turns the window can keep: a 500-turn chat would otherwise cost O(n^2).
+        context = [
+            {"role": "assistant" if s == speaker else "user", "content": text}
+            for s, text in turns[max(0, t - max_turns) : t]
+        ]
+        examples.append(
+            Example(
+                id=f"chitchat-{conv_id}-{t}",
+                group=f"chitchat-{conv_id}",
+                prompt=window(context, max_turns),
+                reference=turns[t][1],
+                origin=origin,
+                meta={"conversation_id": conv_id, "turn": t, "origin": str(origin)},
+            )
+        )
+    return examples
+
+
+# ---------------------------------------------------------------------------------- api
+
+Parser = Callable[[Mapping[str, Any], Origin], list[Example]]
+
+
+def make_parser(fmt: str, cfg: DataConfig) -> Parser:
+    """The parser for ``fmt`` with the config's options bound."""
+    if fmt == "redial":
+        lookup = None
+        if cfg.catalogue:
+            from rlhf_lab.tasks.crs import MovieCatalogue
+
+            path = Path(cfg.catalogue)
+            if not path.is_file():
+                raise DataError(f"data.catalogue: file not found ({path.resolve()})")
+            try:
+                lookup = MovieCatalogue.from_csv(path).name
+            except (ValueError, KeyError, UnicodeDecodeError) as exc:
+                raise DataError(f"data.catalogue: {exc}") from None
+        return partial(parse_redial, max_turns=cfg.max_turns, catalogue=lookup)
+    parsers = {"hh": parse_hh, "docstring": parse_docstring, "chitchat": parse_chitchat}
+    return partial(parsers[fmt], max_turns=cfg.max_turns)
+
+
+def peek(records: Iterator[Record]) -> tuple[dict[str, Any] | None, Iterator[Record]]:
+    """The first parsed record's value (for format inference) and an iterator over all records."""
+    seen: list[Record] = []
+    first = None
+    for rec in records:
+        seen.append(rec)
+        if rec.value is not None:
+            first = rec.value
+            break
+    return first, itertools.chain(seen, records)

@@ -1,0 +1,595 @@
+"""The PPO model: ONE frozen base (models/sft), two LoRA adapters and a scalar value head.
+
+    policy     = base + LoRA adapter "policy"   (fresh, B = 0: equals the reference at step 0)
+    reference  = base with every adapter disabled (peft ``disable_adapter()``)
+    critic     = base + LoRA adapter "critic" + value head (warm-started by ``train_critic``)
+
+One copy of the base weights serves all three, so PPO needs the memory of one model plus two
+small adapters (TRL's PPOTrainer holds four full models: policy, reference, value, reward).
+
+Sequence layout used everywhere (rollouts, updates, critic training)::
+
+    [ query (left-padded to P) | response (right-padded to R, EOS included in the mask) ]
+
+The logits/hidden states at positions ``P-1 .. P+R-2`` are the ones that produce response
+tokens ``0 .. R-1``: logprobs, entropies and values are all ``[B, R]`` on that slice, with the
+response mask as the padding mask ([N-details] "padding": the reference implementations
+left-pad queries and right-pad responses the same way). Only those ``R`` positions go through
+the LM head (``logits_to_keep``), never the prompt: the head is a large share of a small model's
+FLOPs, and prompts are much longer than replies.
+
+peft and several adapters: ``set_adapter`` / ``disable_adapter`` flip ``requires_grad`` of the
+adapters they deactivate. PPO trains both adapters with one optimiser, so every switch here goes
+through :meth:`PolicyCritic.adapter` / :meth:`PolicyCritic.reference`, which switch and then make
+all adapter weights trainable again (``tests/test_ppo_model.py`` checks both adapters change).
+
+Critic directory format (``models/critic``, written by :func:`save_critic`)::
+
+    adapter/adapter_config.json        peft LoraConfig of the critic adapter
+    adapter/adapter_model.safetensors  peft adapter weights (standard peft format)
+    value_head.safetensors             {"weight": [1, hidden], "bias": [1]} (float32)
+    critic.json                        format, hidden size, score normalisation, lora, ...
+    provenance.json                    what made it (rlhf_lab.models.write_provenance)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from rlhf_lab import models
+from rlhf_lab.config import LoraConfig
+from rlhf_lab.errors import ModelSourceError
+from rlhf_lab.generation import chat_prompt_text
+from rlhf_lab.ppo.core import entropy_from_logits, logprobs_from_logits
+
+POLICY = "policy"
+CRITIC = "critic"
+ADAPTER_DIR = "adapter"
+VALUE_HEAD_FILE = "value_head.safetensors"
+CRITIC_JSON = "critic.json"
+CRITIC_FORMAT = 1
+
+Messages = Sequence[Mapping[str, str]]
+
+
+# ---------------------------------------------------------------------------------------------
+# prompts and padding
+# ---------------------------------------------------------------------------------------------
+
+
+def chat_prompt_ids(
+    tok: Any, messages: Messages, system_prompt: str | None, max_length: int
+) -> list[int]:
+    """Token ids of a chat prompt of at most ``max_length`` tokens.
+
+    Too long: drop the oldest turns first (keeping a user turn first, which some templates
+    require), and only if the last turn alone is still too long cut tokens from the left — the
+    most recent context is what the reply answers.
+    """
+    msgs = list(messages)
+    while True:
+        text = chat_prompt_text(tok, msgs, system_prompt)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= max_length or len(msgs) <= 1:
+            return ids[-max_length:]
+        msgs = msgs[1:]
+        while len(msgs) > 1 and msgs[0].get("role") != "user":
+            msgs = msgs[1:]
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists → ``(ids, mask)`` as long tensors [B, max_len]."""
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, width - len(s) :] = 1
+    return ids, mask
+
+
+def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token lists → ``(ids, mask)`` as long tensors [B, max_len]."""
+    width = max((len(s) for s in seqs), default=0)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+def truncate_after_eos(
+    response: torch.Tensor, eos_ids: int | Sequence[int], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sampled tokens → ``(response, mask, eos_found)`` with everything after the first EOS
+    (any of ``eos_ids``) replaced by ``pad_id`` and masked out; the EOS itself stays in the mask
+    (it is an action the policy took, and the score is credited to it). Trailing all-pad
+    columns are dropped.
+    """
+    eos = torch.as_tensor([eos_ids] if isinstance(eos_ids, int) else list(eos_ids))
+    is_eos = torch.isin(response, eos.to(response.device))
+    # 1 up to and including the first EOS: the number of EOS strictly before t is 0.
+    before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()
+    mask = (before == 0).long()
+    eos_found = is_eos.any(dim=1)
+    response = torch.where(mask.bool(), response, torch.full_like(response, pad_id))
+    width = int(mask.sum(dim=1).max()) if mask.numel() else 0
+    return response[:, :width], mask[:, :width], eos_found
+
+
+def eos_token_ids(tok: Any, model: Any) -> list[int]:
+    """The tokenizer's EOS plus any others the model's generation config lists (Llama 3 has
+    several); sampling stops at, and the reply mask ends with, the first of any of them."""
+    ids: list[int] = []
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (tok.eos_token_id, gen_eos):
+        for i in value if isinstance(value, list | tuple) else [value]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    if not ids:
+        raise ModelSourceError("the tokenizer has no EOS token; generation could never stop")
+    return ids
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, exactly as ``generate()`` computes them."""
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 0)
+
+
+def trim_batch(
+    query: torch.Tensor,
+    query_mask: torch.Tensor,
+    response: torch.Tensor,
+    response_mask: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Drop query columns that are padding in every row (left) and response columns likewise
+    (right). Positions come from the mask, so the result computes exactly the same values."""
+    used = query_mask.bool().any(dim=0).nonzero()
+    first = int(used.min()) if used.numel() else query.shape[1]
+    width = int(response_mask.sum(dim=1).max()) if response_mask.numel() else 0
+    return query[:, first:], query_mask[:, first:], response[:, :width], response_mask[:, :width]
+
+
+# ---------------------------------------------------------------------------------------------
+# value head
+# ---------------------------------------------------------------------------------------------
+
+
+class ValueHead(nn.Module):
+    """A scalar linear head on the final hidden state, kept in float32 whatever the base dtype.
+
+    Initialised N(0, 1/sqrt(hidden + 1)) with zero bias, as lm-human-preferences' value head
+    (``init_scale``) and TRL's ``layer_init(std=1/np.sqrt(hidden + 1))``.
+    """
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.linear.weight, std=1.0 / math.sqrt(hidden_size + 1))
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.float()).squeeze(-1)
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file(
+            {
+                "weight": self.linear.weight.detach().float().cpu().contiguous(),
+                "bias": self.linear.bias.detach().float().cpu().contiguous(),
+            },
+            str(path),
+        )
+
+    def load(self, path: str | Path) -> None:
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+        if tuple(state["weight"].shape) != tuple(self.linear.weight.shape):
+            raise ModelSourceError(
+                f"{path}: value head has shape {tuple(state['weight'].shape)}, the base model "
+                f"needs {tuple(self.linear.weight.shape)} (critic trained on another base?)"
+            )
+        with torch.no_grad():
+            self.linear.weight.copy_(state["weight"])
+            self.linear.bias.copy_(state["bias"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+# ---------------------------------------------------------------------------------------------
+
+
+def peft_lora_config(cfg: LoraConfig) -> Any:
+    """A peft ``LoraConfig`` for a causal LM from our params section."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    targets = cfg.target_modules if cfg.target_modules == "all-linear" else list(cfg.target_modules)
+    return PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class PolicyCritic(nn.Module):
+    """A frozen causal LM with named LoRA adapters (``policy`` and/or ``critic``) + value head.
+
+    Build it with :func:`load_policy_critic` (PPO) or :func:`new_critic` (critic training).
+    The module stays in eval mode: dropout off, so the PPO ratio is exactly 1 on the first
+    minibatch ([N-details] "disable dropout"; lm-human-preferences and TRL do the same).
+    """
+
+    def __init__(self, peft_model: Any, value_head: ValueHead, tok: Any, temperature: float = 1.0):
+        super().__init__()
+        self.peft = peft_model
+        self.value_head = value_head
+        self.tok = tok
+        self.temperature = float(temperature)
+        self.eos_ids = eos_token_ids(tok, peft_model.base_model.model)
+        self.adapter_names: list[str] = list(peft_model.peft_config)
+        self._adapter_params: dict[str, list[nn.Parameter]] = {}
+        for name in self.adapter_names:
+            pattern = re.compile(rf"\.lora_\w+\.{re.escape(name)}(\.|$)")
+            self._adapter_params[name] = [
+                p for n, p in peft_model.named_parameters() if pattern.search(n)
+            ]
+        self._make_trainable()
+        self.eval()
+
+    # -- adapters ------------------------------------------------------------------------------
+
+    @property
+    def lm(self) -> Any:
+        """The causal LM with LoRA layers injected (calling it skips PeftModel.forward)."""
+        return self.peft.base_model.model
+
+    def _make_trainable(self) -> None:
+        # peft's set_adapter/disable_adapter turn requires_grad off for inactive adapters; PPO
+        # trains both adapters, so restore it after every switch.
+        for params in self._adapter_params.values():
+            for p in params:
+                p.requires_grad_(True)
+
+    @contextlib.contextmanager
+    def adapter(self, name: str) -> Iterator[None]:
+        """Run the block with only adapter ``name`` active."""
+        if name not in self.adapter_names:
+            raise KeyError(f"no adapter {name!r}; this model has {self.adapter_names}")
+        self.peft.set_adapter(name)
+        self._make_trainable()
+        yield
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """Run the block on the bare base (the frozen SFT model = the PPO reference)."""
+        try:
+            with self.peft.disable_adapter():
+                yield
+        finally:
+            self._make_trainable()
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Every adapter's LoRA weights, then the value head (the PPO optimiser's params)."""
+        out = [p for name in self.adapter_names for p in self._adapter_params[name]]
+        return out + list(self.value_head.parameters())
+
+    def adapter_parameters(self, name: str) -> list[nn.Parameter]:
+        return list(self._adapter_params[name])
+
+    def adapter_state(self, name: str) -> dict[str, torch.Tensor]:
+        """Adapter weights in peft's saved format (keys without the adapter name)."""
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.peft, adapter_name=name)
+        return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+    def load_adapter_state(self, name: str, state: Mapping[str, torch.Tensor]) -> None:
+        """Overwrite adapter ``name``'s weights with a state from :meth:`adapter_state`."""
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.peft, dict(state), adapter_name=name)
+        missing = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if missing:
+            raise ModelSourceError(f"adapter {name!r}: unexpected weights {missing[:3]}")
+        self._make_trainable()
+
+    # -- forward passes ------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.value_head.linear.weight.device
+
+    def _inputs(
+        self,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        response: torch.Tensor,
+        response_mask: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        dev = self.device
+        ids = torch.cat([query, response], dim=1).to(dev)
+        mask = torch.cat([query_mask, response_mask], dim=1).to(dev)
+        return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
+
+    def _response_logits(self, inputs: Mapping[str, torch.Tensor], n_resp: int) -> torch.Tensor:
+        # logits_to_keep=R+1 computes the head on the last R+1 positions only; the last one
+        # predicts past the end and is dropped.
+        out = self.lm(**inputs, use_cache=False, logits_to_keep=n_resp + 1)
+        # [N-details] "scale the logits by the sampling temperature": the recomputed logprobs
+        # must be those of the distribution the tokens were sampled from.
+        return out.logits[:, :-1].float() / self.temperature
+
+    def _logprobs(
+        self,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        response: torch.Tensor,
+        response_mask: torch.Tensor,
+        entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        inputs = self._inputs(query, query_mask, response, response_mask)
+        logits = self._response_logits(inputs, response.shape[1])
+        mask = response_mask.to(logits.device).bool()
+        logp = logprobs_from_logits(logits, response.to(logits.device))
+        logp = torch.where(mask, logp, torch.zeros_like(logp))
+        ent = None
+        if entropy:
+            with torch.no_grad():
+                ent = torch.where(mask, entropy_from_logits(logits), torch.zeros_like(logp))
+        return logp, ent
+
+    def policy_logprobs(
+        self,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        response: torch.Tensor,
+        response_mask: torch.Tensor,
+        entropy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Policy log-probs of the response tokens [B, R] (0 on padding), and optionally the
+        per-token entropy [B, R] (no grad) of the temperature-scaled distribution."""
+        with self.adapter(POLICY):
+            return self._logprobs(query, query_mask, response, response_mask, entropy)
+
+    @torch.no_grad()
+    def ref_logprobs(
+        self,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        response: torch.Tensor,
+        response_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Reference (adapters disabled) log-probs of the response tokens [B, R]."""
+        with self.reference():
+            return self._logprobs(query, query_mask, response, response_mask, False)[0]
+
+    def values(
+        self,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        response: torch.Tensor,
+        response_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Critic values V(s_t) of the states that emit each response token [B, R] (0 on pad)."""
+        inputs = self._inputs(query, query_mask, response, response_mask)
+        n_resp = response.shape[1]
+        p = query.shape[1]
+        with self.adapter(CRITIC):
+            # The backbone alone (no LM head): TRL's value model is the same backbone + `score`.
+            hidden = self.lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
+        v = self.value_head(hidden[:, p - 1 : p - 1 + n_resp])
+        mask = response_mask.to(v.device).bool()
+        return torch.where(mask, v, torch.zeros_like(v))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        response: torch.Tensor,
+        response_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The critic's values (:meth:`values`): what training the critic alone differentiates,
+        so the module can be wrapped by DDP."""
+        return self.values(query, query_mask, response, response_mask)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample replies from the policy → ``(response, response_mask, eos_found)`` on the CPU.
+
+        Pure temperature sampling: every warper the model's generation config could switch on
+        (top-k, top-p, min-p, typical-p, repetition penalties...) is set to its neutral value,
+        because the PPO ratio assumes the tokens came from ``softmax(logits / T)`` ([N-details]
+        "top_k=0, top_p=1.0"; the same settings as :mod:`rlhf_lab.generation`).
+        """
+        dev = self.device
+        with self.adapter(POLICY):
+            out = self.lm.generate(
+                input_ids=query.to(dev),
+                attention_mask=query_mask.to(dev),
+                do_sample=True,
+                temperature=temperature or self.temperature,
+                top_k=0,
+                top_p=1.0,
+                min_p=0.0,
+                typical_p=1.0,
+                epsilon_cutoff=0.0,
+                eta_cutoff=0.0,
+                repetition_penalty=1.0,
+                no_repeat_ngram_size=0,
+                num_beams=1,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=self.eos_ids,
+                pad_token_id=self.tok.pad_token_id,
+                use_cache=True,
+            )
+        response = out[:, query.shape[1] :].cpu()
+        return truncate_after_eos(response, self.eos_ids, self.tok.pad_token_id)
+
+    # -- export --------------------------------------------------------------------------------
+
+    def merged_policy(self) -> Any:
+        """The policy merged into a plain causal LM (for ``models/ppo``).
+
+        Destructive: the base weights absorb the policy adapter and the adapters are removed,
+        so this object is unusable afterwards.
+        """
+        if POLICY not in self.adapter_names:
+            raise KeyError("this model has no policy adapter")
+        merged = self.peft.merge_and_unload(adapter_names=[POLICY])
+        self.adapter_names = []
+        return merged
+
+
+# ---------------------------------------------------------------------------------------------
+# building, saving and loading
+# ---------------------------------------------------------------------------------------------
+
+
+def load_base(sft_dir: str | Path, device: torch.device | None = None) -> tuple[Any, Any]:
+    """The frozen base (in the dtype ``models/sft`` was saved in) and its left-padded tokenizer."""
+    dtype = models.read_provenance(sft_dir).get("dtype", "float32")
+    dtype = dtype if dtype in models.DTYPES else "float32"
+    tok = models.load_tokenizer(sft_dir, padding_side="left")
+    base = models.load_causal_lm(sft_dir, dtype)
+    models.ensure_pad_token(tok, base)
+    base.requires_grad_(False)
+    base.to(device or default_device())
+    return base, tok
+
+
+def new_critic(
+    sft_dir: str | Path, lora: LoraConfig, device: torch.device | None = None
+) -> PolicyCritic:
+    """A fresh critic (adapter ``critic`` at its peft init + a new value head) on the base.
+
+    The LoRA ``B`` matrices start at zero, so the untrained critic sees the base's features.
+    Seed torch beforehand for a reproducible head and ``A`` init.
+    """
+    from peft import get_peft_model
+
+    base, tok = load_base(sft_dir, device)
+    peft_model = get_peft_model(base, peft_lora_config(lora), adapter_name=CRITIC)
+    head = ValueHead(base.config.hidden_size).to(base.device)
+    return PolicyCritic(peft_model, head, tok)
+
+
+def read_critic_info(critic_dir: str | Path) -> dict[str, Any]:
+    """``critic.json`` of a critic directory, with a clear error when it is not one."""
+    path = Path(critic_dir) / CRITIC_JSON
+    if not path.is_file():
+        raise ModelSourceError(
+            f"{critic_dir}: not a critic directory (no {CRITIC_JSON}); run `rlhf-lab train_critic`"
+        )
+    info = json.loads(path.read_text())
+    if info.get("format") != CRITIC_FORMAT:
+        raise ModelSourceError(f"{path}: unknown critic format {info.get('format')!r}")
+    return info
+
+
+def load_policy_critic(
+    sft_dir: str | Path,
+    critic_dir: str | Path,
+    policy_lora: LoraConfig,
+    temperature: float,
+    device: torch.device | None = None,
+) -> PolicyCritic:
+    """The PPO model: the base from ``sft_dir``, a fresh ``policy`` adapter (seed torch first),
+    and the ``critic`` adapter + value head saved by :func:`save_critic` in ``critic_dir``."""
+    from peft import get_peft_model
+
+    read_critic_info(critic_dir)
+    base, tok = load_base(sft_dir, device)
+    peft_model = get_peft_model(base, peft_lora_config(policy_lora), adapter_name=POLICY)
+    peft_model.load_adapter(
+        str(Path(critic_dir) / ADAPTER_DIR), adapter_name=CRITIC, is_trainable=True
+    )
+    head = ValueHead(base.config.hidden_size)
+    head.load(Path(critic_dir) / VALUE_HEAD_FILE)
+    head.to(base.device)
+    return PolicyCritic(peft_model, head, tok, temperature=temperature)
+
+
+def save_adapter(model: PolicyCritic, name: str, out_dir: str | Path) -> None:
+    """Adapter ``name`` as a standard peft directory (adapter_config.json + safetensors)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.peft.peft_config[name].save_pretrained(str(out))
+    save_file(model.adapter_state(name), str(out / "adapter_model.safetensors"))
+
+
+def load_adapter_dir(model: PolicyCritic, name: str, adapter_dir: str | Path) -> None:
+    """Overwrite adapter ``name`` with the weights of a directory from :func:`save_adapter`."""
+    from safetensors.torch import load_file
+
+    model.load_adapter_state(name, load_file(str(Path(adapter_dir) / "adapter_model.safetensors")))
+
+
+def save_critic(model: PolicyCritic, out_dir: str | Path, **info: Any) -> None:
+    """Write the critic (adapter + value head + critic.json) in the format PPO loads.
+
+    ``info`` goes into critic.json (score normalisation, max_length, base, ...).
+    """
+    out = Path(out_dir)
+    save_adapter(model, CRITIC, out / ADAPTER_DIR)
+    model.value_head.save(out / VALUE_HEAD_FILE)
+    meta = {
+        "format": CRITIC_FORMAT,
+        "adapter_name": CRITIC,
+        "adapter_dir": ADAPTER_DIR,
+        "value_head": VALUE_HEAD_FILE,
+        "hidden_size": model.value_head.linear.in_features,
+        **info,
+    }
+    (out / CRITIC_JSON).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+
+
+def load_critic_weights(model: PolicyCritic, critic_dir: str | Path) -> None:
+    """Overwrite the critic adapter and value head of ``model`` from a critic directory."""
+    load_adapter_dir(model, CRITIC, Path(critic_dir) / ADAPTER_DIR)
+    model.value_head.load(Path(critic_dir) / VALUE_HEAD_FILE)
+
+
+def export_policy(model: PolicyCritic, out_dir: str | Path, **provenance: Any) -> None:
+    """Merge the policy adapter into the base and save a plain causal-LM directory."""
+    tok = model.tok
+    merged = model.merged_policy()
+    merged = merged.to("cpu")
+    models.save_model(merged, tok, out_dir)
+    models.write_provenance(
+        out_dir,
+        role="policy",
+        parameters=models.parameter_count(merged),
+        dtype=str(merged.dtype).removeprefix("torch."),
+        pad_token=tok.pad_token,
+        eos_token=tok.eos_token,
+        **provenance,
+    )

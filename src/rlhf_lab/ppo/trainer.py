@@ -1,0 +1,580 @@
+"""The PPO loop for language models: rollout → score → shape → GAE → clipped updates.
+
+One readable loop in the style of cleanrl's ``ppo.py``; every hyperparameter is a documented
+field of :class:`rlhf_lab.config.PpoConfig` (``params.yaml: ppo``), used directly. One step::
+
+    rows      = next ppo.batch_size prompts (a seeded shuffle per pass over data/prompts)
+    response  = sample(policy, T = ppo.temperature, stop at EOS, ≤ ppo.max_new_tokens)
+    score     = Σ w_c · component_c  (rlhf_lab.ppo.scoring), clipped to ±ppo.score_clip
+    logp, ref, V = policy / reference / critic on the sampled tokens (no grad, per minibatch)
+    r_t       = -β·KL_t, + score at the last token, - ppo.missing_eos_penalty if no EOS
+    A, R      = GAE(r, V; γ = ppo.gamma, λ = ppo.lam); A whitened over the batch
+    for ppo.epochs: for ppo.minibatches:
+        loss = clipped policy loss (ppo.clip) + ppo.vf_coef · clipped value loss (ppo.clip_value)
+        skip if non-finite; clip the global grad norm (ppo.max_grad_norm); AdamW step
+        (optionally stop the epochs once approx-KL > ppo.target_approx_kl)
+    β ← KL controller (fixed, or adaptive towards ppo.kl_target over ppo.kl_horizon samples)
+
+The details follow OpenAI's lm-human-preferences and "The N Implementation Details of RLHF
+with PPO" (Huang et al. 2024, [N-details]); the math lives in :mod:`rlhf_lab.ppo.core`, the
+model (one base, two adapters) in :mod:`rlhf_lab.ppo.model`.
+
+Checkpoints (``checkpoints/train_ppo/step-NNNNNN/``, atomic, the last two kept) hold the
+policy adapter, the critic, the optimiser, every RNG state, the KL controller, the metric
+history and the step, so ``--resume`` continues bit-for-bit where an uninterrupted run with the
+same seed would be (``tests/test_ppo_resume.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhf_lab import ui
+from rlhf_lab.config import PpoConfig
+from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.io import atomic_dir
+from rlhf_lab.ppo.core import (
+    AdaptiveKLController,
+    FixedKLController,
+    explained_variance,
+    gae,
+    masked_mean,
+    masked_whiten,
+    policy_loss,
+    shape_rewards,
+    value_loss,
+)
+from rlhf_lab.ppo.model import (
+    CRITIC,
+    POLICY,
+    PolicyCritic,
+    chat_prompt_ids,
+    load_adapter_dir,
+    load_critic_weights,
+    pad_left,
+    save_adapter,
+    save_critic,
+    trim_batch,
+)
+from rlhf_lab.ppo.scoring import Scores
+
+Row = dict[str, Any]
+Scorer = Callable[[Sequence[str], Sequence[Row], int], Scores]
+
+CHECKPOINT_PREFIX = "step-"
+KEEP_CHECKPOINTS = 2
+# ppo keys that may change between a checkpoint and --resume (they do not change what the
+# finished steps computed).
+RESUMABLE_CHANGES = {"steps", "save_every", "max_bad_steps"}
+
+
+class NonFiniteLossError(RlhfLabError):
+    """Too many PPO updates were skipped because the loss or gradient was not finite."""
+
+
+# ---------------------------------------------------------------------------------------------
+# data order and RNG
+# ---------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _permutation(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return tuple(torch.randperm(n, generator=g).tolist())
+
+
+def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
+    """Prompt indices of ``step``: consecutive slices of a seeded shuffle, reshuffled per pass.
+
+    A pure function of the step, so a resumed run draws exactly the prompts it would have.
+    """
+    out = []
+    for k in range(step * batch_size, (step + 1) * batch_size):
+        epoch, i = divmod(k, n)
+        out.append(_permutation(n, seed, epoch)[i])
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the loop draws from (sampling uses torch's global generator)."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": json.dumps(random.getstate()),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    py = json.loads(state["python"])
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+
+
+# ---------------------------------------------------------------------------------------------
+# rollouts
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled replies and everything the update needs (all on the CPU).
+
+    Per-token tensors are [B, R] on the right-padded response; 0 on padding.
+    """
+
+    rows: list[Row]
+    replies: list[str]
+    query: torch.Tensor
+    query_mask: torch.Tensor
+    response: torch.Tensor
+    response_mask: torch.Tensor
+    eos_found: torch.Tensor
+    logprobs: torch.Tensor
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    entropy: torch.Tensor
+    scores: Scores
+    score: torch.Tensor
+    """The composite score after ``ppo.score_clip`` (before the EOS penalty)."""
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# the trainer
+# ---------------------------------------------------------------------------------------------
+
+
+class PpoTrainer:
+    """PPO on ``model`` (policy + critic adapters) over prompt ``rows``, maximising ``scorer``.
+
+    ``scorer(replies, rows, step) -> Scores`` is usually a
+    :class:`rlhf_lab.ppo.scoring.CompositeScorer`. ``checkpoint_dir`` / ``plots_dir`` are
+    optional (tests run without curves). Call :meth:`train`.
+    """
+
+    def __init__(
+        self,
+        model: PolicyCritic,
+        rows: Sequence[Row],
+        scorer: Scorer,
+        cfg: PpoConfig,
+        *,
+        system_prompt: str | None = None,
+        checkpoint_dir: str | Path | None = None,
+        plots_dir: str | Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        if not rows:
+            raise RlhfLabError("train_ppo: no prompts to train on")
+        self.model = model
+        self.tok = model.tok
+        self.rows = list(rows)
+        self.scorer = scorer
+        self.cfg = cfg
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.plots_dir = Path(plots_dir) if plots_dir is not None else None
+        self.progress = progress
+        # Tokenise every prompt once; a row is re-used every pass over the data.
+        self.prompt_ids = [
+            chat_prompt_ids(self.tok, r["prompt"], system_prompt, cfg.max_prompt_length)
+            for r in self.rows
+        ]
+        self.params = model.trainable_parameters()
+        # Adam eps 1e-5 as lm-human-preferences / cleanrl ([N-details] "Adam epsilon").
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, eps=1e-5, weight_decay=0.0)
+        self.kl_ctl: AdaptiveKLController | FixedKLController = (
+            AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon)
+            if cfg.adaptive_kl
+            else FixedKLController(cfg.kl_coef)
+        )
+        self.step = 0
+        self.skipped_updates = 0
+        self.history: list[dict[str, float]] = []
+
+    # -- rollout -------------------------------------------------------------------------------
+
+    def rollout(self, step: int) -> tuple[Rollout, dict[str, float]]:
+        """Sample, score and evaluate one batch with the current policy (no gradients)."""
+        cfg, model, tok = self.cfg, self.model, self.tok
+        idx = batch_indices(step, len(self.rows), cfg.batch_size, cfg.seed)
+        rows = [self.rows[i] for i in idx]
+        query, query_mask = pad_left([self.prompt_ids[i] for i in idx], tok.pad_token_id)
+
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            sampled = model.generate(query, query_mask, cfg.max_new_tokens)
+        # clone(): tensors made under inference_mode cannot be saved for backward later.
+        response, response_mask, eos_found = (t.clone() for t in sampled)
+        t_gen = time.perf_counter() - t0
+        # Decode up to (not including) the EOS: the scorers see the text a user would.
+        is_eos = torch.isin(response, torch.tensor(model.eos_ids))
+        replies = tok.batch_decode(
+            torch.where(is_eos, tok.pad_token_id, response), skip_special_tokens=True
+        )
+
+        t1 = time.perf_counter()
+        scores = self.scorer(replies, rows, step)
+        score = scores.total.float()
+        if cfg.score_clip is not None:
+            score = score.clamp(-cfg.score_clip, cfg.score_clip)
+        t_score = time.perf_counter() - t1
+
+        # logprobs (policy), reference logprobs (adapters off) and values (critic) of the
+        # sampled tokens, one no-grad pass each per minibatch-sized chunk, trimmed to the
+        # chunk's own padding. Recomputed rather than taken from generate(): the N-details
+        # ("recompute logprobs") — generation-time logits differ with caching and padding.
+        width = response.shape[1]
+        lp, ref, val, ent = [], [], [], []
+        with torch.inference_mode():
+            for sl in _chunks(len(rows), cfg.minibatch_size):
+                q, qm, r, rm = trim_batch(
+                    query[sl], query_mask[sl], response[sl], response_mask[sl]
+                )
+                logp, entropy = model.policy_logprobs(q, qm, r, rm, entropy=True)
+                lp.append(_pad_to(logp.cpu(), width))
+                ent.append(_pad_to(entropy.cpu(), width))
+                ref.append(_pad_to(model.ref_logprobs(q, qm, r, rm).cpu(), width))
+                val.append(_pad_to(model.values(q, qm, r, rm).float().cpu(), width))
+        ro = Rollout(
+            rows=rows,
+            replies=replies,
+            query=query,
+            query_mask=query_mask,
+            response=response,
+            response_mask=response_mask,
+            eos_found=eos_found,
+            logprobs=torch.cat(lp).clone(),
+            ref_logprobs=torch.cat(ref).clone(),
+            values=torch.cat(val).clone(),
+            entropy=torch.cat(ent).clone(),
+            scores=scores,
+            score=score,
+        )
+        timing = {
+            "time/rollout_s": time.perf_counter() - t0,
+            "time/generate_s": t_gen,
+            "time/score_s": t_score,
+        }
+        return ro, timing
+
+    # -- update --------------------------------------------------------------------------------
+
+    def update(self, ro: Rollout, step: int) -> dict[str, float]:
+        """Shape rewards, GAE, and ``ppo.epochs`` passes of clipped updates over minibatches."""
+        cfg, model = self.cfg, self.model
+        mask = ro.response_mask.float()
+        beta = self.kl_ctl.value
+        with torch.no_grad():
+            # -β·KL_t per token, the score at the last valid token (lm-human-preferences
+            # compute_rewards), missing-EOS penalty on the score ([N-details] "EOS trick").
+            rewards, kl = shape_rewards(
+                ro.score,
+                ro.logprobs,
+                ro.ref_logprobs,
+                mask,
+                kl_coef=beta,
+                kind=cfg.kl_estimator,
+                eos_found=ro.eos_found,
+                missing_eos_penalty=cfg.missing_eos_penalty,
+            )
+            if cfg.whiten_rewards:
+                # shift_mean=False: the sign of the mean reward carries information (TRL).
+                rewards = masked_whiten(rewards, mask, shift_mean=False)
+            advantages, returns = gae(rewards, ro.values, mask, cfg.gamma, cfg.lam)
+            # Whitened over the whole batch, as TRL right after GAE ([N-details] "advantage
+            # whitening"); padding stays 0.
+            advantages = masked_whiten(advantages, mask)
+
+        n = len(ro.rows)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * step + 1)
+        sums: dict[str, float] = {}
+        updates = 0
+        epochs_run = 0
+        for _epoch in range(cfg.epochs):
+            perm = torch.randperm(n, generator=g)
+            epoch_kl = []
+            for start in range(0, n, cfg.minibatch_size):
+                mb = perm[start : start + cfg.minibatch_size]
+                q, qm, r, rm = trim_batch(
+                    ro.query[mb], ro.query_mask[mb], ro.response[mb], ro.response_mask[mb]
+                )
+                w = r.shape[1]
+                m = rm.float()
+                dev = model.device
+                new_logp, _ = model.policy_logprobs(q, qm, r, rm)
+                new_values = model.values(q, qm, r, rm)
+                pg_loss, pg_clipfrac, approxkl = policy_loss(
+                    new_logp,
+                    ro.logprobs[mb, :w].to(dev),
+                    advantages[mb, :w].to(dev),
+                    m.to(dev),
+                    cfg.clip,
+                )
+                vf_loss, vf_clipfrac = value_loss(
+                    new_values,
+                    ro.values[mb, :w].to(dev),
+                    returns[mb, :w].to(dev),
+                    m.to(dev),
+                    cfg.clip_value,
+                )
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                self.optimizer.zero_grad(set_to_none=True)
+                ok = bool(torch.isfinite(loss))
+                if ok:
+                    loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                    ok = bool(torch.isfinite(grad_norm))
+                if not ok:
+                    self._skip(step, float(loss.detach()))
+                    continue
+                self.optimizer.step()
+                updates += 1
+                for key, value in (
+                    ("loss/policy", pg_loss),
+                    ("loss/value", vf_loss),
+                    ("loss/total", loss),
+                    ("policy/clipfrac", pg_clipfrac),
+                    ("policy/approxkl", approxkl),
+                    ("val/clipfrac", vf_clipfrac),
+                    ("train/grad_norm", grad_norm),
+                ):
+                    sums[key] = sums.get(key, 0.0) + float(value.detach())
+                epoch_kl.append(float(approxkl))
+            epochs_run += 1
+            # cleanrl's target_kl: stop this step's epochs once the policy moved too far.
+            if (
+                cfg.target_approx_kl is not None
+                and epoch_kl
+                and sum(epoch_kl) / len(epoch_kl) > cfg.target_approx_kl
+            ):
+                break
+        self.optimizer.zero_grad(set_to_none=True)
+
+        # Mean KL per reply (sum over tokens): what the adaptive controller targets.
+        kl_per_reply = (kl * mask).sum(dim=1)
+        mean_kl = float(kl_per_reply.mean())
+        self.kl_ctl.update(mean_kl, n)
+        penalised = ro.score - ((cfg.missing_eos_penalty or 0.0) * (~ro.eos_found).float())
+        stats = {k: v / max(updates, 1) for k, v in sums.items()}
+        stats.update(
+            {
+                "objective/score": float(penalised.mean()),
+                "objective/kl": mean_kl,
+                "objective/kl_coef": beta,
+                "objective/rlhf_reward": float((penalised - beta * kl_per_reply).mean()),
+                "objective/entropy": float(masked_mean(ro.entropy, mask)),
+                "val/explained_variance": float(explained_variance(ro.values, returns, mask)),
+                "val/mean": float(masked_mean(ro.values, mask)),
+                "val/returns_mean": float(masked_mean(returns, mask)),
+                "gen/length": float(mask.sum(dim=1).mean()),
+                "gen/eos_rate": float(ro.eos_found.float().mean()),
+                "train/updates": float(updates),
+                "train/epochs": float(epochs_run),
+                "train/skipped_updates": float(self.skipped_updates),
+            }
+        )
+        for key in (
+            "loss/policy",
+            "loss/value",
+            "policy/clipfrac",
+            "policy/approxkl",
+            "val/clipfrac",
+        ):
+            stats.setdefault(key, float("nan"))
+        return stats
+
+    def _skip(self, step: int, loss: float) -> None:
+        """A non-finite loss or gradient: skip the update, count it, abort past the limit."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_updates += 1
+        ui.console.print(
+            f"[yellow]warning:[/] train_ppo step {step}: non-finite loss/gradient ({loss}); "
+            f"update skipped ({self.skipped_updates}/{self.cfg.max_bad_steps})",
+            highlight=False,
+        )
+        if self.skipped_updates >= self.cfg.max_bad_steps:
+            raise NonFiniteLossError(
+                f"train_ppo: {self.skipped_updates} updates skipped for a non-finite loss "
+                f"(ppo.max_bad_steps={self.cfg.max_bad_steps}), last at step {step}; "
+                "lower ppo.lr, or check the reward components for nan/inf"
+            )
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def train(self, resume: bool = False) -> dict[str, Any]:
+        """Run (or, with ``resume``, continue) training to ``ppo.steps``; return final metrics."""
+        cfg = self.cfg
+        if resume and self.load_checkpoint():
+            ui.console.print(f"resuming train_ppo at step {self.step}/{cfg.steps}", highlight=False)
+        else:
+            if resume:
+                ui.console.print("no checkpoint to resume from; starting at step 0")
+            seed_everything(cfg.seed)
+            if self.checkpoint_dir is not None and self.checkpoint_dir.exists():
+                shutil.rmtree(self.checkpoint_dir)  # a fresh run: old checkpoints are stale
+        live = self._open_live()
+        try:
+            steps = range(self.step, cfg.steps)
+            it = ui.track(steps, "train_ppo", total=len(steps)) if self.progress else steps
+            for step in it:
+                ro, timing = self.rollout(step)
+                t0 = time.perf_counter()
+                stats = self.update(ro, step)
+                timing["time/update_s"] = time.perf_counter() - t0
+                timing["time/samples_per_s"] = len(ro.rows) / (
+                    timing["time/rollout_s"] + timing["time/update_s"]
+                )
+                stats = {**ro.scores.means(), **stats, **timing}
+                if self.scorer_has_schedule():
+                    stats.update({f"weight/{k}": v for k, v in ro.scores.weights.items()})
+                stats = {"step": float(step), **stats}
+                self.history.append(stats)
+                if live is not None:
+                    self._log(live, stats)
+                self.step = step + 1
+                if self.checkpoint_dir is not None and (
+                    self.step % cfg.save_every == 0 or self.step == cfg.steps
+                ):
+                    self.save_checkpoint()
+        finally:
+            if live is not None:
+                live.end()
+        return self.final_metrics()
+
+    def scorer_has_schedule(self) -> bool:
+        return getattr(self.scorer, "weights_end", None) is not None
+
+    def final_metrics(self) -> dict[str, Any]:
+        """The last step's metrics, plus run totals (for ``metrics/train_ppo.json``)."""
+        if not self.history:
+            return {}
+        last = {k: v for k, v in self.history[-1].items() if k != "step"}
+        last["objective/score_start"] = self.history[0]["objective/score"]
+        last["train/steps"] = self.step
+        last["train/skipped_updates"] = self.skipped_updates
+        last["time/total_rollout_s"] = sum(h["time/rollout_s"] for h in self.history)
+        last["time/total_update_s"] = sum(h["time/update_s"] for h in self.history)
+        return last
+
+    # -- curves --------------------------------------------------------------------------------
+
+    def _open_live(self) -> Any:
+        if self.plots_dir is None:
+            return None
+        from dvclive import Live
+
+        # Always a fresh directory, then the history replayed: after --resume the curves are
+        # exactly those of an uninterrupted run (no duplicate points for re-run steps).
+        live = Live(
+            dir=str(self.plots_dir), resume=False, dvcyaml=None, save_dvc_exp=False, report=None
+        )
+        for stats in self.history:
+            self._log(live, stats)
+        return live
+
+    @staticmethod
+    def _log(live: Any, stats: Mapping[str, float]) -> None:
+        live.step = int(stats["step"])
+        for key, value in stats.items():
+            if key != "step":
+                live.log_metric(key, float(value))
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (half-written ones are hidden temp dirs)."""
+        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
+            return []
+        found = [
+            p
+            for p in self.checkpoint_dir.glob(f"{CHECKPOINT_PREFIX}*")
+            if (p / "state.json").is_file()
+        ]
+        return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
+
+    def save_checkpoint(self) -> Path:
+        """Write ``step-NNNNNN/`` atomically; keep the newest :data:`KEEP_CHECKPOINTS`."""
+        assert self.checkpoint_dir is not None
+        target = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.step:06d}"
+        with atomic_dir(target) as tmp:
+            save_adapter(self.model, POLICY, tmp / "policy")
+            save_critic(self.model, tmp / "critic")
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(rng_state(), tmp / "rng.pt")
+            state = {
+                "step": self.step,
+                "skipped_updates": self.skipped_updates,
+                "kl_controller": self.kl_ctl.state_dict(),
+                "config": self.cfg.model_dump(mode="json"),
+                # Python's json keeps NaN (explained variance of a constant return can be nan),
+                # so the replayed history is exactly what was logged.
+                "history": self.history,
+            }
+            (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+        for old in self.checkpoints()[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def load_checkpoint(self) -> bool:
+        """Restore the newest checkpoint; False when there is none."""
+        found = self.checkpoints()
+        if not found:
+            return False
+        path = found[-1]
+        state = json.loads((path / "state.json").read_text())
+        now = self.cfg.model_dump(mode="json")
+        changed = sorted(
+            k
+            for k in set(now) | set(state["config"])
+            if k not in RESUMABLE_CHANGES and now.get(k) != state["config"].get(k)
+        )
+        if changed:
+            raise RlhfLabError(
+                f"{path}: made with different ppo params "
+                f"({', '.join('ppo.' + k for k in changed)}); run without --resume to start over"
+            )
+        load_adapter_dir(self.model, POLICY, path / "policy")
+        load_critic_weights(self.model, path / "critic")
+        self.optimizer.load_state_dict(
+            # On the CPU: load_state_dict moves each state to its parameter's device itself.
+            torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        )
+        set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+        self.kl_ctl.load_state_dict(state["kl_controller"])
+        self.step = int(state["step"])
+        self.skipped_updates = int(state["skipped_updates"])
+        self.history = state["history"]
+        return True
+
+
+__all__ = ["CRITIC", "NonFiniteLossError", "PpoTrainer", "Rollout", "batch_indices"]

@@ -1,0 +1,154 @@
+"""generate: replies from trained models, for reading them (a command, not a DVC stage).
+
+    rlhf-lab generate --prompt "Any good sci-fi films?" --model sft --model ppo
+    rlhf-lab generate --file prompts.jsonl --model models/ppo --out replies.jsonl
+
+``--model`` takes ``base``, ``sft`` or ``ppo`` (``models/base/policy``, ``models/sft``,
+``models/ppo``) or any model directory; repeat it to see several models answer the same
+prompts side by side. Sampling follows params ``eval`` (temperature, max_new_tokens,
+batch_size, seed) and ``task.system_prompt``, the settings ``evaluate`` compares the models
+under, unless an option overrides them. The replies are printed to stdout; ``--out`` also
+writes them as JSON lines, one row per prompt: ``{"prompt": [...], "replies": {model:
+{"text", "n_tokens", "eos"}}}``.
+
+A prompt file is either JSONL (``.jsonl``: prompt rows as ``data/prompts/*.jsonl`` has them,
+``{"prompt": [messages]}``, or ``{"prompt": "text"}``), or plain text with one prompt per line.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from rlhf_lab.config import Params
+from rlhf_lab.errors import DataError, ModelSourceError
+from rlhf_lab.io import write_jsonl
+
+MODEL_ALIASES = {
+    "base": Path("models/base/policy"),
+    "sft": Path("models/sft"),
+    "ppo": Path("models/ppo"),
+}
+"""Short names for the pipeline's policy directories."""
+
+Messages = list[dict[str, str]]
+
+
+def resolve_model(name: str) -> Path:
+    """A model alias or directory as a directory that exists."""
+    path = MODEL_ALIASES.get(name, Path(name))
+    if not (path / "config.json").is_file():
+        known = ", ".join(MODEL_ALIASES)
+        raise ModelSourceError(
+            f"model {name!r}: {path} holds no trained model (config.json); give {known} "
+            "(after the stage that makes it) or a model directory"
+        )
+    return path
+
+
+def _as_messages(value: Any, where: str) -> Messages:
+    if isinstance(value, str) and value.strip():
+        return [{"role": "user", "content": value}]
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(m, dict) and {"role", "content"} <= m.keys() for m in value)
+    ):
+        return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
+    raise DataError(f"{where}: 'prompt' must be text or a list of {{role, content}} messages")
+
+
+def read_prompts(path: str | Path) -> list[Messages]:
+    """Prompts of a ``.jsonl`` file of prompt rows, or of a text file (one per line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: prompt file not found")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    prompts: list[Messages] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if path.suffix != ".jsonl":
+            prompts.append(_as_messages(line.strip(), f"{path}:{n}"))
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or "prompt" not in row:
+            raise DataError(f"{path}:{n}: expected an object with a 'prompt' key")
+        prompts.append(_as_messages(row["prompt"], f"{path}:{n}"))
+    if not prompts:
+        raise DataError(f"{path}: no prompts in the file")
+    return prompts
+
+
+def _show(prompts: Sequence[Messages], replies: dict[str, list[Any]]) -> None:
+    width = max(len(name) for name in replies)
+    for i, messages in enumerate(prompts):
+        last = messages[-1]
+        typer.echo(f"[{i + 1}] {last['role']}: {last['content']}")
+        for name, samples in replies.items():
+            s = samples[i]
+            cut = "" if s.eos else "  [cut at max_new_tokens]"
+            typer.echo(f"  {name:>{width}}: {s.text}{cut}")
+        typer.echo("")
+
+
+def main(
+    params: Params,
+    *,
+    models: Sequence[str],
+    prompts: Sequence[str] = (),
+    file: Path | None = None,
+    out: Path | None = None,
+    temperature: float | None = None,
+    max_new_tokens: int | None = None,
+    seed: int | None = None,
+) -> list[dict[str, Any]]:
+    """Sample one reply per (prompt, model); print them, write ``out`` if given; return rows."""
+    from rlhf_lab import generation
+    from rlhf_lab.evaluation.evaluate import load_policy
+
+    messages = [_as_messages(p, "--prompt") for p in prompts]
+    if file is not None:
+        messages += read_prompts(file)
+    if not messages:
+        raise DataError("nothing to answer: give --prompt TEXT or --file PATH")
+    cfg = params.eval
+    dirs = {name: resolve_model(name) for name in dict.fromkeys(models)}  # check all first
+    replies: dict[str, list[Any]] = {}
+    for name, folder in dirs.items():
+        model, tok = load_policy(folder)
+        replies[name] = generation.generate(
+            model,
+            tok,
+            messages,
+            max_new_tokens=max_new_tokens if max_new_tokens is not None else cfg.max_new_tokens,
+            temperature=temperature if temperature is not None else cfg.temperature,
+            batch_size=cfg.batch_size,
+            seed=seed if seed is not None else cfg.seed,
+            system_prompt=params.task.system_prompt,
+            desc=f"generate {name}",
+        )
+        del model
+        gc.collect()  # one policy in memory at a time
+    _show(messages, replies)
+    rows = [
+        {
+            "prompt": m,
+            "replies": {
+                name: {"text": s[i].text, "n_tokens": s[i].n_tokens, "eos": s[i].eos}
+                for name, s in replies.items()
+            },
+        }
+        for i, m in enumerate(messages)
+    ]
+    if out is not None:
+        write_jsonl(out, rows)
+    return rows

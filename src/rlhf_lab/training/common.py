@@ -1,0 +1,228 @@
+"""Pieces every supervised loop shares (reward model, SFT, critic): the accelerator, seeding,
+AdamW with linear warm-up, dvclive curves, progress bars, gathering and saving.
+
+All loops run under :class:`accelerate.Accelerator`, so the same code runs as one CPU process,
+under ``accelerate launch`` on several GPUs (DDP), or with DeepSpeed ZeRO-2/3 (see
+``docs/accelerate.md``). Conventions the loops follow:
+
+* ``batch_size`` in ``params.yaml`` is the *global* number of examples per optimiser step: the
+  accelerator splits each batch across processes (``split_batches=True``), so changing the
+  number of processes does not change the optimisation, only who computes what.
+* Only the main process writes files (models, metrics, curves); evaluation results are
+  gathered from every process first (``gather_for_metrics`` drops the padding duplicates).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
+
+from rlhf_lab import ui
+from rlhf_lab.config import LoraConfig
+from rlhf_lab.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class TrainOutcome:
+    """What a training function hands back to its stage (identical on every process)."""
+
+    metrics: dict[str, Any]
+    """Flat, namespaced metrics for ``metrics/<stage>.json``."""
+    is_main_process: bool
+    """Only the main process writes metrics and prints the summary."""
+    num_processes: int = 1
+    """How many processes trained (``accelerate launch --num_processes``)."""
+    history: list[dict[str, float]] = field(default_factory=list)
+    """Per-step training values (what the curves show), for tests and benchmarks."""
+
+
+def make_accelerator(seed: int, batch_size: int, batch_key: str) -> Accelerator:
+    """An Accelerator that splits each ``batch_size`` batch across processes; seeds everything.
+
+    ``batch_key`` names the params key in the error when the batch cannot be split evenly.
+    """
+    accelerator = Accelerator(
+        # accelerate picks its multi-CPU (gloo) mode only when told to use the CPU; without
+        # this, `accelerate launch --multi_gpu` / torchrun on a machine with no GPU would start
+        # N independent copies that each believe they are the main process.
+        cpu=_launched_without_gpu(),
+        dataloader_config=DataLoaderConfiguration(
+            # One global batch per step whatever the process count (see the module docstring);
+            # the seedable sampler makes the shuffle order depend on the seed only.
+            split_batches=True,
+            use_seedable_sampler=True,
+            data_seed=seed,
+        ),
+    )
+    if batch_size % accelerator.num_processes:
+        raise ConfigError(
+            f"params.yaml: {batch_key} ({batch_size}) must be divisible by the number of "
+            f"processes ({accelerator.num_processes})"
+        )
+    # The same seed on every process, so newly initialised weights (a reward head, LoRA
+    # matrices) start identical everywhere even before DDP broadcasts rank 0's copy.
+    set_seed(seed)
+    return accelerator
+
+
+def _launched_without_gpu() -> bool:
+    world = max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "PMI_SIZE"))
+    return world > 1 and not torch.cuda.is_available()
+
+
+def is_zero3(accelerator: Accelerator) -> bool:
+    """True under DeepSpeed ZeRO-3, where each process holds only a shard of every weight."""
+    if accelerator.distributed_type != DistributedType.DEEPSPEED:
+        return False
+    plugin = accelerator.state.deepspeed_plugin
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def adamw_with_warmup(
+    model: torch.nn.Module,
+    lr: float,
+    weight_decay: float,
+    total_steps: int,
+    warmup_ratio: float,
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the trainable parameters and a linear warm-up then linear decay to zero.
+
+    Biases and norm weights (1-D tensors) get no weight decay, as in BERT and the HF Trainer:
+    decaying a LayerNorm gain towards 0 is a constraint nobody wants.
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    warmup = round(warmup_ratio * total_steps)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, max(total_steps, 1))
+    return optimizer, scheduler
+
+
+def apply_lora(model: torch.nn.Module, lora: LoraConfig, task_type: str = "CAUSAL_LM") -> Any:
+    """``model`` wrapped by peft with fresh LoRA adapters; only the adapters are trainable.
+
+    LoRA's B matrices start at zero (Hu et al. 2021, sec. 4.1), so the wrapped model computes
+    exactly what the base model does until the first update.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    config = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type=task_type,
+    )
+    return get_peft_model(model, config)
+
+
+def trainable_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters the optimiser updates."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class Curves:
+    """dvclive curves under ``plots/<stage>/`` written by the main process; a no-op elsewhere.
+
+    DVC reads ``plots/<stage>/plots/metrics/<name>.tsv`` (``dvc.yaml`` plots, ``x: step``).
+    """
+
+    def __init__(self, directory: str | Path | None, enabled: bool = True) -> None:
+        self.live: Any = None
+        if directory is not None and enabled:
+            from dvclive import Live
+
+            # dvcyaml=None / save_dvc_exp=False: dvc.yaml already declares these plots, and
+            # `dvc exp run` records the experiment itself.
+            self.live = Live(dir=str(directory), dvcyaml=None, save_dvc_exp=False, report=None)
+
+    def log(self, step: int, values: Mapping[str, float]) -> None:
+        """Append one point per value at ``step``."""
+        if self.live is None:
+            return
+        self.live.step = step
+        for name, value in values.items():
+            self.live.log_metric(name, float(value))
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.end()
+            self.live = None
+
+
+def progress(
+    accelerator: Accelerator, items: Iterable[T], description: str, total: int | None = None
+) -> Iterator[T]:
+    """A progress bar on the main process only (N processes would draw N interleaved bars)."""
+    if accelerator.is_main_process:
+        return ui.track(items, description, total=total)
+    return iter(items)
+
+
+def gather(accelerator: Accelerator, values: torch.Tensor) -> torch.Tensor:
+    """``values`` from every process, concatenated in dataset order, as float32 on the CPU."""
+    return accelerator.gather_for_metrics(values.detach().contiguous()).float().cpu()
+
+
+def mean_across(accelerator: Accelerator, value: torch.Tensor) -> float:
+    """The mean of a scalar over processes (for logging a loss every process computed)."""
+    return float(accelerator.reduce(value.detach().float().reshape(1), reduction="mean").item())
+
+
+def state_dict_for_saving(
+    accelerator: Accelerator, model: torch.nn.Module, rebuild: Callable[[], torch.nn.Module]
+) -> torch.nn.Module | None:
+    """The trained model with full weights on the main process (None on the others).
+
+    Every process must call this: under ZeRO-3 the weights are sharded and
+    ``get_state_dict`` gathers them collectively; the main process then loads them into a
+    freshly built copy (``rebuild``), because its own module holds only empty shards. Without
+    ZeRO-3 the unwrapped module already holds everything.
+    """
+    if is_zero3(accelerator):
+        state = accelerator.get_state_dict(model)
+        if not accelerator.is_main_process:
+            return None
+        fresh = rebuild()
+        fresh.load_state_dict(state)
+        return fresh
+    accelerator.wait_for_everyone()
+    return accelerator.unwrap_model(model) if accelerator.is_main_process else None
+
+
+def peak_memory_mb(device: torch.device | None = None) -> float:
+    """Peak memory of this process: CUDA allocator peak on a GPU, max resident set on a CPU."""
+    if device is not None and device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+@contextlib.contextmanager
+def train_mode(model: torch.nn.Module, training: bool) -> Iterator[None]:
+    """Switch ``model`` to train/eval for a block and restore the previous mode after it."""
+    was = model.training
+    model.train(training)
+    try:
+        yield
+    finally:
+        model.train(was)

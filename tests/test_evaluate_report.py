@@ -1,0 +1,147 @@
+"""evaluate's report, plots, DVC plot data and samples, from a hand-made result (no models)."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from rlhf_lab.config import EvalConfig, EvalGates
+from rlhf_lab.evaluation import evaluate as ev
+from rlhf_lab.evaluation import report
+
+N = 8
+ROWS = [
+    {
+        "id": f"p{i}",
+        "prompt": [{"role": "user", "content": f"question {i} | with a pipe"}],
+        "reference": f"answer number {i}" if i % 4 else None,
+    }
+    for i in range(N)
+]
+
+
+def _outputs() -> dict[str, ev.ModelOutputs]:
+    rng = np.random.default_rng(0)
+    refs = [ev.reference_of(r) for r in ROWS]
+    has_ref = np.array([r is not None for r in refs])
+    out = {}
+    for who, shift, texts in (
+        ("sft", 0.0, [f"sft reply {i} is short" for i in range(N)]),
+        ("ppo", 0.5, [f"ppo reply {i}\nis longer and longer" for i in range(N)]),
+    ):
+        bleu = np.where(has_ref, rng.uniform(0, 1, N), np.nan)
+        out[who] = ev.ModelOutputs(
+            texts=texts,
+            valid=np.ones(N, dtype=bool),
+            n_tokens=[6] * N,
+            eos=[True] * N,
+            scores={
+                ev.REWARD_MODEL: rng.normal(shift, 1.0, N),
+                "text/bleu": bleu,
+                "text/length": rng.uniform(0, 1, N),
+            },
+            bertscore_f1=np.where(has_ref, 0.8, np.nan),
+        )
+    out["ref"] = ev.ModelOutputs(
+        texts=[r or "" for r in refs],
+        valid=has_ref,
+        scores={
+            ev.REWARD_MODEL: np.where(has_ref, 1.0, np.nan),
+            "text/length": np.where(has_ref, 1.0, np.nan),
+        },
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def result() -> ev.EvalResult:
+    # max_distinct2_drop=0 with PPO's repeated words fails exactly one soft gate: "adjust"
+    cfg = EvalConfig(n_boot=200, gates=EvalGates(min_reward_gain=-10.0, max_distinct2_drop=0.0))
+    return ev.finish("chat", ROWS, _outputs(), np.full(N, 0.25), cfg)
+
+
+def test_histogram_fractions():
+    edges, frac = report.histogram({"a": np.array([0.0, 0.1, 1.0]), "b": np.array([0.5])}, 4)
+    assert edges.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]  # [0, 1] scores: fixed bins
+    assert frac["a"].tolist() == pytest.approx([2 / 3, 0, 0, 1 / 3])
+    assert frac["b"].tolist() == [0, 0, 1, 0]
+    edges, frac = report.histogram({"a": np.array([-2.0, 2.0])}, 4)
+    assert edges[0] == -2.0 and edges[-1] == 2.0 and frac["a"].sum() == 1.0
+
+
+def test_plot_data_files(result, tmp_path):
+    report.write_plot_data(result, tmp_path)
+    with (tmp_path / "dist" / "reward_model.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == report.BINS and list(rows[0]) == ["score", "sft", "ppo", "ref"]
+    for who in ("sft", "ppo", "ref"):
+        assert sum(float(r[who]) for r in rows) == pytest.approx(1.0, abs=1e-4)
+    with (tmp_path / "dist" / "text_bleu.csv").open() as fh:
+        bleu = list(csv.DictReader(fh))
+    assert all(r["ref"] == "" for r in bleu)  # references are not scored on BLEU
+    with (tmp_path / "components.csv").open() as fh:
+        comps = {r["component"]: r for r in csv.DictReader(fh)}
+    assert set(comps) == {ev.REWARD_MODEL, "text/bleu", "text/length"}
+    assert comps["text/length"]["ref"] == "1.0"
+    with (tmp_path / "rm_pairs.csv").open() as fh:
+        assert len(list(csv.DictReader(fh))) == N
+
+
+def test_plot_images(result, tmp_path):
+    paths = report.write_plot_images(result, tmp_path)
+    assert [p.name for p in paths] == [
+        "reward_hist.png",
+        "component_hists.png",
+        "component_delta.png",
+    ]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_layout(result):
+    md = report.render_report(
+        result, plots_rel="../plots/evaluate", run_params={"ppo.lr": 5e-5}, n_boot=200
+    )
+    assert result.verdict.decision == "adjust"
+    assert "**Verdict: ADJUST** — failing gate: `distinct2_drop`." in md
+    for heading in (
+        "## Headline",
+        "## Significance",
+        "## Gates",
+        "## Reward components",
+        "## Five largest PPO gains (reward model)",
+        "## Five largest PPO losses (reward model)",
+        "## Run parameters",
+    ):
+        assert heading in md
+    assert "Wilcoxon signed-rank test, two-sided" in md
+    assert "](../plots/evaluate/reward_hist.png)" in md
+    assert "| `ppo.lr` | 5.0e-05 |" in md
+    assert "question 1 \\| with a pipe" in md  # table cells stay one cell
+    assert "ppo reply 1<br>is longer" in md
+    gains = md.split("## Five largest PPO gains")[1].split("## Five largest PPO losses")[0]
+    assert gains.count("| 1. `") == 1 and gains.count("`p") <= 5
+
+
+def test_cell_escaping():
+    assert report.cell("a|b\nc\x00<d>") == "a\\|b<br>c&lt;d&gt;"
+    assert report.cell("x" * 50, limit=10) == "x" * 9 + "…"
+    assert report.cell("") == "*(empty)*"
+
+
+def test_samples(result):
+    rows = report.sample_rows(result)
+    assert len(rows) == N
+    first, second = rows[0], rows[1]
+    assert first["reference"] is None and first["reference_scores"] == {}
+    assert "text/bleu" not in first["sft_scores"] and "bertscore_f1" not in first["sft_scores"]
+    assert second["sft_scores"]["bertscore_f1"] == 0.8
+    assert set(second["reference_scores"]) == {ev.REWARD_MODEL, "text/length"}
+    assert second["sft_reply"] == "sft reply 1 is short" and second["kl_ppo_sft"] == 0.25
+
+
+def test_flatten_params():
+    flat = report.flatten_params({"ppo": {"lr": 1.0, "lora": {"r": 4}}, "task": {"name": "chat"}})
+    assert flat == {"ppo.lr": 1.0, "ppo.lora.r": 4, "task.name": "chat"}

@@ -1,0 +1,88 @@
+"""`rlhf-lab generate` through the CLI on tiny policies: prompts in, replies out."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from rlhf_lab.cli import app
+from rlhf_lab.errors import DataError
+from rlhf_lab.stages.generate import read_prompts
+
+
+@pytest.fixture
+def repo(tiny_models, tmp_path, monkeypatch):
+    shutil.copytree(tiny_models["policy"], tmp_path / "models/sft")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("eval:\n  max_new_tokens: 5\n  batch_size: 2\n")
+    return tmp_path
+
+
+def test_prompt_and_file_to_stdout_and_jsonl(repo, tiny_models):
+    rows = [
+        {"id": "a", "prompt": [{"role": "user", "content": "what is your favorite movie"}]},
+        {"prompt": "thank you so much"},
+    ]
+    (repo / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--prompt",
+            "hello how are you",
+            "--file",
+            "prompts.jsonl",
+            "-m",
+            "sft",
+            "-m",
+            str(tiny_models["policy"]),
+            "--max-new-tokens",
+            "4",
+            "--out",
+            "replies.jsonl",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "[1] user: hello how are you" in result.output
+    assert "[3] user: thank you so much" in result.output
+    out = [json.loads(line) for line in (repo / "replies.jsonl").read_text().splitlines()]
+    assert [o["prompt"][-1]["content"] for o in out] == [
+        "hello how are you",
+        "what is your favorite movie",
+        "thank you so much",
+    ]
+    for o in out:
+        assert set(o["replies"]) == {"sft", str(tiny_models["policy"])}
+        for reply in o["replies"].values():
+            assert 1 <= reply["n_tokens"] <= 4 and isinstance(reply["eos"], bool)
+    # the same weights under the same seed answer alike, whatever the model is called
+    first = out[0]["replies"]
+    assert first["sft"] == first[str(tiny_models["policy"])]
+
+
+def test_text_file_one_prompt_per_line(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text("first question\n\n  second question  \n")
+    assert read_prompts(path) == [
+        [{"role": "user", "content": "first question"}],
+        [{"role": "user", "content": "second question"}],
+    ]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": [{"role": "user"}]}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:1: 'prompt' must be text or a list"):
+        read_prompts(bad)
+
+
+def test_missing_model_is_one_line(repo):
+    result = CliRunner().invoke(app, ["generate", "--prompt", "hi", "-m", "ppo"])
+    assert result.exit_code == 2
+    assert "model 'ppo': models/ppo holds no trained model" in result.output
+
+
+def test_no_prompt_is_an_error(repo):
+    result = CliRunner().invoke(app, ["generate", "-m", "sft"])
+    assert result.exit_code == 2
+    assert "give --prompt TEXT or --file PATH" in result.output

@@ -1,0 +1,198 @@
+"""The PPO model on a tiny random Llama: one base, two LoRA adapters, a value head."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf_lab.ppo.core import logprobs_from_logits
+from rlhf_lab.ppo.model import (
+    CRITIC,
+    POLICY,
+    chat_prompt_ids,
+    load_policy_critic,
+    pad_left,
+    read_critic_info,
+    trim_batch,
+    truncate_after_eos,
+)
+
+from .ppo_helpers import TINY_LORA, copy_policy, make_critic, one_thread, prompt_rows  # noqa: F401
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see ppo_helpers.one_thread
+
+T = 0.7
+
+
+@pytest.fixture(scope="module")
+def dirs(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("ppo-model")
+    sft = copy_policy(tiny_models["policy"], root / "sft")
+    return {"sft": sft, "critic": make_critic(sft, root / "critic")}
+
+
+def _model(dirs, seed=0):
+    torch.manual_seed(seed)
+    return load_policy_critic(dirs["sft"], dirs["critic"], TINY_LORA, temperature=T)
+
+
+def _batch(model, n=4, max_new_tokens=8):
+    tok = model.tok
+    ids = [chat_prompt_ids(tok, r["prompt"], None, 64) for r in prompt_rows(8)[:n]]
+    query, query_mask = pad_left(ids, tok.pad_token_id)
+    torch.manual_seed(1)
+    response, response_mask, eos = model.generate(query, query_mask, max_new_tokens)
+    return query, query_mask, response, response_mask, eos
+
+
+def test_truncate_after_eos_keeps_eos_and_pads_the_rest():
+    eos, pad = 2, 0
+    sampled = torch.tensor([[5, 6, 2, 7, 2], [5, 2, 9, 9, 9], [5, 6, 7, 8, 9]])
+    resp, mask, found = truncate_after_eos(sampled, eos, pad)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert resp.tolist() == [[5, 6, 2, 0, 0], [5, 2, 0, 0, 0], [5, 6, 7, 8, 9]]
+    assert found.tolist() == [True, True, False]
+    # all rows stop early: the all-pad tail is dropped
+    resp, mask, _ = truncate_after_eos(torch.tensor([[2, 4, 4], [5, 2, 4]]), eos, pad)
+    assert resp.tolist() == [[2, 0], [5, 2]] and mask.tolist() == [[1, 0], [1, 1]]
+    # several EOS ids (Llama 3 style): the first of any ends the reply
+    resp, mask, found = truncate_after_eos(torch.tensor([[5, 3, 2], [5, 6, 7]]), [2, 3], pad)
+    assert resp.tolist() == [[5, 3, 0], [5, 6, 7]] and found.tolist() == [True, False]
+
+
+def test_chat_prompt_drops_oldest_turns_then_cuts_left(dirs):
+    model = _model(dirs)
+    tok = model.tok
+    msgs = [
+        {"role": "user", "content": "hello " * 30},
+        {"role": "assistant", "content": "fine"},
+        {"role": "user", "content": "what is your favorite movie"},
+    ]
+    full = chat_prompt_ids(tok, msgs, None, 10_000)
+    short = chat_prompt_ids(tok, msgs, None, 40)
+    assert len(short) <= 40 < len(full)
+    text = tok.decode(short)
+    assert "favorite movie" in text and "hello" not in text
+    assert text.endswith("<|im_start|>assistant\n")  # generation header always kept
+    sys_ids = chat_prompt_ids(tok, msgs[-1:], "Be brief.", 10_000)
+    assert "Be brief." in tok.decode(sys_ids)
+    assert len(chat_prompt_ids(tok, msgs[-1:], None, 5)) == 5
+
+
+def test_step0_policy_equals_reference_and_matches_sampling(dirs):
+    model = _model(dirs)
+    query, query_mask, response, response_mask, _ = _batch(model)
+    logp, entropy = model.policy_logprobs(query, query_mask, response, response_mask, entropy=True)
+    ref = model.ref_logprobs(query, query_mask, response, response_mask)
+    # A fresh LoRA adapter has B = 0: the policy IS the reference at step 0 (KL = 0).
+    assert torch.equal(logp, ref)
+    assert (entropy[response_mask.bool()] > 0).all()
+    assert (logp[~response_mask.bool()] == 0).all()
+
+    # The recomputed log-probs are those of the temperature-scaled sampling distribution.
+    tok = model.tok
+    torch.manual_seed(1)
+    with model.adapter(POLICY):
+        out = model.lm.generate(
+            input_ids=query,
+            attention_mask=query_mask,
+            do_sample=True,
+            temperature=T,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=8,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    gen_resp = out.sequences[:, query.shape[1] :][:, : response.shape[1]]
+    gen_logits = torch.stack(out.logits, dim=1)[:, : response.shape[1]] / T
+    assert torch.equal(gen_resp[response_mask.bool()], response[response_mask.bool()])
+    gen_logp = logprobs_from_logits(gen_logits, response) * response_mask
+    torch.testing.assert_close(logp.detach(), gen_logp, atol=1e-4, rtol=0)
+
+
+def test_trimmed_minibatch_gives_the_same_values(dirs):
+    model = _model(dirs)
+    query, query_mask, response, response_mask, _ = _batch(model)
+    full = model.values(query, query_mask, response, response_mask).detach()
+    rows = [1, 3]
+    q, qm, r, rm = trim_batch(query[rows], query_mask[rows], response[rows], response_mask[rows])
+    assert q.shape[1] <= query.shape[1]
+    part = model.values(q, qm, r, rm).detach()
+    torch.testing.assert_close(part, full[rows, : r.shape[1]], atol=1e-5, rtol=0)
+
+
+def test_one_update_trains_both_adapters_and_the_head_only(dirs):
+    model = _model(dirs)
+    query, query_mask, response, response_mask, _ = _batch(model)
+    params = model.trainable_parameters()
+    assert (
+        len(params)
+        == len(model.adapter_parameters(POLICY)) + len(model.adapter_parameters(CRITIC)) + 2
+    )
+    before = {id(p): p.detach().clone() for p in model.parameters()}
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    for _ in range(2):  # LoRA A only gets a gradient once B has left 0
+        # switches between adapters and the reference must not freeze an adapter
+        with model.reference():
+            pass
+        logp, _ = model.policy_logprobs(query, query_mask, response, response_mask)
+        values = model.values(query, query_mask, response, response_mask)
+        loss = -(logp * response_mask).sum() / response_mask.sum() + (values**2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(p.requires_grad for p in params)
+    changed = {id(p) for p in model.parameters() if not torch.equal(before[id(p)], p)}
+    for name in (POLICY, CRITIC):
+        assert all(id(p) in changed for p in model.adapter_parameters(name)), name
+    assert all(id(p) in changed for p in model.value_head.parameters())
+    trainable = {id(p) for p in params}
+    assert changed <= trainable  # the base stayed frozen
+    # the reference is still the untouched base
+    ref = model.ref_logprobs(query, query_mask, response, response_mask)
+    fresh = _model(dirs, seed=5)
+    torch.testing.assert_close(ref, fresh.ref_logprobs(query, query_mask, response, response_mask))
+
+
+def test_critic_loads_as_saved_and_policy_merges_exactly(dirs, tmp_path):
+    from transformers import PreTrainedModel
+
+    from rlhf_lab.ppo.model import new_critic, save_critic
+
+    torch.manual_seed(3)
+    critic = new_critic(dirs["sft"], TINY_LORA)
+    with torch.no_grad():
+        for p in critic.trainable_parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_critic(critic, tmp_path / "critic", score_mean=3.0, score_std=0.5)
+    assert read_critic_info(tmp_path / "critic")["score_mean"] == 3.0
+    assert (tmp_path / "critic/adapter/adapter_config.json").is_file()
+
+    model = load_policy_critic(dirs["sft"], tmp_path / "critic", TINY_LORA, temperature=T)
+    query, query_mask, response, response_mask, _ = _batch(model)
+    torch.testing.assert_close(
+        model.values(query, query_mask, response, response_mask),
+        critic.values(query, query_mask, response, response_mask),
+    )
+
+    with torch.no_grad():
+        for p in model.adapter_parameters(POLICY):
+            p.add_(0.05 * torch.randn_like(p))
+    logp, _ = model.policy_logprobs(query, query_mask, response, response_mask)
+    merged = model.merged_policy()
+    assert isinstance(merged, PreTrainedModel) and not hasattr(merged, "peft_config")
+    ids = torch.cat([query, response], 1)
+    mask = torch.cat([query_mask, response_mask], 1)
+    logits = merged(input_ids=ids, attention_mask=mask).logits[:, query.shape[1] - 1 : -1] / T
+    merged_logp = logprobs_from_logits(logits, response) * response_mask
+    torch.testing.assert_close(merged_logp, logp.detach(), atol=1e-4, rtol=0)
+
+
+def test_missing_critic_is_a_clear_error(dirs, tmp_path):
+    from rlhf_lab.errors import ModelSourceError
+
+    with pytest.raises(ModelSourceError, match="train_critic"):
+        load_policy_critic(dirs["sft"], tmp_path, TINY_LORA, temperature=T)

@@ -1,0 +1,135 @@
+"""train_ppo through the real CLI on tiny random models (after train_critic, so the critic is
+the one the stage before writes): curves and metrics, models/ppo, checkpoints and --resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from rlhf_lab import models
+from rlhf_lab.cli import app
+from rlhf_lab.io import write_jsonl
+
+from .ppo_helpers import (  # noqa: F401
+    copy_policy,
+    make_reward_model,
+    one_thread,
+    scored_rows,
+    write_prompts,
+)
+
+PARAMS = {
+    "critic": {"epochs": 1, "batch_size": 8, "max_length": 64, "lora": {"r": 4, "alpha": 8}},
+    "reward": {
+        "weights": {"reward_model": 1.0, "text/length": 0.5},
+        "weights_end": {"reward_model": 1.0, "text/distinct": 0.5},
+        "length_band": [2, 8],
+    },
+    "ppo": {
+        "steps": 3,
+        "batch_size": 4,
+        "minibatches": 2,
+        "epochs": 1,
+        "max_new_tokens": 6,
+        "max_prompt_length": 48,
+        "save_every": 2,
+        "lora": {"r": 4, "alpha": 8},
+    },
+}
+ISSUE_KEYS = [
+    "objective/score",
+    "reward/reward_model",
+    "reward/text/length",
+    "reward/text/distinct",
+    "objective/kl",
+    "objective/kl_coef",
+    "objective/entropy",
+    "policy/approxkl",
+    "policy/clipfrac",
+    "loss/policy",
+    "loss/value",
+    "val/clipfrac",
+    "val/explained_variance",
+    "gen/length",
+    "gen/eos_rate",
+    "time/rollout_s",
+    "time/update_s",
+]
+
+
+def _invoke(*args):
+    return CliRunner().invoke(app, [*args, "--params", "params.yaml"])
+
+
+@pytest.fixture
+def workspace(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    copy_policy(tiny_models["policy"], tmp_path / "models/sft")
+    make_reward_model(tiny_models["encoder"], tmp_path / "models/reward")
+    write_prompts(tmp_path, 6)
+    write_jsonl(tmp_path / "data/scored/train.jsonl", scored_rows(8))
+    write_jsonl(tmp_path / "data/scored/valid.jsonl", scored_rows(4))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    return tmp_path
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_train_ppo_runs_saves_and_resumes(workspace):
+    assert _invoke("train_critic").exit_code == 0
+    result = _invoke("train_ppo")
+    assert result.exit_code == 0, result.output
+
+    metrics = json.loads((workspace / "metrics/train_ppo.json").read_text())
+    for key in ISSUE_KEYS:
+        assert key in metrics, key
+    assert metrics["train/steps"] == 3 and metrics["train/skipped_updates"] == 0
+    assert metrics["weight/text/distinct"] == 0.5 and metrics["weight/text/length"] == 0.0
+    curves = workspace / "plots/train_ppo/plots/metrics"
+    for key in ISSUE_KEYS:
+        rows = (curves / f"{key}.tsv").read_text().splitlines()
+        assert len(rows) == 4, key  # header + 3 steps
+
+    # models/ppo is a plain causal LM that generates
+    out = workspace / "models/ppo"
+    assert json.loads((out / "provenance.json").read_text())["stage"] == "train_ppo"
+    assert not (out / "adapter_config.json").exists()
+    tok = models.load_tokenizer(out)
+    lm = models.load_causal_lm(out)
+    batch = tok.apply_chat_template(
+        [{"role": "user", "content": "hello"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    assert lm.generate(**batch, max_new_tokens=3, do_sample=False).shape[1] > 0
+
+    ckpts = sorted(p.name for p in (workspace / "checkpoints/train_ppo").iterdir())
+    assert ckpts == ["step-000002", "step-000003"]
+    for name in (
+        "policy/adapter_model.safetensors",
+        "critic/value_head.safetensors",
+        "optimizer.pt",
+        "rng.pt",
+        "state.json",
+    ):
+        assert (workspace / "checkpoints/train_ppo/step-000003" / name).is_file(), name
+
+    # --resume with more steps continues from the last checkpoint
+    params = {**PARAMS, "ppo": {**PARAMS["ppo"], "steps": 4}}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    result = _invoke("train_ppo", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resuming train_ppo at step 3/4" in result.output
+    metrics = json.loads((workspace / "metrics/train_ppo.json").read_text())
+    assert metrics["train/steps"] == 4
+    assert len((curves / "objective/score.tsv").read_text().splitlines()) == 5
+
+
+def test_missing_critic_fails_in_one_line(workspace):
+    result = _invoke("train_ppo")
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "models/critic" in lines[0] and "train_critic" in lines[0]
