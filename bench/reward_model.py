@@ -114,6 +114,7 @@ def main() -> None:
         warmup_ratio=args.warmup_ratio,
         seed=args.seed,
     )
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     outcome = train_reward_model(work, train, {"helpful_base": evals}, cfg)
     total = time.perf_counter() - start
@@ -140,6 +141,8 @@ def main() -> None:
         "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         "cpu_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        # On a shared machine throughput says as much about the neighbours as about the code.
+        "load_average_1min_start_end": [load_before, os.getloadavg()[0]],
         "platform": platform.platform(),
         "torch": torch.__version__,
     }

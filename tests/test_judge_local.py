@@ -8,7 +8,7 @@ import torch
 from rlhf_lab.judge import Judge
 from rlhf_lab.judge.base import RatingRequest
 from rlhf_lab.judge.cache import ScoreCache
-from rlhf_lab.judge.local import ELLIPSIS, LocalJudge, answer_token_ids
+from rlhf_lab.judge.local import ELLIPSIS, LocalJudge, answer_token_ids, common_prefix_len
 from rlhf_lab.judge.rubrics import rating_messages
 
 
@@ -51,12 +51,31 @@ def test_expected_rating_matches_one_forward_pass(local_judge):
 def test_batched_left_padding_equals_one_at_a_time(local_judge):
     reqs = [
         _req("ok"),
-        _req("you should watch the matrix it is great " * 3),
-        _req("thanks", dim="harmlessness"),
+        _req("you should watch the matrix, it is great. " * 3),
+        _req("are you sure?", dim="harmlessness"),
     ]
     batched = [r.value for r in local_judge.rate(reqs)]
     alone = [local_judge.rate([r])[0].value for r in reqs]
     assert batched == pytest.approx(alone, abs=1e-4)
+
+
+def test_shared_forward_matches_full_prompts_with_ragged_tails(local_judge):
+    prefixes = [[5, 6, 7, 8, 9, 10], [11, 12]]
+    tails = [[[20, 21, 22], [23]], [[30], [31, 32, 33, 34]]]  # two tail sets, ragged rows
+    shared = local_judge._forward_shared(prefixes, tails)
+    for j, rows in enumerate(tails):
+        full = local_judge._forward([p + t for p, t in zip(prefixes, rows, strict=True)])
+        assert torch.allclose(shared[j], full, atol=1e-4)
+
+
+def test_shared_prefix_is_the_common_token_prefix(local_judge):
+    assert common_prefix_len([[1, 2, 3], [1, 2, 4], [1, 2]]) == 2
+    assert common_prefix_len([[5], [6]]) == 0
+    prefix, tails = local_judge.encode_reply("chat", "User: hi", "hello there.")
+    for dim, tail in zip(("helpfulness", "harmlessness"), tails, strict=True):
+        full = local_judge.encode(_req("hello there.", context="User: hi", dim=dim))
+        assert full == prefix + tail and tail
+    assert tails[0][0] != tails[1][0]  # the split is where the two prompts first differ
 
 
 def test_long_context_is_cut_from_the_left(local_judge):

@@ -4,24 +4,27 @@ The judge prompt (the task's rubric in the model's chat template, generation pro
 is run once; the next-token distribution at the last position gives p("1")..p("5") and the
 rating is their expectation (G-Eval). Pairwise requests read p("A") vs p("B") the same way.
 
-A reply's rating prompts differ only in their last block (the question on one dimension;
-``rubrics.question_block``), so a prompt is tokenised as two segments, a *prefix* (system
-message, context, reply) and a *question*, and the prefix of each reply is run once: its
-key/value cache is then extended by each dimension's question (deep-copied per extra
-dimension). The two rubric dimensions thus cost about 0.6 of two full passes. Single and
-batched scoring use the same segmented token ids, so they give the same numbers.
+A reply's rating prompts differ only in their last block (the question on one dimension), so
+each reply's prompts are tokenised whole, exactly as the model would see them, and split at
+their longest common token prefix: the prefix (system message, context, reply) runs once, and
+its key/value cache is extended by each dimension's remaining tokens (deep-copied for all but
+the last dimension). Two dimensions cost about 0.6 of two full passes. Splitting at tokens,
+not at text, matters: BPE merges across the boundary (``".\n\n"`` is not ``"." + "\n\n"``), so
+tokenising the parts separately would feed the model token sequences it never saw in training.
+Single and batched scoring build the same token ids, so they give the same numbers.
 
 Batches are left-padded (the last position of every row is then its real last token) with
-explicit position ids, so a padded row scores as it would alone. A prompt longer than
-``max_length`` tokens loses the start of its context first (the oldest turns, as
-``data.max_turns`` does), keeping the instructions and the reply; if the reply alone is still
-too long, the prefix ids are cut from the left as a last resort.
+explicit position ids, so a padded row scores as it would alone; the per-dimension tails are
+right-padded and read at each row's last real token. A prompt longer than ``max_length``
+tokens loses the start of its context first (the oldest turns, as ``data.max_turns`` does),
+keeping the instructions and the reply; if the reply alone is still too long, the shared
+prefix is cut from the left as a last resort.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +39,6 @@ from rlhf_lab.judge.rubrics import (
     TASKS,
     dimensions,
     pairwise_messages,
-    question_block,
     rating_messages,
 )
 
@@ -100,6 +102,15 @@ def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest prefix all ``seqs`` share."""
+    n = min(len(x) for x in seqs)
+    for i in range(n):
+        if any(x[i] != seqs[0][i] for x in seqs[1:]):
+            return i
+    return n
+
+
 class LocalJudge:
     """Judge backend on a causal LM directory or hub id (see module docstring)."""
 
@@ -124,7 +135,6 @@ class LocalJudge:
         self.model.to(self.device)
         self.rating_ids = answer_token_ids(self.tok, [str(k) for k in SCALE])
         self.choice_ids = answer_token_ids(self.tok, list(PAIRWISE_LABELS))
-        self._question_ids: dict[tuple[str, str], list[int]] = {}
         # The weights' sha, not just the path: models/base/policy is rewritten whenever
         # models.policy changes, and the cache must not serve the old model's scores.
         weights = models.source_sha256(source) or f"revision={source.revision}"
@@ -136,67 +146,60 @@ class LocalJudge:
         # The chat template already holds any BOS/special tokens the model wants.
         return self.tok(text, add_special_tokens=False)["input_ids"]
 
-    def _chat(self, messages: list[dict[str, str]]) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def _chat(self, messages: list[dict[str, str]]) -> list[int]:
+        text = self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self._ids(text)
 
-    def _split(self, req: RatingRequest, context: str) -> tuple[str, str]:
-        """(prefix, question) texts of a request's prompt; pairwise prompts are all prefix."""
-        if req.pairwise:
-            return self._chat(
-                pairwise_messages(req.task, context, req.reply, req.reply_b or "")
-            ), ""
-        text = self._chat(rating_messages(req.task, req.dim, context, req.reply))
-        cut = text.rfind(question_block(req.task, req.dim))
-        if cut < 0:
-            raise ModelSourceError(
-                f"judge model {self.model_name!r}: its chat template rewrites the prompt text, "
-                "so the rubric question cannot be found in it"
-            )
-        return text[:cut], text[cut:]
-
-    def question_ids(self, task: str, dim: str) -> list[int]:
-        """Token ids of ``dim``'s question block and the chat template's end (reply-free)."""
-        key = (task, dim)
-        if key not in self._question_ids:
-            probe = RatingRequest(task, dim, "", "")
-            self._question_ids[key] = self._ids(self._split(probe, "")[1])
-        return self._question_ids[key]
-
-    def encode_prefix(self, req: RatingRequest) -> list[int]:
-        """Token ids of the prompt before the question, cut to fit (module docstring).
-
-        The budget leaves room for the task's longest question, so every dimension of a
-        reply shares one prefix.
-        """
-        room = self.max_length
-        if not req.pairwise:
-            room -= max(len(self.question_ids(req.task, d)) for d in dimensions(req.task))
-        room = max(room, 1)
-        context = req.context
-        ids = self._ids(self._split(req, context)[0])
-        ctx_ids = self._ids(context)
+    def _fit(self, context: str, render: Callable[[str], list[list[int]]]) -> list[list[int]]:
+        """``render(context)``, the context cut from the left until the longest prompt fits."""
+        prompts = render(context)
+        ctx_ids: list[int] | None = None
         # Re-tokenising after a cut can merge tokens differently, so allow a few rounds.
         for _ in range(3):
-            over = len(ids) - room
-            if over <= 0 or not ctx_ids:
+            over = max(len(p) for p in prompts) - self.max_length
+            if over <= 0 or ctx_ids == []:
                 break
-            ctx_ids = ctx_ids[over + 2 :]
-            context = ELLIPSIS + self.tok.decode(ctx_ids) if ctx_ids else ELLIPSIS
-            ids = self._ids(self._split(req, context)[0])
-        return ids[-room:]
+            ctx_ids = (self._ids(context) if ctx_ids is None else ctx_ids)[over + 2 :]
+            prompts = render(ELLIPSIS + self.tok.decode(ctx_ids) if ctx_ids else ELLIPSIS)
+        return prompts
+
+    def encode_reply(
+        self, task: str, context: str, reply: str
+    ) -> tuple[list[int], list[list[int]]]:
+        """(shared prefix, one tail per dimension of ``task``) for rating ``reply``."""
+        dims = dimensions(task)
+        full = self._fit(
+            context, lambda ctx: [self._chat(rating_messages(task, d, ctx, reply)) for d in dims]
+        )
+        # Every tail keeps at least its last token: that is where the rating is read.
+        n = min(common_prefix_len(full), min(len(f) for f in full) - 1)
+        prefix, tails = full[0][:n], [f[n:] for f in full]
+        over = n + max(len(t) for t in tails) - self.max_length
+        if over > 0:  # the reply alone is too long: cut the prefix, keep at least one token
+            prefix = prefix[min(over, n - 1) :]
+        return prefix, tails
 
     def encode(self, req: RatingRequest) -> list[int]:
-        """The full prompt's token ids (prefix + question), at most ``max_length``."""
-        question = [] if req.pairwise else self.question_ids(req.task, req.dim)
-        return self.encode_prefix(req) + question
+        """The full prompt's token ids, at most ``max_length`` (module docstring)."""
+        if req.pairwise:
+            [ids] = self._fit(
+                req.context,
+                lambda ctx: [
+                    self._chat(pairwise_messages(req.task, ctx, req.reply, req.reply_b or ""))
+                ],
+            )
+            return ids[-self.max_length :]
+        prefix, tails = self.encode_reply(req.task, req.context, req.reply)
+        return prefix + tails[dimensions(req.task).index(req.dim)]
 
     # -- scoring ---------------------------------------------------------------------------
 
     def _logits(self, **kw: Any) -> Any:
         try:
-            # Only the last position's logits are needed: vocab x sequence floats otherwise.
-            return self.model(**kw, logits_to_keep=1)
+            # Only the last positions' logits are needed: vocab x sequence floats otherwise.
+            return self.model(**kw)
         except TypeError:  # architectures without logits_to_keep
+            kw.pop("logits_to_keep", None)
             return self.model(**kw)
 
     @torch.no_grad()
@@ -207,14 +210,15 @@ class LocalJudge:
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
             position_ids=pos.to(self.device),
+            logits_to_keep=1,
         )
         return torch.log_softmax(out.logits[:, -1].float(), dim=-1).cpu()
 
     @torch.no_grad()
     def _forward_shared(
-        self, prefixes: list[list[int]], questions: list[list[int]]
+        self, prefixes: list[list[int]], tails: list[list[list[int]]]
     ) -> list[torch.Tensor]:
-        """Log-softmax after ``prefix_i + question_j`` for all i, j: one [B, V] per question."""
+        """Log-softmax after ``prefixes[i] + tails[j][i]``: one [B, V] per tail set ``j``."""
         input_ids, mask, pos = left_pad(prefixes, self.tok.pad_token_id)
         mask = mask.to(self.device)
         out = self._logits(
@@ -222,22 +226,32 @@ class LocalJudge:
             attention_mask=mask,
             position_ids=pos.to(self.device),
             use_cache=True,
+            logits_to_keep=1,
         )
-        past, lengths, rows = out.past_key_values, mask.sum(-1, keepdim=True), len(prefixes)
+        past, lengths = out.past_key_values, mask.sum(-1, keepdim=True)
         results = []
-        for j, question in enumerate(questions):
-            # The forward appends to the cache: every question but the last gets a copy.
-            cache = past if j == len(questions) - 1 else copy.deepcopy(past)
-            q = torch.tensor(question, device=self.device).expand(rows, -1)
-            ones = torch.ones_like(q)
+        for j, rows in enumerate(tails):
+            # The forward appends to the cache: every tail set but the last gets a copy.
+            cache = past if j == len(tails) - 1 else copy.deepcopy(past)
+            width = max(len(t) for t in rows)
+            # Right padding: the padded positions come after each row's real tokens, so
+            # causal attention never lets them change a real token's logits.
+            ids = torch.full((len(rows), width), self.tok.pad_token_id, dtype=torch.long)
+            tail_mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for i, t in enumerate(rows):
+                ids[i, : len(t)] = torch.tensor(t)
+                tail_mask[i, : len(t)] = 1
             step = self._logits(
-                input_ids=q,
-                attention_mask=torch.cat([mask, ones], dim=-1),
-                position_ids=lengths + torch.arange(len(question), device=self.device),
+                input_ids=ids.to(self.device),
+                attention_mask=torch.cat([mask, tail_mask.to(self.device)], dim=-1),
+                position_ids=lengths + torch.arange(width, device=self.device),
                 past_key_values=cache,
                 use_cache=True,
+                logits_to_keep=width,
             )
-            results.append(torch.log_softmax(step.logits[:, -1].float(), dim=-1).cpu())
+            last = torch.tensor([len(t) - 1 for t in rows], device=self.device)
+            logits = step.logits[torch.arange(len(rows), device=self.device), last]
+            results.append(torch.log_softmax(logits.float(), dim=-1).cpu())
         return results
 
     def rate(self, requests: Sequence[RatingRequest]) -> list[Rating]:
@@ -255,20 +269,22 @@ class LocalJudge:
         for i, r in enumerate(requests):
             if not r.pairwise:
                 groups.setdefault((r.task, r.context, r.reply), []).append(i)
-        members = list(groups.values())
-        for start in range(0, len(members), self.batch_size):
-            batch = members[start : start + self.batch_size]
-            needed = sorted({(requests[i].task, requests[i].dim) for g in batch for i in g})
+        keys = list(groups)
+        for start in range(0, len(keys), self.batch_size):
+            batch = keys[start : start + self.batch_size]
+            tasks = {task for task, _, _ in batch}
+            if len(tasks) > 1:  # tails are per dimension, so a batch holds one task
+                raise ValueError(f"one local judge batch mixes tasks {sorted(tasks)}")
+            encoded = [self.encode_reply(*key) for key in batch]
+            dims = dimensions(batch[0][0])
             logprobs = self._forward_shared(
-                [self.encode_prefix(requests[g[0]]) for g in batch],
-                [self.question_ids(task, dim) for task, dim in needed],
+                [prefix for prefix, _ in encoded],
+                [[tails[j] for _, tails in encoded] for j in range(len(dims))],
             )
-            for row, group in enumerate(batch):
-                for i in group:
-                    lp = logprobs[needed.index((requests[i].task, requests[i].dim))]
-                    out[i] = answer_probs(
-                        requests[i], label_probs(lp[row : row + 1], self.rating_ids)[0]
-                    )
+            for row, key in enumerate(batch):
+                for i in groups[key]:
+                    lp = logprobs[dims.index(requests[i].dim)][row : row + 1]
+                    out[i] = answer_probs(requests[i], label_probs(lp, self.rating_ids)[0])
         missing = [i for i, r in enumerate(out) if r is None]
         if missing:
             raise RuntimeError(f"local judge left requests {missing} unanswered")  # a bug
