@@ -16,10 +16,17 @@ from rlhf_lab.config import LoraConfig
 from rlhf_lab.io import write_jsonl
 from rlhf_lab.ppo.model import load_policy_critic, new_critic
 
-from .ppo_helpers import TINY_LORA, copy_policy, one_thread, scored_rows  # noqa: F401
+from .ppo_helpers import (  # noqa: F401
+    TINY_LORA,
+    copy_policy,
+    make_reward_model,
+    one_thread,
+    scored_rows,
+)
 
 PARAMS = {
     "critic": {
+        "target": "judge",
         "epochs": 4,
         "batch_size": 8,
         "max_length": 64,
@@ -93,3 +100,35 @@ def test_all_null_scores_fail_in_one_line(workspace):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "no row has judge scores" in lines[0], result.output
     assert not (workspace / "models/critic").exists()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_reward_model_target_regresses_on_the_rm_scores(workspace, tiny_models):
+    """critic.target reward_model: every reply is scored by models/reward (the rows' judge
+    scores are ignored, null ones included), and the critic learns those targets."""
+    from rlhf_lab.reward_model import RewardModel
+    from rlhf_lab.training.critic import candidate_replies
+
+    make_reward_model(tiny_models["encoder"], workspace / "models/reward")
+    params = {"critic": {**PARAMS["critic"], "target": "reward_model"}}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    result = CliRunner().invoke(app, ["train_critic", "--params", "params.yaml"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((workspace / "metrics/train_critic.json").read_text())
+    rows = [json.loads(line) for line in (workspace / "data/scored/train.jsonl").open()]
+    replies = candidate_replies(rows)
+    assert metrics["target"] == "reward_model"
+    assert metrics["train/replies"] == len(replies) == 64 and metrics["train/skipped_rows"] == 0
+    rm = RewardModel(workspace / "models/reward")
+    raw = rm.score([p for p, _ in replies], [r for _, r in replies])
+    assert metrics["score/mean"] == pytest.approx(raw.mean().item(), abs=1e-5)
+    assert metrics["valid/mse"] < metrics["valid/untrained/mse"], metrics
+
+
+def test_reward_model_target_without_a_reward_model_is_one_line(workspace):
+    params = {"critic": {**PARAMS["critic"], "target": "reward_model"}}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    result = CliRunner().invoke(app, ["train_critic", "--params", "params.yaml"])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "models/reward" in lines[0], result.output

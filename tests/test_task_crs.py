@@ -142,3 +142,17 @@ def test_registered_component_and_booleans(global_catalogue):
     crs.set_catalogue(None)
     # Without the global catalogue only the dialogue's own movies are known.
     assert fn(replies, rows) == [1.0, 0.0, 0.0]
+
+
+def test_stages_load_the_params_catalogue_for_crs_only(tmp_path):
+    path = tmp_path / "movies.csv"
+    path.write_text("movieId,movieName,nbMentions\n111,Heat (1995),3\n")
+    try:
+        crs.use_params_catalogue("chat", path)
+        assert crs.get_catalogue() is None
+        crs.use_params_catalogue("crs", None)
+        assert crs.get_catalogue() is None
+        crs.use_params_catalogue("crs", path)
+        assert "111" in crs.get_catalogue()
+    finally:
+        crs.set_catalogue(None)

@@ -18,10 +18,13 @@ from rlhf_lab import models
 from rlhf_lab.cli import app
 from rlhf_lab.generation import chat_prompt_text
 from rlhf_lab.io import write_jsonl
+from rlhf_lab.training.common import LengthGroupedBatches, length_grouped_batches
 from rlhf_lab.training.sft import (
     IGNORE_INDEX,
     SftCollator,
     SftExample,
+    batch_nll,
+    reply_window,
     sequence_nll,
     sft_examples,
     sft_features,
@@ -90,13 +93,54 @@ def test_sequence_nll_matches_a_naive_loop():
         assert count[b].item() == n
 
 
-def test_collator_pads_right_with_pad_and_ignore():
+def test_collator_pads_left_with_pad_and_ignore():
     batch = SftCollator(pad_token_id=0)(
         [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [9], "labels": [9]}]
     )
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [9, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, 6, 7], [9, -100, -100]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [0, 0, 9]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [-100, -100, 9]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+
+
+def test_reply_window_covers_every_label_and_its_predecessor():
+    labels = torch.tensor([[-100, -100, -100, 4, 5], [-100, -100, -100, -100, 6]])
+    assert reply_window(labels) == 3  # position 2 predicts the first label at 3
+    assert reply_window(torch.full((2, 4), IGNORE_INDEX)) == 2
+
+
+def test_batch_nll_with_the_reply_window_equals_the_full_unpadded_loss(tiny_models):
+    tok = models.load_tokenizer(tiny_models["policy"])
+    model = models.load_causal_lm(tiny_models["policy"]).eval()
+    feats = [
+        {"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, 8, 9, 10]},
+        {"input_ids": [11, 12, 13], "labels": [-100, 12, 13]},
+    ]
+    with torch.no_grad():
+        nll, count = batch_nll(model, SftCollator(tok.pad_token_id)(feats))
+        for i, f in enumerate(feats):
+            ids = torch.tensor([f["input_ids"]])
+            ref, n = sequence_nll(model(input_ids=ids).logits, torch.tensor([f["labels"]]))
+            assert nll[i].item() == pytest.approx(ref.item(), rel=1e-5)
+            assert count[i].item() == n.item()
+
+
+def test_length_grouped_batches_are_a_partition_of_similar_lengths():
+    lengths = [(i * 37) % 101 for i in range(100)]
+    batches = length_grouped_batches(lengths, batch_size=4, seed=0, group=5)
+    assert sorted(i for b in batches for i in b) == list(range(100))
+    assert all(len(b) == 4 for b in batches)
+
+    # padding waste (batch max - mean) is far below random batching's
+    def waste(bs):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in bs)
+
+    random_batches = [list(range(i, i + 4)) for i in range(0, 100, 4)]
+    assert waste(batches) < 0.5 * waste(random_batches)
+    assert batches != length_grouped_batches(lengths, batch_size=4, seed=1, group=5)
+    sampler = LengthGroupedBatches(lengths, 4, seed=0)
+    first, second = list(sampler), list(sampler)
+    assert len(sampler) == 25 and first != second  # regrouped every epoch
 
 
 def test_sft_examples_prefer_references_then_chosen():
@@ -190,8 +234,7 @@ def test_train_sft_stage_smoke(tiny_models, tmp_path, monkeypatch):
     valid = [SftExample(r["prompt"], r["reference"]) for r in _prompt_rows("valid", 1)]
     batch = SftCollator(tok.pad_token_id)([tokenize_example(tok, e, 64) for e in valid])
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    nll, count = sequence_nll(logits.logits, batch["labels"])
+        nll, count = batch_nll(model, batch)
     assert (nll.sum() / count.sum()).item() == pytest.approx(m["valid/loss"], rel=1e-4)
     assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".")]
 

@@ -135,12 +135,72 @@ def generate(
     )
 
 
-@app.command("params")
-def params_cmd() -> None:
-    """Print the default params.yaml, every key with its one-line doc."""
-    from rlhf_lab.config import documented_yaml
+@app.command("analyze_rewards")
+def analyze_rewards(
+    input: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            "-i",
+            help="prompt rows (default data/prompts/test.jsonl) or a source file in the "
+            "task's format, e.g. ../shared/data/docstring/valid.jsonl.gz",
+        ),
+    ] = None,
+    samples: Annotated[
+        Path | None,
+        typer.Option(help="evaluate's reports/samples.jsonl: also break down SFT/PPO replies"),
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="docstring or crs (default: task.name)")] = None,
+    limit: Annotated[
+        int,
+        typer.Option(help="rows checked (0 = all; from a source file: a fixed subsample)", min=0),
+    ] = 0,
+    out: Annotated[Path, typer.Option(help="folder for the summary, plots and plot data")] = Path(
+        "plots/analyze_rewards"
+    ),
+    metrics: Annotated[Path, typer.Option(help="metrics file")] = Path(
+        "metrics/analyze_rewards.json"
+    ),
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Reward-discrimination check: good vs deliberately bad replies, per reward component."""
+    _run(
+        "analyze_rewards",
+        params,
+        input=input,
+        samples=samples,
+        task=task,
+        limit=limit,
+        out_dir=out,
+        metrics_path=metrics,
+    )
 
-    typer.echo(documented_yaml(), nl=False)
+
+@app.command("params")
+def params_cmd(
+    preset: Annotated[
+        str | None,
+        typer.Option(help="apply a task preset: crs or docstring (see README 'Tasks')"),
+    ] = None,
+    base: Annotated[
+        Path | None,
+        typer.Option(help="with --preset: the params file to apply it to (default: defaults)"),
+    ] = None,
+) -> None:
+    """Print the default params.yaml, every key with its one-line doc (or a task preset)."""
+    from rlhf_lab.config import documented_yaml
+    from rlhf_lab.ui import console
+
+    if preset is None:
+        typer.echo(documented_yaml(), nl=False)
+        return
+    from rlhf_lab.presets import preset_yaml
+
+    try:
+        typer.echo(preset_yaml(preset, base), nl=False)
+    except RlhfLabError as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 if __name__ == "__main__":

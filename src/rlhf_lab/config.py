@@ -201,6 +201,8 @@ class SftConfig(Section):
 
 
 class CriticConfig(Section):
+    target: Literal["reward_model", "judge"] = "reward_model"
+    """Warm-start target: the reward model's score (what PPO's return is made of) or the judge's."""
     lr: float = Field(1.0e-4, gt=0.0)
     """AdamW learning rate for the critic adapter and value head."""
     epochs: int = Field(2, ge=1)

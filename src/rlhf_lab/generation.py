@@ -98,6 +98,16 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
     return ids, mask
 
 
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding, exactly as ``generate()`` computes them.
+
+    A forward pass over a left-padded batch needs them: without explicit ``position_ids`` a
+    model numbers the padding too, and every real token gets a shifted position.
+    """
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 0)
+
+
 def _generation_kwargs(
     max_new_tokens: int, temperature: float, eos_ids: list[int], pad_id: int
 ) -> dict[str, Any]:

@@ -48,7 +48,7 @@ from torch import nn
 from rlhf_lab import models
 from rlhf_lab.config import LoraConfig
 from rlhf_lab.errors import ModelSourceError
-from rlhf_lab.generation import chat_prompt_text
+from rlhf_lab.generation import chat_prompt_text, position_ids
 from rlhf_lab.ppo.core import entropy_from_logits, logprobs_from_logits
 
 POLICY = "policy"
@@ -140,12 +140,6 @@ def eos_token_ids(tok: Any, model: Any) -> list[int]:
     if not ids:
         raise ModelSourceError("the tokenizer has no EOS token; generation could never stop")
     return ids
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, exactly as ``generate()`` computes them."""
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
 
 
 def trim_batch(

@@ -21,6 +21,7 @@ from rlhf_lab.evaluation import report
 from rlhf_lab.evaluation.evaluate import EvalPaths, JudgeScorer, load_prompt_rows, run_evaluation
 from rlhf_lab.io import atomic_dir, write_json, write_jsonl
 from rlhf_lab.models import read_provenance
+from rlhf_lab.tasks import crs
 
 PROMPTS = Path("data/prompts/test.jsonl")
 REPORTS_DIR = Path("reports")
@@ -49,6 +50,7 @@ def _run_params(params: Params) -> dict[str, Any]:
 
 def main(params: Params, **_: Any) -> None:
     cfg = params.eval
+    crs.use_params_catalogue(params.task.name, params.data.catalogue)
     rows = load_prompt_rows(PROMPTS, cfg.num_prompts)
     result = run_evaluation(
         rows,

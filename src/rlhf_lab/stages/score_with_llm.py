@@ -46,10 +46,9 @@ def main(params: Params, **_: Any) -> None:
             )
         result = unscored(splits)
     else:
-        if params.task.name == "crs" and params.data.catalogue:
-            from rlhf_lab.tasks import crs
+        from rlhf_lab.tasks import crs
 
-            crs.set_catalogue(params.data.catalogue)
+        crs.use_params_catalogue(params.task.name, params.data.catalogue)
         judge = build_judge(cfg, params.task.name, progress=True)
         result = score_preference(
             judge,

@@ -1,9 +1,13 @@
-"""train_critic: warm-start PPO's critic (LoRA adapter + value head on models/sft) on judge scores.
+"""train_critic: warm-start PPO's critic (LoRA adapter + value head on models/sft).
+
+The target is each reply's reward-model score (``critic.target: reward_model``) or its judge
+score (``critic.target: judge``); see :mod:`rlhf_lab.training.critic`.
 
     rlhf-lab train_critic --params params.yaml
 
 Reads ``critic`` (and ``task.system_prompt``, so prompts look as PPO renders them),
-``data/scored/{train,valid}.jsonl`` and ``models/sft``; writes ``models/critic`` (the format
+``data/scored/{train,valid}.jsonl``, ``models/sft`` and (target reward_model) ``models/reward``;
+writes ``models/critic`` (the format
 ``train_ppo`` loads: ``adapter/``, ``value_head.safetensors``, ``critic.json``,
 ``provenance.json``), ``metrics/train_critic.json`` and dvclive curves under
 ``plots/train_critic/``. The loop is :func:`rlhf_lab.training.critic.train_critic`.
@@ -18,10 +22,17 @@ from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
 from rlhf_lab.io import read_jsonl, write_json
-from rlhf_lab.training.critic import scored_replies, train_critic
+from rlhf_lab.training.critic import (
+    ScoredReply,
+    candidate_replies,
+    reward_model_targets,
+    scored_replies,
+    train_critic,
+)
 
 SCORED_DIR = Path("data/scored")
 SFT_DIR = Path("models/sft")
+REWARD_DIR = Path("models/reward")
 OUT_DIR = Path("models/critic")
 METRICS = Path("metrics/train_critic.json")
 PLOTS_DIR = Path("plots/train_critic")
@@ -40,18 +51,42 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
+def _reward_model_targets(
+    train_rows: list[dict[str, Any]], valid_rows: list[dict[str, Any]]
+) -> tuple[list[ScoredReply], list[ScoredReply], int, int]:
+    from rlhf_lab.reward_model import RewardModel
+
+    if not (REWARD_DIR / "config.json").is_file():
+        raise DataError(f"{REWARD_DIR}: no model (run `rlhf-lab train_reward` first)")
+    train_replies, valid_replies = candidate_replies(train_rows), candidate_replies(valid_rows)
+    if not train_replies:
+        raise DataError(f"{SCORED_DIR / 'train.jsonl'}: no row has a reply to score")
+    rm = RewardModel(REWARD_DIR)
+    return (
+        reward_model_targets(rm, train_replies),
+        reward_model_targets(rm, valid_replies),
+        sum(not candidate_replies([r]) for r in train_rows),
+        sum(not candidate_replies([r]) for r in valid_rows),
+    )
+
+
 def main(params: Params, **_: Any) -> None:
     cfg = params.critic
     if not (SFT_DIR / "config.json").is_file():
         raise DataError(f"{SFT_DIR}: no model (run `rlhf-lab train_sft` first)")
     train_rows = _read("train", required=True)
-    train, skipped = scored_replies(train_rows)
-    if not train:
-        raise DataError(
-            f"{SCORED_DIR / 'train.jsonl'}: no row has judge scores ({len(train_rows)} rows, "
-            "scores null or without 'overall'); run score_with_llm with a judge backend"
-        )
-    valid, valid_skipped = scored_replies(_read("valid", required=False))
+    valid_rows = _read("valid", required=False)
+    if cfg.target == "reward_model":
+        train, valid, skipped, valid_skipped = _reward_model_targets(train_rows, valid_rows)
+    else:
+        train, skipped = scored_replies(train_rows)
+        if not train:
+            raise DataError(
+                f"{SCORED_DIR / 'train.jsonl'}: no row has judge scores ({len(train_rows)} "
+                "rows, scores null or without 'overall'); run score_with_llm with a judge "
+                "backend, or set critic.target: reward_model"
+            )
+        valid, valid_skipped = scored_replies(valid_rows)
     if not valid:
         ui.console.print(
             f"[yellow]warning:[/] {SCORED_DIR / 'valid.jsonl'} has no scored replies; "
@@ -72,6 +107,7 @@ def main(params: Params, **_: Any) -> None:
         return
     metrics = {
         **outcome.metrics,
+        "target": cfg.target,
         "train/skipped_rows": skipped,
         "valid/skipped_rows": valid_skipped,
     }
@@ -84,6 +120,7 @@ def main(params: Params, **_: Any) -> None:
     ui.summary(
         "train_critic",
         {
+            "target": cfg.target,
             "train replies / skipped rows": f"{m['train/replies']} / {skipped}",
             "train loss (first → last epoch)": f"{_fmt(m['train/loss_first_epoch'])} → "
             f"{_fmt(m['train/loss'])}",

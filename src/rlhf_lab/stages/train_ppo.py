@@ -24,6 +24,7 @@ from rlhf_lab.io import atomic_dir, read_jsonl, write_json
 from rlhf_lab.ppo.model import export_policy, load_policy_critic
 from rlhf_lab.ppo.scoring import REWARD_MODEL, active_components, build_scorer, describe
 from rlhf_lab.ppo.trainer import PpoTrainer
+from rlhf_lab.tasks import crs
 
 PROMPTS = Path("data/prompts/train.jsonl")
 SFT_DIR = Path("models/sft")
@@ -37,6 +38,7 @@ METRICS = Path("metrics/train_ppo.json")
 
 def main(params: Params, resume: bool = False, **_: Any) -> None:
     cfg = params.ppo
+    crs.use_params_catalogue(params.task.name, params.data.catalogue)
     for path, stage in ((SFT_DIR, "train_sft"), (CRITIC_DIR, "train_critic")):
         if not path.is_dir():
             raise DataError(f"{path}: not found (run `rlhf-lab {stage}` first)")

@@ -313,6 +313,13 @@ def set_catalogue(path_or_none: str | Path | None) -> MovieCatalogue | None:
     return _GLOBAL
 
 
+def use_params_catalogue(task: str, path: str | Path | None) -> None:
+    """What every stage that scores crs replies calls first: load ``data.catalogue`` (if set)
+    as the global catalogue, so scoring recognises movies outside each dialogue's own."""
+    if task == "crs" and path:
+        set_catalogue(path)
+
+
 def get_catalogue() -> MovieCatalogue | None:
     """The global catalogue set by :func:`set_catalogue`, or None."""
     return _GLOBAL
@@ -382,6 +389,65 @@ def recommendation_hit(reply: str, row: Row) -> bool:
 def recommends_any(reply: str, row: Row) -> bool:
     """Does ``reply`` mention any known movie? (evaluate's recommendation rate)"""
     return bool(_mentions(reply, row, None)[0])
+
+
+GENERIC_REPLY = "I'm not sure. What kind of movies do you like?"
+"""The generic reply of the discrimination check: polite, on topic, recommends nothing."""
+
+NO_MOVIE = "that one"
+"""What :func:`bad_reply_variants` writes where the reference named a movie."""
+
+
+def _name_pattern(name: str) -> re.Pattern[str]:
+    """A movie name as a reply writes it: ReDial's spacing ignored, the ``(year)`` optional.
+
+    Without its year a name made of common words ("It", "Up") would match ordinary words,
+    so for those the year stays required.
+    """
+    title = _YEAR_SUFFIX.sub("", name)
+    words = r"\s+".join(re.escape(w) for w in title.split())
+    year = name[len(title) :].strip()
+    if year:
+        optional = "?" if not _is_ambiguous(tuple(normalize_title(title).split())) else ""
+        words += rf"(?:\s*{re.escape(year)}){optional}"
+    return re.compile(r"(?<!\w)" + words + r"(?!\w)", re.IGNORECASE)
+
+
+def bad_reply_variants(row: Row) -> dict[str, str]:
+    """Deliberately bad recommender replies for ``row``, by kind, for the discrimination check.
+
+    ``empty``; ``generic`` (:data:`GENERIC_REPLY`); ``movie_removed`` (the reference with every
+    movie it names, and any ``@id``, replaced by :data:`NO_MOVIE`; when it named one);
+    ``other_movie`` (the reference with its gold movies swapped for a movie of the dialogue
+    that is not gold: a recommendation, but not the one the seeker got; when the dialogue has
+    one). The reference itself is the good reply.
+    """
+    reference = row.get("reference") or ""
+    meta = row.get("meta") or {}
+    movies = {str(k): str(v) for k, v in (meta.get("movies") or {}).items()}
+    gold = {str(g).strip().lstrip("@") for g in meta.get("gold_movies") or ()}
+    out = {"empty": "", "generic": GENERIC_REPLY}
+    # Longest names first, so "Toy Story 2" is replaced before "Toy Story".
+    by_length = sorted(movies.items(), key=lambda kv: -len(kv[1]))
+    removed = _AT_MENTION.sub(NO_MOVIE, reference)
+    for _, name in by_length:
+        removed = _name_pattern(name).sub(lambda _: NO_MOVIE, removed)
+    if removed != reference:
+        out["movie_removed"] = removed
+    others = [
+        name
+        for movie_id, name in sorted(movies.items())
+        if movie_id not in gold and not _name_pattern(name).search(reference)
+    ]
+    gold_names = [(movie_id, movies[movie_id]) for movie_id in sorted(gold) if movie_id in movies]
+    if others and gold_names:
+        swapped = reference
+        for movie_id, name in gold_names:
+            swapped = _name_pattern(name).sub(lambda _: others[0], swapped)
+            swapped = swapped.replace(f"@{movie_id}", others[0])
+        if swapped != reference:
+            out["other_movie"] = swapped
+    return out
 
 
 @register("crs/recommendation")

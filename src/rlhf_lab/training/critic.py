@@ -1,4 +1,9 @@
-"""Critic warm-start: regress per-token values onto each reply's normalised judge score.
+"""Critic warm-start: regress per-token values onto each reply's normalised score.
+
+The score is the reward model's (``critic.target: reward_model``, the default: PPO's return is
+made of it, so the warm-started values already predict what PPO will be paid) or the judge's
+overall rating (``critic.target: judge``: the MACPO-style setting, worth it once the judge is a
+strong model; the embedded 135M judge is near-random, so the default does not use it).
 
 PPO's critic starts from the SFT model with a fresh value head, which knows nothing about the
 reward scale; its first updates then mostly fit the scale, and the advantages of the first PPO
@@ -49,6 +54,7 @@ from rlhf_lab.ppo.model import (
 )
 from rlhf_lab.training.common import (
     Curves,
+    LengthGroupedBatches,
     TrainOutcome,
     adamw_with_warmup,
     gather,
@@ -98,6 +104,33 @@ def scored_replies(rows: Sequence[Mapping[str, Any]]) -> tuple[list[ScoredReply]
                 out.append(ScoredReply(list(row["prompt"]), reply, float(value)))
         skipped += len(out) == n
     return out, skipped
+
+
+def candidate_replies(rows: Sequence[Mapping[str, Any]]) -> list[tuple[list[dict], str]]:
+    """Every ``(prompt, reply)`` a row holds (``chosen``, ``rejected``, ``reference``), scored
+    or not: what the critic regresses on when its target is the reward model."""
+    return [
+        (list(row["prompt"]), row[key])
+        for row in rows
+        for key in ("chosen", "rejected", "reference")
+        if isinstance(row.get(key), str) and row[key].strip()
+    ]
+
+
+def reward_model_targets(
+    rm: Any, replies: Sequence[tuple[list[dict], str]], batch_size: int = 32
+) -> list[ScoredReply]:
+    """Score ``replies`` with a :class:`rlhf_lab.reward_model.RewardModel` (normalised exactly
+    as PPO normalises it), as :class:`ScoredReply` rows."""
+    from rlhf_lab import ui
+
+    out: list[ScoredReply] = []
+    starts = range(0, len(replies), batch_size)
+    for i in ui.track(starts, "reward-model targets", total=len(starts)):
+        chunk = replies[i : i + batch_size]
+        scores = rm.score([p for p, _ in chunk], [r for _, r in chunk]).tolist()
+        out += [ScoredReply(p, r, s) for (p, r), s in zip(chunk, scores, strict=True)]
+    return out
 
 
 def score_stats(replies: Sequence[ScoredReply]) -> tuple[float, float]:
@@ -256,7 +289,11 @@ def train_critic(
     # Evaluation sorted by length: batches of similar lengths need little padding.
     valid_ex.sort(key=lambda e: len(e.prompt_ids) + len(e.reply_ids))
     collate = Collator(tok.pad_token_id)
-    loader = DataLoader(train_ex, cfg.batch_size, shuffle=True, collate_fn=collate)
+    # Batches of similar length (a batch is padded to its longest member), reshuffled per epoch.
+    batches = LengthGroupedBatches(
+        [len(e.prompt_ids) + len(e.reply_ids) for e in train_ex], cfg.batch_size, cfg.seed
+    )
+    loader = DataLoader(train_ex, batch_sampler=batches, collate_fn=collate)
     valid_loader = DataLoader(valid_ex, cfg.batch_size, collate_fn=collate)
     total_steps = len(loader) * cfg.epochs
     optimizer, scheduler = adamw_with_warmup(

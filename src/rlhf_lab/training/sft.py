@@ -28,6 +28,7 @@ from rlhf_lab.config import SftConfig
 from rlhf_lab.io import atomic_dir
 from rlhf_lab.training.common import (
     Curves,
+    LengthGroupedBatches,
     TrainOutcome,
     adamw_with_warmup,
     apply_lora,
@@ -134,22 +135,60 @@ def tokenize_example(
 
 
 class SftCollator:
-    """Right-pad ``input_ids`` with the pad token and ``labels`` with ``IGNORE_INDEX``."""
+    """Left-pad ``input_ids`` with the pad token and ``labels`` with ``IGNORE_INDEX``.
+
+    Left padding puts every reply at the end of the batch, so the LM head only has to run
+    over the last :func:`reply_window` positions (``logits_to_keep``): on chat data most
+    tokens are prompt, and a full ``[B, T, vocab]`` logits tensor (49k columns for SmolLM2)
+    cost more time and memory than the rest of the step. ``position_ids`` skip the padding, so
+    the model sees exactly what it would see unpadded.
+    """
 
     def __init__(self, pad_token_id: int) -> None:
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
+        from rlhf_lab.generation import position_ids
+
         width = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
         labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(features), width), dtype=torch.long)
         for i, f in enumerate(features):
             n = len(f["input_ids"])
-            ids[i, :n] = torch.tensor(f["input_ids"])
-            labels[i, :n] = torch.tensor(f["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+            ids[i, width - n :] = torch.tensor(f["input_ids"])
+            labels[i, width - n :] = torch.tensor(f["labels"])
+            mask[i, width - n :] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "position_ids": position_ids(mask),
+            "labels": labels,
+        }
+
+
+def reply_window(labels: torch.Tensor) -> int:
+    """How many trailing positions hold every labelled token and the position before it.
+
+    Position ``t`` predicts token ``t + 1``, so the window starts one before the earliest
+    labelled column; at least 2 so the shifted window is never empty.
+    """
+    labelled = (labels != IGNORE_INDEX).any(0).nonzero()
+    if labelled.numel() == 0:
+        return 2
+    return max(2, labels.shape[1] - int(labelled[0]) + 1)
+
+
+def batch_nll(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sequence_nll` of a collated batch, with the LM head run on the reply window only."""
+    k = reply_window(batch["labels"])
+    out = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        logits_to_keep=k,
+    )
+    return sequence_nll(out.logits, batch["labels"][:, -k:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,8 +204,7 @@ def _evaluate(accelerator: Any, model: Any, loader: DataLoader | None, what: str
     total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
     with train_mode(model, False):
         for batch in progress(accelerator, loader, what):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            nll, n = sequence_nll(logits.logits, batch["labels"])
+            nll, n = batch_nll(model, batch)
             total += gather(accelerator, nll).double().sum()
             count += gather(accelerator, n).double().sum()
     return float(total / count) if count > 0 else float("nan")
@@ -211,7 +249,10 @@ def train_sft_model(
     valid_feats = [
         tokenize_example(tok, ex, cfg.max_length, system_prompt) for ex in valid_examples
     ]
-    loader = DataLoader(train_feats, cfg.batch_size, shuffle=True, collate_fn=collate)
+    batches = LengthGroupedBatches(
+        [len(f["input_ids"]) for f in train_feats], cfg.batch_size, cfg.seed
+    )
+    loader = DataLoader(train_feats, batch_sampler=batches, collate_fn=collate)
     optimizer, scheduler = adamw_with_warmup(
         model, cfg.lr, cfg.weight_decay, len(loader) * cfg.epochs, cfg.warmup_ratio
     )
@@ -234,8 +275,7 @@ def train_sft_model(
         model.train()
         epoch_nll, epoch_tokens = 0.0, 0
         for batch in progress(accelerator, loader, f"sft epoch {epoch + 1}/{cfg.epochs}"):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-            nll, n = sequence_nll(logits.logits, batch["labels"])
+            nll, n = batch_nll(model, batch)
             # A token-weighted mean over the *global* batch: DDP averages gradients over
             # processes, so scale by num_processes / global token count (HF's
             # num_items_in_batch fix) rather than taking a per-process mean.

@@ -1,0 +1,767 @@
+"""analyze_rewards' library: do the task's rule rewards tell good replies from bad ones?
+
+A reward that PPO optimises must rank a right answer above a wrong one for the same prompt,
+or the policy learns whatever the reward actually pays for. The check (issue #7):
+
+1. Rows: prompt rows (``data/prompts/*.jsonl``) or a raw source file read by the data
+   readers (``../shared/data/docstring/valid.jsonl.gz``), kept when they have what the task
+   needs: a reference and the function source (docstring), or a reference that recommends a
+   gold movie (crs).
+2. For each row the *good* reply is the human reference; the *bad* ones are made from it on
+   purpose (:func:`rlhf_lab.tasks.docstring.bad_docstring_variants`: empty, generic one-liner,
+   the function's name, made-up parameter names, the reference with its parameters renamed,
+   another function's docstring; :func:`rlhf_lab.tasks.crs.bad_reply_variants`: empty,
+   generic, the reference with its movies removed, with a non-gold movie swapped in).
+3. Every ``<task>/*`` component of the reward registry scores every reply. The *total* is their
+   weighted mean with the weights of ``reward.weights`` (the task's defaults when it names none
+   of them), over the components that do not compare with the reference: the good reply *is*
+   the reference, so BLEU would score it 1 by construction. ``total_with_reference`` adds them
+   back (what PPO sees, where a policy reply is compared with the reference).
+4. Gap = mean over (good, bad) pairs of the same row of ``good - bad``, per component, per bad
+   kind and for the total; pair accuracy = how often the good reply's total is higher (ties
+   count half). The check passes when the total gap exceeds :data:`MIN_GAP`.
+
+Optionally, ``reports/samples.jsonl`` from ``evaluate`` gets the same component breakdown for
+the SFT and PPO replies and the references (joined to the rows by id for the task's meta).
+
+Metrics (flat, namespaced; ``<c>`` is a component such as ``docstring/param_coverage``):
+``analyze/rows``, ``analyze/pairs``, ``analyze/gap/total``, ``analyze/gap/<c>``,
+``analyze/good/<c>``, ``analyze/bad/<c>`` (and ``.../total``), ``analyze/gap_by_kind/<kind>``,
+``analyze/pairs_by_kind/<kind>``, ``analyze/pair_accuracy``, ``analyze/pass``;
+``analyze/samples/<who>/<c>`` and ``.../total`` for ``who`` in sft, ppo, ref.
+
+Code is only ever parsed with :mod:`ast` by the docstring rewards, never executed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlhf_lab import rewards
+from rlhf_lab.config import DataConfig, TaskConfig
+from rlhf_lab.errors import ConfigError, DataError
+from rlhf_lab.rewards import Row
+
+MIN_GAP = 0.2
+"""The total gap (good - bad, on [0, 1]) the check asks for (issue #7)."""
+TASKS = ("docstring", "crs")
+"""Tasks with rule rewards to check."""
+FORMAT_OF_TASK = {"docstring": "docstring", "crs": "redial"}
+"""The source format each task reads."""
+GOOD = "good"
+"""Kind of the reference reply in the scored items."""
+TOTAL = "total"
+TOTAL_REF = "total_with_reference"
+WHO = ("sft", "ppo", "ref")
+"""Reply sets of a samples file: the two policies and the references."""
+BINS = 20
+"""Histogram bins on [0, 1]."""
+
+ComponentFn = Callable[[Sequence[str], Sequence[Row]], Sequence[float]]
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    """The rows the check runs on, and how many were left out."""
+
+    rows: list[Row]
+    source: str
+    """The input file."""
+    kind: str
+    """``prompt rows`` or the source format that was parsed (``docstring``, ``redial``)."""
+    skipped: int = 0
+    """Rows without what the task needs (no reference, no code, no gold movie)."""
+    invalid: int = 0
+    """Source rows the data readers rejected (bad JSON, too long, ...)."""
+
+
+def _is_prompt_row(value: Mapping[str, Any]) -> bool:
+    return isinstance(value.get("prompt"), list) and "reference" in value
+
+
+def read_prompt_rows(path: str | Path) -> list[Row]:
+    """Prompt rows of a ``.jsonl[.gz]`` file; the first bad line is a DataError naming it."""
+    from rlhf_lab.data.sources import read_jsonl
+
+    rows: list[Row] = []
+    for rec in read_jsonl(path):
+        if rec.error is not None:
+            raise DataError(f"{rec.origin}: {rec.error}")
+        value = rec.value or {}
+        if not _is_prompt_row(value):
+            raise DataError(f"{rec.origin}: not a prompt row (needs 'prompt' and 'reference')")
+        if not isinstance(value.get("meta", {}), dict):
+            raise DataError(f"{rec.origin}: meta: expected an object")
+        rows.append(value)
+    return rows
+
+
+def read_source_rows(
+    path: str | Path, task: str, data: DataConfig, limit: int
+) -> tuple[list[Row], str, int]:
+    """Prompt rows parsed from a raw source file as ``prepare_preference`` would parse them.
+
+    Returns (rows, format, rejected rows). Uses ``data.max_chars``/``max_turns``/``catalogue``
+    and ``data.max_invalid_fraction``; ``limit`` rows are kept (a deterministic subsample, as
+    ``data.max_examples``; 0 keeps all).
+    """
+    from rlhf_lab.data.prepare import load_examples, open_source
+
+    cfg = data.model_copy(update={"source": str(path), "format": "auto", "max_examples": limit})
+    source = open_source(cfg, TaskConfig(name=task))  # type: ignore[arg-type]
+    want = FORMAT_OF_TASK[task]
+    if source.format != want:
+        raise DataError(f"{path}: reads as {source.format} rows; the {task} task needs {want}")
+    loaded = load_examples(source, cfg)
+    if not loaded.examples or loaded.invalid_fraction > cfg.max_invalid_fraction:
+        first = loaded.rejected[0].describe() if loaded.rejected else f"{path}: no rows"
+        raise DataError(
+            f"{first} — {len(loaded.rejected)} of {loaded.rows_seen} rows are invalid "
+            f"(data.max_invalid_fraction {cfg.max_invalid_fraction})"
+        )
+    return [ex.to_prompt_row() for ex in loaded.examples], source.format, len(loaded.rejected)
+
+
+def is_usable(row: Row, task: str) -> bool:
+    """Does ``row`` have what the check needs: a reference, and the code / a gold movie?"""
+    ref = row.get("reference")
+    if not isinstance(ref, str) or not ref.strip():
+        return False
+    meta = row.get("meta") or {}
+    if task == "docstring":
+        return isinstance(meta.get("code"), str) and bool(meta["code"].strip())
+    return bool(meta.get("gold_movies"))
+
+
+def load_inputs(path: str | Path, task: str, data: DataConfig, limit: int = 0) -> Inputs:
+    """Rows from prompt rows or a raw source file (which one: the first row's keys)."""
+    from rlhf_lab.data.sources import peek, read_jsonl
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: input file not found")
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
+        first, records = peek(read_jsonl(path))
+        if first is None:
+            bad = next((r for r in records if r.error is not None), None)
+            raise DataError(f"{bad.origin}: {bad.error}" if bad else f"{path}: no rows")
+        if _is_prompt_row(first):
+            rows = read_prompt_rows(path)
+            kept = [r for r in rows if is_usable(r, task)]
+            chosen = kept[:limit] if limit else kept
+            return Inputs(chosen, str(path), "prompt rows", skipped=len(rows) - len(kept))
+    rows, fmt, invalid = read_source_rows(path, task, data, limit)
+    kept = [r for r in rows if is_usable(r, task)]
+    return Inputs(kept, str(path), fmt, skipped=len(rows) - len(kept), invalid=invalid)
+
+
+# --------------------------------------------------------------------------------------------
+# Components and weights
+# --------------------------------------------------------------------------------------------
+
+
+def check_task(task: str) -> str:
+    if task not in TASKS:
+        raise ConfigError(
+            f"analyze_rewards checks the rule rewards of the {' and '.join(TASKS)} tasks; "
+            f"task is {task!r} (set task.name or pass --task)"
+        )
+    return task
+
+
+def task_components(task: str) -> list[str]:
+    """The task's registered rule components (``<task>/*``), in registry order."""
+    return [n for n in rewards.names() if n.startswith(f"{task}/")]
+
+
+def is_reference_based(component: str) -> bool:
+    """Does ``component`` compare the reply with the reference (BLEU-like)?"""
+    return component.rsplit("/", 1)[-1].startswith(("bleu", "rouge"))
+
+
+def default_weights(task: str) -> dict[str, float]:
+    """The task's own weights: docstring's DEFAULT_WEIGHTS; crs's single component."""
+    if task == "docstring":
+        from rlhf_lab.tasks.docstring import DEFAULT_WEIGHTS
+
+        return {f"docstring/{k}": v for k, v in DEFAULT_WEIGHTS.items()}
+    return dict.fromkeys(task_components(task), 1.0)
+
+
+def task_weights(task: str, reward_weights: Mapping[str, float]) -> tuple[dict[str, float], str]:
+    """(weights of the task's components, where they came from): ``reward.weights`` when it
+    gives any of them a positive weight, else :func:`default_weights`."""
+    names = task_components(task)
+    given = {n: float(w) for n, w in reward_weights.items() if n in names and w > 0}
+    if given:
+        return given, "reward.weights"
+    return default_weights(task), "task defaults"
+
+
+def normalised(weights: Mapping[str, float], reference_free: bool) -> dict[str, float]:
+    """``weights`` summing to 1, without reference-based components when ``reference_free``."""
+    kept = {
+        n: w for n, w in weights.items() if w > 0 and not (reference_free and is_reference_based(n))
+    }
+    total = sum(kept.values())
+    return {n: w / total for n, w in kept.items()} if total > 0 else {}
+
+
+def component_functions(task: str, catalogue: str | None = None) -> dict[str, ComponentFn]:
+    """The task's component functions; crs's recommendation uses ``catalogue`` (a ReDial CSV)
+    when given, passed explicitly instead of through the module-global one."""
+    fns: dict[str, ComponentFn] = {n: rewards.get(n) for n in task_components(task)}
+    if task == "crs" and catalogue:
+        from rlhf_lab.tasks import crs
+
+        path = Path(catalogue)
+        if not path.is_file():
+            raise DataError(f"data.catalogue: file not found ({path.resolve()})")
+        try:
+            cat = crs.MovieCatalogue.from_csv(path)
+        except (ValueError, KeyError, UnicodeDecodeError) as exc:
+            raise DataError(f"data.catalogue: {exc}") from None
+
+        def recommendation(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
+            return [crs.recommendation_score(t, r, cat) for t, r in zip(replies, rows, strict=True)]
+
+        fns["crs/recommendation"] = recommendation
+    return fns
+
+
+def score(
+    texts: Sequence[str], rows: Sequence[Row], fns: Mapping[str, ComponentFn]
+) -> dict[str, np.ndarray]:
+    """``component -> scores`` of each text as a reply to its row."""
+    return {
+        name: np.asarray(fn(list(texts), list(rows)), dtype=np.float64) for name, fn in fns.items()
+    }
+
+
+def weighted(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
+    """Σ w_c · score_c per text (``weights`` already normalised); NaN if none apply."""
+    if not weights:
+        n = len(next(iter(scores.values()))) if scores else 0
+        return np.full(n, np.nan)
+    return sum(w * scores[n] for n, w in weights.items())  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# The check
+# --------------------------------------------------------------------------------------------
+
+
+def bad_variants(rows: Sequence[Row], task: str) -> list[dict[str, str]]:
+    """Bad replies by kind, one dict per row (the next row's reference is "another function's")."""
+    if task == "crs":
+        from rlhf_lab.tasks.crs import bad_reply_variants
+
+        return [bad_reply_variants(row) for row in rows]
+    from rlhf_lab.tasks.docstring import bad_docstring_variants
+
+    out = []
+    for i, row in enumerate(rows):
+        other = rows[(i + 1) % len(rows)]["reference"] if len(rows) > 1 else None
+        out.append(bad_docstring_variants(row["meta"]["code"], row["reference"], other))
+    return out
+
+
+@dataclass
+class RewardCheck:
+    """Every reply scored: the references (kind ``good``) and the bad variants."""
+
+    task: str
+    components: list[str]
+    weights: dict[str, float]
+    """Normalised weights of the total (reference-free components)."""
+    weights_ref: dict[str, float]
+    """Normalised weights of ``total_with_reference``."""
+    weights_source: str
+    row_of: np.ndarray
+    """Row index of each scored item."""
+    kinds: list[str]
+    texts: list[str]
+    scores: dict[str, np.ndarray]
+    """Component (plus ``total`` and ``total_with_reference``) -> score per item."""
+    rows: list[Row]
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def pairs(self, kind: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(good item index, bad item index) of every pair, or of one bad kind."""
+        good_of = {
+            int(r): i
+            for i, (r, k) in enumerate(zip(self.row_of, self.kinds, strict=True))
+            if k == GOOD
+        }
+        bad = [i for i, k in enumerate(self.kinds) if k != GOOD and (kind is None or k == kind)]
+        return np.array([good_of[int(self.row_of[i])] for i in bad], dtype=int), np.array(
+            bad, dtype=int
+        )
+
+    def bad_kinds(self) -> list[str]:
+        return list(dict.fromkeys(k for k in self.kinds if k != GOOD))
+
+    def columns(self) -> list[str]:
+        """Components then the totals that exist."""
+        cols = [*self.components, TOTAL]
+        return [*cols, TOTAL_REF] if self.weights_ref != self.weights else cols
+
+
+def run_check(
+    rows: Sequence[Row],
+    task: str,
+    fns: Mapping[str, ComponentFn],
+    weights: Mapping[str, float],
+    weights_source: str = "",
+) -> RewardCheck:
+    """Score the references and their bad variants; fill ``metrics`` (module docstring)."""
+    if not rows:
+        raise DataError(f"no usable {task} rows to check (see analyze_rewards --help)")
+    row_of, kinds, texts = [], [], []
+    for i, (row, bads) in enumerate(zip(rows, bad_variants(rows, task), strict=True)):
+        for kind, text in {GOOD: row["reference"], **bads}.items():
+            row_of.append(i)
+            kinds.append(kind)
+            texts.append(text)
+    item_rows = [rows[i] for i in row_of]
+    scores = score(texts, item_rows, fns)
+    w = normalised(weights, reference_free=True)
+    w_ref = normalised(weights, reference_free=False)
+    scores[TOTAL] = weighted(scores, w)
+    scores[TOTAL_REF] = weighted(scores, w_ref)
+    check = RewardCheck(
+        task=task,
+        components=list(fns),
+        weights=w,
+        weights_ref=w_ref,
+        weights_source=weights_source,
+        row_of=np.array(row_of),
+        kinds=kinds,
+        texts=texts,
+        scores=scores,
+        rows=list(rows),
+    )
+    check.metrics = check_metrics(check)
+    return check
+
+
+def pair_accuracy(good: np.ndarray, bad: np.ndarray) -> float:
+    """Fraction of pairs where good scores higher; a tie counts half."""
+    if good.size == 0:
+        return math.nan
+    return float(np.mean((good > bad) + 0.5 * (good == bad)))
+
+
+def check_metrics(check: RewardCheck) -> dict[str, Any]:
+    """The flat metrics of a check (module docstring)."""
+    g, b = check.pairs()
+    m: dict[str, Any] = {
+        "analyze/task": check.task,
+        "analyze/rows": len(check.rows),
+        "analyze/pairs": int(b.size),
+    }
+    for col in check.columns():
+        s = check.scores[col]
+        m[f"analyze/good/{col}"] = float(np.mean(s[g]))
+        m[f"analyze/bad/{col}"] = float(np.mean(s[b]))
+        m[f"analyze/gap/{col}"] = float(np.mean(s[g] - s[b]))
+    m["analyze/pair_accuracy"] = pair_accuracy(check.scores[TOTAL][g], check.scores[TOTAL][b])
+    for kind in check.bad_kinds():
+        gk, bk = check.pairs(kind)
+        m[f"analyze/pairs_by_kind/{kind}"] = int(bk.size)
+        m[f"analyze/gap_by_kind/{kind}"] = float(
+            np.mean(check.scores[TOTAL][gk] - check.scores[TOTAL][bk])
+        )
+    if check.task == "docstring":
+        from rlhf_lab.tasks.docstring import analyze_function
+
+        parsed = [analyze_function(r["meta"]["code"]).parse_ok for r in check.rows]
+        m["analyze/parse_ok_fraction"] = float(np.mean(parsed))
+    m["analyze/min_gap"] = MIN_GAP
+    m["analyze/pass"] = int(m[f"analyze/gap/{TOTAL}"] > MIN_GAP)
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# Model outputs (evaluate's samples)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SamplesBreakdown:
+    """Component scores of the SFT and PPO replies and the references of a samples file."""
+
+    scores: dict[str, dict[str, np.ndarray]]
+    """who (sft, ppo, ref) -> column -> score per sample (NaN: not scored)."""
+    columns: list[str]
+    matched: int
+    unmatched: int
+
+    def means(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for who, cols in self.scores.items():
+            out[who] = {}
+            for col, v in cols.items():
+                v = v[np.isfinite(v)]
+                out[who][col] = float(v.mean()) if v.size else math.nan
+        return out
+
+
+def read_samples(path: str | Path) -> list[dict[str, Any]]:
+    """``reports/samples.jsonl`` rows (id, reference, sft_reply, ppo_reply); DataError naming
+    the file and line on the first bad one."""
+    from rlhf_lab.data.sources import read_jsonl
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: samples file not found (run evaluate first)")
+    out = []
+    for rec in read_jsonl(path):
+        if rec.error is not None:
+            raise DataError(f"{rec.origin}: {rec.error}")
+        value = rec.value or {}
+        missing = [k for k in ("id", "sft_reply", "ppo_reply") if not isinstance(value.get(k), str)]
+        if missing:
+            raise DataError(f"{rec.origin}: not an evaluate sample (no string {missing[0]!r})")
+        out.append(value)
+    if not out:
+        raise DataError(f"{path}: no samples")
+    return out
+
+
+def score_samples(
+    samples: Sequence[Mapping[str, Any]],
+    rows: Sequence[Row],
+    fns: Mapping[str, ComponentFn],
+    check: RewardCheck,
+    source: str = "samples",
+) -> SamplesBreakdown:
+    """Score each sample's SFT and PPO replies and its reference with the check's components.
+
+    Samples are joined to ``rows`` by id (the rows hold the task meta: code, movies). The
+    references are not scored on reference-based components (they would match themselves).
+    """
+    by_id = {r.get("id"): r for r in rows}
+    pairs = [(s, by_id[s["id"]]) for s in samples if s["id"] in by_id]
+    if not pairs:
+        raise DataError(
+            f"{source}: no sample id matches a row of the input; pass the prompt rows the "
+            "samples were made from (--input data/prompts/test.jsonl)"
+        )
+    sub_rows = [r for _, r in pairs]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for who in WHO:
+        if who == "ref":
+            texts = [r["reference"] or "" for r in sub_rows]
+            names = {n: f for n, f in fns.items() if not is_reference_based(n)}
+        else:
+            texts = [s[f"{who}_reply"] for s, _ in pairs]
+            names = dict(fns)
+        scores = score(texts, sub_rows, names)
+        cols = {n: scores.get(n, np.full(len(texts), np.nan)) for n in fns}
+        cols[TOTAL] = weighted(scores, check.weights)
+        if TOTAL_REF in check.columns():
+            cols[TOTAL_REF] = (
+                weighted(scores, check.weights_ref) if who != "ref" else np.full(len(texts), np.nan)
+            )
+        out[who] = cols
+    return SamplesBreakdown(out, check.columns(), len(pairs), len(samples) - len(pairs))
+
+
+def samples_metrics(b: SamplesBreakdown) -> dict[str, Any]:
+    m: dict[str, Any] = {
+        "analyze/samples/matched": b.matched,
+        "analyze/samples/unmatched": b.unmatched,
+    }
+    for who, cols in b.means().items():
+        for col, v in cols.items():
+            if math.isfinite(v):
+                m[f"analyze/samples/{who}/{col}"] = v
+    return m
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs: plot data, PNGs, the markdown summary
+# --------------------------------------------------------------------------------------------
+
+
+def _edges() -> np.ndarray:
+    # Every column lives in [0, 1]: fixed bins make two runs' files line up bin for bin.
+    return np.linspace(0.0, 1.0, BINS + 1)
+
+
+def _fractions(values: np.ndarray) -> np.ndarray:
+    values = values[np.isfinite(values)]
+    return np.histogram(values, bins=_edges())[0] / max(1, values.size)
+
+
+def slug(name: str) -> str:
+    """``docstring/param_coverage`` -> ``docstring_param_coverage`` (file names)."""
+    return name.replace("/", "_")
+
+
+def _num(x: float) -> float | str:
+    return "" if not math.isfinite(x) else round(float(x), 6)
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def write_plot_data(
+    check: RewardCheck, out_dir: str | Path, samples: SamplesBreakdown | None = None
+) -> None:
+    """DVC plot data: ``dist/<column>.csv`` (score bin centre; fraction of good and bad
+    replies per bin), ``components.csv``, ``kinds.csv``, ``samples.csv`` (with samples) and
+    ``scores.jsonl`` (every scored reply)."""
+    out = Path(out_dir)
+    centres = (_edges()[:-1] + _edges()[1:]) / 2
+    g, b = check.pairs()
+    m = check.metrics
+    for col in check.columns():
+        fg, fb = _fractions(check.scores[col][g]), _fractions(check.scores[col][b])
+        rows = [
+            [round(float(c), 6), _num(x), _num(y)] for c, x, y in zip(centres, fg, fb, strict=True)
+        ]
+        _write_csv(out / "dist" / f"{slug(col)}.csv", ["score", "good", "bad"], rows)
+    _write_csv(
+        out / "components.csv",
+        ["component", "weight", "good", "bad", "gap"],
+        [
+            [
+                col,
+                _num(check.weights.get(col, check.weights_ref.get(col, 0.0)))
+                if col not in (TOTAL, TOTAL_REF)
+                else "",
+                _num(m[f"analyze/good/{col}"]),
+                _num(m[f"analyze/bad/{col}"]),
+                _num(m[f"analyze/gap/{col}"]),
+            ]
+            for col in check.columns()
+        ],
+    )
+    kind_rows = []
+    for kind in check.bad_kinds():
+        gk, bk = check.pairs(kind)
+        good, bad = check.scores[TOTAL][gk], check.scores[TOTAL][bk]
+        kind_rows.append(
+            [
+                kind,
+                int(bk.size),
+                _num(float(good.mean())),
+                _num(float(bad.mean())),
+                _num(float((good - bad).mean())),
+                _num(pair_accuracy(good, bad)),
+            ]
+        )
+    _write_csv(out / "kinds.csv", ["kind", "pairs", "good", "bad", "gap", "accuracy"], kind_rows)
+    if samples is not None:
+        means = samples.means()
+        _write_csv(
+            out / "samples.csv",
+            ["component", *WHO],
+            [[col, *(_num(means[w][col]) for w in WHO)] for col in samples.columns],
+        )
+    with (out / "scores.jsonl").open("w", encoding="utf-8") as fh:
+        for i, (kind, text) in enumerate(zip(check.kinds, check.texts, strict=True)):
+            row = check.rows[int(check.row_of[i])]
+            item = {
+                "id": row.get("id"),
+                "kind": kind,
+                "text": text,
+                "scores": {c: _num(float(check.scores[c][i])) for c in check.columns()},
+            }
+            fh.write(json.dumps(item, ensure_ascii=False) + "\n")
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede the pyplot import
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _hist_grid(plt: Any, series: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> None:
+    """One panel per column, one step histogram per series, fixed bins on [0, 1]."""
+    colours = {"good": "#2ca02c", "bad": "#d62728", "sft": "#1f77b4", "ppo": "#d62728"}
+    colours["ref"] = "#7f7f7f"
+    cols = list(series)
+    ncols = 3
+    nrows = max(1, math.ceil(len(cols) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows), squeeze=False)
+    for ax, col in zip(axes.flat, cols, strict=False):
+        for label, values in series[col].items():
+            v = values[np.isfinite(values)]
+            if not v.size:
+                continue
+            ax.hist(
+                v,
+                bins=_edges(),
+                weights=np.full(v.size, 1.0 / v.size),
+                histtype="step",
+                linewidth=1.6,
+                color=colours.get(label),
+                label=f"{label} (mean {v.mean():.3g})",
+            )
+        ax.set_title(col, fontsize=10)
+        ax.set_xlabel("score")
+        ax.set_ylabel("fraction of replies")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(cols) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_plot_images(
+    check: RewardCheck, out_dir: str | Path, samples: SamplesBreakdown | None = None
+) -> list[Path]:
+    """``hists.png`` (good vs bad per column), ``gaps.png`` (gap per component and per bad
+    kind) and, with samples, ``samples_hists.png`` (SFT, PPO, references per column)."""
+    plt = _pyplot()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    g, b = check.pairs()
+    order = [TOTAL, *(c for c in check.columns() if c != TOTAL)]
+    _hist_grid(
+        plt,
+        {c: {"good": check.scores[c][g], "bad": check.scores[c][b]} for c in order},
+        out / "hists.png",
+    )
+    written = [out / "hists.png"]
+
+    m = check.metrics
+    kinds = check.bad_kinds()
+    fig, (ax1, ax2) = plt.subplots(
+        1, 2, figsize=(12, 0.45 * max(len(order), len(kinds)) + 1.6), squeeze=True
+    )
+    gaps = [m[f"analyze/gap/{c}"] for c in order]
+    ax1.barh(order[::-1], gaps[::-1], color="#1f77b4")
+    ax1.set_title("gap (good - bad) per component")
+    kgaps = [m[f"analyze/gap_by_kind/{k}"] for k in kinds]
+    ax2.barh(kinds[::-1], kgaps[::-1], color="#ff7f0e")
+    ax2.set_title("total gap per kind of bad reply")
+    for ax in (ax1, ax2):
+        ax.set_xlabel(f"mean gap over pairs (dashed: {MIN_GAP}, required of the total)")
+        ax.axvline(MIN_GAP, color="black", linestyle="--", linewidth=0.8)
+        ax.axvline(0.0, color="black", linewidth=0.8)
+    fig.tight_layout()
+    fig.savefig(out / "gaps.png", dpi=100)
+    plt.close(fig)
+    written.append(out / "gaps.png")
+
+    if samples is not None:
+        _hist_grid(
+            plt,
+            {c: {w: samples.scores[w][c] for w in WHO} for c in order},
+            out / "samples_hists.png",
+        )
+        written.append(out / "samples_hists.png")
+    return written
+
+
+def _f(x: Any) -> str:
+    if isinstance(x, float):
+        return "–" if not math.isfinite(x) else f"{x:.3f}"
+    return str(x)
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    s = " ".join(str(text).split())
+    s = s if len(s) <= limit else s[: limit - 1] + "…"
+    return s.replace("|", "\\|").replace("<", "&lt;") or "*(empty)*"
+
+
+def render_summary(
+    check: RewardCheck,
+    source: str,
+    samples: SamplesBreakdown | None = None,
+    samples_path: str | None = None,
+    examples: int = 3,
+) -> str:
+    """The markdown summary: verdict, per-component and per-kind tables, plots, examples."""
+    m = check.metrics
+    gap = m[f"analyze/gap/{TOTAL}"]
+    verdict = "PASS" if m["analyze/pass"] else "FAIL"
+    weights = ", ".join(f"{n} {w:.3g}" for n, w in check.weights.items())
+    lines = [
+        f"# Reward discrimination check: {check.task}",
+        "",
+        f"Input `{source}`: {m['analyze/rows']} rows, {m['analyze/pairs']} (good, bad) pairs. "
+        "Good = the human reference; bad = variants made from it on purpose.",
+        "",
+        f"**{verdict}**: total gap {gap:.3f} (must exceed {MIN_GAP}); the good reply scores "
+        f"higher in {m['analyze/pair_accuracy']:.1%} of pairs (ties count half).",
+        "",
+        f"Total = weighted mean of the reference-free components ({check.weights_source}, "
+        f"normalised): {weights}."
+        + (
+            " Reference-based components (BLEU) score the good reply 1 by construction, so "
+            "they are only in `total_with_reference`."
+            if TOTAL_REF in check.columns()
+            else ""
+        ),
+        "",
+        "| component | good | bad | gap |",
+        "|---|---|---|---|",
+    ]
+    for col in check.columns():
+        lines.append(
+            f"| {col} | {_f(m[f'analyze/good/{col}'])} | {_f(m[f'analyze/bad/{col}'])} "
+            f"| {_f(m[f'analyze/gap/{col}'])} |"
+        )
+    lines += ["", "| bad kind | pairs | total gap |", "|---|---|---|"]
+    for kind in check.bad_kinds():
+        lines.append(
+            f"| {kind} | {m[f'analyze/pairs_by_kind/{kind}']} "
+            f"| {_f(m[f'analyze/gap_by_kind/{kind}'])} |"
+        )
+    if "analyze/parse_ok_fraction" in m:
+        lines += [
+            "",
+            f"{m['analyze/parse_ok_fraction']:.1%} of the functions parse (the rest, e.g. "
+            "Python 2, score 0 on the code-based components whatever the docstring).",
+        ]
+    lines += ["", "![good vs bad](hists.png)", "", "![gaps](gaps.png)"]
+    if samples is not None:
+        means = samples.means()
+        lines += [
+            "",
+            f"## Model outputs (`{samples_path}`, {samples.matched} samples)",
+            "",
+            "| component | SFT | PPO | references |",
+            "|---|---|---|---|",
+        ]
+        for col in samples.columns:
+            lines.append(f"| {col} | " + " | ".join(_f(means[w][col]) for w in WHO) + " |")
+        lines += ["", "![samples](samples_hists.png)"]
+    lines += ["", "## Examples", ""]
+    for r in range(min(examples, len(check.rows))):
+        lines += ["| kind | reply | total |", "|---|---|---|"]
+        for i in np.flatnonzero(check.row_of == r):
+            lines.append(
+                f"| {check.kinds[i]} | {_cell(check.texts[i])} "
+                f"| {_f(float(check.scores[TOTAL][i]))} |"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
