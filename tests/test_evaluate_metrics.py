@@ -131,6 +131,11 @@ def _gate_metrics(**over):
         "ppo/bleu": 9.0,
         "sft/distinct2": 0.5,
         "ppo/distinct2": 0.48,
+        "sft/eos_rate": 0.8,
+        "ppo/eos_rate": 0.9,
+        "delta/rm_pvalue_wilcoxon": 0.01,
+        "sft/bertscore_f1_ci_lo": 0.40,
+        "ppo/bertscore_f1": 0.42,
     }
     m.update(over)
     return {k: v for k, v in m.items() if v is not None}
@@ -146,6 +151,11 @@ def _gate_metrics(**over):
         ({"ppo/distinct2": 0.4}, "adjust", "distinct2_drop"),  # 20% of SFT's > 10%
         ({"ppo/bleu": 7.0, "ppo/distinct2": 0.4}, "reconsider", "bleu_drop,distinct2_drop"),
         ({"sft/bleu": None, "ppo/bleu": None}, "proceed", ""),  # no references: n/a
+        ({"delta/rm_pvalue_wilcoxon": 0.2}, "reconsider", "significance"),
+        ({"delta/rm_pvalue_wilcoxon": float("nan")}, "reconsider", "significance"),
+        ({"ppo/bertscore_f1": 0.39}, "reconsider", "bertscore"),  # below SFT's CI: hacking
+        ({"ppo/bertscore_f1": None}, "proceed", ""),  # no references: n/a
+        ({"ppo/eos_rate": 0.6}, "adjust", "eos_rate_drop"),  # 25% of SFT's > 10%
     ],
 )
 def test_check_gates(over, decision, failed):
@@ -153,7 +163,8 @@ def test_check_gates(over, decision, failed):
     assert verdict.decision == decision
     vm = verdict.metrics()
     assert vm["verdict/decision"] == decision and vm["verdict/failed_gates"] == failed
-    for gate in ("reward_gain", "kl", "bleu_drop", "distinct2_drop"):
+    gates = ("reward_gain", "significance", "kl", "bertscore", "bleu_drop", "distinct2_drop")
+    for gate in (*gates, "eos_rate_drop"):
         assert vm[f"verdict/pass/{gate}"] == int(gate not in failed.split(","))
     assert vm["verdict/value/distinct2_drop"] == pytest.approx(
         (0.5 - _gate_metrics(**over)["ppo/distinct2"]) / 0.5
@@ -286,7 +297,9 @@ def test_score_outputs_docstring_and_judge():
 
 
 def test_finish_puts_the_verdict_in_the_metrics():
-    cfg = EvalConfig(n_boot=100, gates=EvalGates(max_kl=0.5))
+    # 4 toy prompts: no test could be significant; only the KL gate is under test here
+    gates = EvalGates(max_kl=0.5, max_rm_pvalue=1.0, max_eos_rate_drop=1.0)
+    cfg = EvalConfig(n_boot=100, gates=gates)
     result = ev.finish("chat", ROWS, {"sft": SFT, "ppo": PPO}, KL, cfg)
     assert result.metrics["verdict/decision"] == "reconsider"
     assert result.metrics["verdict/failed_gates"] == "kl"

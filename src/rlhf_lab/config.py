@@ -301,11 +301,15 @@ class PpoConfig(Section):
 class EvalGates(Section):
     """Thresholds of the evaluate verdict, checked on PPO vs SFT at the end of ``evaluate``.
 
-    Hard gates: ``reward_gain`` (mean reward-model gain > ``min_reward_gain``) and ``kl``
-    (KL(PPO || SFT) < ``max_kl``). Soft gates: ``bleu_drop`` and ``distinct2_drop``. Verdict:
-    ``proceed`` when every gate passes; ``adjust`` when only one soft gate fails (retune, e.g.
-    a larger KL coefficient or more diversity reward); ``reconsider`` when a hard gate fails or
-    both soft gates fail (the run did not buy reward, or bought it by drifting too far).
+    Hard gates: ``reward_gain`` (mean reward-model gain > ``min_reward_gain``),
+    ``significance`` (its paired Wilcoxon p-value < ``max_rm_pvalue``), ``kl`` (KL(PPO || SFT)
+    < ``max_kl``) and ``bertscore`` (PPO's BERTScore F1 to the references not below the lower
+    end of SFT's 95% CI: a reward gain that a signal the reward model never trained on does not
+    see is reward hacking). Soft gates: ``bleu_drop``, ``distinct2_drop`` and ``eos_rate_drop``
+    (collapse). Verdict: ``proceed`` when every gate passes; ``adjust`` when only one soft gate
+    fails (retune, e.g. a larger KL coefficient or more diversity reward); ``reconsider`` when a
+    hard gate fails or several soft gates fail (the run did not buy reward, or bought it by
+    drifting too far).
     """
 
     min_reward_gain: float = 0.0
@@ -316,6 +320,12 @@ class EvalGates(Section):
     """Proceed only if BLEU falls by at most this (BLEU points)."""
     max_distinct2_drop: float = Field(0.1, ge=0.0)
     """Proceed only if distinct-2 falls by at most this fraction of SFT's."""
+    max_eos_rate_drop: float = Field(0.1, ge=0.0)
+    """Proceed only if the EOS rate falls by at most this fraction of SFT's."""
+    max_rm_pvalue: float = Field(0.05, gt=0.0, le=1.0)
+    """Proceed only if the reward gain's paired Wilcoxon p-value is below this."""
+    bertscore_within_ci: bool = True
+    """Proceed only if PPO's BERTScore F1 is not below SFT's 95% CI (off: not checked)."""
 
 
 class EvalConfig(Section):

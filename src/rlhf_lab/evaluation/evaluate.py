@@ -328,8 +328,8 @@ def decide(failed_hard: Sequence[str], failed_soft: Sequence[str]) -> str:
     """The verdict rule (also in ``EvalGates``'s docstring and the report).
 
     ``proceed``: every gate passes. ``adjust``: the hard gates pass and exactly one soft gate
-    fails. ``reconsider``: a hard gate fails (no reward gain, or KL too large), or both soft
-    gates fail.
+    fails. ``reconsider``: a hard gate fails (no significant reward gain, KL too large, or a
+    BERTScore loss), or more than one soft gate fails.
     """
     if failed_hard or len(failed_soft) > 1:
         return "reconsider"
@@ -348,6 +348,18 @@ def check_gates(metrics: Mapping[str, Any], gates: EvalGates) -> Verdict:
     d2_sft, d2_ppo = float(metrics["sft/distinct2"]), float(metrics["ppo/distinct2"])
     # Relative to SFT's distinct-2 (the gate is "a fraction of SFT's"); SFT at 0 cannot drop.
     d2_drop = (d2_sft - d2_ppo) / d2_sft if d2_sft > 0 else 0.0
+    eos_sft, eos_ppo = metrics.get("sft/eos_rate"), metrics.get("ppo/eos_rate")
+    eos_drop = None
+    if eos_sft is not None and eos_ppo is not None:
+        eos_drop = (eos_sft - eos_ppo) / eos_sft if eos_sft > 0 else 0.0
+    pvalue = metrics.get("delta/rm_pvalue_wilcoxon")
+    pvalue = None if pvalue is None or not np.isfinite(pvalue) else float(pvalue)
+    # PPO's mean minus the low end of SFT's CI: negative = below what SFT's noise explains.
+    bs_margin = None
+    if gates.bertscore_within_ci and "ppo/bertscore_f1" in metrics:
+        lo = metrics.get("sft/bertscore_f1_ci_lo")
+        if lo is not None:
+            bs_margin = float(metrics["ppo/bertscore_f1"]) - float(lo)
     results = (
         GateResult(
             "reward_gain",
@@ -358,12 +370,28 @@ def check_gates(metrics: Mapping[str, Any], gates: EvalGates) -> Verdict:
             f"PPO - SFT mean reward-model score > {gates.min_reward_gain:g}",
         ),
         GateResult(
+            "significance",
+            "hard",
+            pvalue,
+            gates.max_rm_pvalue,
+            pvalue is not None and pvalue < gates.max_rm_pvalue,
+            f"paired Wilcoxon p-value of the reward-model gain < {gates.max_rm_pvalue:g}",
+        ),
+        GateResult(
             "kl",
             "hard",
             kl,
             gates.max_kl,
             kl < gates.max_kl,
             f"KL(PPO || SFT) per reply < {gates.max_kl:g} nats",
+        ),
+        GateResult(
+            "bertscore",
+            "hard",
+            bs_margin,
+            0.0,
+            bs_margin is None or bs_margin >= 0.0,
+            "PPO BERTScore F1 >= lower end of SFT's 95% CI (n/a without references)",
         ),
         GateResult(
             "bleu_drop",
@@ -380,6 +408,14 @@ def check_gates(metrics: Mapping[str, Any], gates: EvalGates) -> Verdict:
             gates.max_distinct2_drop,
             d2_drop <= gates.max_distinct2_drop,
             f"(SFT - PPO distinct-2) / SFT distinct-2 <= {gates.max_distinct2_drop:g}",
+        ),
+        GateResult(
+            "eos_rate_drop",
+            "soft",
+            eos_drop,
+            gates.max_eos_rate_drop,
+            eos_drop is None or eos_drop <= gates.max_eos_rate_drop,
+            f"(SFT - PPO EOS rate) / SFT EOS rate <= {gates.max_eos_rate_drop:g}",
         ),
     )
     failed_hard = [g.name for g in results if g.kind == "hard" and not g.passed]

@@ -517,8 +517,9 @@ def render_report(
         ),
         "",
         "Rule: *proceed* when every gate passes; *adjust* when the hard gates (`reward_gain`, "
-        "`kl`) pass and exactly one soft gate (`bleu_drop`, `distinct2_drop`) fails; "
-        "*reconsider* when a hard gate fails or both soft gates fail.",
+        "`significance`, `kl`, `bertscore`) pass and exactly one soft gate (`bleu_drop`, "
+        "`distinct2_drop`, `eos_rate_drop`) fails; *reconsider* when a hard gate fails or "
+        "more than one soft gate fails.",
         "",
         f"Task `{result.task}`: {m.get('eval/num_prompts')} test prompts "
         f"({m.get('eval/num_references')} with a reference). Both models sampled with the same "
