@@ -45,6 +45,8 @@ class ModelsConfig(Section):
     """Hub revision (branch, tag or commit) for hub ids; ignored for local sources."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype the policy is materialised in (float32 on CPU; bfloat16 on recent GPUs)."""
+    mixed_precision: Literal["no", "bf16", "auto"] = "no"
+    """bf16 autocast in every stage (fp32 weights); auto: only where bf16 is native (AMX, GPU)."""
 
 
 class DataConfig(Section):

@@ -108,6 +108,22 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return pos.masked_fill(attention_mask == 0, 0)
 
 
+def next_token_logits(lm: Any, inputs: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    """Float32 logits [B, n, V] of the ``n`` positions before the last of a left-padded batch:
+    the ones that predict its last ``n`` tokens (position t predicts token t + 1).
+
+    The backbone runs as it is (bf16 under ``models.mixed_precision``); the LM head runs on
+    those ``n`` positions only, in float32 even under autocast: log-prob differences (PPO's
+    ratio, KL) of bf16 logits — 3 significant digits on values of ~10-30 — carry noise of the
+    order of PPO's clip range.
+    """
+    from rlhf_lab.precision import full_precision
+
+    hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, -(n + 1) : -1]
+    with full_precision(hidden.device):
+        return lm.get_output_embeddings()(hidden.float()).float()
+
+
 def _generation_kwargs(
     max_new_tokens: int, temperature: float, eos_ids: list[int], pad_id: int
 ) -> dict[str, Any]:

@@ -60,7 +60,7 @@ from rlhf_lab.config import EvalConfig, EvalGates
 from rlhf_lab.errors import DataError
 from rlhf_lab.evaluation import stats, text_metrics
 from rlhf_lab.evaluation.bertscore import BertScorer
-from rlhf_lab.generation import chat_prompt_text, default_device, generate
+from rlhf_lab.generation import chat_prompt_text, default_device, generate, next_token_logits
 from rlhf_lab.io import read_jsonl
 from rlhf_lab.ppo.core import logprobs_from_logits
 from rlhf_lab.reward_model import RewardModel
@@ -563,13 +563,13 @@ def sequence_logprobs(
             if r:
                 reply_mask[i, r_max - len(r) :] = 1.0
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=input_ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=position_ids.to(device),
-            logits_to_keep=r_max + 1,
-        ).logits[:, :-1]  # the logit at position t predicts token t + 1
-        logp = logprobs_from_logits(logits.float() / temperature, input_ids[:, -r_max:].to(device))
+        inputs = {
+            "input_ids": input_ids.to(device),
+            "attention_mask": mask.to(device),
+            "position_ids": position_ids.to(device),
+        }
+        logits = next_token_logits(model, inputs, r_max)  # float32 head, reply positions only
+        logp = logprobs_from_logits(logits / temperature, input_ids[:, -r_max:].to(device))
         # where, not a product: a padding position's logits can be NaN (nothing to attend to)
         logp = torch.where(reply_mask > 0, logp.cpu(), torch.zeros_like(reply_mask))
         out[start : start + len(r_chunk)] = logp.sum(-1).double().numpy()

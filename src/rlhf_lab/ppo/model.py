@@ -48,8 +48,9 @@ from torch import nn
 from rlhf_lab import models
 from rlhf_lab.config import LoraConfig
 from rlhf_lab.errors import ModelSourceError
-from rlhf_lab.generation import chat_prompt_text, position_ids
+from rlhf_lab.generation import chat_prompt_text, next_token_logits, position_ids
 from rlhf_lab.ppo.core import entropy_from_logits, logprobs_from_logits
+from rlhf_lab.precision import full_precision
 
 POLICY = "policy"
 CRITIC = "critic"
@@ -327,12 +328,12 @@ class PolicyCritic(nn.Module):
         return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
 
     def _response_logits(self, inputs: Mapping[str, torch.Tensor], n_resp: int) -> torch.Tensor:
-        # logits_to_keep=R+1 computes the head on the last R+1 positions only; the last one
-        # predicts past the end and is dropped.
-        out = self.lm(**inputs, use_cache=False, logits_to_keep=n_resp + 1)
+        # The LM head on the R positions that predict the response only, in float32
+        # (rlhf_lab.generation.next_token_logits).
+        logits = next_token_logits(self.lm, dict(inputs), n_resp)
         # [N-details] "scale the logits by the sampling temperature": the recomputed logprobs
         # must be those of the distribution the tokens were sampled from.
-        return out.logits[:, :-1].float() / self.temperature
+        return logits / self.temperature
 
     def _logprobs(
         self,
@@ -392,7 +393,8 @@ class PolicyCritic(nn.Module):
         with self.adapter(CRITIC):
             # The backbone alone (no LM head): TRL's value model is the same backbone + `score`.
             hidden = self.lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
-        v = self.value_head(hidden[:, p - 1 : p - 1 + n_resp])
+        with full_precision(hidden.device):
+            v = self.value_head(hidden[:, p - 1 : p - 1 + n_resp].float())
         mask = response_mask.to(v.device).bool()
         return torch.where(mask, v, torch.zeros_like(v))
 

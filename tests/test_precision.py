@@ -1,0 +1,48 @@
+"""models.mixed_precision: how it resolves, that a stage's matmuls run in bf16 under it, and
+that PPO's log-probs keep a float32 head under it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlhf_lab import precision
+from rlhf_lab.generation import next_token_logits, position_ids
+
+
+@pytest.mark.parametrize(("native", "expected"), [(True, True), (False, False)])
+def test_auto_follows_native_bf16(monkeypatch, native, expected):
+    monkeypatch.setattr(precision, "device_type", lambda: "cpu")
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    assert precision.use_bf16("auto") is expected
+    assert precision.use_bf16("no") is False
+    assert precision.use_bf16("bf16") is True
+
+
+def test_autocast_runs_matmuls_in_bf16_and_full_precision_opts_out():
+    a = torch.randn(4, 8)
+    with precision.autocast("bf16") as on:
+        assert on
+        assert (a @ a.T).dtype == torch.bfloat16
+        with precision.full_precision("cpu"):
+            assert (a @ a.T).dtype == torch.float32
+    with precision.autocast("no") as on:
+        assert not on and (a @ a.T).dtype == torch.float32
+
+
+def test_next_token_logits_head_is_float32_and_close_under_bf16(tiny_models):
+    from rlhf_lab import models
+
+    lm = models.load_causal_lm(tiny_models["policy"]).eval()
+    ids = torch.tensor([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    mask = (ids != 0).long()
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
+    with torch.no_grad():
+        full = lm(**inputs).logits[:, -4:-1]
+        exact = next_token_logits(lm, inputs, 3)
+        with precision.autocast("bf16"):
+            mixed = next_token_logits(lm, inputs, 3)
+    torch.testing.assert_close(exact, full, rtol=1e-5, atol=1e-5)
+    assert mixed.dtype == torch.float32
+    # bf16 backbone: close to float32, not equal
+    assert (mixed - exact).abs().max() < 0.1 * exact.abs().max()
