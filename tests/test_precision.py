@@ -1,5 +1,5 @@
-"""models.mixed_precision: how it resolves, that a stage's matmuls run in bf16 under it, and
-that PPO's log-probs keep a float32 head under it."""
+"""models.mixed_precision: how it resolves, that sampling runs in bf16 under it while the
+rest stays float32, and that log-probs keep a float32 head even inside autocast."""
 
 from __future__ import annotations
 
@@ -19,15 +19,45 @@ def test_auto_follows_native_bf16(monkeypatch, native, expected):
     assert precision.use_bf16("bf16") is True
 
 
-def test_autocast_runs_matmuls_in_bf16_and_full_precision_opts_out():
+def test_inference_autocast_follows_configure_and_full_precision_opts_out():
     a = torch.randn(4, 8)
-    with precision.autocast("bf16") as on:
-        assert on
-        assert (a @ a.T).dtype == torch.bfloat16
-        with precision.full_precision("cpu"):
-            assert (a @ a.T).dtype == torch.float32
-    with precision.autocast("no") as on:
-        assert not on and (a @ a.T).dtype == torch.float32
+    try:
+        precision.configure("bf16")
+        with precision.inference() as on:
+            assert on
+            assert (a @ a.T).dtype == torch.bfloat16
+            with precision.full_precision("cpu"):
+                assert (a @ a.T).dtype == torch.float32
+        assert (a @ a.T).dtype == torch.float32  # training code outside inference(): fp32
+        precision.configure("no")
+        with precision.inference() as on:
+            assert not on and (a @ a.T).dtype == torch.float32
+        with pytest.raises(ValueError):
+            precision.configure("fp8")
+    finally:
+        precision.configure("no")
+
+
+def test_generate_samples_under_bf16_and_leaves_training_in_float32(tiny_models):
+    from rlhf_lab import models
+    from rlhf_lab.generation import generate
+
+    lm = models.load_causal_lm(tiny_models["policy"])
+    tok = models.load_tokenizer(tiny_models["policy"])
+    seen = []
+    hook = lm.lm_head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    prompts = [[{"role": "user", "content": "hi"}]]
+    kw = {"max_new_tokens": 3, "temperature": 1.0, "batch_size": 1, "seed": 0}
+    try:
+        precision.configure("bf16")
+        generate(lm, tok, prompts, **kw)
+        assert set(seen) == {torch.bfloat16}
+        seen.clear()
+        lm(input_ids=torch.tensor([[1, 2, 3]]))  # a training-style forward: untouched
+        assert seen == [torch.float32]
+    finally:
+        precision.configure("no")
+        hook.remove()
 
 
 def test_next_token_logits_head_is_float32_and_close_under_bf16(tiny_models):
@@ -40,7 +70,7 @@ def test_next_token_logits_head_is_float32_and_close_under_bf16(tiny_models):
     with torch.no_grad():
         full = lm(**inputs).logits[:, -4:-1]
         exact = next_token_logits(lm, inputs, 3)
-        with precision.autocast("bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
             mixed = next_token_logits(lm, inputs, 3)
     torch.testing.assert_close(exact, full, rtol=1e-5, atol=1e-5)
     assert mixed.dtype == torch.float32

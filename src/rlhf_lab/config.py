@@ -46,7 +46,7 @@ class ModelsConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype the policy is materialised in (float32 on CPU; bfloat16 on recent GPUs)."""
     mixed_precision: Literal["no", "bf16", "auto"] = "no"
-    """bf16 autocast in every stage (fp32 weights); auto: only where bf16 is native (AMX, GPU)."""
+    """bf16 autocast for sampling and the local judge; auto: where bf16 is native (AMX, GPU)."""
 
 
 class DataConfig(Section):

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from rlhf_lab import ui
+from rlhf_lab import precision, ui
 from rlhf_lab.errors import ModelSourceError
 
 
@@ -198,7 +198,7 @@ def generate(
         for b, start in enumerate(ui.track(starts, desc, total=len(starts))):
             batch = order[start : start + batch_size]
             input_ids, attention_mask = left_pad([encoded[i] for i in batch], pad_id)
-            with torch.random.fork_rng(devices=fork_devices):
+            with torch.random.fork_rng(devices=fork_devices), precision.inference():
                 torch.manual_seed(batch_seed(seed, b))
                 out = model.generate(
                     input_ids=input_ids.to(device),

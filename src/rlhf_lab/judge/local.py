@@ -195,12 +195,17 @@ class LocalJudge:
     # -- scoring ---------------------------------------------------------------------------
 
     def _logits(self, **kw: Any) -> Any:
-        try:
-            # Only the last positions' logits are needed: vocab x sequence floats otherwise.
-            return self.model(**kw)
-        except TypeError:  # architectures without logits_to_keep
-            kw.pop("logits_to_keep", None)
-            return self.model(**kw)
+        from rlhf_lab import precision
+
+        # bf16 where configured (rlhf_lab.precision): a rating's expected value over 5 tokens
+        # does not need float32 logits.
+        with precision.inference():
+            try:
+                # Only the last positions' logits are needed: vocab x sequence floats otherwise.
+                return self.model(**kw)
+            except TypeError:  # architectures without logits_to_keep
+                kw.pop("logits_to_keep", None)
+                return self.model(**kw)
 
     @torch.no_grad()
     def _forward(self, batch: list[list[int]]) -> torch.Tensor:

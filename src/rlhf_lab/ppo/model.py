@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rlhf_lab import models
+from rlhf_lab import models, precision
 from rlhf_lab.config import LoraConfig
 from rlhf_lab.errors import ModelSourceError
 from rlhf_lab.generation import chat_prompt_text, next_token_logits, position_ids
@@ -425,7 +425,9 @@ class PolicyCritic(nn.Module):
         "top_k=0, top_p=1.0"; the same settings as :mod:`rlhf_lab.generation`).
         """
         dev = self.device
-        with self.adapter(POLICY):
+        # bf16 sampling where configured (rlhf_lab.precision): the tokens' log-probs are
+        # recomputed in float32 before any loss uses them.
+        with self.adapter(POLICY), precision.inference():
             out = self.lm.generate(
                 input_ids=query.to(dev),
                 attention_mask=query_mask.to(dev),
