@@ -31,15 +31,15 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 def _run(stage: str, params_path: Path, **kwargs: Any) -> None:
+    from rlhf_lab import precision
     from rlhf_lab.config import load_params
-    from rlhf_lab.precision import autocast
     from rlhf_lab.ui import console
 
     try:
         params = load_params(params_path)
         module = importlib.import_module(f"rlhf_lab.stages.{stage}")
-        with autocast(params.models.mixed_precision):
-            module.main(params, **kwargs)
+        precision.configure(params.models.mixed_precision)
+        module.main(params, **kwargs)
     except RlhfLabError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
