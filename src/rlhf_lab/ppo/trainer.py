@@ -331,8 +331,12 @@ class PpoTrainer:
                 w = r.shape[1]
                 m = rm.float()
                 dev = model.device
+                # The policy and value losses go through disjoint graphs (policy adapter vs
+                # critic adapter + head), so each is backpropagated as soon as it is built:
+                # the gradients are those of pg_loss + vf_coef * vf_loss, but only one graph's
+                # activations are alive at a time (peak memory = the larger, not the sum).
+                self.optimizer.zero_grad(set_to_none=True)
                 new_logp, _ = model.policy_logprobs(q, qm, r, rm)
-                new_values = model.values(q, qm, r, rm)
                 pg_loss, pg_clipfrac, approxkl = policy_loss(
                     new_logp,
                     ro.logprobs[mb, :w].to(dev),
@@ -340,22 +344,26 @@ class PpoTrainer:
                     m.to(dev),
                     cfg.clip,
                 )
-                vf_loss, vf_clipfrac = value_loss(
-                    new_values,
-                    ro.values[mb, :w].to(dev),
-                    returns[mb, :w].to(dev),
-                    m.to(dev),
-                    cfg.clip_value,
-                )
-                loss = pg_loss + cfg.vf_coef * vf_loss
-                self.optimizer.zero_grad(set_to_none=True)
+                loss = pg_loss.detach()
                 ok = bool(torch.isfinite(loss))
                 if ok:
-                    loss.backward()
+                    pg_loss.backward()
+                    new_values = model.values(q, qm, r, rm)
+                    vf_loss, vf_clipfrac = value_loss(
+                        new_values,
+                        ro.values[mb, :w].to(dev),
+                        returns[mb, :w].to(dev),
+                        m.to(dev),
+                        cfg.clip_value,
+                    )
+                    loss = loss + cfg.vf_coef * vf_loss.detach()
+                    ok = bool(torch.isfinite(loss))
+                if ok:
+                    (cfg.vf_coef * vf_loss).backward()
                     grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     ok = bool(torch.isfinite(grad_norm))
                 if not ok:
-                    self._skip(step, float(loss.detach()))
+                    self._skip(step, float(loss))
                     continue
                 self.optimizer.step()
                 updates += 1
