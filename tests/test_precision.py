@@ -15,7 +15,7 @@ def test_auto_follows_native_bf16(monkeypatch, native, expected):
     monkeypatch.setattr(precision, "device_type", lambda: "cpu")
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
     assert precision.use_bf16("auto") is expected
-    assert precision.use_bf16("no") is False
+    assert precision.use_bf16("fp32") is False
     assert precision.use_bf16("bf16") is True
 
 
@@ -29,13 +29,13 @@ def test_inference_autocast_follows_configure_and_full_precision_opts_out():
             with precision.full_precision("cpu"):
                 assert (a @ a.T).dtype == torch.float32
         assert (a @ a.T).dtype == torch.float32  # training code outside inference(): fp32
-        precision.configure("no")
+        precision.configure("fp32")
         with precision.inference() as on:
             assert not on and (a @ a.T).dtype == torch.float32
         with pytest.raises(ValueError):
             precision.configure("fp8")
     finally:
-        precision.configure("no")
+        precision.configure("fp32")
 
 
 def test_generate_samples_under_bf16_and_leaves_training_in_float32(tiny_models):
@@ -56,7 +56,7 @@ def test_generate_samples_under_bf16_and_leaves_training_in_float32(tiny_models)
         lm(input_ids=torch.tensor([[1, 2, 3]]))  # a training-style forward: untouched
         assert seen == [torch.float32]
     finally:
-        precision.configure("no")
+        precision.configure("fp32")
         hook.remove()
 
 

@@ -45,7 +45,7 @@ class ModelsConfig(Section):
     """Hub revision (branch, tag or commit) for hub ids; ignored for local sources."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype the policy is materialised in (float32 on CPU; bfloat16 on recent GPUs)."""
-    mixed_precision: Literal["no", "bf16", "auto"] = "no"
+    mixed_precision: Literal["fp32", "bf16", "auto"] = "fp32"
     """bf16 autocast for sampling and the local judge; auto: where bf16 is native (AMX, GPU)."""
 
 

@@ -1,6 +1,6 @@
 """Mixed precision for inference: bf16 autocast for sampling and judging, where it is native.
 
-``models.mixed_precision`` (``no`` | ``bf16`` | ``auto``), set once per stage by the CLI
+``models.mixed_precision`` (``fp32`` | ``bf16`` | ``auto``), set once per stage by the CLI
 (:func:`configure`), puts every *inference-only* forward pass under bfloat16 autocast: sampling
 (``prepare_preference``'s base-policy replies, PPO rollouts, ``evaluate`` and ``generate``)
 and the local judge. ``auto`` turns it on only where bf16 is native: a CUDA device that
@@ -28,7 +28,7 @@ import torch
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
-_setting = "no"
+_setting = "fp32"
 
 
 @functools.cache
@@ -48,7 +48,7 @@ def device_type() -> str:
 
 def use_bf16(setting: str) -> bool:
     """Resolve a ``models.mixed_precision`` value on this machine."""
-    if setting == "no":
+    if setting == "fp32":
         return False
     if setting == "bf16":
         return True
@@ -60,8 +60,8 @@ def use_bf16(setting: str) -> bool:
 def configure(setting: str) -> None:
     """Set the process-wide ``models.mixed_precision`` (the CLI calls it before each stage)."""
     global _setting
-    if setting not in ("no", "bf16", "auto"):
-        raise ValueError(f"mixed_precision must be no, bf16 or auto, not {setting!r}")
+    if setting not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"mixed_precision must be fp32, bf16 or auto, not {setting!r}")
     _setting = setting
 
 
