@@ -60,7 +60,13 @@ from rlhf_lab.config import EvalConfig, EvalGates
 from rlhf_lab.errors import DataError
 from rlhf_lab.evaluation import stats, text_metrics
 from rlhf_lab.evaluation.bertscore import BertScorer
-from rlhf_lab.generation import chat_prompt_text, default_device, generate, next_token_logits
+from rlhf_lab.generation import (
+    chat_prompt_text,
+    default_device,
+    generate,
+    next_token_logits,
+    position_ids,
+)
 from rlhf_lab.io import read_jsonl
 from rlhf_lab.ppo.core import logprobs_from_logits
 from rlhf_lab.reward_model import RewardModel
@@ -562,11 +568,11 @@ def sequence_logprobs(
             mask[i, width - len(s) :] = 1
             if r:
                 reply_mask[i, r_max - len(r) :] = 1.0
-        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        pos = position_ids(mask)
         inputs = {
             "input_ids": input_ids.to(device),
             "attention_mask": mask.to(device),
-            "position_ids": position_ids.to(device),
+            "position_ids": pos.to(device),
         }
         logits = next_token_logits(model, inputs, r_max)  # float32 head, reply positions only
         logp = logprobs_from_logits(logits / temperature, input_ids[:, -r_max:].to(device))

@@ -58,15 +58,24 @@ def _reward_model_targets(
 
     if not (REWARD_DIR / "config.json").is_file():
         raise DataError(f"{REWARD_DIR}: no model (run `rlhf-lab train_reward` first)")
-    train_replies, valid_replies = candidate_replies(train_rows), candidate_replies(valid_rows)
+
+    def replies(rows: list[dict[str, Any]]) -> tuple[list[tuple[list[dict], str]], int]:
+        # One pass: every row's replies, and how many rows had none (they are skipped).
+        per_row = [candidate_replies([row]) for row in rows]
+        return [r for found in per_row for r in found], sum(not found for found in per_row)
+
+    (train_replies, train_skipped), (valid_replies, valid_skipped) = (
+        replies(train_rows),
+        replies(valid_rows),
+    )
     if not train_replies:
         raise DataError(f"{SCORED_DIR / 'train.jsonl'}: no row has a reply to score")
     rm = RewardModel(REWARD_DIR)
     return (
         reward_model_targets(rm, train_replies),
         reward_model_targets(rm, valid_replies),
-        sum(not candidate_replies([r]) for r in train_rows),
-        sum(not candidate_replies([r]) for r in valid_rows),
+        train_skipped,
+        valid_skipped,
     )
 
 
