@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -68,6 +70,15 @@ def test_preset_on_a_params_file_keeps_what_it_does_not_name(tmp_path):
         "text/length": 0.2,
         "crs/recommendation": 1.0,
     }
+
+
+def test_docstring_preset_switches_off_the_chat_length_band():
+    """The repo's params.yaml weights text/length (chat words); docstrings have their own term."""
+    params = presets.preset_params(
+        "docstring", load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    )
+    assert params.reward.weights["text/length"] == 0.0
+    assert params.reward.weights["docstring/length"] > 0
 
 
 def test_params_command_prints_a_loadable_preset(tmp_path):

@@ -93,6 +93,9 @@ PRESETS: dict[str, Preset] = {
                     "docstring/control_flow": 0.1,
                     "docstring/length": 0.1,
                     "docstring/bleu": 0.25,
+                    # Weights merge key by key, so the chat default's reply-length band (whitespace
+                    # words of chat replies) would carry over; docstring/length replaces it.
+                    "text/length": 0.0,
                 },
             },
             # Prompt + reply must fit, or the prompt is cut from the left (losing the `def`).
