@@ -62,23 +62,24 @@ def test_dvc_set_param_lines_give_the_same_params(tmp_path, name):
 
 def test_preset_on_a_params_file_keeps_what_it_does_not_name(tmp_path):
     base = tmp_path / "params.yaml"
-    base.write_text("ppo:\n  steps: 7\nreward:\n  weights: {reward_model: 1.0, text/length: 0.2}\n")
+    base.write_text("ppo:\n  steps: 7\nreward:\n  weights: {reward_model: 1.0, text/bleu: 0.2}\n")
     params = presets.preset_params("crs", load_params(base))
     assert params.ppo.steps == 7
     assert params.reward.weights == {
         "reward_model": 1.0,
-        "text/length": 0.2,
+        "text/bleu": 0.2,
         "crs/recommendation": 1.0,
+        "text/length": 0.0,
     }
 
 
-def test_docstring_preset_switches_off_the_chat_length_band():
-    """The repo's params.yaml weights text/length (chat words); docstrings have their own term."""
+@pytest.mark.parametrize("name", NAMES)
+def test_task_presets_switch_off_the_chat_length_band(name):
+    """The repo's params.yaml weights text/length (a band in chat words); tasks set their own."""
     params = presets.preset_params(
-        "docstring", load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+        name, load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     )
     assert params.reward.weights["text/length"] == 0.0
-    assert params.reward.weights["docstring/length"] > 0
 
 
 def test_params_command_prints_a_loadable_preset(tmp_path):

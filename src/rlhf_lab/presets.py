@@ -62,7 +62,9 @@ PRESETS: dict[str, Preset] = {
             "reward": {
                 # crs/recommendation: 1 for a gold movie, 0.3 for another known one, 0 for none;
                 # the reward model (~N(0, 1)) keeps the reply fluent and on topic.
-                "weights": {"reward_model": 1.0, "crs/recommendation": 1.0},
+                # text/length off: the chat profile's word band (12-40) is longer than ReDial's
+                # recommender turns (~9 words), and weights merge key by key.
+                "weights": {"reward_model": 1.0, "crs/recommendation": 1.0, "text/length": 0.0},
             },
         },
     ),
@@ -93,8 +95,8 @@ PRESETS: dict[str, Preset] = {
                     "docstring/control_flow": 0.1,
                     "docstring/length": 0.1,
                     "docstring/bleu": 0.25,
-                    # Weights merge key by key, so the chat default's reply-length band (whitespace
-                    # words of chat replies) would carry over; docstring/length replaces it.
+                    # Weights merge key by key, so the chat profile's reply-length band (chat
+                    # words) would carry over; docstring/length is the task's own length term.
                     "text/length": 0.0,
                 },
             },
