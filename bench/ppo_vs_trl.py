@@ -61,7 +61,6 @@ import contextlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import threading
@@ -238,8 +237,9 @@ def unique_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
 
 
 def peak_rss_mb() -> float:
-    # Linux reports ru_maxrss in KiB.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from rlhf_lab.training.common import peak_memory_mb
+
+    return peak_memory_mb()  # the max resident set on a CPU, as every stage reports it
 
 
 class StepClock:
@@ -970,8 +970,9 @@ def report(spec: Spec, runs: dict[str, list[dict]], out: Path, load_start: list[
 
 
 def _provenance(model_dir: str) -> dict[str, Any]:
-    path = Path(model_dir) / "provenance.json"
-    info = json.loads(path.read_text()) if path.is_file() else {}
+    from rlhf_lab import models
+
+    info = models.read_provenance(model_dir)
     return {k: info.get(k) for k in ("role", "stage", "base", "parameters", "dtype")}
 
 
