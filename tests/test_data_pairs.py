@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from rlhf_lab.data.pairs import (
+    finish_sample,
     human_pairs,
     judge_candidates,
     reference_vs_sample,
     resolve_pairs,
+    trim_to_sentence,
 )
 from rlhf_lab.data.rows import Example
 from rlhf_lab.data.validate import Origin
@@ -65,6 +67,7 @@ def test_reference_vs_sample_drops_unusable_samples():
         "pairs": "reference_vs_sample",
         "rejected_tokens": 4,
         "rejected_eos": True,
+        "rejected_trimmed": False,
     }
     assert [(d.id, d.reason, d.field) for d in dropped] == [
         ("ex-2", "empty_text", "rejected"),
@@ -98,3 +101,69 @@ def test_judge_candidates_are_distinct_and_unlabelled():
         }
     ]
     assert [(d.id, d.reason) for d in dropped] == [("ex-2", "chosen_equals_rejected")]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Sure! I like cats. They are", "Sure! I like cats."),
+        ("Really?? Yes... and then", "Really?? Yes..."),
+        ('He said "no." Then he', 'He said "no."'),
+        ("It costs 3.5 dollars (roughly). So", "It costs 3.5 dollars (roughly)."),
+        ("Done.", "Done."),
+        # No terminator followed by a space or the end: nothing to trim back to.
+        ("It costs 3.5 dollars and", None),
+        ("12.12.15-1022 I am happy to", None),
+        ("", None),
+    ],
+)
+def test_trim_to_sentence(text, expected):
+    assert trim_to_sentence(text) == expected
+
+
+def test_finish_sample_policies():
+    finished = Sample("Hi there. How", 9, True)  # ended on EOS: never touched
+    cut = Sample("Hi there. How are", 32, False)
+    bare = Sample("Hi there and how are", 32, False)
+    for policy in ("keep", "trim", "drop"):
+        assert finish_sample(finished, policy) is finished
+    assert finish_sample(cut, "keep") is cut
+    assert finish_sample(cut, "trim") == Sample("Hi there.", 32, False)
+    assert finish_sample(bare, "trim") is None
+    assert finish_sample(cut, "drop") is None
+
+
+def test_reference_vs_sample_trims_or_drops_unfinished_samples():
+    examples = [ex(1), ex(2), ex(3)]
+    samples = [
+        Sample("I see. Tell me more about", 32, False),
+        Sample("well I think that the", 32, False),
+        Sample("Nice.", 3, True),
+    ]
+    rows, dropped = reference_vs_sample(examples, samples, max_chars=100, unfinished="trim")
+    assert [(r["id"], r["rejected"], r["meta"]["rejected_trimmed"]) for r in rows] == [
+        ("ex-1", "I see.", True),
+        ("ex-3", "Nice.", False),
+    ]
+    assert [(d.id, d.reason, d.field) for d in dropped] == [
+        ("ex-2", "unfinished_sample", "rejected")
+    ]
+    assert "cut at 32 tokens (no sentence end)" in dropped[0].detail
+    # Nothing is lost: the dropped row keeps the reply as sampled.
+    assert dropped[0].to_json()["raw"]["rejected"] == "well I think that the"
+
+    rows, dropped = reference_vs_sample(examples, samples, max_chars=100, unfinished="drop")
+    assert [r["id"] for r in rows] == ["ex-3"]
+    assert [d.id for d in dropped] == ["ex-1", "ex-2"]
+    assert "data.unfinished_samples is 'drop'" in dropped[0].detail
+
+
+def test_judge_candidates_trim_unfinished_candidates():
+    examples = [ex(1), ex(2)]
+    samples = [
+        [Sample("Yes. And", 8, False), Sample("No.", 2, True)],
+        [Sample("maybe so and", 8, False), Sample("Fine.", 2, True)],
+    ]
+    rows, dropped = judge_candidates(examples, samples, unfinished="trim")
+    assert [r["candidates"] for r in rows] == [["Yes.", "No."]]
+    assert [(d.id, d.reason) for d in dropped] == [("ex-2", "unfinished_sample")]

@@ -43,7 +43,9 @@ def hh_line(prompt: str, chosen: str, rejected: str) -> str:
 
 
 def test_embedded_chitchat_reference_vs_sample(workdir):
+    # keep: the tiny random policy's 4-token replies almost never reach a sentence end.
     data = {"max_examples": 16, "sample_max_new_tokens": 4, "sample_batch_size": 8}
+    data["unfinished_samples"] = "keep"
     code, out = run(workdir, data)
     assert code == 0, out
     metrics = json.loads((workdir / "metrics/prepare_preference.json").read_text())
@@ -132,6 +134,36 @@ def test_too_many_invalid_rows_exit_2_with_one_line(tmp_path, monkeypatch):
     assert not (tmp_path / "data/preference").exists()
 
 
+def test_unfinished_samples_are_trimmed_or_dropped_with_their_reason(workdir):
+    data = {"max_examples": 16, "sample_max_new_tokens": 6, "sample_batch_size": 8}
+    code, out = run(workdir, {**data, "unfinished_samples": "trim"})
+    assert code == 0, out
+    metrics = json.loads((workdir / "metrics/prepare_preference.json").read_text())
+    pref = [r for split in rows(workdir, "preference").values() for r in split]
+    n_unfinished = metrics.get("pairs/dropped_unfinished_sample", 0)
+    assert len(pref) + metrics["pairs/dropped"] == 16 and n_unfinished >= 1
+    for row in pref:
+        # every rejected reply reads as finished: it ended on EOS or was cut at a sentence end
+        assert row["meta"]["rejected_eos"] or row["rejected"].rstrip("\"')]").endswith(
+            (".", "!", "?", "\u2026")
+        )
+    trimmed = sum(r["meta"]["rejected_trimmed"] for r in pref)
+    assert metrics["sample/trimmed_fraction"] == pytest.approx(trimmed / len(pref) if pref else 0)
+    # nothing is lost: each dropped pair is in data/invalid with the reply as sampled
+    invalid = [r for r in read_jsonl(workdir / "data/invalid/train.jsonl")]
+    unfinished = [r for r in invalid if r["reason"] == "unfinished_sample"]
+    assert len(unfinished) == n_unfinished
+    assert all(r["raw"]["rejected"] and r["line"] >= 1 for r in unfinished)
+    assert all("cut at 6 tokens" in r["detail"] for r in unfinished)
+
+    code, out = run(workdir, {**data, "unfinished_samples": "drop"})
+    assert code == 0, out
+    metrics = json.loads((workdir / "metrics/prepare_preference.json").read_text())
+    pref = [r for split in rows(workdir, "preference").values() for r in split]
+    assert all(r["meta"]["rejected_eos"] for r in pref)
+    assert metrics["pairs/dropped_unfinished_sample"] >= n_unfinished
+
+
 def test_redial_judge_candidates(workdir):
     dialogue = {
         "conversationId": "5",
@@ -164,6 +196,7 @@ def test_redial_judge_candidates(workdir):
         "num_candidates": 3,
         "sample_max_new_tokens": 5,
         "sample_temperature": 1.0,
+        "unfinished_samples": "keep",  # random 5-token replies rarely end a sentence
     }
     code, out = run(workdir, data, task={"name": "crs", "system_prompt": "Recommend movies."})
     assert code == 0, out

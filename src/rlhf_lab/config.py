@@ -78,6 +78,8 @@ class DataConfig(Section):
     """crs only: a movie catalogue CSV (ReDial movies_with_mentions.csv format)."""
     sample_max_new_tokens: int = Field(48, ge=1)
     """Longest reply sampled from the base policy when building pairs (tokens)."""
+    unfinished_samples: Literal["keep", "trim", "drop"] = "trim"
+    """Sampled reply cut at the token limit: trim to its last sentence end (drop if none)."""
     sample_temperature: float = Field(0.7, gt=0.0)
     """Sampling temperature for base-policy replies."""
     sample_batch_size: int = Field(16, ge=1)

@@ -178,11 +178,11 @@ def build(
     elif mode == "reference_vs_sample":
         assert samples is not None
         pref, dropped = pairs_lib.reference_vs_sample(
-            examples, [s[0] for s in samples], cfg.max_chars
+            examples, [s[0] for s in samples], cfg.max_chars, cfg.unfinished_samples
         )
     else:
         assert samples is not None
-        pref, dropped = pairs_lib.judge_candidates(examples, samples)
+        pref, dropped = pairs_lib.judge_candidates(examples, samples, cfg.unfinished_samples)
 
     group = {ex.id: ex.group for ex in examples}
     split_args = (cfg.seed, cfg.valid_fraction, cfg.test_fraction)
@@ -243,6 +243,13 @@ def _metrics(
         m["sample/mean_tokens"] = fmean(s.n_tokens for s in flat)
         m["sample/eos_fraction"] = fmean(s.eos for s in flat)
         m["sample/empty_fraction"] = fmean(not s.text for s in flat)
+        m["sample/unfinished_policy"] = cfg.unfinished_samples
+        if mode == "reference_vs_sample":
+            m["sample/trimmed_fraction"] = (
+                fmean(bool(r["meta"].get("rejected_trimmed")) for r in all_pref)
+                if all_pref
+                else 0.0
+            )
     return m
 
 
@@ -265,6 +272,8 @@ def summary_rows(m: dict[str, Any], sample_seconds: float = 0.0) -> dict[str, st
         )
     if "pairs/dropped" in m:
         rows["pairs dropped (bad sample)"] = str(m["pairs/dropped"])
+    if "sample/trimmed_fraction" in m:
+        rows["rejected trimmed to a sentence end"] = f"{m['sample/trimmed_fraction']:.0%}"
     if "sample/count" in m:
         rows["sampled replies"] = f"{m['sample/count']} in {sample_seconds:.0f} s"
         rows["sample mean tokens / eos"] = (

@@ -16,6 +16,9 @@ metrics. The reasons, one per kind of problem a user can fix in their data:
 ``bad_transcript``       an HH-RLHF transcript that does not parse into Human/Assistant turns,
                          or whose chosen and rejected differ before the final reply
 ``duplicate``            the same example (or id) was already read
+``unfinished_sample``    a reply sampled for a pair hit ``data.sample_max_new_tokens`` and was
+                         not usable under ``data.unfinished_samples`` (no sentence end to trim
+                         back to, or the policy is ``drop``)
 ======================== ======================================================================
 """
 
@@ -35,6 +38,7 @@ TOO_LONG = "too_long"
 CHOSEN_EQUALS_REJECTED = "chosen_equals_rejected"
 BAD_TRANSCRIPT = "bad_transcript"
 DUPLICATE = "duplicate"
+UNFINISHED_SAMPLE = "unfinished_sample"
 
 REASONS: tuple[str, ...] = (
     BAD_JSON,
@@ -47,7 +51,9 @@ REASONS: tuple[str, ...] = (
     BAD_TRANSCRIPT,
     DUPLICATE,
 )
-"""Every rejection reason; the metrics list each one (0 included) so keys stay stable."""
+"""Every reason a source row is rejected; the metrics list each one (0 included) so keys stay
+stable. ``unfinished_sample`` is not among them: it drops a pair (``pairs/dropped_*``), never
+a source row."""
 
 _TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
 
