@@ -43,9 +43,13 @@ def hh_line(prompt: str, chosen: str, rejected: str) -> str:
 
 
 def test_embedded_chitchat_reference_vs_sample(workdir):
-    # keep: the tiny random policy's 4-token replies almost never reach a sentence end.
-    data = {"max_examples": 16, "sample_max_new_tokens": 4, "sample_batch_size": 8}
-    data["unfinished_samples"] = "keep"
+    data = {
+        "max_examples": 16,
+        "sample_max_new_tokens": 4,
+        "sample_batch_size": 8,
+        # keep: the tiny random policy's 4-token replies almost never reach a sentence end.
+        "unfinished_samples": "keep",
+    }
     code, out = run(workdir, data)
     assert code == 0, out
     metrics = json.loads((workdir / "metrics/prepare_preference.json").read_text())
@@ -150,7 +154,7 @@ def test_unfinished_samples_are_trimmed_or_dropped_with_their_reason(workdir):
     trimmed = sum(r["meta"]["rejected_trimmed"] for r in pref)
     assert metrics["sample/trimmed_fraction"] == pytest.approx(trimmed / len(pref) if pref else 0)
     # nothing is lost: each dropped pair is in data/invalid with the reply as sampled
-    invalid = [r for r in read_jsonl(workdir / "data/invalid/train.jsonl")]
+    invalid = read_jsonl(workdir / "data/invalid/train.jsonl")
     unfinished = [r for r in invalid if r["reason"] == "unfinished_sample"]
     assert len(unfinished) == n_unfinished
     assert all(r["raw"]["rejected"] and r["line"] >= 1 for r in unfinished)

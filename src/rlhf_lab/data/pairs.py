@@ -69,12 +69,12 @@ def finish_sample(sample: Sample, policy: str) -> Sample | None:
     return None
 
 
-def _unfinished_error(sample: Sample, policy: str, field: str) -> RowError:
+def _unfinished_error(sample: Sample, policy: str) -> RowError:
     why = "data.unfinished_samples is 'drop'" if policy == "drop" else "no sentence end"
     return RowError(
         UNFINISHED_SAMPLE,
-        field,
-        f"sampled reply cut at {sample.n_tokens} tokens ({why}): {sample.text[:60]!r}",
+        "rejected",
+        f"cut at {sample.n_tokens} tokens ({why}): {sample.text[:60]!r}",
     )
 
 
@@ -117,11 +117,10 @@ def reference_vs_sample(
         sample = finish_sample(raw_sample, unfinished)
         try:
             if sample is None:
-                raise _unfinished_error(raw_sample, unfinished, "rejected")
+                raise _unfinished_error(raw_sample, unfinished)
             check_pair(ex.reference, sample.text, max_chars)
         except RowError as err:
-            detail = err.detail if sample is None else f"sampled reply: {err.detail}"
-            err = RowError(err.reason, err.field, detail)
+            err = RowError(err.reason, err.field, f"sampled reply: {err.detail}")
             raw = {**ex.to_json(), "rejected": raw_sample.text}
             dropped.append(Rejected.from_error(err, ex.origin, id=ex.id, raw=raw))
             continue
