@@ -190,11 +190,11 @@ def params_cmd(
     ] = None,
 ) -> None:
     """Print the default params.yaml, every key with its one-line doc (or a task preset)."""
-    from rlhf_lab.config import documented_yaml
+    from rlhf_lab.config import default_params_yaml
     from rlhf_lab.ui import console
 
     if preset is None:
-        typer.echo(documented_yaml(), nl=False)
+        typer.echo(default_params_yaml(), nl=False)
         return
     from rlhf_lab.presets import preset_yaml
 

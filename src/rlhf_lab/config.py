@@ -45,7 +45,7 @@ class ModelsConfig(Section):
     """Hub revision (branch, tag or commit) for hub ids; ignored for local sources."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype the policy is materialised in (float32 on CPU; bfloat16 on recent GPUs)."""
-    mixed_precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    mixed_precision: Literal["fp32", "bf16", "auto"] = "auto"
     """bf16 autocast for sampling and the local judge; auto: where bf16 is native (AMX, GPU)."""
 
 
@@ -62,21 +62,21 @@ class DataConfig(Section):
     """Pair construction: human labels, reference vs base-policy sample (SPIN), or judge."""
     num_candidates: int = Field(2, ge=2)
     """Replies sampled per prompt when data.pairs is 'judge'."""
-    max_examples: int = Field(400, ge=0)
+    max_examples: int = Field(300, ge=0)
     """Rows kept from the source after validation (0 = all); sampled deterministically."""
-    max_turns: int = Field(6, ge=1)
+    max_turns: int = Field(3, ge=1)
     """Dialogue turns of context kept in a prompt (the most recent ones)."""
     max_chars: int = Field(2000, ge=16)
     """Longest text (any single turn or reply) accepted, in characters."""
     valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     """Fraction of rows in the valid split (by a hash of id and seed)."""
-    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     """Fraction of rows in the test split (by a hash of id and seed)."""
     max_invalid_fraction: float = Field(0.2, ge=0.0, le=1.0)
     """The stage fails when more than this fraction of source rows is invalid."""
     catalogue: str | None = None
     """crs only: a movie catalogue CSV (ReDial movies_with_mentions.csv format)."""
-    sample_max_new_tokens: int = Field(48, ge=1)
+    sample_max_new_tokens: int = Field(32, ge=1)
     """Longest reply sampled from the base policy when building pairs (tokens)."""
     unfinished_samples: Literal["keep", "trim", "drop"] = "trim"
     """Sampled reply cut at the token limit: trim to its last sentence end (drop if none)."""
@@ -105,7 +105,7 @@ class JudgeConfig(Section):
     """openai backend: name of the env var holding the API key (the key is never stored)."""
     batch_size: int = Field(8, ge=1)
     """local backend: replies scored per forward pass."""
-    max_length: int = Field(768, ge=32)
+    max_length: int = Field(256, ge=32)
     """local backend: longest judge prompt in tokens (truncated from the left)."""
     pairwise: bool = False
     """Also compare chosen vs rejected head to head, in both orders to cancel position bias."""
@@ -136,13 +136,13 @@ class JudgeConfig(Section):
 
 
 class RewardTrainConfig(Section):
-    lr: float = Field(3.0e-5, gt=0.0)
+    lr: float = Field(1.0e-4, gt=0.0)
     """AdamW learning rate for the reward model."""
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(3, ge=1)
     """Passes over the training pairs."""
     batch_size: int = Field(16, ge=1)
     """Pairs per optimiser step."""
-    max_length: int = Field(256, ge=16)
+    max_length: int = Field(192, ge=16)
     """Longest (prompt + reply) in encoder tokens; truncated from the left."""
     weight_decay: float = Field(0.01, ge=0.0)
     """AdamW weight decay."""
@@ -157,11 +157,11 @@ class RewardTrainConfig(Section):
 class RewardConfig(Section):
     train: RewardTrainConfig = RewardTrainConfig()
     """Reward-model training (the train_reward stage reads only this part)."""
-    weights: dict[str, float] = {"reward_model": 1.0}
+    weights: dict[str, float] = {"reward_model": 1.0, "text/length": 1.0}
     """Composite PPO score: weight per component (reward_model, judge, text/..., task/...)."""
     weights_end: dict[str, float] | None = None
     """If set, weights move linearly from `weights` to these over PPO training (curriculum)."""
-    length_band: list[int] = [5, 60]
+    length_band: list[int] = [12, 40]
     """Reply length band [lo, hi] (whitespace tokens) that the text/length reward scores 1."""
 
     @model_validator(mode="after")
@@ -190,7 +190,7 @@ class SftConfig(Section):
     """Passes over the training replies."""
     batch_size: int = Field(8, ge=1)
     """Sequences per optimiser step."""
-    max_length: int = Field(384, ge=16)
+    max_length: int = Field(192, ge=16)
     """Longest prompt + reply in tokens (prompt truncated from the left)."""
     weight_decay: float = Field(0.0, ge=0.0)
     """AdamW weight decay on the LoRA matrices."""
@@ -209,11 +209,11 @@ class CriticConfig(Section):
     """Warm-start target: the reward model's score (what PPO's return is made of) or the judge's."""
     lr: float = Field(1.0e-4, gt=0.0)
     """AdamW learning rate for the critic adapter and value head."""
-    epochs: int = Field(2, ge=1)
+    epochs: int = Field(1, ge=1)
     """Passes over the scored replies."""
     batch_size: int = Field(8, ge=1)
     """Replies per optimiser step."""
-    max_length: int = Field(384, ge=16)
+    max_length: int = Field(128, ge=16)
     """Longest prompt + reply in tokens."""
     weight_decay: float = Field(0.0, ge=0.0)
     """AdamW weight decay on the LoRA matrices and the value head."""
@@ -228,7 +228,7 @@ class CriticConfig(Section):
 
 
 class PpoConfig(Section):
-    steps: int = Field(40, ge=1)
+    steps: int = Field(12, ge=1)
     """PPO iterations (each: one rollout batch, then `epochs` passes of updates)."""
     batch_size: int = Field(16, ge=1)
     """Prompts per rollout batch."""
@@ -236,7 +236,7 @@ class PpoConfig(Section):
     """Minibatches per PPO epoch (minibatch size = batch_size / minibatches)."""
     epochs: int = Field(2, ge=1)
     """PPO epochs over each rollout batch."""
-    lr: float = Field(5.0e-5, gt=0.0)
+    lr: float = Field(2.0e-4, gt=0.0)
     """AdamW learning rate (policy adapter, critic adapter and value head)."""
     max_grad_norm: float = Field(1.0, gt=0.0)
     """Global gradient-norm clip."""
@@ -250,11 +250,11 @@ class PpoConfig(Section):
     """GAE discount."""
     lam: float = Field(0.95, ge=0.0, le=1.0)
     """GAE λ."""
-    kl_coef: float = Field(0.05, ge=0.0)
+    kl_coef: float = Field(0.1, ge=0.0)
     """β: initial (adaptive) or fixed KL penalty coefficient."""
     kl_estimator: Literal["k1", "k3"] = "k1"
     """Per-token KL estimator in the reward (k1 = log-ratio; k3 = unbiased, non-negative)."""
-    adaptive_kl: bool = True
+    adaptive_kl: bool = False
     """Use the adaptive KL controller (Ziegler et al. 2019) instead of a fixed β."""
     kl_target: float = Field(6.0, gt=0.0)
     """Adaptive controller: target KL per reply (nats)."""
@@ -266,9 +266,9 @@ class PpoConfig(Section):
     """Stop the epochs of a step early when approx-KL passes this (null: never)."""
     temperature: float = Field(0.7, gt=0.0)
     """Sampling temperature (the same temperature is used to recompute logprobs)."""
-    max_new_tokens: int = Field(48, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
     """Longest reply in tokens."""
-    max_prompt_length: int = Field(256, ge=8)
+    max_prompt_length: int = Field(192, ge=8)
     """Longest prompt in tokens (oldest turns dropped first, then cut from the left)."""
     missing_eos_penalty: float | None = 1.0
     """Subtracted from the score of a reply that never emits EOS (null: no penalty)."""
@@ -333,11 +333,11 @@ class EvalGates(Section):
 
 
 class EvalConfig(Section):
-    num_prompts: int = Field(100, ge=1)
+    num_prompts: int = Field(60, ge=1)
     """Held-out prompts evaluated (from data/prompts/test.jsonl)."""
     batch_size: int = Field(16, ge=1)
     """Prompts per generation batch."""
-    max_new_tokens: int = Field(48, ge=1)
+    max_new_tokens: int = Field(32, ge=1)
     """Longest reply in tokens."""
     temperature: float = Field(0.7, ge=0.0)
     """Sampling temperature (0 = greedy); the same for SFT and PPO."""
@@ -423,6 +423,26 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def section_dict(params: Params, *names: str) -> dict[str, Any]:
     """The named sections as plain data, for provenance files next to saved models."""
     return {n: getattr(params, n).model_dump(mode="json") for n in names}
+
+
+PARAMS_HEADER = (
+    "# rlhf-lab parameters: one section per concept; each DVC stage reads only the sections it"
+    " needs.\n"
+    "# Every key is documented; 'dvc exp run -S ppo.clip=0.1' edits one. These are the code's"
+    " defaults:\n"
+    "# 'rlhf-lab params > params.yaml' regenerates this file byte for byte (a test checks it).\n"
+    "\n"
+)
+"""Head of the committed params.yaml; ``rlhf-lab params`` prints it before the sections."""
+
+
+def default_params_yaml() -> str:
+    """The committed ``params.yaml``: the header, then every default with its doc line.
+
+    The defaults in the classes above *are* the default run's profile (cleanrl's ``Args``,
+    TRL's ``*Config``): there is no second copy in the YAML to drift from them.
+    """
+    return PARAMS_HEADER + documented_yaml()
 
 
 def documented_yaml(params: Params | None = None) -> str:
