@@ -222,9 +222,10 @@ def prompt_rows_and_ids(spec: Spec, tok: Any) -> tuple[list[dict], list[list[int
 
 def reward_component(spec: Spec) -> Callable[[Sequence[str], Sequence[dict]], torch.Tensor]:
     """Our ``reward_model`` score component (exactly what ``train_ppo``'s scorer calls)."""
-    from rlhf_lab.ppo.scoring import REWARD_MODEL, build_components
+    from rlhf_lab.config import Params
+    from rlhf_lab.reward_components import REWARD_MODEL, build
 
-    return build_components([REWARD_MODEL], reward_model_dir=spec.reward)[REWARD_MODEL]
+    return build([REWARD_MODEL], Params(), reward_model_dir=spec.reward)[REWARD_MODEL]
 
 
 def unique_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
@@ -333,9 +334,10 @@ class StepClock:
 def run_ours(spec: Spec) -> dict[str, Any]:
     from rlhf_lab.config import PpoConfig
     from rlhf_lab.io import read_jsonl
+    from rlhf_lab.ppo.composite_score import CompositeScorer
     from rlhf_lab.ppo.model import load_policy_critic
-    from rlhf_lab.ppo.scoring import REWARD_MODEL, CompositeScorer
     from rlhf_lab.ppo.trainer import PpoTrainer
+    from rlhf_lab.reward_components import REWARD_MODEL
 
     clock = StepClock()
     cfg = PpoConfig(
@@ -477,7 +479,7 @@ def trl_value_model(spec: Spec, tok: Any, dtype: str) -> nn.Module:
     if spec.trl_mode == "lora":
         from peft import inject_adapter_in_model
 
-        from rlhf_lab.ppo.model import peft_lora_config
+        from rlhf_lab.models import lora_config as peft_lora_config
 
         backbone = getattr(value, value.base_model_prefix)
         backbone.requires_grad_(False)
@@ -501,7 +503,7 @@ def run_trl(spec: Spec) -> dict[str, Any]:
     from trl.experimental.ppo import ppo_trainer as trl_ppo
 
     from rlhf_lab import models
-    from rlhf_lab.ppo.model import peft_lora_config
+    from rlhf_lab.models import lora_config as peft_lora_config
     from rlhf_lab.ppo.trainer import batch_indices
 
     clock = StepClock()

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rlhf_lab.cli import app
-from rlhf_lab.config import DataConfig
+from rlhf_lab.config import DataConfig, Params
 from rlhf_lab.errors import ConfigError, DataError
 from rlhf_lab.evaluation import analyze_rewards as ar
 from rlhf_lab.tasks import crs
@@ -84,7 +84,7 @@ CRS_ROWS = [
 
 
 def _check(rows, task, weights=None):
-    fns = ar.component_functions(task)
+    fns = ar.component_functions(task, Params())
     return ar.run_check(rows, task, fns, weights or ar.default_weights(task), "test")
 
 

@@ -11,7 +11,6 @@ from rlhf_lab.generation import (
     Sample,
     chat_prompt_text,
     generate,
-    left_pad,
     trim_at_eos,
 )
 
@@ -59,10 +58,7 @@ def test_no_chat_template_is_a_clear_error(policy):
         tok.chat_template = saved
 
 
-def test_left_pad_and_trim_at_eos():
-    ids, mask = left_pad([[5, 6, 7], [8]], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7], [0, 0, 8]]
-    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+def test_trim_at_eos():
     assert trim_at_eos([4, 9, 2, 0, 0], [2]) == (3, True)
     assert trim_at_eos([4, 9, 3], [2]) == (3, False)
 

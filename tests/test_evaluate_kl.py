@@ -8,7 +8,7 @@ import torch
 
 from rlhf_lab import generation
 from rlhf_lab.config import EvalConfig
-from rlhf_lab.evaluation import evaluate as ev
+from rlhf_lab.evaluation import sampling
 
 PROMPTS = [
     [{"role": "user", "content": "hello how are you doing today"}],
@@ -19,7 +19,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def policy(tiny_models):
-    return ev.load_policy(tiny_models["policy"])
+    return sampling.load_policy(tiny_models["policy"])
 
 
 def _naive_logprob(model, prompt: list[int], reply: list[int], temperature: float) -> float:
@@ -36,13 +36,13 @@ def test_sequence_logprobs_match_a_naive_loop(policy):
                   for p in PROMPTS]  # fmt: skip
     # replies of different lengths, one empty (it contributes 0), across two batches
     reply_ids = [[5, 17, 42, tok.eos_token_id], [], [99, 3]]
-    got = ev.sequence_logprobs(
+    got = sampling.sequence_logprobs(
         model, prompt_ids, reply_ids, temperature=0.7, pad_id=tok.pad_token_id, batch_size=2
     )
     want = [_naive_logprob(model, p, r, 0.7) for p, r in zip(prompt_ids, reply_ids, strict=True)]
     assert got == pytest.approx(want, abs=1e-3)
     assert got[1] == 0.0
-    hotter = ev.sequence_logprobs(
+    hotter = sampling.sequence_logprobs(
         model, prompt_ids, reply_ids, temperature=1.0, pad_id=tok.pad_token_id, batch_size=3
     )
     assert hotter[0] == pytest.approx(
@@ -54,16 +54,18 @@ def test_generated_token_ids_and_zero_kl_against_itself(policy):
     model, tok = policy
     cfg = EvalConfig(batch_size=2, max_new_tokens=6, temperature=0.7)
     rows = [{"id": str(i), "prompt": p} for i, p in enumerate(PROMPTS)]
-    gen = ev.generate_replies(model, tok, rows, cfg, system_prompt=None, desc="test")
+    gen = sampling.generate_replies(model, tok, rows, cfg, system_prompt=None, desc="test")
     assert len(gen.texts) == 3 and all(n <= 6 for n in gen.n_tokens)
     # prompt ids are exactly what generation feeds the model
     first = tok(generation.chat_prompt_text(tok, PROMPTS[0]), add_special_tokens=False)
     assert gen.prompt_ids[0] == first["input_ids"]
     for ids, eos in zip(gen.reply_ids, gen.eos, strict=True):
         assert (bool(ids) and ids[-1] == tok.eos_token_id) == eos
-    kl = ev.kl_on_samples(model, model, gen, temperature=0.7, pad_id=tok.pad_token_id, batch_size=2)
+    kl = sampling.kl_on_samples(
+        model, model, gen, temperature=0.7, pad_id=tok.pad_token_id, batch_size=2
+    )
     assert np.allclose(kl, 0.0, atol=1e-5)
 
 
 def test_kl_temperature_for_greedy():
-    assert ev.kl_temperature(0.7) == 0.7 and ev.kl_temperature(0.0) == 1.0
+    assert sampling.kl_temperature(0.7) == 0.7 and sampling.kl_temperature(0.0) == 1.0

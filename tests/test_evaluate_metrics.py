@@ -7,9 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from rlhf_lab.config import EvalConfig, EvalGates
-from rlhf_lab.evaluation import evaluate as ev
-from rlhf_lab.evaluation import stats, text_metrics
+from rlhf_lab import reward_components
+from rlhf_lab.config import EvalConfig, EvalGates, Params
+from rlhf_lab.evaluation import evaluate, metrics, scoring, stats, text_metrics
+from rlhf_lab.evaluation.gates import check_gates, decide
+from rlhf_lab.reward_components import REWARD_MODEL, is_reference_based
 
 ROWS = [
     {"id": "a", "prompt": [{"role": "user", "content": "hi"}], "reference": "hello there you"},
@@ -17,17 +19,17 @@ ROWS = [
     {"id": "c", "prompt": [{"role": "user", "content": "bye"}], "reference": None},
     {"id": "d", "prompt": [{"role": "user", "content": "ok"}], "reference": "  "},
 ]
-REFS = [ev.reference_of(r) for r in ROWS]
+REFS = [scoring.reference_of(r) for r in ROWS]
 
 
 def _model(texts, rm, eos=None, **scores):
     n = len(texts)
-    return ev.ModelOutputs(
+    return metrics.ModelOutputs(
         texts=list(texts),
         valid=np.ones(n, dtype=bool),
         n_tokens=[len(t.split()) + 1 for t in texts],
         eos=list(eos) if eos is not None else [True] * n,
-        scores={ev.REWARD_MODEL: np.asarray(rm, dtype=float), **scores},
+        scores={REWARD_MODEL: np.asarray(rm, dtype=float), **scores},
     )
 
 
@@ -45,18 +47,18 @@ def test_reference_of_skips_null_and_blank():
 
 
 def test_reference_metrics_use_only_rows_with_reference():
-    got = ev.reference_metrics(PPO.texts, REFS)
+    got = metrics.reference_metrics(PPO.texts, REFS)
     hyps, refs = ["hello there you", "watch alien now"], ["hello there you", "watch alien"]
     assert got["bleu"] == pytest.approx(text_metrics.bleu(hyps, refs))
     assert got["bleu4"] == got["bleu"]
     assert got["bleu1"] == pytest.approx(text_metrics.bleu_n(hyps, refs, 1))
     # ROUGE-L by hand: exact match = 1; "watch alien now" vs "watch alien": P=2/3, R=1 -> 0.8
     assert got["rougeL"] == pytest.approx((1.0 + 0.8) / 2)
-    assert ev.reference_metrics(["x"], [None]) == {}
+    assert metrics.reference_metrics(["x"], [None]) == {}
 
 
 def test_summarise_model_by_hand():
-    m = ev.summarise_model(PPO, REFS, n_boot=200, seed=0)
+    m = metrics.summarise_model(PPO, REFS, n_boot=200, seed=0)
     assert m["rm_score"] == pytest.approx(0.525)
     assert m["rm_score_ci_lo"] <= m["rm_score"] <= m["rm_score_ci_hi"]
     # 9 words, all distinct; bigrams: 2 + 2 + 1 + 0 = 5, all distinct
@@ -64,7 +66,7 @@ def test_summarise_model_by_hand():
     assert m["length"] == pytest.approx(9 / 4)
     assert m["tokens"] == pytest.approx((4 + 4 + 3 + 2) / 4)
     assert m["eos_rate"] == 0.75
-    sft = ev.summarise_model(SFT, REFS, n_boot=200, seed=0)
+    sft = metrics.summarise_model(SFT, REFS, n_boot=200, seed=0)
     # "hello you" "watch it" "bye bye" "ok ok ok": 9 tokens, 6 distinct
     assert sft["distinct1"] == pytest.approx(6 / 9)
     # bigrams: (hello you) (watch it) (bye bye) (ok ok) (ok ok): 4 distinct of 5
@@ -72,7 +74,7 @@ def test_summarise_model_by_hand():
 
 
 def test_build_metrics_keys_deltas_and_comparisons():
-    m = ev.build_metrics({"sft": SFT, "ppo": PPO}, REFS, KL, n_boot=500, seed=0)
+    m = metrics.build_metrics({"sft": SFT, "ppo": PPO}, REFS, KL, n_boot=500, seed=0)
     assert m["eval/num_prompts"] == 4 and m["eval/num_references"] == 2
     for key in ("rm_score", "bleu", "bleu1", "bleu2", "bleu4", "rougeL", "distinct1",
                 "distinct2", "length", "tokens", "eos_rate"):  # fmt: skip
@@ -82,7 +84,7 @@ def test_build_metrics_keys_deltas_and_comparisons():
     # PPO beats SFT on 3 of 4 prompts
     assert m["delta/win_rate_rm"] == 0.75
     assert m["delta/win_rate_rm_ci_lo"] <= 0.75 <= m["delta/win_rate_rm_ci_hi"]
-    p = stats.paired_test(PPO.scores[ev.REWARD_MODEL], SFT.scores[ev.REWARD_MODEL])
+    p = stats.paired_test(PPO.scores[REWARD_MODEL], SFT.scores[REWARD_MODEL])
     assert m["delta/rm_pvalue_wilcoxon"] == p["wilcoxon_p"]
     assert m["delta/rm_pvalue_ttest"] == p["ttest_p"]
     assert m["delta/kl_ppo_sft"] == pytest.approx(1.0)
@@ -93,15 +95,18 @@ def test_build_metrics_keys_deltas_and_comparisons():
 
 
 def test_judge_failures_are_excluded_from_win_rate():
-    sft, ppo = _model(SFT.texts, SFT.scores[ev.REWARD_MODEL]), _model(PPO.texts, [0, 0, 0, 0])
-    sft.judge = ev.judge_table(
+    sft, ppo = (
+        _model(SFT.texts, SFT.scores[REWARD_MODEL]),
+        _model(PPO.texts, [0, 0, 0, 0]),
+    )
+    sft.judge = scoring.judge_table(
         [{"helpfulness": 2.0, "overall": 2.0}, {"helpfulness": None, "overall": None}] * 2
     )
-    ppo.judge = ev.judge_table(
+    ppo.judge = scoring.judge_table(
         [{"helpfulness": 3.0, "overall": 3.0}, {"helpfulness": 5.0, "overall": 5.0}] * 2
     )
     assert np.isnan(sft.judge["overall"][1])
-    m = ev.build_metrics({"sft": sft, "ppo": ppo}, REFS, KL, n_boot=200, seed=0)
+    m = metrics.build_metrics({"sft": sft, "ppo": ppo}, REFS, KL, n_boot=200, seed=0)
     assert m["sft/judge/helpfulness"] == 2.0 and m["ppo/judge/overall"] == 4.0
     assert m["sft/judge_failures"] == 2 and m["ppo/judge_failures"] == 0
     assert m["delta/win_rate_judge"] == 1.0  # the two failed rows do not take part
@@ -120,7 +125,7 @@ def test_judge_failures_are_excluded_from_win_rate():
     ],
 )
 def test_decide(failed_hard, failed_soft, decision):
-    assert ev.decide(failed_hard, failed_soft) == decision
+    assert decide(failed_hard, failed_soft) == decision
 
 
 def _gate_metrics(**over):
@@ -159,12 +164,12 @@ def _gate_metrics(**over):
     ],
 )
 def test_check_gates(over, decision, failed):
-    verdict = ev.check_gates(_gate_metrics(**over), EvalGates())
+    verdict = check_gates(_gate_metrics(**over), EvalGates())
     assert verdict.decision == decision
     vm = verdict.metrics()
     assert vm["verdict/decision"] == decision and vm["verdict/failed_gates"] == failed
-    gates = ("reward_gain", "significance", "kl", "bertscore", "bleu_drop", "distinct2_drop")
-    for gate in (*gates, "eos_rate_drop"):
+    names = ("reward_gain", "significance", "kl", "bertscore", "bleu_drop", "distinct2_drop")
+    for gate in (*names, "eos_rate_drop"):
         assert vm[f"verdict/pass/{gate}"] == int(gate not in failed.split(","))
     assert vm["verdict/value/distinct2_drop"] == pytest.approx(
         (0.5 - _gate_metrics(**over)["ppo/distinct2"]) / 0.5
@@ -173,40 +178,45 @@ def test_check_gates(over, decision, failed):
 
 def test_gate_thresholds_come_from_params():
     gates = EvalGates(min_reward_gain=0.5, max_kl=3.0)
-    assert ev.check_gates(_gate_metrics(), gates).failed == ["reward_gain", "kl"]
+    assert check_gates(_gate_metrics(), gates).failed == ["reward_gain", "kl"]
 
 
 def test_breakdown_and_largest_changes():
     bleu = np.array([1.0, 0.5, np.nan, np.nan])
-    sft = _model(SFT.texts, SFT.scores[ev.REWARD_MODEL], **{"text/bleu": bleu})
-    ppo = _model(PPO.texts, PPO.scores[ev.REWARD_MODEL], **{"text/bleu": bleu - 0.5})
-    rows = ev.component_breakdown({"sft": sft, "ppo": ppo}, n_boot=200, seed=0)
-    assert [r["component"] for r in rows] == [ev.REWARD_MODEL, "text/bleu"]  # gain first
+    sft = _model(SFT.texts, SFT.scores[REWARD_MODEL], **{"text/bleu": bleu})
+    ppo = _model(PPO.texts, PPO.scores[REWARD_MODEL], **{"text/bleu": bleu - 0.5})
+    rows = metrics.component_breakdown({"sft": sft, "ppo": ppo}, n_boot=200, seed=0)
+    assert [r["component"] for r in rows] == [
+        REWARD_MODEL,
+        "text/bleu",
+    ]  # gain first
     bleu_row = rows[1]
     assert bleu_row["sft"] == 0.75 and bleu_row["ppo"] == 0.25 and bleu_row["n"] == 2
     assert bleu_row["delta"] == bleu_row["delta_ci_lo"] == bleu_row["delta_ci_hi"] == -0.5
-    gains, losses = ev.largest_changes(ROWS, {"sft": sft, "ppo": ppo}, k=2)
+    gains, losses = metrics.largest_changes(ROWS, {"sft": sft, "ppo": ppo}, k=2)
     assert gains == [0, 2]  # per-prompt gains +1.0, -0.1, +1.0, +0.5; ties keep row order
     assert losses == [1]  # -0.1 is the only loss
 
 
 def test_components_by_task():
-    assert ev.reward_components("chat") == [
+    assert reward_components.task_rules("chat", generic=True) == [
         "text/bleu",
         "text/bleu2",
         "text/distinct",
         "text/length",
     ]
-    assert "crs/recommendation" in ev.reward_components("crs")
-    doc = ev.reward_components("docstring")
+    assert "crs/recommendation" in reward_components.task_rules("crs", generic=True)
+    doc = reward_components.task_rules("docstring", generic=True)
     assert "docstring/param_coverage" in doc and "crs/recommendation" not in doc
-    assert ev.is_reference_based("text/bleu2") and ev.is_reference_based("docstring/bleu")
-    assert not ev.is_reference_based("text/distinct")
+    assert is_reference_based("text/bleu2") and is_reference_based("docstring/bleu")
+    assert not is_reference_based("text/distinct")
 
 
 def test_length_component_uses_the_params_band():
     replies = ["one two three", "a " * 12]
-    assert ev.component_scores("text/length", replies, ROWS[:2], [3, 10]) == [1.0, 0.8]
+    params = Params(reward={"length_band": [3, 10]})
+    length = reward_components.build(["text/length"], params)["text/length"]
+    assert length(replies, ROWS[:2]) == [1.0, 0.8]
 
 
 class FakeRewardModel:
@@ -219,17 +229,22 @@ class FakeRewardModel:
 
 def _score(task, rows, texts, judge=None):
     n = len(rows)
-    refs = [ev.reference_of(r) for r in rows]
+    refs = [scoring.reference_of(r) for r in rows]
     outputs = {
-        "sft": ev.ModelOutputs(list(texts), np.ones(n, dtype=bool), [1] * n, [True] * n),
-        "ppo": ev.ModelOutputs(list(texts), np.ones(n, dtype=bool), [1] * n, [True] * n),
-        "ref": ev.ModelOutputs([r or "" for r in refs], np.array([r is not None for r in refs])),
+        "sft": metrics.ModelOutputs(list(texts), np.ones(n, dtype=bool), [1] * n, [True] * n),
+        "ppo": metrics.ModelOutputs(list(texts), np.ones(n, dtype=bool), [1] * n, [True] * n),
+        "ref": metrics.ModelOutputs(
+            [r or "" for r in refs], np.array([r is not None for r in refs])
+        ),
     }
-    ev.score_outputs(
+    scoring.score_outputs(
         outputs,
         rows,
+        components=reward_components.build(
+            reward_components.task_rules(task, generic=True),
+            Params(task={"name": task}, reward={"length_band": [1, 5]}),
+        ),
         task=task,
-        length_band=[1, 5],
         reward_model=FakeRewardModel(),
         bert_scorer=None,
         judge=judge,
@@ -257,12 +272,14 @@ def test_score_outputs_crs():
     assert sft.task_flags["rec_hit"].tolist() == [1.0, 0.0]
     assert sft.task_flags["rec"].tolist() == [1.0, 1.0]
     assert sft.scores["crs/recommendation"][0] == 1.0
-    assert sft.scores[ev.REWARD_MODEL].tolist() == [5.0, 2.0]
+    assert sft.scores[REWARD_MODEL].tolist() == [5.0, 2.0]
     assert math.isnan(sft.scores["text/bleu"][1])  # no reference on row 2
     ref = out["ref"]
-    assert "text/bleu" not in ref.scores and math.isnan(ref.scores[ev.REWARD_MODEL][1])
+    assert "text/bleu" not in ref.scores and math.isnan(ref.scores[REWARD_MODEL][1])
     assert ref.task_flags["rec_hit"][0] == 1.0
-    m = ev.build_metrics(out, [ev.reference_of(r) for r in rows], np.zeros(2), n_boot=100, seed=0)
+    m = metrics.build_metrics(
+        out, [scoring.reference_of(r) for r in rows], np.zeros(2), n_boot=100, seed=0
+    )
     assert (
         m["sft/rec_hit_rate"] == 0.5 and m["sft/rec_rate"] == 1.0 and m["ref/rec_hit_rate"] == 1.0
     )
@@ -291,7 +308,7 @@ def test_score_outputs_docstring_and_judge():
     assert "docstring/bleu" not in out["ref"].scores
     assert len(calls) == 2  # SFT and PPO, never the references
     assert sft.judge["accuracy"][0] == 4.0 and np.isnan(sft.judge["completeness"][0])
-    m = ev.summarise_model(sft, [ev.reference_of(r) for r in rows], n_boot=100, seed=0)
+    m = metrics.summarise_model(sft, [scoring.reference_of(r) for r in rows], n_boot=100, seed=0)
     assert m["judge/accuracy"] == 4.0 and "judge/completeness" not in m
     assert m["judge_failures"] == 1
 
@@ -300,7 +317,7 @@ def test_finish_puts_the_verdict_in_the_metrics():
     # 4 toy prompts: no test could be significant; only the KL gate is under test here
     gates = EvalGates(max_kl=0.5, max_rm_pvalue=1.0, max_eos_rate_drop=1.0)
     cfg = EvalConfig(n_boot=100, gates=gates)
-    result = ev.finish("chat", ROWS, {"sft": SFT, "ppo": PPO}, KL, cfg)
+    result = evaluate.finish("chat", ROWS, {"sft": SFT, "ppo": PPO}, KL, cfg)
     assert result.metrics["verdict/decision"] == "reconsider"
     assert result.metrics["verdict/failed_gates"] == "kl"
     assert result.gains == [0, 2, 3] and result.losses == [1]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from rlhf_lab.config import EvalConfig, EvalGates
-from rlhf_lab.evaluation import evaluate as ev
-from rlhf_lab.evaluation import report
+from rlhf_lab.evaluation import evaluate, metrics, report, scoring
+from rlhf_lab.reward_components import REWARD_MODEL
 
 N = 8
 ROWS = [
@@ -22,9 +22,9 @@ ROWS = [
 ]
 
 
-def _outputs() -> dict[str, ev.ModelOutputs]:
+def _outputs() -> dict[str, metrics.ModelOutputs]:
     rng = np.random.default_rng(0)
-    refs = [ev.reference_of(r) for r in ROWS]
+    refs = [scoring.reference_of(r) for r in ROWS]
     has_ref = np.array([r is not None for r in refs])
     out = {}
     for who, shift, texts in (
@@ -32,23 +32,23 @@ def _outputs() -> dict[str, ev.ModelOutputs]:
         ("ppo", 0.5, [f"ppo reply {i}\nis longer and longer" for i in range(N)]),
     ):
         bleu = np.where(has_ref, rng.uniform(0, 1, N), np.nan)
-        out[who] = ev.ModelOutputs(
+        out[who] = metrics.ModelOutputs(
             texts=texts,
             valid=np.ones(N, dtype=bool),
             n_tokens=[6] * N,
             eos=[True] * N,
             scores={
-                ev.REWARD_MODEL: rng.normal(shift, 1.0, N),
+                REWARD_MODEL: rng.normal(shift, 1.0, N),
                 "text/bleu": bleu,
                 "text/length": rng.uniform(0, 1, N),
             },
             bertscore_f1=np.where(has_ref, 0.8, np.nan),
         )
-    out["ref"] = ev.ModelOutputs(
+    out["ref"] = metrics.ModelOutputs(
         texts=[r or "" for r in refs],
         valid=has_ref,
         scores={
-            ev.REWARD_MODEL: np.where(has_ref, 1.0, np.nan),
+            REWARD_MODEL: np.where(has_ref, 1.0, np.nan),
             "text/length": np.where(has_ref, 1.0, np.nan),
         },
     )
@@ -56,10 +56,10 @@ def _outputs() -> dict[str, ev.ModelOutputs]:
 
 
 @pytest.fixture(scope="module")
-def result() -> ev.EvalResult:
+def result() -> evaluate.EvalResult:
     # max_distinct2_drop=0 with PPO's repeated words fails exactly one soft gate: "adjust"
     cfg = EvalConfig(n_boot=200, gates=EvalGates(min_reward_gain=-10.0, max_distinct2_drop=0.0))
-    return ev.finish("chat", ROWS, _outputs(), np.full(N, 0.25), cfg)
+    return evaluate.finish("chat", ROWS, _outputs(), np.full(N, 0.25), cfg)
 
 
 def test_histogram_fractions():
@@ -83,7 +83,7 @@ def test_plot_data_files(result, tmp_path):
     assert all(r["ref"] == "" for r in bleu)  # references are not scored on BLEU
     with (tmp_path / "components.csv").open() as fh:
         comps = {r["component"]: r for r in csv.DictReader(fh)}
-    assert set(comps) == {ev.REWARD_MODEL, "text/bleu", "text/length"}
+    assert set(comps) == {REWARD_MODEL, "text/bleu", "text/length"}
     assert comps["text/length"]["ref"] == "1.0"
     with (tmp_path / "rm_pairs.csv").open() as fh:
         assert len(list(csv.DictReader(fh))) == N
@@ -138,7 +138,7 @@ def test_samples(result):
     assert first["reference"] is None and first["reference_scores"] == {}
     assert "text/bleu" not in first["sft_scores"] and "bertscore_f1" not in first["sft_scores"]
     assert second["sft_scores"]["bertscore_f1"] == 0.8
-    assert set(second["reference_scores"]) == {ev.REWARD_MODEL, "text/length"}
+    assert set(second["reference_scores"]) == {REWARD_MODEL, "text/length"}
     assert second["sft_reply"] == "sft reply 1 is short" and second["kl_ppo_sft"] == 0.25
 
 

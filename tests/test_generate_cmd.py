@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from rlhf_lab.cli import app
 from rlhf_lab.errors import DataError
-from rlhf_lab.stages.generate import read_prompts
+from rlhf_lab.tools.generate import read_prompts
 
 
 @pytest.fixture

@@ -118,10 +118,20 @@ def test_embedded_policy_generates_chat_reply(embedded_models):
     assert 130_000_000 < prov["parameters"] < 140_000_000
 
 
+@torch.no_grad()
+def _embed(model, tok, texts: list[str]) -> torch.Tensor:
+    """Mean-pooled, L2-normalised sentence embeddings (the all-MiniLM-L6-v2 recipe)."""
+    batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+    hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
 def test_embedded_encoder_similarity_order(embedded_models):
     tok = models.load_tokenizer(embedded_models["encoder"], padding_side="right")
     enc = models.load_encoder(embedded_models["encoder"])
-    e = models.embed(
+    e = _embed(
         enc,
         tok,
         [

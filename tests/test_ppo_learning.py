@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from rlhf_lab.config import LoraConfig, PpoConfig
+from rlhf_lab.ppo.composite_score import CompositeScorer
 from rlhf_lab.ppo.model import load_policy_critic
-from rlhf_lab.ppo.scoring import CompositeScorer
 from rlhf_lab.ppo.trainer import PpoTrainer
 
 from .ppo_helpers import copy_policy, make_critic, one_thread, prompt_rows  # noqa: F401

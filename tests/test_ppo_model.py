@@ -11,11 +11,11 @@ from rlhf_lab.ppo.model import (
     POLICY,
     chat_prompt_ids,
     load_policy_critic,
-    pad_left,
     read_critic_info,
     trim_batch,
     truncate_after_eos,
 )
+from rlhf_lab.tokens import pad
 
 from .ppo_helpers import TINY_LORA, copy_policy, make_critic, one_thread, prompt_rows  # noqa: F401
 
@@ -39,7 +39,7 @@ def _model(dirs, seed=0):
 def _batch(model, n=4, max_new_tokens=8):
     tok = model.tok
     ids = [chat_prompt_ids(tok, r["prompt"], None, 64) for r in prompt_rows(8)[:n]]
-    query, query_mask = pad_left(ids, tok.pad_token_id)
+    query, query_mask = pad(ids, tok.pad_token_id)
     torch.manual_seed(1)
     response, response_mask, eos = model.generate(query, query_mask, max_new_tokens)
     return query, query_mask, response, response_mask, eos

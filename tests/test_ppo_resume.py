@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from rlhf_lab.config import PpoConfig
+from rlhf_lab.ppo.composite_score import CompositeScorer
 from rlhf_lab.ppo.model import POLICY, load_policy_critic
-from rlhf_lab.ppo.scoring import CompositeScorer
 from rlhf_lab.ppo.trainer import NonFiniteLossError, PpoTrainer
 
 from .ppo_helpers import TINY_LORA, copy_policy, make_critic, one_thread, prompt_rows  # noqa: F401

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from rlhf_lab import precision
-from rlhf_lab.generation import next_token_logits, position_ids
+from rlhf_lab.generation import next_token_logits
+from rlhf_lab.tokens import position_ids
 
 
 @pytest.mark.parametrize(("native", "expected"), [(True, True), (False, False)])

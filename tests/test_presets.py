@@ -8,11 +8,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from rlhf_lab import presets, rewards
+from rlhf_lab import presets, reward_components
 from rlhf_lab.cli import app
 from rlhf_lab.config import Params, documented_yaml, load_params
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.ppo.scoring import MODEL_COMPONENTS
+from rlhf_lab.reward_components import MODEL_COMPONENTS
 
 from .conftest import REPO
 
@@ -40,7 +40,7 @@ def test_preset_parses_to_valid_params(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_preset_reward_weights_are_registered_for_its_task(name):
     params = presets.preset_params(name)
-    known = set(rewards.names()) | set(MODEL_COMPONENTS)
+    known = set(reward_components.known())
     weights = params.reward.weights
     assert set(weights) <= known, set(weights) - known
     task_keys = [k for k in weights if k not in MODEL_COMPONENTS and not k.startswith("text/")]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf_lab import rewards
+from rlhf_lab import reward_components
+from rlhf_lab.config import Params
+from rlhf_lab.errors import DataError
 from rlhf_lab.tasks import crs
 
 CSV = """movieId,movieName,nbMentions
@@ -31,11 +33,10 @@ def catalogue(tmp_path):
 
 
 @pytest.fixture
-def global_catalogue(tmp_path):
+def catalogue_file(tmp_path):
     path = tmp_path / "movies_with_mentions.csv"
     path.write_text(CSV, encoding="utf-8")
-    yield crs.set_catalogue(path)
-    crs.set_catalogue(None)
+    return path
 
 
 @pytest.mark.parametrize(
@@ -132,27 +133,28 @@ def test_gold_by_name_and_int_id(catalogue):
     assert crs.recommendation_score("toy story 2", by_int, catalogue) == 1.0
 
 
-def test_registered_component_and_booleans(global_catalogue):
-    fn = rewards._REGISTRY["crs/recommendation"]
+def test_factory_component_and_booleans(catalogue_file):
+    params = Params(task={"name": "crs"}, data={"catalogue": str(catalogue_file)})
+    fn = reward_components.build(["crs/recommendation"], params)["crs/recommendation"]
+    cat = crs.load_catalogue(catalogue_file)
     rows = [_row(["99276"], {"99276": "Star Wars"})] * 3
     replies = ["Watch Star Wars", "Watch Amélie (2001)", "Sorry to hear that"]
     assert fn(replies, rows) == [1.0, crs.PARTIAL_CREDIT, 0.0]
-    assert [crs.recommendation_hit(r, rows[0]) for r in replies] == [True, False, False]
-    assert [crs.recommends_any(r, rows[0]) for r in replies] == [True, True, False]
-    crs.set_catalogue(None)
-    # Without the global catalogue only the dialogue's own movies are known.
-    assert fn(replies, rows) == [1.0, 0.0, 0.0]
+    assert [crs.recommendation_hit(r, rows[0], cat) for r in replies] == [True, False, False]
+    assert [crs.recommends_any(r, rows[0], cat) for r in replies] == [True, True, False]
+    # Without data.catalogue only the dialogue's own movies are known.
+    bare = reward_components.build(["crs/recommendation"], Params(task={"name": "crs"}))
+    assert bare["crs/recommendation"](replies, rows) == [1.0, 0.0, 0.0]
+    assert [crs.recommends_any(r, rows[0]) for r in replies] == [True, False, False]
 
 
-def test_stages_load_the_params_catalogue_for_crs_only(tmp_path):
-    path = tmp_path / "movies.csv"
-    path.write_text("movieId,movieName,nbMentions\n111,Heat (1995),3\n")
-    try:
-        crs.use_params_catalogue("chat", path)
-        assert crs.get_catalogue() is None
-        crs.use_params_catalogue("crs", None)
-        assert crs.get_catalogue() is None
-        crs.use_params_catalogue("crs", path)
-        assert "111" in crs.get_catalogue()
-    finally:
-        crs.set_catalogue(None)
+def test_rule_context_loads_the_params_catalogue_for_crs_only(catalogue_file, tmp_path):
+    ctx = reward_components.RuleContext.from_params
+    chat = Params(data={"catalogue": str(catalogue_file)})
+    assert ctx(chat).catalogue is None
+    assert ctx(Params(task={"name": "crs"})).catalogue is None
+    crs_params = Params(task={"name": "crs"}, data={"catalogue": str(catalogue_file)})
+    assert "111111" in ctx(crs_params).catalogue
+    missing = Params(task={"name": "crs"}, data={"catalogue": str(tmp_path / "nope.csv")})
+    with pytest.raises(DataError, match=r"data\.catalogue: file not found"):
+        ctx(missing)

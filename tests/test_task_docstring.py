@@ -6,7 +6,8 @@ import statistics
 
 import pytest
 
-from rlhf_lab import rewards
+from rlhf_lab import reward_components
+from rlhf_lab.config import Params
 from rlhf_lab.tasks import docstring as ds
 
 CLAMP = """
@@ -181,7 +182,8 @@ def test_docstring_reward_weights_and_registry():
         ds.docstring_reward(good, row, {"bleu": 0.0})
     every = ds.score_components(good, row)
     for name in ds.COMPONENTS:
-        assert rewards._REGISTRY[f"docstring/{name}"]([good], [row]) == [every[name]]
+        fn = reward_components.build([f"docstring/{name}"], Params())[f"docstring/{name}"]
+        assert fn([good], [row]) == [every[name]]
 
 
 # (code, a good docstring) — the discrimination check.

@@ -7,7 +7,8 @@ import math
 import pytest
 import sacrebleu
 
-from rlhf_lab import rewards
+from rlhf_lab import reward_components
+from rlhf_lab.config import Params
 from rlhf_lab.evaluation.text_metrics import (
     bleu,
     bleu_n,
@@ -17,8 +18,8 @@ from rlhf_lab.evaluation.text_metrics import (
     rouge_l_scores,
     sentence_bleu,
 )
-from rlhf_lab.rewards import RewardFn
-from rlhf_lab.tasks.text import LENGTH_BAND, length_score
+from rlhf_lab.reward_components import RewardFn
+from rlhf_lab.tasks.text import length_score
 
 HYP = "the cat sat on the mat"
 REF = "the cat is on the mat"
@@ -30,8 +31,9 @@ BLEU2 = math.sqrt(5 / 6 * 3 / 5)
 
 
 def component(name: str) -> RewardFn:
-    """The registered component ``name``, looked up the way PPO and evaluate do."""
-    return rewards.get(name)
+    """The component ``name`` from the one factory, as PPO and evaluate build it (length band
+    [5, 60] here, the band the hand-computed cases below use)."""
+    return reward_components.build([name], Params(reward={"length_band": [5, 60]}))[name]
 
 
 # ---------------------------------------------------------------- distinct-n
@@ -153,9 +155,8 @@ def test_text_distinct_component() -> None:
     ("n_tokens", "expected"),
     [(0, 0.0), (2, 0.4), (5, 1.0), (30, 1.0), (60, 1.0), (90, 0.5), (120, 0.0), (500, 0.0)],
 )
-def test_length_score_default_band(n_tokens: int, expected: float) -> None:
-    assert LENGTH_BAND == (5, 60)
-    assert length_score(n_tokens, *LENGTH_BAND) == pytest.approx(expected)
+def test_length_score_band_5_60(n_tokens: int, expected: float) -> None:
+    assert length_score(n_tokens, 5, 60) == pytest.approx(expected)
 
 
 def test_length_score_custom_band() -> None:

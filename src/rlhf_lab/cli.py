@@ -30,14 +30,15 @@ ParamsOpt = Annotated[
 DEFAULT_PARAMS = Path("params.yaml")
 
 
-def _run(stage: str, params_path: Path, **kwargs: Any) -> None:
+def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) -> None:
+    """Load params, then ``rlhf_lab.<package>.<stage>.main`` (stages; tools are not stages)."""
     from rlhf_lab import precision
     from rlhf_lab.config import load_params
     from rlhf_lab.ui import console
 
     try:
         params = load_params(params_path)
-        module = importlib.import_module(f"rlhf_lab.stages.{stage}")
+        module = importlib.import_module(f"rlhf_lab.{package}.{stage}")
         precision.configure(params.models.mixed_precision)
         module.main(params, **kwargs)
     except RlhfLabError as exc:
@@ -127,6 +128,7 @@ def generate(
     _run(
         "generate",
         params,
+        package="tools",
         models=model or ["ppo"],
         prompts=prompt or [],
         file=file,
@@ -169,6 +171,7 @@ def analyze_rewards(
     _run(
         "analyze_rewards",
         params,
+        package="tools",
         input=input,
         samples=samples,
         task=task,

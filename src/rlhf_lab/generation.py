@@ -1,16 +1,13 @@
 """Batched sampling from a chat model, shared by prepare_preference, PPO rollouts and evaluate.
 
-``generate`` renders each prompt with the tokenizer's chat template, left-pads a batch (a
-decoder-only model continues from the last position, so padding must sit on the left), cuts
+``generate`` renders each prompt with the tokenizer's chat template, left-pads a batch
+(:mod:`rlhf_lab.tokens`: a decoder-only model continues from the last position), cuts
 over-long prompts from the left (the latest turns matter most), and samples until EOS.
 
-Sampling is *pure temperature sampling*: top-k, top-p, min-p, typical-p and repetition penalty
-are switched off explicitly, whatever the model's ``generation_config.json`` says (transformers
-otherwise applies top_k=50 by default, and Qwen2.5-Instruct ships top_k=20, top_p=0.8 and
-repetition_penalty=1.05). PPO recomputes the log-probabilities of the sampled tokens at the
-same temperature; any hidden warper would make the sampling distribution differ from the one
-the loss assumes ("The N Implementation Details of RLHF with PPO", temperature detail; TRL's PPO
-examples likewise sample with top_k=0, top_p=1.0).
+Sampling is *pure temperature sampling* (:func:`rlhf_lab.tokens.sampling_kwargs`): top-k,
+top-p, min-p, typical-p and repetition penalty are switched off explicitly, whatever the model's
+``generation_config.json`` says (transformers otherwise applies top_k=50 by default, and
+Qwen2.5-Instruct ships top_k=20, top_p=0.8 and repetition_penalty=1.05).
 
 Prompts are batched by token length (results come back in input order), so little compute goes
 to padding. Each batch draws from its own generator state, seeded from (seed, batch index),
@@ -21,13 +18,14 @@ on what ran before, and the caller's global RNG state is left untouched.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from rlhf_lab import precision, ui
 from rlhf_lab.errors import ModelSourceError
+from rlhf_lab.tokens import eos_token_ids, pad, sampling_kwargs
 
 
 @dataclass
@@ -38,6 +36,9 @@ class Sample:
     """Tokens generated, the EOS token included (what a PPO update scores)."""
     eos: bool
     """Whether the reply ended with EOS (False: cut at max_new_tokens)."""
+    token_ids: list[int] = field(default_factory=list)
+    """The sampled tokens, the EOS included: what evaluate's KL scores (no re-tokenising);
+    empty when the text no longer is what was sampled (a trimmed SPIN sample)."""
 
 
 def chat_prompt_text(
@@ -54,28 +55,10 @@ def chat_prompt_text(
     return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
-def default_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def batch_seed(seed: int, batch_index: int) -> int:
     """Seed of one batch: a hash, so neighbouring (seed, batch) pairs are unrelated streams."""
     digest = hashlib.sha256(f"generate:{seed}:{batch_index}".encode()).digest()
     return int.from_bytes(digest[:8], "big") & (2**63 - 1)
-
-
-def eos_token_ids(tok: Any, model: Any) -> list[int]:
-    """The tokenizer's EOS plus any the model's generation config lists (e.g. Llama 3's)."""
-    ids: list[int] = []
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (tok.eos_token_id, gen_eos):
-        for i in value if isinstance(value, (list, tuple)) else [value]:
-            if i is not None and i not in ids:
-                ids.append(int(i))
-    if not ids:
-        raise ModelSourceError("the tokenizer has no EOS token; generation could never stop")
-    return ids
 
 
 def trim_at_eos(ids: list[int], eos_ids: list[int]) -> tuple[int, bool]:
@@ -84,28 +67,6 @@ def trim_at_eos(ids: list[int], eos_ids: list[int]) -> tuple[int, bool]:
         if t in eos_ids:
             return i + 1, True
     return len(ids), False
-
-
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask), padded on the left to the longest sequence."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
-
-
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip left padding, exactly as ``generate()`` computes them.
-
-    A forward pass over a left-padded batch needs them: without explicit ``position_ids`` a
-    model numbers the padding too, and every real token gets a shifted position.
-    """
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
 
 
 def next_token_logits(lm: Any, inputs: dict[str, torch.Tensor], n: int) -> torch.Tensor:
@@ -122,27 +83,6 @@ def next_token_logits(lm: Any, inputs: dict[str, torch.Tensor], n: int) -> torch
     hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, -(n + 1) : -1]
     with full_precision(hidden.device):
         return lm.get_output_embeddings()(hidden.float()).float()
-
-
-def _generation_kwargs(
-    max_new_tokens: int, temperature: float, eos_ids: list[int], pad_id: int
-) -> dict[str, Any]:
-    kw: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens,
-        "eos_token_id": eos_ids,
-        "pad_token_id": pad_id,
-        "num_beams": 1,
-        "use_cache": True,
-        # Explicit neutral values: None would be filled in from the model's generation config.
-        "repetition_penalty": 1.0,
-        "no_repeat_ngram_size": 0,
-    }
-    if temperature > 0:
-        kw.update(do_sample=True, temperature=temperature, top_k=0, top_p=1.0)
-        kw.update(min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0)
-    else:
-        kw.update(do_sample=False)
-    return kw
 
 
 @torch.inference_mode()
@@ -171,7 +111,7 @@ def generate(
         return []
     eos_ids = eos_token_ids(tok, model)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else eos_ids[0]
-    config = GenerationConfig(**_generation_kwargs(max_new_tokens, temperature, eos_ids, pad_id))
+    config = GenerationConfig(**sampling_kwargs(max_new_tokens, temperature, eos_ids, pad_id))
     # Prompt + reply must fit the model's positions, or generation degrades (or raises).
     positions = getattr(model.config, "max_position_embeddings", None) or getattr(
         model.config, "n_positions", None
@@ -197,7 +137,7 @@ def generate(
     try:
         for b, start in enumerate(ui.track(starts, desc, total=len(starts))):
             batch = order[start : start + batch_size]
-            input_ids, attention_mask = left_pad([encoded[i] for i in batch], pad_id)
+            input_ids, attention_mask = pad([encoded[i] for i in batch], pad_id)
             with torch.random.fork_rng(devices=fork_devices), precision.inference():
                 torch.manual_seed(batch_seed(seed, b))
                 out = model.generate(
@@ -208,7 +148,7 @@ def generate(
             for i, row in zip(batch, out[:, input_ids.shape[1] :].tolist(), strict=True):
                 n, eos = trim_at_eos(row, eos_ids)
                 text = tok.decode(row[:n], skip_special_tokens=True).strip()
-                samples[i] = Sample(text=text, n_tokens=n, eos=eos)
+                samples[i] = Sample(text=text, n_tokens=n, eos=eos, token_ids=row[:n])
     finally:
         model.train(was_training)
     return [s for s in samples if s is not None]

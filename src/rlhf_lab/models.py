@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from rlhf_lab.config import LoraConfig
 from rlhf_lab.errors import ModelSourceError
 from rlhf_lab.io import sha256_file, write_json
 
@@ -307,11 +308,18 @@ def materialise_encoder(spec: str, out_dir: Path, revision: str | None, **extra:
     )
 
 
-@torch.no_grad()
-def embed(model: Any, tok: Any, texts: list[str], max_length: int = 256) -> torch.Tensor:
-    """Mean-pooled, L2-normalised sentence embeddings (the all-MiniLM-L6-v2 recipe)."""
-    batch = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-    hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-    return torch.nn.functional.normalize(pooled, dim=-1)
+def lora_config(lora: LoraConfig, task_type: str = "CAUSAL_LM") -> Any:
+    """A peft ``LoraConfig`` from our params section (SFT, critic and PPO adapters alike)."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    targets = (
+        lora.target_modules if lora.target_modules == "all-linear" else list(lora.target_modules)
+    )
+    return PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type=task_type,
+    )

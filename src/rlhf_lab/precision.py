@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from rlhf_lab.tokens import default_device
+
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 _setting = "fp32"
@@ -43,7 +45,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 def device_type() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return default_device().type
 
 
 def use_bf16(setting: str) -> bool:

@@ -65,7 +65,7 @@ def finish_sample(sample: Sample, policy: str) -> Sample | None:
     if policy == "trim":
         text = trim_to_sentence(sample.text)
         if text:
-            return dataclasses.replace(sample, text=text)
+            return dataclasses.replace(sample, text=text, token_ids=[])
     return None
 
 

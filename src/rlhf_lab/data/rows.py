@@ -17,6 +17,8 @@ from typing import Any
 from rlhf_lab.data.validate import Origin
 
 Message = dict[str, str]
+Row = dict[str, Any]
+"""A prompt, preference or scored row as read from JSONL (the dicts above)."""
 
 
 @dataclass

@@ -35,7 +35,6 @@ Code is only ever parsed with :mod:`ast` by the docstring rewards, never execute
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -45,10 +44,13 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_lab import rewards
-from rlhf_lab.config import DataConfig, TaskConfig
+from rlhf_lab import reward_components
+from rlhf_lab.config import DataConfig, Params, TaskConfig
+from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import ConfigError, DataError
-from rlhf_lab.rewards import Row
+from rlhf_lab.evaluation.plotting import BINS, WHO, num, pyplot, slug, write_csv
+from rlhf_lab.reward_components import is_reference_based
+from rlhf_lab.tasks import crs
 
 MIN_GAP = 0.2
 """The total gap (good - bad, on [0, 1]) the check asks for (issue #7)."""
@@ -60,10 +62,6 @@ GOOD = "good"
 """Kind of the reference reply in the scored items."""
 TOTAL = "total"
 TOTAL_REF = "total_with_reference"
-WHO = ("sft", "ppo", "ref")
-"""Reply sets of a samples file: the two policies and the references."""
-BINS = 20
-"""Histogram bins on [0, 1]."""
 
 ComponentFn = Callable[[Sequence[str], Sequence[Row]], Sequence[float]]
 
@@ -183,13 +181,17 @@ def check_task(task: str) -> str:
 
 
 def task_components(task: str) -> list[str]:
-    """The task's registered rule components (``<task>/*``), in registry order."""
-    return [n for n in rewards.names() if n.startswith(f"{task}/")]
+    """The task's own rule components (``<task>/*``), in the factory's order."""
+    return reward_components.task_rules(task)
 
 
-def is_reference_based(component: str) -> bool:
-    """Does ``component`` compare the reply with the reference (BLEU-like)?"""
-    return component.rsplit("/", 1)[-1].startswith(("bleu", "rouge"))
+def component_functions(task: str, params: Params) -> dict[str, ComponentFn]:
+    """The task's component functions from the one factory; crs's recommendation reads
+    ``data.catalogue`` whatever ``params.task.name`` says (``--task`` may override it)."""
+    band = params.reward.length_band
+    catalogue = crs.load_catalogue(params.data.catalogue) if task == "crs" else None
+    ctx = reward_components.RuleContext((int(band[0]), int(band[1])), catalogue)
+    return reward_components.build(task_components(task), params, context=ctx)
 
 
 def default_weights(task: str) -> dict[str, float]:
@@ -218,28 +220,6 @@ def normalised(weights: Mapping[str, float], reference_free: bool) -> dict[str, 
     }
     total = sum(kept.values())
     return {n: w / total for n, w in kept.items()} if total > 0 else {}
-
-
-def component_functions(task: str, catalogue: str | None = None) -> dict[str, ComponentFn]:
-    """The task's component functions; crs's recommendation uses ``catalogue`` (a ReDial CSV)
-    when given, passed explicitly instead of through the module-global one."""
-    fns: dict[str, ComponentFn] = {n: rewards.get(n) for n in task_components(task)}
-    if task == "crs" and catalogue:
-        from rlhf_lab.tasks import crs
-
-        path = Path(catalogue)
-        if not path.is_file():
-            raise DataError(f"data.catalogue: file not found ({path.resolve()})")
-        try:
-            cat = crs.MovieCatalogue.from_csv(path)
-        except (ValueError, KeyError, UnicodeDecodeError) as exc:
-            raise DataError(f"data.catalogue: {exc}") from None
-
-        def recommendation(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
-            return [crs.recommendation_score(t, r, cat) for t, r in zip(replies, rows, strict=True)]
-
-        fns["crs/recommendation"] = recommendation
-    return fns
 
 
 def score(
@@ -508,21 +488,9 @@ def _fractions(values: np.ndarray) -> np.ndarray:
     return np.histogram(values, bins=_edges())[0] / max(1, values.size)
 
 
-def slug(name: str) -> str:
-    """``docstring/param_coverage`` -> ``docstring_param_coverage`` (file names)."""
-    return name.replace("/", "_")
-
-
-def _num(x: float) -> float | str:
-    return "" if not math.isfinite(x) else round(float(x), 6)
-
-
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
+def _json_num(x: float) -> float | str:
+    # JSON has no NaN: an unscored column is "" (as it always was in scores.jsonl).
+    return num(x) if math.isfinite(x) else ""
 
 
 def write_plot_data(
@@ -538,21 +506,21 @@ def write_plot_data(
     for col in check.columns():
         fg, fb = _fractions(check.scores[col][g]), _fractions(check.scores[col][b])
         rows = [
-            [round(float(c), 6), _num(x), _num(y)] for c, x, y in zip(centres, fg, fb, strict=True)
+            [round(float(c), 6), num(x), num(y)] for c, x, y in zip(centres, fg, fb, strict=True)
         ]
-        _write_csv(out / "dist" / f"{slug(col)}.csv", ["score", "good", "bad"], rows)
-    _write_csv(
+        write_csv(out / "dist" / f"{slug(col)}.csv", ["score", "good", "bad"], rows)
+    write_csv(
         out / "components.csv",
         ["component", "weight", "good", "bad", "gap"],
         [
             [
                 col,
-                _num(check.weights.get(col, check.weights_ref.get(col, 0.0)))
+                num(check.weights.get(col, check.weights_ref.get(col, 0.0)))
                 if col not in (TOTAL, TOTAL_REF)
                 else "",
-                _num(m[f"analyze/good/{col}"]),
-                _num(m[f"analyze/bad/{col}"]),
-                _num(m[f"analyze/gap/{col}"]),
+                num(m[f"analyze/good/{col}"]),
+                num(m[f"analyze/bad/{col}"]),
+                num(m[f"analyze/gap/{col}"]),
             ]
             for col in check.columns()
         ],
@@ -565,19 +533,19 @@ def write_plot_data(
             [
                 kind,
                 int(bk.size),
-                _num(float(good.mean())),
-                _num(float(bad.mean())),
-                _num(float((good - bad).mean())),
-                _num(pair_accuracy(good, bad)),
+                num(float(good.mean())),
+                num(float(bad.mean())),
+                num(float((good - bad).mean())),
+                num(pair_accuracy(good, bad)),
             ]
         )
-    _write_csv(out / "kinds.csv", ["kind", "pairs", "good", "bad", "gap", "accuracy"], kind_rows)
+    write_csv(out / "kinds.csv", ["kind", "pairs", "good", "bad", "gap", "accuracy"], kind_rows)
     if samples is not None:
         means = samples.means()
-        _write_csv(
+        write_csv(
             out / "samples.csv",
             ["component", *WHO],
-            [[col, *(_num(means[w][col]) for w in WHO)] for col in samples.columns],
+            [[col, *(num(means[w][col]) for w in WHO)] for col in samples.columns],
         )
     with (out / "scores.jsonl").open("w", encoding="utf-8") as fh:
         for i, (kind, text) in enumerate(zip(check.kinds, check.texts, strict=True)):
@@ -586,18 +554,9 @@ def write_plot_data(
                 "id": row.get("id"),
                 "kind": kind,
                 "text": text,
-                "scores": {c: _num(float(check.scores[c][i])) for c in check.columns()},
+                "scores": {c: _json_num(float(check.scores[c][i])) for c in check.columns()},
             }
             fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; must precede the pyplot import
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _hist_grid(plt: Any, series: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> None:
@@ -638,7 +597,7 @@ def write_plot_images(
 ) -> list[Path]:
     """``hists.png`` (good vs bad per column), ``gaps.png`` (gap per component and per bad
     kind) and, with samples, ``samples_hists.png`` (SFT, PPO, references per column)."""
-    plt = _pyplot()
+    plt = pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     g, b = check.pairs()

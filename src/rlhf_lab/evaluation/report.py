@@ -20,7 +20,6 @@ files line up bin for bin; the reward model's bins span the pooled range of this
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,17 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_lab.evaluation.evaluate import (
-    CONFIDENCE,
-    OVERALL,
-    REWARD_MODEL,
-    EvalResult,
-    reference_of,
-)
+from rlhf_lab.evaluation.evaluate import EvalResult
+from rlhf_lab.evaluation.metrics import CONFIDENCE
+from rlhf_lab.evaluation.plotting import BINS, WHO, num, pyplot, slug, write_csv
+from rlhf_lab.evaluation.scoring import reference_of
+from rlhf_lab.judge.rubrics import OVERALL
+from rlhf_lab.reward_components import REWARD_MODEL
 
-BINS = 20
-"""Histogram bins per component."""
-WHO = ("sft", "ppo", "ref")
 LABELS = {"sft": "SFT", "ppo": "PPO", "ref": "references"}
 COLOURS = {"sft": "#1f77b4", "ppo": "#d62728", "ref": "#7f7f7f"}
 # Different dashes too: SFT and PPO histograms often coincide and would hide each other.
@@ -49,11 +44,6 @@ COMPONENT_DELTA = "component_delta.png"
 MAX_CELL_CHARS = 400
 """Replies and prompts longer than this are cut in the report's tables (samples.jsonl has
 them in full)."""
-
-
-def slug(component: str) -> str:
-    """A file-name-safe form of a component name: ``text/bleu`` -> ``text_bleu``."""
-    return component.replace("/", "_")
 
 
 # --------------------------------------------------------------------------------------------
@@ -101,23 +91,6 @@ def histogram(
 # --------------------------------------------------------------------------------------------
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for row in rows:
-            # Blank, not "nan": vega-lite reads a blank as a gap; DVC passes "nan" through.
-            writer.writerow(
-                ["" if isinstance(x, float) and not math.isfinite(x) else x for x in row]
-            )
-    return path
-
-
-def _num(x: float | None) -> float:
-    return float("nan") if x is None else round(float(x), 6)
-
-
 def write_plot_data(result: EvalResult, out_dir: str | Path) -> list[Path]:
     """``dist/<component>.csv``, ``components.csv`` and ``rm_pairs.csv`` under ``out_dir``."""
     out_dir = Path(out_dir)
@@ -126,24 +99,24 @@ def write_plot_data(result: EvalResult, out_dir: str | Path) -> list[Path]:
         edges, frac = histogram(per)
         centres = (edges[:-1] + edges[1:]) / 2
         rows = [
-            [round(float(c), 6), *(_num(frac[w][i]) if w in frac else math.nan for w in WHO)]
+            [round(float(c), 6), *(num(frac[w][i]) if w in frac else math.nan for w in WHO)]
             for i, c in enumerate(centres)
         ]
-        written.append(_write_csv(out_dir / "dist" / f"{slug(name)}.csv", ["score", *WHO], rows))
+        written.append(write_csv(out_dir / "dist" / f"{slug(name)}.csv", ["score", *WHO], rows))
     comp_rows = [
         [
             r["component"],
-            _num(r["sft"]),
-            _num(r["ppo"]),
-            _num(r["ref"]),
-            _num(r["delta"]),
-            _num(r["delta_ci_lo"]),
-            _num(r["delta_ci_hi"]),
+            num(r["sft"]),
+            num(r["ppo"]),
+            num(r["ref"]),
+            num(r["delta"]),
+            num(r["delta_ci_lo"]),
+            num(r["delta_ci_hi"]),
         ]
         for r in result.breakdown
     ]
     written.append(
-        _write_csv(
+        write_csv(
             out_dir / "components.csv",
             ["component", "sft", "ppo", "ref", "delta", "delta_ci_lo", "delta_ci_hi"],
             comp_rows,
@@ -152,25 +125,16 @@ def write_plot_data(result: EvalResult, out_dir: str | Path) -> list[Path]:
     sft_rm = result.outputs["sft"].scores[REWARD_MODEL]
     ppo_rm = result.outputs["ppo"].scores[REWARD_MODEL]
     pairs = [
-        [row.get("id", i), _num(a), _num(b)]
+        [row.get("id", i), num(a), num(b)]
         for i, (row, a, b) in enumerate(zip(result.rows, sft_rm, ppo_rm, strict=True))
     ]
-    written.append(_write_csv(out_dir / "rm_pairs.csv", ["id", "sft", "ppo"], pairs))
+    written.append(write_csv(out_dir / "rm_pairs.csv", ["id", "sft", "ppo"], pairs))
     return written
 
 
 # --------------------------------------------------------------------------------------------
 # PNG plots
 # --------------------------------------------------------------------------------------------
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display in a DVC stage; must precede the pyplot import
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def _hist_axes(ax: Any, name: str, per: Mapping[str, np.ndarray]) -> None:
@@ -194,7 +158,7 @@ def _hist_axes(ax: Any, name: str, per: Mapping[str, np.ndarray]) -> None:
 
 def write_plot_images(result: EvalResult, out_dir: str | Path) -> list[Path]:
     """``reward_hist.png``, ``component_hists.png`` and ``component_delta.png``."""
-    plt = _pyplot()
+    plt = pyplot()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dists = distributions(result)

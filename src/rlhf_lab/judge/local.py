@@ -41,6 +41,7 @@ from rlhf_lab.judge.rubrics import (
     pairwise_messages,
     rating_messages,
 )
+from rlhf_lab.tokens import default_device, pad, position_ids
 
 ELLIPSIS = "…"
 """Put where truncated context starts, so the judge sees the conversation was cut."""
@@ -86,22 +87,6 @@ def label_probs(logprobs: torch.Tensor, ids: dict[str, list[int]]) -> list[dict[
     return [{label: per_label[label][i] for label in ids} for i in range(logprobs.shape[0])]
 
 
-def left_pad(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, ...]:
-    """(input_ids, attention_mask, position_ids) of left-padded rows.
-
-    Positions count real tokens only: with left padding, the default arange would start
-    every padded row at a later position than when it is scored alone.
-    """
-    width = max(len(x) for x in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, ids in enumerate(batch):
-        if ids:
-            input_ids[i, width - len(ids) :] = torch.tensor(list(ids))
-            mask[i, width - len(ids) :] = 1
-    return input_ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
     """Length of the longest prefix all ``seqs`` share."""
     n = min(len(x) for x in seqs)
@@ -131,7 +116,7 @@ class LocalJudge:
         self.tok = models.load_tokenizer(source, padding_side="left")
         self.model = models.load_causal_lm(source, dtype).eval()
         models.ensure_pad_token(self.tok, self.model)
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device().type
         self.model.to(self.device)
         self.rating_ids = answer_token_ids(self.tok, [str(k) for k in SCALE])
         self.choice_ids = answer_token_ids(self.tok, list(PAIRWISE_LABELS))
@@ -210,7 +195,8 @@ class LocalJudge:
     @torch.no_grad()
     def _forward(self, batch: list[list[int]]) -> torch.Tensor:
         """Log-softmax of the next-token logits after each prompt: [B, V]."""
-        input_ids, mask, pos = left_pad(batch, self.tok.pad_token_id)
+        input_ids, mask = pad(batch, self.tok.pad_token_id)
+        pos = position_ids(mask)
         out = self._logits(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -224,7 +210,8 @@ class LocalJudge:
         self, prefixes: list[list[int]], tails: list[list[list[int]]]
     ) -> list[torch.Tensor]:
         """Log-softmax after ``prefixes[i] + tails[j][i]``: one [B, V] per tail set ``j``."""
-        input_ids, mask, pos = left_pad(prefixes, self.tok.pad_token_id)
+        input_ids, mask = pad(prefixes, self.tok.pad_token_id)
+        pos = position_ids(mask)
         mask = mask.to(self.device)
         out = self._logits(
             input_ids=input_ids.to(self.device),

@@ -30,13 +30,18 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlhf_lab.io import sha256_text
+
+if TYPE_CHECKING:
+    from rlhf_lab.tasks.crs import MovieCatalogue
 
 RUBRIC_VERSION = 1
 """Bump when the rendering code (not the text below) changes what the judge sees."""
 
+OVERALL = "overall"
+"""Key of the mean over a reply's rubric dimensions (scored rows, evaluate, the critic)."""
 SCALE: tuple[int, ...] = (1, 2, 3, 4, 5)
 """Rating values; the judge answers with one of these digits."""
 
@@ -267,11 +272,14 @@ def pairwise_messages(task: str, context: str, reply_a: str, reply_b: str) -> li
     return [{"role": "system", "content": PAIRWISE_SYSTEM}, {"role": "user", "content": user}]
 
 
-def forced_scores(task: str, reply: str, row: Mapping[str, Any]) -> dict[str, float]:
-    """Dimensions whose score is fixed by a rule, not asked of the judge (module docstring)."""
+def forced_scores(
+    task: str, reply: str, row: Mapping[str, Any], catalogue: MovieCatalogue | None = None
+) -> dict[str, float]:
+    """Dimensions whose score is fixed by a rule, not asked of the judge (module docstring);
+    crs: ``catalogue`` is ``data.catalogue``, movies known beyond the row's own."""
     if task == "crs":
         from rlhf_lab.tasks.crs import recommends_any
 
-        if not recommends_any(reply, dict(row)):
+        if not recommends_any(reply, dict(row), catalogue):
             return {"recommendation": NO_RECOMMENDATION_SCORE}
     return {}

@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlhf_lab import ui
 from rlhf_lab.config import JudgeConfig
@@ -37,9 +37,10 @@ from rlhf_lab.judge.base import (
     pairwise_both_orders,
 )
 from rlhf_lab.judge.cache import ScoreCache
+from rlhf_lab.judge.rubrics import OVERALL
 
-OVERALL = "overall"
-"""Key of the mean over a reply's rubric dimensions."""
+if TYPE_CHECKING:
+    from rlhf_lab.tasks.crs import MovieCatalogue
 
 
 def to_unit(rating: float | None) -> float | None:
@@ -96,9 +97,12 @@ class Judge:
         cache: ScoreCache | None = None,
         *,
         progress: bool = False,
+        catalogue: MovieCatalogue | None = None,
     ) -> None:
         self.backend = backend
         self.task = task
+        self.catalogue = catalogue
+        """crs: ``data.catalogue``, for the no-movie rule (:func:`rubrics.forced_scores`)."""
         self.dims = rubrics.dimensions(task)
         self.rubric_sha = rubrics.rubric_sha(task)
         self.cache = cache
@@ -163,7 +167,7 @@ class Judge:
         plan: list[tuple[dict[str, float], dict[str, int]]] = []
         contexts: dict[int, str] = {}
         for row, reply in zip(rows, replies, strict=True):
-            forced = rubrics.forced_scores(self.task, reply, row)
+            forced = rubrics.forced_scores(self.task, reply, row, self.catalogue)
             context = contexts.setdefault(id(row), rubrics.context_for(self.task, row))
             slots: dict[str, int] = {}
             for dim in self.dims:
@@ -235,11 +239,17 @@ def build_backend(cfg: JudgeConfig) -> Backend:
 
 
 def build_judge(
-    cfg: JudgeConfig, task: str, *, use_cache: bool = True, progress: bool = False
+    cfg: JudgeConfig,
+    task: str,
+    *,
+    use_cache: bool = True,
+    progress: bool = False,
+    catalogue: MovieCatalogue | None = None,
 ) -> Judge:
-    """A :class:`Judge` for ``task`` from ``params.judge`` (cache under ``cfg.cache_dir``)."""
+    """A :class:`Judge` for ``task`` from ``params.judge`` (cache under ``cfg.cache_dir``);
+    ``catalogue`` is the crs ``data.catalogue`` (:func:`rlhf_lab.tasks.crs.load_catalogue`)."""
     backend = build_backend(cfg)
     cache = (
         ScoreCache(cfg.cache_dir, backend.judge_id, rubrics.rubric_sha(task)) if use_cache else None
     )
-    return Judge(backend, task, cache, progress=progress)
+    return Judge(backend, task, cache, progress=progress, catalogue=catalogue)

@@ -48,9 +48,10 @@ from torch import nn
 from rlhf_lab import models, precision
 from rlhf_lab.config import LoraConfig
 from rlhf_lab.errors import ModelSourceError
-from rlhf_lab.generation import chat_prompt_text, next_token_logits, position_ids
+from rlhf_lab.generation import chat_prompt_text, next_token_logits
 from rlhf_lab.ppo.core import entropy_from_logits, logprobs_from_logits
 from rlhf_lab.precision import full_precision
+from rlhf_lab.tokens import default_device, eos_token_ids, position_ids, sampling_kwargs
 
 POLICY = "policy"
 CRITIC = "critic"
@@ -87,29 +88,6 @@ def chat_prompt_ids(
             msgs = msgs[1:]
 
 
-def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists → ``(ids, mask)`` as long tensors [B, max_len]."""
-    width = max((len(s) for s in seqs), default=0)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
-
-
-def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad token lists → ``(ids, mask)`` as long tensors [B, max_len]."""
-    width = max((len(s) for s in seqs), default=0)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
 def truncate_after_eos(
     response: torch.Tensor, eos_ids: int | Sequence[int], pad_id: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -127,20 +105,6 @@ def truncate_after_eos(
     response = torch.where(mask.bool(), response, torch.full_like(response, pad_id))
     width = int(mask.sum(dim=1).max()) if mask.numel() else 0
     return response[:, :width], mask[:, :width], eos_found
-
-
-def eos_token_ids(tok: Any, model: Any) -> list[int]:
-    """The tokenizer's EOS plus any others the model's generation config lists (Llama 3 has
-    several); sampling stops at, and the reply mask ends with, the first of any of them."""
-    ids: list[int] = []
-    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (tok.eos_token_id, gen_eos):
-        for i in value if isinstance(value, list | tuple) else [value]:
-            if i is not None and int(i) not in ids:
-                ids.append(int(i))
-    if not ids:
-        raise ModelSourceError("the tokenizer has no EOS token; generation could never stop")
-    return ids
 
 
 def trim_batch(
@@ -206,25 +170,6 @@ class ValueHead(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------------------------
-
-
-def peft_lora_config(cfg: LoraConfig) -> Any:
-    """A peft ``LoraConfig`` for a causal LM from our params section."""
-    from peft import LoraConfig as PeftLoraConfig
-
-    targets = cfg.target_modules if cfg.target_modules == "all-linear" else list(cfg.target_modules)
-    return PeftLoraConfig(
-        r=cfg.r,
-        lora_alpha=cfg.alpha,
-        lora_dropout=cfg.dropout,
-        target_modules=targets,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class PolicyCritic(nn.Module):
@@ -422,7 +367,7 @@ class PolicyCritic(nn.Module):
         Pure temperature sampling: every warper the model's generation config could switch on
         (top-k, top-p, min-p, typical-p, repetition penalties...) is set to its neutral value,
         because the PPO ratio assumes the tokens came from ``softmax(logits / T)`` ([N-details]
-        "top_k=0, top_p=1.0"; the same settings as :mod:`rlhf_lab.generation`).
+        "top_k=0, top_p=1.0"; :func:`rlhf_lab.tokens.sampling_kwargs`, as for every sampler).
         """
         dev = self.device
         # bf16 sampling where configured (rlhf_lab.precision): the tokens' log-probs are
@@ -431,21 +376,12 @@ class PolicyCritic(nn.Module):
             out = self.lm.generate(
                 input_ids=query.to(dev),
                 attention_mask=query_mask.to(dev),
-                do_sample=True,
-                temperature=temperature or self.temperature,
-                top_k=0,
-                top_p=1.0,
-                min_p=0.0,
-                typical_p=1.0,
-                epsilon_cutoff=0.0,
-                eta_cutoff=0.0,
-                repetition_penalty=1.0,
-                no_repeat_ngram_size=0,
-                num_beams=1,
-                max_new_tokens=max_new_tokens,
-                eos_token_id=self.eos_ids,
-                pad_token_id=self.tok.pad_token_id,
-                use_cache=True,
+                **sampling_kwargs(
+                    max_new_tokens,
+                    temperature or self.temperature,
+                    self.eos_ids,
+                    self.tok.pad_token_id,
+                ),
             )
         response = out[:, query.shape[1] :].cpu()
         return truncate_after_eos(response, self.eos_ids, self.tok.pad_token_id)
@@ -493,7 +429,7 @@ def new_critic(
     from peft import get_peft_model
 
     base, tok = load_base(sft_dir, device)
-    peft_model = get_peft_model(base, peft_lora_config(lora), adapter_name=CRITIC)
+    peft_model = get_peft_model(base, models.lora_config(lora), adapter_name=CRITIC)
     head = ValueHead(base.config.hidden_size).to(base.device)
     return PolicyCritic(peft_model, head, tok)
 
@@ -524,7 +460,7 @@ def load_policy_critic(
 
     read_critic_info(critic_dir)
     base, tok = load_base(sft_dir, device)
-    peft_model = get_peft_model(base, peft_lora_config(policy_lora), adapter_name=POLICY)
+    peft_model = get_peft_model(base, models.lora_config(policy_lora), adapter_name=POLICY)
     peft_model.load_adapter(
         str(Path(critic_dir) / ADAPTER_DIR), adapter_name=CRITIC, is_trainable=True
     )

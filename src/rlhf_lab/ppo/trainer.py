@@ -5,7 +5,7 @@ field of :class:`rlhf_lab.config.PpoConfig` (``params.yaml: ppo``), used directl
 
     rows      = next ppo.batch_size prompts (a seeded shuffle per pass over data/prompts)
     response  = sample(policy, T = ppo.temperature, stop at EOS, ≤ ppo.max_new_tokens)
-    score     = Σ w_c · component_c  (rlhf_lab.ppo.scoring), clipped to ±ppo.score_clip
+    score     = Σ w_c · component_c  (rlhf_lab.ppo.composite_score), clipped to ±ppo.score_clip
     logp, ref, V = policy / reference / critic on the sampled tokens (no grad, per minibatch)
     r_t       = -β·KL_t, + score at the last token, - ppo.missing_eos_penalty if no EOS
     A, R      = GAE(r, V; γ = ppo.gamma, λ = ppo.lam); A whitened over the batch
@@ -44,6 +44,7 @@ from rlhf_lab import ui
 from rlhf_lab.config import PpoConfig
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.io import atomic_dir
+from rlhf_lab.ppo.composite_score import Scores
 from rlhf_lab.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
@@ -62,12 +63,11 @@ from rlhf_lab.ppo.model import (
     chat_prompt_ids,
     load_adapter_dir,
     load_critic_weights,
-    pad_left,
     save_adapter,
     save_critic,
     trim_batch,
 )
-from rlhf_lab.ppo.scoring import Scores
+from rlhf_lab.tokens import pad
 
 Row = dict[str, Any]
 Scorer = Callable[[Sequence[str], Sequence[Row], int], Scores]
@@ -178,7 +178,7 @@ class PpoTrainer:
     """PPO on ``model`` (policy + critic adapters) over prompt ``rows``, maximising ``scorer``.
 
     ``scorer(replies, rows, step) -> Scores`` is usually a
-    :class:`rlhf_lab.ppo.scoring.CompositeScorer`. ``checkpoint_dir`` / ``plots_dir`` are
+    :class:`rlhf_lab.ppo.composite_score.CompositeScorer`. ``checkpoint_dir`` / ``plots_dir`` are
     optional (tests run without curves). Call :meth:`train`.
     """
 
@@ -228,7 +228,7 @@ class PpoTrainer:
         cfg, model, tok = self.cfg, self.model, self.tok
         idx = batch_indices(step, len(self.rows), cfg.batch_size, cfg.seed)
         rows = [self.rows[i] for i in idx]
-        query, query_mask = pad_left([self.prompt_ids[i] for i in idx], tok.pad_token_id)
+        query, query_mask = pad([self.prompt_ids[i] for i in idx], tok.pad_token_id)
 
         t0 = time.perf_counter()
         with torch.inference_mode():

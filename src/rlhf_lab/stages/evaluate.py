@@ -6,8 +6,8 @@ Reads ``task``, ``eval`` and ``reward.length_band`` (and ``judge`` when ``eval.j
 ``data/prompts/test.jsonl``, ``models/{sft,ppo,reward}`` and ``models/base/encoder``. Writes
 ``metrics/evaluate.json`` (flat keys: ``sft/...``, ``ppo/...``, ``ref/...``, ``delta/...``,
 ``verdict/...``), ``reports/samples.jsonl``, ``reports/report.md`` and ``plots/evaluate/``
-(PNGs plus DVC plot data). The library is ``rlhf_lab.evaluation.evaluate`` (generation,
-scoring, statistics, gates) and ``rlhf_lab.evaluation.report`` (report and plots).
+(PNGs plus DVC plot data). The library is ``rlhf_lab.evaluation.evaluate`` (sampling,
+scoring, metrics, gates) and ``rlhf_lab.evaluation.report`` (report and plots).
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from rlhf_lab.evaluation import report
 from rlhf_lab.evaluation.evaluate import EvalPaths, JudgeScorer, load_prompt_rows, run_evaluation
 from rlhf_lab.io import atomic_dir, write_json, write_jsonl
 from rlhf_lab.models import read_provenance
-from rlhf_lab.tasks import crs
 
 PROMPTS = Path("data/prompts/test.jsonl")
 REPORTS_DIR = Path("reports")
@@ -33,8 +32,10 @@ PATHS = EvalPaths()
 def _judge_factory(params: Params) -> JudgeScorer:
     # Imported only when eval.judge is on: building a judge loads a second LM (local backend).
     from rlhf_lab.judge import build_judge
+    from rlhf_lab.tasks.crs import load_catalogue
 
-    return build_judge(params.judge, params.task.name, progress=True).score
+    catalogue = load_catalogue(params.data.catalogue) if params.task.name == "crs" else None
+    return build_judge(params.judge, params.task.name, progress=True, catalogue=catalogue).score
 
 
 def _run_params(params: Params) -> dict[str, Any]:
@@ -50,14 +51,10 @@ def _run_params(params: Params) -> dict[str, Any]:
 
 def main(params: Params, **_: Any) -> None:
     cfg = params.eval
-    crs.use_params_catalogue(params.task.name, params.data.catalogue)
     rows = load_prompt_rows(PROMPTS, cfg.num_prompts)
     result = run_evaluation(
         rows,
-        cfg,
-        task=params.task.name,
-        system_prompt=params.task.system_prompt,
-        length_band=params.reward.length_band,
+        params,
         paths=PATHS,
         judge_factory=(lambda: _judge_factory(params)) if cfg.judge else None,
     )

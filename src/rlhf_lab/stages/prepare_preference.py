@@ -18,8 +18,8 @@ from rlhf_lab import models, ui
 from rlhf_lab.config import Params
 from rlhf_lab.data import pairs, prepare
 from rlhf_lab.errors import DataError, ModelSourceError
-from rlhf_lab.generation import default_device
 from rlhf_lab.io import atomic_dir, write_json, write_jsonl
+from rlhf_lab.tokens import default_device
 
 POLICY_DIR = Path("models/base/policy")
 PROMPTS_DIR = Path("data/prompts")

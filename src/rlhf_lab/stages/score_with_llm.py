@@ -46,10 +46,10 @@ def main(params: Params, **_: Any) -> None:
             )
         result = unscored(splits)
     else:
-        from rlhf_lab.tasks import crs
+        from rlhf_lab.reward_components import RuleContext
 
-        crs.use_params_catalogue(params.task.name, params.data.catalogue)
-        judge = build_judge(cfg, params.task.name, progress=True)
+        catalogue = RuleContext.from_params(params).catalogue
+        judge = build_judge(cfg, params.task.name, progress=True, catalogue=catalogue)
         result = score_preference(
             judge,
             splits,

@@ -21,10 +21,10 @@ from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
 from rlhf_lab.io import atomic_dir, read_jsonl, write_json
+from rlhf_lab.ppo.composite_score import active_components, build_scorer, describe
 from rlhf_lab.ppo.model import export_policy, load_policy_critic
-from rlhf_lab.ppo.scoring import REWARD_MODEL, active_components, build_scorer, describe
 from rlhf_lab.ppo.trainer import PpoTrainer
-from rlhf_lab.tasks import crs
+from rlhf_lab.reward_components import REWARD_MODEL
 
 PROMPTS = Path("data/prompts/train.jsonl")
 SFT_DIR = Path("models/sft")
@@ -38,7 +38,6 @@ METRICS = Path("metrics/train_ppo.json")
 
 def main(params: Params, resume: bool = False, **_: Any) -> None:
     cfg = params.ppo
-    crs.use_params_catalogue(params.task.name, params.data.catalogue)
     for path, stage in ((SFT_DIR, "train_sft"), (CRITIC_DIR, "train_critic")):
         if not path.is_dir():
             raise DataError(f"{path}: not found (run `rlhf-lab {stage}` first)")
@@ -51,13 +50,7 @@ def main(params: Params, resume: bool = False, **_: Any) -> None:
     if not rows:
         raise DataError(f"{PROMPTS}: no prompts")
 
-    scorer = build_scorer(
-        params.reward,
-        cfg.steps,
-        reward_model_dir=REWARD_DIR,
-        judge_cfg=params.judge,
-        task=params.task.name,
-    )
+    scorer = build_scorer(params, cfg.steps, reward_model_dir=REWARD_DIR)
     torch.manual_seed(cfg.seed)  # the policy adapter's init
     model = load_policy_critic(SFT_DIR, CRITIC_DIR, cfg.lora, cfg.temperature)
     trainer = PpoTrainer(

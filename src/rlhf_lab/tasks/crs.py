@@ -24,10 +24,11 @@ Which titles need extra evidence (the rule, because a reward must not pay for or
   sentence. So "I saw Up last week" is a mention, "I grew up on Pixar" and "Big fan!" are not.
   Without this a policy would collect partial credit for saying "up" or "fun".
 
-Reward (:func:`recommendation_score`, registered as ``crs/recommendation``): 1.0 when the reply
+Reward (:func:`recommendation_score`, the ``crs/recommendation`` component): 1.0 when the reply
 mentions a gold movie, :data:`PARTIAL_CREDIT` when it mentions some other known movie (it did
 recommend, just not the gold one), 0.0 when it mentions none. "Known" means the row's
-``meta["movies"]``, the gold names, and the global catalogue if :func:`set_catalogue` loaded one.
+``meta["movies"]``, the gold names, and ``data.catalogue`` when set (:func:`load_catalogue`;
+:mod:`rlhf_lab.reward_components` passes it to every caller explicitly).
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ from __future__ import annotations
 import csv
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rlhf_lab.rewards import Row, register
+from rlhf_lab.data.rows import Row
+from rlhf_lab.errors import DataError
 
 PARTIAL_CREDIT = 0.3
 """Score for recommending a known movie that is not in the dialogue's gold set."""
@@ -303,26 +305,21 @@ def _read_catalogue_csv(path: str | Path) -> list[tuple[str, str]]:
         return [(row["movieId"].strip(), row["movieName"]) for row in reader]
 
 
-_GLOBAL: MovieCatalogue | None = None
+def load_catalogue(path: str | Path | None) -> MovieCatalogue | None:
+    """``data.catalogue`` as a :class:`MovieCatalogue` (None when unset).
 
-
-def set_catalogue(path_or_none: str | Path | None) -> MovieCatalogue | None:
-    """Load the global catalogue from a ReDial CSV (``None`` clears it); returns it."""
-    global _GLOBAL
-    _GLOBAL = None if path_or_none is None else MovieCatalogue.from_csv(path_or_none)
-    return _GLOBAL
-
-
-def use_params_catalogue(task: str, path: str | Path | None) -> None:
-    """What every stage that scores crs replies calls first: load ``data.catalogue`` (if set)
-    as the global catalogue, so scoring recognises movies outside each dialogue's own."""
-    if task == "crs" and path:
-        set_catalogue(path)
-
-
-def get_catalogue() -> MovieCatalogue | None:
-    """The global catalogue set by :func:`set_catalogue`, or None."""
-    return _GLOBAL
+    The one loader every stage uses, so a missing or malformed file is the same one-line
+    :class:`~rlhf_lab.errors.DataError` wherever it is read.
+    """
+    if not path:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.catalogue: file not found ({path})")
+    try:
+        return MovieCatalogue.from_csv(path)
+    except (ValueError, KeyError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"data.catalogue: {exc}") from None
 
 
 def _gold(row: Row) -> tuple[set[str], dict[str, str]]:
@@ -342,11 +339,8 @@ def _gold(row: Row) -> tuple[set[str], dict[str, str]]:
 
 
 def row_catalogue(row: Row, catalogue: MovieCatalogue | None = None) -> MovieCatalogue:
-    """The catalogue for one row: its ``meta["movies"]`` and gold names over ``catalogue``.
-
-    ``catalogue`` defaults to the global one (:func:`set_catalogue`).
-    """
-    base = catalogue if catalogue is not None else _GLOBAL
+    """The catalogue for one row: its ``meta["movies"]`` and gold names over ``catalogue``."""
+    base = catalogue
     movies: dict[str, str] = {}
     _, gold_names = _gold(row)
     movies.update(gold_names)
@@ -373,7 +367,7 @@ def recommendation_score(
     """1.0 if ``reply`` mentions a gold movie, ``partial_credit`` for another known one, else 0.
 
     A gold entry given by name also matches any catalogue movie with the same
-    :func:`normalize_title` key. ``catalogue`` defaults to the global one.
+    :func:`normalize_title` key. ``catalogue`` adds movies beyond the row's own.
     """
     mentioned, hit = _mentions(reply, row, catalogue)
     if hit:
@@ -381,14 +375,14 @@ def recommendation_score(
     return float(partial_credit) if mentioned else 0.0
 
 
-def recommendation_hit(reply: str, row: Row) -> bool:
+def recommendation_hit(reply: str, row: Row, catalogue: MovieCatalogue | None = None) -> bool:
     """Does ``reply`` mention one of the row's gold movies? (evaluate's hit rate)"""
-    return _mentions(reply, row, None)[1]
+    return _mentions(reply, row, catalogue)[1]
 
 
-def recommends_any(reply: str, row: Row) -> bool:
+def recommends_any(reply: str, row: Row, catalogue: MovieCatalogue | None = None) -> bool:
     """Does ``reply`` mention any known movie? (evaluate's recommendation rate)"""
-    return bool(_mentions(reply, row, None)[0])
+    return bool(_mentions(reply, row, catalogue)[0])
 
 
 GENERIC_REPLY = "I'm not sure. What kind of movies do you like?"
@@ -450,9 +444,17 @@ def bad_reply_variants(row: Row) -> dict[str, str]:
     return out
 
 
-@register("crs/recommendation")
-def recommendation(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
-    """Reward component: :func:`recommendation_score` per reply, global catalogue."""
-    if len(replies) != len(rows):
-        raise ValueError(f"{len(replies)} replies for {len(rows)} rows")
-    return [recommendation_score(reply, row) for reply, row in zip(replies, rows, strict=True)]
+def recommendation_reward(
+    catalogue: MovieCatalogue | None,
+) -> Callable[[Sequence[str], Sequence[Row]], list[float]]:
+    """The ``crs/recommendation`` component: :func:`recommendation_score` over ``catalogue``."""
+
+    def score(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
+        if len(replies) != len(rows):
+            raise ValueError(f"{len(replies)} replies for {len(rows)} rows")
+        return [
+            recommendation_score(reply, row, catalogue)
+            for reply, row in zip(replies, rows, strict=True)
+        ]
+
+    return score

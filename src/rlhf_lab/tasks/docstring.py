@@ -42,12 +42,12 @@ import ast
 import functools
 import re
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import sacrebleu
 
-from rlhf_lab.rewards import Row, register
+from rlhf_lab.data.rows import Row
 
 LENGTH_MIN_WORDS = 3
 """Shortest docstring (in whitespace-separated words) with full length score."""
@@ -497,46 +497,18 @@ def bad_docstrings(code: str) -> list[str]:
     return list(bad_docstring_variants(code).values())
 
 
-def _per_reply(component: str, replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
-    if len(replies) != len(rows):
-        raise ValueError(f"{len(replies)} replies for {len(rows)} rows")
-    return [
-        score_components(reply, row, (component,))[component]
-        for reply, row in zip(replies, rows, strict=True)
-    ]
+def component_reward(component: str) -> Callable[[Sequence[str], Sequence[Row]], list[float]]:
+    """The ``docstring/<component>`` reward: :func:`score_components` of that one component
+    per reply (``component`` is a short name from :data:`COMPONENTS`)."""
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown docstring component {component!r}; known: {list(COMPONENTS)}")
 
+    def score(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
+        if len(replies) != len(rows):
+            raise ValueError(f"{len(replies)} replies for {len(rows)} rows")
+        return [
+            score_components(reply, row, (component,))[component]
+            for reply, row in zip(replies, rows, strict=True)
+        ]
 
-@register("docstring/param_coverage")
-def param_coverage_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
-    """Reward component: :func:`param_coverage` per reply."""
-    return _per_reply("param_coverage", replies, rows)
-
-
-@register("docstring/return_mention")
-def return_mention_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
-    """Reward component: :func:`return_mention` per reply."""
-    return _per_reply("return_mention", replies, rows)
-
-
-@register("docstring/raises_mention")
-def raises_mention_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
-    """Reward component: :func:`raises_mention` per reply."""
-    return _per_reply("raises_mention", replies, rows)
-
-
-@register("docstring/control_flow")
-def control_flow_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
-    """Reward component: :func:`control_flow` per reply."""
-    return _per_reply("control_flow", replies, rows)
-
-
-@register("docstring/length")
-def length_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
-    """Reward component: :func:`length_score` per reply."""
-    return _per_reply("length", replies, rows)
-
-
-@register("docstring/bleu")
-def bleu_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
-    """Reward component: :func:`bleu_score` per reply against ``row["reference"]``."""
-    return _per_reply("bleu", replies, rows)
+    return score

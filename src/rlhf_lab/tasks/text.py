@@ -1,11 +1,13 @@
 """Generic per-reply reward components, usable by every task: ``text/*``.
 
-Each is a pure ``(replies, rows) -> list[float]`` in [0, 1] (see ``rlhf_lab.rewards``):
+Each is a pure ``(replies, rows) -> list[float]`` in [0, 1]; :mod:`rlhf_lab.reward_components`
+names them and binds their params:
 
 - ``text/bleu``: smoothed sentence BLEU-4 against ``row["reference"]``;
 - ``text/bleu2``: the same with BLEU-2, kinder to short dialogue replies;
 - ``text/distinct``: mean of the reply's own distinct-1 and distinct-2 (penalises repetition);
-- ``text/length``: 1 inside :data:`LENGTH_BAND` whitespace tokens, linear fall-off outside.
+- ``text/length``: 1 inside the ``reward.length_band`` of whitespace tokens, linear fall-off
+  outside (:func:`length_reward` binds the band).
 
 A row whose ``reference`` is missing, None or blank scores 0 on the BLEU components, so rows
 without references cannot earn (or lose) reward from them.
@@ -13,17 +15,10 @@ without references cannot earn (or lose) reward from them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+from rlhf_lab.data.rows import Row
 from rlhf_lab.evaluation.text_metrics import distinct_n, sentence_bleu
-from rlhf_lab.rewards import Row, register
-
-# Target reply length in whitespace tokens, inclusive. Under 5 tokens a chat or recommendation
-# reply is little more than "ok" / "sure"; an upper edge matters because RL-tuned policies
-# drift towards longer replies when the reward correlates with length (Singhal et al. 2023,
-# "A Long Way to Go: Investigating Length Correlations in RLHF"). 60 tokens is meant as a
-# generous cap for one dialogue turn. Callers with other needs pass their own band to length_score.
-LENGTH_BAND: tuple[int, int] = (5, 60)
 
 
 def _reference(row: Row) -> str:
@@ -38,13 +33,11 @@ def _bleu_rewards(replies: Sequence[str], rows: Sequence[Row], n: int) -> list[f
     ]
 
 
-@register("text/bleu")
 def bleu_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
     """Smoothed sentence BLEU-4 of each reply to its row's reference, in [0, 1]."""
     return _bleu_rewards(replies, rows, n=4)
 
 
-@register("text/bleu2")
 def bleu2_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
     """Smoothed sentence BLEU-2 of each reply to its row's reference, in [0, 1]."""
     return _bleu_rewards(replies, rows, n=2)
@@ -60,7 +53,6 @@ def reply_distinct(reply: str) -> float:
     return (distinct_n([reply], 1) + distinct_n([reply], 2)) / 2.0
 
 
-@register("text/distinct")
 def distinct_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
     """Per-reply diversity: mean of the reply's distinct-1 and distinct-2, in [0, 1]."""
     if len(replies) != len(rows):
@@ -68,7 +60,7 @@ def distinct_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
     return [reply_distinct(reply) for reply in replies]
 
 
-def length_score(n_tokens: int, lo: int = LENGTH_BAND[0], hi: int = LENGTH_BAND[1]) -> float:
+def length_score(n_tokens: int, lo: int, hi: int) -> float:
     """Length sanity term in [0, 1] for a reply of ``n_tokens`` tokens and band ``[lo, hi]``.
 
     1.0 inside the band (inclusive). Below it the score rises linearly from 0 at 0 tokens to 1
@@ -86,9 +78,18 @@ def length_score(n_tokens: int, lo: int = LENGTH_BAND[0], hi: int = LENGTH_BAND[
     return max(0.0, 1.0 - (n_tokens - hi) / hi)
 
 
-@register("text/length")
-def length_reward(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
-    """:func:`length_score` of each reply's whitespace-token count with :data:`LENGTH_BAND`."""
-    if len(replies) != len(rows):
-        raise ValueError(f"got {len(replies)} replies but {len(rows)} rows")
-    return [length_score(len(reply.split())) for reply in replies]
+def length_reward(lo: int, hi: int) -> Callable[[Sequence[str], Sequence[Row]], list[float]]:
+    """The ``text/length`` component for the band ``[lo, hi]`` (``reward.length_band``).
+
+    Why a band with an upper edge: under 12 words a chat reply is little more than "ok" /
+    "sure", and RL-tuned policies drift towards longer replies when the reward correlates with
+    length (Singhal et al. 2023, "A Long Way to Go: Investigating Length Correlations in RLHF").
+    """
+    length_score(0, lo, hi)  # validate the band once, here, not per reply
+
+    def score(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
+        if len(replies) != len(rows):
+            raise ValueError(f"got {len(replies)} replies but {len(rows)} rows")
+        return [length_score(len(reply.split()), lo, hi) for reply in replies]
+
+    return score

@@ -122,17 +122,11 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig, task_type: str = "CAUSA
     LoRA's B matrices start at zero (Hu et al. 2021, sec. 4.1), so the wrapped model computes
     exactly what the base model does until the first update.
     """
-    from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    config = PeftLoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
-        task_type=task_type,
-    )
-    return get_peft_model(model, config)
+    from rlhf_lab.models import lora_config
+
+    return get_peft_model(model, lora_config(lora, task_type))
 
 
 def trainable_parameters(model: torch.nn.Module) -> int:

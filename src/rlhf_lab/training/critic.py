@@ -43,15 +43,15 @@ from rlhf_lab import models
 from rlhf_lab.config import CriticConfig
 from rlhf_lab.errors import DataError
 from rlhf_lab.io import atomic_dir
+from rlhf_lab.judge.rubrics import OVERALL
 from rlhf_lab.ppo.core import masked_mean
 from rlhf_lab.ppo.model import (
     PolicyCritic,
     chat_prompt_ids,
     new_critic,
-    pad_left,
-    pad_right,
     save_critic,
 )
+from rlhf_lab.tokens import pad
 from rlhf_lab.training.common import (
     Curves,
     LengthGroupedBatches,
@@ -65,8 +65,6 @@ from rlhf_lab.training.common import (
     state_dict_for_saving,
     train_mode,
 )
-
-OVERALL = "overall"
 
 
 @dataclass(frozen=True)
@@ -178,8 +176,8 @@ class Collator:
         self.pad_id = pad_id
 
     def __call__(self, batch: Sequence[Example]) -> dict[str, torch.Tensor]:
-        query, query_mask = pad_left([e.prompt_ids for e in batch], self.pad_id)
-        response, response_mask = pad_right([e.reply_ids for e in batch], self.pad_id)
+        query, query_mask = pad([e.prompt_ids for e in batch], self.pad_id)
+        response, response_mask = pad([e.reply_ids for e in batch], self.pad_id, side="right")
         target = torch.tensor([e.target for e in batch], dtype=torch.float32)
         return {
             "query": query,

@@ -148,7 +148,7 @@ class SftCollator:
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
-        from rlhf_lab.generation import position_ids
+        from rlhf_lab.tokens import position_ids
 
         width = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)

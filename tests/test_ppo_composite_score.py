@@ -5,14 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf_lab import rewards
-from rlhf_lab.config import RewardConfig
+from rlhf_lab import reward_components
+from rlhf_lab.config import JudgeConfig, Params
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.ppo import scoring
-from rlhf_lab.ppo.scoring import (
+from rlhf_lab.ppo.composite_score import (
     CompositeScorer,
     active_components,
-    build_components,
     build_scorer,
     scheduled_weights,
 )
@@ -65,17 +63,20 @@ def test_scheduled_composite_changes_weight_over_steps():
 
 def test_unknown_component_names_the_known_ones():
     with pytest.raises(ConfigError, match=r"unknown component 'text/bleuu'.*text/bleu"):
-        build_components(["text/bleuu"])
+        reward_components.build(["text/bleuu"], Params())
     with pytest.raises(ConfigError, match="every weight is 0"):
         CompositeScorer({}, {"a": 0.0})
 
 
 def test_rule_components_and_length_band_from_params():
-    cfg = RewardConfig(
-        weights={"text/length": 1.0, "text/bleu": 1.0, "judge": 0.0}, length_band=[2, 3]
+    params = Params(
+        reward={
+            "weights": {"text/length": 1.0, "text/bleu": 1.0, "judge": 0.0},
+            "length_band": [2, 3],
+        }
     )
     # judge has weight 0: never built (its module is not even needed)
-    scorer = build_scorer(cfg, total_steps=1)
+    scorer = build_scorer(params, total_steps=1)
     assert set(scorer.components) == {"text/length", "text/bleu"}
     rows = prompt_rows(2)
     replies = ["a b", rows[1]["reference"]]
@@ -84,28 +85,24 @@ def test_rule_components_and_length_band_from_params():
     assert out.components["text/length"].tolist() == [1.0, 0.0]
     assert out.components["text/bleu"][1].item() == pytest.approx(1.0)
     assert out.components["text/bleu"][0].item() < 0.5
-    # the registered text/length (fixed band) is what you get without a band
-    assert build_components(["text/length"])["text/length"] is rewards.get("text/length")
 
 
 def test_judge_is_built_only_when_weighted(monkeypatch):
     built = []
 
-    def fake_judge(cfg, task):
+    def fake_judge(cfg, task, catalogue):
         built.append(task)
         return lambda replies, rows: [0.25] * len(replies)
 
-    monkeypatch.setattr(scoring, "_judge_component", fake_judge)
-    from rlhf_lab.config import JudgeConfig
-
-    judge_cfg = JudgeConfig()
-    build_scorer(RewardConfig(weights={"text/distinct": 1.0, "judge": 0.0}), 1, judge_cfg=judge_cfg)
+    monkeypatch.setattr(reward_components, "_judge_component", fake_judge)
+    build_scorer(Params(reward={"weights": {"text/distinct": 1.0, "judge": 0.0}}), 1)
     assert built == []
-    scorer = build_scorer(RewardConfig(weights={"judge": 2.0}), 1, judge_cfg=judge_cfg, task="crs")
+    params = Params(task={"name": "crs"}, reward={"weights": {"judge": 2.0}})
+    scorer = build_scorer(params, 1)
     assert built == ["crs"]
     assert scorer(["x"], prompt_rows(1)).total.tolist() == [0.5]
     with pytest.raises(ConfigError, match=r"judge\.backend is 'none'"):
-        build_components(["judge"], judge_cfg=JudgeConfig(backend="none"))
+        reward_components.build(["judge"], Params(judge=JudgeConfig(backend="none")))
 
 
 def test_reward_model_component_is_normalised(tiny_models, tmp_path):
@@ -114,9 +111,10 @@ def test_reward_model_component_is_normalised(tiny_models, tmp_path):
     rm_dir = make_reward_model(tiny_models["encoder"], tmp_path / "reward")
     rows = prompt_rows(3)
     replies = ["thank you", "no", "you should watch the matrix"]
-    scorer = build_scorer(RewardConfig(weights={"reward_model": 1.0}), 1, reward_model_dir=rm_dir)
+    params = Params(reward={"weights": {"reward_model": 1.0}})
+    scorer = build_scorer(params, 1, reward_model_dir=rm_dir)
     got = scorer(replies, rows).components["reward_model"]
     raw = RewardModel(rm_dir).score([r["prompt"] for r in rows], replies, normalize=False)
     torch.testing.assert_close(got, (raw - 0.1) / 0.5)
     with pytest.raises(ConfigError, match="train_reward"):
-        build_components(["reward_model"], reward_model_dir=tmp_path / "nothing")
+        reward_components.build(["reward_model"], Params(), reward_model_dir=tmp_path / "nothing")

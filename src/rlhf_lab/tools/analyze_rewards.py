@@ -43,7 +43,7 @@ def main(
     source = input or INPUT
     inputs = ar.load_inputs(source, task, params.data, limit)
     weights, weights_source = ar.task_weights(task, params.reward.weights)
-    fns = ar.component_functions(task, params.data.catalogue)
+    fns = ar.component_functions(task, params)
     check = ar.run_check(inputs.rows, task, fns, weights, weights_source)
     metrics = dict(check.metrics)
     metrics["analyze/rows_skipped"] = inputs.skipped

@@ -8,9 +8,11 @@ Components (``reward.weights`` keys):
   mean/std of its scores on the training replies that ``train_reward`` saved (so ~N(0, 1));
 - ``judge``: the LLM judge's ``overall`` rating mapped to [0, 1] (``rlhf_lab.judge.to_unit``);
   only built — and ``rlhf_lab.judge`` only imported — when its weight is non-zero somewhere;
-- any rule component of the registry in :mod:`rlhf_lab.rewards` (``text/bleu``,
-  ``text/distinct``, ``text/length``, ``crs/recommendation``, ``docstring/...``), in [0, 1].
-  ``text/length`` uses ``reward.length_band``.
+- any rule component (``text/bleu``, ``text/distinct``, ``text/length``,
+  ``crs/recommendation``, ``docstring/...``), in [0, 1].
+
+Every component comes from :func:`rlhf_lab.reward_components.build`, the one factory that PPO,
+evaluate and analyze_rewards share.
 
 Weights: constant (``reward.weights``), or, when ``reward.weights_end`` is set, linear from
 ``weights`` at the first PPO step to ``weights_end`` at the last (a component missing from one
@@ -20,25 +22,21 @@ every step, so its curve is continuous even while its weight is 0.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rlhf_lab import rewards
-from rlhf_lab.config import JudgeConfig, RewardConfig
+from rlhf_lab import reward_components
+from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import ConfigError
 
-Row = rewards.Row
-ComponentFn = Callable[[Sequence[str], Sequence[Row]], Sequence[float] | torch.Tensor]
+if TYPE_CHECKING:
+    from rlhf_lab.config import Params
 
-REWARD_MODEL = "reward_model"
-JUDGE = "judge"
-MODEL_COMPONENTS = (REWARD_MODEL, JUDGE)
-JUDGE_FAILED = 0.5
-"""Unit score given to a reply the judge failed to rate: neutral, neither rewarded nor punished."""
+ComponentFn = reward_components.RewardFn
 
 
 def scheduled_weights(
@@ -132,107 +130,19 @@ class CompositeScorer:
 # ---------------------------------------------------------------------------------------------
 
 
-def known_components() -> list[str]:
-    return [*MODEL_COMPONENTS, *rewards.names()]
-
-
-def _reward_model_component(model_dir: str | Path) -> ComponentFn:
-    from rlhf_lab.reward_model import RewardModel
-
-    if not (Path(model_dir) / "config.json").is_file():
-        raise ConfigError(
-            f"params.yaml: reward.weights.reward_model is non-zero but {model_dir} holds no "
-            "reward model (run `rlhf-lab train_reward`)"
-        )
-    rm = RewardModel(model_dir)
-
-    def score(replies: Sequence[str], rows: Sequence[Row]) -> torch.Tensor:
-        # Normalised with train_reward's mean/std: ~N(0, 1) on the training replies.
-        return rm.score([r["prompt"] for r in rows], list(replies), normalize=True)
-
-    return score
-
-
-def _judge_component(judge_cfg: JudgeConfig, task: str) -> ComponentFn:
-    # Imported only here: the judge loads a second LLM, which PPO must not pay for at weight 0.
-    from rlhf_lab.judge import OVERALL, build_judge, to_unit
-
-    judge = build_judge(judge_cfg, task, use_cache=False)
-
-    def score(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
-        out = []
-        for s in judge.score(rows, replies):
-            unit = to_unit(s.get(OVERALL))
-            out.append(JUDGE_FAILED if unit is None else float(unit))
-        return out
-
-    return score
-
-
-def _length_component(band: Sequence[int]) -> ComponentFn:
-    from rlhf_lab.tasks.text import length_score
-
-    lo, hi = int(band[0]), int(band[1])
-
-    def score(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
-        return [length_score(len(r.split()), lo, hi) for r in replies]
-
-    return score
-
-
-def build_components(
-    names: Sequence[str],
-    *,
-    reward_model_dir: str | Path | None = None,
-    judge_cfg: JudgeConfig | None = None,
-    task: str = "chat",
-    length_band: Sequence[int] | None = None,
-) -> dict[str, ComponentFn]:
-    """The component functions for ``names``; an unknown name fails with the known ones."""
-    known = known_components()
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ConfigError(
-            f"params.yaml: reward.weights: unknown component {unknown[0]!r}; "
-            f"known: {', '.join(known)}"
-        )
-    out: dict[str, ComponentFn] = {}
-    for name in names:
-        if name == REWARD_MODEL:
-            if reward_model_dir is None:
-                raise ConfigError("reward_model component needs models/reward")
-            out[name] = _reward_model_component(reward_model_dir)
-        elif name == JUDGE:
-            if judge_cfg is None or judge_cfg.backend == "none":
-                raise ConfigError(
-                    "params.yaml: reward.weights.judge is non-zero but judge.backend is 'none'"
-                )
-            out[name] = _judge_component(judge_cfg, task)
-        elif name == "text/length" and length_band is not None:
-            out[name] = _length_component(length_band)
-        else:
-            out[name] = rewards.get(name)
-    return out
-
-
 def build_scorer(
-    reward_cfg: RewardConfig,
+    params: Params,
     total_steps: int,
     *,
     reward_model_dir: str | Path | None = None,
-    judge_cfg: JudgeConfig | None = None,
-    task: str = "chat",
     extra_components: Mapping[str, ComponentFn] | None = None,
 ) -> CompositeScorer:
     """The scorer ``params.reward`` describes (components with zero weight are not built)."""
+    reward_cfg = params.reward
     names = active_components(reward_cfg.weights, reward_cfg.weights_end)
     extra = dict(extra_components or {})
-    built = build_components(
-        [n for n in names if n not in extra],
-        reward_model_dir=reward_model_dir,
-        judge_cfg=judge_cfg,
-        task=task,
-        length_band=reward_cfg.length_band,
+    built = reward_components.build(
+        [n for n in names if n not in extra], params, reward_model_dir=reward_model_dir
     )
     return CompositeScorer(
         {**built, **extra}, reward_cfg.weights, reward_cfg.weights_end, total_steps

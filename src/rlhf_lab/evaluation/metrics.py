@@ -1,0 +1,243 @@
+"""evaluate's statistics: per-model corpus metrics and paired policy-vs-baseline comparisons.
+
+Pure (numbers in, numbers out) and unit-tested without models. Key names are documented in
+:mod:`rlhf_lab.evaluation.evaluate`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from rlhf_lab.data.rows import Row
+from rlhf_lab.evaluation import stats, text_metrics
+from rlhf_lab.judge.rubrics import OVERALL
+from rlhf_lab.reward_components import REWARD_MODEL
+
+MODELS = ("sft", "ppo")
+"""The two policies compared; ``ref`` (the human references) is scored alongside."""
+
+
+CONFIDENCE = 0.95
+"""Level of every confidence interval in the metrics."""
+
+
+@dataclass
+class ModelOutputs:
+    """One model's (or the references') replies to the eval rows and their per-row scores.
+
+    Every array is aligned with the rows; NaN marks "not scored" (a reference-based metric on
+    a row without reference, a row with no reference for ``ref``, a failed judge rating).
+    """
+
+    texts: list[str]
+    """Replies (``""`` where a reference is missing)."""
+    valid: np.ndarray
+    """Rows this output exists for (all for the policies; rows with a reference for ref)."""
+    n_tokens: list[int] | None = None
+    """Policy tokens per reply, EOS included (None for the references)."""
+    eos: list[bool] | None = None
+    """Whether the reply ended with EOS (None for the references)."""
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
+    """Component name (``reward_model``, ``text/bleu``...) -> per-row score."""
+    bertscore_f1: np.ndarray | None = None
+    """BERTScore F1 against the reference per row (NaN without reference)."""
+    judge: dict[str, np.ndarray] | None = None
+    """Judge dimension (and ``overall``) -> per-row rating (NaN where the judge failed)."""
+    task_flags: dict[str, np.ndarray] = field(default_factory=dict)
+    """Task-specific 0/1 outcomes per row, e.g. crs ``rec_hit``, ``rec_any``."""
+
+
+def _nanmean(x: np.ndarray) -> float | None:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    return float(x.mean()) if x.size else None
+
+
+def _finite(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x[np.isfinite(x)]
+
+
+def _with_ci(out: dict[str, Any], key: str, values: np.ndarray, n_boot: int, seed: int) -> None:
+    """``key`` (mean), ``key_ci_lo`` and ``key_ci_hi`` (percentile bootstrap) into ``out``."""
+    vals = _finite(values)
+    if vals.size == 0:
+        return
+    mean, lo, hi = stats.mean_ci(vals, confidence=CONFIDENCE, n_boot=n_boot, seed=seed)
+    out[key], out[f"{key}_ci_lo"], out[f"{key}_ci_hi"] = mean, lo, hi
+
+
+def reference_metrics(hyps: Sequence[str], refs: Sequence[str | None]) -> dict[str, float]:
+    """Corpus BLEU (sacrebleu; BLEU-1/2/4) and mean ROUGE-L F1 on the rows with a reference.
+
+    ``bleu`` is sacrebleu's standard corpus BLEU (equal to ``bleu4``; the gates read it).
+    Empty when no row has a reference.
+    """
+    pairs = [(h, r) for h, r in zip(hyps, refs, strict=True) if r is not None]
+    if not pairs:
+        return {}
+    h, r = [p[0] for p in pairs], [p[1] for p in pairs]
+    out = {f"bleu{n}": text_metrics.bleu_n(h, r, n) for n in (1, 2, 4)}
+    out["bleu"] = text_metrics.bleu(h, r)
+    out["rougeL"] = text_metrics.rouge_l(h, r)
+    return out
+
+
+def summarise_model(
+    out: ModelOutputs,
+    refs: Sequence[str | None] | None,
+    n_boot: int,
+    seed: int,
+) -> dict[str, float]:
+    """Corpus-level metrics of one model (keys without the ``sft/`` prefix).
+
+    ``refs`` is None for the references themselves: no reference-based metrics then.
+    """
+    texts = [t for t, ok in zip(out.texts, out.valid, strict=True) if ok]
+    m: dict[str, Any] = {}
+    if REWARD_MODEL in out.scores:
+        _with_ci(m, "rm_score", out.scores[REWARD_MODEL], n_boot, seed)
+    if refs is not None:
+        m.update(reference_metrics(out.texts, refs))
+    if out.bertscore_f1 is not None:
+        _with_ci(m, "bertscore_f1", out.bertscore_f1, n_boot, seed)
+    m["distinct1"] = text_metrics.distinct_n(texts, 1)
+    m["distinct2"] = text_metrics.distinct_n(texts, 2)
+    m["length"] = text_metrics.mean_length(texts)
+    if out.n_tokens is not None:
+        m["tokens"] = float(np.mean(out.n_tokens))
+    if out.eos is not None:
+        m["eos_rate"] = float(np.mean(out.eos))
+    for name, values in out.scores.items():
+        if name != REWARD_MODEL and (mean := _nanmean(values)) is not None:
+            m[f"reward/{name}"] = mean
+    for name, flags in out.task_flags.items():
+        if (mean := _nanmean(flags)) is not None:
+            m[f"{name}_rate"] = mean
+    if out.judge is not None:
+        for dim, values in out.judge.items():
+            if (mean := _nanmean(values)) is not None:
+                m[f"judge/{dim}"] = mean
+        overall = out.judge.get(OVERALL)
+        if overall is not None:
+            m["judge_failures"] = int(np.sum(~np.isfinite(overall)))
+    return m
+
+
+def paired_comparison(
+    prefix: str, ppo: np.ndarray, sft: np.ndarray, n_boot: int, seed: int
+) -> dict[str, float]:
+    """Win rate of PPO over SFT with a 95% paired-bootstrap CI, and paired-test p-values.
+
+    Only prompts where both scores are finite take part. Keys: ``win_rate_<prefix>`` (+ CI),
+    ``<prefix>_pvalue_wilcoxon`` (Wilcoxon signed-rank, two-sided; the headline test: it
+    does not assume normal score differences) and ``<prefix>_pvalue_ttest`` (paired t-test).
+    """
+    ppo, sft = np.asarray(ppo, dtype=np.float64), np.asarray(sft, dtype=np.float64)
+    both = np.isfinite(ppo) & np.isfinite(sft)
+    if not both.any():
+        return {}
+    a, b = ppo[both], sft[both]
+    rate, lo, hi = stats.win_rate_ci(a, b, n_boot=n_boot, seed=seed, confidence=CONFIDENCE)
+    test = stats.paired_test(a, b)
+    return {
+        f"win_rate_{prefix}": rate,
+        f"win_rate_{prefix}_ci_lo": lo,
+        f"win_rate_{prefix}_ci_hi": hi,
+        f"{prefix}_pvalue_wilcoxon": test["wilcoxon_p"],
+        f"{prefix}_pvalue_ttest": test["ttest_p"],
+    }
+
+
+def build_metrics(
+    outputs: Mapping[str, ModelOutputs],
+    refs: Sequence[str | None],
+    kl: np.ndarray,
+    *,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Every metric except the verdict: per model, references, and PPO-vs-SFT deltas."""
+    sft, ppo = outputs["sft"], outputs["ppo"]
+    per_model = {name: summarise_model(outputs[name], refs, n_boot, seed) for name in MODELS}
+    metrics: dict[str, Any] = {
+        "eval/num_prompts": len(refs),
+        "eval/num_references": sum(r is not None for r in refs),
+    }
+    for name, m in per_model.items():
+        metrics.update({f"{name}/{k}": v for k, v in m.items()})
+    if "ref" in outputs and outputs["ref"].valid.any():
+        ref_m = summarise_model(outputs["ref"], None, n_boot, seed)
+        metrics.update({f"ref/{k}": v for k, v in ref_m.items()})
+
+    # delta/<metric>: PPO minus SFT for every metric both have (CI bounds of the two
+    # means do not subtract into a CI of the difference; the paired CIs are below).
+    for key, value in per_model["ppo"].items():
+        other = per_model["sft"].get(key)
+        if key.endswith(("_ci_lo", "_ci_hi")) or other is None or key == "judge_failures":
+            continue
+        metrics[f"delta/{key}"] = float(value) - float(other)
+
+    rm_ppo, rm_sft = ppo.scores[REWARD_MODEL], sft.scores[REWARD_MODEL]
+    # CI of the mean *paired* difference: far tighter than the two marginal CIs suggest.
+    _, lo, hi = stats.mean_ci(rm_ppo - rm_sft, confidence=CONFIDENCE, n_boot=n_boot, seed=seed)
+    metrics["delta/rm_score_ci_lo"], metrics["delta/rm_score_ci_hi"] = lo, hi
+    metrics.update(
+        {f"delta/{k}": v for k, v in paired_comparison("rm", rm_ppo, rm_sft, n_boot, seed).items()}
+    )
+    if sft.judge is not None and ppo.judge is not None and OVERALL in ppo.judge:
+        judged = paired_comparison("judge", ppo.judge[OVERALL], sft.judge[OVERALL], n_boot, seed)
+        metrics.update({f"delta/{k}": v for k, v in judged.items()})
+    _with_ci(metrics, "delta/kl_ppo_sft", kl, n_boot, seed)
+    return metrics
+
+
+def component_breakdown(
+    outputs: Mapping[str, ModelOutputs], n_boot: int, seed: int
+) -> list[dict[str, Any]]:
+    """Per reward component: SFT, PPO and reference means, PPO - SFT with a paired 95% CI.
+
+    Rows are sorted by the size of the change (largest gain first); the report shows this
+    table and a bar chart of it, so a reward-model gain bought with, say, a length change is
+    visible next to it.
+    """
+    sft, ppo, ref = outputs["sft"], outputs["ppo"], outputs.get("ref")
+    rows = []
+    for name in sft.scores:
+        a, b = ppo.scores[name], sft.scores[name]
+        both = np.isfinite(a) & np.isfinite(b)
+        if not both.any():
+            continue
+        diff = a[both] - b[both]
+        _, lo, hi = stats.mean_ci(diff, confidence=CONFIDENCE, n_boot=n_boot, seed=seed)
+        p = stats.paired_test(a[both], b[both])["wilcoxon_p"]
+        ref_mean = _nanmean(ref.scores[name]) if ref is not None and name in ref.scores else None
+        rows.append(
+            {
+                "component": name,
+                "sft": float(b[both].mean()),
+                "ppo": float(a[both].mean()),
+                "ref": ref_mean,
+                "delta": float(diff.mean()),
+                "delta_ci_lo": lo,
+                "delta_ci_hi": hi,
+                "pvalue_wilcoxon": p,
+                "n": int(both.sum()),
+            }
+        )
+    return sorted(rows, key=lambda r: -r["delta"])
+
+
+def largest_changes(
+    rows: Sequence[Row], outputs: Mapping[str, ModelOutputs], k: int = 5
+) -> tuple[list[int], list[int]]:
+    """Row indices of the ``k`` largest PPO gains and ``k`` largest losses by reward model."""
+    diff = outputs["ppo"].scores[REWARD_MODEL] - outputs["sft"].scores[REWARD_MODEL]
+    order = np.argsort(-diff, kind="stable")
+    gains = [int(i) for i in order if diff[i] > 0][:k]
+    losses = [int(i) for i in order[::-1] if diff[i] < 0][:k]
+    return gains, losses

@@ -1,0 +1,52 @@
+"""Plot and CSV helpers shared by evaluate's report and analyze_rewards.
+
+Both write DVC plot data (CSVs DVC renders with ``dvc plots show``/``diff``) and matplotlib
+PNGs; the conventions live here once so the two outputs read the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+BINS = 20
+"""Histogram bins per component (fixed bins on [0, 1] line two runs' files up bin for bin)."""
+WHO = ("sft", "ppo", "ref")
+"""The reply sets compared: the baseline, the RL policy and the human references."""
+
+
+def slug(component: str) -> str:
+    """A file-name-safe form of a component name: ``text/bleu`` -> ``text_bleu``."""
+    return component.replace("/", "_")
+
+
+def num(x: float | None) -> float:
+    """A CSV number: rounded to 6 digits; None becomes NaN (written as a blank)."""
+    return float("nan") if x is None else round(float(x), 6)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    """Write a CSV (parents created); non-finite floats are written blank."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for row in rows:
+            # Blank, not "nan": vega-lite reads a blank as a gap; DVC passes "nan" through.
+            writer.writerow(
+                ["" if isinstance(x, float) and not math.isfinite(x) else x for x in row]
+            )
+    return path
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display in a DVC stage)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # must precede the pyplot import
+    import matplotlib.pyplot as plt
+
+    return plt
