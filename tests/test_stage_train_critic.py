@@ -117,7 +117,7 @@ def test_reward_model_target_regresses_on_the_rm_scores(workspace, tiny_models):
     metrics = json.loads((workspace / "metrics/train_critic.json").read_text())
     rows = [json.loads(line) for line in (workspace / "data/scored/train.jsonl").open()]
     replies = candidate_replies(rows)
-    assert metrics["target"] == "reward_model"
+    assert metrics["critic/target"] == "reward_model"
     assert metrics["train/replies"] == len(replies) == 64 and metrics["train/skipped_rows"] == 0
     rm = RewardModel(workspace / "models/reward")
     raw = rm.score([p for p, _ in replies], [r for _, r in replies])

@@ -16,6 +16,3 @@ class DataError(RlhfLabError):
 class ModelSourceError(RlhfLabError):
     """A model source could not be resolved or loaded."""
 
-
-class NotImplementedStage(RlhfLabError):
-    """A stage whose implementation has not landed yet."""

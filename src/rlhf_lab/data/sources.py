@@ -565,15 +565,9 @@ def make_parser(fmt: str, cfg: DataConfig) -> Parser:
     if fmt == "redial":
         lookup = None
         if cfg.catalogue:
-            from rlhf_lab.tasks.crs import MovieCatalogue
+            from rlhf_lab.tasks.crs import load_catalogue
 
-            path = Path(cfg.catalogue)
-            if not path.is_file():
-                raise DataError(f"data.catalogue: file not found ({path.resolve()})")
-            try:
-                lookup = MovieCatalogue.from_csv(path).name
-            except (ValueError, KeyError, UnicodeDecodeError) as exc:
-                raise DataError(f"data.catalogue: {exc}") from None
+            lookup = load_catalogue(cfg.catalogue).name
         return partial(parse_redial, max_turns=cfg.max_turns, catalogue=lookup)
     parsers = {"hh": parse_hh, "docstring": parse_docstring, "chitchat": parse_chitchat}
     return partial(parsers[fmt], max_turns=cfg.max_turns)

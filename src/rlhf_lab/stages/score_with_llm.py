@@ -46,9 +46,9 @@ def main(params: Params, **_: Any) -> None:
             )
         result = unscored(splits)
     else:
-        from rlhf_lab.reward_components import RuleContext
+        from rlhf_lab.tasks.crs import load_catalogue
 
-        catalogue = RuleContext.from_params(params).catalogue
+        catalogue = load_catalogue(params.data.catalogue) if params.task.name == "crs" else None
         judge = build_judge(cfg, params.task.name, progress=True, catalogue=catalogue)
         result = score_preference(
             judge,

@@ -116,7 +116,7 @@ def main(params: Params, **_: Any) -> None:
         return
     metrics = {
         **outcome.metrics,
-        "target": cfg.target,
+        "critic/target": cfg.target,
         "train/skipped_rows": skipped,
         "valid/skipped_rows": valid_skipped,
     }
