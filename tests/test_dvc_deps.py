@@ -112,9 +112,7 @@ def test_stage_deps_cover_every_module_it_imports(stage):
     # What `rlhf-lab <stage>` runs: the CLI module, then the stage module.
     needed = import_closure(f"{PACKAGE}.cli") | import_closure(f"{PACKAGE}.stages.{stage}")
     missing = sorted(
-        str(f.relative_to(REPO))
-        for f in needed
-        if not any(f == d or d in f.parents for d in deps)
+        str(f.relative_to(REPO)) for f in needed if not any(f == d or d in f.parents for d in deps)
     )
     assert not missing, f"dvc.yaml: stage {stage} imports modules its deps miss: {missing}"
 

@@ -15,4 +15,3 @@ class DataError(RlhfLabError):
 
 class ModelSourceError(RlhfLabError):
     """A model source could not be resolved or loaded."""
-
