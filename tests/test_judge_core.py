@@ -17,7 +17,7 @@ from rlhf_lab.judge.base import (
     mean_or_none,
     pairwise_both_orders,
 )
-from rlhf_lab.judge.cache import ScoreCache
+from rlhf_lab.judge.cache import ScoreCache, parse_record
 from rlhf_lab.judge.label import agreement, pick_pair
 
 
@@ -133,6 +133,46 @@ def test_cache_round_trip_resume_and_torn_line(tmp_path):
     assert len(ScoreCache(tmp_path, "judge-a", "sha2")) == 0  # nor another rubric
     lines = cache.path.read_text().splitlines()
     assert json.loads(lines[0]) == {"key": "k1", "value": 4.5, "mass": 0.9}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"key": "k", "value": "4.5"}',
+        '{"key": 7, "value": 4.5}',
+        '["k", 4.5]',
+        '{"key": "k", "value": true}',
+        '{"key": "k", "value": 6}',
+        '{"key": "k", "value": Infinity}',
+        '{"key": "k", "value": 4.5, "mass": 1.5}',
+        '{"key": "k", "value": 4.5, "mass": "high"}',
+        '{"key": "k", "val',
+    ],
+)
+def test_cache_record_with_wrong_types_or_values_is_not_read(line):
+    assert parse_record(line) is None
+    assert parse_record('{"key": "k", "value": 4.5, "mass": 0.9}') == ("k", 4.5, 0.9)
+    assert parse_record('{"key": "k", "value": 0.25, "mass": null}') == ("k", 0.25, None)
+
+
+def test_judge_turns_off_scale_ratings_into_invalid_failures(tmp_path):
+    class Wild(FakeBackend):
+        def rate(self, requests):
+            return [Rating(float("inf")), Rating(4.0, mass=7.0), Rating(None, "no_rating", "hm")]
+
+    reqs = [RatingRequest("chat", "helpfulness", "c", r) for r in ("a", "b", "c")]
+    cache = ScoreCache(tmp_path, "fake:1", "sha")
+    wild = Wild()
+    wild.chunk_size = 3
+    ratings = Judge(wild, "chat", cache).rate(reqs)
+    assert [(r.value, r.error) for r in ratings] == [
+        (None, "invalid"),
+        (None, "invalid"),
+        (None, "no_rating"),
+    ]
+    assert len(cache) == 0 and not cache.path.exists()  # nothing off the scale is written
+    neutral = Judge(wild, "chat", neutral_fallback=True).rate(reqs)
+    assert [(r.value, r.fallback) for r in neutral] == [(3.0, "invalid")] * 2 + [(3.0, "no_rating")]
 
 
 def test_request_key_covers_judge_rubric_and_texts():
