@@ -82,7 +82,7 @@ class MisbehavingServer:
                 user = body["messages"][-1]["content"]
                 marker = (_MARKER.search(user) or re.match("()", "")).group(1)
                 with server.lock:
-                    server.requests.append({"marker": marker, "body": body})
+                    server.requests.append({"marker": marker, "body": body, "path": self.path})
                     server.auth.append(self.headers.get("Authorization"))
                 try:
                     self._answer(marker, body, user)
@@ -256,6 +256,16 @@ def test_api_key_whitespace_is_stripped_and_a_broken_key_is_never_printed(server
     with pytest.raises(ConfigError, match=r"^\$RLHF_FAULT_KEY: the API key has whitesp") as exc:
         _backend(server).rate([_req("good")])
     assert "secret-31" not in str(exc.value) and len(server.requests) == 1
+
+
+def test_environment_proxy_is_still_used_without_redirects(server, monkeypatch):
+    # http.client replaced urllib (no redirects, a whole-request deadline): keep its proxies
+    for var in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.base_url.removesuffix("/v1"))
+    backend = OpenAIJudge("http://judge.invalid:8000/v1", "m", timeout_s=2.0, max_retries=0)
+    assert backend.rate([_req("good")])[0].value == pytest.approx(4.6, abs=1e-3)
+    assert server.requests[0]["path"] == "http://judge.invalid:8000/v1/chat/completions"
 
 
 # --- the real score_with_llm CLI --------------------------------------------------------------

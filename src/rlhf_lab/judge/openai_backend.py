@@ -32,6 +32,7 @@ another address, so it fails as ``redirect``. No key (a local server) sends no h
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
 import json
@@ -43,10 +44,11 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from rlhf_lab.config import JudgeConfig
 from rlhf_lab.errors import ConfigError
@@ -267,15 +269,42 @@ class OpenAIJudge:
             body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
         return body
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._https:
-            return http.client.HTTPSConnection(
-                self._host,
-                self._port,
+    def _connection(self) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+        """(connection, request target, extra headers): to the server, or through the proxy
+        the environment names (``HTTP(S)_PROXY``, ``NO_PROXY``), as urllib would."""
+        scheme = "https" if self._https else "http"
+        port = self._port or (443 if self._https else 80)
+        proxy = urllib.request.getproxies().get(scheme)
+        if not proxy or urllib.request.proxy_bypass(self._host):
+            if self._https:
+                context = ssl.create_default_context()
+                conn = http.client.HTTPSConnection(
+                    self._host, port, timeout=self.timeout_s, context=context
+                )
+                return conn, self._path, {}
+            return (
+                http.client.HTTPConnection(self._host, port, timeout=self.timeout_s),
+                self._path,
+                {},
+            )
+        via = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        extra: dict[str, str] = {}
+        if via.username is not None:
+            user = f"{unquote(via.username)}:{unquote(via.password or '')}"
+            extra["Proxy-Authorization"] = "Basic " + base64.b64encode(user.encode()).decode()
+        if self._https:  # a CONNECT tunnel: the proxy never sees the request or the key
+            conn = http.client.HTTPSConnection(
+                via.hostname or "",
+                via.port or 80,
                 timeout=self.timeout_s,
                 context=ssl.create_default_context(),
             )
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
+            conn.set_tunnel(self._host, port, headers=extra)
+            return conn, self._path, {}
+        conn = http.client.HTTPConnection(
+            via.hostname or "", via.port or 80, timeout=self.timeout_s
+        )
+        return conn, f"http://{self._host}:{port}{self._path}", extra
 
     def _post(self, payload: bytes, auth: str | None) -> bytes:
         """POST ``payload``; the body of a 2xx answer, else raises _Failure.
@@ -286,7 +315,8 @@ class OpenAIJudge:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if auth:
             headers["Authorization"] = auth
-        conn = self._connection()
+        conn, target, extra = self._connection()
+        headers.update(extra)
         expired = threading.Event()
 
         def expire() -> None:
@@ -304,7 +334,7 @@ class OpenAIJudge:
             conn.connect()
             if expired.is_set():  # it fired before there was a socket to shut down
                 raise timeout
-            conn.request("POST", self._path, body=payload, headers=headers)
+            conn.request("POST", target, body=payload, headers=headers)
             resp = conn.getresponse()
             status = resp.status
             if 200 <= status < 300:
