@@ -157,22 +157,35 @@ def test_cache_record_with_wrong_types_or_values_is_not_read(line):
 
 def test_judge_turns_off_scale_ratings_into_invalid_failures(tmp_path):
     class Wild(FakeBackend):
-        def rate(self, requests):
-            return [Rating(float("inf")), Rating(4.0, mass=7.0), Rating(None, "no_rating", "hm")]
+        chunk_size = 4
 
-    reqs = [RatingRequest("chat", "helpfulness", "c", r) for r in ("a", "b", "c")]
+        def rate(self, requests):
+            return [
+                Rating(float("inf")),
+                Rating(4.0, mass=7.0),
+                Rating(None, "no_rating", "hm"),
+                Rating(4.0, mass=1.0004),  # float error in the server's logprobs
+            ]
+
+    reqs = [RatingRequest("chat", "helpfulness", "c", r) for r in ("a", "b", "c", "d")]
     cache = ScoreCache(tmp_path, "fake:1", "sha")
-    wild = Wild()
-    wild.chunk_size = 3
-    ratings = Judge(wild, "chat", cache).rate(reqs)
-    assert [(r.value, r.error) for r in ratings] == [
-        (None, "invalid"),
-        (None, "invalid"),
-        (None, "no_rating"),
+    ratings = Judge(Wild(), "chat", cache).rate(reqs)
+    assert [(r.value, r.error, r.mass) for r in ratings] == [
+        (None, "invalid", None),
+        (None, "invalid", None),
+        (None, "no_rating", None),
+        (4.0, None, 1.0),
     ]
-    assert len(cache) == 0 and not cache.path.exists()  # nothing off the scale is written
-    neutral = Judge(wild, "chat", neutral_fallback=True).rate(reqs)
-    assert [(r.value, r.fallback) for r in neutral] == [(3.0, "invalid")] * 2 + [(3.0, "no_rating")]
+    # nothing off the scale is written; the clipped mass reads back
+    again = ScoreCache(tmp_path, "fake:1", "sha")
+    assert len(again) == 1 and again.get(reqs[3].key("fake:1", rubric_sha("chat"))) == (4.0, 1.0)
+    neutral = Judge(Wild(), "chat", neutral_fallback=True).rate(reqs)
+    assert [(r.value, r.fallback) for r in neutral] == [
+        (3.0, "invalid"),
+        (3.0, "invalid"),
+        (3.0, "no_rating"),
+        (4.0, None),
+    ]
 
 
 def test_request_key_covers_judge_rubric_and_texts():

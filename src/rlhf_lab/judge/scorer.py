@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rlhf_lab import ui
@@ -50,6 +50,8 @@ from rlhf_lab.judge.cache import ScoreCache
 
 OVERALL = "overall"
 """Key of the mean over a reply's rubric dimensions."""
+MASS_SLACK = 1e-3
+"""Rounding allowed above probability 1 in a backend's answer mass (clipped to 1)."""
 
 
 def to_unit(rating: float | None) -> float | None:
@@ -179,8 +181,12 @@ class Judge:
         """``rating``, an ``invalid`` failure if off the scale, or the neutral fallback."""
         if rating.value is not None and not valid_value(request, rating.value):
             rating = Rating(None, "invalid", f"judge rating {rating.value!r} is off the scale")
-        if rating.mass is not None and not 0.0 <= rating.mass <= 1.0 + 1e-6:
-            rating = Rating(None, "invalid", f"judge answer mass {rating.mass!r} is not in [0, 1]")
+        if rating.mass is not None:
+            if not 0.0 <= rating.mass <= 1.0 + MASS_SLACK:
+                detail = f"judge answer mass {rating.mass!r} is not in [0, 1]"
+                rating = Rating(None, "invalid", detail)
+            elif rating.mass > 1.0:  # float error in the server's logprobs; the cache wants <= 1
+                rating = replace(rating, mass=1.0)
         if self.neutral_fallback and rating.error in DETERMINISTIC_KINDS:
             return neutral(request, rating)
         return rating
