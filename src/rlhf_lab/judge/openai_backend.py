@@ -92,10 +92,17 @@ def _invalid(detail: str) -> _Failure:
     return _Failure("invalid", detail, False)
 
 
+def _bracketed(host: str) -> str:
+    """``host`` as it goes in a URL (an IPv6 address in brackets)."""
+    return f"[{host}]" if ":" in host else host
+
+
 def display_url(url: str) -> str:
     """``url`` without user info, query or fragment: safe to print or write to disk."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
+    if not parts.netloc:  # a relative Location
+        return parts.path
+    host = _bracketed(parts.hostname or "")
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
@@ -304,7 +311,7 @@ class OpenAIJudge:
         conn = http.client.HTTPConnection(
             via.hostname or "", via.port or 80, timeout=self.timeout_s
         )
-        return conn, f"http://{self._host}:{port}{self._path}", extra
+        return conn, f"http://{_bracketed(self._host)}:{port}{self._path}", extra
 
     def _post(self, payload: bytes, auth: str | None) -> bytes:
         """POST ``payload``; the body of a 2xx answer, else raises _Failure.
