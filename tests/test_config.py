@@ -44,6 +44,8 @@ def test_documented_yaml_round_trips():
         ({"task": {"name": "poetry"}}, "params.yaml: task.name:"),
         ({"ppo": {"batch_size": 10, "minibatches": 4}}, "must be divisible by ppo.minibatches"),
         ({"data": {"valid_fraction": 0.6, "test_fraction": 0.5}}, "must be below 1"),
+        ({"judge": {"base_url": "http://u:pw@h/v1"}}, "base_url must not hold credentials"),
+        ({"judge": {"base_url": "h:8000/v1"}}, "base_url must be an http:// or https:// URL"),
     ],
 )
 def test_bad_params_give_one_line_naming_the_key(raw, message):

@@ -17,7 +17,7 @@ from rlhf_lab.judge.base import (
     mean_or_none,
     pairwise_both_orders,
 )
-from rlhf_lab.judge.cache import ScoreCache
+from rlhf_lab.judge.cache import ScoreCache, parse_record
 from rlhf_lab.judge.label import agreement, pick_pair
 
 
@@ -133,6 +133,59 @@ def test_cache_round_trip_resume_and_torn_line(tmp_path):
     assert len(ScoreCache(tmp_path, "judge-a", "sha2")) == 0  # nor another rubric
     lines = cache.path.read_text().splitlines()
     assert json.loads(lines[0]) == {"key": "k1", "value": 4.5, "mass": 0.9}
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"key": "k", "value": "4.5"}',
+        '{"key": 7, "value": 4.5}',
+        '["k", 4.5]',
+        '{"key": "k", "value": true}',
+        '{"key": "k", "value": 6}',
+        '{"key": "k", "value": Infinity}',
+        '{"key": "k", "value": 4.5, "mass": 1.5}',
+        '{"key": "k", "value": 4.5, "mass": "high"}',
+        '{"key": "k", "val',
+    ],
+)
+def test_cache_record_with_wrong_types_or_values_is_not_read(line):
+    assert parse_record(line) is None
+    assert parse_record('{"key": "k", "value": 4.5, "mass": 0.9}') == ("k", 4.5, 0.9)
+    assert parse_record('{"key": "k", "value": 0.25, "mass": null}') == ("k", 0.25, None)
+
+
+def test_judge_turns_off_scale_ratings_into_invalid_failures(tmp_path):
+    class Wild(FakeBackend):
+        chunk_size = 4
+
+        def rate(self, requests):
+            return [
+                Rating(float("inf")),
+                Rating(4.0, mass=7.0),
+                Rating(None, "no_rating", "hm"),
+                Rating(4.0, mass=1.0004),  # float error in the server's logprobs
+            ]
+
+    reqs = [RatingRequest("chat", "helpfulness", "c", r) for r in ("a", "b", "c", "d")]
+    cache = ScoreCache(tmp_path, "fake:1", "sha")
+    ratings = Judge(Wild(), "chat", cache).rate(reqs)
+    assert [(r.value, r.error, r.mass) for r in ratings] == [
+        (None, "invalid", None),
+        (None, "invalid", None),
+        (None, "no_rating", None),
+        (4.0, None, 1.0),
+    ]
+    # nothing off the scale is written; the clipped mass reads back
+    again = ScoreCache(tmp_path, "fake:1", "sha")
+    assert len(again) == 1 and again.get(reqs[3].key("fake:1", rubric_sha("chat"))) == (4.0, 1.0)
+    neutral = Judge(Wild(), "chat", neutral_fallback=True).rate(reqs)
+    assert [(r.value, r.fallback) for r in neutral] == [
+        (3.0, "invalid"),
+        (3.0, "invalid"),
+        (3.0, "no_rating"),
+        (4.0, None),
+    ]
 
 
 def test_request_key_covers_judge_rubric_and_texts():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -127,11 +128,29 @@ class JudgeConfig(Section):
     """openai backend: first retry waits this long (seconds), doubling each retry."""
     max_failure_fraction: float = Field(0.0, ge=0.0, le=1.0)
     """Fail the stage (outputs still written) when more items fail; a re-run scores only those."""
+    max_fallback_fraction: float = Field(0.05, ge=0.0, le=1.0)
+    """Fail the stage when more items get the neutral score (no rating even when re-asked)."""
 
     @model_validator(mode="after")
     def _backend(self) -> JudgeConfig:
         if self.backend == "openai" and not self.base_url:
             raise ValueError("judge.base_url is required when judge.backend is 'openai'")
+        if self.base_url:
+            # base_url is a param: it lands in dvc.lock, so it must never hold a secret.
+            parts = urlsplit(self.base_url)
+            if "@" in parts.netloc:
+                raise ValueError(
+                    "judge.base_url must not hold credentials (user:password@): put the key "
+                    "in the environment variable that judge.api_key_env names"
+                )
+            try:
+                parts.port  # noqa: B018  (parsing it raises on a bad port)
+            except ValueError:
+                raise ValueError("judge.base_url has an invalid port") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("judge.base_url must be an http:// or https:// URL")
+            if parts.query or parts.fragment:
+                raise ValueError("judge.base_url must not have a query string or fragment")
         return self
 
 

@@ -4,6 +4,12 @@ A :class:`RatingRequest` is one question to the judge: rate ``reply`` on ``dim``
 when ``reply_b`` is set, say whether ``reply`` (A) beats ``reply_b`` (B). A backend answers each
 with a :class:`Rating`: a value, or ``value=None`` plus a failure ``error`` kind from
 :data:`FAILURE_KINDS` — a failed item is always returned, never dropped.
+
+Failure kinds fall in three classes (:data:`FAILURE_CLASS`), because what helps differs:
+``transient`` ones (timeout, 5xx, connection, a body that is not a chat completion) may pass on
+a re-run; ``request`` ones (4xx, a redirect) need params fixed; ``deterministic`` ones (a
+well-formed answer with no rating, or with impossible values) come back the same at
+temperature 0, so a re-run cannot help: they get the neutral score (:func:`neutral`), flagged.
 """
 
 from __future__ import annotations
@@ -24,9 +30,30 @@ FAILURE_KINDS: tuple[str, ...] = (
     "malformed",
     "no_rating",
     "connection",
+    "invalid",
+    "redirect",
 )
 """Why an item failed: no answer in time, server error, request rejected, body not the
-chat-completions schema, a well-formed answer with no rating in it, server unreachable."""
+chat-completions schema, a well-formed answer with no rating in it, server unreachable, an
+answer with impossible types or values (content not text, a logprob above 0), a 3xx answer
+(never followed: the API key goes to ``judge.base_url`` only)."""
+
+FAILURE_CLASS: dict[str, str] = {
+    "timeout": "transient",
+    "http_5xx": "transient",
+    "connection": "transient",
+    "malformed": "transient",
+    "http_4xx": "request",
+    "redirect": "request",
+    "no_rating": "deterministic",
+    "invalid": "deterministic",
+}
+"""Each kind's class (module docstring): whether a re-run, a params fix or nothing helps."""
+
+DETERMINISTIC_KINDS: tuple[str, ...] = tuple(
+    k for k in FAILURE_KINDS if FAILURE_CLASS[k] == "deterministic"
+)
+"""Kinds that get the neutral score (see :func:`neutral`) instead of failing the item."""
 
 PAIRWISE = "pairwise"
 """``RatingRequest.dim`` of a head-to-head comparison."""
@@ -67,6 +94,10 @@ class Rating:
     """One line on what went wrong (never holds the API key)."""
     mass: float | None = None
     """Probability the judge put on the answer tokens (low: it wanted to say something else)."""
+    fallback: str | None = None
+    """The deterministic failure kind when ``value`` is the neutral score, not the judge's."""
+    reasked: bool = False
+    """The judge rated only when asked again for a bare answer (openai backend)."""
 
     @property
     def ok(self) -> bool:
@@ -117,6 +148,21 @@ def answer_probs(request: RatingRequest, probs: Mapping[str, float]) -> Rating:
     except ValueError as exc:
         return Rating(None, "no_rating", str(exc))
     return Rating(value, mass=mass)
+
+
+def neutral(request: RatingRequest, failed: Rating) -> Rating:
+    """The neutral score standing in for a deterministic failure: mid-scale, or 1/2 pairwise.
+
+    Flagged with the failure kind, so that agreement leaves it out and metrics count it.
+    """
+    value = 0.5 if request.pairwise else (SCALE[0] + SCALE[-1]) / 2
+    return Rating(value, detail=failed.detail, fallback=failed.error)
+
+
+def valid_value(request: RatingRequest, value: float) -> bool:
+    """Whether ``value`` is a possible answer: finite and on the scale (0..1 pairwise)."""
+    lo, hi = (0.0, 1.0) if request.pairwise else (SCALE[0], SCALE[-1])
+    return math.isfinite(value) and lo <= value <= hi
 
 
 def pairwise_both_orders(p_first_ab: float, p_first_ba: float) -> float:

@@ -6,7 +6,9 @@ identity, the rubric sha and the texts the judge reads, so a different model, ru
 never hits. Failures are not cached: a re-run asks for exactly the items that are missing.
 
 Lines are appended, flushed and fsynced after every batch, so killing the stage loses at most
-the batch in flight; a line cut short by the kill is skipped when the file is read back.
+the batch in flight; a line cut short by the kill is skipped when the file is read back, and
+so is a line that parses but is not a record (wrong types, a value off every scale, a mass
+outside [0, 1]): its item is asked again, and ``skipped_lines`` counts both.
 Appends use one ``write`` per batch on an ``O_APPEND`` file, so two runs sharing the cache
 (``dvc queue start -j 2``) interleave whole batches rather than corrupt each other's lines.
 """
@@ -18,8 +20,35 @@ import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeGuard
 
 from rlhf_lab.io import sha256_text
+from rlhf_lab.judge.rubrics import SCALE
+
+_VALUE_RANGE = (min(0.0, SCALE[0]), float(SCALE[-1]))
+"""Cached values are 1..5 ratings or 0..1 pairwise probabilities."""
+
+
+def _number(x: object) -> TypeGuard[float]:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def parse_record(line: str) -> tuple[str, float, float | None] | None:
+    """``(key, value, mass)`` from one cache line, or None when it is not a valid record."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict):
+        return None
+    key, value, mass = rec.get("key"), rec.get("value"), rec.get("mass")
+    if not isinstance(key, str) or not key or not _number(value):
+        return None
+    if not _VALUE_RANGE[0] <= value <= _VALUE_RANGE[1]:
+        return None
+    if mass is not None and not (_number(mass) and 0.0 <= mass <= 1.0 + 1e-6):
+        return None
+    return key, float(value), None if mass is None else float(mass)
 
 
 class ScoreCache:
@@ -31,7 +60,7 @@ class ScoreCache:
         self.rubric_sha = rubric_sha
         self._entries: dict[str, tuple[float, float | None]] = {}
         self.skipped_lines = 0
-        """Lines that could not be read back (cut short by a kill); they are re-scored."""
+        """Lines that could not be read back (cut short, or not a record); re-scored."""
         # A kill mid-write can leave a last line without its newline; the next append must
         # start a fresh line or it would glue a good record onto the broken one.
         self._needs_newline = False
@@ -46,16 +75,14 @@ class ScoreCache:
                 self._needs_newline = fh.read(1) != b"\n"
         with open(self.path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                try:
-                    rec = json.loads(line)
-                    value = float(rec["value"])
-                    mass = rec.get("mass")
-                    key = str(rec["key"])
-                except (ValueError, KeyError, TypeError):
+                if not line.strip():
+                    continue
+                record = parse_record(line)
+                if record is None:
                     self.skipped_lines += 1
                     continue
-                if math.isfinite(value):
-                    self._entries[key] = (value, None if mass is None else float(mass))
+                key, value, mass = record
+                self._entries[key] = (value, mass)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -73,6 +100,8 @@ class ScoreCache:
         for key, value, mass in items:
             if key in self._entries or not math.isfinite(value):
                 continue
+            if mass is not None and not math.isfinite(mass):
+                mass = None
             self._entries[key] = (value, mass)
             lines.append(json.dumps({"key": key, "value": value, "mass": mass}) + "\n")
         if not lines:

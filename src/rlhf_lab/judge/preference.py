@@ -11,6 +11,11 @@ over all splits). Rows then become scored rows (DESIGN.md):
   ``label_source: "judge"`` and every candidate's scores in ``candidate_scores``; a near-tie
   or a row with fewer than two scored candidates is dropped and counted.
 
+A score that is the judge's neutral fallback (``base.neutral``: no rating even when re-asked)
+is written like any other, and the row lists it in ``fallback`` (``["chosen/helpfulness"]``);
+such replies are left out of agreement and cannot be picked as a judge label, and each item
+is a line of ``failures.jsonl`` with its ``fallback`` value.
+
 Agreement (how far the judge can be trusted): over human- and reference-labelled pairs, how
 often ``overall(chosen) > overall(rejected)`` (ties 1/2), per label source and per dimension,
 next to the "longer reply wins" baseline on the same pairs.
@@ -23,6 +28,9 @@ one dimension or one order of a pairwise comparison):
 ``judge/items``                 distinct items; ``items_scored`` = answered (``items_cached``
                                 from the cache + ``items_new`` by the judge in this run)
 ``judge/failures[/<kind>]``     failed items, in total and per kind (``base.FAILURE_KINDS``)
+``judge/fallback[/<kind>]``     items given the neutral score, per deterministic kind
+``judge/reasked``               items rated only when asked again for a bare answer
+``judge/cache_skipped_lines``   cache lines that could not be read back (their items re-asked)
 ``judge/items_per_s``           judge throughput over the items it was asked in this run
 ``judge/rating_mass``           mean probability on valid answer tokens (format-following)
 ``judge/forced_min``            crs replies whose ``recommendation`` was forced to 1 (no movie)
@@ -42,10 +50,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhf_lab.judge.base import FAILURE_KINDS, PAIRWISE, Rating
+from rlhf_lab.judge.base import DETERMINISTIC_KINDS, FAILURE_KINDS, PAIRWISE, Rating
 from rlhf_lab.judge.label import TIE, agreement, pick_pair
 from rlhf_lab.judge.rows import is_candidate_row, with_prompt_meta
-from rlhf_lab.judge.scorer import OVERALL, Judge
+from rlhf_lab.judge.scorer import OVERALL, Judge, ReplyScore
 
 LABEL_SOURCES_REPORTED = ("human", "reference")
 """Label sources whose agreement is reported (judge labels agree with the judge by design)."""
@@ -69,14 +77,17 @@ class _Item:
 
 
 def _failure(split: str, row: Mapping[str, Any], reply: str, dim: str, r: Rating) -> dict:
-    return {
+    out = {
         "split": split,
         "id": row["id"],
         "reply": reply,
         "dim": dim,
-        "kind": r.error,
+        "kind": r.fallback or r.error,
         "detail": r.detail,
     }
+    if r.fallback:
+        out["fallback"] = r.value
+    return out
 
 
 def unscored(splits: Mapping[str, list[dict[str, Any]]]) -> ScoredPreference:
@@ -118,7 +129,7 @@ def score_preference(
     failures = [
         _failure(it.split, splits[it.split][it.index], it.name, dim, rating)
         for it, res in zip(items, results, strict=True)
-        for dim, rating in res.failures.items()
+        for dim, rating in {**res.failures, **res.fallbacks}.items()
     ]
     info = {"model": judge.model_name, "rubric_sha": judge.rubric_sha}
     counts = {"ties_dropped": 0, "unscored_dropped": 0, "pairs_labelled": 0}
@@ -127,11 +138,14 @@ def score_preference(
         kept = out.setdefault(split, [])
         for i, row in enumerate(rows):
             if not is_candidate_row(row):
-                scores = {n: by_item[(split, i, n)].scores for n in ("chosen", "rejected")}
-                kept.append({**row, "scores": scores, "judge": info})
+                res = {n: by_item[(split, i, n)] for n in ("chosen", "rejected")}
+                scores = {n: r.scores for n, r in res.items()}
+                kept.append({**row, "scores": scores, "judge": info, **_fallback_flag(res)})
                 continue
             cand = [by_item[(split, i, f"candidates[{j}]")] for j in range(len(row["candidates"]))]
-            pick = pick_pair([c.scores[OVERALL] for c in cand], min_margin)
+            # A neutral fallback is not the judge's opinion: it must not decide a label.
+            overalls = [None if c.fallbacks else c.scores[OVERALL] for c in cand]
+            pick = pick_pair(overalls, min_margin)
             if isinstance(pick, str):
                 counts["ties_dropped" if pick == TIE else "unscored_dropped"] += 1
                 continue
@@ -146,6 +160,7 @@ def score_preference(
                     "scores": {"chosen": cand[best].scores, "rejected": cand[worst].scores},
                     "candidate_scores": [c.scores for c in cand],
                     "judge": info,
+                    **_fallback_flag({f"candidates[{j}]": c for j, c in enumerate(cand)}),
                 }
             )
 
@@ -158,11 +173,19 @@ def score_preference(
         )
         for (split, _, row), pref in zip(flat, prefs, strict=True):
             row["pairwise"] = {"p_chosen": pref.value}
-            if not pref.ok:
+            if pref.fallback:
+                row["pairwise"]["fallback"] = pref.fallback
+            if not pref.ok or pref.fallback:
                 failures.append(_failure(split, row, "chosen-vs-rejected", PAIRWISE, pref))
 
     metrics = _metrics(judge, splits, out, results, counts, pairwise)
     return ScoredPreference(out, failures, metrics)
+
+
+def _fallback_flag(replies: Mapping[str, ReplyScore]) -> dict[str, list[str]]:
+    """``{"fallback": ["chosen/helpfulness", ...]}`` when any score is the neutral fallback."""
+    flagged = [f"{name}/{dim}" for name, r in replies.items() for dim in r.fallbacks]
+    return {"fallback": flagged} if flagged else {}
 
 
 def _metrics(
@@ -184,6 +207,10 @@ def _metrics(
         "judge/items_new": st.scored,
         "judge/failures": sum(st.failures.values()),
         **{f"judge/failures/{k}": st.failures.get(k, 0) for k in FAILURE_KINDS},
+        "judge/fallback": sum(st.fallbacks.values()),
+        **{f"judge/fallback/{k}": st.fallbacks.get(k, 0) for k in DETERMINISTIC_KINDS},
+        "judge/reasked": st.reasked,
+        "judge/cache_skipped_lines": judge.cache.skipped_lines if judge.cache else 0,
         "judge/items_per_s": st.items_per_s,
         "judge/seconds": st.seconds,
         "judge/rating_mass": st.rating_mass,
@@ -195,12 +222,14 @@ def _metrics(
         **{f"judge/{k}": v for k, v in counts.items()},
     }
     labelled = [r for rows in out.values() for r in rows if r["label_source"] != "judge"]
-    # Agreement and the length baseline on the same pairs: those the judge scored in full.
+    # Agreement and the length baseline on the same pairs: those the judge scored in full,
+    # without a neutral fallback (a made-up score would pull agreement towards 1/2).
     both = [
         r
         for r in labelled
         if r["scores"]["chosen"][OVERALL] is not None
         and r["scores"]["rejected"][OVERALL] is not None
+        and not r.get("fallback")
     ]
     m["judge/agreement"], m["judge/agreement_pairs"] = agreement(
         [(r["scores"]["chosen"][OVERALL], r["scores"]["rejected"][OVERALL]) for r in both]
@@ -219,7 +248,7 @@ def _metrics(
     ]
     if pairwise:
         m["judge/agreement_pairwise"] = agreement(
-            [(r["pairwise"]["p_chosen"], 0.5) for r in labelled]
+            [(r["pairwise"]["p_chosen"], 0.5) for r in labelled if "fallback" not in r["pairwise"]]
         )[0]
     all_scores = [r["scores"] for rows in out.values() for r in rows]
     for name in ("chosen", "rejected"):

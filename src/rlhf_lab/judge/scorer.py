@@ -9,11 +9,18 @@
 A prompt row is DESIGN.md's ``{"id", "prompt": [messages], "meta"}``; crs rows need
 ``meta.movies``/``meta.gold_movies`` (the no-movie rule), docstring rows ``meta.code``.
 Ratings are on the 1..5 scale; a failed item is ``None`` (and ``overall`` is then ``None``).
+A deterministic failure (no rating in the answer, impossible values: ``base.FAILURE_CLASS``)
+gets the neutral score instead when the judge is built with ``neutral_fallback=True``
+(score_with_llm): a re-run would get the same answer, so failing the item would only stop
+the stage for good. Such ratings carry ``fallback`` (the kind); they are counted in
+``JudgeStats.fallbacks``, not cached (a later run asks again), and left out of agreement.
 :func:`to_unit` maps a rating to [0, 1] for reward components.
 
 :class:`Judge` adds what backends don't do: identical questions are asked once, cached
 answers are reused, the rest go to the backend sorted by length (less padding) in chunks, and
-the cache is flushed after each chunk, so a killed run resumes where it stopped.
+the cache is flushed after each chunk, so a killed run resumes where it stopped. A rating a
+backend returns off the scale (or not finite) is turned into an ``invalid`` failure here, so
+that no backend can write ``Infinity`` into the cache or the scores.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from rlhf_lab import ui
@@ -29,18 +36,24 @@ from rlhf_lab.config import JudgeConfig
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.judge import rubrics
 from rlhf_lab.judge.base import (
+    DETERMINISTIC_KINDS,
     PAIRWISE,
     Backend,
     Rating,
     RatingRequest,
     mean_or_none,
+    neutral,
     pairwise_both_orders,
+    valid_value,
 )
 from rlhf_lab.judge.cache import ScoreCache
 from rlhf_lab.judge.rubrics import OVERALL
 
 if TYPE_CHECKING:
     from rlhf_lab.tasks.crs import MovieCatalogue
+
+MASS_SLACK = 1e-3
+"""Rounding allowed above probability 1 in a backend's answer mass (clipped to 1)."""
 
 
 def to_unit(rating: float | None) -> float | None:
@@ -61,6 +74,10 @@ class JudgeStats:
     """Answered by the backend in this run."""
     failures: Counter[str] = field(default_factory=Counter)
     """Failed items by kind (rlhf_lab.judge.base.FAILURE_KINDS)."""
+    fallbacks: Counter[str] = field(default_factory=Counter)
+    """Items given the neutral score, by deterministic failure kind."""
+    reasked: int = 0
+    """Items the judge rated only when asked again for a bare answer."""
     seconds: float = 0.0
     """Time spent in backend calls."""
     mass_sum: float = 0.0
@@ -69,7 +86,7 @@ class JudgeStats:
     @property
     def items_per_s(self) -> float | None:
         """Backend throughput over the items it was asked (None when it was asked nothing)."""
-        asked = self.scored + sum(self.failures.values())
+        asked = self.scored + sum(self.failures.values()) + sum(self.fallbacks.values())
         return asked / self.seconds if asked and self.seconds > 0 else None
 
     @property
@@ -85,6 +102,8 @@ class ReplyScore:
     scores: dict[str, float | None]
     failures: dict[str, Rating]
     forced: tuple[str, ...] = ()
+    fallbacks: dict[str, Rating] = field(default_factory=dict)
+    """Dimensions whose score is the neutral fallback (kept out of agreement and labels)."""
 
 
 class Judge:
@@ -98,8 +117,10 @@ class Judge:
         *,
         progress: bool = False,
         catalogue: MovieCatalogue | None = None,
+        neutral_fallback: bool = False,
     ) -> None:
         self.backend = backend
+        self.neutral_fallback = neutral_fallback
         self.task = task
         self.catalogue = catalogue
         """crs: ``data.catalogue``, for the no-movie rule (:func:`rubrics.forced_scores`)."""
@@ -139,23 +160,41 @@ class Judge:
             start = time.perf_counter()
             ratings = self.backend.rate([req for _, req in chunk])
             self.stats.seconds += time.perf_counter() - start
+            ratings = [self._checked(req, r) for (_, req), r in zip(chunk, ratings, strict=True)]
             for (key, _), rating in zip(chunk, ratings, strict=True):
                 answers[key] = rating
-                if rating.ok:
+                if rating.fallback:
+                    self.stats.fallbacks[rating.fallback] += 1
+                elif rating.ok:
                     self.stats.scored += 1
+                    self.stats.reasked += rating.reasked
                 else:
                     self.stats.failures[rating.error or "unknown"] += 1
             if self.cache is not None:
                 self.cache.add(
                     (key, r.value, r.mass)
                     for (key, _), r in zip(chunk, ratings, strict=True)
-                    if r.value is not None
+                    if r.value is not None and not r.fallback
                 )
         for rating in answers.values():
             if rating.mass is not None:
                 self.stats.mass_sum += rating.mass
                 self.stats.mass_count += 1
         return [answers[k] for k in keys]
+
+    def _checked(self, request: RatingRequest, rating: Rating) -> Rating:
+        """``rating``, an ``invalid`` failure if off the scale, or the neutral fallback."""
+        if rating.value is not None and not valid_value(request, rating.value):
+            rating = Rating(None, "invalid", f"judge rating {rating.value!r} is off the scale")
+        if rating.mass is not None:
+            if not 0.0 <= rating.mass <= 1.0 + MASS_SLACK:
+                detail = f"judge answer mass {rating.mass!r} is not in [0, 1]"
+                rating = Rating(None, "invalid", detail)
+            elif rating.mass > 1.0:  # float error in the server's logprobs; the cache wants <= 1
+                rating = replace(rating, mass=1.0)
+        if self.neutral_fallback and rating.error in DETERMINISTIC_KINDS:
+            return neutral(request, rating)
+        return rating
 
     def score_detailed(
         self, rows: Sequence[Mapping[str, Any]], replies: Sequence[str]
@@ -180,6 +219,7 @@ class Judge:
         for forced, slots in plan:
             scores: dict[str, float | None] = {}
             failures: dict[str, Rating] = {}
+            fallbacks: dict[str, Rating] = {}
             for dim in self.dims:
                 if dim in forced:
                     scores[dim] = forced[dim]
@@ -188,8 +228,10 @@ class Judge:
                 scores[dim] = rating.value
                 if not rating.ok:
                     failures[dim] = rating
+                elif rating.fallback:
+                    fallbacks[dim] = rating
             scores[OVERALL] = mean_or_none([scores[d] for d in self.dims])
-            out.append(ReplyScore(scores, failures, tuple(forced)))
+            out.append(ReplyScore(scores, failures, tuple(forced), fallbacks))
         return out
 
     def score(
@@ -219,7 +261,8 @@ class Judge:
                 out.append(ab if ab.value is None else ba)
             else:
                 mass = None if ab.mass is None or ba.mass is None else (ab.mass + ba.mass) / 2
-                out.append(Rating(pairwise_both_orders(ab.value, ba.value), mass=mass))
+                value = pairwise_both_orders(ab.value, ba.value)
+                out.append(Rating(value, mass=mass, fallback=ab.fallback or ba.fallback))
         return out
 
 
@@ -245,6 +288,7 @@ def build_judge(
     use_cache: bool = True,
     progress: bool = False,
     catalogue: MovieCatalogue | None = None,
+    neutral_fallback: bool = False,
 ) -> Judge:
     """A :class:`Judge` for ``task`` from ``params.judge`` (cache under ``cfg.cache_dir``);
     ``catalogue`` is the crs ``data.catalogue`` (:func:`rlhf_lab.tasks.crs.load_catalogue`)."""
@@ -252,4 +296,11 @@ def build_judge(
     cache = (
         ScoreCache(cfg.cache_dir, backend.judge_id, rubrics.rubric_sha(task)) if use_cache else None
     )
-    return Judge(backend, task, cache, progress=progress, catalogue=catalogue)
+    return Judge(
+        backend,
+        task,
+        cache,
+        progress=progress,
+        catalogue=catalogue,
+        neutral_fallback=neutral_fallback,
+    )

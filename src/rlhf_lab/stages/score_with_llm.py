@@ -5,11 +5,13 @@
 Reads ``task``, ``judge``, ``data.pairs`` (and ``data.catalogue`` for crs); reads
 ``data/preference/{train,valid,test}.jsonl`` and ``data/prompts/*.jsonl`` (task meta);
 writes ``data/scored/{split}.jsonl`` (scored rows; judge-labelled pairs when
-``data.pairs: judge``), ``data/scored/failures.jsonl`` (one line per failed judge item) and
-``metrics/score_with_llm.json``. Answers are cached under ``judge.cache_dir``: a re-run, or a
-run resumed after a kill, asks the judge only for what is missing. When more than
-``judge.max_failure_fraction`` of the items fail, the outputs are still written and the stage
-exits with code 2, so ``dvc repro`` runs it again (scoring only the failed items).
+``data.pairs: judge``), ``data/scored/failures.jsonl`` (one line per failed judge item, and
+per item given the neutral fallback) and ``metrics/score_with_llm.json``. Answers are cached
+under ``judge.cache_dir``: a re-run, or a run resumed after a kill, asks the judge only for
+what is missing. When more than ``judge.max_failure_fraction`` of the items fail, or more
+than ``judge.max_fallback_fraction`` get the neutral score (the judge gave no usable rating
+even when re-asked: a re-run would get the same answer), the outputs are still written and
+the stage exits with code 2; the message says which kinds failed and what helps.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rlhf_lab.config import Params
 from rlhf_lab.errors import ConfigError, RlhfLabError
 from rlhf_lab.io import atomic_dir, write_json, write_jsonl
 from rlhf_lab.judge import build_judge
+from rlhf_lab.judge.base import FAILURE_CLASS
 from rlhf_lab.judge.preference import ScoredPreference, score_preference, unscored
 from rlhf_lab.judge.rows import is_candidate_row, load_preference, load_prompt_meta
 
@@ -49,7 +52,9 @@ def main(params: Params, **_: Any) -> None:
         from rlhf_lab.tasks.crs import load_catalogue
 
         catalogue = load_catalogue(params.data.catalogue) if params.task.name == "crs" else None
-        judge = build_judge(cfg, params.task.name, progress=True, catalogue=catalogue)
+        judge = build_judge(
+            cfg, params.task.name, progress=True, catalogue=catalogue, neutral_fallback=True
+        )
         result = score_preference(
             judge,
             splits,
@@ -60,7 +65,7 @@ def main(params: Params, **_: Any) -> None:
         result.metrics["judge/backend"] = cfg.backend
     _write(result)
     _summary(result, cfg.backend)
-    _check_failures(result, cfg.max_failure_fraction)
+    _check_failures(result, cfg.max_failure_fraction, cfg.max_fallback_fraction)
 
 
 def _write(result: ScoredPreference) -> None:
@@ -86,6 +91,7 @@ def _summary(result: ScoredPreference, backend: str) -> None:
                 "items scored / total": f"{m['judge/items_scored']} / {m['judge/items']}",
                 "from cache / new": f"{m['judge/items_cached']} / {m['judge/items_new']}",
                 "failures": ", ".join(f"{k} {v}" for k, v in fails.items() if v) or "0",
+                "neutral fallback / re-asked": f"{m['judge/fallback']} / {m['judge/reasked']}",
                 "items/s": m["judge/items_per_s"] if m["judge/items_per_s"] else "—",
                 "ties dropped": m["judge/ties_dropped"],
                 "agreement (pairs)": (
@@ -100,12 +106,39 @@ def _summary(result: ScoredPreference, backend: str) -> None:
     ui.summary("score_with_llm", rows)
 
 
-def _check_failures(result: ScoredPreference, max_fraction: float) -> None:
+ADVICE = {
+    "transient": "a re-run scores only the missing items",
+    "request": "the server refused the request: check judge.base_url, judge.model and the key",
+    "deterministic": "a re-run gets the same answers: use a stronger judge",
+}
+"""What helps, per failure class (rlhf_lab.judge.base.FAILURE_CLASS)."""
+
+
+def _kinds(metrics: dict[str, Any], prefix: str) -> tuple[str, list[str]]:
+    """("timeout 2, http_4xx 1", [advice...]) for the nonzero ``prefix<kind>`` counts."""
+    counts = {k.removeprefix(prefix): v for k, v in metrics.items() if k.startswith(prefix) and v}
+    classes = dict.fromkeys(FAILURE_CLASS[k] for k in counts if k in FAILURE_CLASS)
+    return ", ".join(f"{k} {v}" for k, v in counts.items()), [ADVICE[c] for c in classes]
+
+
+def _check_failures(result: ScoredPreference, max_fraction: float, max_fallback: float) -> None:
     m = result.metrics
-    failed, total = m.get("judge/failures", 0), m.get("judge/items", 0)
+    total = m.get("judge/items", 0)
+    failed, fallback = m.get("judge/failures", 0), m.get("judge/fallback", 0)
+    where = SCORED_DIR / "failures.jsonl"
     if total and failed / total > max_fraction:
+        kinds, advice = _kinds(m, "judge/failures/")
         raise JudgeFailures(
-            f"score_with_llm: {failed} of {total} judge items failed (see "
-            f"{SCORED_DIR / 'failures.jsonl'}), more than judge.max_failure_fraction="
-            f"{max_fraction:g}; outputs were written, re-run to score only the missing items"
+            f"score_with_llm: {failed} of {total} judge items failed ({kinds}; see {where}), "
+            f"more than judge.max_failure_fraction={max_fraction:g}; outputs were written; "
+            + "; ".join(advice)
+        )
+    if total and fallback / total > max_fallback:
+        kinds, _ = _kinds(m, "judge/fallback/")
+        raise JudgeFailures(
+            f"score_with_llm: {fallback} of {total} judge items got the neutral score ({kinds}: "
+            f"no usable rating even when re-asked; see {where}), more than "
+            f"judge.max_fallback_fraction={max_fallback:g}; outputs were written; "
+            f"{ADVICE['deterministic']} (invalid: or judge.logprobs: false) or raise "
+            "judge.max_fallback_fraction"
         )
