@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlhf_lab.errors import ConfigError
+from rlhf_lab.io import decode_utf8
 
 
 class Section(BaseModel):
@@ -422,14 +423,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(
-            f"{path}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})"
-        ) from None
+    text = decode_utf8(path.read_bytes(), str(path), ConfigError)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
