@@ -293,18 +293,47 @@ def test_good_catalogue_still_loads(workdir):
     assert cat.name("1") == "Good Morning, Vietnam (1987)" and cat.name("2") == "Up"
 
 
-@pytest.mark.parametrize("stage", ["prepare_preference", "train_ppo", "evaluate"])
-def test_every_stage_that_loads_the_catalogue_gives_the_one_line(workdir, stage):
+def write_bad_catalogue_inputs() -> dict:
+    """A catalogue with a short row, a ReDial source and a preference file (score_with_llm's
+    input), so each stage gets as far as loading the catalogue; returns the data section."""
     Path("movies.csv").write_text("movieId,movieName\n1,Alien (1979)\n2\n")
     Path("dialogues.jsonl").write_text(json.dumps(redial(0)) + "\n")
-    data = {"source": "dialogues.jsonl", "catalogue": "movies.csv"}
-    code, out = run(stage, data, task="crs")
-    assert_one_line_error(
-        code, out, "movies.csv:3: catalogue row has 1 field, expected movieId,movieName"
-    )
-    crs.set_catalogue(None)
+    pref = {
+        "id": "a",
+        "prompt": [{"role": "user", "content": "any scary movie?"}],
+        "chosen": "try Alien (1979)",
+        "rejected": "no idea",
+        "label_source": "human",
+        "meta": {},
+    }
+    Path("data/preference").mkdir(parents=True)
+    Path("data/preference/train.jsonl").write_text(json.dumps(pref) + "\n")
+    return {"source": "dialogues.jsonl", "catalogue": "movies.csv"}
+
+
+SHORT_ROW = "movies.csv:3: catalogue row has 1 field, expected movieId,movieName"
+
+
+@pytest.mark.parametrize("stage", ["prepare_preference", "score_with_llm"])
+def test_stages_that_load_the_catalogue_give_the_one_line(workdir, stage):
+    # before: a short row became a movie named "None" (no error at all)
+    code, out = run(stage, write_bad_catalogue_inputs(), task="crs")
+    assert_one_line_error(code, out, SHORT_ROW)
+
+
+def test_the_reward_factory_gives_the_same_line(workdir):
+    # train_ppo (build_scorer), evaluate and analyze_rewards load data.catalogue here, after
+    # checking that their input models exist; a CLI run would need trained models.
+    from rlhf_lab.config import parse_params
+    from rlhf_lab.reward_components import RuleContext
+
+    params = parse_params({"task": {"name": "crs"}, "data": write_bad_catalogue_inputs()})
+    with pytest.raises(DataError) as info:
+        RuleContext.from_params(params)
+    assert str(info.value) == SHORT_ROW
 
 
 def test_missing_catalogue_is_one_line(workdir):
-    code, out = run("train_ppo", {"catalogue": "nope.csv"}, task="crs")
-    assert_one_line_error(code, out, "data.catalogue: file not found (")
+    data = write_bad_catalogue_inputs() | {"catalogue": "nope.csv"}
+    code, out = run("score_with_llm", data, task="crs")
+    assert_one_line_error(code, out, f"data.catalogue: file not found ({workdir / 'nope.csv'})")

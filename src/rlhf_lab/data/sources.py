@@ -596,12 +596,11 @@ Parser = Callable[[Mapping[str, Any], Origin], list[Example]]
 def make_parser(fmt: str, cfg: DataConfig) -> Parser:
     """The parser for ``fmt`` with the config's options bound."""
     if fmt == "redial":
-        lookup = None
-        if cfg.catalogue:
-            from rlhf_lab.tasks.crs import MovieCatalogue
+        from rlhf_lab.tasks.crs import load_catalogue
 
-            # A DataError naming the file (and line) if the catalogue is missing or malformed.
-            lookup = MovieCatalogue.from_csv(cfg.catalogue).name
+        # A DataError naming the file (and line) if the catalogue is missing or malformed.
+        catalogue = load_catalogue(cfg.catalogue)
+        lookup = catalogue.name if catalogue is not None else None
         return partial(parse_redial, max_turns=cfg.max_turns, catalogue=lookup)
     parsers = {"hh": parse_hh, "docstring": parse_docstring, "chitchat": parse_chitchat}
     return partial(parsers[fmt], max_turns=cfg.max_turns)
