@@ -67,7 +67,7 @@ def test_embedded_chitchat_reference_vs_sample(workdir):
         for row in prompts[split]:
             # the split is a function of the conversation and the seed only
             group = f"chitchat-{row['meta']['conversation_id']}"
-            assert assign_split(group, 0, 0.1, 0.1) == split
+            assert assign_split(group, 0, 0.1, 0.2) == split  # the defaults
             assert row["prompt"][-1]["role"] == "user" and row["reference"]
             assert len(row["prompt"]) <= 6
     references = {r["id"]: r["reference"] for split in prompts.values() for r in split}

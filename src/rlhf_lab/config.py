@@ -20,13 +20,23 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rlhf_lab.errors import ConfigError
+from rlhf_lab.io import decode_utf8
 
 
 class Section(BaseModel):
-    """Base for every params section: frozen, strict, unknown keys rejected."""
+    """Base for every params section: frozen, strict, unknown keys rejected, numbers finite.
+
+    ``allow_inf_nan=False`` covers every float at any depth (``reward.weights`` values, list
+    items): YAML reads ``.inf`` / ``.nan`` as floats, and a NaN weight makes every reward NaN
+    while an infinite timeout overflows deep inside the HTTP client.
+    """
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, strict=True, use_attribute_docstrings=True
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        allow_inf_nan=False,
+        use_attribute_docstrings=True,
     )
 
 
@@ -112,7 +122,7 @@ class JudgeConfig(Section):
     """Also compare chosen vs rejected head to head, in both orders to cancel position bias."""
     min_margin: float = Field(0.25, ge=0.0)
     """data.pairs=judge: candidate pairs whose score gap is below this are dropped as ties."""
-    timeout_s: float = Field(60.0, gt=0.0)
+    timeout_s: float = Field(60.0, gt=0.0, le=86400.0)
     """openai backend: per-request timeout in seconds."""
     max_retries: int = Field(3, ge=0)
     """openai backend: retries per item (exponential backoff) before it counts as failed."""
@@ -124,7 +134,7 @@ class JudgeConfig(Section):
     """local backend: dtype the judge runs in (float32 on CPU; bfloat16 on recent GPUs)."""
     logprobs: bool = True
     """openai backend: ask for top logprobs (expected rating); false parses the digit only."""
-    retry_backoff_s: float = Field(1.0, gt=0.0)
+    retry_backoff_s: float = Field(1.0, gt=0.0, le=3600.0)
     """openai backend: first retry waits this long (seconds), doubling each retry."""
     max_failure_fraction: float = Field(0.0, ge=0.0, le=1.0)
     """Fail the stage (outputs still written) when more items fail; a re-run scores only those."""
@@ -281,7 +291,7 @@ class PpoConfig(Section):
     """Adaptive controller: horizon (in samples)."""
     whiten_rewards: bool = False
     """Whiten per-token rewards across the batch before GAE."""
-    target_approx_kl: float | None = None
+    target_approx_kl: float | None = Field(None, gt=0.0)
     """Stop the epochs of a step early when approx-KL passes this (null: never)."""
     temperature: float = Field(0.7, gt=0.0)
     """Sampling temperature (the same temperature is used to recompute logprobs)."""
@@ -289,9 +299,9 @@ class PpoConfig(Section):
     """Longest reply in tokens."""
     max_prompt_length: int = Field(192, ge=8)
     """Longest prompt in tokens (oldest turns dropped first, then cut from the left)."""
-    missing_eos_penalty: float | None = 1.0
+    missing_eos_penalty: float | None = Field(1.0, ge=0.0)
     """Subtracted from the score of a reply that never emits EOS (null: no penalty)."""
-    score_clip: float | None = 5.0
+    score_clip: float | None = Field(5.0, gt=0.0)
     """Clip the normalised score to ±this before shaping (null: no clip)."""
     lora: LoraConfig = LoraConfig()
     """Policy adapter settings."""
@@ -393,6 +403,8 @@ def _describe(err: dict[str, Any]) -> str:
         return "unknown key"
     if kind == "missing":
         return "missing key"
+    if kind == "finite_number":
+        return f"expected a finite number, got {got!r}"
     if kind in {"float_type", "int_type", "bool_type", "string_type", "dict_type", "list_type"}:
         want = {
             "float_type": "a number",
@@ -430,8 +442,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
+    text = decode_utf8(path.read_bytes(), str(path), ConfigError)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

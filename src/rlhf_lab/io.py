@@ -90,6 +90,17 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
         fh.write("\n")
 
 
+def decode_utf8(data: bytes, where: str, error: type[Exception]) -> str:
+    """``data`` as UTF-8 text, or ``error`` with one line naming the line and the bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise error(
+            f"{where}:{line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start})"
+        ) from None
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()

@@ -30,6 +30,7 @@ from rlhf_lab.data.validate import (
     Deduper,
     Rejected,
     RowError,
+    check_encodable,
     check_pair,
     check_prompt,
     check_text,
@@ -88,12 +89,18 @@ def open_source(cfg: DataConfig, task: TaskConfig) -> Source:
 
 
 def validate_example(ex: Example, max_chars: int) -> None:
-    """Text checks on a parsed example (RowError on the first problem)."""
+    """Every check on a parsed example (RowError on the first problem).
+
+    Covers all the example writes, ``id`` and ``meta`` included, so nothing it holds can fail
+    later, after minutes of sampling, when the stage writes its outputs.
+    """
     check_prompt(ex.prompt, max_chars)
     if ex.chosen is not None or ex.rejected is not None:
         check_pair(ex.chosen or "", ex.rejected or "", max_chars)
     else:
         check_text(ex.reference or "", "reference", max_chars)
+    check_encodable(ex.id, "id")
+    check_encodable(ex.meta, "meta")
 
 
 def load_examples(source: Source, cfg: DataConfig) -> Loaded:

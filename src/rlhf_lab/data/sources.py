@@ -36,6 +36,7 @@ import itertools
 import json
 import re
 import textwrap
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
@@ -48,6 +49,7 @@ from rlhf_lab.data.validate import (
     BAD_ENCODING,
     BAD_JSON,
     BAD_TRANSCRIPT,
+    CODE_TOO_NESTED,
     WRONG_TYPE,
     Origin,
     RowError,
@@ -87,10 +89,16 @@ def _split_label(path: Path) -> str:
 
 
 def read_jsonl(path: str | Path) -> Iterator[Record]:
-    """Records of a ``.jsonl`` / ``.jsonl.gz`` file; bad bytes and bad JSON become errors."""
+    """Records of a ``.jsonl`` / ``.jsonl.gz`` file; bad bytes and bad JSON become errors.
+
+    A file that cannot be read on (a gzip corrupt or cut mid-stream) is a DataError naming the
+    last line read: there is no row to put in data/invalid, and a silently shorter source
+    would change every split.
+    """
     path = Path(path)
     source, split = str(path), _split_label(path)
     opener = gzip.open if path.name.endswith(".gz") else open
+    lineno = 0
     try:
         with opener(path, "rb") as fh:
             for lineno, raw in enumerate(fh, start=1):
@@ -121,8 +129,9 @@ def read_jsonl(path: str | Path) -> Iterator[Record]:
                     yield Record(origin, error=err, raw=text.rstrip("\r\n"))
                     continue
                 yield Record(origin, value)
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
-        raise DataError(f"{path}: cannot read: {exc}") from None
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
+        where = f" after line {lineno}" if lineno else ""
+        raise DataError(f"{path}: cannot read{where}: {exc}") from None
 
 
 def read_parquet(path: str | Path) -> Iterator[Record]:
@@ -136,8 +145,18 @@ def read_parquet(path: str | Path) -> Iterator[Record]:
     except Exception as exc:  # pyarrow raises its own ArrowInvalid / OSError mix
         raise DataError(f"{path}: cannot read parquet: {exc}") from None
     n = 0
-    for batch in pf.iter_batches(batch_size=1024):
-        for value in batch.to_pylist():
+    for group in range(pf.num_row_groups):
+        try:
+            # A corrupt page fails here, mid-file; to_pylist can fail on values Python
+            # cannot hold (a timestamp past year 9999).
+            batches = pf.iter_batches(batch_size=1024, row_groups=[group])
+            values = [v for batch in batches for v in batch.to_pylist()]
+        except Exception as exc:  # pyarrow's ArrowInvalid / OSError mix, ValueError
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DataError(
+                f"{path}: cannot read parquet row group {group} (rows after {n}): {first}"
+            ) from None
+        for value in values:
             n += 1
             yield Record(Origin(source, n, split), value)
 
@@ -457,14 +476,28 @@ DOCSTRING_INSTRUCTION = (
 )
 
 
-def strip_docstring(code: str) -> str:
+_NESTING_ERRORS = ("too many nested", "too many levels of indentation")
+"""Prefixes of the SyntaxErrors CPython's parser raises for nesting past its fixed limits."""
+
+
+def strip_docstring(code: str, field: str = "code") -> str:
     """``code`` without the first function's own docstring (CodeSearchNet's code keeps it).
 
-    Code that does not parse (Python 2, truncated) is returned unchanged.
+    Code that does not parse (Python 2, truncated) is returned unchanged. Code nested deeper
+    than the parser can take raises RowError(code_too_nested): no reward can analyse it.
     """
     try:
         tree = ast.parse(textwrap.dedent(code))
-    except (SyntaxError, ValueError):
+    except (RecursionError, MemoryError) as exc:
+        # MemoryError here is the parser's own stack overflowing (e.g. 3000 nested lambdas),
+        # not the process running out of memory.
+        kind = type(exc).__name__
+        raise RowError(CODE_TOO_NESTED, field, f"ast.parse raised {kind}") from None
+    except SyntaxError as exc:
+        if str(exc.msg).startswith(_NESTING_ERRORS):
+            raise RowError(CODE_TOO_NESTED, field, f"ast.parse: {exc.msg}") from None
+        return code
+    except ValueError:
         return code
     func = next(
         (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))),
@@ -489,7 +522,7 @@ def parse_docstring(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -
     """One function: prompt asks for its docstring; reference = the docstring."""
     code_key = first_present(row, CODE_KEYS) or "code"
     doc_key = first_present(row, DOC_KEYS) or "docstring"
-    code = strip_docstring(require(row, code_key, str)).strip("\n")
+    code = strip_docstring(require(row, code_key, str), code_key).strip("\n")
     docstring = require(row, doc_key, str).strip()
     language = row.get("language")
     language = language.capitalize() if isinstance(language, str) and language else "Python"
@@ -563,11 +596,11 @@ Parser = Callable[[Mapping[str, Any], Origin], list[Example]]
 def make_parser(fmt: str, cfg: DataConfig) -> Parser:
     """The parser for ``fmt`` with the config's options bound."""
     if fmt == "redial":
-        lookup = None
-        if cfg.catalogue:
-            from rlhf_lab.tasks.crs import load_catalogue
+        from rlhf_lab.tasks.crs import load_catalogue
 
-            lookup = load_catalogue(cfg.catalogue).name
+        # A DataError naming the file (and line) if the catalogue is missing or malformed.
+        catalogue = load_catalogue(cfg.catalogue)
+        lookup = catalogue.name if catalogue is not None else None
         return partial(parse_redial, max_turns=cfg.max_turns, catalogue=lookup)
     parsers = {"hh": parse_hh, "docstring": parse_docstring, "chitchat": parse_chitchat}
     return partial(parsers[fmt], max_turns=cfg.max_turns)

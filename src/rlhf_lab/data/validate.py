@@ -6,7 +6,9 @@ metrics. The reasons, one per kind of problem a user can fix in their data:
 
 ======================== ======================================================================
 ``bad_json``             the line is not valid JSON
-``bad_encoding``         the line's bytes are not valid UTF-8
+``bad_encoding``         the line's bytes are not valid UTF-8, or a text anywhere in the row
+                         (turns, ids, movie names, urls) holds a lone surrogate (JSON
+                         ``"\\ud800"``) that no UTF-8 file or tokenizer can take
 ``missing_field``        a required field is absent (or null)
 ``wrong_type``           a field has the wrong type (e.g. ``chosen`` is a list, a line is not
                          a JSON object)
@@ -16,6 +18,9 @@ metrics. The reasons, one per kind of problem a user can fix in their data:
 ``bad_transcript``       an HH-RLHF transcript that does not parse into Human/Assistant turns,
                          or whose chosen and rejected differ before the final reply
 ``duplicate``            the same example (or id) was already read
+``code_too_nested``      docstring task: the function nests deeper than Python's parser takes
+                         (``ast.parse`` raises RecursionError / MemoryError or "too many
+                         nested parentheses"), so no reward could analyse it
 ``unfinished_sample``    a reply sampled for a pair hit ``data.sample_max_new_tokens`` and was
                          not usable under ``data.unfinished_samples`` (no sentence end to trim
                          back to, or the policy is ``drop``)
@@ -25,6 +30,7 @@ metrics. The reasons, one per kind of problem a user can fix in their data:
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +44,7 @@ TOO_LONG = "too_long"
 CHOSEN_EQUALS_REJECTED = "chosen_equals_rejected"
 BAD_TRANSCRIPT = "bad_transcript"
 DUPLICATE = "duplicate"
+CODE_TOO_NESTED = "code_too_nested"
 UNFINISHED_SAMPLE = "unfinished_sample"
 
 REASONS: tuple[str, ...] = (
@@ -50,6 +57,7 @@ REASONS: tuple[str, ...] = (
     CHOSEN_EQUALS_REJECTED,
     BAD_TRANSCRIPT,
     DUPLICATE,
+    CODE_TOO_NESTED,
 )
 """Every reason a source row is rejected; the metrics list each one (0 included) so keys stay
 stable. ``unfinished_sample`` is not among them: it drops a pair (``pairs/dropped_*``), never
@@ -102,31 +110,42 @@ class Rejected:
         return cls(err.reason, err.field, err.detail, origin, id, raw)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "reason": self.reason,
-            "field": self.field,
-            "detail": self.detail,
-            "source": self.origin.source,
-            "line": self.origin.line,
-            "id": self.id,
-            "raw": _printable(self.raw),
-        }
+        # Every part through _printable: a rejected row is recorded whatever it holds.
+        return _printable(
+            {
+                "reason": self.reason,
+                "field": self.field,
+                "detail": self.detail,
+                "source": self.origin.source,
+                "line": self.origin.line,
+                "id": self.id,
+                "raw": self.raw,
+            }
+        )
 
     def describe(self) -> str:
         """One line: ``file:line: reason: field: detail``."""
         where = f"{self.field}: " if self.field else ""
-        return f"{self.origin}: {self.reason}: {where}{self.detail}"
+        return _printable(f"{self.origin}: {self.reason}: {where}{self.detail}")
 
 
 def _printable(value: Any) -> Any:
-    """``value`` with lone surrogates written as ``\\udXXX`` text, so it can be saved as UTF-8."""
+    """``value`` as JSON that can be saved as UTF-8, whatever a source put in it.
+
+    Lone surrogates become ``\\udXXX`` text; values JSON has no type for (parquet timestamps,
+    bytes, decimals) become their ``str``; NaN/inf become "nan"/"inf" (JSON has no NaN).
+    """
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
-    if isinstance(value, dict):
-        return {str(k): _printable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {_printable(str(k)): _printable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_printable(v) for v in value]
-    return value
+    return _printable(str(value))
 
 
 def require(row: Mapping[str, Any], key: str, kind: type, where: str = "") -> Any:
@@ -147,15 +166,38 @@ def first_present(row: Mapping[str, Any], keys: tuple[str, ...]) -> str | None:
     return next((k for k in keys if row.get(k) is not None), None)
 
 
-def check_text(text: str, field: str, max_chars: int) -> None:
-    """Reject blank texts, texts over ``max_chars`` characters and unencodable text."""
+def _check_utf8(text: str, field: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         # JSON can escape a lone surrogate ("\\ud800"): valid JSON, but not text that any
         # tokenizer (or our UTF-8 output files) can take.
         bad = f"\\u{ord(text[exc.start]):04x}"
-        raise RowError(BAD_ENCODING, field, f"unencodable character {bad} at {exc.start}") from None
+        raise RowError(
+            BAD_ENCODING, _printable(field), f"unencodable character {bad} at {exc.start}"
+        ) from None
+
+
+def check_encodable(value: Any, field: str) -> None:
+    """Every string in ``value`` (keys included, at any depth) can be written as UTF-8.
+
+    For the parts of a row no text check reads (ids, ``meta``: ReDial movie names, urls),
+    which would otherwise fail only when the stage writes its outputs, after sampling.
+    """
+    if isinstance(value, str):
+        _check_utf8(value, field)
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_utf8(str(k), f"{field} key")
+            check_encodable(v, f"{field}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_encodable(v, f"{field}[{i}]")
+
+
+def check_text(text: str, field: str, max_chars: int) -> None:
+    """Reject blank texts, texts over ``max_chars`` characters and unencodable text."""
+    _check_utf8(text, field)
     if not text.strip():
         raise RowError(EMPTY_TEXT, field, "text is empty")
     if len(text) > max_chars:
@@ -185,7 +227,8 @@ def content_key(*parts: Any) -> str:
     """A short, stable hash of JSON-able parts (ids, split groups)."""
     import json
 
-    blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    # default=str: raw source values (a parquet timestamp in a ReDial message) must hash too.
+    blob = json.dumps(parts, ensure_ascii=False, sort_keys=True, separators=(",", ":"), default=str)
     # surrogatepass: a lone surrogate (JSON "\\ud800") must hash, so check_text can reject it.
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 

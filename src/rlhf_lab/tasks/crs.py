@@ -34,6 +34,7 @@ recommend, just not the gold one), 0.0 when it mentions none. "Known" means the 
 from __future__ import annotations
 
 import csv
+import io
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +44,7 @@ from typing import Any
 
 from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import DataError
+from rlhf_lab.io import decode_utf8
 
 PARTIAL_CREDIT = 0.3
 """Score for recommending a known movie that is not in the dialogue's gold set."""
@@ -296,13 +298,55 @@ def _has_title_evidence(text: str, start: int, end: int, has_year: bool) -> bool
     return bool(preceding) and preceding[-1] not in '.!?:\n"“'
 
 
+CATALOGUE_COLUMNS = ("movieId", "movieName")
+"""Columns a catalogue CSV must have (ReDial's ``movies_with_mentions.csv`` has nbMentions too)."""
+
+
 def _read_catalogue_csv(path: str | Path) -> list[tuple[str, str]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"movieId", "movieName"} - set(reader.fieldnames or ())
+    """(id, name) rows of a catalogue CSV; anything unusable is a DataError naming file:line.
+
+    Every stage that loads a catalogue comes through here, so each fails the same one-line way
+    rather than with a traceback, and a short row never becomes a movie named "None".
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"data.catalogue: file not found ({path.resolve()})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the movie catalogue: {exc.strerror}") from None
+    text = decode_utf8(data, str(path), DataError)
+    # strict: an unclosed quote is an error, not the rest of the file read as one movie name
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    want = ",".join(CATALOGUE_COLUMNS)
+    rows: list[tuple[str, str]] = []
+    start = 1  # line the next row starts on (a quoted name can span lines)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DataError(f"{path}: the movie catalogue is empty (expected a {want} header)")
+        missing = [c for c in CATALOGUE_COLUMNS if c not in header]
         if missing:
-            raise ValueError(f"{path}: catalogue CSV lacks columns {sorted(missing)}")
-        return [(row["movieId"].strip(), row["movieName"]) for row in reader]
+            raise DataError(f"{path}:1: catalogue header lacks {', '.join(missing)} (has {header})")
+        id_col, name_col = (header.index(c) for c in CATALOGUE_COLUMNS)
+        start = reader.line_num + 1
+        for row in reader:
+            where, start = f"{path}:{start}", reader.line_num + 1
+            if not row:
+                continue  # blank line
+            if len(row) <= max(id_col, name_col):
+                n = len(row)
+                raise DataError(
+                    f"{where}: catalogue row has {n} field{'s' * (n != 1)}, expected {want}"
+                )
+            movie_id, name = row[id_col].strip(), row[name_col]
+            for column, value in zip(CATALOGUE_COLUMNS, (movie_id, name), strict=True):
+                if not value.strip():
+                    raise DataError(f"{where}: catalogue row has an empty {column}")
+            rows.append((movie_id, name))
+    except csv.Error as exc:
+        raise DataError(f"{path}:{start}: bad CSV: {exc}") from None
+    return rows
 
 
 def load_catalogue(path: str | Path | None) -> MovieCatalogue | None:
@@ -311,15 +355,8 @@ def load_catalogue(path: str | Path | None) -> MovieCatalogue | None:
     The one loader every stage uses, so a missing or malformed file is the same one-line
     :class:`~rlhf_lab.errors.DataError` wherever it is read.
     """
-    if not path:
-        return None
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"data.catalogue: file not found ({path})")
-    try:
-        return MovieCatalogue.from_csv(path)
-    except (ValueError, KeyError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"data.catalogue: {exc}") from None
+    # _read_catalogue_csv already turns every problem into a DataError naming file:line.
+    return MovieCatalogue.from_csv(path) if path else None
 
 
 def _gold(row: Row) -> tuple[set[str], dict[str, str]]:

@@ -160,6 +160,10 @@ class FunctionFacts:
 
 _NO_FACTS = FunctionFacts("", (), False, (), (), False)
 
+PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError)
+"""What ``ast.parse`` raises on bad input: syntax, NUL bytes (ValueError), and nesting too deep
+for the parser (RecursionError; MemoryError when its own stack overflows, e.g. 3000 lambdas)."""
+
 
 def _first_function(tree: ast.Module) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
     """First top-level def, else the first method of the first class that has one."""
@@ -209,21 +213,24 @@ def _handler_names(handler: ast.ExceptHandler) -> list[str]:
 
 def _raises(func: ast.AST) -> list[str]:
     names: list[str] = []
-
-    def visit(node: ast.AST, handler: ast.ExceptHandler | None) -> None:
+    # An explicit stack, not recursion: ast.parse accepts expressions ~3000 deep, far past
+    # Python's recursion limit (a recursive walk raised RecursionError while scoring).
+    stack: list[tuple[ast.AST, ast.ExceptHandler | None]] = [
+        (child, None) for child in reversed(list(ast.iter_child_nodes(func)))
+    ]
+    while stack:
+        node, handler = stack.pop()
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
-            return
+            continue
         if isinstance(node, ast.Raise):
             if node.exc is None:
                 found = _handler_names(handler) if handler is not None else ["Exception"]
             else:
                 found = [_exc_name(node.exc) or "Exception"]
             names.extend(n for n in found if n not in names)
-        for child in ast.iter_child_nodes(node):
-            visit(child, node if isinstance(node, ast.ExceptHandler) else handler)
-
-    for child in ast.iter_child_nodes(func):
-        visit(child, None)
+        inner = node if isinstance(node, ast.ExceptHandler) else handler
+        # reversed: children are popped in source order, so names keep their first-seen order
+        stack.extend((child, inner) for child in reversed(list(ast.iter_child_nodes(node))))
     return names
 
 
@@ -251,7 +258,7 @@ def analyze_function(code: str) -> FunctionFacts:
     """
     try:
         tree = ast.parse(textwrap.dedent(code))
-    except (SyntaxError, ValueError, RecursionError, MemoryError):
+    except PARSE_ERRORS:
         return _NO_FACTS
     func = _first_function(tree)
     if func is None:
@@ -305,7 +312,7 @@ def clean_docstring(reply: str) -> str:
     if re.match(r"(async\s+)?def\s|@", text):
         try:
             func = _first_function(ast.parse(text))
-        except (SyntaxError, ValueError):
+        except PARSE_ERRORS:
             func = None
         if func is not None:
             return (ast.get_docstring(func) or "").strip()
