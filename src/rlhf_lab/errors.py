@@ -19,3 +19,7 @@ class ModelSourceError(RlhfLabError):
 
 class NotImplementedStage(RlhfLabError):
     """A stage whose implementation has not landed yet."""
+
+
+class StageBusyError(RlhfLabError):
+    """Another run of the same stage holds its lock in this checkout."""
