@@ -10,6 +10,7 @@ exit with code 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import os
 from pathlib import Path
@@ -59,6 +60,19 @@ def _run(stage: str, params_path: Path, **kwargs: Any) -> None:
             module.main(params, **kwargs)
     except RlhfLabError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        # A full disk is the user's to fix, and every output is written atomically, so the
+        # previous outputs are still whole: say so in one line instead of a traceback.
+        if exc.errno != errno.ENOSPC:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        console.print(
+            f"[bold red]error:[/] {stage}: no space left on device{where}; its previous "
+            "outputs are intact, free some space and run it again",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(2) from None
 
 
