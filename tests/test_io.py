@@ -163,3 +163,14 @@ def test_stage_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
             pass
     with io.stage_lock("train_sft", tmp_path):  # released on exit
         pass
+
+
+def test_remove_dir_is_all_or_nothing_and_sweeps_a_dead_removal(tmp_path):
+    ckpt = tmp_path / "step-000002"
+    (ckpt / "policy").mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    half = tmp_path / f".step-000002.tmp-{_dead_pid()}-abcd"  # a killed removal's remains
+    half.mkdir()
+    io.remove_dir(ckpt)
+    assert list(tmp_path.iterdir()) == []
+    io.remove_dir(ckpt)  # already gone: nothing to do

@@ -175,6 +175,23 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
         raise
 
 
+def remove_dir(path: str | Path) -> None:
+    """Delete a folder so that a kill midway leaves it whole or gone, never half-deleted.
+
+    ``shutil.rmtree`` killed halfway leaves a folder that still looks usable (a checkpoint whose
+    ``state.json`` survived its weights); renaming it to a temp sibling first makes the removal
+    all-or-nothing, and ``recover`` sweeps the rest on the next write or removal.
+    """
+    path = Path(path)
+    recover(path)
+    if not os.path.lexists(path):
+        return
+    doomed = path.parent / f"{_sibling_prefix(path, TMP_TAG)}{uuid.uuid4().hex[:8]}"
+    os.rename(path, doomed)
+    _fsync_dir(path.parent)
+    _remove(doomed)
+
+
 @contextlib.contextmanager
 def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary sibling of ``target`` for writing; rename it over ``target`` on success.
