@@ -148,8 +148,15 @@ def test_claim_out_dir(tmp_path):
         "not create (no .rlhf-lab-output); it would be deleted, so choose a new or empty folder"
     )
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ConfigError, match="exists and is not a folder"):
+    with pytest.raises(ConfigError, match="is a link or not a folder"):
         io.claim_out_dir(tmp_path / "file", "cmd")
+
+
+def test_claim_out_dir_refuses_the_working_folder_even_empty(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for out in (".", "..", str(tmp_path)):
+        with pytest.raises(ConfigError, match=f"--out {out} holds the working folder"):
+            io.claim_out_dir(out, "cmd")
 
 
 def test_stage_lock_refuses_a_second_holder_and_names_the_first(tmp_path):

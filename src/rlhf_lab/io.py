@@ -233,10 +233,12 @@ def claim_out_dir(path: str | Path, command: str) -> None:
     checkout or another stage's output. Call :func:`mark_out_dir` on what you write there.
     """
     path = Path(path)
+    if path.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise ConfigError(f"{command}: --out {path} holds the working folder; choose another")
     if not os.path.lexists(path):
         return
     if not path.is_dir() or path.is_symlink():
-        raise ConfigError(f"{command}: --out {path} exists and is not a folder; choose another")
+        raise ConfigError(f"{command}: --out {path} is a link or not a folder; choose another")
     if (path / OUT_MARKER).is_file() or not any(path.iterdir()):
         return
     raise ConfigError(

@@ -283,11 +283,15 @@ def test_analyze_rewards_refuses_to_replace_a_folder_it_did_not_create(tmp_path,
     (tmp_path / "reports/report.md").write_text("evaluate's report\n")
     before = _tree(tmp_path)
     runner = CliRunner()
-    for out in (".", "reports"):
+    refusals = {
+        ".": "--out . holds the working folder",
+        "reports": "--out reports is a non-empty folder that rlhf-lab did not create",
+    }
+    for out, why in refusals.items():
         result = runner.invoke(app, ["analyze_rewards", "--input", "rows.jsonl", "--out", out])
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert result.exit_code == 2 and len(lines) == 1, result.output
-        assert f"--out {out} is a non-empty folder that rlhf-lab did not create" in lines[0]
+        assert lines[0].startswith(f"error: analyze_rewards: {why}"), lines[0]
     assert _tree(tmp_path) == before
 
     # A folder it made itself (marked) is replaced on the next run, as before.
