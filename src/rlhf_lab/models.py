@@ -294,7 +294,11 @@ def source_provenance(source: Source) -> dict[str, Any]:
 
 
 def write_provenance(out_dir: str | Path, **info: Any) -> dict[str, Any]:
-    """Write ``provenance.json`` (what made this model directory) and return it."""
+    """Write ``provenance.json`` (what made this model directory) and return it.
+
+    DVC hashes it with the weights: pass nothing machine-specific (absolute paths, times, host
+    names); describe sources with :func:`source_provenance`.
+    """
     import transformers
 
     data = {"transformers_version": transformers.__version__, "torch_version": torch.__version__}
