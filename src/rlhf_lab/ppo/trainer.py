@@ -21,8 +21,9 @@ model (one base, two adapters) in :mod:`rlhf_lab.ppo.model`.
 
 Checkpoints (``checkpoints/train_ppo/step-NNNNNN/``, atomic, the last two kept) hold the
 policy adapter, the critic, the optimiser, every RNG state, the KL controller, the metric
-history and the step, so ``--resume`` continues bit-for-bit where an uninterrupted run with the
-same seed would be (``tests/test_ppo_resume.py``).
+history, the step and the run's fingerprint (:mod:`rlhf_lab.ppo.fingerprint`), so a resume
+continues bit-for-bit where an uninterrupted run with the same inputs would be
+(``tests/test_ppo_resume.py``) and never continues a run whose inputs changed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -39,12 +41,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from rlhf_lab import ui
 from rlhf_lab.config import PpoConfig
 from rlhf_lab.errors import RlhfLabError
 from rlhf_lab.io import atomic_dir
 from rlhf_lab.ppo.composite_score import Scores
+from rlhf_lab.ppo import fingerprint as fp
 from rlhf_lab.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
@@ -74,8 +78,9 @@ Scorer = Callable[[Sequence[str], Sequence[Row], int], Scores]
 
 CHECKPOINT_PREFIX = "step-"
 KEEP_CHECKPOINTS = 2
-# ppo keys that may change between a checkpoint and --resume (they do not change what the
-# finished steps computed).
+# ppo keys that may change between a checkpoint and a resume (they do not change what the
+# finished steps computed). ppo.steps does when a weight schedule (reward.weights_end) spreads
+# over the steps; the trainer then keeps it in the fingerprint.
 RESUMABLE_CHANGES = {"steps", "save_every", "max_bad_steps"}
 
 
@@ -179,7 +184,9 @@ class PpoTrainer:
 
     ``scorer(replies, rows, step) -> Scores`` is usually a
     :class:`rlhf_lab.ppo.composite_score.CompositeScorer`. ``checkpoint_dir`` / ``plots_dir`` are
-    optional (tests run without curves). Call :meth:`train`.
+    optional (tests run without curves). ``fingerprint`` is what the run depends on besides
+    ``ppo`` (:func:`rlhf_lab.ppo.fingerprint.stage_fingerprint`); the trainer adds the ``ppo``
+    section itself. Call :meth:`train`.
     """
 
     def __init__(
@@ -193,6 +200,7 @@ class PpoTrainer:
         checkpoint_dir: str | Path | None = None,
         plots_dir: str | Path | None = None,
         progress: bool = True,
+        fingerprint: Mapping[str, Any] | None = None,
     ) -> None:
         if not rows:
             raise RlhfLabError("train_ppo: no prompts to train on")
@@ -220,6 +228,10 @@ class PpoTrainer:
         self.step = 0
         self.skipped_updates = 0
         self.history: list[dict[str, float]] = []
+        self.fingerprint = {**self._ppo_fingerprint(), **dict(fingerprint or {})}
+        # Checkpoints of another run (or of this one, for a fresh start): removed once this
+        # run has saved its first, never before (see train()).
+        self._stale: list[Path] = []
 
     # -- rollout -------------------------------------------------------------------------------
 
@@ -439,17 +451,32 @@ class PpoTrainer:
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def train(self, resume: bool = False) -> dict[str, Any]:
-        """Run (or, with ``resume``, continue) training to ``ppo.steps``; return final metrics."""
+    def train(self, resume: bool | None = None) -> dict[str, Any]:
+        """Train to ``ppo.steps``, continuing a compatible checkpoint; return final metrics.
+
+        ``resume=None`` (what a plain ``dvc repro`` runs) continues from the newest checkpoint
+        whose fingerprint equals this run's, else starts at step 0: the natural re-run after a
+        crash continues, and a changed input can never be continued by accident (the
+        fingerprint covers params, prompts, models and code). ``resume=True`` requires such a
+        checkpoint and fails with one line naming what changed; it tolerates a change of the
+        source code alone (with a warning), which is how a run continues after a fix to what
+        crashed it. ``resume=False`` starts at step 0. Checkpoints a run does not continue
+        from are deleted only after it has saved its own first one, so a run killed before
+        that leaves them resumable.
+        """
         cfg = self.cfg
-        if resume and self.load_checkpoint():
+        found = self.checkpoints()
+        ignore = {fp.CODE} if resume else set()
+        source = None if resume is False else self._resumable(found, ignore, required=bool(resume))
+        if source is not None:
+            self.load_checkpoint(source)
             ui.console.print(f"resuming train_ppo at step {self.step}/{cfg.steps}", highlight=False)
+            self._stale = [p for p in found if self._mismatch(p, ignore)]
         else:
-            if resume:
+            if resume and not found:
                 ui.console.print("no checkpoint to resume from; starting at step 0")
             seed_everything(cfg.seed)
-            if self.checkpoint_dir is not None and self.checkpoint_dir.exists():
-                shutil.rmtree(self.checkpoint_dir)  # a fresh run: old checkpoints are stale
+            self._stale = found
         live = self._open_live()
         try:
             steps = range(self.step, cfg.steps)
@@ -531,7 +558,11 @@ class PpoTrainer:
         return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
 
     def save_checkpoint(self) -> Path:
-        """Write ``step-NNNNNN/`` atomically; keep the newest :data:`KEEP_CHECKPOINTS`."""
+        """Write ``step-NNNNNN/`` atomically; keep this run's newest :data:`KEEP_CHECKPOINTS`.
+
+        The previous checkpoints are deleted only once the new one is complete (renamed into
+        place by :func:`rlhf_lab.io.atomic_dir`), so a kill at any point leaves a complete one.
+        """
         assert self.checkpoint_dir is not None
         target = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.step:06d}"
         with atomic_dir(target) as tmp:
@@ -544,33 +575,75 @@ class PpoTrainer:
                 "skipped_updates": self.skipped_updates,
                 "kl_controller": self.kl_ctl.state_dict(),
                 "config": self.cfg.model_dump(mode="json"),
+                "fingerprint": self.fingerprint,
                 # Python's json keeps NaN (explained variance of a constant return can be nan),
                 # so the replayed history is exactly what was logged.
                 "history": self.history,
             }
             (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+        for old in self._stale:
+            if old != target:  # a stale checkpoint of the same step was just replaced
+                shutil.rmtree(old, ignore_errors=True)
+        self._stale = []
         for old in self.checkpoints()[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
         return target
 
-    def load_checkpoint(self) -> bool:
-        """Restore the newest checkpoint; False when there is none."""
-        found = self.checkpoints()
-        if not found:
-            return False
-        path = found[-1]
-        state = json.loads((path / "state.json").read_text())
-        now = self.cfg.model_dump(mode="json")
-        changed = sorted(
-            k
-            for k in set(now) | set(state["config"])
-            if k not in RESUMABLE_CHANGES and now.get(k) != state["config"].get(k)
-        )
-        if changed:
-            raise RlhfLabError(
-                f"{path}: made with different ppo params "
-                f"({', '.join('ppo.' + k for k in changed)}); run without --resume to start over"
+    def _ppo_fingerprint(self) -> dict[str, Any]:
+        ppo = self.cfg.model_dump(mode="json")
+        resumable = RESUMABLE_CHANGES - ({"steps"} if self.scorer_has_schedule() else set())
+        return fp.flatten({"ppo": {k: v for k, v in ppo.items() if k not in resumable}})
+
+    def _mismatch(self, path: Path, ignore: AbstractSet[str] = frozenset()) -> list[str]:
+        """Why the checkpoint at ``path`` cannot be continued by this run (empty: it can)."""
+        try:
+            state = json.loads((path / "state.json").read_text())
+        except (OSError, ValueError):
+            return ["state.json is unreadable"]
+        if "fingerprint" not in state:
+            return ["it records no fingerprint (made by an older rlhf-lab)"]
+        found = fp.changes(state["fingerprint"], self.fingerprint, ignore)
+        if int(state["step"]) > self.cfg.steps:
+            found.append(
+                f"ppo.steps changed (checkpoint at step {state['step']} vs now {self.cfg.steps})"
             )
+        return found
+
+    def _resumable(
+        self, found: list[Path], ignore: AbstractSet[str], required: bool
+    ) -> Path | None:
+        """The newest of ``found`` this run can continue; else None, or an error if required."""
+        newest_reasons: list[str] = []
+        for path in reversed(found):
+            reasons = self._mismatch(path, ignore)
+            if not reasons:
+                for change in fp.changes(
+                    json.loads((path / "state.json").read_text())["fingerprint"],
+                    self.fingerprint,
+                ):
+                    ui.console.print(
+                        f"[yellow]warning:[/] {escape(f'{path}: resuming although {change}')}"
+                    )
+                return path
+            newest_reasons = newest_reasons or reasons
+        if found:
+            why = fp.summarise(newest_reasons)
+            if required:
+                raise RlhfLabError(
+                    f"{self.checkpoint_dir}: cannot resume: {why}; "
+                    "run without --resume to start over, or delete the directory"
+                )
+            ui.console.print(
+                f"{self.checkpoint_dir}: not resuming: {why}; starting at step 0 "
+                "(the old checkpoints stay until this run saves its first)",
+                highlight=False,
+                markup=False,
+            )
+        return None
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore the checkpoint at ``path`` (chosen by :meth:`train`)."""
+        state = json.loads((path / "state.json").read_text())
         load_adapter_dir(self.model, POLICY, path / "policy")
         load_critic_weights(self.model, path / "critic")
         self.optimizer.load_state_dict(
@@ -582,7 +655,6 @@ class PpoTrainer:
         self.step = int(state["step"])
         self.skipped_updates = int(state["skipped_updates"])
         self.history = state["history"]
-        return True
 
 
 __all__ = ["CRITIC", "NonFiniteLossError", "PpoTrainer", "Rollout", "batch_indices"]
