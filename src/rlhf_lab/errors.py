@@ -15,3 +15,7 @@ class DataError(RlhfLabError):
 
 class ModelSourceError(RlhfLabError):
     """A model source could not be resolved or loaded."""
+
+
+class NonFiniteLossError(RlhfLabError):
+    """Too many optimiser steps were skipped because the loss or gradient was not finite."""

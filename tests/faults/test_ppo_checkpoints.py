@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from rlhf_lab.cli import app
 from rlhf_lab.config import PpoConfig
 from rlhf_lab.errors import RlhfLabError
-from rlhf_lab.ppo.model import load_policy_critic
 from rlhf_lab.ppo.composite_score import CompositeScorer
+from rlhf_lab.ppo.model import load_policy_critic
 from rlhf_lab.ppo.trainer import PpoTrainer
 
 from ..ppo_helpers import (  # noqa: F401

@@ -7,13 +7,15 @@ field of :class:`rlhf_lab.config.PpoConfig` (``params.yaml: ppo``), used directl
     response  = sample(policy, T = ppo.temperature, stop at EOS, ≤ ppo.max_new_tokens)
     score     = Σ w_c · component_c  (rlhf_lab.ppo.composite_score), clipped to ±ppo.score_clip
     logp, ref, V = policy / reference / critic on the sampled tokens (no grad, per minibatch)
+    drop the replies whose score, logp, ref, V or KL is nan/inf (counted; the rest trains)
     r_t       = -β·KL_t, + score at the last token, - ppo.missing_eos_penalty if no EOS
     A, R      = GAE(r, V; γ = ppo.gamma, λ = ppo.lam); A whitened over the batch
     for ppo.epochs: for ppo.minibatches:
         loss = clipped policy loss (ppo.clip) + ppo.vf_coef · clipped value loss (ppo.clip_value)
         skip if non-finite; clip the global grad norm (ppo.max_grad_norm); AdamW step
         (optionally stop the epochs once approx-KL > ppo.target_approx_kl)
-    β ← KL controller (fixed, or adaptive towards ppo.kl_target over ppo.kl_horizon samples)
+    β ← KL controller (fixed, or adaptive towards ppo.kl_target over ppo.kl_horizon samples;
+        a nan/inf KL leaves β as it is)
 
 The details follow OpenAI's lm-human-preferences and "The N Implementation Details of RLHF
 with PPO" (Huang et al. 2024, [N-details]); the math lives in :mod:`rlhf_lab.ppo.core`, the
@@ -29,6 +31,7 @@ continues bit-for-bit where an uninterrupted run with the same inputs would be
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import time
@@ -45,17 +48,19 @@ from rich.markup import escape
 
 from rlhf_lab import ui
 from rlhf_lab.config import PpoConfig
-from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.errors import NonFiniteLossError, RlhfLabError
 from rlhf_lab.io import atomic_dir
-from rlhf_lab.ppo.composite_score import Scores
 from rlhf_lab.ppo import fingerprint as fp
+from rlhf_lab.ppo.composite_score import Scores
 from rlhf_lab.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
     explained_variance,
     gae,
+    kl_estimate,
     masked_mean,
     masked_whiten,
+    nonfinite_rows,
     policy_loss,
     shape_rewards,
     value_loss,
@@ -72,6 +77,7 @@ from rlhf_lab.ppo.model import (
     trim_batch,
 )
 from rlhf_lab.tokens import pad
+from rlhf_lab.training.common import NonFiniteGuard
 
 Row = dict[str, Any]
 Scorer = Callable[[Sequence[str], Sequence[Row], int], Scores]
@@ -82,10 +88,6 @@ KEEP_CHECKPOINTS = 2
 # finished steps computed). ppo.steps does when a weight schedule (reward.weights_end) spreads
 # over the steps; the trainer then keeps it in the fingerprint.
 RESUMABLE_CHANGES = {"steps", "save_every", "max_bad_steps"}
-
-
-class NonFiniteLossError(RlhfLabError):
-    """Too many PPO updates were skipped because the loss or gradient was not finite."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,6 +166,40 @@ class Rollout:
     scores: Scores
     score: torch.Tensor
     """The composite score after ``ppo.score_clip`` (before the EOS penalty)."""
+    nonfinite: int = 0
+    """Replies dropped from this batch for a non-finite score, log-prob, value or KL."""
+
+    def select(self, keep: torch.Tensor) -> Rollout:
+        """The rollout restricted to the replies where ``keep`` [B] is True."""
+        idx = keep.nonzero().flatten()
+        rows = idx.tolist()
+        tensors = {
+            name: getattr(self, name)[idx]
+            for name in (
+                "query",
+                "query_mask",
+                "response",
+                "response_mask",
+                "eos_found",
+                "logprobs",
+                "ref_logprobs",
+                "values",
+                "entropy",
+                "score",
+            )
+        }
+        scores = Scores(
+            self.scores.total[idx],
+            {k: v[idx] for k, v in self.scores.components.items()},
+            self.scores.weights,
+        )
+        return Rollout(
+            rows=[self.rows[i] for i in rows],
+            replies=[self.replies[i] for i in rows],
+            scores=scores,
+            nonfinite=self.nonfinite + len(self.rows) - len(rows),
+            **tensors,
+        )
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -226,12 +262,26 @@ class PpoTrainer:
             else FixedKLController(cfg.kl_coef)
         )
         self.step = 0
-        self.skipped_updates = 0
+        self.guard = NonFiniteGuard(
+            "train_ppo",
+            "ppo.max_bad_steps",
+            cfg.max_bad_steps,
+            "lower ppo.lr, or check the reward components for nan/inf",
+        )
         self.history: list[dict[str, float]] = []
         self.fingerprint = {**self._ppo_fingerprint(), **dict(fingerprint or {})}
         # Checkpoints of another run (or of this one, for a fresh start): removed once this
         # run has saved its first, never before (see train()).
         self._stale: list[Path] = []
+
+    @property
+    def skipped_updates(self) -> int:
+        """Updates skipped so far for a non-finite loss, gradient or batch (checkpointed)."""
+        return self.guard.skipped
+
+    @skipped_updates.setter
+    def skipped_updates(self, value: int) -> None:
+        self.guard.skipped = value
 
     # -- rollout -------------------------------------------------------------------------------
 
@@ -292,6 +342,24 @@ class PpoTrainer:
             scores=scores,
             score=score,
         )
+        # A nan/inf anywhere in a reply's score, log-probs, values or KL would spread to the
+        # whole batch through whitening and the KL mean: drop that reply (counted) instead.
+        # The raw composite is checked, since score_clip turns inf into a finite number.
+        bad = nonfinite_rows(
+            scores.total,
+            ro.response_mask,
+            ro.logprobs,
+            ro.ref_logprobs,
+            ro.values,
+            kl_estimate(ro.logprobs, ro.ref_logprobs, cfg.kl_estimator),
+        )
+        if bool(bad.any()):
+            ui.console.print(
+                f"[yellow]warning:[/] train_ppo step {step}: {int(bad.sum())} of {len(rows)} "
+                "replies dropped for a non-finite score, log-prob, value or KL",
+                highlight=False,
+            )
+            ro = ro.select(~bad)
         timing = {
             "time/rollout_s": time.perf_counter() - t0,
             "time/generate_s": t_gen,
@@ -306,6 +374,12 @@ class PpoTrainer:
         cfg, model = self.cfg, self.model
         mask = ro.response_mask.float()
         beta = self.kl_ctl.value
+        if float(mask.sum()) < 2:
+            # Every reply was dropped as non-finite (or fewer than the 2 tokens whitening
+            # needs remain): nothing to learn from; each planned update counts as skipped.
+            for _ in range(cfg.epochs * cfg.minibatches):
+                self._skip(step, "no reply with a finite score left in the batch")
+            return self._no_update_stats(ro, beta)
         with torch.no_grad():
             # -β·KL_t per token, the score at the last valid token (lm-human-preferences
             # compute_rewards), missing-EOS penalty on the score ([N-details] "EOS trick").
@@ -375,7 +449,7 @@ class PpoTrainer:
                     grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     ok = bool(torch.isfinite(grad_norm))
                 if not ok:
-                    self._skip(step, float(loss))
+                    self._skip(step, f"non-finite loss/gradient ({float(loss)})")
                     continue
                 self.optimizer.step()
                 updates += 1
@@ -403,7 +477,10 @@ class PpoTrainer:
         # Mean KL per reply (sum over tokens): what the adaptive controller targets.
         kl_per_reply = (kl * mask).sum(dim=1)
         mean_kl = float(kl_per_reply.mean())
-        self.kl_ctl.update(mean_kl, n)
+        # The controllers ignore a non-finite KL too; counted here so it shows in the curves.
+        kl_finite = math.isfinite(mean_kl)
+        if kl_finite:
+            self.kl_ctl.update(mean_kl, n)
         penalised = ro.score - ((cfg.missing_eos_penalty or 0.0) * (~ro.eos_found).float())
         stats = {k: v / max(updates, 1) for k, v in sums.items()}
         stats.update(
@@ -421,6 +498,8 @@ class PpoTrainer:
                 "train/updates": float(updates),
                 "train/epochs": float(epochs_run),
                 "train/skipped_updates": float(self.skipped_updates),
+                "objective/nonfinite_replies": float(ro.nonfinite),
+                "objective/nonfinite_kl": float(not kl_finite),
             }
         )
         for key in (
@@ -433,21 +512,46 @@ class PpoTrainer:
             stats.setdefault(key, float("nan"))
         return stats
 
-    def _skip(self, step: int, loss: float) -> None:
-        """A non-finite loss or gradient: skip the update, count it, abort past the limit."""
+    def _skip(self, step: int, reason: str) -> None:
+        """A non-finite loss, gradient or batch: skip the update, count it, abort past the limit."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.skipped_updates += 1
-        ui.console.print(
-            f"[yellow]warning:[/] train_ppo step {step}: non-finite loss/gradient ({loss}); "
-            f"update skipped ({self.skipped_updates}/{self.cfg.max_bad_steps})",
-            highlight=False,
+        self.guard.skip(step, reason)
+
+    def _no_update_stats(self, ro: Rollout, beta: float) -> dict[str, float]:
+        """The stats of a step whose batch had nothing finite left (same keys, nan values)."""
+        nan = float("nan")
+        stats = dict.fromkeys(
+            (
+                "loss/policy",
+                "loss/value",
+                "loss/total",
+                "policy/clipfrac",
+                "policy/approxkl",
+                "val/clipfrac",
+                "train/grad_norm",
+                "objective/score",
+                "objective/kl",
+                "objective/rlhf_reward",
+                "objective/entropy",
+                "val/explained_variance",
+                "val/mean",
+                "val/returns_mean",
+                "gen/length",
+                "gen/eos_rate",
+            ),
+            nan,
         )
-        if self.skipped_updates >= self.cfg.max_bad_steps:
-            raise NonFiniteLossError(
-                f"train_ppo: {self.skipped_updates} updates skipped for a non-finite loss "
-                f"(ppo.max_bad_steps={self.cfg.max_bad_steps}), last at step {step}; "
-                "lower ppo.lr, or check the reward components for nan/inf"
-            )
+        stats.update(
+            {
+                "objective/kl_coef": beta,
+                "train/updates": 0.0,
+                "train/epochs": 0.0,
+                "train/skipped_updates": float(self.skipped_updates),
+                "objective/nonfinite_replies": float(ro.nonfinite),
+                "objective/nonfinite_kl": 0.0,
+            }
+        )
+        return stats
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -517,6 +621,9 @@ class PpoTrainer:
         last["objective/score_start"] = self.history[0]["objective/score"]
         last["train/steps"] = self.step
         last["train/skipped_updates"] = self.skipped_updates
+        for key in ("objective/nonfinite_replies", "objective/nonfinite_kl"):
+            # run totals (each step logs its own count); .get: histories of older checkpoints
+            last[key.replace("objective/", "train/")] = sum(h.get(key, 0.0) for h in self.history)
         last["time/total_rollout_s"] = sum(h["time/rollout_s"] for h in self.history)
         last["time/total_update_s"] = sum(h["time/update_s"] for h in self.history)
         return last
