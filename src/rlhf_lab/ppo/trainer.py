@@ -202,6 +202,13 @@ class Rollout:
         )
 
 
+def _delete_checkpoint(path: Path) -> None:
+    # state.json first: it is what marks a checkpoint complete, so a kill midway through the
+    # deletion leaves a directory checkpoints() ignores rather than one missing its weights.
+    (path / "state.json").unlink(missing_ok=True)
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -690,10 +697,10 @@ class PpoTrainer:
             (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
         for old in self._stale:
             if old != target:  # a stale checkpoint of the same step was just replaced
-                shutil.rmtree(old, ignore_errors=True)
+                _delete_checkpoint(old)
         self._stale = []
         for old in self.checkpoints()[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+            _delete_checkpoint(old)
         return target
 
     def _ppo_fingerprint(self) -> dict[str, Any]:
