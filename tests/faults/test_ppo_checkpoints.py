@@ -165,9 +165,9 @@ def test_resume_refuses_a_changed_input_in_one_line(workspaces, monkeypatch, cha
     assert (root / "checkpoints/train_ppo/step-000001/state.json").is_file()
 
 
-def _trainer(dirs, ckpt, fingerprint, scorer_fn):
+def _trainer(dirs, ckpt, fingerprint, scorer_fn, steps=2):
     cfg = PpoConfig(
-        steps=2,
+        steps=steps,
         batch_size=4,
         minibatches=2,
         epochs=1,
@@ -222,3 +222,11 @@ def test_fresh_run_keeps_old_checkpoints_until_its_first_save(tiny_models, tmp_p
     new.train()
     states = [json.loads((p / "state.json").read_text()) for p in sorted(ckpt.iterdir())]
     assert [s["fingerprint"]["prompts"] for s in states] == ["b", "b"]
+
+    # fewer steps: the newest checkpoint ran past them, the older one is exactly this run
+    shorter = _trainer(tmp_path, ckpt, {"prompts": "b"}, length, steps=1)
+    shorter.train(resume=True)
+    assert shorter.step == 1 and shorter.history == new.history[:1]
+    assert shorter._mismatch(ckpt / "step-000002") == [
+        "ppo.steps changed (checkpoint at step 2 vs now 1)"
+    ]

@@ -717,7 +717,7 @@ class PpoTrainer:
         if "fingerprint" not in state:
             return ["it records no fingerprint (made by an older rlhf-lab)"]
         found = fp.changes(state["fingerprint"], self.fingerprint, ignore)
-        if int(state["step"]) > self.cfg.steps:
+        if int(state["step"]) > self.cfg.steps and "ppo.steps" not in self.fingerprint:
             found.append(
                 f"ppo.steps changed (checkpoint at step {state['step']} vs now {self.cfg.steps})"
             )
