@@ -19,6 +19,7 @@ from rlhf_lab.ppo.core import (
     masked_mean,
     masked_var,
     masked_whiten,
+    nonfinite_rows,
     policy_loss,
     shape_rewards,
     value_loss,
@@ -389,3 +390,36 @@ def test_fixed_kl_controller():
     other = FixedKLController(1.0)
     other.load_state_dict(ctl.state_dict())
     assert other.value == 0.05
+
+
+def test_adaptive_kl_controller_ignores_a_non_finite_kl():
+    ctl = AdaptiveKLController(init=0.1, target=6.0, horizon=10_000)
+    for kl in (math.nan, math.inf, -math.inf):
+        ctl.update(kl, n_steps=1000)
+        assert ctl.value == 0.1
+    ctl.update(12.0, n_steps=1000)  # a finite KL still moves β: +20% * 1000 / 10000
+    assert ctl.value == pytest.approx(0.1 * 1.02)
+
+
+def test_nonfinite_rows_checks_scores_and_valid_tokens_only():
+    mask = prefix_mask([3, 2, 1, 3], 3)
+    logp = torch.zeros(4, 3)
+    logp[1, 2] = math.nan  # on padding: ignored
+    logp[2, 0] = -math.inf  # on row 2's only token
+    values = torch.zeros(4, 3)
+    values[3, 1] = math.inf
+    scores = torch.tensor([math.nan, 0.5, 0.5, 0.5])
+    assert nonfinite_rows(scores, mask, logp, values).tolist() == [True, False, True, True]
+    assert nonfinite_rows(torch.zeros(4), mask).tolist() == [False] * 4
+    # a naive loop over rows and valid positions agrees
+    naive = [
+        not math.isfinite(float(scores[b]))
+        or any(
+            not math.isfinite(float(x[b, t]))
+            for x in (logp, values)
+            for t in range(3)
+            if mask[b, t]
+        )
+        for b in range(4)
+    ]
+    assert nonfinite_rows(scores, mask, logp, values).tolist() == naive

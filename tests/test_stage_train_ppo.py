@@ -117,15 +117,25 @@ def test_train_ppo_runs_saves_and_resumes(workspace):
     ):
         assert (workspace / "checkpoints/train_ppo/step-000003" / name).is_file(), name
 
-    # --resume with more steps continues from the last checkpoint
+    # A plain re-run continues the finished checkpoint: the same model, no step re-run.
+    weights = (out / "model.safetensors").read_bytes()
+    result = _invoke("train_ppo")
+    assert result.exit_code == 0, result.output
+    assert "resuming train_ppo at step 3/3" in result.output
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert len((curves / "objective/score.tsv").read_text().splitlines()) == 4
+
+    # With a weight schedule (reward.weights_end) ppo.steps sets every step's weights, so more
+    # steps is a different run, not this one continued (growing ppo.steps without a schedule:
+    # tests/faults/test_ppo_checkpoints.py).
     params = {**PARAMS, "ppo": {**PARAMS["ppo"], "steps": 4}}
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     result = _invoke("train_ppo", "--resume")
-    assert result.exit_code == 0, result.output
-    assert "resuming train_ppo at step 3/4" in result.output
-    metrics = json.loads((workspace / "metrics/train_ppo.json").read_text())
-    assert metrics["train/steps"] == 4
-    assert len((curves / "objective/score.tsv").read_text().splitlines()) == 5
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1] == (
+        "error: checkpoints/train_ppo: cannot resume: ppo.steps changed (checkpoint 3 vs now 4); "
+        "run without --resume to start over, or delete the directory"
+    )
 
 
 def test_missing_critic_fails_in_one_line(workspace):

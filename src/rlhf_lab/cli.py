@@ -117,8 +117,13 @@ def train_sft(params: ParamsOpt = DEFAULT_PARAMS) -> None:
 def train_ppo(
     params: ParamsOpt = DEFAULT_PARAMS,
     resume: Annotated[
-        bool, typer.Option("--resume", help="continue from the last checkpoint")
-    ] = False,
+        bool | None,
+        typer.Option(
+            "--resume/--fresh",
+            help="--resume: must continue from checkpoints/train_ppo (fail if its inputs "
+            "changed); --fresh: start at step 0. Default: continue a compatible checkpoint.",
+        ),
+    ] = None,
 ) -> None:
     """PPO on the SFT policy against the composite reward."""
     _run("train_ppo", params, resume=resume)

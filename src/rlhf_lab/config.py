@@ -179,6 +179,8 @@ class RewardTrainConfig(Section):
     """Fraction of steps with linear learning-rate warm-up."""
     max_grad_norm: float = Field(1.0, gt=0.0)
     """Global gradient-norm clip."""
+    max_bad_steps: int = Field(3, ge=1)
+    """Abort after this many optimiser steps skipped for a non-finite loss or gradient."""
     seed: int = 0
     """Seed for head init and shuffling."""
 
@@ -227,6 +229,8 @@ class SftConfig(Section):
     """Fraction of steps with linear learning-rate warm-up."""
     max_grad_norm: float = Field(1.0, gt=0.0)
     """Global gradient-norm clip."""
+    max_bad_steps: int = Field(3, ge=1)
+    """Abort after this many optimiser steps skipped for a non-finite loss or gradient."""
     lora: LoraConfig = LoraConfig()
     """LoRA adapter settings; the adapter is merged into models/sft at the end."""
     seed: int = 0
@@ -250,6 +254,8 @@ class CriticConfig(Section):
     """Fraction of steps with linear learning-rate warm-up."""
     max_grad_norm: float = Field(1.0, gt=0.0)
     """Global gradient-norm clip."""
+    max_bad_steps: int = Field(3, ge=1)
+    """Abort after this many optimiser steps skipped for a non-finite loss or gradient."""
     lora: LoraConfig = LoraConfig()
     """LoRA adapter settings of the critic."""
     seed: int = 0

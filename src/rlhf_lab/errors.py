@@ -19,3 +19,7 @@ class ModelSourceError(RlhfLabError):
 
 class StageBusyError(RlhfLabError):
     """Another run of the same stage holds its lock in this checkout."""
+
+
+class NonFiniteLossError(RlhfLabError):
+    """Too many optimiser steps were skipped because the loss or gradient was not finite."""

@@ -261,7 +261,8 @@ def test_sigkill_mid_checkpoint_save_then_resume_gives_the_uninterrupted_model(
     shutil.rmtree(root / "models/ppo")
     (root / "metrics/train_ppo.json").unlink()
 
-    rc, log = _run(root, fault_env, "train_ppo", fault="kill_before:step-000002")
+    # --fresh: the finished run's checkpoints match, so a plain run would just resume at 3/3
+    rc, log = _run(root, fault_env, "train_ppo", "--fresh", fault="kill_before:step-000002")
     assert rc == -signal.SIGKILL, log
     ckpt = root / "checkpoints/train_ppo"
     assert [p.name.split("-")[0] for p in sorted(ckpt.iterdir())] == [".step", "step"]

@@ -23,6 +23,7 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -43,6 +44,7 @@ __all__ = [
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "nonfinite_rows",
     "policy_loss",
     "shape_rewards",
     "value_loss",
@@ -242,6 +244,22 @@ def shape_rewards(
     return rewards, kl
 
 
+def nonfinite_rows(
+    scores: torch.Tensor, mask: torch.Tensor, *per_token: torch.Tensor
+) -> torch.Tensor:
+    """Bool [B]: rows whose score, or any ``per_token`` [B, T] value on a valid token, is nan/inf.
+
+    The trainer drops these replies before shaping: a single nan would otherwise reach every
+    reply through the batch statistics (reward and advantage whitening, the KL mean) and turn
+    the whole step's loss into nan. Padding is ignored, as everywhere here.
+    """
+    bad = ~torch.isfinite(scores)
+    valid = mask != 0
+    for x in per_token:
+        bad = bad | (~torch.isfinite(x) & valid.to(x.device)).any(dim=1).to(bad.device)
+    return bad
+
+
 # --------------------------------------------------------------------------------------------
 # Advantages
 # --------------------------------------------------------------------------------------------
@@ -402,7 +420,13 @@ class AdaptiveKLController:
         self.horizon = horizon
 
     def update(self, current_kl: float, n_steps: int) -> None:
-        """Move β up when KL is above target and down when below, by at most 20% per horizon."""
+        """Move β up when KL is above target and down when below, by at most 20% per horizon.
+
+        A nan/inf KL leaves β unchanged: ``min``/``max`` pass nan through, and a nan β would
+        poison every later step (the trainer counts such batches).
+        """
+        if not math.isfinite(current_kl):
+            return
         proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
         mult = 1.0 + proportional_error * n_steps / self.horizon
         self.value *= mult

@@ -7,13 +7,15 @@ field of :class:`rlhf_lab.config.PpoConfig` (``params.yaml: ppo``), used directl
     response  = sample(policy, T = ppo.temperature, stop at EOS, ≤ ppo.max_new_tokens)
     score     = Σ w_c · component_c  (rlhf_lab.ppo.composite_score), clipped to ±ppo.score_clip
     logp, ref, V = policy / reference / critic on the sampled tokens (no grad, per minibatch)
+    drop the replies whose score, logp, ref, V or KL is nan/inf (counted; the rest trains)
     r_t       = -β·KL_t, + score at the last token, - ppo.missing_eos_penalty if no EOS
     A, R      = GAE(r, V; γ = ppo.gamma, λ = ppo.lam); A whitened over the batch
     for ppo.epochs: for ppo.minibatches:
         loss = clipped policy loss (ppo.clip) + ppo.vf_coef · clipped value loss (ppo.clip_value)
         skip if non-finite; clip the global grad norm (ppo.max_grad_norm); AdamW step
         (optionally stop the epochs once approx-KL > ppo.target_approx_kl)
-    β ← KL controller (fixed, or adaptive towards ppo.kl_target over ppo.kl_horizon samples)
+    β ← KL controller (fixed, or adaptive towards ppo.kl_target over ppo.kl_horizon samples;
+        a nan/inf KL leaves β as it is)
 
 The details follow OpenAI's lm-human-preferences and "The N Implementation Details of RLHF
 with PPO" (Huang et al. 2024, [N-details]); the math lives in :mod:`rlhf_lab.ppo.core`, the
@@ -21,16 +23,19 @@ model (one base, two adapters) in :mod:`rlhf_lab.ppo.model`.
 
 Checkpoints (``checkpoints/train_ppo/step-NNNNNN/``, atomic, the last two kept) hold the
 policy adapter, the critic, the optimiser, every RNG state, the KL controller, the metric
-history and the step, so ``--resume`` continues bit-for-bit where an uninterrupted run with the
-same seed would be (``tests/test_ppo_resume.py``).
+history, the step and the run's fingerprint (:mod:`rlhf_lab.ppo.fingerprint`), so a resume
+continues bit-for-bit where an uninterrupted run with the same inputs would be
+(``tests/test_ppo_resume.py``) and never continues a run whose inputs changed.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -38,19 +43,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from rlhf_lab import ui
 from rlhf_lab.config import PpoConfig
-from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.errors import NonFiniteLossError, RlhfLabError
 from rlhf_lab.io import atomic_dir, remove_dir
+from rlhf_lab.ppo import fingerprint as fp
 from rlhf_lab.ppo.composite_score import Scores
 from rlhf_lab.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
     explained_variance,
     gae,
+    kl_estimate,
     masked_mean,
     masked_whiten,
+    nonfinite_rows,
     policy_loss,
     shape_rewards,
     value_loss,
@@ -67,19 +76,17 @@ from rlhf_lab.ppo.model import (
     trim_batch,
 )
 from rlhf_lab.tokens import pad
+from rlhf_lab.training.common import NonFiniteGuard
 
 Row = dict[str, Any]
 Scorer = Callable[[Sequence[str], Sequence[Row], int], Scores]
 
 CHECKPOINT_PREFIX = "step-"
 KEEP_CHECKPOINTS = 2
-# ppo keys that may change between a checkpoint and --resume (they do not change what the
-# finished steps computed).
+# ppo keys that may change between a checkpoint and a resume (they do not change what the
+# finished steps computed). ppo.steps does when a weight schedule (reward.weights_end) spreads
+# over the steps; the trainer then keeps it in the fingerprint.
 RESUMABLE_CHANGES = {"steps", "save_every", "max_bad_steps"}
-
-
-class NonFiniteLossError(RlhfLabError):
-    """Too many PPO updates were skipped because the loss or gradient was not finite."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,6 +165,47 @@ class Rollout:
     scores: Scores
     score: torch.Tensor
     """The composite score after ``ppo.score_clip`` (before the EOS penalty)."""
+    nonfinite: int = 0
+    """Replies dropped from this batch for a non-finite score, log-prob, value or KL."""
+
+    def select(self, keep: torch.Tensor) -> Rollout:
+        """The rollout restricted to the replies where ``keep`` [B] is True."""
+        idx = keep.nonzero().flatten()
+        rows = idx.tolist()
+        tensors = {
+            name: getattr(self, name)[idx]
+            for name in (
+                "query",
+                "query_mask",
+                "response",
+                "response_mask",
+                "eos_found",
+                "logprobs",
+                "ref_logprobs",
+                "values",
+                "entropy",
+                "score",
+            )
+        }
+        scores = Scores(
+            self.scores.total[idx],
+            {k: v[idx] for k, v in self.scores.components.items()},
+            self.scores.weights,
+        )
+        return Rollout(
+            rows=[self.rows[i] for i in rows],
+            replies=[self.replies[i] for i in rows],
+            scores=scores,
+            nonfinite=self.nonfinite + len(self.rows) - len(rows),
+            **tensors,
+        )
+
+
+def _delete_checkpoint(path: Path) -> None:
+    # state.json first: it is what marks a checkpoint complete, so a kill midway through the
+    # deletion leaves a directory checkpoints() ignores rather than one missing its weights.
+    (path / "state.json").unlink(missing_ok=True)
+    remove_dir(path)  # renamed aside first: never a half-deleted directory under its name
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -178,7 +226,9 @@ class PpoTrainer:
 
     ``scorer(replies, rows, step) -> Scores`` is usually a
     :class:`rlhf_lab.ppo.composite_score.CompositeScorer`. ``checkpoint_dir`` / ``plots_dir`` are
-    optional (tests run without curves). Call :meth:`train`.
+    optional (tests run without curves). ``fingerprint`` is what the run depends on besides
+    ``ppo`` (:func:`rlhf_lab.ppo.fingerprint.stage_fingerprint`); the trainer adds the ``ppo``
+    section itself. Call :meth:`train`.
     """
 
     def __init__(
@@ -192,6 +242,7 @@ class PpoTrainer:
         checkpoint_dir: str | Path | None = None,
         plots_dir: str | Path | None = None,
         progress: bool = True,
+        fingerprint: Mapping[str, Any] | None = None,
     ) -> None:
         if not rows:
             raise RlhfLabError("train_ppo: no prompts to train on")
@@ -217,8 +268,26 @@ class PpoTrainer:
             else FixedKLController(cfg.kl_coef)
         )
         self.step = 0
-        self.skipped_updates = 0
+        self.guard = NonFiniteGuard(
+            "train_ppo",
+            "ppo.max_bad_steps",
+            cfg.max_bad_steps,
+            "lower ppo.lr, or check the reward components for nan/inf",
+        )
         self.history: list[dict[str, float]] = []
+        self.fingerprint = {**self._ppo_fingerprint(), **dict(fingerprint or {})}
+        # Checkpoints of another run (or of this one, for a fresh start): removed once this
+        # run has saved its first, never before (see train()).
+        self._stale: list[Path] = []
+
+    @property
+    def skipped_updates(self) -> int:
+        """Updates skipped so far for a non-finite loss, gradient or batch (checkpointed)."""
+        return self.guard.skipped
+
+    @skipped_updates.setter
+    def skipped_updates(self, value: int) -> None:
+        self.guard.skipped = value
 
     # -- rollout -------------------------------------------------------------------------------
 
@@ -279,6 +348,24 @@ class PpoTrainer:
             scores=scores,
             score=score,
         )
+        # A nan/inf anywhere in a reply's score, log-probs, values or KL would spread to the
+        # whole batch through whitening and the KL mean: drop that reply (counted) instead.
+        # The raw composite is checked, since score_clip turns inf into a finite number.
+        bad = nonfinite_rows(
+            scores.total,
+            ro.response_mask,
+            ro.logprobs,
+            ro.ref_logprobs,
+            ro.values,
+            kl_estimate(ro.logprobs, ro.ref_logprobs, cfg.kl_estimator),
+        )
+        if bool(bad.any()):
+            ui.console.print(
+                f"[yellow]warning:[/] train_ppo step {step}: {int(bad.sum())} of {len(rows)} "
+                "replies dropped for a non-finite score, log-prob, value or KL",
+                highlight=False,
+            )
+            ro = ro.select(~bad)
         timing = {
             "time/rollout_s": time.perf_counter() - t0,
             "time/generate_s": t_gen,
@@ -293,6 +380,12 @@ class PpoTrainer:
         cfg, model = self.cfg, self.model
         mask = ro.response_mask.float()
         beta = self.kl_ctl.value
+        if float(mask.sum()) < 2:
+            # Every reply was dropped as non-finite (or fewer than the 2 tokens whitening
+            # needs remain): nothing to learn from; each planned update counts as skipped.
+            for _ in range(cfg.epochs * cfg.minibatches):
+                self._skip(step, "no reply with a finite score left in the batch")
+            return self._no_update_stats(ro, beta)
         with torch.no_grad():
             # -β·KL_t per token, the score at the last valid token (lm-human-preferences
             # compute_rewards), missing-EOS penalty on the score ([N-details] "EOS trick").
@@ -362,7 +455,7 @@ class PpoTrainer:
                     grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     ok = bool(torch.isfinite(grad_norm))
                 if not ok:
-                    self._skip(step, float(loss))
+                    self._skip(step, f"non-finite loss/gradient ({float(loss)})")
                     continue
                 self.optimizer.step()
                 updates += 1
@@ -390,7 +483,10 @@ class PpoTrainer:
         # Mean KL per reply (sum over tokens): what the adaptive controller targets.
         kl_per_reply = (kl * mask).sum(dim=1)
         mean_kl = float(kl_per_reply.mean())
-        self.kl_ctl.update(mean_kl, n)
+        # The controllers ignore a non-finite KL too; counted here so it shows in the curves.
+        kl_finite = math.isfinite(mean_kl)
+        if kl_finite:
+            self.kl_ctl.update(mean_kl, n)
         penalised = ro.score - ((cfg.missing_eos_penalty or 0.0) * (~ro.eos_found).float())
         stats = {k: v / max(updates, 1) for k, v in sums.items()}
         stats.update(
@@ -408,6 +504,8 @@ class PpoTrainer:
                 "train/updates": float(updates),
                 "train/epochs": float(epochs_run),
                 "train/skipped_updates": float(self.skipped_updates),
+                "objective/nonfinite_replies": float(ro.nonfinite),
+                "objective/nonfinite_kl": float(not kl_finite),
             }
         )
         for key in (
@@ -420,35 +518,75 @@ class PpoTrainer:
             stats.setdefault(key, float("nan"))
         return stats
 
-    def _skip(self, step: int, loss: float) -> None:
-        """A non-finite loss or gradient: skip the update, count it, abort past the limit."""
+    def _skip(self, step: int, reason: str) -> None:
+        """A non-finite loss, gradient or batch: skip the update, count it, abort past the limit."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.skipped_updates += 1
-        ui.console.print(
-            f"[yellow]warning:[/] train_ppo step {step}: non-finite loss/gradient ({loss}); "
-            f"update skipped ({self.skipped_updates}/{self.cfg.max_bad_steps})",
-            highlight=False,
+        self.guard.skip(step, reason)
+
+    def _no_update_stats(self, ro: Rollout, beta: float) -> dict[str, float]:
+        """The stats of a step whose batch had nothing finite left (same keys, nan values)."""
+        nan = float("nan")
+        stats = dict.fromkeys(
+            (
+                "loss/policy",
+                "loss/value",
+                "loss/total",
+                "policy/clipfrac",
+                "policy/approxkl",
+                "val/clipfrac",
+                "train/grad_norm",
+                "objective/score",
+                "objective/kl",
+                "objective/rlhf_reward",
+                "objective/entropy",
+                "val/explained_variance",
+                "val/mean",
+                "val/returns_mean",
+                "gen/length",
+                "gen/eos_rate",
+            ),
+            nan,
         )
-        if self.skipped_updates >= self.cfg.max_bad_steps:
-            raise NonFiniteLossError(
-                f"train_ppo: {self.skipped_updates} updates skipped for a non-finite loss "
-                f"(ppo.max_bad_steps={self.cfg.max_bad_steps}), last at step {step}; "
-                "lower ppo.lr, or check the reward components for nan/inf"
-            )
+        stats.update(
+            {
+                "objective/kl_coef": beta,
+                "train/updates": 0.0,
+                "train/epochs": 0.0,
+                "train/skipped_updates": float(self.skipped_updates),
+                "objective/nonfinite_replies": float(ro.nonfinite),
+                "objective/nonfinite_kl": 0.0,
+            }
+        )
+        return stats
 
     # -- the loop ------------------------------------------------------------------------------
 
-    def train(self, resume: bool = False) -> dict[str, Any]:
-        """Run (or, with ``resume``, continue) training to ``ppo.steps``; return final metrics."""
+    def train(self, resume: bool | None = None) -> dict[str, Any]:
+        """Train to ``ppo.steps``, continuing a compatible checkpoint; return final metrics.
+
+        ``resume=None`` (what a plain ``dvc repro`` runs) continues from the newest checkpoint
+        whose fingerprint equals this run's, else starts at step 0: the natural re-run after a
+        crash continues, and a changed input can never be continued by accident (the
+        fingerprint covers params, prompts, models and code). ``resume=True`` requires such a
+        checkpoint and fails with one line naming what changed; it tolerates a change of the
+        source code alone (with a warning), which is how a run continues after a fix to what
+        crashed it. ``resume=False`` starts at step 0. Checkpoints a run does not continue
+        from are deleted only after it has saved its own first one, so a run killed before
+        that leaves them resumable.
+        """
         cfg = self.cfg
-        if resume and self.load_checkpoint():
+        found = self.checkpoints()
+        ignore = {fp.CODE} if resume else set()
+        source = None if resume is False else self._resumable(found, ignore, required=bool(resume))
+        if source is not None:
+            self.load_checkpoint(source)
             ui.console.print(f"resuming train_ppo at step {self.step}/{cfg.steps}", highlight=False)
+            self._stale = [p for p in found if self._mismatch(p, ignore)]
         else:
-            if resume:
+            if resume and not found:
                 ui.console.print("no checkpoint to resume from; starting at step 0")
             seed_everything(cfg.seed)
-            if self.checkpoint_dir is not None and self.checkpoint_dir.exists():
-                remove_dir(self.checkpoint_dir)  # a fresh run: old checkpoints are stale
+            self._stale = found
         live = self._open_live()
         try:
             steps = range(self.step, cfg.steps)
@@ -489,6 +627,9 @@ class PpoTrainer:
         last["objective/score_start"] = self.history[0]["objective/score"]
         last["train/steps"] = self.step
         last["train/skipped_updates"] = self.skipped_updates
+        for key in ("objective/nonfinite_replies", "objective/nonfinite_kl"):
+            # run totals (each step logs its own count); .get: histories of older checkpoints
+            last[key.replace("objective/", "train/")] = sum(h.get(key, 0.0) for h in self.history)
         last["time/total_rollout_s"] = sum(h["time/rollout_s"] for h in self.history)
         last["time/total_update_s"] = sum(h["time/update_s"] for h in self.history)
         return last
@@ -530,7 +671,11 @@ class PpoTrainer:
         return sorted(found, key=lambda p: int(p.name.removeprefix(CHECKPOINT_PREFIX)))
 
     def save_checkpoint(self) -> Path:
-        """Write ``step-NNNNNN/`` atomically; keep the newest :data:`KEEP_CHECKPOINTS`."""
+        """Write ``step-NNNNNN/`` atomically; keep this run's newest :data:`KEEP_CHECKPOINTS`.
+
+        The previous checkpoints are deleted only once the new one is complete (renamed into
+        place by :func:`rlhf_lab.io.atomic_dir`), so a kill at any point leaves a complete one.
+        """
         assert self.checkpoint_dir is not None
         target = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.step:06d}"
         with atomic_dir(target) as tmp:
@@ -543,33 +688,75 @@ class PpoTrainer:
                 "skipped_updates": self.skipped_updates,
                 "kl_controller": self.kl_ctl.state_dict(),
                 "config": self.cfg.model_dump(mode="json"),
+                "fingerprint": self.fingerprint,
                 # Python's json keeps NaN (explained variance of a constant return can be nan),
                 # so the replayed history is exactly what was logged.
                 "history": self.history,
             }
             (tmp / "state.json").write_text(json.dumps(state, indent=1) + "\n")
+        for old in self._stale:
+            if old != target:  # a stale checkpoint of the same step was just replaced
+                _delete_checkpoint(old)
+        self._stale = []
         for old in self.checkpoints()[:-KEEP_CHECKPOINTS]:
-            remove_dir(old)  # never half-deleted: a kill here must not leave a broken one
+            _delete_checkpoint(old)
         return target
 
-    def load_checkpoint(self) -> bool:
-        """Restore the newest checkpoint; False when there is none."""
-        found = self.checkpoints()
-        if not found:
-            return False
-        path = found[-1]
-        state = json.loads((path / "state.json").read_text())
-        now = self.cfg.model_dump(mode="json")
-        changed = sorted(
-            k
-            for k in set(now) | set(state["config"])
-            if k not in RESUMABLE_CHANGES and now.get(k) != state["config"].get(k)
-        )
-        if changed:
-            raise RlhfLabError(
-                f"{path}: made with different ppo params "
-                f"({', '.join('ppo.' + k for k in changed)}); run without --resume to start over"
+    def _ppo_fingerprint(self) -> dict[str, Any]:
+        ppo = self.cfg.model_dump(mode="json")
+        resumable = RESUMABLE_CHANGES - ({"steps"} if self.scorer_has_schedule() else set())
+        return fp.flatten({"ppo": {k: v for k, v in ppo.items() if k not in resumable}})
+
+    def _mismatch(self, path: Path, ignore: AbstractSet[str] = frozenset()) -> list[str]:
+        """Why the checkpoint at ``path`` cannot be continued by this run (empty: it can)."""
+        try:
+            state = json.loads((path / "state.json").read_text())
+        except (OSError, ValueError):
+            return ["state.json is unreadable"]
+        if "fingerprint" not in state:
+            return ["it records no fingerprint (made by an older rlhf-lab)"]
+        found = fp.changes(state["fingerprint"], self.fingerprint, ignore)
+        if int(state["step"]) > self.cfg.steps and "ppo.steps" not in self.fingerprint:
+            found.append(
+                f"ppo.steps changed (checkpoint at step {state['step']} vs now {self.cfg.steps})"
             )
+        return found
+
+    def _resumable(
+        self, found: list[Path], ignore: AbstractSet[str], required: bool
+    ) -> Path | None:
+        """The newest of ``found`` this run can continue; else None, or an error if required."""
+        newest_reasons: list[str] = []
+        for path in reversed(found):
+            reasons = self._mismatch(path, ignore)
+            if not reasons:
+                for change in fp.changes(
+                    json.loads((path / "state.json").read_text())["fingerprint"],
+                    self.fingerprint,
+                ):
+                    ui.console.print(
+                        f"[yellow]warning:[/] {escape(f'{path}: resuming although {change}')}"
+                    )
+                return path
+            newest_reasons = newest_reasons or reasons
+        if found:
+            why = fp.summarise(newest_reasons)
+            if required:
+                raise RlhfLabError(
+                    f"{self.checkpoint_dir}: cannot resume: {why}; "
+                    "run without --resume to start over, or delete the directory"
+                )
+            ui.console.print(
+                f"{self.checkpoint_dir}: not resuming: {why}; starting at step 0 "
+                "(the old checkpoints stay until this run saves its first)",
+                highlight=False,
+                markup=False,
+            )
+        return None
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore the checkpoint at ``path`` (chosen by :meth:`train`)."""
+        state = json.loads((path / "state.json").read_text())
         load_adapter_dir(self.model, POLICY, path / "policy")
         load_critic_weights(self.model, path / "critic")
         self.optimizer.load_state_dict(
@@ -581,7 +768,6 @@ class PpoTrainer:
         self.step = int(state["step"])
         self.skipped_updates = int(state["skipped_updates"])
         self.history = state["history"]
-        return True
 
 
 __all__ = ["CRITIC", "NonFiniteLossError", "PpoTrainer", "Rollout", "batch_indices"]

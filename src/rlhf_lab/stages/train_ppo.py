@@ -1,13 +1,15 @@
 """train_ppo: PPO on the SFT policy against the composite reward; writes models/ppo.
 
-    rlhf-lab train_ppo --params params.yaml
-    rlhf-lab train_ppo --params params.yaml --resume    # continue from checkpoints/train_ppo
+    rlhf-lab train_ppo --params params.yaml             # continues a compatible checkpoint
+    rlhf-lab train_ppo --params params.yaml --resume    # must continue (else one-line error)
+    rlhf-lab train_ppo --params params.yaml --fresh     # start at step 0 regardless
 
 Reads ``task``, ``ppo``, ``reward.weights``/``weights_end``/``length_band`` (and ``judge`` when
 the judge weight is non-zero), ``data/prompts/train.jsonl``, ``models/sft``, ``models/critic``
 and ``models/reward``; writes ``models/ppo`` (the policy merged into a plain causal LM),
 ``metrics/train_ppo.json``, dvclive curves under ``plots/train_ppo/`` and checkpoints under
-``checkpoints/train_ppo/``. The loop is :class:`rlhf_lab.ppo.trainer.PpoTrainer`.
+``checkpoints/train_ppo/``. The loop is :class:`rlhf_lab.ppo.trainer.PpoTrainer`; which
+checkpoint a run continues, and why, is :meth:`~rlhf_lab.ppo.trainer.PpoTrainer.train`'s.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
 from rlhf_lab.io import atomic_dir, read_jsonl, write_json
 from rlhf_lab.ppo.composite_score import active_components, build_scorer, describe
+from rlhf_lab.ppo.fingerprint import stage_fingerprint
 from rlhf_lab.ppo.model import export_policy, load_policy_critic
 from rlhf_lab.ppo.trainer import PpoTrainer
 from rlhf_lab.reward_components import REWARD_MODEL
@@ -36,7 +39,7 @@ PLOTS_DIR = Path("plots/train_ppo")
 METRICS = Path("metrics/train_ppo.json")
 
 
-def main(params: Params, resume: bool = False, **_: Any) -> None:
+def main(params: Params, resume: bool | None = None, **_: Any) -> None:
     cfg = params.ppo
     for path, stage in ((SFT_DIR, "train_sft"), (CRITIC_DIR, "train_critic")):
         if not path.is_dir():
@@ -51,6 +54,16 @@ def main(params: Params, resume: bool = False, **_: Any) -> None:
         raise DataError(f"{PROMPTS}: no prompts")
 
     scorer = build_scorer(params, cfg.steps, reward_model_dir=REWARD_DIR)
+    catalogue = params.data.catalogue
+    inputs = stage_fingerprint(
+        params,
+        files={str(PROMPTS): PROMPTS, **({catalogue: catalogue} if catalogue else {})},
+        dirs={
+            str(SFT_DIR): SFT_DIR,
+            str(CRITIC_DIR): CRITIC_DIR,
+            str(REWARD_DIR): REWARD_DIR if REWARD_MODEL in weighted else None,
+        },
+    )
     torch.manual_seed(cfg.seed)  # the policy adapter's init
     model = load_policy_critic(SFT_DIR, CRITIC_DIR, cfg.lora, cfg.temperature)
     trainer = PpoTrainer(
@@ -61,6 +74,7 @@ def main(params: Params, resume: bool = False, **_: Any) -> None:
         system_prompt=params.task.system_prompt,
         checkpoint_dir=CHECKPOINT_DIR,
         plots_dir=PLOTS_DIR,
+        fingerprint=inputs,
     )
     metrics = trainer.train(resume=resume)
 

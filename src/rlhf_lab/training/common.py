@@ -30,7 +30,7 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 
 from rlhf_lab import ui
 from rlhf_lab.config import LoraConfig
-from rlhf_lab.errors import ConfigError
+from rlhf_lab.errors import ConfigError, NonFiniteLossError
 
 T = TypeVar("T")
 
@@ -81,6 +81,66 @@ def make_accelerator(seed: int, batch_size: int, batch_key: str) -> Accelerator:
 def _launched_without_gpu() -> bool:
     world = max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "PMI_SIZE"))
     return world > 1 and not torch.cuda.is_available()
+
+
+class NonFiniteGuard:
+    """Skip an optimiser step whose loss or gradient norm is nan/inf; count; abort past a limit.
+
+    Shared by every training loop (reward model, SFT, critic, PPO, and a DPO loop to come). One
+    bad batch (a degenerate row, an overflow) must not put nan into the weights, so its step is
+    skipped; a run that keeps producing them is diverging, and stops with one line naming the
+    limit instead of saving garbage. With an ``accelerator`` every process reaches the same
+    verdict (the flags are summed across processes), so DDP never sees one rank step while
+    another skips.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        limit_key: str,
+        limit: int,
+        hint: str,
+        accelerator: Accelerator | None = None,
+    ) -> None:
+        self.stage, self.limit_key, self.limit, self.hint = stage, limit_key, limit, hint
+        self.accelerator = accelerator
+        self.skipped = 0
+        """Steps skipped so far (``train/skipped_nonfinite``)."""
+
+    def ok(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None = None) -> bool:
+        """True when the step may be taken; else count it as skipped (the caller zeroes the
+        gradients and moves on) and raise :class:`NonFiniteLossError` at the limit."""
+        values = [loss] if grad_norm is None else [loss, grad_norm]
+        bad = any(not bool(torch.isfinite(torch.as_tensor(v)).all()) for v in values)
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            flag = torch.tensor([float(bad)], device=self.accelerator.device)
+            bad = float(self.accelerator.reduce(flag, reduction="sum").item()) > 0
+        if bad:
+            self.skip(step, f"non-finite loss/gradient ({float(loss.detach().float())})")
+        return not bad
+
+    def skip(self, step: int, reason: str) -> None:
+        """Count one skipped step; raise :class:`NonFiniteLossError` once the limit is reached."""
+        self.skipped += 1
+        ui.console.print(
+            f"[yellow]warning:[/] {self.stage} step {step}: {reason}; update skipped "
+            f"({self.skipped}/{self.limit})",
+            highlight=False,
+        )
+        if self.skipped >= self.limit:
+            raise NonFiniteLossError(
+                f"{self.stage}: {self.skipped} updates skipped for a non-finite loss, gradient "
+                f"or score ({self.limit_key}={self.limit}), last at step {step}; {self.hint}"
+            )
+
+    def check_weights(self, model: torch.nn.Module) -> None:
+        """Refuse to save a model whose trainable weights hold nan/inf."""
+        bad = [n for n, p in model.named_parameters() if p.requires_grad and not p.isfinite().all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"{self.stage}: {len(bad)} trained weight tensors hold nan/inf (first: {bad[0]}); "
+                f"nothing saved; {self.hint}"
+            )
 
 
 def is_zero3(accelerator: Accelerator) -> bool:

@@ -55,6 +55,7 @@ from rlhf_lab.tokens import pad
 from rlhf_lab.training.common import (
     Curves,
     LengthGroupedBatches,
+    NonFiniteGuard,
     TrainOutcome,
     adamw_with_warmup,
     gather,
@@ -301,6 +302,13 @@ def train_critic(
         model, optimizer, loader, scheduler, valid_loader
     )
     curves = Curves(plots_dir, enabled=accelerator.is_main_process)
+    guard = NonFiniteGuard(
+        "train_critic",
+        "critic.max_bad_steps",
+        cfg.max_bad_steps,
+        "lower critic.lr, or check the scored replies for nan/inf scores",
+        accelerator,
+    )
 
     untrained = evaluate(accelerator, model, valid_loader, "critic valid (untrained)")
     history: list[dict[str, float]] = []
@@ -317,9 +325,13 @@ def train_critic(
                 mask = batch["response_mask"].to(values.device)
                 loss = per_reply_mse(values, batch["target"].to(values.device), mask).mean()
                 accelerator.backward(loss)
-                accelerator.clip_grad_norm_(
+                grad_norm = accelerator.clip_grad_norm_(
                     [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm
                 )
+                if not guard.ok(step + 1, loss, grad_norm):
+                    optimizer.zero_grad()
+                    step += 1  # numbers the batch; the skipped one has no curve point
+                    continue
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -331,7 +343,8 @@ def train_critic(
                 losses.append(point["train/loss"])
                 history.append({"step": step, **point})
                 curves.log(step, point)
-        epoch_losses.append(sum(losses) / max(len(losses), 1))
+        # nan (null in the file) when every step of the epoch was skipped
+        epoch_losses.append(sum(losses) / len(losses) if losses else math.nan)
         t0 = time.perf_counter()
         valid_metrics = evaluate(accelerator, model, valid_loader, "critic valid")
         eval_seconds += time.perf_counter() - t0
@@ -343,6 +356,7 @@ def train_critic(
         "train/loss_first_epoch": epoch_losses[0],
         "train/replies": len(train),
         "train/steps": step,
+        "train/skipped_nonfinite": guard.skipped,
         "valid/replies": len(valid_ex),
         **{f"valid/{k}": v for k, v in valid_metrics.items()},
         **{f"valid/untrained/{k}": v for k, v in untrained.items()},
@@ -355,6 +369,7 @@ def train_critic(
     if out_dir is not None:
         final = state_dict_for_saving(accelerator, model, build)
         if final is not None:
+            guard.check_weights(final)
             with atomic_dir(out_dir) as tmp:
                 save_critic(
                     final,

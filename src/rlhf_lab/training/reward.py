@@ -31,6 +31,7 @@ from rlhf_lab.io import atomic_dir
 from rlhf_lab.reward_model import encoder_inputs, save_reward_stats
 from rlhf_lab.training.common import (
     Curves,
+    NonFiniteGuard,
     TrainOutcome,
     adamw_with_warmup,
     gather,
@@ -239,6 +240,13 @@ def train_reward_model(
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
     curves = Curves(plots_dir, enabled=accelerator.is_main_process)
+    guard = NonFiniteGuard(
+        "train_reward",
+        "reward.train.max_bad_steps",
+        cfg.max_bad_steps,
+        "lower reward.train.lr, or look for degenerate pairs in the preference data",
+        accelerator,
+    )
 
     history: list[dict[str, float]] = []
     scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -253,7 +261,11 @@ def train_reward_model(
             rc, rr = score_batch(model, batch)
             loss = bradley_terry_loss(rc, rr)
             accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if not guard.ok(step + 1, loss, grad_norm):
+                optimizer.zero_grad()
+                step += 1  # numbers the batch; the skipped one has no curve point
+                continue
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
@@ -276,10 +288,12 @@ def train_reward_model(
     train_seconds = time.perf_counter() - start - eval_seconds
 
     metrics: dict[str, Any] = {
-        "train/loss": sum(epoch_loss) / len(epoch_loss),
-        "train/accuracy": sum(epoch_acc) / len(epoch_acc),
+        # nan (null in the file) when every step of the last epoch was skipped
+        "train/loss": sum(epoch_loss) / len(epoch_loss) if epoch_loss else math.nan,
+        "train/accuracy": sum(epoch_acc) / len(epoch_acc) if epoch_acc else math.nan,
         "train/pairs": len(train_pairs),
         "train/steps": step,
+        "train/skipped_nonfinite": guard.skipped,
     }
     for name, pairs in eval_sets.items():
         if name not in scored:  # valid was already scored after the last epoch
@@ -302,6 +316,7 @@ def train_reward_model(
         metrics["reward/std"] = float(scores.std()) if scores.numel() > 1 else 1.0
         final = state_dict_for_saving(accelerator, model, build)
         if final is not None:
+            guard.check_weights(final)
             with atomic_dir(out_dir) as tmp:
                 models.save_model(final, tok, tmp)
                 save_reward_stats(

@@ -29,6 +29,7 @@ from rlhf_lab.io import atomic_dir
 from rlhf_lab.training.common import (
     Curves,
     LengthGroupedBatches,
+    NonFiniteGuard,
     TrainOutcome,
     adamw_with_warmup,
     apply_lora,
@@ -263,6 +264,13 @@ def train_sft_model(
         ordered = sorted(valid_feats, key=lambda f: len(f["input_ids"]))
         valid_loader = accelerator.prepare(DataLoader(ordered, cfg.batch_size, collate_fn=collate))
     curves = Curves(plots_dir, enabled=accelerator.is_main_process)
+    guard = NonFiniteGuard(
+        "train_sft",
+        "sft.max_bad_steps",
+        cfg.max_bad_steps,
+        "lower sft.lr, or look for degenerate rows in the SFT data",
+        accelerator,
+    )
 
     valid_base = _evaluate(accelerator, model, valid_loader, "valid (base)")
     curves.log(0, {"valid/loss": valid_base})
@@ -282,7 +290,11 @@ def train_sft_model(
             global_n = accelerator.reduce(n.sum().detach(), reduction="sum").clamp(min=1)
             loss = nll.sum() * accelerator.num_processes / global_n
             accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            if not guard.ok(step + 1, loss, grad_norm):
+                optimizer.zero_grad()
+                step += 1  # numbers the batch; the skipped one has no curve point
+                continue
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
@@ -315,6 +327,7 @@ def train_sft_model(
         "valid/perplexity_base": _perplexity(valid_base),
         "valid/examples": len(valid_examples),
         "lora/trainable_parameters": trainable_parameters(unwrapped),
+        "train/skipped_nonfinite": guard.skipped,
         "perf/train_seconds": train_seconds,
         "perf/train_tokens_per_s": tokens / train_seconds if train_seconds > 0 else float("nan"),
         "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
@@ -327,6 +340,7 @@ def train_sft_model(
     if out_dir is not None:
         final = state_dict_for_saving(accelerator, model, build)
         if final is not None:
+            guard.check_weights(final)
             # Fold the adapters into the weights: models/sft is then a plain causal LM that
             # any stage (and vLLM, llama.cpp...) loads without peft.
             merged = final.merge_and_unload()
