@@ -277,9 +277,8 @@ def test_concurrent_votes_append_every_row_once(arena):
 def test_real_generation_with_two_tiny_policies(tmp_path, tiny_models):
     from rlhf_lab.arena.command import PolicyReplier
     from rlhf_lab.config import Params
-    from rlhf_lab.testing import build_tiny_policy
 
-    dirs = {"a": tiny_models["policy"], "b": build_tiny_policy(tmp_path / "b", seed=1)}
+    dirs = {"a": tiny_models["policy"], "b": tiny_models["policy"]}
     replier = PolicyReplier(dirs, Params())
     settings = {"temperature": 0.7, "max_new_tokens": 6, "seed": 5}
     prompt = [{"role": "user", "content": "hello how are you"}]
