@@ -208,7 +208,12 @@ class Arena:
                 note=note.strip(),
                 generation=comp.generation,
             )
-            votes_lib.append_vote(self.votes_path, row)  # on disk before the page hears back
+            try:
+                votes_lib.append_vote(self.votes_path, row)  # on disk before the page hears
+            except OSError as exc:
+                # Disk full, read-only, gone: the comparison stays open so the vote can be
+                # retried; a torn partial line is closed off by the next append.
+                raise ArenaError(507, f"could not save the vote ({exc}); try again") from None
             comp.status, comp.label = "voted", label
             self.vote_count += 1
             count = self.vote_count
