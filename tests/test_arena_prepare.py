@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
 from rlhf_lab.arena.votes import VOTES_PATH, append_vote, vote_row
 from rlhf_lab.cli import app
 from rlhf_lab.io import read_jsonl
+
+from .test_e2e_dvc import DVC, _run, tiny_repo  # noqa: F401 (tiny_repo: the fixture)
 
 
 def test_votes_become_human_pairs_and_ties_are_recorded_not_paired(tmp_path, monkeypatch):
@@ -55,3 +58,34 @@ def test_votes_become_human_pairs_and_ties_are_recorded_not_paired(tmp_path, mon
         ("no_preference", 15, None),
     ]
     assert "tie" in skipped[0]["detail"] and skipped[0]["raw"]["id"] == "c12"
+
+
+@pytest.mark.slow
+def test_new_votes_make_dvc_rerun_prepare_preference(tiny_repo):  # noqa: F811
+    """dvc.yaml's prepare_preference depends on data/human: a new vote reruns it."""
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    params["data"]["source"] = "data/human/votes.jsonl"
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params))
+
+    def vote(i: int) -> None:
+        append_vote(
+            tiny_repo / VOTES_PATH,
+            vote_row(
+                comparison_id=f"c{i}",
+                prompt=[{"role": "user", "content": f"question {i}?"}],
+                models=("sft", "ppo"),
+                replies=(f"left {i}", f"right {i}"),
+                label="left",
+            ),
+        )
+
+    for i in range(10):
+        vote(i)
+    _run([*DVC, "repro", "prepare_preference"], tiny_repo)
+    assert "up to date" in _run([*DVC, "status", "prepare_preference"], tiny_repo).stdout.lower()
+    vote(10)
+    status = _run([*DVC, "status", "prepare_preference"], tiny_repo).stdout
+    assert "modified:" in status and "data/human" in status
+    _run([*DVC, "repro", "prepare_preference"], tiny_repo)
+    metrics = json.loads((tiny_repo / "metrics/prepare_preference.json").read_text())
+    assert metrics["data/rows_kept"] == 11 and metrics["data/pairs"] == "human"
