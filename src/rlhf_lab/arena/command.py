@@ -24,6 +24,7 @@ from rlhf_lab.arena import ratings
 from rlhf_lab.arena import votes as votes_lib
 from rlhf_lab.config import Params
 from rlhf_lab.errors import ConfigError, DataError
+from rlhf_lab.io import write_json
 
 DEFAULT_MODELS = ("models/sft", "models/ppo", "models/dpo")
 """The baseline and every trained policy the pipeline makes; those that exist are served."""
@@ -113,8 +114,6 @@ def report(votes_path: Path, metrics_path: Path, n_boot: int, seed: int) -> dict
         raise DataError(f"{votes_path}: no votes yet; run `rlhf-lab arena` and vote first")
     m = ratings.summary(found, n_boot=n_boot, seed=seed)
     m["arena/unreadable_lines"] = len(bad)
-    from rlhf_lab.io import write_json
-
     write_json(metrics_path, m)
     rows: dict[str, str] = {
         "votes (pairs / ties / both bad)": (
@@ -123,7 +122,8 @@ def report(votes_path: Path, metrics_path: Path, n_boot: int, seed: int) -> dict
         "left wins of decisive votes": f"{m['arena/left_win_fraction']:.0%}",
     }
     models = sorted(
-        {k.split("/")[1] for k in m if k.endswith("/elo")}, key=lambda x: -m[f"arena/{x}/elo"]
+        {k.removeprefix("arena/").removesuffix("/elo") for k in m if k.endswith("/elo")},
+        key=lambda x: -m[f"arena/{x}/elo"],
     )
     for model in models:
         k = f"arena/{model}"

@@ -44,6 +44,7 @@ button.primary { background:var(--accent); border-color:var(--accent); color:#ff
 .votes { justify-content:center; margin-top:1rem; }
 kbd { font-size:.75rem; color:var(--muted); border:1px solid var(--line); border-radius:3px;
       padding:0 .25rem; margin-left:.3rem; }
+button.primary kbd { color:#fff; border-color:rgba(255,255,255,.6); }
 #status { min-height:1.5rem; }
 .error { color:var(--lose); }
 .spinner { display:inline-block; width:1rem; height:1rem; border:2px solid var(--line);
