@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from starlette.testclient import TestClient
@@ -317,3 +322,45 @@ def test_cli_refuses_remote_bind_and_reports_ratings(tmp_path, monkeypatch):
     assert m["arena/sft/win_rate"] + m["arena/ppo/win_rate"] == pytest.approx(1.0)
     assert m["arena/sft/games"] == 3 and m["arena/unreadable_lines"] == 0
     assert "Elo" in r.output
+
+
+def test_cli_serves_the_page_on_loopback_and_stops_on_ctrl_c(tmp_path):
+    for name in ("a", "b"):  # models load on the first comparison: a config.json is enough
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text("{}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlhf_lab.cli",
+        "arena",
+        "-m",
+        "a",
+        "-m",
+        "b",
+        "--port",
+        str(port),
+        "--params",
+        str(tmp_path / "none.yaml"),
+    ]
+    (tmp_path / "none.yaml").write_text("{}\n")
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        page = None
+        for _ in range(300):  # bounded: ~30 s to start
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert page is not None and page.status_code == 200 and "2 models" in page.text
+        token = page.text.split('name="arena-token" content="')[1].split('"')[0]
+        stats = httpx.get(f"http://127.0.0.1:{port}/api/stats", headers=headers(token))
+        assert stats.json() == {"votes": 0}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out.decode()
+    assert b"open http://127.0.0.1:" in out
