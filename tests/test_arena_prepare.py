@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import yaml
 from typer.testing import CliRunner
 
+from rlhf_lab import models
 from rlhf_lab.arena.votes import VOTES_PATH, append_vote, vote_row
 from rlhf_lab.cli import app
 from rlhf_lab.io import read_jsonl
@@ -60,9 +60,8 @@ def test_votes_become_human_pairs_and_ties_are_recorded_not_paired(tmp_path, mon
     assert "tie" in skipped[0]["detail"] and skipped[0]["raw"]["id"] == "c12"
 
 
-@pytest.mark.slow
 def test_new_votes_make_dvc_rerun_prepare_preference(tiny_repo):  # noqa: F811
-    """dvc.yaml's prepare_preference depends on data/human: a new vote reruns it."""
+    """dvc.yaml's prepare_preference depends on data/human: a new vote makes it stale."""
     params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
     params["data"]["source"] = "data/human/votes.jsonl"
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params))
@@ -81,11 +80,13 @@ def test_new_votes_make_dvc_rerun_prepare_preference(tiny_repo):  # noqa: F811
 
     for i in range(10):
         vote(i)
-    _run([*DVC, "repro", "prepare_preference"], tiny_repo)
+    # prepare_models' output made in-process (no second CLI start); then this stage alone
+    policy = tiny_repo / "models/base/policy"
+    models.materialise_policy(str(tiny_repo / "tiny-models/policy"), policy, "float32", None)
+    _run([*DVC, "repro", "--single-item", "prepare_preference"], tiny_repo)
+    metrics = json.loads((tiny_repo / "metrics/prepare_preference.json").read_text())
+    assert metrics["data/rows_kept"] == 10 and metrics["data/pairs"] == "human"
     assert "up to date" in _run([*DVC, "status", "prepare_preference"], tiny_repo).stdout.lower()
     vote(10)
     status = _run([*DVC, "status", "prepare_preference"], tiny_repo).stdout
     assert "modified:" in status and "data/human" in status
-    _run([*DVC, "repro", "prepare_preference"], tiny_repo)
-    metrics = json.loads((tiny_repo / "metrics/prepare_preference.json").read_text())
-    assert metrics["data/rows_kept"] == 11 and metrics["data/pairs"] == "human"
