@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup repro test lint format bench clean
+.PHONY: setup browser repro test lint format bench clean
 
 setup: $(STAMP)
 
@@ -16,10 +16,20 @@ $(STAMP): requirements.lock pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
+# The arena's browser test drives Debian's Chromium (never a Playwright download). Installed
+# when absent and we are root (CI containers); otherwise that one test skips and says why.
+browser:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium (apt-get) for the arena's browser test"; \
+		DEBIAN_FRONTEND=noninteractive apt-get -qq update >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends chromium >/dev/null \
+		|| echo "chromium install failed: the arena's browser test will skip"; \
+	fi
+
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-test: setup
+test: setup browser
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 lint: setup

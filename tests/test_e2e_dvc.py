@@ -38,6 +38,7 @@ def tiny_repo(tmp_path) -> Path:
     tiny = parse_params(yaml.safe_load((REPO / "tests/profiles/tiny.yaml").read_text()))
     (repo / "params.yaml").write_text(documented_yaml(tiny))
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "data/human", repo / "data/human")  # a prepare_preference dep
     build_tiny_policy(repo / "tiny-models/policy")
     build_tiny_encoder(repo / "tiny-models/encoder")
     _run(["git", "init", "-q"], repo)

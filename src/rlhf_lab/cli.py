@@ -217,6 +217,53 @@ def analyze_rewards(
     )
 
 
+@app.command("arena")
+def arena(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="sft, ppo, dpo, base or a model dir (repeat; default: all trained)",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(help="port to serve on", min=1, max=65535)] = 8765,
+    host: Annotated[str, typer.Option(help="address to bind (loopback only by default)")] = (
+        "127.0.0.1"
+    ),
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="allow a non-loopback --host such as 0.0.0.0")
+    ] = False,
+    prompts: Annotated[Path, typer.Option(help="held-out prompts to draw from")] = Path(
+        "data/prompts/test.jsonl"
+    ),
+    votes: Annotated[Path, typer.Option(help="vote file (appended)")] = Path(
+        "data/human/votes.jsonl"
+    ),
+    report: Annotated[
+        bool, typer.Option("--report", help="don't serve: win rates, CIs and Elo from the votes")
+    ] = False,
+    metrics: Annotated[Path, typer.Option(help="--report's metrics file")] = Path(
+        "metrics/arena.json"
+    ),
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Blind side-by-side comparison page; votes become human preference pairs (not a stage)."""
+    _run(
+        "command",
+        params,
+        package="arena",
+        models=model or [],
+        host=host,
+        port=port,
+        allow_remote=allow_remote,
+        prompts=prompts,
+        votes=votes,
+        show_report=report,
+        metrics=metrics,
+    )
+
+
 @app.command("params")
 def params_cmd(
     preset: Annotated[

@@ -63,7 +63,7 @@ class ModelsConfig(Section):
 class DataConfig(Section):
     source: str = "chitchat"
     """Where rows come from: 'chitchat' (embedded), a local file or a hub dataset id."""
-    format: Literal["auto", "chitchat", "hh", "redial", "docstring"] = "auto"
+    format: Literal["auto", "chitchat", "hh", "preference", "redial", "docstring"] = "auto"
     """Row format of the source; 'auto' infers it from the task and the source."""
     data_dir: str | None = None
     """Hub subset (data_dir), e.g. 'helpful-base' for Anthropic/hh-rlhf."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import math
@@ -261,7 +262,6 @@ def stage_lock(stage: str, lock_dir: str | Path = LOCK_DIR) -> Iterator[None]:
     when the holder dies, even by SIGKILL, so a crashed run never leaves a stale lock behind.
     The lock file is never deleted: unlinking it would let a third run lock a fresh inode.
     """
-    import fcntl
 
     path = Path(lock_dir) / f"{stage}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -295,6 +295,33 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n
+
+
+def append_jsonl_line(path: str | Path, row: dict[str, Any]) -> None:
+    """Append one JSON line to ``path`` durably: exclusive lock, one write, fsync.
+
+    For append-only logs that other processes may write at the same time (the arena's votes).
+    The lock serialises writers; the line goes out in a single ``write`` of an ``O_APPEND``
+    descriptor and is fsynced before the call returns, so a process killed after it returns
+    has lost nothing. A process killed *during* an earlier write can leave a torn last line
+    with no newline: it is closed with one first, so this row starts on a line of its own and
+    only the torn row (not this one) is unreadable.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd is closed
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:  # a regular file takes it in one write; loop in case it does not
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@
   to be better than the base model's;
 * ``judge`` — ``data.num_candidates`` sampled replies per prompt, left unlabelled
   (``chosen``/``rejected`` null, ``candidates`` set) for ``score_with_llm`` to label;
-* ``auto`` — ``human`` for hh, ``reference_vs_sample`` for every other format.
+* ``auto`` — ``human`` for the human-labelled formats (hh, preference), ``reference_vs_sample``
+  for every other format.
 
 A sampled reply that is empty or equal to the reference cannot make a pair; such prompts are
 dropped from the preference rows (not from the prompt rows) and reported like invalid rows.
@@ -41,6 +42,8 @@ from rlhf_lab.errors import ConfigError
 from rlhf_lab.generation import Sample
 
 PAIR_MODES = ("human", "reference_vs_sample", "judge")
+HUMAN_FORMATS = ("hh", "preference")
+"""Formats whose rows are labelled pairs (chosen/rejected picked by people)."""
 
 # A run of terminators, then closing quotes or brackets, then whitespace or the end: "3.5" does
 # not end a sentence, "Sure!", "Why??" and 'he said "no."' do. Abbreviations ("Mr. ") count as
@@ -79,13 +82,13 @@ def _unfinished_error(sample: Sample, policy: str) -> RowError:
 
 
 def resolve_pairs(pairs: str, fmt: str) -> str:
-    """``data.pairs`` with 'auto' resolved; 'human' needs a format with human labels (hh)."""
+    """``data.pairs`` with 'auto' resolved; 'human' needs a human-labelled format."""
     if pairs == "auto":
-        return "human" if fmt == "hh" else "reference_vs_sample"
-    if pairs == "human" and fmt != "hh":
+        return "human" if fmt in HUMAN_FORMATS else "reference_vs_sample"
+    if pairs == "human" and fmt not in HUMAN_FORMATS:
         raise ConfigError(
-            f"params.yaml: data.pairs 'human' needs human-labelled pairs (data.format hh), "
-            f"but the source is {fmt!r}; use 'reference_vs_sample' or 'judge'"
+            "params.yaml: data.pairs 'human' needs human-labelled pairs (data.format hh or "
+            f"preference), but the source is {fmt!r}; use 'reference_vs_sample' or 'judge'"
         )
     return pairs
 
@@ -96,7 +99,7 @@ def needs_samples(mode: str) -> bool:
 
 
 def human_pairs(examples: list[Example]) -> list[dict[str, Any]]:
-    """Preference rows straight from hh's labels."""
+    """Preference rows straight from the source's labels (hh, preference)."""
     return [
         preference_row(ex, ex.chosen, ex.rejected, "human", {"pairs": "human"}) for ex in examples
     ]

@@ -26,6 +26,7 @@ from rlhf_lab.data.rows import Example
 from rlhf_lab.data.sources import Record, make_parser, peek, read_source, resolve_format
 from rlhf_lab.data.splits import SPLITS, Subsample, split_rows
 from rlhf_lab.data.validate import (
+    NO_PREFERENCE,
     REASONS,
     Deduper,
     Rejected,
@@ -65,6 +66,14 @@ class Loaded:
     """Examples the records produced plus records dropped whole: the invalid fraction's base."""
     rows_valid: int = 0
     """Valid examples before the data.max_examples subsample."""
+    skipped: list[Rejected] = field(default_factory=list)
+    """Rows that hold no pair by their own label (no_preference): recorded, not invalid."""
+
+    def dropped_rows(self) -> list[Rejected]:
+        """Rejected and skipped rows together, in source order (what data/invalid holds)."""
+        if not self.skipped:
+            return self.rejected
+        return sorted(self.rejected + self.skipped, key=lambda r: (r.origin.source, r.origin.line))
 
     @property
     def invalid_fraction(self) -> float:
@@ -122,7 +131,8 @@ def load_examples(source: Source, cfg: DataConfig) -> Loaded:
             examples = parse(rec.value, rec.origin)
         except RowError as err:
             loaded.rows_seen += 1
-            loaded.rejected.append(Rejected.from_error(err, rec.origin, raw=rec.value))
+            dropped = Rejected.from_error(err, rec.origin, raw=rec.value)
+            (loaded.skipped if err.reason == NO_PREFERENCE else loaded.rejected).append(dropped)
             continue
         for ex in examples:
             loaded.rows_seen += 1
@@ -148,6 +158,11 @@ def check_invalid_fraction(loaded: Loaded, cfg: DataConfig, invalid_dir: str) ->
             f"none of them held a {loaded.format} example)"
         )
     frac = loaded.invalid_fraction
+    if not loaded.examples and not loaded.rejected:
+        raise DataError(
+            f"data.source {cfg.source!r}: no pairs: all {len(loaded.skipped)} rows prefer "
+            "neither reply (tie, both_bad)"
+        )
     if frac > cfg.max_invalid_fraction or not loaded.examples:
         first = loaded.rejected[0]
         raise DataError(
@@ -197,7 +212,7 @@ def build(
         [ex.to_prompt_row() for ex in examples], lambda r: group[r["id"]], *split_args
     )
     preference = split_rows(pref, lambda r: group[r["id"]], *split_args)
-    invalid = invalid_rows(loaded.rejected + dropped, loaded.split_labels)
+    invalid = invalid_rows(loaded.dropped_rows() + dropped, loaded.split_labels)
     metrics = _metrics(loaded, mode, cfg, prompts, preference, dropped, samples)
     return Prepared(prompts, preference, invalid, metrics)
 
@@ -229,6 +244,7 @@ def _metrics(
     for reason in REASONS:
         m[f"invalid/{reason}"] = counts.get(reason, 0)
     m["invalid/total"] = len(loaded.rejected)
+    m["data/no_preference"] = len(loaded.skipped)
     m["invalid/fraction"] = loaded.invalid_fraction
     if pairs_lib.needs_samples(mode):
         drop_counts = Counter(r.reason for r in dropped)
@@ -273,6 +289,8 @@ def summary_rows(m: dict[str, Any], sample_seconds: float = 0.0) -> dict[str, st
     for reason in REASONS:
         if m[f"invalid/{reason}"]:
             rows[f"  {reason}"] = str(m[f"invalid/{reason}"])
+    if m.get("data/no_preference"):
+        rows["skipped: no preference (tie, both bad)"] = str(m["data/no_preference"])
     for split in SPLITS:
         rows[f"{split} prompts / pairs"] = (
             f"{m[f'data/{split}_prompts']} / {m[f'data/{split}_pairs']}"

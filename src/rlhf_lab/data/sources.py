@@ -13,6 +13,12 @@ per ``data.format`` turns one record into zero or more :class:`Example` s:
 
 ``hh``        HH-RLHF ``{"chosen", "rejected"}`` transcripts; prompt = the turns both share
               before the final Assistant reply; chosen/rejected = the two final replies.
+``preference`` TRL's explicit-prompt preference rows ``{"prompt", "chosen", "rejected"}``
+              (the arena's ``data/human/votes.jsonl`` among them): ``prompt`` as text or chat
+              messages (system turns dropped: ``task.system_prompt`` sets the system turn),
+              ``chosen``/``rejected`` as text or one assistant message; every other key is kept
+              in ``meta``. A row whose ``label`` is ``tie`` or ``both_bad`` is no pair and is
+              skipped (``no_preference``).
 ``redial``    a ReDial dialogue (raw schema or ``community-datasets/re_dial``); one example per
               recommender turn that follows a seeker turn: prompt = the dialogue so far (seeker
               = user, recommender = assistant), reference = the recommender's reply, ``@id``
@@ -50,6 +56,7 @@ from rlhf_lab.data.validate import (
     BAD_JSON,
     BAD_TRANSCRIPT,
     CODE_TOO_NESTED,
+    NO_PREFERENCE,
     WRONG_TYPE,
     Origin,
     RowError,
@@ -59,7 +66,7 @@ from rlhf_lab.data.validate import (
 )
 from rlhf_lab.errors import ConfigError, DataError
 
-FORMATS = ("hh", "redial", "docstring", "chitchat")
+FORMATS = ("hh", "preference", "redial", "docstring", "chitchat")
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
 CODE_KEYS = ("code", "func_code_string", "whole_func_string", "original_string", "function")
 """Columns holding the function source, in order of preference (ours, CodeSearchNet, CodeXGLUE)."""
@@ -240,6 +247,8 @@ def read_source(cfg: DataConfig) -> Iterator[Record]:
 
 def _format_from_keys(keys: Iterable[str]) -> str | None:
     keys = set(keys)
+    if {"prompt", "chosen", "rejected"} <= keys:  # before hh: hh rows have no prompt
+        return "preference"
     if {"chosen", "rejected"} <= keys:
         return "hh"
     if {"messages", "movieMentions"} <= keys:
@@ -362,6 +371,67 @@ def parse_hh(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -> list[
             meta={"origin": str(origin)},
             chosen=reply_c,
             rejected=reply_r,
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------- preference
+
+_ROLES = ("system", "user", "assistant")
+NO_PREFERENCE_LABELS = ("tie", "both_bad")
+"""Labels of human-judged rows that prefer neither reply (the arena's votes)."""
+
+
+def _chat(value: Any, field: str) -> list[Message]:
+    """Text (one user turn) or a list of {role, content} messages."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    if not isinstance(value, list):
+        raise RowError(WRONG_TYPE, field, f"expected text or messages, got {type(value).__name__}")
+    turns = []
+    for i, m in enumerate(value):
+        if not (isinstance(m, dict) and isinstance(m.get("content"), str)):
+            raise RowError(WRONG_TYPE, f"{field}[{i}]", "expected a {role, content} message")
+        if m.get("role") not in _ROLES:
+            raise RowError(WRONG_TYPE, f"{field}[{i}].role", f"unknown role {m.get('role')!r}")
+        turns.append({"role": m["role"], "content": m["content"]})
+    return turns
+
+
+def _reply(value: Any, field: str) -> str:
+    """A reply as text, or as TRL's conversational form: one assistant message."""
+    if isinstance(value, str):
+        return value
+    turns = _chat(value, field)
+    if len(turns) != 1 or turns[0]["role"] != "assistant":
+        raise RowError(WRONG_TYPE, field, "expected text or exactly one assistant message")
+    return turns[0]["content"]
+
+
+def parse_preference(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -> list[Example]:
+    """One explicit-prompt preference row (TRL's standard or conversational form)."""
+    label = row.get("label")
+    if label in NO_PREFERENCE_LABELS:
+        raise RowError(NO_PREFERENCE, "label", f"{label!r}: neither reply preferred, not a pair")
+    turns = [t for t in _chat(require(row, "prompt", object), "prompt") if t["role"] != "system"]
+    if not turns or turns[-1]["role"] != "user":
+        raise RowError(BAD_TRANSCRIPT, "prompt", "the prompt does not end with a user turn")
+    prompt = window(turns, max_turns)
+    chosen = _reply(require(row, "chosen", object), "chosen")
+    rejected = _reply(require(row, "rejected", object), "rejected")
+    row_id = row.get("id")
+    key = str(row_id) if isinstance(row_id, (str, int)) else content_key(prompt, chosen, rejected)
+    meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "chosen", "rejected")}
+    return [
+        Example(
+            id=f"pref-{key}",
+            group=f"pref-{content_key(prompt)}",  # pairs that share a prompt share a split
+            prompt=prompt,
+            reference=chosen,
+            origin=origin,
+            meta={**meta, "origin": str(origin)},
+            chosen=chosen,
+            rejected=rejected,
         )
     ]
 
@@ -602,7 +672,12 @@ def make_parser(fmt: str, cfg: DataConfig) -> Parser:
         catalogue = load_catalogue(cfg.catalogue)
         lookup = catalogue.name if catalogue is not None else None
         return partial(parse_redial, max_turns=cfg.max_turns, catalogue=lookup)
-    parsers = {"hh": parse_hh, "docstring": parse_docstring, "chitchat": parse_chitchat}
+    parsers = {
+        "hh": parse_hh,
+        "preference": parse_preference,
+        "docstring": parse_docstring,
+        "chitchat": parse_chitchat,
+    }
     return partial(parsers[fmt], max_turns=cfg.max_turns)
 
 

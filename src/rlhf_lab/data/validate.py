@@ -21,6 +21,10 @@ metrics. The reasons, one per kind of problem a user can fix in their data:
 ``code_too_nested``      docstring task: the function nests deeper than Python's parser takes
                          (``ast.parse`` raises RecursionError / MemoryError or "too many
                          nested parentheses"), so no reward could analyse it
+``no_preference``        not an error: a human-judged row whose label prefers neither reply
+                         (an arena ``tie`` or ``both_bad`` vote); kept in ``data/invalid`` for
+                         the record, counted apart (``data/no_preference``), never towards
+                         ``data.max_invalid_fraction``
 ``unfinished_sample``    a reply sampled for a pair hit ``data.sample_max_new_tokens`` and was
                          not usable under ``data.unfinished_samples`` (no sentence end to trim
                          back to, or the policy is ``drop``)
@@ -46,6 +50,7 @@ BAD_TRANSCRIPT = "bad_transcript"
 DUPLICATE = "duplicate"
 CODE_TOO_NESTED = "code_too_nested"
 UNFINISHED_SAMPLE = "unfinished_sample"
+NO_PREFERENCE = "no_preference"
 
 REASONS: tuple[str, ...] = (
     BAD_JSON,
@@ -61,7 +66,7 @@ REASONS: tuple[str, ...] = (
 )
 """Every reason a source row is rejected; the metrics list each one (0 included) so keys stay
 stable. ``unfinished_sample`` is not among them: it drops a pair (``pairs/dropped_*``), never
-a source row."""
+a source row. Nor is ``no_preference``: it skips a row that holds no pair, no error."""
 
 _TYPE_NAMES = {str: "a string", list: "a list", dict: "an object", int: "an integer"}
 

@@ -44,7 +44,7 @@ def main(params: Params, **_: Any) -> None:
     try:
         prepare.check_invalid_fraction(loaded, cfg, str(INVALID_DIR))
     except DataError:
-        _write_dir(INVALID_DIR, prepare.invalid_rows(loaded.rejected, loaded.split_labels))
+        _write_dir(INVALID_DIR, prepare.invalid_rows(loaded.dropped_rows(), loaded.split_labels))
         raise
 
     samples, seconds = None, 0.0

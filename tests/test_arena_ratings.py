@@ -1,0 +1,109 @@
+"""Arena ratings: win rates, Bradley–Terry (MM) and the Elo scale against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from rlhf_lab.arena import ratings
+from rlhf_lab.arena.ratings import Game
+from rlhf_lab.arena.votes import vote_row
+
+
+def vote(left: str, right: str, label: str) -> dict:
+    return vote_row(
+        comparison_id="c",
+        prompt=[{"role": "user", "content": "hi"}],
+        models=(left, right),
+        replies=("a", "b"),
+        label=label,
+    )
+
+
+def test_games_score_ties_and_both_bad_as_half():
+    rows = [vote("a", "b", "left"), vote("a", "b", "right"), vote("b", "a", "tie")]
+    rows += [vote("a", "b", "both_bad"), vote("a", "a", "left")]  # a vs a: not a game
+    assert ratings.games(rows) == [
+        Game("a", "b", 1.0),
+        Game("a", "b", 0.0),
+        Game("b", "a", 0.5),
+        Game("a", "b", 0.5),
+    ]
+
+
+def test_win_rates_means_and_ci_bounds():
+    played = [Game("a", "b", 1.0)] * 3 + [Game("b", "a", 1.0), Game("a", "c", 0.5)]
+    wr = ratings.win_rates(played, n_boot=500)
+    assert list(wr) == ["a", "b", "c"]
+    # a: 1, 1, 1, 0, 0.5 -> 3.5 / 5; b: 0, 0, 0, 1 -> 1 / 4; c: one tie
+    assert wr["a"].rate == pytest.approx(0.7) and wr["a"].games == 5
+    assert wr["b"].rate == pytest.approx(0.25) and wr["b"].games == 4
+    assert (wr["c"].rate, wr["c"].lo, wr["c"].hi) == (0.5, 0.5, 0.5)
+    assert 0.0 <= wr["a"].lo <= 0.7 <= wr["a"].hi <= 1.0
+
+
+def test_bradley_terry_two_models_hand_computed():
+    # 3 wins of 4: the MLE odds are 3:1, so p_a / p_b = 3; geometric mean 1 -> sqrt(3), 1/sqrt(3)
+    played = [Game("a", "b", 1.0)] * 3 + [Game("a", "b", 0.0)]
+    p = ratings.bradley_terry(played, prior=0.0)
+    assert p["a"] == pytest.approx(math.sqrt(3)) and p["b"] == pytest.approx(1 / math.sqrt(3))
+    elo = ratings.elo_scale(p)
+    assert elo["a"] == pytest.approx(1000 + 200 * math.log10(3))  # 1095.42
+    assert elo["b"] == pytest.approx(1000 - 200 * math.log10(3))
+    # one virtual tie: 3.5 wins to 1.5 of 5 games -> odds 7:3
+    p1 = ratings.bradley_terry(played, prior=1.0)
+    assert p1["a"] / p1["b"] == pytest.approx(7 / 3)
+
+
+def test_bradley_terry_cycle_is_equal_and_unbeaten_stays_finite():
+    cycle = [Game("a", "b", 1.0), Game("b", "c", 1.0), Game("c", "a", 1.0)]
+    elo = ratings.elo_scale(ratings.bradley_terry(cycle, prior=0.0))
+    assert all(r == pytest.approx(1000.0) for r in elo.values())
+    unbeaten = [Game("a", "b", 1.0)] * 5
+    with pytest.raises(ValueError, match="no win"):
+        ratings.bradley_terry(unbeaten, prior=0.0)
+    p = ratings.bradley_terry(unbeaten, prior=1.0)  # 5.5 : 0.5 -> 11:1
+    assert p["a"] / p["b"] == pytest.approx(11.0)
+
+
+def test_bradley_terry_solves_the_likelihood_equations():
+    # At the MLE every model's wins equal its expected wins: W_i = Σ_j n_ij p_i / (p_i + p_j).
+    played = [Game("a", "b", 1.0)] * 4 + [Game("b", "a", 1.0)] * 2 + [Game("b", "c", 1.0)] * 3
+    played += [Game("c", "a", 1.0), Game("a", "c", 1.0), Game("a", "c", 0.5), Game("c", "b", 1.0)]
+    p = ratings.bradley_terry(played, prior=0.0)
+    for i in p:
+        won = sum(g.score for g in played if g.a == i) + sum(
+            1 - g.score for g in played if g.b == i
+        )
+        expected = sum(
+            p[i] / (p[i] + p[g.b if g.a == i else g.a]) for g in played if i in (g.a, g.b)
+        )
+        assert won == pytest.approx(expected, abs=1e-8)
+    assert math.prod(p.values()) == pytest.approx(1.0)
+
+
+def test_summary_metrics():
+    rows = [vote("sft", "ppo", "right")] * 3 + [
+        vote("ppo", "sft", "tie"),
+        vote("sft", "ppo", "both_bad"),
+    ]
+    m = ratings.summary(rows, n_boot=200)
+    assert (m["arena/votes"], m["arena/pairs"], m["arena/ties"], m["arena/both_bad"]) == (
+        5,
+        3,
+        1,
+        1,
+    )
+    assert m["arena/left_win_fraction"] == 0.0
+    assert m["arena/ppo/win_rate"] == pytest.approx(4 / 5) and m["arena/ppo/games"] == 5
+    assert m["arena/sft/win_rate"] == pytest.approx(1 / 5)
+    # 4 : 1 wins plus one virtual tie -> 4.5 : 1.5 = 3:1
+    assert m["arena/ppo/elo"] - m["arena/sft/elo"] == pytest.approx(400 * math.log10(3))
+    assert ratings.summary([]) == {
+        "arena/votes": 0,
+        "arena/pairs": 0,
+        "arena/ties": 0,
+        "arena/both_bad": 0,
+        "arena/left_win_fraction": 0.0,
+    }
