@@ -3,7 +3,7 @@
     python bench/reward_model.py                       # defaults below (~20 min on 2 CPU cores)
     python bench/reward_model.py --train-pairs 500 --eval-pairs 300   # a quick smoke run
 
-Trains the reward model with the project's own loop (``rlhf_lab.training.reward``) on
+Trains the reward model with the project's own loop (``rlhf_lab.training.reward_model``) on
 ``helpful-online`` + ``helpful-rejection-sampled`` and measures pairwise accuracy on all of
 ``helpful-base`` (the split in ``../shared/data/README.md``), next to the "longer reply wins"
 baseline on the same pairs, training throughput (pairs/s) and peak memory. Prints a table and
@@ -31,7 +31,7 @@ import torch
 from rlhf_lab import models, ui
 from rlhf_lab.config import RewardTrainConfig
 from rlhf_lab.io import write_json
-from rlhf_lab.training.reward import pairs_from_rows, train_reward_model
+from rlhf_lab.training.reward_model import pairs_from_rows, train_reward_model
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "hh-rlhf"

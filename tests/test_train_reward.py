@@ -19,7 +19,7 @@ from rlhf_lab.cli import app
 from rlhf_lab.config import RewardTrainConfig
 from rlhf_lab.io import write_jsonl
 from rlhf_lab.reward_model import RewardModel
-from rlhf_lab.training.reward import (
+from rlhf_lab.training.reward_model import (
     PairCollator,
     PreferencePair,
     bradley_terry_loss,

@@ -2,7 +2,7 @@
 
 The reward model is a separate encoder (any ``AutoModelForSequenceClassification``; default the
 embedded MiniLM) that scores *decoded text*, so it works with any policy tokenizer. Training
-(``rlhf_lab.training.reward``), PPO and evaluate all go through :func:`encoder_inputs`, so the
+(``rlhf_lab.training.reward_model``), PPO and evaluate all go through :func:`encoder_inputs`, so the
 three agree exactly on the input format.
 
 Input format: a text pair ``(context, reply)``. The context is the dialogue rendered as

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 import rlhf_lab.ppo.trainer as ppo_trainer
 import rlhf_lab.training.critic as critic_mod
-import rlhf_lab.training.reward as reward_mod
+import rlhf_lab.training.reward_model as reward_mod
 import rlhf_lab.training.sft as sft_mod
 from rlhf_lab.config import CriticConfig, PpoConfig, RewardTrainConfig, SftConfig
 from rlhf_lab.errors import NonFiniteLossError
@@ -20,7 +20,7 @@ from rlhf_lab.ppo.composite_score import CompositeScorer
 from rlhf_lab.ppo.model import load_policy_critic
 from rlhf_lab.ppo.trainer import PpoTrainer
 from rlhf_lab.training.critic import ScoredReply, train_critic
-from rlhf_lab.training.reward import PreferencePair, train_reward_model
+from rlhf_lab.training.reward_model import PreferencePair, train_reward_model
 from rlhf_lab.training.sft import SftExample, train_sft_model
 
 from ..ppo_helpers import (  # noqa: F401

@@ -162,9 +162,11 @@ class Rollout:
     ref_logprobs: torch.Tensor
     values: torch.Tensor
     entropy: torch.Tensor
-    scores: Scores
-    score: torch.Tensor
-    """The composite score after ``ppo.score_clip`` (before the EOS penalty)."""
+    scored: Scores
+    """What the scorer returned: the raw composite, each component and the weights used."""
+    clipped_score: torch.Tensor
+    """The composite after normalisation and ``ppo.score_clip`` (before the EOS penalty): the
+    sequence reward PPO optimises."""
     nonfinite: int = 0
     """Replies dropped from this batch for a non-finite score, log-prob, value or KL."""
 
@@ -184,18 +186,18 @@ class Rollout:
                 "ref_logprobs",
                 "values",
                 "entropy",
-                "score",
+                "clipped_score",
             )
         }
-        scores = Scores(
-            self.scores.total[idx],
-            {k: v[idx] for k, v in self.scores.components.items()},
-            self.scores.weights,
+        scored = Scores(
+            self.scored.total[idx],
+            {k: v[idx] for k, v in self.scored.components.items()},
+            self.scored.weights,
         )
         return Rollout(
             rows=[self.rows[i] for i in rows],
             replies=[self.replies[i] for i in rows],
-            scores=scores,
+            scored=scored,
             nonfinite=self.nonfinite + len(self.rows) - len(rows),
             **tensors,
         )
@@ -345,8 +347,8 @@ class PpoTrainer:
             ref_logprobs=torch.cat(ref).clone(),
             values=torch.cat(val).clone(),
             entropy=torch.cat(ent).clone(),
-            scores=scores,
-            score=score,
+            scored=scores,
+            clipped_score=score,
         )
         # A nan/inf anywhere in a reply's score, log-probs, values or KL would spread to the
         # whole batch through whitening and the KL mean: drop that reply (counted) instead.
@@ -390,7 +392,7 @@ class PpoTrainer:
             # -β·KL_t per token, the score at the last valid token (lm-human-preferences
             # compute_rewards), missing-EOS penalty on the score ([N-details] "EOS trick").
             rewards, kl = shape_rewards(
-                ro.score,
+                ro.clipped_score,
                 ro.logprobs,
                 ro.ref_logprobs,
                 mask,
@@ -487,7 +489,7 @@ class PpoTrainer:
         kl_finite = math.isfinite(mean_kl)
         if kl_finite:
             self.kl_ctl.update(mean_kl, n)
-        penalised = ro.score - ((cfg.missing_eos_penalty or 0.0) * (~ro.eos_found).float())
+        penalised = ro.clipped_score - ((cfg.missing_eos_penalty or 0.0) * (~ro.eos_found).float())
         stats = {k: v / max(updates, 1) for k, v in sums.items()}
         stats.update(
             {
@@ -599,9 +601,9 @@ class PpoTrainer:
                 timing["time/samples_per_s"] = len(ro.rows) / (
                     timing["time/rollout_s"] + timing["time/update_s"]
                 )
-                stats = {**ro.scores.means(), **stats, **timing}
+                stats = {**ro.scored.means(), **stats, **timing}
                 if self.scorer_has_schedule():
-                    stats.update({f"weight/{k}": v for k, v in ro.scores.weights.items()})
+                    stats.update({f"weight/{k}": v for k, v in ro.scored.weights.items()})
                 stats = {"step": float(step), **stats}
                 self.history.append(stats)
                 if live is not None:

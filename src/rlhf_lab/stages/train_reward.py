@@ -6,7 +6,7 @@
 Reads ``reward.train``, ``data/scored/{train,valid,test}.jsonl`` (chosen/rejected of every row,
 whatever its label source) and ``models/base/encoder``; writes ``models/reward`` (encoder with a
 1-logit head, ``reward_stats.json``, ``provenance.json``), ``metrics/train_reward.json`` and the
-curves in ``plots/train_reward/``. Library code: ``rlhf_lab.training.reward``.
+curves in ``plots/train_reward/``. Library code: ``rlhf_lab.training.reward_model``.
 
 Metrics (``<split>`` is ``valid`` and ``test``; a tie counts half everywhere):
 
@@ -31,7 +31,7 @@ from rlhf_lab import ui
 from rlhf_lab.config import Params
 from rlhf_lab.errors import DataError
 from rlhf_lab.io import read_jsonl, write_json
-from rlhf_lab.training.reward import pairs_from_rows, train_reward_model
+from rlhf_lab.training.reward_model import pairs_from_rows, train_reward_model
 
 SCORED_DIR = Path("data/scored")
 ENCODER_DIR = Path("models/base/encoder")
