@@ -17,6 +17,16 @@ from rlhf_lab.ppo.model import new_critic, save_critic
 from rlhf_lab.reward_model import save_reward_stats
 
 TINY_LORA = LoraConfig(r=4, alpha=8)
+TINY_PPO = {
+    "steps": 3,
+    "batch_size": 4,
+    "minibatches": 2,
+    "epochs": 1,
+    "max_new_tokens": 6,
+    "max_prompt_length": 48,
+    "lora": {"r": 4, "alpha": 8},
+}
+"""The ``ppo`` params of the train_ppo stage tests: 3 steps of 4 tiny rollouts (seconds)."""
 USER_TURNS = [
     "hello how are you doing today",
     "what is your favorite movie",

@@ -14,6 +14,7 @@ from rlhf_lab.cli import app
 from rlhf_lab.io import write_jsonl
 
 from .ppo_helpers import (  # noqa: F401
+    TINY_PPO,
     copy_policy,
     make_reward_model,
     one_thread,
@@ -28,16 +29,7 @@ PARAMS = {
         "weights_end": {"reward_model": 1.0, "text/distinct": 0.5},
         "length_band": [2, 8],
     },
-    "ppo": {
-        "steps": 3,
-        "batch_size": 4,
-        "minibatches": 2,
-        "epochs": 1,
-        "max_new_tokens": 6,
-        "max_prompt_length": 48,
-        "save_every": 2,
-        "lora": {"r": 4, "alpha": 8},
-    },
+    "ppo": {**TINY_PPO, "save_every": 2},
 }
 ISSUE_KEYS = [
     "objective/score",

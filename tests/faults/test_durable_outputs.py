@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 from rlhf_lab.cli import app
 
 from ..ppo_helpers import (  # noqa: F401
+    TINY_PPO,
     copy_policy,
     make_critic,
     make_reward_model,
@@ -225,16 +226,7 @@ def test_a_second_run_of_a_running_stage_is_refused(models_workspace, fault_env)
 
 PPO_PARAMS = {
     "reward": {"weights": {"reward_model": 1.0}},
-    "ppo": {
-        "steps": 3,
-        "batch_size": 4,
-        "minibatches": 2,
-        "epochs": 1,
-        "max_new_tokens": 6,
-        "max_prompt_length": 48,
-        "save_every": 1,
-        "lora": {"r": 4, "alpha": 8},
-    },
+    "ppo": {**TINY_PPO, "save_every": 1},
 }
 
 

@@ -25,6 +25,7 @@ from rlhf_lab.ppo.trainer import PpoTrainer
 
 from ..ppo_helpers import (  # noqa: F401
     TINY_LORA,
+    TINY_PPO,
     copy_policy,
     make_critic,
     make_reward_model,
@@ -37,17 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 PARAMS = {
     "reward": {"weights": {"reward_model": 1.0, "text/length": 0.5}, "length_band": [2, 8]},
-    "ppo": {
-        "steps": 3,
-        "batch_size": 4,
-        "minibatches": 2,
-        "epochs": 1,
-        "max_new_tokens": 6,
-        "max_prompt_length": 48,
-        "save_every": 1,
-        "lr": 1e-3,
-        "lora": {"r": 4, "alpha": 8},
-    },
+    "ppo": {**TINY_PPO, "save_every": 1, "lr": 1e-3},
 }
 # Runs train_ppo and SIGKILLs it inside the save of its second checkpoint: after the policy
 # adapter is written into the temporary directory, before the critic.
