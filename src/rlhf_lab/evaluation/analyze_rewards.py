@@ -12,7 +12,8 @@ or the policy learns whatever the reward actually pays for. The check (issue #7)
    the function's name, made-up parameter names, the reference with its parameters renamed,
    another function's docstring; :func:`rlhf_lab.tasks.crs.bad_reply_variants`: empty,
    generic, the reference with its movies removed, with a non-gold movie swapped in).
-3. Every ``<task>/*`` component of the reward registry scores every reply. The *total* is their
+3. Every ``<task>/*`` component (:func:`rlhf_lab.reward_components.build`) scores every
+   reply. The *total* is their
    weighted mean with the weights of ``reward.weights`` (the task's defaults when it names none
    of them), over the components that do not compare with the reference: the good reply *is*
    the reference, so BLEU would score it 1 by construction. ``total_with_reference`` adds them

@@ -64,7 +64,7 @@ COMPONENTS = (
     "length",
     "bleu",
 )
-"""Component names; each is registered as ``docstring/<name>``."""
+"""Component names; each is the reward component ``docstring/<name>`` (reward_components)."""
 
 DEFAULT_WEIGHTS: dict[str, float] = {
     "param_coverage": 0.3,
