@@ -71,6 +71,14 @@ def test_greedy_batched_with_left_padding_equals_one_at_a_time(policy):
         assert 1 <= s.n_tokens <= 6 and (s.eos or s.n_tokens == 6)
 
 
+def test_samples_carry_the_sampled_token_ids(policy):
+    _, tok = policy
+    for s in gen(policy, PROMPTS, temperature=1.0, batch_size=3, seed=1):
+        assert len(s.token_ids) == s.n_tokens
+        assert (s.token_ids[-1] == tok.eos_token_id) == s.eos
+        assert tok.decode(s.token_ids, skip_special_tokens=True).strip() == s.text
+
+
 def test_sampling_depends_only_on_seed_and_batch_index(policy):
     kw = {"temperature": 1.0, "batch_size": 2, "seed": 3}
     torch.manual_seed(123)
