@@ -28,12 +28,16 @@ def main(params: Params) -> None:
     ui.summary(
         "track_inputs",
         {
-            f"{key} ({entry.get('kind', 'unset')})": entry.get("sha256")
-            or entry.get("version")
-            or entry.get("revision")
-            or "-"
+            f"{key} ({entry.get('kind', 'unset')})": _shown(entry)
             for data in found.values()
             for key, entry in data.items()
             if isinstance(entry, dict)
         },
     )
+
+
+def _shown(entry: dict) -> str:
+    """What pins an input, short: a digest's first 12 hex digits, a version or a revision."""
+    if entry.get("sha256"):
+        return str(entry["sha256"])[:12]
+    return str(entry.get("version") or entry.get("revision") or "-")
