@@ -77,6 +77,12 @@ def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) 
         raise typer.Exit(2) from None
 
 
+@app.command("track_inputs")
+def track_inputs(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Fingerprint data.source, data.catalogue and local models into data/inputs/ for DVC."""
+    _run("track_inputs", params)
+
+
 @app.command("prepare_models")
 def prepare_models(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Materialise models/base/{policy,encoder} from embedded models, local dirs or hub ids."""

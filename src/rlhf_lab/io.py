@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -362,6 +362,26 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             h.update(block)
+    return h.hexdigest()
+
+
+def dir_digest(
+    path: str | Path,
+    file_sha: Callable[[Path], str] = sha256_file,
+    files: Iterable[Path] | None = None,
+) -> str:
+    """sha256 over every file under ``path`` (or only ``files``, all under it): its relative
+    POSIX name and its bytes' sha256.
+
+    Contents under relative names, so a moved or copied directory keeps its digest; ``file_sha``
+    may answer from a cache (``rlhf_lab.inputs``) as long as it returns ``sha256_file``'s value.
+    """
+    root = Path(path)
+    chosen = (p for p in root.rglob("*") if p.is_file()) if files is None else files
+    h = hashlib.sha256()
+    for file in sorted(chosen):
+        h.update(file.relative_to(root).as_posix().encode() + b"\0")
+        h.update(file_sha(file).encode() + b"\n")
     return h.hexdigest()
 
 

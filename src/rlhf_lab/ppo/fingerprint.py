@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_lab.config import Params
-from rlhf_lab.io import sha256_file
+from rlhf_lab.io import dir_digest, sha256_file
 
 CODE = "code"
 """Key of the ``rlhf_lab`` source digest (the only key an explicit ``--resume`` may override)."""
@@ -39,16 +39,6 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-def dir_digest(path: str | Path) -> str:
-    """sha256 over every file under ``path``: its relative POSIX name and its bytes' sha256."""
-    root = Path(path)
-    h = hashlib.sha256()
-    for file in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(file.relative_to(root).as_posix().encode() + b"\0")
-        h.update(sha256_file(file).encode() + b"\n")
-    return h.hexdigest()
 
 
 def source_digest() -> str:
