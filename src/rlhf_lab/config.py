@@ -63,7 +63,19 @@ class ModelsConfig(Section):
 class DataConfig(Section):
     source: str = "chitchat"
     """Where rows come from: 'chitchat' (embedded), a local file or a hub dataset id."""
-    format: Literal["auto", "chitchat", "hh", "preference", "redial", "docstring"] = "auto"
+    format: Literal[
+        "auto",
+        "chitchat",
+        "hh",
+        "preference",
+        "prompt_only",
+        "prompt_completion",
+        "messages",
+        "redial",
+        "crs_turns",
+        "docstring",
+        "humaneval",
+    ] = "auto"
     """Row format of the source; 'auto' infers it from the task and the source."""
     data_dir: str | None = None
     """Hub subset (data_dir), e.g. 'helpful-base' for Anthropic/hh-rlhf."""
