@@ -98,7 +98,7 @@ class DataConfig(Section):
     max_invalid_fraction: float = Field(0.2, ge=0.0, le=1.0)
     """The stage fails when more than this fraction of source rows is invalid."""
     catalogue: str | None = None
-    """crs only: a movie catalogue CSV (ReDial movies_with_mentions.csv format)."""
+    """crs only: a movie catalogue, ReDial movies_with_mentions.csv or an id -> name .json."""
     sample_max_new_tokens: int = Field(32, ge=1)
     """Longest reply sampled from the base policy when building pairs (tokens)."""
     unfinished_samples: Literal["keep", "trim", "drop"] = "trim"

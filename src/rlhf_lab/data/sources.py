@@ -35,6 +35,14 @@ per ``data.format`` turns one record into zero or more :class:`Example` s:
               = user, recommender = assistant), reference = the recommender's reply, ``@id``
               mentions replaced by movie names; ``meta.movies`` = id -> name,
               ``meta.gold_movies`` = ids the recommender suggested in that reply.
+``crs_turns`` ECR / UniCRS / CRSLab's processed ReDial: one object per recommender turn,
+              ``context`` (utterances, oldest first; the last is the seeker's), ``resp`` (the
+              reply), ``rec`` (recommended ids), ``entity`` / ``entity_name``, ``dialog_id``,
+              ``turn_id``. Ids are named by ``entity2id.json`` (name -> id) and
+              ``item_ids.json`` (a list of the ids that are items, or id -> name) beside the
+              file, and ``data.catalogue`` (ReDial CSV or id -> name JSON).
+              ``meta.gold_movies`` = the ``rec`` names, ``meta.movies`` = id -> name of the
+              turn's entities, its recs and the catalogue movies the context mentions.
 ``docstring`` ``{"code", "docstring"}`` (also CodeSearchNet / CodeXGLUE column names); the
               prompt asks for the function's docstring, reference = the docstring,
               ``meta.code`` = the function source (its own docstring removed).
@@ -68,6 +76,7 @@ from rlhf_lab.data.validate import (
     BAD_TRANSCRIPT,
     CODE_TOO_NESTED,
     NO_PREFERENCE,
+    UNKNOWN_ID,
     WRONG_TYPE,
     Origin,
     RowError,
@@ -712,6 +721,155 @@ def parse_redial(
     return examples
 
 
+# ---------------------------------------------------------------------------------- crs_turns
+
+
+@dataclass(frozen=True)
+class IdMaps:
+    """What names the ids of crs_turns rows: the maps beside the file and ``data.catalogue``."""
+
+    names: Mapping[str, str]
+    """id -> name (``entity2id.json`` inverted, ``item_ids.json`` when it names them)."""
+    items: frozenset[str] | None
+    """Ids ``item_ids.json`` lists as items (recommendable); None when there is no list."""
+    catalogue: Any = None
+    """``data.catalogue`` as a crs.MovieCatalogue, or None."""
+
+    def name(self, movie_id: str) -> str | None:
+        if movie_id in self.names:
+            return self.names[movie_id]
+        return self.catalogue.name(movie_id) if self.catalogue is not None else None
+
+
+def load_id_maps(source: str, catalogue_path: str | None) -> IdMaps:
+    """The :class:`IdMaps` of a local crs_turns source (maps beside it, or in the directory)."""
+    from rlhf_lab.tasks.crs import MovieCatalogue, load_catalogue, read_id_names
+
+    path = Path(source).expanduser()
+    folder = path if path.is_dir() else path.parent
+    names: dict[str, str] = {}
+    items: frozenset[str] | None = None
+    if (folder / "entity2id.json").is_file():
+        names.update(read_id_names(folder / "entity2id.json", "entity2id.json"))
+    item_file = folder / "item_ids.json"
+    if item_file.is_file():
+        try:
+            value = json.loads(item_file.read_bytes())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"{item_file}: bad JSON: {exc}") from None
+        if isinstance(value, list):
+            items = frozenset(str(v) for v in value)
+        else:
+            item_names = read_id_names(item_file, "item_ids.json")
+            names.update(item_names)
+            items = frozenset(item_names)
+    catalogue = load_catalogue(catalogue_path)
+    # The context's movies are found by title, among the items (or every named entity).
+    known = {k: v for k, v in names.items() if items is None or k in items}
+    finder = MovieCatalogue(known, base=catalogue) if known else catalogue
+    return IdMaps(names, items, finder)
+
+
+def _ids(row: Mapping[str, Any], field: str) -> list[Any]:
+    value = row.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RowError(WRONG_TYPE, field, f"expected a list, got {type(value).__name__}")
+    for i, v in enumerate(value):
+        if not isinstance(v, (int, str)) or isinstance(v, bool):
+            raise RowError(WRONG_TYPE, f"{field}[{i}]", f"expected an id, got {type(v).__name__}")
+    return value
+
+
+_TITLE_YEAR = re.compile(r"\(\d{4}\)\s*$")
+
+
+def _resolve(movie_id: str, field: str, maps: IdMaps, *, item: bool) -> str:
+    """The name of a crs_turns id (a non-numeric "id" is CRSLab's name itself)."""
+    if not movie_id.isdigit():
+        return " ".join(movie_id.split())
+    name = maps.name(movie_id)
+    if name is None:
+        raise RowError(
+            UNKNOWN_ID,
+            field,
+            f"id {movie_id} is named by neither the entity2id.json / item_ids.json beside the "
+            "source nor data.catalogue",
+        )
+    if item and maps.items is not None and movie_id not in maps.items:
+        raise RowError(UNKNOWN_ID, field, f"id {movie_id} is not an item in item_ids.json")
+    return name
+
+
+def parse_crs_turns(
+    row: Mapping[str, Any], origin: Origin, *, max_turns: int, maps: IdMaps
+) -> list[Example]:
+    """One ECR / UniCRS / CRSLab recommender turn (module docstring)."""
+    context = require(row, "context", list)
+    for i, utt in enumerate(context):
+        if not isinstance(utt, str):
+            raise RowError(WRONG_TYPE, f"context[{i}]", f"expected text, got {type(utt).__name__}")
+    context = [c for c in context if c.strip()]
+    if not context:
+        raise RowError(BAD_TRANSCRIPT, "context", "no seeker utterance before the reply")
+    resp = require(row, "resp", str)
+    movies: dict[str, str] = {}
+    gold: list[str] = []
+    for i, raw in enumerate(_ids(row, "rec")):
+        name = _resolve(str(raw).strip(), f"rec[{i}]", maps, item=True)
+        movies[str(raw).strip()] = name
+        if name not in gold:
+            gold.append(name)
+    # ECR's entities mix movies with genres and people: only items count as movies (a reply
+    # saying "comedy" must not earn the partial credit of naming a movie).
+    entity_ids = _ids(row, "entity")
+    entity_names = row.get("entity_name")
+    paired = isinstance(entity_names, list) and len(entity_names) == len(entity_ids)
+    for i, raw in enumerate(entity_ids):
+        movie_id = str(raw).strip()
+        name = _resolve(movie_id, f"entity[{i}]", maps, item=False)
+        if paired and isinstance(entity_names[i], str) and entity_names[i].strip():
+            name = " ".join(entity_names[i].split())  # the name as the text writes it
+        if maps.items is None or movie_id in maps.items or not movie_id.isdigit():
+            movies.setdefault(movie_id, name)
+    if isinstance(entity_names, list) and not paired:
+        for name in entity_names:
+            if isinstance(name, str) and _TITLE_YEAR.search(name):  # "Police Academy (1984)"
+                movies.setdefault(f"name:{content_key(name)}", " ".join(name.split()))
+    if maps.catalogue is not None:
+        for movie_id in maps.catalogue.find_mentions("\n".join(context)):
+            if (name := maps.catalogue.name(movie_id)) is not None:
+                movies.setdefault(movie_id, name)
+    # The last utterance is the seeker's; turns alternate before it.
+    n = len(context)
+    turns = [
+        {"role": "user" if (n - 1 - i) % 2 == 0 else "assistant", "content": c.strip()}
+        for i, c in enumerate(context)
+    ]
+    dialog, turn = row.get("dialog_id"), row.get("turn_id")
+    conv = str(dialog) if isinstance(dialog, (str, int)) else content_key(context[:1])
+    key = f"{conv}-{turn}" if isinstance(turn, (str, int)) else content_key(context, resp)
+    meta: dict[str, Any] = {
+        "movies": movies,
+        "gold_movies": gold,
+        "conversation_id": conv,
+        "origin": str(origin),
+    }
+    if isinstance(turn, (str, int)):
+        meta["turn"] = turn
+    return [
+        Example(
+            id=f"crs-{key}",
+            group=f"crs-{conv}",
+            prompt=window(turns, max_turns),
+            reference=resp.strip(),
+            origin=origin,
+            meta=meta,
+        )
+    ]
+
+
 # ---------------------------------------------------------------------------------- docstring
 
 DOCSTRING_INSTRUCTION = (
@@ -846,6 +1004,9 @@ def make_parser(fmt: str, cfg: DataConfig) -> Parser:
         catalogue = load_catalogue(cfg.catalogue)
         lookup = catalogue.name if catalogue is not None else None
         return partial(parse_redial, max_turns=cfg.max_turns, catalogue=lookup)
+    if fmt == "crs_turns":
+        maps = load_id_maps(cfg.source, cfg.catalogue)
+        return partial(parse_crs_turns, max_turns=cfg.max_turns, maps=maps)
     parsers = {
         "hh": parse_hh,
         "preference": parse_preference,
