@@ -46,6 +46,12 @@ per ``data.format`` turns one record into zero or more :class:`Example` s:
 ``docstring`` ``{"code", "docstring"}`` (also CodeSearchNet / CodeXGLUE column names); the
               prompt asks for the function's docstring, reference = the docstring,
               ``meta.code`` = the function source (its own docstring removed).
+``humaneval`` ``{"task_id", "prompt", "canonical_solution", "entry_point"}`` (OpenAI HumanEval):
+              reference = the entry point's docstring (its ``>>>`` examples included);
+              ``meta.code`` = the function without it (signature + canonical solution),
+              ``meta.setup`` = the rest of the prompt (imports, helper functions) that the
+              docstring/doctest reward runs before the examples; the prompt is the docstring
+              task's.
 ``chitchat``  one example per turn after the first: prompt = the conversation so far (the
               speaker of the target turn plays the assistant), reference = that turn.
 
@@ -71,6 +77,7 @@ from typing import Any
 from rlhf_lab.config import DataConfig, TaskConfig
 from rlhf_lab.data.rows import Example, Message
 from rlhf_lab.data.validate import (
+    BAD_CODE,
     BAD_ENCODING,
     BAD_JSON,
     BAD_TRANSCRIPT,
@@ -948,6 +955,55 @@ def parse_docstring(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -
     ]
 
 
+def _humaneval_parts(source: str, entry_point: str) -> tuple[str, str, str]:
+    """(setup, function without its docstring, docstring) of ``entry_point`` in ``source``."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        msg = f"prompt + solution do not parse: {type(exc).__name__}"
+        raise RowError(BAD_CODE, "canonical_solution", msg) from None
+    func = next(
+        (
+            n
+            for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point
+        ),
+        None,
+    )
+    if func is None:
+        raise RowError(BAD_CODE, "entry_point", f"no top-level function {entry_point!r}")
+    docstring = ast.get_docstring(func)
+    if not docstring or len(func.body) < 2 or func.end_lineno is None:
+        raise RowError(BAD_CODE, "prompt", f"{entry_point!r} has no docstring and a body")
+    lines = source.splitlines(keepends=True)
+    first, doc = func.decorator_list[0] if func.decorator_list else func, func.body[0]
+    assert doc.end_lineno is not None
+    code = "".join(
+        lines[first.lineno - 1 : doc.lineno - 1] + lines[doc.end_lineno : func.end_lineno]
+    )
+    setup = "".join(lines[: first.lineno - 1] + lines[func.end_lineno :])
+    return setup.strip("\n"), code.strip("\n"), docstring.strip()
+
+
+def parse_humaneval(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -> list[Example]:
+    """One HumanEval problem: the docstring is the reference, the function without it the code."""
+    task_id = require(row, "task_id", str)
+    source = require(row, "prompt", str) + require(row, "canonical_solution", str)
+    setup, code, docstring = _humaneval_parts(source, require(row, "entry_point", str))
+    instruction = DOCSTRING_INSTRUCTION.format(language="Python")
+    prompt = [{"role": "user", "content": f"{instruction}\n\n```python\n{code}\n```"}]
+    return [
+        Example(
+            id=f"humaneval-{task_id.replace('/', '-')}",
+            group=f"humaneval-{task_id}",
+            prompt=prompt,
+            reference=docstring,
+            origin=origin,
+            meta={"code": code, "setup": setup, "source_id": task_id, "origin": str(origin)},
+        )
+    ]
+
+
 # ---------------------------------------------------------------------------------- chitchat
 
 
@@ -1014,6 +1070,7 @@ def make_parser(fmt: str, cfg: DataConfig) -> Parser:
         "prompt_completion": parse_prompt_completion,
         "messages": parse_messages,
         "docstring": parse_docstring,
+        "humaneval": parse_humaneval,
         "chitchat": parse_chitchat,
     }
     return partial(parsers[fmt], max_turns=cfg.max_turns)
