@@ -242,7 +242,8 @@ GOOD_CASES = [
 
 
 def test_good_docstrings_beat_bad_ones():
-    weights = {n: 1.0 for n in ds.COMPONENTS if n != "bleu"}  # no reference needed
+    # no reference needed; no >>> examples in these docstrings
+    weights = {n: 1.0 for n in ds.COMPONENTS if n not in ("bleu", "doctest")}
     good, bad = [], []
     for code, doc in GOOD_CASES:
         row = _row(code)

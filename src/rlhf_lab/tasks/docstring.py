@@ -1,7 +1,8 @@
 """Docstring generation: static-analysis rewards computed from the function's ``ast``.
 
 The prompt row holds the function source in ``row["meta"]["code"]`` and the human docstring
-in ``row["reference"]``. The code is parsed with :mod:`ast` and never executed.
+in ``row["reference"]``. The code is parsed with :mod:`ast`; only ``doctest`` executes it, and
+never in this process.
 :func:`analyze_function` extracts the facts a good docstring should reflect (parameters,
 whether a value is returned, what is raised, which control flow is used) and each component
 checks the reply against one fact, giving a score in [0, 1]:
@@ -27,6 +28,12 @@ checks the reply against one fact, giving a score in [0, 1]:
                     at 0 words and at :data:`LENGTH_ZERO_WORDS`
 ``bleu``            sentence BLEU-4 (sacrebleu, ``exp`` smoothing) to the reference / 100; 0
                     without a reference
+``doctest``         the docstring's ``>>>`` examples run against the function (``meta.setup``,
+                    e.g. HumanEval's imports, first) in a confined child process
+                    (:mod:`rlhf_lab.tasks.sandbox`): the fraction that pass. 0 when no
+                    example uses the function: no evidence, no credit (a neutral 0.5 would
+                    hand an empty docstring half the component, the "nothing to check" bug).
+                    Not in :data:`DEFAULT_WEIGHTS` nor any preset (README)
 =================== ===========================================================================
 
 *Nothing to check* (:func:`nothing_to_check`): a rule with no fact to check must not reward
@@ -53,6 +60,7 @@ from dataclasses import dataclass
 import sacrebleu
 
 from rlhf_lab.data.rows import Row
+from rlhf_lab.tasks import sandbox
 
 LENGTH_MIN_WORDS = 3
 """Shortest docstring (in whitespace-separated words) with full length score."""
@@ -68,6 +76,7 @@ COMPONENTS = (
     "control_flow",
     "length",
     "bleu",
+    "doctest",
 )
 """Component names; each is the reward component ``docstring/<name>`` (reward_components)."""
 
@@ -440,9 +449,20 @@ def bleu_score(doc: str, reference: str | None) -> float:
     return min(1.0, max(0.0, bleu.score / 100.0))
 
 
-def _row_code(row: Row) -> str:
-    code = (row.get("meta") or {}).get("code")
+def _row_code(row: Row, key: str = "code") -> str:
+    code = (row.get("meta") or {}).get(key)
     return code if isinstance(code, str) else ""
+
+
+def doctest_score(doc: str, row: Row, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS) -> float:
+    """Fraction of ``doc``'s examples that pass against the row's function (module docstring)."""
+    code = textwrap.dedent(_row_code(row))
+    facts = analyze_function(code)
+    if not facts.parse_ok:
+        return 0.0
+    setup = _row_code(row, "setup")
+    result = sandbox.run_doctests(doc, code, name=facts.name, setup=setup, limits=limits)
+    return 0.0 if result is None else result.score
 
 
 def score_components(reply: str, row: Row, names: Sequence[str] = COMPONENTS) -> dict[str, float]:
@@ -456,6 +476,7 @@ def score_components(reply: str, row: Row, names: Sequence[str] = COMPONENTS) ->
         "control_flow": lambda: control_flow(doc, facts),
         "length": lambda: length_score(doc),
         "bleu": lambda: bleu_score(doc, row.get("reference")),
+        "doctest": lambda: doctest_score(doc, row),
     }
     return {name: float(fns[name]()) for name in names}
 
