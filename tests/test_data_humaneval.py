@@ -61,6 +61,14 @@ def test_docstring_is_the_reference_and_the_function_without_it_the_code():
     assert (facts.name, facts.params, facts.returns_value) == ("add", ("xs", "k"), True)
 
 
+def test_a_docstring_after_an_import_is_still_the_docstring():
+    # HumanEval/115's shape
+    row = {**ADD, "prompt": ADD["prompt"].replace('    """Add', '    import math\n    """Add')}
+    [ex] = parse_humaneval(row, ORIGIN, max_turns=3)
+    assert ex.reference.startswith("Add k to every item of xs.")
+    assert ex.meta["code"].splitlines()[1:] == ["    import math", "    return [x + k for x in xs]"]
+
+
 def test_helpers_go_to_setup_and_the_entry_point_is_the_code():
     [ex] = parse_humaneval(HELPER, ORIGIN, max_turns=3)
     assert ex.meta["code"].startswith("def shortest(s: str) -> str:\n    i = 0")
@@ -116,3 +124,27 @@ def test_e2e_prepare_preference_on_humaneval(tiny_models, tmp_path, monkeypatch)
     assert len(prompts) == 7 and all(">>>" in r["reference"] for r in prompts)
     [bad] = read_jsonl("data/invalid/he.jsonl")
     assert (bad["reason"], bad["field"], bad["line"]) == (BAD_CODE, "entry_point", 8)
+
+
+def test_e2e_analyze_rewards_shows_the_doctest_gap(tmp_path, monkeypatch):
+    """Through the real CLI: reference docstrings' examples pass, the bad variants have none."""
+    monkeypatch.chdir(tmp_path)
+    rows = [
+        {
+            **ADD,
+            "task_id": f"HumanEval/{i}",
+            "prompt": ADD["prompt"].replace("every item", f"each of the {i + 2} items"),
+        }
+        for i in range(4)
+    ]
+    Path("he.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    Path("params.yaml").write_text("task:\n  name: docstring\n")
+    args = ["analyze_rewards", "--task", "docstring", "--input", "he.jsonl"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    m = json.loads(Path("metrics/analyze_rewards.json").read_text())
+    assert m["analyze/rows"] == 4
+    assert m["analyze/good/docstring/doctest"] == 1.0
+    # empty, generic, name-only, wrong-params, other-function: no example calls add -> 0;
+    # params_renamed keeps the reference's examples (they name no parameter) -> 1
+    assert m["analyze/gap_by_kind/empty"] > 0 and m["analyze/gap/docstring/doctest"] > 0.5

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import inspect
 import itertools
 import json
 import re
@@ -972,12 +973,22 @@ def _humaneval_parts(source: str, entry_point: str) -> tuple[str, str, str]:
     )
     if func is None:
         raise RowError(BAD_CODE, "entry_point", f"no top-level function {entry_point!r}")
-    docstring = ast.get_docstring(func)
-    if not docstring or len(func.body) < 2 or func.end_lineno is None:
+    # The first string statement: HumanEval/115 puts `import math` before its docstring.
+    doc = next(
+        (
+            n
+            for n in func.body
+            if isinstance(n, ast.Expr)
+            and isinstance(n.value, ast.Constant)
+            and isinstance(n.value.value, str)
+        ),
+        None,
+    )
+    if doc is None or len(func.body) < 2 or func.end_lineno is None or doc.end_lineno is None:
         raise RowError(BAD_CODE, "prompt", f"{entry_point!r} has no docstring and a body")
+    docstring = inspect.cleandoc(doc.value.value)  # type: ignore[attr-defined]
     lines = source.splitlines(keepends=True)
-    first, doc = func.decorator_list[0] if func.decorator_list else func, func.body[0]
-    assert doc.end_lineno is not None
+    first = func.decorator_list[0] if func.decorator_list else func
     code = "".join(
         lines[first.lineno - 1 : doc.lineno - 1] + lines[doc.end_lineno : func.end_lineno]
     )
