@@ -496,7 +496,7 @@ def _reply(value: Any, field: str, prompt: list[Message] | None = None) -> str:
     if isinstance(value, str):
         return value
     turns = _chat(value, field)
-    if prompt is not None and len(turns) > 1:
+    if prompt is not None and any(t["role"] == "user" for t in turns[:-1]):
         said = [t for t in turns[:-1] if t["role"] != "system"]
         if said != prompt:
             raise RowError(BAD_TRANSCRIPT, field, "the conversation does not start with the prompt")
