@@ -293,3 +293,15 @@ def test_e2e_unpaired_formats_through_the_cli(workdir, fmt, row, pairs):
         assert pref and all(r["chosen"] is None and len(r["candidates"]) >= 2 for r in pref)
     else:
         assert pref and all(r["chosen"].startswith("A") for r in pref)
+
+
+def test_every_format_is_a_params_choice_and_has_a_parser():
+    from typing import get_args
+
+    from rlhf_lab.data.sources import FORMATS, make_parser
+
+    choices = set(get_args(DataConfig.model_fields["format"].annotation))
+    assert choices == {"auto", *FORMATS}
+    for fmt in FORMATS:
+        if fmt not in ("redial", "crs_turns"):  # those two load their catalogues / id maps
+            assert callable(make_parser(fmt, DataConfig()))
