@@ -142,3 +142,24 @@ def test_e2e_prepare_preference_on_crs_turns(tiny_models, tmp_path, monkeypatch)
     assert len(prompts) == 8 and all(r["meta"]["gold_movies"] == ["Alien"] for r in prompts)
     [bad] = read_jsonl("data/invalid/train_data.jsonl")
     assert (bad["reason"], bad["field"], bad["line"]) == (UNKNOWN_ID, "rec[0]", 9)
+
+
+def test_e2e_analyze_rewards_on_crs_turns(tmp_path, monkeypatch):
+    """Through the real CLI: the gold names of crs_turns rows make every bad kind, the swapped
+    movie included (other_movie), and the reference wins."""
+    monkeypatch.chdir(tmp_path)
+    rows = [
+        {**GOOD, "dialog_id": f"d{i}", "resp": f"You would like Alien, take {i}.", "entity": [1, 4]}
+        for i in range(4)
+    ]
+    rows = [{**r, "entity_name": ["Police Academy (1984)", "Jaws"]} for r in rows]
+    write_dir(tmp_path, rows)
+    Path("params.yaml").write_text("task:\n  name: crs\n")
+    args = ["analyze_rewards", "--task", "crs", "--input", "ecr/train_data.jsonl"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    m = json.loads(Path("metrics/analyze_rewards.json").read_text())
+    assert m["analyze/rows"] == 4 and m["analyze/good/crs/recommendation"] == 1.0
+    assert m["analyze/pairs_by_kind/other_movie"] == 4
+    # swapping Alien for a dialogue movie that is not gold earns only the partial credit
+    assert m["analyze/gap_by_kind/other_movie"] == pytest.approx(0.7)

@@ -516,17 +516,23 @@ def bad_reply_variants(row: Row) -> dict[str, str]:
         removed = _name_pattern(name).sub(lambda _: NO_MOVIE, removed)
     if removed != reference:
         out["movie_removed"] = removed
+    # Gold entries are ids (ReDial) or names (crs_turns: the rec ids resolved to names).
+    gold_keys = {normalize_title(g) for g in gold if g not in movies}
     others = [
         name
         for movie_id, name in sorted(movies.items())
-        if movie_id not in gold and not _name_pattern(name).search(reference)
+        if movie_id not in gold
+        and normalize_title(name) not in gold_keys
+        and not _name_pattern(name).search(reference)
     ]
     gold_names = [(movie_id, movies[movie_id]) for movie_id in sorted(gold) if movie_id in movies]
+    gold_names += [("", g) for g in sorted(gold) if g not in movies]
     if others and gold_names:
         swapped = reference
         for movie_id, name in gold_names:
             swapped = _name_pattern(name).sub(lambda _: others[0], swapped)
-            swapped = swapped.replace(f"@{movie_id}", others[0])
+            if movie_id:
+                swapped = swapped.replace(f"@{movie_id}", others[0])
         if swapped != reference:
             out["other_movie"] = swapped
     return out
