@@ -139,3 +139,8 @@ def test_docstring_doctest_component_from_the_factory():
     ]
     assert list(fn(replies, [row] * 4)) == [1.0, 0.0, 0.0, 0.0]
     assert "doctest" not in ds.DEFAULT_WEIGHTS
+
+
+def test_replacing_its_stdout_file_neither_hangs_nor_loses_the_result():
+    doc = ">>> import os; os.remove('stdout'); os.mkfifo('stdout')\n>>> add([1], 1)\n[2]"
+    assert run(doc).outcomes == ("pass", "pass")

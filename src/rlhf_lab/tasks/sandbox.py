@@ -21,13 +21,17 @@ Each call starts one child process (:mod:`rlhf_lab.tasks.doctest_child`) and con
 * a wall-clock timeout on the whole child (its process group is killed) and a SIGALRM timer
   per example, so one endless example fails alone.
 
-The result line the child prints starts with a random nonce the examples cannot see (frame
-access is refused), so an example cannot print a forged score. What is not defended: code
-that escapes CPython itself (a crash of the interpreter is only a failed run).
+The result line the child prints starts with a random nonce, so an example that prints a
+result line of its own does not count. The nonce is in the child's memory, though, and
+``sys._getframe`` is refused but a traceback's frames are not: code written to walk the
+interpreter's frames could still forge its score. The sandbox confines what examples can do to
+the machine; it does not make a determined reply honest (``analyze_rewards --samples`` shows
+what PPO learned). Nor does it defend against code that breaks CPython itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import functools
 import json
@@ -158,10 +162,14 @@ def run_doctests(
         "output_bytes": limits.output_bytes,
         "nonce": nonce,
     }
-    with tempfile.TemporaryDirectory(prefix="rlhf-doctest-") as tmp:
-        out_path, err_path = Path(tmp, "stdout"), Path(tmp, "stderr")
+    with tempfile.TemporaryDirectory(prefix="rlhf-doctest-", ignore_cleanup_errors=True) as tmp:
         env = {"PATH": os.defpath, "HOME": tmp, "LC_ALL": "C.UTF-8"}
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        # Read back through the descriptors opened here, never by path: the child may replace
+        # the files in its directory (with a FIFO, say, that would block a reopen).
+        with (
+            open(Path(tmp, "stdout"), "w+b") as out,
+            open(Path(tmp, "stderr"), "wb") as err,
+        ):
             proc = subprocess.Popen(
                 child_command(),
                 stdin=subprocess.PIPE,
@@ -176,12 +184,13 @@ def run_doctests(
                 proc.communicate(json.dumps(job).encode(), timeout=limits.wall_s)
             except subprocess.TimeoutExpired:
                 status = "timeout"
-                os.killpg(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
             if status == "ok" and proc.returncode < 0:
                 status = "killed"
-        with open(out_path, "rb") as fh:
-            stdout = fh.read(limits.output_bytes + 1)  # never more than the cap
+            out.seek(0)
+            stdout = out.read(limits.output_bytes + 1)  # never more than the cap
     result = _result(stdout, nonce, status)
     if result.status == "no_result" and len(stdout) >= limits.output_bytes:
         return DoctestResult(0, 0, (), "output_capped")
