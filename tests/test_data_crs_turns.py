@@ -83,6 +83,22 @@ def test_without_item_list_the_context_and_entity_names_still_give_movies(tmp_pa
     assert {"Alien", "Police Academy (1984)"} <= movies and "Comedy" not in movies
 
 
+def test_entities_given_as_uris_or_names_need_no_map(tmp_path):
+    row = {
+        **GOOD,
+        "rec": ["Heat (1995)"],
+        "entity": [DBP.format("Jaws_(1975_film)"), DBP.format("Comedy")],
+        "entity_name": [],
+    }
+    folder = write_dir(tmp_path, [row], items=None)
+    (folder / "entity2id.json").unlink()
+    _, loaded = load(folder)
+    [ex] = loaded.examples
+    assert ex.meta["gold_movies"] == ["Heat (1995)"]
+    # the film is a movie of the dialogue, the genre is not
+    assert sorted(ex.meta["movies"].values()) == ["Heat (1995)", "Jaws (1975)"]
+
+
 def test_catalogue_json_or_csv_names_ids_the_maps_lack(tmp_path):
     row = {**GOOD, "rec": [77], "entity": []}
     folder = write_dir(tmp_path, [row], items=None)

@@ -794,9 +794,12 @@ _TITLE_YEAR = re.compile(r"\(\d{4}\)\s*$")
 
 
 def _resolve(movie_id: str, field: str, maps: IdMaps, *, item: bool) -> str:
-    """The name of a crs_turns id (a non-numeric "id" is CRSLab's name itself)."""
+    """The name of a crs_turns id (a non-numeric "id" is the entity itself: a name or a
+    DBpedia URI, made readable)."""
     if not movie_id.isdigit():
-        return " ".join(movie_id.split())
+        from rlhf_lab.tasks.crs import entity_name
+
+        return entity_name(movie_id)
     name = maps.name(movie_id)
     if name is None:
         raise RowError(
@@ -839,7 +842,11 @@ def parse_crs_turns(
         name = _resolve(movie_id, f"entity[{i}]", maps, item=False)
         if paired and isinstance(entity_names[i], str) and entity_names[i].strip():
             name = " ".join(entity_names[i].split())  # the name as the text writes it
-        if maps.items is None or movie_id in maps.items or not movie_id.isdigit():
+        if movie_id.isdigit():
+            is_movie = maps.items is None or movie_id in maps.items
+        else:  # an entity given by name counts when titled like a film, "Jaws (1975)"
+            is_movie = _TITLE_YEAR.search(name) is not None
+        if is_movie:
             movies.setdefault(movie_id, name)
     if isinstance(entity_names, list) and not paired:
         for name in entity_names:
