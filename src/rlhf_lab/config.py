@@ -63,7 +63,19 @@ class ModelsConfig(Section):
 class DataConfig(Section):
     source: str = "chitchat"
     """Where rows come from: 'chitchat' (embedded), a local file or a hub dataset id."""
-    format: Literal["auto", "chitchat", "hh", "preference", "redial", "docstring"] = "auto"
+    format: Literal[
+        "auto",
+        "chitchat",
+        "hh",
+        "preference",
+        "prompt_only",
+        "prompt_completion",
+        "messages",
+        "redial",
+        "crs_turns",
+        "docstring",
+        "humaneval",
+    ] = "auto"
     """Row format of the source; 'auto' infers it from the task and the source."""
     data_dir: str | None = None
     """Hub subset (data_dir), e.g. 'helpful-base' for Anthropic/hh-rlhf."""
@@ -86,7 +98,7 @@ class DataConfig(Section):
     max_invalid_fraction: float = Field(0.2, ge=0.0, le=1.0)
     """The stage fails when more than this fraction of source rows is invalid."""
     catalogue: str | None = None
-    """crs only: a movie catalogue CSV (ReDial movies_with_mentions.csv format)."""
+    """crs only: a movie catalogue, ReDial movies_with_mentions.csv or an id -> name .json."""
     sample_max_new_tokens: int = Field(32, ge=1)
     """Longest reply sampled from the base policy when building pairs (tokens)."""
     unfinished_samples: Literal["keep", "trim", "drop"] = "trim"

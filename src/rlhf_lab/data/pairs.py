@@ -9,8 +9,8 @@
   to be better than the base model's;
 * ``judge`` — ``data.num_candidates`` sampled replies per prompt, left unlabelled
   (``chosen``/``rejected`` null, ``candidates`` set) for ``score_with_llm`` to label;
-* ``auto`` — ``human`` for the human-labelled formats (hh, preference), ``reference_vs_sample``
-  for every other format.
+* ``auto`` — ``human`` for the human-labelled formats (hh, preference), ``judge`` for
+  ``prompt_only`` (no reference to prefer), ``reference_vs_sample`` for every other format.
 
 A sampled reply that is empty or equal to the reference cannot make a pair; such prompts are
 dropped from the preference rows (not from the prompt rows) and reported like invalid rows.
@@ -44,6 +44,8 @@ from rlhf_lab.generation import Sample
 PAIR_MODES = ("human", "reference_vs_sample", "judge")
 HUMAN_FORMATS = ("hh", "preference")
 """Formats whose rows are labelled pairs (chosen/rejected picked by people)."""
+NO_REFERENCE_FORMATS = ("prompt_only",)
+"""Formats whose rows hold no reference reply: only the judge can make their pairs."""
 
 # A run of terminators, then closing quotes or brackets, then whitespace or the end: "3.5" does
 # not end a sentence, "Sure!", "Why??" and 'he said "no."' do. Abbreviations ("Mr. ") count as
@@ -84,7 +86,14 @@ def _unfinished_error(sample: Sample, policy: str) -> RowError:
 def resolve_pairs(pairs: str, fmt: str) -> str:
     """``data.pairs`` with 'auto' resolved; 'human' needs a human-labelled format."""
     if pairs == "auto":
-        return "human" if fmt in HUMAN_FORMATS else "reference_vs_sample"
+        if fmt in HUMAN_FORMATS:
+            return "human"
+        return "judge" if fmt in NO_REFERENCE_FORMATS else "reference_vs_sample"
+    if pairs == "reference_vs_sample" and fmt in NO_REFERENCE_FORMATS:
+        raise ConfigError(
+            f"params.yaml: data.pairs 'reference_vs_sample' needs reference replies, but "
+            f"data.format {fmt!r} has none; use 'judge'"
+        )
     if pairs == "human" and fmt not in HUMAN_FORMATS:
         raise ConfigError(
             "params.yaml: data.pairs 'human' needs human-labelled pairs (data.format hh or "

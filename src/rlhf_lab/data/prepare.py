@@ -106,8 +106,8 @@ def validate_example(ex: Example, max_chars: int) -> None:
     check_prompt(ex.prompt, max_chars)
     if ex.chosen is not None or ex.rejected is not None:
         check_pair(ex.chosen or "", ex.rejected or "", max_chars)
-    else:
-        check_text(ex.reference or "", "reference", max_chars)
+    elif ex.reference is not None:  # None only for prompt-only rows (no reply to check)
+        check_text(ex.reference, "reference", max_chars)
     check_encodable(ex.id, "id")
     check_encodable(ex.meta, "meta")
 

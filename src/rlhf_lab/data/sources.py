@@ -3,7 +3,8 @@
 ``data.source`` is one of
 
 * ``chitchat`` — the embedded default: the ``chitchat-dataset`` package's real human chats;
-* a local ``.jsonl``, ``.jsonl.gz`` or ``.parquet`` file, or a directory of them;
+* a local ``.jsonl``, ``.jsonl.gz``, ``.parquet`` or ``.json`` (an array of objects, or JSON
+  Lines) file, or a directory of them (the crs id maps :data:`ID_MAP_FILES` excepted);
 * anything else is a hub dataset id, read with ``datasets.load_dataset(source,
   data_dir=data.data_dir, split=data.split)`` (the only case that touches the network).
 
@@ -13,20 +14,44 @@ per ``data.format`` turns one record into zero or more :class:`Example` s:
 
 ``hh``        HH-RLHF ``{"chosen", "rejected"}`` transcripts; prompt = the turns both share
               before the final Assistant reply; chosen/rejected = the two final replies.
-``preference`` TRL's explicit-prompt preference rows ``{"prompt", "chosen", "rejected"}``
-              (the arena's ``data/human/votes.jsonl`` among them): ``prompt`` as text or chat
-              messages (system turns dropped: ``task.system_prompt`` sets the system turn),
-              ``chosen``/``rejected`` as text or one assistant message; every other key is kept
-              in ``meta``. A row whose ``label`` is ``tie`` or ``both_bad`` is no pair and is
-              skipped (``no_preference``).
+``preference`` TRL's preference rows (the arena's ``data/human/votes.jsonl`` among them).
+              Explicit prompt ``{"prompt", "chosen", "rejected"}``: ``prompt`` as text
+              (standard) or chat messages (conversational; system turns dropped:
+              ``task.system_prompt`` sets the system turn), ``chosen``/``rejected`` as text,
+              one assistant message, or the whole conversation starting with the prompt
+              (``HuggingFaceH4/ultrafeedback_binarized``). Implicit prompt ``{"chosen",
+              "rejected"}`` as two message lists: the prompt is the prefix they share
+              (``trl-lib/ultrafeedback_binarized``). Every other key is kept in ``meta``. A row
+              whose ``label`` is ``tie`` or ``both_bad`` is no pair and is skipped
+              (``no_preference``).
+``prompt_only`` TRL's ``{"prompt"}`` (text or messages): prompts with no reference, for PPO;
+              ``data.pairs: auto`` asks the judge (``judge``) since there is no reply to prefer.
+``prompt_completion`` TRL's ``{"prompt", "completion"}``: reference = the completion (text or
+              one assistant message).
+``messages``  TRL's ``{"messages": [...]}``: reference = the last assistant turn, prompt = the
+              turns before it.
 ``redial``    a ReDial dialogue (raw schema or ``community-datasets/re_dial``); one example per
               recommender turn that follows a seeker turn: prompt = the dialogue so far (seeker
               = user, recommender = assistant), reference = the recommender's reply, ``@id``
               mentions replaced by movie names; ``meta.movies`` = id -> name,
               ``meta.gold_movies`` = ids the recommender suggested in that reply.
+``crs_turns`` ECR / UniCRS / CRSLab's processed ReDial: one object per recommender turn,
+              ``context`` (utterances, oldest first; the last is the seeker's), ``resp`` (the
+              reply), ``rec`` (recommended ids), ``entity`` / ``entity_name``, ``dialog_id``,
+              ``turn_id``. Ids are named by ``entity2id.json`` (name -> id) and
+              ``item_ids.json`` (a list of the ids that are items, or id -> name) beside the
+              file, and ``data.catalogue`` (ReDial CSV or id -> name JSON).
+              ``meta.gold_movies`` = the ``rec`` names, ``meta.movies`` = id -> name of the
+              turn's entities, its recs and the catalogue movies the context mentions.
 ``docstring`` ``{"code", "docstring"}`` (also CodeSearchNet / CodeXGLUE column names); the
               prompt asks for the function's docstring, reference = the docstring,
               ``meta.code`` = the function source (its own docstring removed).
+``humaneval`` ``{"task_id", "prompt", "canonical_solution", "entry_point"}`` (OpenAI HumanEval):
+              reference = the entry point's docstring (its ``>>>`` examples included);
+              ``meta.code`` = the function without it (signature + canonical solution),
+              ``meta.setup`` = the rest of the prompt (imports, helper functions) that the
+              docstring/doctest reward runs before the examples; the prompt is the docstring
+              task's.
 ``chitchat``  one example per turn after the first: prompt = the conversation so far (the
               speaker of the target turn plays the assistant), reference = that turn.
 
@@ -38,6 +63,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import inspect
 import itertools
 import json
 import re
@@ -52,11 +78,13 @@ from typing import Any
 from rlhf_lab.config import DataConfig, TaskConfig
 from rlhf_lab.data.rows import Example, Message
 from rlhf_lab.data.validate import (
+    BAD_CODE,
     BAD_ENCODING,
     BAD_JSON,
     BAD_TRANSCRIPT,
     CODE_TOO_NESTED,
     NO_PREFERENCE,
+    UNKNOWN_ID,
     WRONG_TYPE,
     Origin,
     RowError,
@@ -66,8 +94,21 @@ from rlhf_lab.data.validate import (
 )
 from rlhf_lab.errors import ConfigError, DataError
 
-FORMATS = ("hh", "preference", "redial", "docstring", "chitchat")
-FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet")
+FORMATS = (
+    "hh",
+    "preference",
+    "prompt_only",
+    "prompt_completion",
+    "messages",
+    "redial",
+    "crs_turns",
+    "docstring",
+    "humaneval",
+    "chitchat",
+)
+FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".json")
+ID_MAP_FILES = ("entity2id.json", "item_ids.json")
+"""ECR / UniCRS id maps that sit beside crs_turns data files: read by the parser, not as rows."""
 CODE_KEYS = ("code", "func_code_string", "whole_func_string", "original_string", "function")
 """Columns holding the function source, in order of preference (ours, CodeSearchNet, CodeXGLUE)."""
 DOC_KEYS = ("docstring", "func_documentation_string", "docstring_summary")
@@ -90,7 +131,7 @@ class Record:
 
 def _split_label(path: Path) -> str:
     name = path.name
-    for suffix in (".gz", ".jsonl", ".parquet"):
+    for suffix in (".gz", ".jsonl", ".parquet", ".json"):
         name = name.removesuffix(suffix)
     return name or "source"
 
@@ -168,6 +209,29 @@ def read_parquet(path: str | Path) -> Iterator[Record]:
             yield Record(Origin(source, n, split), value)
 
 
+def read_json(path: str | Path) -> Iterator[Record]:
+    """Records of a ``.json`` file: a JSON array of objects (line = 1-based element number), or
+    else JSON Lines (what ``datasets`` also accepts under that suffix)."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError):  # JSON Lines, or bad: read_jsonl says which line
+        value = None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror}") from None
+    if not isinstance(value, list):
+        yield from read_jsonl(path)
+        return
+    source, split = str(path), _split_label(path)
+    for i, item in enumerate(value, start=1):
+        origin = Origin(source, i, split)
+        if not isinstance(item, dict):
+            err = RowError(WRONG_TYPE, None, f"expected a JSON object, got {type(item).__name__}")
+            yield Record(origin, error=err, raw=json.dumps(item)[:2000])
+            continue
+        yield Record(origin, item)
+
+
 def read_hub(source: str, data_dir: str | None, split: str) -> Iterator[Record]:
     """Records of a hub dataset (``datasets.load_dataset``); line = 1-based row number."""
     import datasets
@@ -213,7 +277,11 @@ def local_files(source: str) -> list[Path] | None:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.name.endswith(FILE_SUFFIXES))
+        files = sorted(
+            p
+            for p in path.iterdir()
+            if p.name.endswith(FILE_SUFFIXES) and p.name not in ID_MAP_FILES
+        )
         if not files:
             raise DataError(f"data.source {source!r}: no {'/'.join(FILE_SUFFIXES)} files in it")
         return files
@@ -236,6 +304,8 @@ def read_source(cfg: DataConfig) -> Iterator[Record]:
             yield from read_parquet(path)
         elif path.name.endswith((".jsonl", ".jsonl.gz")):
             yield from read_jsonl(path)
+        elif path.name.endswith(".json"):
+            yield from read_json(path)
         else:
             raise DataError(
                 f"data.source {str(path)!r}: unsupported file type; use {', '.join(FILE_SUFFIXES)}"
@@ -245,16 +315,28 @@ def read_source(cfg: DataConfig) -> Iterator[Record]:
 # ---------------------------------------------------------------------------------- format
 
 
-def _format_from_keys(keys: Iterable[str]) -> str | None:
-    keys = set(keys)
+def _format_from_keys(row: Mapping[str, Any]) -> str | None:
+    """The format a first row's keys (and, where keys are shared, value types) say it has."""
+    keys = set(row)
     if {"prompt", "chosen", "rejected"} <= keys:  # before hh: hh rows have no prompt
         return "preference"
     if {"chosen", "rejected"} <= keys:
-        return "hh"
+        # TRL's implicit-prompt form holds message lists; HH-RLHF holds transcripts (text).
+        return "preference" if isinstance(row["chosen"], list) else "hh"
     if {"messages", "movieMentions"} <= keys:
         return "redial"
+    if {"context", "resp"} <= keys:
+        return "crs_turns"
+    if {"task_id", "prompt", "canonical_solution", "entry_point"} <= keys:
+        return "humaneval"
     if keys & set(CODE_KEYS) and keys & set(DOC_KEYS):
         return "docstring"
+    if {"prompt", "completion"} <= keys:
+        return "prompt_completion"
+    if "messages" in keys and isinstance(row["messages"], list):
+        return "messages"
+    if "prompt" in keys:
+        return "prompt_only"
     return None
 
 
@@ -266,6 +348,8 @@ def _format_from_name(source: str) -> str | None:
         return "redial"
     if any(s in name for s in ("docstring", "code_search_net", "codesearchnet", "code_x_glue")):
         return "docstring"
+    if "humaneval" in name or "human_eval" in name:
+        return "humaneval"
     return None
 
 
@@ -398,40 +482,147 @@ def _chat(value: Any, field: str) -> list[Message]:
     return turns
 
 
-def _reply(value: Any, field: str) -> str:
-    """A reply as text, or as TRL's conversational form: one assistant message."""
+def _prompt_turns(value: Any, field: str) -> list[Message]:
+    """A prompt (text or messages) as the windowed non-system turns, ending with a user turn."""
+    turns = [t for t in _chat(value, field) if t["role"] != "system"]
+    if not turns or turns[-1]["role"] != "user":
+        raise RowError(BAD_TRANSCRIPT, field, "the prompt does not end with a user turn")
+    return turns
+
+
+def _reply(value: Any, field: str, prompt: list[Message] | None = None) -> str:
+    """A reply as text, one assistant message, or the whole conversation: ``prompt`` then one
+    assistant message (HuggingFaceH4/ultrafeedback_binarized's ``chosen``/``rejected``)."""
     if isinstance(value, str):
         return value
     turns = _chat(value, field)
+    if prompt is not None and any(t["role"] == "user" for t in turns[:-1]):
+        said = [t for t in turns[:-1] if t["role"] != "system"]
+        if said != prompt:
+            raise RowError(BAD_TRANSCRIPT, field, "the conversation does not start with the prompt")
+        turns = turns[-1:]
     if len(turns) != 1 or turns[0]["role"] != "assistant":
         raise RowError(WRONG_TYPE, field, "expected text or exactly one assistant message")
     return turns[0]["content"]
 
 
+def _implicit_prompt(row: Mapping[str, Any]) -> tuple[list[Message], str, str]:
+    """TRL's implicit-prompt pair: two conversations that share every turn but the last."""
+    convs = {}
+    for name in ("chosen", "rejected"):
+        value = require(row, name, list)
+        turns = [t for t in _chat(value, name) if t["role"] != "system"]
+        if len(turns) < 2 or turns[-1]["role"] != "assistant":
+            raise RowError(
+                BAD_TRANSCRIPT, name, "expected a conversation ending with an assistant turn"
+            )
+        convs[name] = turns
+    prompt = convs["chosen"][:-1]
+    if prompt != convs["rejected"][:-1]:
+        raise RowError(
+            BAD_TRANSCRIPT, "rejected", "chosen and rejected differ before the final reply"
+        )
+    if prompt[-1]["role"] != "user":
+        raise RowError(BAD_TRANSCRIPT, "chosen", "the shared prompt does not end with a user turn")
+    return prompt, convs["chosen"][-1]["content"], convs["rejected"][-1]["content"]
+
+
+_CONVERSATION_COPIES = ("messages",)
+"""Keys that repeat the row's own conversation (H4's ``messages`` = prompt + chosen): not meta."""
+
+
+def _extra_meta(row: Mapping[str, Any], used: Iterable[str], origin: Origin) -> dict[str, Any]:
+    """Every key of ``row`` a parser did not use, kept in ``meta`` (with the origin)."""
+    skip = {"id", *used, *_CONVERSATION_COPIES}
+    return {**{k: v for k, v in row.items() if k not in skip}, "origin": str(origin)}
+
+
+def _row_key(row: Mapping[str, Any], *content: Any) -> str:
+    """The row's own ``id`` when it has one, else a hash of its content."""
+    row_id = row.get("id")
+    return str(row_id) if isinstance(row_id, (str, int)) else content_key(*content)
+
+
 def parse_preference(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -> list[Example]:
-    """One explicit-prompt preference row (TRL's standard or conversational form)."""
+    """One preference row: explicit or implicit prompt, standard or conversational (module doc)."""
     label = row.get("label")
     if label in NO_PREFERENCE_LABELS:
         raise RowError(NO_PREFERENCE, "label", f"{label!r}: neither reply preferred, not a pair")
-    turns = [t for t in _chat(require(row, "prompt", object), "prompt") if t["role"] != "system"]
-    if not turns or turns[-1]["role"] != "user":
-        raise RowError(BAD_TRANSCRIPT, "prompt", "the prompt does not end with a user turn")
+    if row.get("prompt") is None and isinstance(row.get("chosen"), list):
+        turns, chosen, rejected = _implicit_prompt(row)
+    else:
+        turns = _prompt_turns(require(row, "prompt", object), "prompt")
+        chosen = _reply(require(row, "chosen", object), "chosen", turns)
+        rejected = _reply(require(row, "rejected", object), "rejected", turns)
     prompt = window(turns, max_turns)
-    chosen = _reply(require(row, "chosen", object), "chosen")
-    rejected = _reply(require(row, "rejected", object), "rejected")
-    row_id = row.get("id")
-    key = str(row_id) if isinstance(row_id, (str, int)) else content_key(prompt, chosen, rejected)
-    meta = {k: v for k, v in row.items() if k not in ("id", "prompt", "chosen", "rejected")}
     return [
         Example(
-            id=f"pref-{key}",
+            id=f"pref-{_row_key(row, prompt, chosen, rejected)}",
             group=f"pref-{content_key(prompt)}",  # pairs that share a prompt share a split
             prompt=prompt,
             reference=chosen,
             origin=origin,
-            meta={**meta, "origin": str(origin)},
+            meta=_extra_meta(row, ("prompt", "chosen", "rejected"), origin),
             chosen=chosen,
             rejected=rejected,
+        )
+    ]
+
+
+def parse_prompt_only(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -> list[Example]:
+    """TRL's prompt-only row: a prompt and no reference."""
+    prompt = window(_prompt_turns(require(row, "prompt", object), "prompt"), max_turns)
+    key = content_key(prompt)
+    return [
+        Example(
+            id=f"prompt-{_row_key(row, prompt)}",
+            group=f"prompt-{key}",
+            prompt=prompt,
+            reference=None,
+            origin=origin,
+            meta=_extra_meta(row, ("prompt",), origin),
+        )
+    ]
+
+
+def parse_prompt_completion(
+    row: Mapping[str, Any], origin: Origin, *, max_turns: int
+) -> list[Example]:
+    """TRL's prompt-completion row: reference = the completion."""
+    turns = _prompt_turns(require(row, "prompt", object), "prompt")
+    completion = _reply(require(row, "completion", object), "completion", turns)
+    prompt = window(turns, max_turns)
+    return [
+        Example(
+            id=f"pc-{_row_key(row, prompt, completion)}",
+            group=f"pc-{content_key(prompt)}",
+            prompt=prompt,
+            reference=completion,
+            origin=origin,
+            meta=_extra_meta(row, ("prompt", "completion"), origin),
+        )
+    ]
+
+
+def parse_messages(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -> list[Example]:
+    """TRL's conversational row: reference = the last assistant turn, prompt = the turns before."""
+    turns = [t for t in _chat(require(row, "messages", list), "messages") if t["role"] != "system"]
+    last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=-1)
+    if last < 0:
+        raise RowError(BAD_TRANSCRIPT, "messages", "no assistant turn to use as the reference")
+    if last == 0 or turns[last - 1]["role"] != "user":
+        raise RowError(
+            BAD_TRANSCRIPT, "messages", "the last assistant turn does not answer a user turn"
+        )
+    prompt, reference = window(turns[:last], max_turns), turns[last]["content"]
+    return [
+        Example(
+            id=f"msg-{_row_key(row, prompt, reference)}",
+            group=f"msg-{content_key(prompt)}",
+            prompt=prompt,
+            reference=reference,
+            origin=origin,
+            meta=_extra_meta(row, ("messages",), origin),
         )
     ]
 
@@ -538,6 +729,162 @@ def parse_redial(
     return examples
 
 
+# ---------------------------------------------------------------------------------- crs_turns
+
+
+@dataclass(frozen=True)
+class IdMaps:
+    """What names the ids of crs_turns rows: the maps beside the file and ``data.catalogue``."""
+
+    names: Mapping[str, str]
+    """id -> name (``entity2id.json`` inverted, ``item_ids.json`` when it names them)."""
+    items: frozenset[str] | None
+    """Ids ``item_ids.json`` lists as items (recommendable); None when there is no list."""
+    catalogue: Any = None
+    """``data.catalogue`` as a crs.MovieCatalogue, or None."""
+
+    def name(self, movie_id: str) -> str | None:
+        if movie_id in self.names:
+            return self.names[movie_id]
+        return self.catalogue.name(movie_id) if self.catalogue is not None else None
+
+
+def load_id_maps(source: str, catalogue_path: str | None) -> IdMaps:
+    """The :class:`IdMaps` of a local crs_turns source (maps beside it, or in the directory)."""
+    from rlhf_lab.tasks.crs import MovieCatalogue, load_catalogue, read_id_names
+
+    path = Path(source).expanduser()
+    folder = path if path.is_dir() else path.parent
+    names: dict[str, str] = {}
+    items: frozenset[str] | None = None
+    if (folder / "entity2id.json").is_file():
+        names.update(read_id_names(folder / "entity2id.json", "entity2id.json"))
+    item_file = folder / "item_ids.json"
+    if item_file.is_file():
+        try:
+            value = json.loads(item_file.read_bytes())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise DataError(f"{item_file}: bad JSON: {exc}") from None
+        if isinstance(value, list):
+            items = frozenset(str(v) for v in value)
+        else:
+            item_names = read_id_names(item_file, "item_ids.json")
+            names.update(item_names)
+            items = frozenset(item_names)
+    catalogue = load_catalogue(catalogue_path)
+    # The context's movies are found by title, among the items (or every named entity).
+    known = {k: v for k, v in names.items() if items is None or k in items}
+    finder = MovieCatalogue(known, base=catalogue) if known else catalogue
+    return IdMaps(names, items, finder)
+
+
+def _ids(row: Mapping[str, Any], field: str) -> list[Any]:
+    value = row.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise RowError(WRONG_TYPE, field, f"expected a list, got {type(value).__name__}")
+    for i, v in enumerate(value):
+        if not isinstance(v, (int, str)) or isinstance(v, bool):
+            raise RowError(WRONG_TYPE, f"{field}[{i}]", f"expected an id, got {type(v).__name__}")
+    return value
+
+
+_TITLE_YEAR = re.compile(r"\(\d{4}\)\s*$")
+
+
+def _resolve(movie_id: str, field: str, maps: IdMaps, *, item: bool) -> str:
+    """The name of a crs_turns id (a non-numeric "id" is the entity itself: a name or a
+    DBpedia URI, made readable)."""
+    if not movie_id.isdigit():
+        from rlhf_lab.tasks.crs import entity_name
+
+        return entity_name(movie_id)
+    name = maps.name(movie_id)
+    if name is None:
+        raise RowError(
+            UNKNOWN_ID,
+            field,
+            f"id {movie_id} is named by neither the entity2id.json / item_ids.json beside the "
+            "source nor data.catalogue",
+        )
+    if item and maps.items is not None and movie_id not in maps.items:
+        raise RowError(UNKNOWN_ID, field, f"id {movie_id} is not an item in item_ids.json")
+    return name
+
+
+def parse_crs_turns(
+    row: Mapping[str, Any], origin: Origin, *, max_turns: int, maps: IdMaps
+) -> list[Example]:
+    """One ECR / UniCRS / CRSLab recommender turn (module docstring)."""
+    context = require(row, "context", list)
+    for i, utt in enumerate(context):
+        if not isinstance(utt, str):
+            raise RowError(WRONG_TYPE, f"context[{i}]", f"expected text, got {type(utt).__name__}")
+    context = [c for c in context if c.strip()]
+    if not context:
+        raise RowError(BAD_TRANSCRIPT, "context", "no seeker utterance before the reply")
+    resp = require(row, "resp", str)
+    movies: dict[str, str] = {}
+    gold: list[str] = []
+    for i, raw in enumerate(_ids(row, "rec")):
+        name = _resolve(str(raw).strip(), f"rec[{i}]", maps, item=True)
+        movies[str(raw).strip()] = name
+        if name not in gold:
+            gold.append(name)
+    # ECR's entities mix movies with genres and people: only items count as movies (a reply
+    # saying "comedy" must not earn the partial credit of naming a movie).
+    entity_ids = _ids(row, "entity")
+    entity_names = row.get("entity_name")
+    paired = isinstance(entity_names, list) and len(entity_names) == len(entity_ids)
+    for i, raw in enumerate(entity_ids):
+        movie_id = str(raw).strip()
+        name = _resolve(movie_id, f"entity[{i}]", maps, item=False)
+        if paired and isinstance(entity_names[i], str) and entity_names[i].strip():
+            name = " ".join(entity_names[i].split())  # the name as the text writes it
+        if movie_id.isdigit():
+            is_movie = maps.items is None or movie_id in maps.items
+        else:  # an entity given by name counts when titled like a film, "Jaws (1975)"
+            is_movie = _TITLE_YEAR.search(name) is not None
+        if is_movie:
+            movies.setdefault(movie_id, name)
+    if isinstance(entity_names, list) and not paired:
+        for name in entity_names:
+            if isinstance(name, str) and _TITLE_YEAR.search(name):  # "Police Academy (1984)"
+                movies.setdefault(f"name:{content_key(name)}", " ".join(name.split()))
+    if maps.catalogue is not None:
+        for movie_id in maps.catalogue.find_mentions("\n".join(context)):
+            if (name := maps.catalogue.name(movie_id)) is not None:
+                movies.setdefault(movie_id, name)
+    # The last utterance is the seeker's; turns alternate before it.
+    n = len(context)
+    turns = [
+        {"role": "user" if (n - 1 - i) % 2 == 0 else "assistant", "content": c.strip()}
+        for i, c in enumerate(context)
+    ]
+    dialog, turn = row.get("dialog_id"), row.get("turn_id")
+    conv = str(dialog) if isinstance(dialog, (str, int)) else content_key(context[:1])
+    key = f"{conv}-{turn}" if isinstance(turn, (str, int)) else content_key(context, resp)
+    meta: dict[str, Any] = {
+        "movies": movies,
+        "gold_movies": gold,
+        "conversation_id": conv,
+        "origin": str(origin),
+    }
+    if isinstance(turn, (str, int)):
+        meta["turn"] = turn
+    return [
+        Example(
+            id=f"crs-{key}",
+            group=f"crs-{conv}",
+            prompt=window(turns, max_turns),
+            reference=resp.strip(),
+            origin=origin,
+            meta=meta,
+        )
+    ]
+
+
 # ---------------------------------------------------------------------------------- docstring
 
 DOCSTRING_INSTRUCTION = (
@@ -616,6 +963,65 @@ def parse_docstring(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -
     ]
 
 
+def _humaneval_parts(source: str, entry_point: str) -> tuple[str, str, str]:
+    """(setup, function without its docstring, docstring) of ``entry_point`` in ``source``."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+        msg = f"prompt + solution do not parse: {type(exc).__name__}"
+        raise RowError(BAD_CODE, "canonical_solution", msg) from None
+    func = next(
+        (
+            n
+            for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == entry_point
+        ),
+        None,
+    )
+    if func is None:
+        raise RowError(BAD_CODE, "entry_point", f"no top-level function {entry_point!r}")
+    # The first string statement: HumanEval/115 puts `import math` before its docstring.
+    doc = next(
+        (
+            n
+            for n in func.body
+            if isinstance(n, ast.Expr)
+            and isinstance(n.value, ast.Constant)
+            and isinstance(n.value.value, str)
+        ),
+        None,
+    )
+    if doc is None or len(func.body) < 2 or func.end_lineno is None or doc.end_lineno is None:
+        raise RowError(BAD_CODE, "prompt", f"{entry_point!r} has no docstring and a body")
+    docstring = inspect.cleandoc(doc.value.value)  # type: ignore[attr-defined]
+    lines = source.splitlines(keepends=True)
+    first = func.decorator_list[0] if func.decorator_list else func
+    code = "".join(
+        lines[first.lineno - 1 : doc.lineno - 1] + lines[doc.end_lineno : func.end_lineno]
+    )
+    setup = "".join(lines[: first.lineno - 1] + lines[func.end_lineno :])
+    return setup.strip("\n"), code.strip("\n"), docstring.strip()
+
+
+def parse_humaneval(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -> list[Example]:
+    """One HumanEval problem: the docstring is the reference, the function without it the code."""
+    task_id = require(row, "task_id", str)
+    source = require(row, "prompt", str) + require(row, "canonical_solution", str)
+    setup, code, docstring = _humaneval_parts(source, require(row, "entry_point", str))
+    instruction = DOCSTRING_INSTRUCTION.format(language="Python")
+    prompt = [{"role": "user", "content": f"{instruction}\n\n```python\n{code}\n```"}]
+    return [
+        Example(
+            id=f"humaneval-{task_id.replace('/', '-')}",
+            group=f"humaneval-{task_id}",
+            prompt=prompt,
+            reference=docstring,
+            origin=origin,
+            meta={"code": code, "setup": setup, "source_id": task_id, "origin": str(origin)},
+        )
+    ]
+
+
 # ---------------------------------------------------------------------------------- chitchat
 
 
@@ -672,10 +1078,17 @@ def make_parser(fmt: str, cfg: DataConfig) -> Parser:
         catalogue = load_catalogue(cfg.catalogue)
         lookup = catalogue.name if catalogue is not None else None
         return partial(parse_redial, max_turns=cfg.max_turns, catalogue=lookup)
+    if fmt == "crs_turns":
+        maps = load_id_maps(cfg.source, cfg.catalogue)
+        return partial(parse_crs_turns, max_turns=cfg.max_turns, maps=maps)
     parsers = {
         "hh": parse_hh,
         "preference": parse_preference,
+        "prompt_only": parse_prompt_only,
+        "prompt_completion": parse_prompt_completion,
+        "messages": parse_messages,
         "docstring": parse_docstring,
+        "humaneval": parse_humaneval,
         "chitchat": parse_chitchat,
     }
     return partial(parsers[fmt], max_turns=cfg.max_turns)

@@ -21,6 +21,12 @@ metrics. The reasons, one per kind of problem a user can fix in their data:
 ``code_too_nested``      docstring task: the function nests deeper than Python's parser takes
                          (``ast.parse`` raises RecursionError / MemoryError or "too many
                          nested parentheses"), so no reward could analyse it
+``bad_code``             humaneval: the prompt + canonical solution do not parse, the
+                         ``entry_point`` is not a top-level function in it, or it has no
+                         docstring to use as the reference
+``unknown_id``           crs_turns: a ``rec`` / ``entity`` id that neither the id maps beside
+                         the file (``entity2id.json``, ``item_ids.json``) nor ``data.catalogue``
+                         name, or a ``rec`` id that ``item_ids.json`` does not list as an item
 ``no_preference``        not an error: a human-judged row whose label prefers neither reply
                          (an arena ``tie`` or ``both_bad`` vote); kept in ``data/invalid`` for
                          the record, counted apart (``data/no_preference``), never towards
@@ -49,6 +55,8 @@ CHOSEN_EQUALS_REJECTED = "chosen_equals_rejected"
 BAD_TRANSCRIPT = "bad_transcript"
 DUPLICATE = "duplicate"
 CODE_TOO_NESTED = "code_too_nested"
+UNKNOWN_ID = "unknown_id"
+BAD_CODE = "bad_code"
 UNFINISHED_SAMPLE = "unfinished_sample"
 NO_PREFERENCE = "no_preference"
 
@@ -63,6 +71,8 @@ REASONS: tuple[str, ...] = (
     BAD_TRANSCRIPT,
     DUPLICATE,
     CODE_TOO_NESTED,
+    UNKNOWN_ID,
+    BAD_CODE,
 )
 """Every reason a source row is rejected; the metrics list each one (0 included) so keys stay
 stable. ``unfinished_sample`` is not among them: it drops a pair (``pairs/dropped_*``), never

@@ -57,8 +57,8 @@ MIN_GAP = 0.2
 """The total gap (good - bad, on [0, 1]) the check asks for (issue #7)."""
 TASKS = ("docstring", "crs")
 """Tasks with rule rewards to check."""
-FORMAT_OF_TASK = {"docstring": "docstring", "crs": "redial"}
-"""The source format each task reads."""
+FORMAT_OF_TASK = {"docstring": ("docstring", "humaneval"), "crs": ("redial", "crs_turns")}
+"""The source formats each task reads."""
 GOOD = "good"
 """Kind of the reference reply in the scored items."""
 TOTAL = "total"
@@ -122,8 +122,10 @@ def read_source_rows(
     cfg = data.model_copy(update={"source": str(path), "format": "auto", "max_examples": limit})
     source = open_source(cfg, TaskConfig(name=task))  # type: ignore[arg-type]
     want = FORMAT_OF_TASK[task]
-    if source.format != want:
-        raise DataError(f"{path}: reads as {source.format} rows; the {task} task needs {want}")
+    if source.format not in want:
+        raise DataError(
+            f"{path}: reads as {source.format} rows; the {task} task needs {' or '.join(want)}"
+        )
     loaded = load_examples(source, cfg)
     if not loaded.examples or loaded.invalid_fraction > cfg.max_invalid_fraction:
         first = loaded.rejected[0].describe() if loaded.rejected else f"{path}: no rows"

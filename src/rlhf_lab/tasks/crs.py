@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -349,14 +350,64 @@ def _read_catalogue_csv(path: str | Path) -> list[tuple[str, str]]:
     return rows
 
 
+_DBPEDIA = re.compile(r"^<?https?://dbpedia\.org/resource/(.*?)>?$")
+_FILM_TAG = re.compile(r"\s*\((?:(\d{4})\s+)?(?:[\w ]+\s)?film\)$")
+
+
+def entity_name(name: str) -> str:
+    """A readable name for an entity key: ECR / UniCRS's DBpedia URIs, with Wikipedia's film
+    disambiguator read as the year it holds (``<http://dbpedia.org/resource/Alien_(1979_film)>``
+    -> ``Alien (1979)``, ``..._(film)>`` -> no year), as ReDial writes titles."""
+    m = _DBPEDIA.match(name.strip())
+    if not m:
+        return " ".join(name.split())
+    title = " ".join(m.group(1).replace("_", " ").split())
+    return _FILM_TAG.sub(lambda t: f" ({t.group(1)})" if t.group(1) else "", title)
+
+
+def read_id_names(path: str | Path, what: str = "data.catalogue") -> dict[str, str]:
+    """id -> name from a JSON object, either id -> name or name -> id (ECR / UniCRS's
+    ``entity2id.json``: ints as values; DBpedia URIs made readable by :func:`entity_name`).
+
+    Anything unusable is a one-line DataError naming the file.
+    """
+    path = Path(path)
+    try:
+        text = decode_utf8(path.read_bytes(), str(path), DataError)
+    except FileNotFoundError:
+        raise DataError(f"{what}: file not found ({path.resolve()})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what}: {exc.strerror}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: bad JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{path}: {what}: expected a JSON object of ids and names")
+    out: dict[str, str] = {}
+    for key, val in value.items():
+        if isinstance(val, int) and not isinstance(val, bool):  # name -> id
+            out[str(val)] = entity_name(key)
+        elif isinstance(val, str) and val.strip():  # id -> name
+            out[str(key).strip()] = " ".join(val.split())
+        else:
+            raise DataError(f"{path}: {what}: {key!r} maps to {val!r}, not a name or an id")
+    return out
+
+
 def load_catalogue(path: str | Path | None) -> MovieCatalogue | None:
-    """``data.catalogue`` as a :class:`MovieCatalogue` (None when unset).
+    """``data.catalogue`` as a :class:`MovieCatalogue` (None when unset): a ReDial CSV, or a
+    ``.json`` id -> name (or name -> id) object (:func:`read_id_names`).
 
     The one loader every stage uses, so a missing or malformed file is the same one-line
     :class:`~rlhf_lab.errors.DataError` wherever it is read.
     """
+    if not path:
+        return None
+    if str(path).endswith(".json"):
+        return MovieCatalogue(read_id_names(path))
     # _read_catalogue_csv already turns every problem into a DataError naming file:line.
-    return MovieCatalogue.from_csv(path) if path else None
+    return MovieCatalogue.from_csv(path)
 
 
 def _gold(row: Row) -> tuple[set[str], dict[str, str]]:
@@ -465,17 +516,23 @@ def bad_reply_variants(row: Row) -> dict[str, str]:
         removed = _name_pattern(name).sub(lambda _: NO_MOVIE, removed)
     if removed != reference:
         out["movie_removed"] = removed
+    # Gold entries are ids (ReDial) or names (crs_turns: the rec ids resolved to names).
+    gold_keys = {normalize_title(g) for g in gold if g not in movies}
     others = [
         name
         for movie_id, name in sorted(movies.items())
-        if movie_id not in gold and not _name_pattern(name).search(reference)
+        if movie_id not in gold
+        and normalize_title(name) not in gold_keys
+        and not _name_pattern(name).search(reference)
     ]
     gold_names = [(movie_id, movies[movie_id]) for movie_id in sorted(gold) if movie_id in movies]
+    gold_names += [("", g) for g in sorted(gold) if g not in movies]
     if others and gold_names:
         swapped = reference
         for movie_id, name in gold_names:
             swapped = _name_pattern(name).sub(lambda _: others[0], swapped)
-            swapped = swapped.replace(f"@{movie_id}", others[0])
+            if movie_id:
+                swapped = swapped.replace(f"@{movie_id}", others[0])
         if swapped != reference:
             out["other_movie"] = swapped
     return out

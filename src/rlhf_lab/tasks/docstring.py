@@ -1,7 +1,8 @@
 """Docstring generation: static-analysis rewards computed from the function's ``ast``.
 
 The prompt row holds the function source in ``row["meta"]["code"]`` and the human docstring
-in ``row["reference"]``. The code is parsed with :mod:`ast` and never executed.
+in ``row["reference"]``. The code is parsed with :mod:`ast`; only ``doctest`` executes it, and
+never in this process.
 :func:`analyze_function` extracts the facts a good docstring should reflect (parameters,
 whether a value is returned, what is raised, which control flow is used) and each component
 checks the reply against one fact, giving a score in [0, 1]:
@@ -9,24 +10,35 @@ checks the reply against one fact, giving a score in [0, 1]:
 =================== ===========================================================================
 ``param_coverage``  fraction of parameters (a leading ``self``/``cls`` excluded) the docstring
                     names as a whole word, case-insensitive, ``max_len`` also as "max len";
-                    1.0 when there are none
+                    *nothing to check* when there are none
 ``return_mention``  value returned (``return <expr>`` other than ``None``, or a generator):
                     1 if the docstring uses a return word (return/returns/yield(s)/"->"/
                     ``:rtype``/generator), else 0. Nothing returned: 1 unless the docstring
                     claims a return value — a return word not followed by "None"/"nothing".
                     A stub body (``pass``, ``...``, ``raise NotImplementedError``) describes a
-                    contract that the code does not show, so any docstring gets 1
+                    contract that the code does not show: *nothing to check*; nothing returned
+                    and no claim: *nothing to check*
 ``raises_mention``  body raises: 1 if the docstring says raise/throw/error/exception (any word
                     ending in "error"/"exception" included) or names a raised class, else 0;
-                    1 when nothing is raised
+                    *nothing to check* when nothing is raised
 ``control_flow``    fraction of the control-flow kinds present (if/match, for, while, try) that
                     the docstring describes through the kind's keyword family
-                    (:data:`CONTROL_FLOW_WORDS`); 1 when there is none
+                    (:data:`CONTROL_FLOW_WORDS`); *nothing to check* when there is none
 ``length``          1 for :data:`LENGTH_MIN_WORDS`..:data:`LENGTH_MAX_WORDS` words, linear to 0
                     at 0 words and at :data:`LENGTH_ZERO_WORDS`
 ``bleu``            sentence BLEU-4 (sacrebleu, ``exp`` smoothing) to the reference / 100; 0
                     without a reference
+``doctest``         the docstring's ``>>>`` examples run against the function (``meta.setup``,
+                    e.g. HumanEval's imports, first) in a confined child process
+                    (:mod:`rlhf_lab.tasks.sandbox`): the fraction that pass. 0 when no
+                    example uses the function: no evidence, no credit (a neutral 0.5 would
+                    hand an empty docstring half the component, the "nothing to check" bug).
+                    Not in :data:`DEFAULT_WEIGHTS` nor any preset (README)
 =================== ===========================================================================
+
+*Nothing to check* (:func:`nothing_to_check`): a rule with no fact to check must not reward
+an empty or generic docstring, so it scores the docstring's length score, halved when the
+docstring uses no word of the code (the function's name parts, parameters, names in its body).
 
 Code that does not parse (the Python 2 part of the Barone & Sennrich corpus, truncated code)
 gets ``parse_ok=False`` and 0.0 on the four code-based components: with no facts there is no
@@ -48,6 +60,7 @@ from dataclasses import dataclass
 import sacrebleu
 
 from rlhf_lab.data.rows import Row
+from rlhf_lab.tasks import sandbox
 
 LENGTH_MIN_WORDS = 3
 """Shortest docstring (in whitespace-separated words) with full length score."""
@@ -63,6 +76,7 @@ COMPONENTS = (
     "control_flow",
     "length",
     "bleu",
+    "doctest",
 )
 """Component names; each is the reward component ``docstring/<name>`` (reward_components)."""
 
@@ -156,9 +170,18 @@ class FunctionFacts:
     """The code parsed and a function was found in it."""
     is_stub: bool = False
     """The body is only ``pass``/``...``/a docstring/``raise NotImplementedError``."""
+    words: tuple[str, ...] = ()
+    """Words of the code a specific docstring is likely to use: parts of the function's name
+    (snake_case and camelCase split), its parameters, and the names and attributes its body
+    uses; at least :data:`MIN_CODE_WORD` characters, lowercase."""
 
 
 _NO_FACTS = FunctionFacts("", (), False, (), (), False)
+
+MIN_CODE_WORD = 3
+"""Shortest code word (:attr:`FunctionFacts.words`) a docstring is credited for naming."""
+_NOT_CODE_WORDS = frozenset({"self", "cls", "none", "true", "false", "args", "kwargs"})
+_WORD_PARTS = re.compile(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+")
 
 PARSE_ERRORS = (SyntaxError, ValueError, RecursionError, MemoryError)
 """What ``ast.parse`` raises on bad input: syntax, NUL bytes (ValueError), and nesting too deep
@@ -288,6 +311,15 @@ def analyze_function(code: str) -> FunctionFacts:
         "try": (ast.Try, ast.TryStar),
     }
     control = tuple(k for k, types in kinds.items() if any(isinstance(n, types) for n in nodes))
+    names = [func.name, *params]
+    names += [n.id for n in nodes if isinstance(n, ast.Name)]
+    names += [n.attr for n in nodes if isinstance(n, ast.Attribute)]
+    words = dict.fromkeys(
+        w.lower()
+        for name in names
+        for w in (name.strip("_"), *_WORD_PARTS.findall(name))
+        if len(w) >= MIN_CODE_WORD and w.lower() not in _NOT_CODE_WORDS
+    )
     return FunctionFacts(
         name=func.name,
         params=tuple(params),
@@ -296,6 +328,7 @@ def analyze_function(code: str) -> FunctionFacts:
         control_flow=control,
         parse_ok=True,
         is_stub=_is_stub(func),
+        words=tuple(words),
     )
 
 
@@ -330,12 +363,29 @@ def _mentions_word(doc: str, word: str) -> bool:
     return re.search(pattern, doc, re.IGNORECASE) is not None
 
 
+def names_code(doc: str, facts: FunctionFacts) -> bool:
+    """Does the docstring use a word of the code (:attr:`FunctionFacts.words`; as a word's
+    start, so "clamped" names ``clamp``)?"""
+    return any(
+        re.search(r"(?<![A-Za-z0-9_])" + re.escape(w), doc, re.IGNORECASE) for w in facts.words
+    )
+
+
+def nothing_to_check(doc: str, facts: FunctionFacts) -> float:
+    """The score of a rule that has nothing to check in this function (no parameters, nothing
+    returned, raised or branched on): the docstring's :func:`length_score`, halved when it
+    names nothing of the code. So an empty docstring gets 0 and a generic one ("Does
+    something.") at most 1/3, where a constant 1 used to give an empty docstring on a trivial
+    function 0.87 of the rule total (issue 17)."""
+    return length_score(doc) * (1.0 if names_code(doc, facts) else 0.5)
+
+
 def param_coverage(doc: str, facts: FunctionFacts) -> float:
     """Fraction of parameters the docstring names (see module docstring)."""
     if not facts.parse_ok:
         return 0.0
     if not facts.params:
-        return 1.0
+        return nothing_to_check(doc, facts)
     named = 0
     for p in facts.params:
         spaced = p.strip("_").replace("_", " ")
@@ -354,10 +404,10 @@ def return_mention(doc: str, facts: FunctionFacts) -> float:
     if not facts.parse_ok:
         return 0.0
     if facts.is_stub:
-        return 1.0
+        return nothing_to_check(doc, facts)
     if facts.returns_value:
         return 1.0 if _RETURN_WORDS.search(doc) else 0.0
-    return 0.0 if _claims_return(doc) else 1.0
+    return 0.0 if _claims_return(doc) else nothing_to_check(doc, facts)
 
 
 def raises_mention(doc: str, facts: FunctionFacts) -> float:
@@ -365,7 +415,7 @@ def raises_mention(doc: str, facts: FunctionFacts) -> float:
     if not facts.parse_ok:
         return 0.0
     if not facts.raises:
-        return 1.0
+        return nothing_to_check(doc, facts)
     if _RAISE_WORDS.search(doc) or any(_mentions_word(doc, name) for name in facts.raises):
         return 1.0
     return 0.0
@@ -376,7 +426,7 @@ def control_flow(doc: str, facts: FunctionFacts) -> float:
     if not facts.parse_ok:
         return 0.0
     if not facts.control_flow:
-        return 1.0
+        return nothing_to_check(doc, facts)
     described = sum(1 for kind in facts.control_flow if _CONTROL_RES[kind].search(doc))
     return described / len(facts.control_flow)
 
@@ -399,9 +449,20 @@ def bleu_score(doc: str, reference: str | None) -> float:
     return min(1.0, max(0.0, bleu.score / 100.0))
 
 
-def _row_code(row: Row) -> str:
-    code = (row.get("meta") or {}).get("code")
+def _row_code(row: Row, key: str = "code") -> str:
+    code = (row.get("meta") or {}).get(key)
     return code if isinstance(code, str) else ""
+
+
+def doctest_score(doc: str, row: Row, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS) -> float:
+    """Fraction of ``doc``'s examples that pass against the row's function (module docstring)."""
+    code = textwrap.dedent(_row_code(row))
+    facts = analyze_function(code)
+    if not facts.parse_ok:
+        return 0.0
+    setup = _row_code(row, "setup")
+    result = sandbox.run_doctests(doc, code, name=facts.name, setup=setup, limits=limits)
+    return 0.0 if result is None else result.score
 
 
 def score_components(reply: str, row: Row, names: Sequence[str] = COMPONENTS) -> dict[str, float]:
@@ -415,6 +476,7 @@ def score_components(reply: str, row: Row, names: Sequence[str] = COMPONENTS) ->
         "control_flow": lambda: control_flow(doc, facts),
         "length": lambda: length_score(doc),
         "bleu": lambda: bleu_score(doc, row.get("reference")),
+        "doctest": lambda: doctest_score(doc, row),
     }
     return {name: float(fns[name]()) for name in names}
 
