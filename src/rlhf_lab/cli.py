@@ -31,18 +31,17 @@ ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="params file (YAML)", show_default=True)
 ]
 DEFAULT_PARAMS = Path("params.yaml")
-# Commands that are not DVC stages: they write only where the user points them, and two of them
-# with different --out may run at once, so they take no stage lock.
-UNLOCKED = {"generate", "analyze_rewards"}
 
 
-def _stage_lock(stage: str) -> contextlib.AbstractContextManager[None]:
-    """The stage's lock, held by one process per run: under ``accelerate launch`` every rank
-    runs this command, and only rank 0 (which alone writes outputs) takes it."""
+def _stage_lock(stage: str, package: str) -> contextlib.AbstractContextManager[None]:
+    """A DVC stage's lock, held by one process per run: under ``accelerate launch`` every rank
+    runs this command, and only rank 0 (which alone writes outputs) takes it. Commands that are
+    not stages (tools, the arena) write only where the user points them or append under their
+    own lock, so two of them may run at once."""
     from rlhf_lab.io import stage_lock
 
     rank = os.environ.get("RANK") or os.environ.get("PMI_RANK") or "0"
-    if stage in UNLOCKED or rank != "0":
+    if package != "stages" or rank != "0":
         return contextlib.nullcontext()
     return stage_lock(stage)
 
@@ -57,7 +56,7 @@ def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) 
         params = load_params(params_path)
         module = importlib.import_module(f"rlhf_lab.{package}.{stage}")
         precision.configure(params.models.mixed_precision)
-        with _stage_lock(stage):
+        with _stage_lock(stage, package):
             module.main(params, **kwargs)
     except RlhfLabError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
