@@ -73,7 +73,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from rlhf_lab.config import DataConfig, TaskConfig
 from rlhf_lab.data.rows import Example, Message
@@ -94,18 +94,8 @@ from rlhf_lab.data.validate import (
 )
 from rlhf_lab.errors import ConfigError, DataError
 
-FORMATS = (
-    "hh",
-    "preference",
-    "prompt_only",
-    "prompt_completion",
-    "messages",
-    "redial",
-    "crs_turns",
-    "docstring",
-    "humaneval",
-    "chitchat",
-)
+FORMATS = tuple(f for f in get_args(DataConfig.model_fields["format"].annotation) if f != "auto")
+"""Every row format ``data.format`` names (the config's Literal is the one list)."""
 FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".json")
 ID_MAP_FILES = ("entity2id.json", "item_ids.json")
 """ECR / UniCRS id maps that sit beside crs_turns data files: read by the parser, not as rows."""
