@@ -83,6 +83,7 @@ def test_new_votes_make_dvc_rerun_prepare_preference(tiny_repo):  # noqa: F811
     # prepare_models' output made in-process (no second CLI start); then this stage alone
     policy = tiny_repo / "models/base/policy"
     models.materialise_policy(str(tiny_repo / "tiny-models/policy"), policy, "float32", None)
+    _run([*DVC, "repro", "--single-item", "track_inputs"], tiny_repo)  # data/inputs/*.json
     _run([*DVC, "repro", "--single-item", "prepare_preference"], tiny_repo)
     metrics = json.loads((tiny_repo / "metrics/prepare_preference.json").read_text())
     assert metrics["data/rows_kept"] == 10 and metrics["data/pairs"] == "human"
