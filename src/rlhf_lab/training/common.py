@@ -322,3 +322,27 @@ class LengthGroupedBatches:
 
     def __len__(self) -> int:
         return math.ceil(len(self.lengths) / self.batch_size)
+
+
+def guarded_step(
+    accelerator: Accelerator,
+    params: Iterable[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    guard: NonFiniteGuard,
+    step: int,
+    loss: torch.Tensor,
+    max_grad_norm: float,
+) -> bool:
+    """One optimiser step after ``backward``: clip, let ``guard`` check loss and grad norm,
+    then update (optimiser and schedule) or skip; gradients are zeroed either way.
+
+    Returns whether the update was applied (the SFT, reward and critic loops all step this way).
+    """
+    grad_norm = accelerator.clip_grad_norm_(params, max_grad_norm)
+    applied = guard.ok(step, loss, grad_norm)
+    if applied:
+        optimizer.step()
+        scheduler.step()
+    optimizer.zero_grad()
+    return applied

@@ -59,6 +59,7 @@ from rlhf_lab.training.common import (
     TrainOutcome,
     adamw_with_warmup,
     gather,
+    guarded_step,
     make_accelerator,
     mean_across,
     peak_memory_mb,
@@ -325,17 +326,14 @@ def train_critic(
                 mask = batch["response_mask"].to(values.device)
                 loss = per_reply_mse(values, batch["target"].to(values.device), mask).mean()
                 accelerator.backward(loss)
-                grad_norm = accelerator.clip_grad_norm_(
-                    [p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm
-                )
-                if not guard.ok(step + 1, loss, grad_norm):
-                    optimizer.zero_grad()
-                    step += 1  # numbers the batch; the skipped one has no curve point
+                trainable = [p for p in model.parameters() if p.requires_grad]
+                applied = guarded_step(
+                    accelerator, trainable, optimizer, scheduler, guard, step + 1, loss,
+                    cfg.max_grad_norm,
+                )  # fmt: skip
+                step += 1  # numbers the batch; a skipped one has no curve point
+                if not applied:
                     continue
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                step += 1
                 point = {
                     "train/loss": mean_across(accelerator, loss),
                     "train/lr": scheduler.get_last_lr()[0],

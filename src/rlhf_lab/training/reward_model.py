@@ -35,6 +35,7 @@ from rlhf_lab.training.common import (
     TrainOutcome,
     adamw_with_warmup,
     gather,
+    guarded_step,
     make_accelerator,
     mean_across,
     peak_memory_mb,
@@ -261,15 +262,13 @@ def train_reward_model(
             rc, rr = score_batch(model, batch)
             loss = bradley_terry_loss(rc, rr)
             accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if not guard.ok(step + 1, loss, grad_norm):
-                optimizer.zero_grad()
-                step += 1  # numbers the batch; the skipped one has no curve point
+            applied = guarded_step(
+                accelerator, model.parameters(), optimizer, scheduler, guard, step + 1, loss,
+                cfg.max_grad_norm,
+            )  # fmt: skip
+            step += 1  # numbers the batch; a skipped one has no curve point
+            if not applied:
                 continue
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
             seen += cfg.batch_size
             point = {
                 "train/loss": mean_across(accelerator, loss),

@@ -34,6 +34,7 @@ from rlhf_lab.training.common import (
     adamw_with_warmup,
     apply_lora,
     gather,
+    guarded_step,
     make_accelerator,
     mean_across,
     peak_memory_mb,
@@ -290,15 +291,13 @@ def train_sft_model(
             global_n = accelerator.reduce(n.sum().detach(), reduction="sum").clamp(min=1)
             loss = nll.sum() * accelerator.num_processes / global_n
             accelerator.backward(loss)
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            if not guard.ok(step + 1, loss, grad_norm):
-                optimizer.zero_grad()
-                step += 1  # numbers the batch; the skipped one has no curve point
+            applied = guarded_step(
+                accelerator, model.parameters(), optimizer, scheduler, guard, step + 1, loss,
+                cfg.max_grad_norm,
+            )  # fmt: skip
+            step += 1  # numbers the batch; a skipped one has no curve point
+            if not applied:
                 continue
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-            step += 1
             batch_tokens = int(global_n.item())
             batch_loss = mean_across(accelerator, nll.sum()) * accelerator.num_processes
             batch_loss /= batch_tokens
