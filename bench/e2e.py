@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 from rich.table import Table
+
+from rlhf_lab import precision
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "e2e.json"
@@ -43,7 +46,7 @@ def main() -> None:
     times = {s: _dvc("repro", "--force", "--single-item", s) for s in stages}
     noop = _dvc("repro")
     total = sum(times.values())
-    table = Table(title="e2e: default pipeline wall time (s)")
+    table = Table(title=f"e2e: default pipeline wall time (s), {precision.cpu_model()}")
     table.add_column("stage")
     table.add_column("seconds", justify="right")
     table.add_column("share", justify="right")
@@ -64,7 +67,8 @@ def main() -> None:
                 "total_s": total,
                 "noop_repro_s": noop,
                 "machine": {
-                    "cpus": __import__("os").cpu_count(),
+                    "cpu": precision.cpu_model(),
+                    "cpus": os.cpu_count(),
                     "python": platform.python_version(),
                 },
                 "evaluate": metrics,

@@ -77,3 +77,25 @@ def test_next_token_logits_head_is_float32_and_close_under_bf16(tiny_models):
     assert mixed.dtype == torch.float32
     # bf16 backbone: close to float32, not equal
     assert (mixed - exact).abs().max() < 0.1 * exact.abs().max()
+
+
+@pytest.mark.parametrize(
+    ("fields", "model", "native"),
+    [
+        (
+            {"model name": "AMD EPYC", "cpu family": "25", "model\t": "1", "flags": "fpu avx2"},
+            "AMD EPYC, family 25 model 1 (no bf16 instructions)",
+            False,
+        ),
+        (
+            {"model name": "Intel Xeon", "flags": "avx512f amx_bf16 avx512_bf16"},
+            "Intel Xeon (amx_bf16, avx512_bf16)",
+            True,
+        ),
+        ({}, "unknown CPU (no bf16 instructions)", False),
+    ],
+)
+def test_cpu_model_and_native_bf16_read_cpuinfo(monkeypatch, fields, model, native):
+    monkeypatch.setattr(precision, "_cpuinfo_field", lambda name: fields.get(name, ""))
+    assert precision.cpu_model() == model
+    assert precision.cpu_has_native_bf16() is native

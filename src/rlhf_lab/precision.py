@@ -34,14 +34,33 @@ _setting = "fp32"
 
 
 @functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (Linux /proc/cpuinfo flags)."""
+def _cpuinfo_field(name: str) -> str:
+    """The first ``name : value`` line of Linux /proc/cpuinfo ("" where there is none)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    return any(flag in flags.split() for flag in CPU_BF16_FLAGS)
+        return ""
+    line = next((line for line in text.splitlines() if line.startswith(name)), "")
+    return line.partition(":")[2].strip()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (Linux /proc/cpuinfo flags)."""
+    return any(flag in _cpuinfo_field("flags").split() for flag in CPU_BF16_FLAGS)
+
+
+def cpu_model() -> str:
+    """This CPU's model name and its bf16 instructions, for benchmark results.
+
+    The machines of this project are not all the same CPU (Intel Sapphire Rapids with AMX, AMD
+    EPYC with AVX512-BF16): every timing is only comparable within one run on one of them.
+    """
+    flags = [f for f in CPU_BF16_FLAGS if f in _cpuinfo_field("flags").split()]
+    name = _cpuinfo_field("model name") or "unknown CPU"
+    # A virtualised "AMD EPYC" hides the generation; family/model tell Zen 3 (25/1) from Zen 4.
+    family, model = _cpuinfo_field("cpu family"), _cpuinfo_field("model\t")
+    kind = f", family {family} model {model}" if family and model else ""
+    return f"{name}{kind} ({', '.join(flags) or 'no bf16 instructions'})"
 
 
 def device_type() -> str:
