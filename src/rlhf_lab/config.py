@@ -298,11 +298,11 @@ class PpoConfig(Section):
     clip_value: float = Field(0.2, gt=0.0)
     """Value clip range around the rollout values."""
     vf_coef: float = Field(0.1, ge=0.0)
-    """Weight of the value loss in the total loss."""
+    """Weight of the value loss in the total loss (gae only)."""
     gamma: float = Field(1.0, ge=0.0, le=1.0)
-    """GAE discount."""
+    """Discount of gae and reinforce_pp returns (grpo/rloo credit the whole reply: 1)."""
     lam: float = Field(0.95, ge=0.0, le=1.0)
-    """GAE λ."""
+    """GAE λ (gae only)."""
     kl_coef: float = Field(0.1, ge=0.0)
     """β: initial (adaptive) or fixed KL penalty coefficient."""
     kl_estimator: Literal["k1", "k3"] = "k1"
@@ -320,7 +320,7 @@ class PpoConfig(Section):
     kl_horizon: int = Field(10000, ge=1)
     """Adaptive controller: horizon (in samples)."""
     whiten_rewards: bool = False
-    """Whiten per-token rewards across the batch before GAE."""
+    """Whiten per-token rewards across the batch before GAE (gae only)."""
     target_approx_kl: float | None = Field(None, gt=0.0)
     """Stop the epochs of a step early when approx-KL passes this (null: never)."""
     temperature: float = Field(0.7, gt=0.0)
