@@ -14,7 +14,8 @@ enough on a random 2-layer model, all fixtures rather than trainer changes:
 
 The critic-free estimators see the same 16 replies per step as 4 prompts × 4 samples, and cover
 the other switches between them: KL in the reward (grpo, reinforce_pp) and in the loss (rloo,
-with the per-reply ``seq_mean`` aggregation).
+with the per-reply ``seq_mean`` aggregation). Measured on seeds 0-2 (last three steps, from
+0.05-0.09): grpo 0.51-0.88, rloo 0.55-0.75, reinforce_pp 0.51-0.71.
 
 Measured on seeds 0-3: the last three steps average 0.47-0.98, from 0.05-0.10 at the start.
 """
