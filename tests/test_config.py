@@ -43,6 +43,21 @@ def test_documented_yaml_round_trips():
         ({"sft": {"lora": {"r": "8"}}}, "params.yaml: sft.lora.r: expected an integer, got '8'"),
         ({"task": {"name": "poetry"}}, "params.yaml: task.name:"),
         ({"ppo": {"batch_size": 10, "minibatches": 4}}, "must be divisible by ppo.minibatches"),
+        (
+            {"ppo": {"batch_size": 3, "num_generations": 2, "minibatches": 4}},
+            "ppo.batch_size * ppo.num_generations (6) must be divisible by ppo.minibatches (4)",
+        ),
+        (
+            {"ppo": {"advantage": "grpo"}},
+            "params.yaml: ppo.num_generations must be at least 2 for ppo.advantage: grpo",
+        ),
+        ({"ppo": {"advantage": "rloo", "num_generations": 1}}, "2 for ppo.advantage: rloo"),
+        (
+            {"ppo": {"advantage": "reinforce_pp", "critic_warmup_steps": 2}},
+            "ppo.critic_warmup_steps applies only to ppo.advantage: gae",
+        ),
+        ({"ppo": {"advantage": "a2c"}}, "params.yaml: ppo.advantage:"),
+        ({"ppo": {"loss_agg": "sum"}}, "params.yaml: ppo.loss_agg:"),
         ({"data": {"valid_fraction": 0.6, "test_fraction": 0.5}}, "must be below 1"),
         ({"judge": {"base_url": "http://u:pw@h/v1"}}, "base_url must not hold credentials"),
         ({"judge": {"base_url": "h:8000/v1"}}, "base_url must be an http:// or https:// URL"),
@@ -54,6 +69,12 @@ def test_bad_params_give_one_line_naming_the_key(raw, message):
     text = str(info.value)
     assert message in text
     assert "\n" not in text
+
+
+def test_group_estimators_size_the_rollout_by_num_generations():
+    ppo = parse_params({"ppo": {"advantage": "rloo", "batch_size": 4, "num_generations": 3}}).ppo
+    assert (ppo.rollout_size, ppo.minibatch_size, ppo.critic_free) == (12, 6, True)
+    assert (Params().ppo.advantage, Params().ppo.critic_free) == ("gae", False)
 
 
 def test_frozen():

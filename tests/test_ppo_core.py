@@ -11,16 +11,22 @@ import torch
 from rlhf_lab.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
+    aggregate_loss,
+    discounted_returns,
     entropy_from_logits,
     explained_variance,
     gae,
+    grpo_advantages,
     kl_estimate,
+    kl_loss,
     logprobs_from_logits,
     masked_mean,
     masked_var,
     masked_whiten,
     nonfinite_rows,
     policy_loss,
+    reinforce_pp_returns,
+    rloo_advantages,
     shape_rewards,
     value_loss,
 )
@@ -360,6 +366,134 @@ def test_explained_variance():
     want = 1.0 - statistics.pvariance(diff) / statistics.pvariance(vr)
     assert explained_variance(values, returns, mask).item() == pytest.approx(want)
     assert math.isnan(explained_variance(values, torch.ones(2, 4), mask).item())
+
+
+# ---------------------------------------------------------------------------------------------
+# critic-free estimators (grpo, rloo, reinforce_pp) and loss aggregation
+# ---------------------------------------------------------------------------------------------
+
+# Two prompts of 3 and 2 replies, interleaved (groups need not be adjacent), and a singleton.
+SCORES = [1.0, 4.0, 0.0, 2.0, 3.0, 7.0]
+GROUPS = [0, 1, 0, 0, 1, 2]
+
+
+def _naive_group_stats(scores, groups, i):
+    mine = [s for s, g in zip(scores, groups, strict=True) if g == groups[i]]
+    return mine, statistics.mean(mine), (statistics.stdev(mine) if len(mine) > 1 else None)
+
+
+def test_grpo_advantages_match_a_naive_loop_for_each_scale():
+    scores, groups = torch.tensor(SCORES), torch.tensor(GROUPS)
+    batch_std = statistics.stdev(SCORES)
+    for scale in ("group", "batch", "none"):
+        naive = []
+        for i, r in enumerate(SCORES):
+            mine, mean, std = _naive_group_stats(SCORES, GROUPS, i)
+            if len(mine) < 2:
+                naive.append(0.0)  # a reply alone in its group has no baseline
+            elif scale == "group":
+                naive.append((r - mean) / (std + 1e-4))
+            elif scale == "batch":
+                naive.append((r - mean) / (batch_std + 1e-4))
+            else:
+                naive.append(r - mean)
+        got = grpo_advantages(scores, groups, scale)
+        assert got.tolist() == pytest.approx(naive, abs=1e-12), scale
+    # hand values, group 0 = {1, 0, 2}: mean 1, std 1; group 1 = {4, 3}: mean 3.5, std √0.5
+    got = grpo_advantages(scores, groups, "group")
+    assert got[[0, 2, 3]].tolist() == pytest.approx([0.0, -1 / 1.0001, 1 / 1.0001])
+    assert got[1].item() == pytest.approx(0.5 / (math.sqrt(0.5) + 1e-4))
+    assert grpo_advantages(scores, groups, "none")[[1, 4]].tolist() == [0.5, -0.5]
+
+
+def test_rloo_advantages_match_a_naive_leave_one_out_loop():
+    naive = []
+    for i, r in enumerate(SCORES):
+        others = [
+            s
+            for j, (s, g) in enumerate(zip(SCORES, GROUPS, strict=True))
+            if g == GROUPS[i] and j != i
+        ]
+        naive.append(r - statistics.mean(others) if others else 0.0)
+    got = rloo_advantages(torch.tensor(SCORES), torch.tensor(GROUPS))
+    assert got.tolist() == pytest.approx(naive, abs=1e-12)
+    # hand values: reply 0 (1.0) against the mean of {0, 2} = 1 → 0; reply 1 (4) − 3 = 1
+    assert got.tolist() == pytest.approx([0.0, 1.0, -1.5, 1.5, -1.0, 0.0])
+    # = n/(n-1) × the group-centred score (Ahmadian et al. 2024)
+    centred = grpo_advantages(torch.tensor(SCORES), torch.tensor(GROUPS), "none")
+    assert got[[0, 2, 3]].tolist() == pytest.approx((1.5 * centred[[0, 2, 3]]).tolist())
+
+
+def test_discounted_returns_match_a_naive_loop_and_zero_padding():
+    torch.manual_seed(0)
+    rewards = torch.randn(3, 5)
+    mask = prefix_mask([5, 2, 0], 5)
+    rewards[1, 3] = math.nan  # on padding: never read
+    got = discounted_returns(rewards, mask, gamma=0.9)
+    for b, n in enumerate([5, 2, 0]):
+        for t in range(5):
+            want = sum(0.9 ** (k - t) * float(rewards[b, k]) for k in range(t, n)) if t < n else 0.0
+            assert float(got[b, t]) == pytest.approx(want, abs=1e-12), (b, t)
+
+
+def test_reinforce_pp_returns_are_batch_whitened_discounted_returns():
+    torch.manual_seed(1)
+    rewards = torch.randn(3, 4)
+    lengths = [4, 2, 3]
+    mask = prefix_mask(lengths, 4)
+    got = reinforce_pp_returns(rewards, mask, gamma=0.5)
+    # naive: every valid token's return, whitened with the statistics of all valid tokens
+    flat = []
+    for b, n in enumerate(lengths):
+        for t in range(n):
+            flat.append(sum(0.5 ** (k - t) * float(rewards[b, k]) for k in range(t, n)))
+    mean, std = statistics.mean(flat), statistics.stdev(flat)
+    i = 0
+    for b, n in enumerate(lengths):
+        for t in range(4):
+            want = (flat[i] - mean) / math.sqrt(std**2 + 1e-8) if t < n else 0.0
+            i += t < n
+            assert float(got[b, t]) == pytest.approx(want, abs=1e-9), (b, t)
+    assert float(masked_mean(got, mask)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_aggregate_loss_token_mean_and_seq_mean_by_hand():
+    losses = torch.tensor([[1.0, 1.0, 1.0, 1.0], [5.0, 9.0, 9.0, 9.0], [2.0, 2.0, 2.0, 2.0]])
+    mask = prefix_mask([4, 1, 0], 4)
+    # token_mean: (1+1+1+1+5) / 5 tokens; the long reply carries 4/5 of the weight (DAPO)
+    assert aggregate_loss(losses, mask, "token_mean").item() == pytest.approx(9 / 5)
+    # seq_mean: (1 + 5) / 2 replies; the 1-token reply weighs as much as the 4-token one
+    assert aggregate_loss(losses, mask, "seq_mean").item() == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="seq_mean"):
+        aggregate_loss(losses, mask, "sum")  # type: ignore[arg-type]
+
+
+def test_kl_loss_is_aggregated_k3_with_gradient_through_the_policy_only():
+    new = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.1, -9.0]], requires_grad=True)
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-0.2, -9.0, -9.0]], requires_grad=True)
+    mask = prefix_mask([3, 1], 3)
+    naive = [
+        math.exp(r - n) - (r - n) - 1 for n, r in ((-1, -1.5), (-2, -1), (-0.5, -0.5), (-0.3, -0.2))
+    ]
+    loss = kl_loss(new, ref, mask, "token_mean")
+    assert loss.item() == pytest.approx(sum(naive) / 4)
+    assert kl_loss(new, ref, mask, "seq_mean").item() == pytest.approx(
+        (sum(naive[:3]) / 3 + naive[3]) / 2
+    )
+    loss.backward()
+    assert ref.grad is None
+    # d/dn [exp(r - n) - (r - n) - 1] = 1 - exp(r - n), / 4 tokens; 0 on padding
+    want = [[(1 - math.exp(-0.5)) / 4, (1 - math.exp(1)) / 4, 0.0], [(1 - math.exp(0.1)) / 4, 0, 0]]
+    assert torch.allclose(new.grad, torch.tensor(want))
+
+
+def test_policy_loss_seq_mean_weights_replies_equally():
+    new = torch.zeros(2, 3)
+    adv = torch.tensor([[1.0, 1.0, 1.0], [-4.0, 0.0, 0.0]])
+    mask = prefix_mask([3, 1], 3)
+    # ratio 1: loss = -mean(A); token_mean (-1-1-1+4)/4, seq_mean (-1 + 4)/2
+    assert policy_loss(new, new, adv, mask, 0.2)[0].item() == pytest.approx(0.25)
+    assert policy_loss(new, new, adv, mask, 0.2, "seq_mean")[0].item() == pytest.approx(1.5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -135,3 +135,38 @@ def test_missing_critic_fails_in_one_line(workspace):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "models/critic" in lines[0] and "train_critic" in lines[0]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_critic_free_estimator_needs_no_critic_and_logs_no_critic_metric(workspace):
+    """grpo through the CLI without train_critic: no models/critic read, no critic adapter or
+    value head saved, no val/* or loss/value key; a re-run resumes the finished checkpoint."""
+    params = {**PARAMS, "ppo": {**PARAMS["ppo"], "advantage": "grpo", "num_generations": 2}}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    assert not (workspace / "models/critic").exists()
+    result = _invoke("train_ppo")
+    assert result.exit_code == 0, result.output
+
+    metrics = json.loads((workspace / "metrics/train_ppo.json").read_text())
+    assert metrics["train/steps"] == 3 and metrics["train/skipped_updates"] == 0
+    for key in ISSUE_KEYS:
+        if key.startswith("val/") or key == "loss/value":
+            assert key not in metrics, key
+        else:
+            assert key in metrics, key
+    assert not [k for k in metrics if k.startswith("val/") or k == "loss/value"]
+    curves = workspace / "plots/train_ppo/plots/metrics"
+    assert not (curves / "val").exists() and not (curves / "loss/value.tsv").exists()
+    assert (workspace / "models/ppo/model.safetensors").is_file()
+    ckpt = workspace / "checkpoints/train_ppo/step-000003"
+    assert (ckpt / "policy/adapter_model.safetensors").is_file()
+    assert not (ckpt / "critic").exists()
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["fingerprint"]["ppo.advantage"] == "grpo"
+    assert state["fingerprint"]["models/critic"] is None  # not an input of this run
+
+    weights = (workspace / "models/ppo/model.safetensors").read_bytes()
+    result = _invoke("train_ppo", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "resuming train_ppo at step 3/3" in result.output
+    assert (workspace / "models/ppo/model.safetensors").read_bytes() == weights

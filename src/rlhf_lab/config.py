@@ -277,10 +277,16 @@ class CriticConfig(Section):
 class PpoConfig(Section):
     steps: int = Field(12, ge=1)
     """PPO iterations (each: one rollout batch, then `epochs` passes of updates)."""
+    advantage: Literal["gae", "grpo", "rloo", "reinforce_pp"] = "gae"
+    """Advantage estimator: gae (PPO with the critic) or critic-free grpo, rloo, reinforce_pp."""
+    num_generations: int = Field(1, ge=1)
+    """Replies sampled per prompt (grpo/rloo compare them: at least 2)."""
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    """grpo: divide by the group's std, the batch's std, or nothing (Dr. GRPO)."""
     batch_size: int = Field(16, ge=1)
-    """Prompts per rollout batch."""
+    """Prompts per rollout batch (each sampled num_generations times)."""
     minibatches: int = Field(2, ge=1)
-    """Minibatches per PPO epoch (minibatch size = batch_size / minibatches)."""
+    """Minibatches per PPO epoch (minibatch size = batch_size * num_generations / minibatches)."""
     epochs: int = Field(2, ge=1)
     """PPO epochs over each rollout batch."""
     lr: float = Field(2.0e-4, gt=0.0)
@@ -292,15 +298,21 @@ class PpoConfig(Section):
     clip_value: float = Field(0.2, gt=0.0)
     """Value clip range around the rollout values."""
     vf_coef: float = Field(0.1, ge=0.0)
-    """Weight of the value loss in the total loss."""
+    """Weight of the value loss in the total loss (gae only)."""
     gamma: float = Field(1.0, ge=0.0, le=1.0)
-    """GAE discount."""
+    """Discount of gae and reinforce_pp returns (grpo/rloo credit the whole reply: 1)."""
     lam: float = Field(0.95, ge=0.0, le=1.0)
-    """GAE λ."""
+    """GAE λ (gae only)."""
     kl_coef: float = Field(0.1, ge=0.0)
     """β: initial (adaptive) or fixed KL penalty coefficient."""
     kl_estimator: Literal["k1", "k3"] = "k1"
     """Per-token KL estimator in the reward (k1 = log-ratio; k3 = unbiased, non-negative)."""
+    kl_in_loss: bool = False
+    """Put β·KL (k3, per token) in the policy loss as GRPO does, instead of in the reward."""
+    loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
+    """Policy loss over a minibatch: mean over all tokens (DAPO) or per reply, then over replies."""
+    critic_warmup_steps: int = Field(0, ge=0)
+    """gae: the first this many steps update only the critic (the policy stays as it is)."""
     adaptive_kl: bool = False
     """Use the adaptive KL controller (Ziegler et al. 2019) instead of a fixed β."""
     kl_target: float = Field(6.0, gt=0.0)
@@ -308,7 +320,7 @@ class PpoConfig(Section):
     kl_horizon: int = Field(10000, ge=1)
     """Adaptive controller: horizon (in samples)."""
     whiten_rewards: bool = False
-    """Whiten per-token rewards across the batch before GAE."""
+    """Whiten per-token rewards across the batch before GAE (gae only)."""
     target_approx_kl: float | None = Field(None, gt=0.0)
     """Stop the epochs of a step early when approx-KL passes this (null: never)."""
     temperature: float = Field(0.7, gt=0.0)
@@ -332,21 +344,44 @@ class PpoConfig(Section):
 
     @model_validator(mode="after")
     def _sizes(self) -> PpoConfig:
-        if self.batch_size % self.minibatches:
+        if self.rollout_size % self.minibatches:
             raise ValueError(
-                f"ppo.batch_size ({self.batch_size}) must be divisible by "
-                f"ppo.minibatches ({self.minibatches})"
+                f"ppo.batch_size * ppo.num_generations ({self.rollout_size}) must be divisible "
+                f"by ppo.minibatches ({self.minibatches})"
             )
         # lm-human-preferences asserts minibatch_size >= 8 when whitening: whitening a
         # handful of advantages amplifies noise into the update.
         if self.minibatch_size < 2:
-            raise ValueError("ppo.batch_size / ppo.minibatches must be at least 2")
+            raise ValueError(
+                "ppo.batch_size * ppo.num_generations / ppo.minibatches must be at least 2"
+            )
+        if self.advantage in ("grpo", "rloo") and self.num_generations < 2:
+            raise ValueError(
+                f"ppo.num_generations must be at least 2 for ppo.advantage: {self.advantage} "
+                f"(the baseline is the other replies to the same prompt), got "
+                f"{self.num_generations}"
+            )
+        if self.critic_warmup_steps and self.advantage != "gae":
+            raise ValueError(
+                f"ppo.critic_warmup_steps applies only to ppo.advantage: gae "
+                f"(ppo.advantage: {self.advantage} has no critic); set it to 0"
+            )
         return self
 
     @property
+    def critic_free(self) -> bool:
+        """True for the estimators that need no critic (no value head, no models/critic)."""
+        return self.advantage != "gae"
+
+    @property
+    def rollout_size(self) -> int:
+        """Replies per rollout batch: batch_size prompts × num_generations samples each."""
+        return self.batch_size * self.num_generations
+
+    @property
     def minibatch_size(self) -> int:
-        """Rollouts per gradient step."""
-        return self.batch_size // self.minibatches
+        """Rollouts (replies) per gradient step."""
+        return self.rollout_size // self.minibatches
 
 
 class EvalGates(Section):

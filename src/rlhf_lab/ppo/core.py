@@ -19,6 +19,12 @@ References:
   iclr-blogposts.github.io/2024/blog/the-n-implementation-details-of-rlhf-with-ppo
 - [TRL] huggingface/trl ``trainer/utils.py`` and the (removed in 1.13) ``PPOTrainer``.
 - [Schulman] J. Schulman 2020, "Approximating KL divergence", joschu.net/blog/kl-approx.html
+- [GRPO] Shao et al. 2024, "DeepSeekMath" (group-relative advantages, k3 KL in the loss).
+- [Dr. GRPO] Liu et al. 2025, "Understanding R1-Zero-Like Training" (no std scaling, length bias).
+- [DAPO] Yu et al. 2025, "DAPO" (token-level loss aggregation).
+- [RLOO] Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization..."
+- [REINFORCE++] J. Hu 2025, "REINFORCE++"; OpenRLHF ``ppo_utils/experience_maker.py``
+  (``advantage_estimator``: ``gae``, ``group_norm``, ``rloo``, ``reinforce``).
 """
 
 from __future__ import annotations
@@ -30,22 +36,32 @@ import torch
 import torch.nn.functional as F
 
 KLKind = Literal["k1", "k3"]
+LossAgg = Literal["token_mean", "seq_mean"]
+ScaleRewards = Literal["group", "batch", "none"]
 
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
     "KLController",
     "KLKind",
+    "LossAgg",
+    "ScaleRewards",
+    "aggregate_loss",
+    "discounted_returns",
     "entropy_from_logits",
     "explained_variance",
     "gae",
+    "grpo_advantages",
     "kl_estimate",
+    "kl_loss",
     "logprobs_from_logits",
     "masked_mean",
     "masked_var",
     "masked_whiten",
     "nonfinite_rows",
     "policy_loss",
+    "reinforce_pp_returns",
+    "rloo_advantages",
     "shape_rewards",
     "value_loss",
 ]
@@ -304,9 +320,131 @@ def gae(
     return advantages, returns
 
 
+def _group_indices(scores: torch.Tensor, groups: torch.Tensor) -> list[torch.Tensor]:
+    """Indices of each prompt's replies, in the order the groups first appear."""
+    groups = groups.to(scores.device)
+    return [(groups == g).nonzero().flatten() for g in torch.unique(groups)]
+
+
+@torch.no_grad()
+def grpo_advantages(
+    scores: torch.Tensor,
+    groups: torch.Tensor,
+    scale: ScaleRewards = "group",
+    eps: float = 1e-4,
+) -> torch.Tensor:
+    """Group-relative advantages [N]: ``(score - group mean) / (std + eps)`` per reply [GRPO].
+
+    ``groups[i]`` is the prompt id of reply ``i`` (the replies sampled for one prompt share it;
+    they need not be adjacent). ``scale`` names the std as TRL's ``GRPOConfig.scale_rewards``
+    (``trainer/grpo_trainer.py``, ``_compute_advantages``): ``group`` the unbiased std of the
+    reply's group (DeepSeekMath), ``batch`` the unbiased std of all N scores, ``none`` no
+    division [Dr. GRPO: dividing by a group's std up-weights prompts whose replies are all
+    nearly equally good or bad]; ``eps = 1e-4`` as TRL. A group of one reply (its siblings
+    dropped as non-finite) gets 0: it has no baseline.
+    """
+    adv = torch.zeros_like(scores)
+    for idx in _group_indices(scores, groups):
+        if idx.numel() < 2:
+            continue
+        group = scores[idx]
+        centred = group - group.mean()
+        if scale == "group":
+            centred = centred / (group.std() + eps)
+        adv[idx] = centred
+    if scale == "batch" and scores.numel() > 1:
+        adv = adv / (scores.std() + eps)
+    return adv
+
+
+@torch.no_grad()
+def rloo_advantages(scores: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Leave-one-out advantages [N]: ``A_i = r_i - mean_{j != i} r_j`` over i's group [RLOO].
+
+    The baseline of each reply is the mean score of the OTHER replies to the same prompt, so it
+    is independent of the reply's own sample and the estimator stays unbiased (Ahmadian et al.
+    2024, eq. 6; OpenRLHF ``rloo``: ``(sum - r) / (n - 1)``). Equivalently
+    ``n / (n - 1) * (r_i - group mean)``. A group of one reply gets 0 (no other sample).
+    """
+    adv = torch.zeros_like(scores)
+    for idx in _group_indices(scores, groups):
+        n = idx.numel()
+        if n < 2:
+            continue
+        group = scores[idx]
+        adv[idx] = group - (group.sum() - group) / (n - 1)
+    return adv
+
+
+@torch.no_grad()
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``G_t = r_t + gamma * G_{t+1}`` per row [B, T], restarting at each row's end; 0 on padding.
+
+    OpenRLHF ``get_cumulative_returns``: the Monte-Carlo return that the critic-free estimators
+    use instead of GAE (GAE with V = 0 and λ = 1 gives the same numbers).
+    """
+    m = _float_mask(mask, rewards)
+    rewards = _masked(rewards, m)
+    running = torch.zeros_like(rewards[:, 0])
+    out = []
+    for t in reversed(range(rewards.shape[1])):
+        running = (rewards[:, t] + gamma * running) * m[:, t]
+        out.append(running)
+    return torch.stack(out[::-1], dim=1)
+
+
+@torch.no_grad()
+def reinforce_pp_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """REINFORCE++ advantages [B, T]: discounted returns whitened over the whole batch.
+
+    ``rewards`` are the shaped per-token rewards of :func:`shape_rewards` (−β·KL_t on every
+    token, the score at the last one), so the KL enters as a token-level reward [REINFORCE++,
+    §3.1]; the return of every valid token is normalised with the mean/std of ALL valid tokens
+    of the batch — the global batch normalisation that replaces the critic as a baseline
+    (OpenRLHF ``reinforce_plus_plus``: cumulative returns, then ``advantages`` whitened).
+    """
+    return masked_whiten(discounted_returns(rewards, mask, gamma), mask)
+
+
 # --------------------------------------------------------------------------------------------
 # Losses and diagnostics
 # --------------------------------------------------------------------------------------------
+
+
+def aggregate_loss(losses: torch.Tensor, mask: torch.Tensor, agg: LossAgg) -> torch.Tensor:
+    """Reduce per-token ``losses`` [B, T] to a scalar over the valid tokens of a (mini)batch.
+
+    - ``token_mean``: the mean over every valid token [DAPO, "token-level policy gradient
+      loss"]; each token weighs the same, so a long reply counts in proportion to its length.
+    - ``seq_mean``: the mean over each reply's tokens, then over replies (original GRPO,
+      DeepSeekMath eq. 3); each reply weighs the same, so a SHORT reply's tokens weigh more —
+      the length bias [Dr. GRPO, §3.1] that lets a wrong answer grow long at low cost per token.
+
+    Replies with no valid token are left out of the ``seq_mean`` average.
+    """
+    if agg == "token_mean":
+        return masked_mean(losses, mask)
+    if agg == "seq_mean":
+        m = _float_mask(mask, losses)
+        per_seq = masked_mean(losses, m, dim=1)
+        return masked_mean(per_seq, (m.sum(dim=1) > 0).to(losses.dtype))
+    raise ValueError(f"unknown loss aggregation {agg!r}; expected 'token_mean' or 'seq_mean'")
+
+
+def kl_loss(
+    new_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    agg: LossAgg = "token_mean",
+) -> torch.Tensor:
+    """k3 estimate of ``KL(policy || reference)`` per token, aggregated as the policy loss.
+
+    The KL-in-the-loss form of GRPO (DeepSeekMath eq. 4; TRL ``GRPOConfig.beta``):
+    ``exp(ref - logp) - (ref - logp) - 1`` on the current policy's log-probs of the rollout's
+    tokens, differentiated through ``new_logprobs`` only; the caller multiplies by β.
+    """
+    per_token = kl_estimate(new_logprobs, ref_logprobs.detach(), "k3")
+    return aggregate_loss(per_token, mask, agg)
 
 
 def policy_loss(
@@ -315,6 +453,7 @@ def policy_loss(
     advantages: torch.Tensor,
     mask: torch.Tensor,
     clip: float,
+    agg: LossAgg = "token_mean",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clipped PPO surrogate → ``(loss, clipfrac, approxkl)``; the loss is to be MINIMISED.
 
@@ -323,7 +462,9 @@ def policy_loss(
     ``clipfrac`` is the masked fraction of tokens where the clipped term is the larger one and
     ``approxkl = 0.5 * mean_masked((new - old) ** 2)`` (TRL); both are detached diagnostics.
     Gradients flow only through ``new_logprobs``: old log-probs and advantages are rollout
-    constants, detached here defensively.
+    constants, detached here defensively. ``agg`` reduces the per-token losses
+    (:func:`aggregate_loss`; ``token_mean`` is lm-human-preferences' and TRL's masked mean);
+    the diagnostics are always token means.
     """
     old_logprobs = old_logprobs.detach()
     advantages = advantages.detach()
@@ -331,7 +472,7 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     losses_unclipped = -advantages * ratio
     losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = masked_mean(torch.maximum(losses_unclipped, losses_clipped), mask)
+    loss = aggregate_loss(torch.maximum(losses_unclipped, losses_clipped), mask, agg)
     with torch.no_grad():
         clipfrac = masked_mean((losses_clipped > losses_unclipped).to(ratio.dtype), mask)
         approxkl = 0.5 * masked_mean(log_ratio**2, mask)

@@ -4,6 +4,9 @@
     reference  = base with every adapter disabled (peft ``disable_adapter()``)
     critic     = base + LoRA adapter "critic" + value head (warm-started by ``train_critic``)
 
+The critic-free estimators (``ppo.advantage`` grpo / rloo / reinforce_pp) load no critic at all:
+no ``critic`` adapter, no value head, ``models/critic`` never read (``critic_dir=None``).
+
 One copy of the base weights serves all three, so PPO needs the memory of one model plus two
 small adapters (TRL's PPOTrainer holds four full models: policy, reference, value, reward).
 
@@ -180,7 +183,13 @@ class PolicyCritic(nn.Module):
     minibatch ([N-details] "disable dropout"; lm-human-preferences and TRL do the same).
     """
 
-    def __init__(self, peft_model: Any, value_head: ValueHead, tok: Any, temperature: float = 1.0):
+    def __init__(
+        self,
+        peft_model: Any,
+        value_head: ValueHead | None,
+        tok: Any,
+        temperature: float = 1.0,
+    ):
         super().__init__()
         self.peft = peft_model
         self.value_head = value_head
@@ -229,10 +238,15 @@ class PolicyCritic(nn.Module):
         finally:
             self._make_trainable()
 
+    @property
+    def has_critic(self) -> bool:
+        """False for a policy-only model (critic-free estimators): no critic adapter, no head."""
+        return self.value_head is not None
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every adapter's LoRA weights, then the value head (the PPO optimiser's params)."""
         out = [p for name in self.adapter_names for p in self._adapter_params[name]]
-        return out + list(self.value_head.parameters())
+        return out + (list(self.value_head.parameters()) if self.value_head is not None else [])
 
     def adapter_parameters(self, name: str) -> list[nn.Parameter]:
         return list(self._adapter_params[name])
@@ -258,6 +272,8 @@ class PolicyCritic(nn.Module):
 
     @property
     def device(self) -> torch.device:
+        if self.value_head is None:
+            return next(self.peft.parameters()).device
         return self.value_head.linear.weight.device
 
     def _inputs(
@@ -332,6 +348,8 @@ class PolicyCritic(nn.Module):
         response_mask: torch.Tensor,
     ) -> torch.Tensor:
         """Critic values V(s_t) of the states that emit each response token [B, R] (0 on pad)."""
+        if self.value_head is None:
+            raise RuntimeError("this model has no critic (loaded for a critic-free estimator)")
         inputs = self._inputs(query, query_mask, response, response_mask)
         n_resp = response.shape[1]
         p = query.shape[1]
@@ -449,18 +467,22 @@ def read_critic_info(critic_dir: str | Path) -> dict[str, Any]:
 
 def load_policy_critic(
     sft_dir: str | Path,
-    critic_dir: str | Path,
+    critic_dir: str | Path | None,
     policy_lora: LoraConfig,
     temperature: float,
     device: torch.device | None = None,
 ) -> PolicyCritic:
     """The PPO model: the base from ``sft_dir``, a fresh ``policy`` adapter (seed torch first),
-    and the ``critic`` adapter + value head saved by :func:`save_critic` in ``critic_dir``."""
+    and the ``critic`` adapter + value head saved by :func:`save_critic` in ``critic_dir``;
+    ``critic_dir=None`` (critic-free estimators) builds the policy alone."""
     from peft import get_peft_model
 
-    read_critic_info(critic_dir)
+    if critic_dir is not None:
+        read_critic_info(critic_dir)
     base, tok = load_base(sft_dir, device)
     peft_model = get_peft_model(base, models.lora_config(policy_lora), adapter_name=POLICY)
+    if critic_dir is None:
+        return PolicyCritic(peft_model, None, tok, temperature=temperature)
     peft_model.load_adapter(
         str(Path(critic_dir) / ADAPTER_DIR), adapter_name=CRITIC, is_trainable=True
     )

@@ -1,17 +1,26 @@
-"""The PPO loop for language models: rollout → score → shape → GAE → clipped updates.
+"""The PPO loop for language models: rollout → score → shape → advantages → clipped updates.
 
 One readable loop in the style of cleanrl's ``ppo.py``; every hyperparameter is a documented
 field of :class:`rlhf_lab.config.PpoConfig` (``params.yaml: ppo``), used directly. One step::
 
-    rows      = next ppo.batch_size prompts (a seeded shuffle per pass over data/prompts)
+    rows      = next ppo.batch_size prompts (a seeded shuffle per pass over data/prompts),
+                each repeated ppo.num_generations times (one group per prompt)
     response  = sample(policy, T = ppo.temperature, stop at EOS, ≤ ppo.max_new_tokens)
     score     = Σ w_c · component_c  (rlhf_lab.ppo.composite_score), clipped to ±ppo.score_clip
     logp, ref, V = policy / reference / critic on the sampled tokens (no grad, per minibatch)
     drop the replies whose score, logp, ref, V or KL is nan/inf (counted; the rest trains)
-    r_t       = -β·KL_t, + score at the last token, - ppo.missing_eos_penalty if no EOS
-    A, R      = GAE(r, V; γ = ppo.gamma, λ = ppo.lam); A whitened over the batch
+    score'    = score - ppo.missing_eos_penalty if no EOS (before any group statistic)
+    A         = by ppo.advantage (OpenRLHF's --advantage_estimator), over the WHOLE batch:
+      gae          r_t = -β·KL_t, + score' at the last token; GAE(r, V; γ, λ); A whitened
+      grpo         (score' - group mean) / group std (ppo.scale_rewards), at the last token,
+                   -β·KL_t on every token; A_t = Σ_{t'≥t} r_t'
+      rloo         score' - mean of the other replies to the prompt; otherwise as grpo
+      reinforce_pp r_t as gae; A_t = discounted return (γ), whitened over the batch's tokens
+      (with ppo.kl_in_loss the reward holds no KL; β·k3-KL is added to the policy loss)
     for ppo.epochs: for ppo.minibatches:
-        loss = clipped policy loss (ppo.clip) + ppo.vf_coef · clipped value loss (ppo.clip_value)
+        loss = clipped policy loss (ppo.clip; ppo.loss_agg) [+ β·KL]
+               + ppo.vf_coef · clipped value loss (ppo.clip_value; gae only)
+        (gae: the first ppo.critic_warmup_steps steps train only the critic)
         skip if non-finite; clip the global grad norm (ppo.max_grad_norm); AdamW step
         (optionally stop the epochs once approx-KL > ppo.target_approx_kl)
     β ← KL controller (fixed, or adaptive towards ppo.kl_target over ppo.kl_horizon samples;
@@ -54,13 +63,18 @@ from rlhf_lab.ppo.composite_score import Scores
 from rlhf_lab.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
+    discounted_returns,
     explained_variance,
     gae,
+    grpo_advantages,
     kl_estimate,
+    kl_loss,
     masked_mean,
     masked_whiten,
     nonfinite_rows,
     policy_loss,
+    reinforce_pp_returns,
+    rloo_advantages,
     shape_rewards,
     value_loss,
 )
@@ -161,12 +175,15 @@ class Rollout:
     logprobs: torch.Tensor
     ref_logprobs: torch.Tensor
     values: torch.Tensor
+    """Critic values; zeros for a critic-free estimator (never logged or used then)."""
     entropy: torch.Tensor
     scored: Scores
     """What the scorer returned: the raw composite, each component and the weights used."""
     clipped_score: torch.Tensor
     """The composite after normalisation and ``ppo.score_clip`` (before the EOS penalty): the
     sequence reward PPO optimises."""
+    group: torch.Tensor | None = None
+    """[B] int: the prompt (slot in the batch) each reply answers; replies of a group share it."""
     nonfinite: int = 0
     """Replies dropped from this batch for a non-finite score, log-prob, value or KL."""
 
@@ -187,7 +204,9 @@ class Rollout:
                 "values",
                 "entropy",
                 "clipped_score",
+                "group",
             )
+            if getattr(self, name) is not None
         }
         scored = Scores(
             self.scored.total[idx],
@@ -248,6 +267,11 @@ class PpoTrainer:
     ) -> None:
         if not rows:
             raise RlhfLabError("train_ppo: no prompts to train on")
+        if model.has_critic == cfg.critic_free:
+            need = "no critic" if cfg.critic_free else "a critic"
+            raise RlhfLabError(
+                f"train_ppo: ppo.advantage {cfg.advantage!r} needs a model with {need}"
+            )
         self.model = model
         self.tok = model.tok
         self.rows = list(rows)
@@ -297,6 +321,9 @@ class PpoTrainer:
         """Sample, score and evaluate one batch with the current policy (no gradients)."""
         cfg, model, tok = self.cfg, self.model, self.tok
         idx = batch_indices(step, len(self.rows), cfg.batch_size, cfg.seed)
+        # num_generations samples of each prompt, adjacent; a group is a prompt's batch slot.
+        idx = [i for i in idx for _ in range(cfg.num_generations)]
+        group = torch.arange(cfg.batch_size).repeat_interleave(cfg.num_generations)
         rows = [self.rows[i] for i in idx]
         query, query_mask = pad([self.prompt_ids[i] for i in idx], tok.pad_token_id)
 
@@ -334,7 +361,10 @@ class PpoTrainer:
                 lp.append(_pad_to(logp.cpu(), width))
                 ent.append(_pad_to(entropy.cpu(), width))
                 ref.append(_pad_to(model.ref_logprobs(q, qm, r, rm).cpu(), width))
-                val.append(_pad_to(model.values(q, qm, r, rm).float().cpu(), width))
+                if model.has_critic:
+                    val.append(_pad_to(model.values(q, qm, r, rm).float().cpu(), width))
+                else:
+                    val.append(torch.zeros_like(lp[-1]))
         ro = Rollout(
             rows=rows,
             replies=replies,
@@ -349,6 +379,7 @@ class PpoTrainer:
             entropy=torch.cat(ent).clone(),
             scored=scores,
             clipped_score=score,
+            group=group,
         )
         # A nan/inf anywhere in a reply's score, log-probs, values or KL would spread to the
         # whole batch through whitening and the KL mean: drop that reply (counted) instead.
@@ -378,7 +409,8 @@ class PpoTrainer:
     # -- update --------------------------------------------------------------------------------
 
     def update(self, ro: Rollout, step: int) -> dict[str, float]:
-        """Shape rewards, GAE, and ``ppo.epochs`` passes of clipped updates over minibatches."""
+        """Shape rewards, advantages (``ppo.advantage``), and ``ppo.epochs`` passes of clipped
+        updates over minibatches."""
         cfg, model = self.cfg, self.model
         mask = ro.response_mask.float()
         beta = self.kl_ctl.value
@@ -388,28 +420,41 @@ class PpoTrainer:
             for _ in range(cfg.epochs * cfg.minibatches):
                 self._skip(step, "no reply with a finite score left in the batch")
             return self._no_update_stats(ro, beta)
+        # With ppo.kl_in_loss the KL is a loss term (GRPO, TRL's beta), so the reward holds none.
+        reward_beta = 0.0 if cfg.kl_in_loss else beta
+        # The score every estimator sees: missing-EOS penalty included ([N-details] "EOS
+        # trick"), so grpo/rloo compare a truncated reply with its siblings after the penalty.
+        penalised = ro.clipped_score - ((cfg.missing_eos_penalty or 0.0) * (~ro.eos_found).float())
+        # Advantages are computed over the WHOLE rollout batch before it is cut into
+        # minibatches, so a group split across minibatches has the same baseline as if it were
+        # not: the estimator does not depend on ppo.minibatches.
+        returns = None
         with torch.no_grad():
-            # -β·KL_t per token, the score at the last valid token (lm-human-preferences
-            # compute_rewards), missing-EOS penalty on the score ([N-details] "EOS trick").
-            rewards, kl = shape_rewards(
-                ro.clipped_score,
-                ro.logprobs,
-                ro.ref_logprobs,
-                mask,
-                kl_coef=beta,
-                kind=cfg.kl_estimator,
-                eos_found=ro.eos_found,
-                missing_eos_penalty=cfg.missing_eos_penalty,
-            )
-            if cfg.whiten_rewards:
-                # shift_mean=False: the sign of the mean reward carries information (TRL).
-                rewards = masked_whiten(rewards, mask, shift_mean=False)
-            advantages, returns = gae(rewards, ro.values, mask, cfg.gamma, cfg.lam)
-            # Whitened over the whole batch, as TRL right after GAE ([N-details] "advantage
-            # whitening"); padding stays 0.
-            advantages = masked_whiten(advantages, mask)
+            if cfg.advantage == "gae":
+                # -β·KL_t per token, the score at the last valid token (lm-human-preferences
+                # compute_rewards), missing-EOS penalty on the score.
+                rewards, kl = shape_rewards(
+                    ro.clipped_score,
+                    ro.logprobs,
+                    ro.ref_logprobs,
+                    mask,
+                    kl_coef=reward_beta,
+                    kind=cfg.kl_estimator,
+                    eos_found=ro.eos_found,
+                    missing_eos_penalty=cfg.missing_eos_penalty,
+                )
+                if cfg.whiten_rewards:
+                    # shift_mean=False: the sign of the mean reward carries information (TRL).
+                    rewards = masked_whiten(rewards, mask, shift_mean=False)
+                advantages, returns = gae(rewards, ro.values, mask, cfg.gamma, cfg.lam)
+                # Whitened over the whole batch, as TRL right after GAE ([N-details] "advantage
+                # whitening"); padding stays 0.
+                advantages = masked_whiten(advantages, mask)
+            else:
+                advantages, kl = self._critic_free_advantages(ro, penalised, mask, reward_beta)
 
         n = len(ro.rows)
+        warmup = step < cfg.critic_warmup_steps
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 7919 * step + 1)
         sums: dict[str, float] = {}
         updates = 0
@@ -430,18 +475,29 @@ class PpoTrainer:
                 # the gradients are those of pg_loss + vf_coef * vf_loss, but only one graph's
                 # activations are alive at a time (peak memory = the larger, not the sum).
                 self.optimizer.zero_grad(set_to_none=True)
-                new_logp, _ = model.policy_logprobs(q, qm, r, rm)
-                pg_loss, pg_clipfrac, approxkl = policy_loss(
-                    new_logp,
-                    ro.logprobs[mb, :w].to(dev),
-                    advantages[mb, :w].to(dev),
-                    m.to(dev),
-                    cfg.clip,
-                )
-                loss = pg_loss.detach()
+                # Critic warm-up (OpenRLHF --critic_warmup_steps): the policy loss is only
+                # measured, never backpropagated, so the policy adapter stays as it is.
+                with torch.set_grad_enabled(not warmup):
+                    new_logp, _ = model.policy_logprobs(q, qm, r, rm)
+                    pg_loss, pg_clipfrac, approxkl = policy_loss(
+                        new_logp,
+                        ro.logprobs[mb, :w].to(dev),
+                        advantages[mb, :w].to(dev),
+                        m.to(dev),
+                        cfg.clip,
+                        cfg.loss_agg,
+                    )
+                    objective = pg_loss
+                    if cfg.kl_in_loss:
+                        kl_term = kl_loss(
+                            new_logp, ro.ref_logprobs[mb, :w].to(dev), m.to(dev), cfg.loss_agg
+                        )
+                        objective = pg_loss + beta * kl_term
+                loss = objective.detach()
                 ok = bool(torch.isfinite(loss))
-                if ok:
-                    pg_loss.backward()
+                if ok and not warmup:
+                    objective.backward()
+                if ok and returns is not None:
                     new_values = model.values(q, qm, r, rm)
                     vf_loss, vf_clipfrac = value_loss(
                         new_values,
@@ -452,8 +508,9 @@ class PpoTrainer:
                     )
                     loss = loss + cfg.vf_coef * vf_loss.detach()
                     ok = bool(torch.isfinite(loss))
+                    if ok:
+                        (cfg.vf_coef * vf_loss).backward()
                 if ok:
-                    (cfg.vf_coef * vf_loss).backward()
                     grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     ok = bool(torch.isfinite(grad_norm))
                 if not ok:
@@ -461,15 +518,18 @@ class PpoTrainer:
                     continue
                 self.optimizer.step()
                 updates += 1
-                for key, value in (
+                logged = [
                     ("loss/policy", pg_loss),
-                    ("loss/value", vf_loss),
                     ("loss/total", loss),
                     ("policy/clipfrac", pg_clipfrac),
                     ("policy/approxkl", approxkl),
-                    ("val/clipfrac", vf_clipfrac),
                     ("train/grad_norm", grad_norm),
-                ):
+                ]
+                if cfg.kl_in_loss:
+                    logged.append(("loss/kl", kl_term))
+                if returns is not None:
+                    logged += [("loss/value", vf_loss), ("val/clipfrac", vf_clipfrac)]
+                for key, value in logged:
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
                 epoch_kl.append(float(approxkl))
             epochs_run += 1
@@ -489,7 +549,6 @@ class PpoTrainer:
         kl_finite = math.isfinite(mean_kl)
         if kl_finite:
             self.kl_ctl.update(mean_kl, n)
-        penalised = ro.clipped_score - ((cfg.missing_eos_penalty or 0.0) * (~ro.eos_found).float())
         stats = {k: v / max(updates, 1) for k, v in sums.items()}
         stats.update(
             {
@@ -498,9 +557,6 @@ class PpoTrainer:
                 "objective/kl_coef": beta,
                 "objective/rlhf_reward": float((penalised - beta * kl_per_reply).mean()),
                 "objective/entropy": float(masked_mean(ro.entropy, mask)),
-                "val/explained_variance": float(explained_variance(ro.values, returns, mask)),
-                "val/mean": float(masked_mean(ro.values, mask)),
-                "val/returns_mean": float(masked_mean(returns, mask)),
                 "gen/length": float(mask.sum(dim=1).mean()),
                 "gen/eos_rate": float(ro.eos_found.float().mean()),
                 "train/updates": float(updates),
@@ -508,8 +564,17 @@ class PpoTrainer:
                 "train/skipped_updates": float(self.skipped_updates),
                 "objective/nonfinite_replies": float(ro.nonfinite),
                 "objective/nonfinite_kl": float(not kl_finite),
+                "train/critic_warmup": float(warmup),
             }
         )
+        if returns is not None:
+            stats.update(
+                {
+                    "val/explained_variance": float(explained_variance(ro.values, returns, mask)),
+                    "val/mean": float(masked_mean(ro.values, mask)),
+                    "val/returns_mean": float(masked_mean(returns, mask)),
+                }
+            )
         for key in (
             "loss/policy",
             "loss/value",
@@ -518,7 +583,43 @@ class PpoTrainer:
             "val/clipfrac",
         ):
             stats.setdefault(key, float("nan"))
-        return stats
+        return self._without_critic_keys(stats)
+
+    def _critic_free_advantages(
+        self, ro: Rollout, penalised: torch.Tensor, mask: torch.Tensor, reward_beta: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token advantages ``[B, T]`` and KL of grpo / rloo / reinforce_pp (no critic).
+
+        As OpenRLHF's experience maker: the sequence-level signal (the group-relative
+        advantage, or the penalised score itself for reinforce_pp) sits at the last token,
+        ``-β·KL_t`` on every token (OpenRLHF ``compute_reward`` after the group baseline), and
+        the advantage of a token is the return from it. For grpo/rloo the return is undiscounted
+        (γ = 1): the group advantage belongs to the whole reply, so with ``β = 0`` or
+        ``ppo.kl_in_loss`` every token gets exactly the group advantage (DeepSeekMath). Their
+        advantages are not whitened (the group baseline already centres them; TRL and OpenRLHF
+        do not whiten ``group_norm`` either); reinforce_pp whitens over the batch.
+        """
+        cfg = self.cfg
+        assert ro.group is not None
+        if cfg.advantage == "grpo":
+            seq, gamma = grpo_advantages(penalised, ro.group, cfg.scale_rewards), 1.0
+        elif cfg.advantage == "rloo":
+            seq, gamma = rloo_advantages(penalised, ro.group), 1.0
+        else:
+            seq, gamma = penalised, cfg.gamma
+        # The penalty is already in `penalised`: shape_rewards must not subtract it again.
+        rewards, kl = shape_rewards(
+            seq, ro.logprobs, ro.ref_logprobs, mask, kl_coef=reward_beta, kind=cfg.kl_estimator
+        )
+        if cfg.advantage == "reinforce_pp":
+            return reinforce_pp_returns(rewards, mask, gamma), kl
+        return discounted_returns(rewards, mask, gamma), kl
+
+    def _without_critic_keys(self, stats: dict[str, float]) -> dict[str, float]:
+        """A critic-free run logs no critic metric at all (not zeros, not nan)."""
+        if self.model.has_critic:
+            return stats
+        return {k: v for k, v in stats.items() if not (k.startswith("val/") or k == "loss/value")}
 
     def _skip(self, step: int, reason: str) -> None:
         """A non-finite loss, gradient or batch: skip the update, count it, abort past the limit."""
@@ -559,7 +660,7 @@ class PpoTrainer:
                 "objective/nonfinite_kl": 0.0,
             }
         )
-        return stats
+        return self._without_critic_keys(stats)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -682,7 +783,8 @@ class PpoTrainer:
         target = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.step:06d}"
         with atomic_dir(target) as tmp:
             save_adapter(self.model, POLICY, tmp / "policy")
-            save_critic(self.model, tmp / "critic")
+            if self.model.has_critic:
+                save_critic(self.model, tmp / "critic")
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(rng_state(), tmp / "rng.pt")
             state = {
@@ -760,7 +862,8 @@ class PpoTrainer:
         """Restore the checkpoint at ``path`` (chosen by :meth:`train`)."""
         state = json.loads((path / "state.json").read_text())
         load_adapter_dir(self.model, POLICY, path / "policy")
-        load_critic_weights(self.model, path / "critic")
+        if self.model.has_critic:
+            load_critic_weights(self.model, path / "critic")
         self.optimizer.load_state_dict(
             # On the CPU: load_state_dict moves each state to its parameter's device itself.
             torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)

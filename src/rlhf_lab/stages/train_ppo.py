@@ -10,6 +10,10 @@ and ``models/reward``; writes ``models/ppo`` (the policy merged into a plain cau
 ``metrics/train_ppo.json``, dvclive curves under ``plots/train_ppo/`` and checkpoints under
 ``checkpoints/train_ppo/``. The loop is :class:`rlhf_lab.ppo.trainer.PpoTrainer`; which
 checkpoint a run continues, and why, is :meth:`~rlhf_lab.ppo.trainer.PpoTrainer.train`'s.
+The critic-free estimators (``ppo.advantage: grpo | rloo | reinforce_pp``) never read
+``models/critic`` (no critic adapter, no value head):
+
+    rlhf-lab train_ppo --params params.yaml   # params.yaml: ppo.advantage: grpo, num_generations: 4
 """
 
 from __future__ import annotations
@@ -41,7 +45,11 @@ METRICS = Path("metrics/train_ppo.json")
 
 def main(params: Params, resume: bool | None = None, **_: Any) -> None:
     cfg = params.ppo
-    for path, stage in ((SFT_DIR, "train_sft"), (CRITIC_DIR, "train_critic")):
+    critic_dir = None if cfg.critic_free else CRITIC_DIR
+    required = [(SFT_DIR, "train_sft")]
+    if critic_dir is not None:
+        required.append((critic_dir, "train_critic"))
+    for path, stage in required:
         if not path.is_dir():
             raise DataError(f"{path}: not found (run `rlhf-lab {stage}` first)")
     weighted = active_components(params.reward.weights, params.reward.weights_end)
@@ -60,12 +68,12 @@ def main(params: Params, resume: bool | None = None, **_: Any) -> None:
         files={str(PROMPTS): PROMPTS, **({catalogue: catalogue} if catalogue else {})},
         dirs={
             str(SFT_DIR): SFT_DIR,
-            str(CRITIC_DIR): CRITIC_DIR,
+            str(CRITIC_DIR): critic_dir,
             str(REWARD_DIR): REWARD_DIR if REWARD_MODEL in weighted else None,
         },
     )
     torch.manual_seed(cfg.seed)  # the policy adapter's init
-    model = load_policy_critic(SFT_DIR, CRITIC_DIR, cfg.lora, cfg.temperature)
+    model = load_policy_critic(SFT_DIR, critic_dir, cfg.lora, cfg.temperature)
     trainer = PpoTrainer(
         model,
         rows,
@@ -84,7 +92,7 @@ def main(params: Params, resume: bool | None = None, **_: Any) -> None:
             tmp,
             stage="train_ppo",
             base=str(SFT_DIR),
-            critic=str(CRITIC_DIR),
+            critic=None if critic_dir is None else str(critic_dir),
             reward=describe(scorer),
             params=section_dict(params, "task", "ppo", "reward"),
             metrics={k: v for k, v in metrics.items() if not k.startswith("time/")},
