@@ -44,7 +44,8 @@ def test_throughput_tiny_run(tmp_path, monkeypatch):
     result = bench.main(argv)
 
     assert tiny.is_file() and not real.exists()
-    assert json.loads(tiny.read_text()) == pytest.approx(result)
+    written = json.loads(tiny.read_text())
+    assert written.keys() == result.keys() and written["parameters"] == result["parameters"]
     peak = result["matmul/fp32_gflops"] * 1e9
     assert peak > 0 and result["matmul/bf16_gflops"] > 0
     params = result["parameters"]
