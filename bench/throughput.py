@@ -7,7 +7,8 @@
 Measured, in this order, so every figure has its own machine's ceiling beside it:
 
 1. **peak**: GFLOP/s of one large ``torch.matmul`` (``--matmul-size``², 2n³ FLOPs) in float32
-   and bfloat16 — what the CPU's BLAS / oneDNN reaches on the best case shape.
+   and bfloat16 — what the CPU's BLAS / oneDNN reaches on the best case shape. Measured at the
+   start and again at the end; the higher is the peak (both are recorded).
 2. **generate**: tokens/s of ``model.generate`` (greedy, exactly ``--new-tokens`` new tokens per
    row: ``min_new_tokens`` keeps EOS from ending rows early) at each batch size, float32 and
    bf16 autocast (:mod:`rlhf_lab.precision`'s inference mode), for each *variant* (the levers):
@@ -296,9 +297,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rlhf_lab import models
 
     seconds = 0.1 if args.tiny else 1.0
-    peak = {
-        d: matmul_gflops(args.matmul_size, getattr(torch, _torch_dtype(d)), seconds) for d in DTYPES
-    }
+
+    def measure_peak() -> dict[str, float]:
+        return {
+            d: matmul_gflops(args.matmul_size, getattr(torch, _torch_dtype(d)), seconds)
+            for d in DTYPES
+        }
+
+    peak_start = measure_peak()
     policy = resolve_policy(args)
     tok = models.load_tokenizer(policy, padding_side="left")
     model = models.load_causal_lm(policy)
@@ -317,7 +323,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
         "matmul/size": args.matmul_size,
-        **{f"matmul/{d}_gflops": g for d, g in peak.items()},
     }
     rows: list[tuple[str, str, str, dict[str, Any]]] = []
     for dtype in args.dtypes:
@@ -342,10 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(f"generate {dtype} b{batch} {variant}: failed: {str(exc)[:120]}")
                     continue
                 reference = tokens if reference is None else reference
-                row["peak_fraction"] = 2 * params * row["tokens_per_s"] / (peak[dtype] * 1e9)
                 rows.append((dtype, f"b{batch}", variant, row))
-                for k, v in row.items():
-                    result[f"generate/{dtype}/{variant}/b{batch}/{k}"] = v
                 print(
                     f"generate {dtype} b{batch} {variant}: {row['tokens_per_s']:.1f} tok/s "
                     f"(warm-up {row['warmup_s']:.1f} s)"
@@ -353,9 +355,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result.update({f"profile/{k}": v for k, v in lm_head_profile(model, 32, args.repeats).items()})
     del model
     update, _ = bench_update(policy, args.update_batch, args.new_tokens, args.repeats)
-    update["peak_fraction"] = 6 * params * update["tokens_per_s"] / (peak["fp32"] * 1e9)
-    rows.append(("fp32", f"b{args.update_batch}", "ppo update", update))
-    result.update({f"update/fp32/b{args.update_batch}/{k}": v for k, v in update.items()})
+    rows.append(("fp32", f"b{args.update_batch}", "update", update))
+    # Measured again at the end and the higher kept: neighbours on a shared machine only ever
+    # lower a measurement, and a peak taken in a busy moment would inflate every fraction.
+    peak_end = measure_peak()
+    peak = {d: max(peak_start[d], peak_end[d]) for d in DTYPES}
+    for d in DTYPES:
+        result[f"matmul/{d}_gflops"] = peak[d]
+        result[f"matmul/{d}_gflops_start_end"] = [peak_start[d], peak_end[d]]
+    for dtype, batch, what, row in rows:
+        # 2 x parameters FLOPs per generated token, 6 x per trained token (docstring).
+        flops = (6 if what == "update" else 2) * params
+        row["peak_fraction"] = flops * row["tokens_per_s"] / (peak[dtype] * 1e9)
+        prefix = (
+            f"update/{dtype}/{batch}" if what == "update" else f"generate/{dtype}/{what}/{batch}"
+        )
+        result.update({f"{prefix}/{k}": v for k, v in row.items()})
     result["load_average_1min_start_end"] = [load_start, os.getloadavg()[0]]
 
     print_table(result, rows)

@@ -48,6 +48,8 @@ def test_throughput_tiny_run(tmp_path, monkeypatch):
     assert written.keys() == result.keys() and written["parameters"] == result["parameters"]
     peak = result["matmul/fp32_gflops"] * 1e9
     assert peak > 0 and result["matmul/bf16_gflops"] > 0
+    # The peak is the better of the measurements at the start and at the end of the run.
+    assert result["matmul/fp32_gflops"] == max(result["matmul/fp32_gflops_start_end"])
     params = result["parameters"]
     for variant in ("dynamic", "static"):
         key = f"generate/fp32/{variant}/b2"
