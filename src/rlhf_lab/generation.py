@@ -15,7 +15,7 @@ inside a forked RNG: the result depends only on the prompts, the seed and the ba
 on what ran before, and the caller's global RNG state is left untouched.
 
 Speed levers measured and *not* adopted (``bench/throughput.py``; 135M policy, fp32, batch 8,
-32 new tokens, 1 thread on a shared 2-core AMD EPYC, so rough): a static KV cache
+32 new tokens, 1 thread on a 2-core AMD EPYC at load average ~7, so rough): a static KV cache
 (``cache_implementation="static"``) was slower (6.9 vs 7.7 tokens/s); static cache +
 ``torch.compile`` of the decode forward was within noise (8.2 tokens/s) after a 574 s compile,
 which every new batch shape pays again; both gave the same greedy tokens. A static cache also
