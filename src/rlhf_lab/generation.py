@@ -18,7 +18,7 @@ Speed levers measured and *not* adopted (``bench/throughput.py``; 135M policy, f
 32 new tokens, 1 thread on a 2-core AMD EPYC at load average ~7, so rough): a static KV cache
 (``cache_implementation="static"``) was slower (6.9 vs 7.7 tokens/s); static cache +
 ``torch.compile`` of the decode forward was within noise (8.2 tokens/s) after a 574 s compile,
-which every new batch shape pays again; both gave the same greedy tokens. A static cache also
+recompiled when batch shapes change; both gave the same greedy tokens. A static cache also
 fails under bf16 autocast (it is allocated in the weights' float32 and rejects bf16 keys).
 transformers' ``generate`` already runs the LM head on the last position only
 (``logits_to_keep=1``); the head is still 21 % of a generated token's FLOPs (49k x 576 of 135M
