@@ -4,7 +4,9 @@
     python bench/throughput.py --policy /tmp/defrun/models/base/policy --batches 1,8
     python bench/throughput.py --tiny          # 2-layer random model, seconds; never the real file
 
-Measured, in this order, so every figure has its own machine's ceiling beside it:
+Everything runs on the CPU (the machine this project targets), with ``--threads`` torch threads
+(default: torch's, i.e. ``OMP_NUM_THREADS``). Measured in one process, so every figure has its
+own machine's ceiling beside it:
 
 1. **peak**: GFLOP/s of one large ``torch.matmul`` (``--matmul-size``², 2n³ FLOPs) in float32
    and bfloat16 — what the CPU's BLAS / oneDNN reaches on the best case shape. Measured at the
