@@ -81,6 +81,8 @@ TRL_VERSION = "1.12.0"
 TRL_DIR = HERE / ".trl"
 WORK = HERE / ".work" / "ppo_vs_trl"
 RESULTS = HERE / "results" / "ppo_vs_trl.json"
+# --tiny's figures say nothing about speed: they go under the ignored work dir, never RESULTS.
+TINY_RESULTS = WORK / "tiny" / "ppo_vs_trl.json"
 SIDES = ("ours", "trl")
 TARGET_SPEEDUP = 1.5
 TINY_PROMPTS = [
@@ -850,7 +852,12 @@ def main() -> None:
         metavar="BYTES",
         help="set MALLOC_MMAP_THRESHOLD_ in both runs (glibc; default: leave the allocator alone)",
     )
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help=f"results file (default {RESULTS.relative_to(ROOT)}; --tiny: "
+        f"{TINY_RESULTS.relative_to(ROOT)})",
+    )
     ap.add_argument(
         "--resummarise",
         action="store_true",
@@ -873,7 +880,7 @@ def main() -> None:
             ]
             for side in SIDES
         }
-        report(spec, runs, args.out, [])
+        report(spec, runs, results_path(args.out, spec.tiny), [])
         return
     if args.batch_size % args.minibatches:
         raise SystemExit("--batch-size must be divisible by --minibatches")
@@ -920,7 +927,14 @@ def main() -> None:
             out = WORK / f"{side}-{rnd}.json"
             spawn(side, spec_path, out, spec.threads, spec.malloc_mmap_threshold)
             runs[side].append({"round": rnd, **json.loads(out.read_text())})
-    report(spec, runs, args.out, load_start)
+    report(spec, runs, results_path(args.out, spec.tiny), load_start)
+
+
+def results_path(out: Path | None, tiny: bool) -> Path:
+    """Where the results go: ``--out``, else RESULTS, else (a tiny run) TINY_RESULTS."""
+    if out is not None:
+        return out
+    return TINY_RESULTS if tiny else RESULTS
 
 
 def report(spec: Spec, runs: dict[str, list[dict]], out: Path, load_start: list[float]) -> None:

@@ -1,0 +1,72 @@
+"""The benchmarks' plumbing: a --tiny run never writes the committed results files, the
+throughput bench's levers keep greedy outputs, and its fractions of peak are the stated formula."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ppo_vs_trl_tiny_never_overwrites_the_committed_results():
+    bench = _load("ppo_vs_trl")
+    assert bench.results_path(None, tiny=False) == bench.RESULTS
+    tiny = bench.results_path(None, tiny=True)
+    assert tiny != bench.RESULTS
+    # Under bench/.work, which .gitignore lists: a smoke run leaves nothing to commit.
+    assert tiny.is_relative_to(bench.WORK) and bench.WORK == BENCH / ".work" / "ppo_vs_trl"
+    assert "bench/.work/" in (BENCH.parent / ".gitignore").read_text().splitlines()
+    assert bench.results_path(Path("x.json"), tiny=True) == Path("x.json")
+
+
+def test_throughput_tiny_run(tmp_path, monkeypatch):
+    bench = _load("throughput")
+    real, tiny = tmp_path / "real.json", tmp_path / "tiny.json"
+    monkeypatch.setattr(bench, "RESULTS", real)
+    monkeypatch.setattr(bench, "TINY_RESULTS", tiny)
+    monkeypatch.setattr(bench, "WORK", tmp_path / "work")
+    argv = ["--tiny", "--batches", "2", "--dtypes", "fp32", "--variants", "dynamic,static"]
+    argv += ["--new-tokens", "4", "--repeats", "1", "--matmul-size", "64", "--update-batch", "2"]
+    argv += ["--threads", "1"]
+    result = bench.main(argv)
+
+    assert tiny.is_file() and not real.exists()
+    written = json.loads(tiny.read_text())
+    assert written.keys() == result.keys() and written["parameters"] == result["parameters"]
+    peak = result["matmul/fp32_gflops"] * 1e9
+    assert peak > 0 and result["matmul/bf16_gflops"] > 0
+    # The peak is the better of the measurements at the start and at the end of the run.
+    assert result["matmul/fp32_gflops"] == max(result["matmul/fp32_gflops_start_end"])
+    params = result["parameters"]
+    for variant in ("dynamic", "static"):
+        key = f"generate/fp32/{variant}/b2"
+        tps = result[f"{key}/tokens_per_s"]
+        # 2 rows x 4 new tokens in the best call's seconds; 2 x params FLOPs per token.
+        assert tps == pytest.approx(2 * 4 / result[f"{key}/seconds"])
+        assert result[f"{key}/peak_fraction"] == pytest.approx(2 * params * tps / peak)
+    assert result["generate/fp32/dynamic/b2/same_tokens"] is None  # it is the reference
+    # A static KV cache is a speed lever only: the greedy tokens are the same.
+    assert result["generate/fp32/static/b2/same_tokens"] is True
+    upd = "update/fp32/b2"
+    assert result[f"{upd}/tokens_per_s"] == pytest.approx(
+        result[f"{upd}/tokens"] / result[f"{upd}/seconds"]
+    )
+    assert result[f"{upd}/peak_fraction"] == pytest.approx(
+        6 * params * result[f"{upd}/tokens_per_s"] / peak
+    )
+    # The tiny Llama ties its head to the input embedding: the head is counted once.
+    assert result["profile/active_params"] == params
+    assert 0 < result["profile/lm_head_flop_share"] < 1
