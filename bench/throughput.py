@@ -53,6 +53,8 @@ from typing import Any
 
 import torch
 
+from rlhf_lab import precision
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "throughput.json"
 WORK = ROOT / "bench" / ".work" / "throughput"
@@ -69,17 +71,6 @@ PROMPTS = [
     "Summarise the plot of Romeo and Juliet.",
     "Why is the sky blue?",
 ]
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def best_seconds(fn: Callable[[], Any], repeats: int) -> float:
@@ -315,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     params = models.parameter_count(model)
 
     result: dict[str, Any] = {
-        "cpu": cpu_name(),
+        "cpu": precision.cpu_model(),
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,

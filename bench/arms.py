@@ -1,0 +1,123 @@
+"""RL arms side by side: SFT vs PPO (gae) vs GRPO vs RLOO vs REINFORCE++ vs DPO, over seeds.
+
+    python bench/arms.py                          # the default data, 3 seeds (hours on 2 cores)
+    python bench/arms.py --steps 6 --seeds 0 1    # a shorter profile
+    python bench/arms.py --dry-run                # print the experiments it would run
+
+Run it in a workspace where ``dvc repro`` has finished (the upstream stages' outputs are in the
+DVC cache). Every (arm, seed) is one DVC experiment, ``dvc exp run --temp -S ...``, run one
+after another (two torch processes on 2 cores slow each other 5-10x; ``dvc exp run --queue``
+plus ``dvc queue start`` does the same unattended). Each experiment reruns train_ppo, train_dpo
+and evaluate (``eval.policies = [ppo, dpo]`` against ``sft``); train_dpo depends only on
+``dpo.*``, so DVC's run cache restores it in every arm of a seed after its first training.
+``rlhf-lab compare`` then aggregates arms x seeds (mean and 95% CI across seeds, paired
+Wilcoxon between arms on the shared test prompts) and this script writes its result to
+``bench/results/arms.json`` (``--out`` elsewhere) with the settings and the CPU.
+
+Fair comparison: every online arm scores the same number of replies per step and gets the same
+number of steps. gae and reinforce_pp sample ``ppo.batch_size`` prompts once; grpo and rloo
+need groups, so they sample ``batch_size / G`` prompts ``G`` times (``ppo.num_generations``):
+``batch_size`` replies per step either way, the same minibatch size and the same updates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rlhf_lab import precision
+from rlhf_lab.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "arms.json"
+ONLINE = ("gae", "grpo", "rloo", "reinforce_pp")
+GROUP = 4  # samples per prompt for grpo / rloo
+
+
+def arm_overrides(arm: str, batch_size: int) -> dict[str, str]:
+    """The params of one online arm at ``batch_size`` replies per step."""
+    if arm in ("grpo", "rloo"):
+        if batch_size % GROUP:
+            raise SystemExit(f"ppo.batch_size {batch_size} is not a multiple of {GROUP}")
+        return {
+            "ppo.advantage": arm,
+            "ppo.batch_size": str(batch_size // GROUP),
+            "ppo.num_generations": str(GROUP),
+        }
+    return {"ppo.advantage": arm}
+
+
+def experiments(
+    arms: list[str], seeds: list[int], batch_size: int, extra: dict[str, str]
+) -> list[tuple[str, dict[str, str]]]:
+    runs = []
+    for seed in seeds:
+        for arm in arms:
+            sets = {
+                **arm_overrides(arm, batch_size),
+                "ppo.seed": str(seed),
+                "dpo.seed": str(seed),
+                **extra,
+            }
+            runs.append((f"arms-{arm}-s{seed}", sets))
+    return runs
+
+
+def _run(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=ROOT, check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arms", nargs="*", default=list(ONLINE), choices=ONLINE)
+    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, help="ppo.steps for every arm (default: params)")
+    parser.add_argument("--eval-prompts", type=int, help="eval.num_prompts (default: params)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--dry-run", action="store_true")
+    args = parser.parse_args()
+
+    params = load_params(ROOT / "params.yaml")
+    extra = {}
+    if args.steps:
+        extra["ppo.steps"] = str(args.steps)
+    if args.eval_prompts:
+        extra["eval.num_prompts"] = str(args.eval_prompts)
+    runs = experiments(args.arms, args.seeds, params.ppo.batch_size, extra)
+    if args.dry_run:
+        for name, sets in runs:
+            print(name, " ".join(f"-S {k}={v}" for k, v in sets.items()))
+        return
+
+    seconds = {}
+    for name, sets in runs:
+        start = time.perf_counter()
+        sets_args = [a for k, v in sets.items() for a in ("-S", f"{k}={v}")]
+        _run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name, *sets_args])
+        seconds[name] = time.perf_counter() - start
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    compared = args.out.with_suffix(".compare.json")
+    _run(["rlhf-lab", "compare", *(n for n, _ in runs), "--out", str(compared)])
+    result = {
+        "command": "python bench/arms.py " + " ".join(sys.argv[1:]),
+        "cpu": precision.cpu_model(),
+        "replies_per_step": params.ppo.batch_size,
+        "steps": args.steps or params.ppo.steps,
+        "group_size_grpo_rloo": GROUP,
+        "experiments": {name: sets for name, sets in runs},
+        "experiment_seconds": seconds,
+        "compare": json.loads(compared.read_text()),
+    }
+    compared.unlink()
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
