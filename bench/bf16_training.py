@@ -291,7 +291,7 @@ def tiny_workspace(root: Path) -> tuple[Path, Params]:
             "reward": Params().reward.model_copy(
                 update={
                     "train": Params().reward.train.model_copy(
-                        update={"batch_size": 4, "max_length": 64, "lr": 1e-3}
+                        update={"batch_size": 4, "max_length": 64, "lr": 1e-2}
                     )
                 }
             ),
