@@ -44,3 +44,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _precision_back_to_fp32():
+    """A stage run through the CLI sets models.mixed_precision process-wide (``auto``: bf16 on
+    an AMX / AVX512-BF16 CPU); reset it so the next test's training math starts in float32."""
+    yield
+    from rlhf_lab import precision
+
+    precision.configure("fp32")

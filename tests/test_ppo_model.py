@@ -196,3 +196,88 @@ def test_missing_critic_is_a_clear_error(dirs, tmp_path):
 
     with pytest.raises(ModelSourceError, match="train_critic"):
         load_policy_critic(dirs["sft"], tmp_path, TINY_LORA, temperature=T)
+
+
+# ---------------------------------------------------------------------------------------------
+# bf16 autocast (issue 16): the update learns as in float32, and the ratio starts at 1
+# ---------------------------------------------------------------------------------------------
+
+
+def _bf16_update(dirs, monkeypatch, setting: str) -> dict:
+    """One PPO step (rollout + 4 epochs x 2 minibatches) under ``mixed_precision=setting``.
+
+    The replies are sampled in float32 in both settings (``precision.inference`` patched), so
+    the two runs update on the same tokens and differ only in the precision of the passes
+    that compute log-probs and values."""
+    import contextlib
+
+    from rlhf_lab import precision
+    from rlhf_lab.config import PpoConfig
+    from rlhf_lab.ppo import trainer as trainer_mod
+    from rlhf_lab.ppo.composite_score import CompositeScorer
+    from rlhf_lab.ppo.core import policy_loss
+
+    @contextlib.contextmanager
+    def fp32_sampling():
+        yield False
+
+    monkeypatch.setattr(precision, "inference", fp32_sampling)
+    calls = []
+
+    def recording_policy_loss(new_logp, old_logp, advantages, mask, clip):
+        out = policy_loss(new_logp, old_logp, advantages, mask, clip)
+        calls.append((new_logp.detach(), old_logp, mask, *(float(v) for v in out)))
+        return out
+
+    monkeypatch.setattr(trainer_mod, "policy_loss", recording_policy_loss)
+    cfg = PpoConfig(
+        steps=1,
+        batch_size=8,
+        minibatches=2,
+        epochs=4,
+        lr=1e-2,
+        max_new_tokens=8,
+        temperature=T,
+        adaptive_kl=False,
+        kl_coef=0.01,
+        lora=TINY_LORA.model_dump(),
+    )
+    scorer = CompositeScorer(
+        {"len": lambda replies, rows: [len(r) / 20 for r in replies]}, {"len": 1.0}, total_steps=1
+    )
+    precision.configure(setting)
+    try:
+        model = _model(dirs)
+        before = [p.detach().clone() for p in model.trainable_parameters()]
+        trainer = trainer_mod.PpoTrainer(model, prompt_rows(8), scorer, cfg, progress=False)
+        torch.manual_seed(0)
+        ro, _ = trainer.rollout(0)
+        stats = trainer.update(ro, 0)
+        metrics = {**stats, "perf/bf16": int(precision.bf16_enabled())}
+    finally:
+        precision.configure("fp32")
+    after = model.trainable_parameters()
+    delta = sum(float((a.detach() - b).norm() ** 2) for a, b in zip(after, before, strict=True))
+    norm = sum(float(b.norm() ** 2) for b in before)
+    # policy loss per epoch: the mean over its 2 minibatches (together the whole batch)
+    epoch_loss = [(calls[i][3] + calls[i + 1][3]) / 2 for i in range(0, len(calls), 2)]
+    return {"calls": calls, "moved": (delta / norm) ** 0.5, "epoch_loss": epoch_loss, **metrics}
+
+
+def test_bf16_update_ratio_starts_at_one_and_learns_like_float32(dirs, monkeypatch):
+    fp32 = _bf16_update(dirs, monkeypatch, "fp32")
+    bf16 = _bf16_update(dirs, monkeypatch, "bf16")
+    assert (fp32["perf/bf16"], bf16["perf/bf16"]) == (0, 1)
+    for run in (fp32, bf16):
+        assert len(run["calls"]) == 8 and run["train/updates"] == 8
+        # First minibatch of epoch 0: the rollout's log-probs and the update's come from the
+        # same pass in the same precision, on other rows' padding: ratio 1, nothing clipped.
+        new, old, mask, _loss, clipfrac, _kl = run["calls"][0]
+        ratio = torch.exp(new - old.to(new.device))[mask.bool()]
+        assert (ratio - 1).abs().max() < 1e-3
+        assert clipfrac == 0.0
+    # the surrogate falls over the epochs, in bf16 at least half as much as in float32
+    drop_fp32 = fp32["epoch_loss"][0] - fp32["epoch_loss"][-1]
+    drop_bf16 = bf16["epoch_loss"][0] - bf16["epoch_loss"][-1]
+    assert drop_fp32 > 0 and drop_bf16 >= 0.5 * drop_fp32
+    assert 0.5 < bf16["moved"] / fp32["moved"] < 2.0

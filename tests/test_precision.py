@@ -99,3 +99,93 @@ def test_cpu_model_and_native_bf16_read_cpuinfo(monkeypatch, fields, model, nati
     monkeypatch.setattr(precision, "_cpuinfo_field", lambda name: fields.get(name, ""))
     assert precision.cpu_model() == model
     assert precision.cpu_has_native_bf16() is native
+
+
+# ---------------------------------------------------------------------------------------------
+# training under bf16 autocast (issue 16): the autocast weight cache, and loops that learn
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bf16_then_fp32():
+    """Tests that switch models.mixed_precision leave it at the test default (fp32)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models; a shared 2-core machine
+    try:
+        yield
+    finally:
+        precision.configure("fp32")
+        torch.set_num_threads(before)
+
+
+def _lora_steps(policy_dir, steps: int, around_loop, per_pass) -> list[float]:
+    """``steps`` AdamW steps of a LoRA-wrapped tiny policy on one fixed batch; the losses.
+
+    ``around_loop`` is a context opened around the whole loop, ``per_pass`` one opened around
+    each forward pass (``contextlib.nullcontext`` for none)."""
+    from rlhf_lab import models
+    from rlhf_lab.config import LoraConfig
+    from rlhf_lab.training.common import apply_lora
+
+    torch.manual_seed(0)
+    model = apply_lora(models.load_causal_lm(policy_dir), LoraConfig(r=4, alpha=8))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    ids = torch.arange(5, 37).reshape(2, 16)
+    losses = []
+    with around_loop():
+        for _ in range(steps):
+            with per_pass():
+                logits = model(input_ids=ids).logits
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
+            )
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.usefixtures("bf16_then_fp32")
+def test_one_autocast_context_around_the_loop_trains_on_stale_weights(tiny_models):
+    """The bug the issue measured: autocast caches the bf16 cast of each trainable weight until
+    its outermost context exits, so inside one context every forward reuses step 1's weights
+    and the loss never moves; training_autocast (per pass, no cache) learns."""
+    import contextlib
+
+    def bf16():
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    none = contextlib.nullcontext
+    stale = _lora_steps(tiny_models["policy"], 6, around_loop=bf16, per_pass=none)
+    assert stale == [stale[0]] * 6  # the optimiser moved the weights; the forward did not see it
+
+    precision.configure("bf16")
+    fresh = _lora_steps(
+        tiny_models["policy"], 6, around_loop=none, per_pass=precision.training_autocast
+    )
+    fp32 = _lora_steps(tiny_models["policy"], 6, around_loop=none, per_pass=none)
+    assert fresh[0] == pytest.approx(stale[0], abs=1e-6)  # same first step: same bf16 forward
+    assert fresh[-1] < fresh[0] - 0.5 * (fp32[0] - fp32[-1])
+    # even misplaced around the loop, the helper does not cache (cache_enabled=False)
+    misplaced = _lora_steps(
+        tiny_models["policy"], 6, around_loop=precision.training_autocast, per_pass=none
+    )
+    assert misplaced == pytest.approx(fresh, rel=1e-6)
+
+
+@pytest.mark.usefixtures("bf16_then_fp32")
+def test_training_autocast_is_per_pass_bf16_and_nothing_under_fp32():
+    a = torch.randn(4, 8)
+    precision.configure("fp32")
+    assert not precision.bf16_enabled()
+    with torch.autocast("cpu", dtype=torch.bfloat16), precision.training_autocast():
+        assert (a @ a.T).dtype == torch.bfloat16  # fp32 leaves a caller's own region alone
+    with precision.training_autocast():
+        assert (a @ a.T).dtype == torch.float32
+    precision.configure("bf16")
+    assert precision.bf16_enabled()
+    with precision.training_autocast():
+        assert (a @ a.T).dtype == torch.bfloat16
+        assert not torch.is_autocast_cache_enabled()
+    assert (a @ a.T).dtype == torch.float32

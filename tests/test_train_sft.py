@@ -247,3 +247,37 @@ def test_no_sft_data_is_one_line(tiny_models, tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "no SFT examples" in result.output
     assert not (tmp_path / "models/sft").exists()
+
+
+def _sft_run(policy: Path, out: Path, setting: str) -> tuple[list[float], float, dict]:
+    """8 SFT steps on one fixed batch of 4 dialogues under ``models.mixed_precision=setting``:
+    the train losses, the relative change of the merged weights, the metrics."""
+    from rlhf_lab import precision
+    from rlhf_lab.config import SftConfig
+    from rlhf_lab.training.sft import train_sft_model
+
+    examples = [SftExample([{"role": "user", "content": q}], a) for q, a in DIALOGUES]
+    cfg = SftConfig(
+        lr=1e-2, epochs=8, batch_size=4, max_length=64, warmup_ratio=0.0, lora={"r": 4, "alpha": 8}
+    )
+    precision.configure(setting)
+    try:
+        outcome = train_sft_model(policy, examples, examples[:1], cfg, out_dir=out)
+    finally:
+        precision.configure("fp32")
+    base, merged = load_file(policy / "model.safetensors"), load_file(out / "model.safetensors")
+    delta = sum(float((merged[k] - base[k]).norm() ** 2) for k in base) ** 0.5
+    norm = sum(float(base[k].norm() ** 2) for k in base) ** 0.5
+    return [h["train/loss"] for h in outcome.history], delta / norm, outcome.metrics
+
+
+def test_sft_learns_under_bf16_autocast_as_much_as_in_float32(tiny_models, tmp_path):
+    """Issue 16: bf16-autocast SFT (one autocast context per forward pass) learns; before, the
+    loss did not move. Same seed and batch in both precisions."""
+    fp32, moved_fp32, m_fp32 = _sft_run(tiny_models["policy"], tmp_path / "fp32", "fp32")
+    bf16, moved_bf16, m_bf16 = _sft_run(tiny_models["policy"], tmp_path / "bf16", "bf16")
+    assert (m_fp32["perf/bf16"], m_bf16["perf/bf16"]) == (0, 1)
+    assert len(fp32) == len(bf16) == 8
+    assert fp32[-1] < fp32[0] - 0.2  # float32 learns the batch (6.03 -> 5.79 measured)
+    assert bf16[0] - bf16[-1] >= 0.5 * (fp32[0] - fp32[-1])
+    assert 0.5 < moved_bf16 / moved_fp32 < 2.0 and moved_fp32 > 0

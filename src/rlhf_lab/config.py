@@ -57,7 +57,7 @@ class ModelsConfig(Section):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype the policy is materialised in (float32 on CPU; bfloat16 on recent GPUs)."""
     mixed_precision: Literal["fp32", "bf16", "auto"] = "auto"
-    """bf16 autocast for sampling and the local judge; auto: where bf16 is native (AMX, GPU)."""
+    """bf16 autocast for sampling, judging and training forward passes; auto: where native."""
 
 
 class DataConfig(Section):

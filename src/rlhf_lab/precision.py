@@ -1,20 +1,35 @@
-"""Mixed precision for inference: bf16 autocast for sampling and judging, where it is native.
+"""Mixed precision: bf16 autocast for sampling, judging and training, where it is native.
 
 ``models.mixed_precision`` (``fp32`` | ``bf16`` | ``auto``), set once per stage by the CLI
-(:func:`configure`), puts every *inference-only* forward pass under bfloat16 autocast: sampling
-(``prepare_preference``'s base-policy replies, PPO rollouts, ``evaluate`` and ``generate``)
-and the local judge. ``auto`` turns it on only where bf16 is native: a CUDA device that
-supports it, or a CPU with AMX / AVX512-BF16 (Intel Sapphire Rapids and later, AMD Zen 4 and
-later), where oneDNN's bf16 kernels sample from the 135M policy ~2x faster than float32; on
-other CPUs bf16 is emulated and slower, so ``auto`` stays in float32.
+(:func:`configure`), puts forward passes under bfloat16 autocast:
 
-Training stays float32 (SFT, reward model, critic, and every PPO log-prob, value and update):
-on the default run, autocast training learned nothing — the SFT valid loss did not move
-(3.992 -> 3.992) and the reward model stayed at chance (test accuracy 0.50 vs 0.90) — because
-an update below bf16's resolution (2^-8 of the weight, or of the base layer's output for a
-LoRA delta) is rounded away in the forward pass, and a CPU-sized run has too few steps for
-updates to accumulate past it. PPO recomputes every log-prob it uses in float32 (the
-"recompute logprobs" detail), so bf16 sampling changes which tokens are drawn, not the loss.
+* inference-only passes (:func:`inference`): sampling (``prepare_preference``'s base-policy
+  replies, PPO rollouts, ``evaluate`` and ``generate``) and the local judge;
+* training forward passes (:func:`training_autocast`): SFT, the reward model, the critic, PPO's
+  log-probs and values (rollout recompute, reference and update alike) and any other loop
+  (DPO) that calls it around its forward pass.
+
+``auto`` turns it on only where bf16 is native: a CUDA device that supports it, or a CPU with
+AMX / AVX512-BF16 (Intel Sapphire Rapids and later, AMD Zen 4 and later), where oneDNN's bf16
+kernels sample ~2x and train ~1.6x faster than float32; on other CPUs bf16 is emulated and
+slower, so ``auto`` stays in float32.
+
+What stays float32 under it: the weights and the optimiser (autocast casts copies for the
+matmuls; the master weights and AdamW's moments never leave float32), and every log-softmax,
+log-prob, value and loss. The SFT loss upcasts its bf16 logits before the log-softmax; PPO's
+log-probs and values run their heads in float32 on the bf16 backbone's hidden states
+(:func:`full_precision`), because a log-prob difference of bf16 logits carries noise of the
+order of PPO's clip range.
+
+Why each forward pass enters its own autocast context (and never one context around a
+training loop): while a context is open, autocast caches the bf16 copy of every trainable leaf
+weight it casts, and reuses it until the outermost context exits. Around the whole loop the
+forward keeps computing with step 1's weights however far the optimiser moves them: measured
+on SmolLM2-135M + LoRA, 12 AdamW steps on one batch went 2.022 -> 2.022 (nothing learned)
+where per-pass autocast went 2.022 -> 0.055 and float32 2.021 -> 0.034. An earlier version of
+this module blamed bf16's resolution (updates below 2^-8 of a weight rounded away) for that
+"autocast training learns nothing"; the master weights are float32, so the resolution was
+never the cause — the stale cache was (``tests/test_precision.py`` reproduces it).
 """
 
 from __future__ import annotations
@@ -92,6 +107,36 @@ def inference() -> Iterator[bool]:
     on = use_bf16(_setting)
     with torch.autocast(device_type(), dtype=torch.bfloat16, enabled=on):
         yield on
+
+
+def bf16_enabled() -> bool:
+    """Whether the configured ``models.mixed_precision`` runs bf16 autocast on this machine
+    (what a training stage records as ``perf/bf16``)."""
+    return use_bf16(_setting)
+
+
+def training_autocast() -> contextlib.AbstractContextManager:
+    """bf16 autocast for ONE training forward pass when configured, else nothing.
+
+    Enter it around each forward pass (model call to outputs) and compute the loss and call
+    ``backward`` after it exits; never open it around a training loop or an epoch: autocast
+    caches the bf16 casts of the trainable weights while the context is open, so inside one
+    long context every forward after the first computes with the weights of the first (see
+    the module docstring). ``cache_enabled=False`` makes a misplaced context harmless too;
+    within one pass the cache would only save re-casting a weight used twice. Outputs come back
+    in bf16 where the last op was a matmul: upcast logits before a log-softmax, or run the head
+    under :func:`full_precision`.
+
+    We use torch.autocast directly rather than ``Accelerator(mixed_precision="bf16")``, which
+    wraps ``model.forward`` the same way: PPO's passes call the backbone and the heads
+    separately rather than through one ``forward``, and a wrapped forward hands back bf16
+    logits where PPO needs a float32 head.
+    """
+    if not use_bf16(_setting):
+        # nullcontext rather than autocast(enabled=False): that would switch OFF an autocast
+        # region a caller opened around us.
+        return contextlib.nullcontext()
+    return torch.autocast(device_type(), dtype=torch.bfloat16, cache_enabled=False)
 
 
 def full_precision(device: torch.device | str) -> contextlib.AbstractContextManager:

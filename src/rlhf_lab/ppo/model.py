@@ -305,7 +305,11 @@ class PolicyCritic(nn.Module):
         entropy: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         inputs = self._inputs(query, query_mask, response, response_mask)
-        logits = self._response_logits(inputs, response.shape[1])
+        # bf16 backbone where configured, float32 head (next_token_logits); every caller —
+        # rollout recompute, reference, update — runs this same pass, so the PPO ratio is 1 at
+        # the first minibatch in either precision.
+        with precision.training_autocast():
+            logits = self._response_logits(inputs, response.shape[1])
         mask = response_mask.to(logits.device).bool()
         logp = logprobs_from_logits(logits, response.to(logits.device))
         logp = torch.where(mask, logp, torch.zeros_like(logp))
@@ -353,7 +357,7 @@ class PolicyCritic(nn.Module):
         inputs = self._inputs(query, query_mask, response, response_mask)
         n_resp = response.shape[1]
         p = query.shape[1]
-        with self.adapter(CRITIC):
+        with self.adapter(CRITIC), precision.training_autocast():
             # The backbone alone (no LM head): TRL's value model is the same backbone + `score`.
             hidden = self.lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
         with full_precision(hidden.device):
@@ -389,7 +393,7 @@ class PolicyCritic(nn.Module):
         """
         dev = self.device
         # bf16 sampling where configured (rlhf_lab.precision): the tokens' log-probs are
-        # recomputed in float32 before any loss uses them.
+        # recomputed (float32 head) before any loss uses them.
         with self.adapter(POLICY), precision.inference():
             out = self.lm.generate(
                 input_ids=query.to(dev),

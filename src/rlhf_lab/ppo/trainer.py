@@ -54,7 +54,7 @@ import numpy as np
 import torch
 from rich.markup import escape
 
-from rlhf_lab import ui
+from rlhf_lab import precision, ui
 from rlhf_lab.config import PpoConfig
 from rlhf_lab.errors import NonFiniteLossError, RlhfLabError
 from rlhf_lab.io import atomic_dir, remove_dir
@@ -735,6 +735,8 @@ class PpoTrainer:
             last[key.replace("objective/", "train/")] = sum(h.get(key, 0.0) for h in self.history)
         last["time/total_rollout_s"] = sum(h["time/rollout_s"] for h in self.history)
         last["time/total_update_s"] = sum(h["time/update_s"] for h in self.history)
+        # Which precision the log-probs and values ran in (rlhf_lab.precision).
+        last["perf/bf16"] = int(precision.bf16_enabled())
         return last
 
     # -- curves --------------------------------------------------------------------------------

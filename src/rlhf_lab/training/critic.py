@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from rlhf_lab import models
+from rlhf_lab import models, precision
 from rlhf_lab.config import CriticConfig
 from rlhf_lab.errors import DataError
 from rlhf_lab.io import atomic_dir
@@ -227,7 +227,8 @@ def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -
 
 
 def _values(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    # model(...) is PolicyCritic.forward = the critic's values (so DDP wrapping works).
+    # model(...) is PolicyCritic.forward = the critic's values (so DDP wrapping works); its
+    # backbone pass runs under precision.training_autocast, its value head in float32.
     return model(batch["query"], batch["query_mask"], batch["response"], batch["response_mask"])
 
 
@@ -363,6 +364,7 @@ def train_critic(
         "perf/train_seconds": train_seconds,
         "perf/train_replies_per_s": len(train) * cfg.epochs / max(train_seconds, 1e-9),
         "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
+        "perf/bf16": int(precision.bf16_enabled()),
     }
     if out_dir is not None:
         final = state_dict_for_saving(accelerator, model, build)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from rlhf_lab import models
+from rlhf_lab import models, precision
 from rlhf_lab.config import RewardTrainConfig
 from rlhf_lab.io import atomic_dir
 from rlhf_lab.reward_model import encoder_inputs, save_reward_stats
@@ -145,7 +145,11 @@ def score_batch(model: torch.nn.Module, batch: Mapping[str, torch.Tensor]) -> tu
     """Rewards of the chosen and the rejected side of a collated batch (one forward pass)."""
     keys = [k.removeprefix("chosen_") for k in batch if k.startswith("chosen_")]
     inputs = {k: torch.cat([batch[f"chosen_{k}"], batch[f"rejected_{k}"]]) for k in keys}
-    rewards = model(**inputs).logits[:, 0].float()
+    # bf16 forward where configured (one context per pass: rlhf_lab.precision); the
+    # Bradley-Terry loss and the metrics take the float32 reward.
+    with precision.training_autocast():
+        logits = model(**inputs).logits
+    rewards = logits[:, 0].float()
     n = batch[f"chosen_{keys[0]}"].shape[0]
     return rewards[:n], rewards[n:]
 
@@ -303,6 +307,7 @@ def train_reward_model(
     metrics["perf/train_seconds"] = train_seconds
     metrics["perf/peak_memory_mb"] = peak_memory_mb(accelerator.device)
     metrics["perf/num_processes"] = accelerator.num_processes
+    metrics["perf/bf16"] = int(precision.bf16_enabled())
 
     if out_dir is not None:
         # Normalisation PPO applies: raw scores of every training reply, chosen and rejected.

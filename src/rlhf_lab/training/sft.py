@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from rlhf_lab import models
+from rlhf_lab import models, precision
 from rlhf_lab.config import SftConfig
 from rlhf_lab.io import atomic_dir
 from rlhf_lab.training.common import (
@@ -184,12 +184,15 @@ def reply_window(labels: torch.Tensor) -> int:
 def batch_nll(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`sequence_nll` of a collated batch, with the LM head run on the reply window only."""
     k = reply_window(batch["labels"])
-    out = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        logits_to_keep=k,
-    )
+    # bf16 forward where configured (one context per pass: rlhf_lab.precision); the loss is
+    # computed after it, from logits sequence_nll upcasts to float32.
+    with precision.training_autocast():
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            logits_to_keep=k,
+        )
     return sequence_nll(out.logits, batch["labels"][:, -k:])
 
 
@@ -331,6 +334,7 @@ def train_sft_model(
         "perf/train_tokens_per_s": tokens / train_seconds if train_seconds > 0 else float("nan"),
         "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
         "perf/num_processes": accelerator.num_processes,
+        "perf/bf16": int(precision.bf16_enabled()),
     }
     metrics = {
         k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()

@@ -1,0 +1,353 @@
+"""bf16 autocast training vs float32, per training stage, on the default profile's data and models.
+
+    python bench/bf16_training.py --workspace /path/to/finished/default/run   # the real result
+    python bench/bf16_training.py --tiny          # tiny random models: a smoke run (seconds)
+
+For each stage (SFT, reward model, critic, the PPO update; DPO once ``training/dpo.py`` exists)
+two copies of the stage's model are built from the same seed, one trained with
+``models.mixed_precision: fp32`` and one with ``bf16``, and ``--steps`` optimiser steps of each
+are run on one fixed batch, *alternating* fp32 and bf16 step by step so that a neighbour's load
+on a shared machine slows both alike. Every step goes through the project's own forward pass
+(``precision.training_autocast`` around each forward, as the stages run it). Reported per stage
+and precision: the loss at the first and the last step (on one batch both must fall: a bf16
+run that does not learn is the bug of issue 16) and the median seconds per step, and the
+bf16 speed-up. The PPO "step" is one ``PpoTrainer.update`` (``ppo.epochs`` x
+``ppo.minibatches`` optimiser steps) on one rollout; each precision samples and recomputes its
+own rollout (bf16 sampling under bf16, as a real run does), scored by ``models/reward``.
+
+The workspace needs ``data/prompts``, ``data/preference``, ``data/scored``, ``models/base``,
+``models/sft``, ``models/critic``, ``models/reward`` and ``params.yaml``; it is only read.
+Writes ``bench/results/bf16_training.json`` (``--tiny``: ``bf16_training_tiny.json``, never the
+real result) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf_lab import models, precision, ui
+from rlhf_lab.config import Params, load_params
+from rlhf_lab.io import read_jsonl, write_json
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+SETTINGS = ("fp32", "bf16")
+
+Step = Callable[[], float]
+"""One optimiser step (or one PPO update) on the stage's fixed batch; returns its loss."""
+
+
+# ---------------------------------------------------------------------------------------------
+# one builder per stage: (workspace, params) -> a step function on one fixed batch
+# ---------------------------------------------------------------------------------------------
+
+
+def sft_step(ws: Path, params: Params) -> Step:
+    from rlhf_lab.training.common import adamw_with_warmup, apply_lora
+    from rlhf_lab.training.sft import SftCollator, batch_nll, sft_examples, tokenize_example
+
+    cfg = params.sft
+    torch.manual_seed(cfg.seed)
+    tok = models.load_tokenizer(ws / "models/base/policy")
+    base = models.load_causal_lm(ws / "models/base/policy")
+    models.ensure_pad_token(tok, base)
+    model = apply_lora(base, cfg.lora).train()
+    examples = sft_examples(
+        read_jsonl(ws / "data/prompts/train.jsonl"), read_jsonl(ws / "data/preference/train.jsonl")
+    )[: cfg.batch_size]
+    feats = [tokenize_example(tok, e, cfg.max_length, params.task.system_prompt) for e in examples]
+    batch = SftCollator(tok.pad_token_id)(feats)
+    optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
+
+    def step() -> float:
+        nll, n = batch_nll(model, batch)
+        loss = nll.sum() / n.sum().clamp(min=1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        return float(loss)
+
+    return step
+
+
+def reward_step(ws: Path, params: Params) -> Step:
+    from rlhf_lab.training.common import adamw_with_warmup
+    from rlhf_lab.training.reward_model import (
+        PairCollator,
+        bradley_terry_loss,
+        pairs_from_rows,
+        score_batch,
+    )
+
+    cfg = params.reward.train
+    torch.manual_seed(cfg.seed)
+    tok = models.load_tokenizer(ws / "models/base/encoder", padding_side="right")
+    model = models.load_sequence_classifier(ws / "models/base/encoder", num_labels=1)
+    models.ensure_pad_token(tok, model)
+    model.train()
+    pairs, _ = pairs_from_rows(read_jsonl(ws / "data/preference/train.jsonl"))
+    batch = PairCollator(tok, cfg.max_length)(pairs[: cfg.batch_size])
+    optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
+
+    def step() -> float:
+        loss = bradley_terry_loss(*score_batch(model, batch))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        return float(loss)
+
+    return step
+
+
+def critic_step(ws: Path, params: Params) -> Step:
+    from rlhf_lab.ppo.model import new_critic
+    from rlhf_lab.training.common import adamw_with_warmup
+    from rlhf_lab.training.critic import (
+        Collator,
+        encode,
+        per_reply_mse,
+        score_stats,
+        scored_replies,
+    )
+
+    cfg = params.critic
+    torch.manual_seed(cfg.seed)
+    model = new_critic(ws / "models/sft", cfg.lora)
+    # The judge's ratings in data/scored as targets: the critic stage regresses on the reward
+    # model's by default, but the step costs the same and needs no scoring pass here.
+    replies, _ = scored_replies(read_jsonl(ws / "data/scored/train.jsonl"))
+    mean, std = score_stats(replies)
+    examples = encode(
+        model.tok, replies[: cfg.batch_size], cfg.max_length, params.task.system_prompt, mean, std
+    )
+    batch = Collator(model.tok.pad_token_id)(examples)
+    optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> float:
+        values = model(
+            batch["query"], batch["query_mask"], batch["response"], batch["response_mask"]
+        )
+        loss = per_reply_mse(values, batch["target"], batch["response_mask"]).mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        return float(loss)
+
+    return step
+
+
+def ppo_update_step(ws: Path, params: Params) -> Step:
+    from rlhf_lab.ppo.composite_score import CompositeScorer
+    from rlhf_lab.ppo.model import load_policy_critic
+    from rlhf_lab.ppo.trainer import PpoTrainer
+
+    cfg = params.ppo
+    torch.manual_seed(cfg.seed)
+    model = load_policy_critic(ws / "models/sft", ws / "models/critic", cfg.lora, cfg.temperature)
+    rows = read_jsonl(ws / "data/prompts/train.jsonl")
+    if (ws / "models/reward/config.json").is_file():
+        from rlhf_lab.reward_model import RewardModel
+
+        rm = RewardModel(ws / "models/reward")
+
+        def score(replies: list[str], batch: list[dict]) -> list[float]:
+            return rm.score([r["prompt"] for r in batch], replies).tolist()
+    else:  # --tiny: any score that varies between replies does
+
+        def score(replies: list[str], batch: list[dict]) -> list[float]:
+            return [min(len(r), 40) / 40 for r in replies]
+
+    scorer = CompositeScorer({"score": score}, {"score": 1.0}, total_steps=cfg.steps)
+    trainer = PpoTrainer(
+        model, rows, scorer, cfg, system_prompt=params.task.system_prompt, progress=False
+    )
+    torch.manual_seed(cfg.seed)
+    rollout, _ = trainer.rollout(0)
+    calls = iter(range(10**9))
+
+    def step() -> float:
+        stats = trainer.update(rollout, next(calls))
+        return stats["loss/total"]
+
+    return step
+
+
+def dpo_step(ws: Path, params: Params) -> Step:
+    # TODO(dpo): once training/dpo.py is on main, build the policy + reference as train_dpo
+    # does, take one batch of data/preference pairs and step its loss here; its forward passes
+    # must go through precision.training_autocast like the other loops.
+    raise NotImplementedError("bench/bf16_training.py: the DPO step is not written yet")
+
+
+STAGES: dict[str, Callable[[Path, Params], Step]] = {
+    "sft": sft_step,
+    "reward": reward_step,
+    "critic": critic_step,
+    "ppo_update": ppo_update_step,
+    # TODO(dpo): "dpo": dpo_step, once training/dpo.py is on main and dpo_step is written.
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# the comparison
+# ---------------------------------------------------------------------------------------------
+
+
+def compare(name: str, build: Callable[[Path, Params], Step], ws: Path, params: Params, steps: int):
+    """Both precisions of one stage, stepped alternately; losses and seconds per step."""
+    steppers = {}
+    for setting in SETTINGS:
+        precision.configure(setting)
+        steppers[setting] = build(ws, params)
+    losses: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    seconds: dict[str, list[float]] = {s: [] for s in SETTINGS}
+    for i in ui.track(range(steps), name, total=steps):
+        for setting in SETTINGS if i % 2 == 0 else SETTINGS[::-1]:
+            precision.configure(setting)
+            t0 = time.perf_counter()
+            losses[setting].append(steppers[setting]())
+            seconds[setting].append(time.perf_counter() - t0)
+    precision.configure("fp32")
+    out: dict[str, Any] = {}
+    for setting in SETTINGS:
+        # The first step pays one-off costs (oneDNN kernel selection, lazy allocations).
+        timed = seconds[setting][1:] or seconds[setting]
+        out[setting] = {
+            "loss_first": losses[setting][0],
+            "loss_last": losses[setting][-1],
+            "losses": losses[setting],
+            "s_per_step": statistics.median(timed),
+        }
+    out["bf16_speedup"] = out["fp32"]["s_per_step"] / out["bf16"]["s_per_step"]
+    return out
+
+
+def tiny_workspace(root: Path) -> tuple[Path, Params]:
+    """Tiny random models and a few rows in the layout the stages leave (for --tiny)."""
+    import shutil
+
+    from rlhf_lab.config import LoraConfig
+    from rlhf_lab.io import write_jsonl
+    from rlhf_lab.ppo.model import new_critic, save_critic
+    from rlhf_lab.testing import build_tiny_encoder, build_tiny_policy
+
+    build_tiny_policy(root / "models/base/policy")
+    build_tiny_encoder(root / "models/base/encoder")
+    shutil.copytree(root / "models/base/policy", root / "models/sft")
+    lora = LoraConfig(r=4, alpha=8)
+    torch.manual_seed(0)
+    save_critic(new_critic(root / "models/sft", lora), root / "models/critic")
+    turns = [
+        ("hello how are you doing today", "i am fine thanks and you", "no"),
+        ("what is your favorite movie", "you should watch the matrix it is great", "dog dog"),
+        ("i feel sick today", "sorry to hear that, i hope you feel better soon", "ok"),
+        ("def add(a, b): return a + b", "returns the sum of the two numbers", "a"),
+    ]
+    rows = [
+        {
+            "id": f"r{i}",
+            "prompt": [{"role": "user", "content": q}],
+            "reference": good,
+            "chosen": good,
+            "rejected": bad,
+            "label_source": "human",
+            "meta": {},
+            "scores": {"chosen": {"overall": 4.0 + i % 2}, "rejected": {"overall": 1.0}},
+        }
+        for i, (q, good, bad) in enumerate(turns * 2)
+    ]
+    for name in ("prompts", "preference", "scored"):
+        write_jsonl(root / f"data/{name}/train.jsonl", rows)
+    small = {"batch_size": 4, "max_length": 64, "lora": lora}
+    params = Params().model_copy(
+        update={
+            "sft": Params().sft.model_copy(update={**small, "lr": 1e-2}),
+            "critic": Params().critic.model_copy(update={**small, "lr": 1e-2}),
+            "reward": Params().reward.model_copy(
+                update={
+                    "train": Params().reward.train.model_copy(
+                        update={"batch_size": 4, "max_length": 64, "lr": 1e-2}
+                    )
+                }
+            ),
+            "ppo": Params().ppo.model_copy(
+                update={"batch_size": 4, "minibatches": 2, "max_new_tokens": 6, "lora": lora}
+            ),
+        }
+    )
+    return root, params
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--workspace", type=Path, default=Path("."), help="a finished default run")
+    ap.add_argument("--steps", type=int, default=12, help="steps per stage and precision")
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset")
+    ap.add_argument("--tiny", action="store_true", help="tiny random models (smoke run)")
+    ap.add_argument("--out", type=Path, default=None, help="result file (default by mode)")
+    args = ap.parse_args()
+    out = args.out or RESULTS / ("bf16_training_tiny.json" if args.tiny else "bf16_training.json")
+    if args.tiny and out.resolve() == (RESULTS / "bf16_training.json").resolve():
+        raise SystemExit("--tiny never overwrites the real result; pick another --out")
+
+    tmp = None
+    if args.tiny:
+        tmp = tempfile.TemporaryDirectory()
+        ws, params = tiny_workspace(Path(tmp.name))
+    else:
+        ws = args.workspace.resolve()
+        params = load_params(ws / "params.yaml")
+    load_before = os.getloadavg()[0]
+    stages = {}
+    for name in args.stages.split(","):
+        if name not in STAGES:
+            raise SystemExit(f"--stages: unknown stage {name!r} (have {', '.join(STAGES)})")
+        stages[name] = compare(name, STAGES[name], ws, params, args.steps)
+
+    result = {
+        "mode": "tiny" if args.tiny else "default profile",
+        # the directory's name only: no machine path in a committed result
+        "workspace": "tiny random models" if args.tiny else ws.name,
+        "steps": args.steps,
+        "cpu": precision.cpu_model(),
+        "cpu_native_bf16": precision.cpu_has_native_bf16(),
+        "device": precision.device_type(),
+        "cpu_threads": torch.get_num_threads(),
+        # On a shared machine s/step says as much about the neighbours as about the code.
+        "load_average_1min_start_end": [load_before, os.getloadavg()[0]],
+        "torch": torch.__version__,
+        "stages": stages,
+    }
+    write_json(out, result)
+    header = f"{'stage':<12}{'fp32 loss':>20}{'bf16 loss':>20}{'fp32 s/step':>13}"
+    header += f"{'bf16 s/step':>13}{'speedup':>9}"
+    # plain print: the table is wider than a default terminal, and rich would wrap it
+    print(f"{result['cpu']} (native bf16: {result['cpu_native_bf16']})")
+    print(header)
+    for name, r in stages.items():
+        f, b = r["fp32"], r["bf16"]
+        print(
+            f"{name:<12}{f['loss_first']:>9.4f} -> {f['loss_last']:<7.4f}"
+            f"{b['loss_first']:>9.4f} -> {b['loss_last']:<7.4f}"
+            f"{f['s_per_step']:>13.3f}{b['s_per_step']:>13.3f}{r['bf16_speedup']:>8.2f}x"
+        )
+    ui.console.print(f"wrote {out}")
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
