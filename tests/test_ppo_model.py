@@ -224,8 +224,8 @@ def _bf16_update(dirs, monkeypatch, setting: str) -> dict:
     monkeypatch.setattr(precision, "inference", fp32_sampling)
     calls = []
 
-    def recording_policy_loss(new_logp, old_logp, advantages, mask, clip):
-        out = policy_loss(new_logp, old_logp, advantages, mask, clip)
+    def recording_policy_loss(new_logp, old_logp, advantages, mask, clip, *args):
+        out = policy_loss(new_logp, old_logp, advantages, mask, clip, *args)
         calls.append((new_logp.detach(), old_logp, mask, *(float(v) for v in out)))
         return out
 
