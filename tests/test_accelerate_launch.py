@@ -18,7 +18,7 @@ from accelerate.commands.config.config_args import load_config_from_file
 
 from rlhf_lab import models
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.ppo.distributed import check_sizes, shard
+from rlhf_lab.ppo.distributed import DataParallel, check_sizes, shard
 from rlhf_lab.ppo.trainer import batch_indices
 from rlhf_lab.reward_model import RewardModel
 
@@ -148,6 +148,18 @@ def test_ppo_batch_must_split_into_equal_minibatch_shares():
         "params.yaml: ppo.batch_size (16) must be divisible by the number of processes (3) × "
         "ppo.minibatches (2)"
     )
+
+
+@pytest.mark.parametrize("kind", ["DEEPSPEED", "FSDP"])
+def test_ppo_refuses_sharded_launches(kind):
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    fake = SimpleNamespace(distributed_type=DistributedType(kind), num_processes=2, process_index=0)
+    with pytest.raises(ConfigError, match=f"distributed_type {kind} is not supported"):
+        DataParallel(fake)
+    assert DataParallel(None).world == 1  # one process: no accelerator needed
 
 
 def _dist_worker(dirs, out, processes):

@@ -65,6 +65,18 @@ def check_sizes(batch_size: int, minibatches: int, world: int) -> None:
         )
 
 
+def check_launch(accelerator: Any) -> None:
+    """One-line error for a launch that shards the weights (DeepSpeed, FSDP): train_ppo keeps
+    a full replica per process and averages gradients itself (see the module docstring)."""
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    if kind in ("DEEPSPEED", "FSDP"):
+        raise ConfigError(
+            f"train_ppo: accelerate distributed_type {kind} is not supported (train_ppo is "
+            "data-parallel with a full replica per process); launch it with "
+            "accelerate/multi_gpu.yaml"
+        )
+
+
 class DataParallel:
     """The collectives the PPO trainer needs; the identity for a single process.
 
@@ -73,6 +85,8 @@ class DataParallel:
     """
 
     def __init__(self, accelerator: Any = None) -> None:
+        if accelerator is not None:
+            check_launch(accelerator)
         self.accelerator = accelerator
         self.world = 1 if accelerator is None else int(accelerator.num_processes)
         self.rank = 0 if accelerator is None else int(accelerator.process_index)
