@@ -6,7 +6,11 @@ samples from its own RNG stream: with the replies fixed, everything else — whi
 statistics, token-weighted losses, averaged gradients, Adam steps, the KL controller — must
 match the 1-process run up to float rounding.
 
-    python -m tests.ppo_dist_worker SFT_DIR CRITIC_DIR OUT_JSON        # from the repo root
+    python -m tests.ppo_dist_worker SFT_DIR CRITIC_DIR OUT_JSON [drop]   # from the repo root
+
+``drop``: the first prompt of step 0 gets a nan score (its reply is dropped, so rank 0 holds
+one reply fewer than rank 1) and ``ppo.minibatches`` is 2, so one process runs out of replies
+a minibatch before the other: the uneven path, which must neither hang nor skip updates.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from rlhf_lab.config import PpoConfig
 from rlhf_lab.ppo.composite_score import CompositeScorer
 from rlhf_lab.ppo.distributed import DataParallel
 from rlhf_lab.ppo.model import load_policy_critic, truncate_after_eos
-from rlhf_lab.ppo.trainer import PpoTrainer
+from rlhf_lab.ppo.trainer import PpoTrainer, batch_indices
 from rlhf_lab.training.common import make_accelerator
 
 from .ppo_helpers import TINY_LORA, prompt_rows
@@ -69,18 +73,24 @@ def fixed_generate(model):
     return generate
 
 
-def main(sft: str, critic: str, out: str) -> None:
-    accelerator = make_accelerator(CFG.seed, CFG.batch_size, "ppo.batch_size")
+def main(sft: str, critic: str, out: str, mode: str = "fixed") -> None:
+    cfg = CFG if mode == "fixed" else CFG.model_copy(update={"minibatches": 2})
+    rows = prompt_rows(8)
+    bad = rows[batch_indices(0, len(rows), cfg.batch_size, cfg.seed)[0]]["id"]
+
+    def length(replies, rows):
+        return [
+            float("nan") if mode == "drop" and r["id"] == bad else len(reply) / 20
+            for reply, r in zip(replies, rows, strict=True)
+        ]
+
+    accelerator = make_accelerator(cfg.seed, cfg.batch_size, "ppo.batch_size")
     dp = DataParallel(accelerator)
-    torch.manual_seed(CFG.seed)
-    model = load_policy_critic(sft, critic, CFG.lora, CFG.temperature, device=accelerator.device)
+    torch.manual_seed(cfg.seed)
+    model = load_policy_critic(sft, critic, cfg.lora, cfg.temperature, device=accelerator.device)
     model.generate = fixed_generate(model)
-    scorer = CompositeScorer(
-        {"len": lambda replies, rows: [len(r) / 20 for r in replies]},
-        {"len": 1.0},
-        total_steps=CFG.steps,
-    )
-    trainer = PpoTrainer(model, prompt_rows(8), scorer, CFG, progress=False, dp=dp)
+    scorer = CompositeScorer({"len": length}, {"len": 1.0}, total_steps=cfg.steps)
+    trainer = PpoTrainer(model, rows, scorer, cfg, progress=False, dp=dp)
     trainer.train(resume=False)
     params = torch.cat([p.detach().reshape(-1).double().cpu() for p in trainer.params])
     # Every replica must hold the same weights (rank 0's are compared with the 1-process run).
@@ -99,4 +109,4 @@ def main(sft: str, critic: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:])

@@ -162,8 +162,8 @@ def test_ppo_refuses_sharded_launches(kind):
     assert DataParallel(None).world == 1  # one process: no accelerator needed
 
 
-def _dist_worker(dirs, out, processes):
-    args = ["-m", "tests.ppo_dist_worker", str(dirs["sft"]), str(dirs["critic"]), str(out)]
+def _dist_worker(dirs, out, processes, mode="fixed"):
+    args = ["-m", "tests.ppo_dist_worker", str(dirs["sft"]), str(dirs["critic"]), str(out), mode]
     if processes == 1:
         # Plain python: the 1-process path a user runs (no process group at all).
         env = dict(os.environ, OMP_NUM_THREADS="1")
@@ -286,3 +286,21 @@ def test_train_ppo_on_two_cpu_processes_saves_once_and_resumes(tiny_models, tmp_
         k: v for k, v in m.items() if not k.startswith("time/")
     }
     assert (out / "model.safetensors").read_bytes() == weights
+
+
+def test_train_ppo_two_processes_with_uneven_shards_after_a_dropped_reply(ppo_dirs, tmp_path):
+    # Rank 0 loses its first reply (nan score) at step 0: 1 reply vs rank 1's 2, minibatches
+    # of 1 per process, so rank 0 runs its second minibatch as a zero-weight row.
+    one = _dist_worker(ppo_dirs, tmp_path / "one.json", 1, "drop")
+    two = _dist_worker(ppo_dirs, tmp_path / "two.json", 2, "drop")
+    for run in (one, two):
+        first = run["history"][0]
+        assert first["objective/nonfinite_replies"] == 1.0
+        # 2 epochs x 2 minibatches, none skipped: 1 process cuts 3 replies into 2 + 1
+        assert [h["train/updates"] for h in run["history"]] == [4.0, 4.0]
+        assert first["train/skipped_updates"] == 0.0
+    # The rollout statistics of step 0 (before any update) are over the same 3 replies.
+    for key in ("objective/score", "gen/length", "gen/eos_rate", "objective/entropy", "val/mean"):
+        assert two["history"][0][key] == pytest.approx(one["history"][0][key], rel=1e-5), key
+    (s0, a0), (s1, a1) = two["replica_checksums"]
+    assert (s0, a0) == (s1, a1)
