@@ -150,6 +150,81 @@ def test_ppo_batch_must_split_into_equal_minibatch_shares():
     )
 
 
+def _collectives(rank, world, port, out):
+    """Each rank of a 2-process gloo group: its rows of a known global batch through the
+    DataParallel collectives; results saved for the parent to check."""
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from rlhf_lab.ppo.core import masked_mean, masked_whiten
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
+    acc = SimpleNamespace(
+        distributed_type="MULTI_CPU", num_processes=world, process_index=rank, device="cpu"
+    )
+    dp = DataParallel(acc)
+    x, mask = _global_batch()
+    # rank 0: rows 0-1 trimmed to width 3 (its own padding); rank 1: rows 2-4, width 4
+    rows, width = ((slice(0, 2), 3), (slice(2, 5), 4))[rank]
+    xs, ms = x[rows, :width], mask[rows, :width]
+    whitened = dp.across(masked_whiten, xs, ms)
+    (gx, gm) = dp.gather_rows(xs, ms)
+    # a token-mean loss of a 1-parameter model, y = w * x: d/dw mean(w * x) = mean(x)
+    w = torch.nn.Parameter(torch.tensor(2.0))
+    tokens = float(ms.sum())
+    scale, total = dp.loss_scale(tokens)
+    loss = masked_mean(w * xs, ms)
+    (loss * scale).backward()
+    dp.average_gradients([w])
+    (mean,) = dp.global_mean(tokens, total, loss.detach())
+    torch.save(
+        {"whitened": whitened, "gx": gx, "gm": gm, "grad": w.grad, "mean": mean, "total": total},
+        out / f"rank{rank}.pt",
+    )
+    dist.destroy_process_group()
+
+
+def _global_batch():
+    x = torch.tensor(
+        [
+            [1.0, 2.0, 0.0, 0.0],
+            [3.0, 4.0, 5.0, 0.0],
+            [-1.0, 0.0, 0.0, 0.0],
+            [2.0, 2.0, 2.0, 2.0],
+            [7.0, 1.0, 0.0, 0.0],
+        ]
+    )
+    mask = torch.tensor(
+        [[1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1], [1, 1, 0, 0]]
+    ).float()
+    return x, mask
+
+
+def test_ppo_collectives_on_two_processes_equal_the_whole_batch(tmp_path):
+    """Uneven shards (2 and 3 rows, widths 3 and 4): whitening, gathering, the token-weighted
+    gradient and the logged mean equal the 1-process computation on the whole batch."""
+    import torch.multiprocessing as mp
+
+    from rlhf_lab.ppo.core import masked_mean, masked_whiten
+
+    mp.spawn(_collectives, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    x, mask = _global_batch()
+    expected = masked_whiten(x, mask)
+    assert torch.allclose(r0["whitened"], expected[0:2, :3], atol=1e-6)
+    assert torch.allclose(r1["whitened"], expected[2:5, :4], atol=1e-6)
+    for r in (r0, r1):
+        assert torch.equal(r["gx"], x) and torch.equal(r["gm"], mask)  # rank order, 0-padded
+        # the gradient of the whole batch's token mean, 30 / 12 tokens = 2.5, not the mean of
+        # the two shards' token means ((15 / 5 + 15 / 7) / 2 = 2.57)
+        assert r["total"] == 12.0
+        assert float(r["grad"]) == pytest.approx(30 / 12, rel=1e-6)
+        assert float(r["mean"]) == pytest.approx(float(masked_mean(2.0 * x, mask)), rel=1e-6)
+
+
 @pytest.mark.parametrize("kind", ["DEEPSPEED", "FSDP"])
 def test_ppo_refuses_sharded_launches(kind):
     from types import SimpleNamespace
