@@ -19,7 +19,9 @@ field of :class:`rlhf_lab.config.PpoConfig` (``params.yaml: ppo``), used directl
 
 The details follow OpenAI's lm-human-preferences and "The N Implementation Details of RLHF
 with PPO" (Huang et al. 2024, [N-details]); the math lives in :mod:`rlhf_lab.ppo.core`, the
-model (one base, two adapters) in :mod:`rlhf_lab.ppo.model`.
+model (one base, two adapters) in :mod:`rlhf_lab.ppo.model`. Under ``accelerate launch`` each
+process runs this loop on its shard of every batch, with batch statistics, losses and
+gradients made global by :mod:`rlhf_lab.ppo.distributed` (the identity for one process).
 
 Checkpoints (``checkpoints/train_ppo/step-NNNNNN/``, atomic, the last two kept) hold the
 policy adapter, the critic, the optimiser, every RNG state, the KL controller, the metric
