@@ -28,7 +28,9 @@ field of :class:`rlhf_lab.config.PpoConfig` (``params.yaml: ppo``), used directl
 
 The details follow OpenAI's lm-human-preferences and "The N Implementation Details of RLHF
 with PPO" (Huang et al. 2024, [N-details]); the math lives in :mod:`rlhf_lab.ppo.core`, the
-model (one base, two adapters) in :mod:`rlhf_lab.ppo.model`.
+model (one base, two adapters) in :mod:`rlhf_lab.ppo.model`. Under ``accelerate launch`` each
+process runs this loop on its shard of every batch, with batch statistics, losses and
+gradients made global by :mod:`rlhf_lab.ppo.distributed` (the identity for one process).
 
 Checkpoints (``checkpoints/train_ppo/step-NNNNNN/``, atomic, the last two kept) hold the
 policy adapter, the critic, the optimiser, every RNG state, the KL controller, the metric
@@ -78,6 +80,7 @@ from rlhf_lab.ppo.core import (
     shape_rewards,
     value_loss,
 )
+from rlhf_lab.ppo.distributed import DataParallel, check_sizes, rank_seed, shard
 from rlhf_lab.ppo.model import (
     CRITIC,
     POLICY,
@@ -124,6 +127,11 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> list[int]:
         epoch, i = divmod(k, n)
         out.append(_permutation(n, seed, epoch)[i])
     return out
+
+
+def rng_file(rank: int) -> str:
+    """A checkpoint's RNG file of process ``rank`` (``rng.pt`` for rank 0 / one process)."""
+    return "rng.pt" if rank == 0 else f"rng-rank{rank}.pt"
 
 
 def seed_everything(seed: int) -> None:
@@ -264,6 +272,7 @@ class PpoTrainer:
         plots_dir: str | Path | None = None,
         progress: bool = True,
         fingerprint: Mapping[str, Any] | None = None,
+        dp: DataParallel | None = None,
     ) -> None:
         if not rows:
             raise RlhfLabError("train_ppo: no prompts to train on")
@@ -272,6 +281,9 @@ class PpoTrainer:
             raise RlhfLabError(
                 f"train_ppo: ppo.advantage {cfg.advantage!r} needs a model with {need}"
             )
+        # One process unless the stage runs under `accelerate launch` (ppo/distributed.py).
+        self.dp = dp or DataParallel()
+        check_sizes(cfg.batch_size, cfg.rollout_size, cfg.minibatches, self.dp.world)
         self.model = model
         self.tok = model.tok
         self.rows = list(rows)
@@ -320,10 +332,18 @@ class PpoTrainer:
     def rollout(self, step: int) -> tuple[Rollout, dict[str, float]]:
         """Sample, score and evaluate one batch with the current policy (no gradients)."""
         cfg, model, tok = self.cfg, self.model, self.tok
-        idx = batch_indices(step, len(self.rows), cfg.batch_size, cfg.seed)
-        # num_generations samples of each prompt, adjacent; a group is a prompt's batch slot.
-        idx = [i for i in idx for _ in range(cfg.num_generations)]
-        group = torch.arange(cfg.batch_size).repeat_interleave(cfg.num_generations)
+        # This process's contiguous slice of the global batch: sharded by prompt, so every
+        # reply to one prompt (its num_generations samples) is sampled and scored here.
+        prompts = shard(
+            batch_indices(step, len(self.rows), cfg.batch_size, cfg.seed),
+            self.dp.rank,
+            self.dp.world,
+        )
+        # num_generations samples of each prompt, adjacent; a group is a prompt's slot in the
+        # global batch (so group ids are unique across processes).
+        idx = [i for i in prompts for _ in range(cfg.num_generations)]
+        first = self.dp.rank * len(prompts)
+        group = (first + torch.arange(len(prompts))).repeat_interleave(cfg.num_generations)
         rows = [self.rows[i] for i in idx]
         query, query_mask = pad([self.prompt_ids[i] for i in idx], tok.pad_token_id)
 
@@ -414,7 +434,10 @@ class PpoTrainer:
         cfg, model = self.cfg, self.model
         mask = ro.response_mask.float()
         beta = self.kl_ctl.value
-        if float(mask.sum()) < 2:
+        dp = self.dp
+        # Global decisions (every process must take the same branch): a process left with no
+        # reply at all skips the step everywhere (its minibatches would be empty).
+        if dp.max(int(not ro.rows)) or dp.sum(float(mask.sum())) < 2:
             # Every reply was dropped as non-finite (or fewer than the 2 tokens whitening
             # needs remain): nothing to learn from; each planned update counts as skipped.
             for _ in range(cfg.epochs * cfg.minibatches):
@@ -445,11 +468,11 @@ class PpoTrainer:
                 )
                 if cfg.whiten_rewards:
                     # shift_mean=False: the sign of the mean reward carries information (TRL).
-                    rewards = masked_whiten(rewards, mask, shift_mean=False)
+                    rewards = dp.across(masked_whiten, rewards, mask, shift_mean=False)
                 advantages, returns = gae(rewards, ro.values, mask, cfg.gamma, cfg.lam)
                 # Whitened over the whole batch, as TRL right after GAE ([N-details] "advantage
                 # whitening"); padding stays 0.
-                advantages = masked_whiten(advantages, mask)
+                advantages = dp.across(masked_whiten, advantages, mask)
             else:
                 advantages, kl = self._critic_free_advantages(ro, penalised, mask, reward_beta)
 
@@ -459,16 +482,32 @@ class PpoTrainer:
         sums: dict[str, float] = {}
         updates = 0
         epochs_run = 0
+        # Per process: its share of each minibatch, and the same number of minibatches on every
+        # process (the most any needs; a process short of replies after non-finite drops runs
+        # a zero-weight row), so the gradient all-reduces line up.
+        mb_size = cfg.minibatch_size // dp.world
+        n_minibatches = dp.max(math.ceil(n / mb_size))
         for _epoch in range(cfg.epochs):
             perm = torch.randperm(n, generator=g)
             epoch_kl = []
-            for start in range(0, n, cfg.minibatch_size):
-                mb = perm[start : start + cfg.minibatch_size]
+            for start in range(0, n_minibatches * mb_size, mb_size):
+                mb = perm[start : start + mb_size]
+                weight = 1.0 if len(mb) else 0.0
+                mb = mb if len(mb) else perm[:1]
                 q, qm, r, rm = trim_batch(
                     ro.query[mb], ro.query_mask[mb], ro.response[mb], ro.response_mask[mb]
                 )
                 w = r.shape[1]
-                m = rm.float()
+                m = rm.float() * weight
+                # scale: this process's share of the global minibatch's mean — over tokens, or
+                # over replies for ppo.loss_agg seq_mean (the unit the policy loss averages).
+                tokens = float(m.sum())
+                scale, total_tokens = dp.loss_scale(tokens)
+                if cfg.loss_agg == "seq_mean":
+                    units = float((m.sum(dim=1) > 0).sum())
+                    pg_scale, total_units = dp.loss_scale(units)
+                else:
+                    units, pg_scale, total_units = tokens, scale, total_tokens
                 dev = model.device
                 # The policy and value losses go through disjoint graphs (policy adapter vs
                 # critic adapter + head), so each is backpropagated as soon as it is built:
@@ -493,10 +532,10 @@ class PpoTrainer:
                             new_logp, ro.ref_logprobs[mb, :w].to(dev), m.to(dev), cfg.loss_agg
                         )
                         objective = pg_loss + beta * kl_term
-                loss = objective.detach()
+                (loss,) = dp.global_mean(units, total_units, objective.detach())
                 ok = bool(torch.isfinite(loss))
                 if ok and not warmup:
-                    objective.backward()
+                    (objective * pg_scale).backward()
                 if ok and returns is not None:
                     new_values = model.values(q, qm, r, rm)
                     vf_loss, vf_clipfrac = value_loss(
@@ -506,11 +545,14 @@ class PpoTrainer:
                         m.to(dev),
                         cfg.clip_value,
                     )
-                    loss = loss + cfg.vf_coef * vf_loss.detach()
+                    (vf_mean,) = dp.global_mean(tokens, total_tokens, vf_loss.detach())
+                    loss = loss + cfg.vf_coef * vf_mean
                     ok = bool(torch.isfinite(loss))
                     if ok:
-                        (cfg.vf_coef * vf_loss).backward()
+                        (cfg.vf_coef * vf_loss * scale).backward()
                 if ok:
+                    # averaged before clipping: every process clips the same global gradient.
+                    dp.average_gradients(self.params)
                     grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                     ok = bool(torch.isfinite(grad_norm))
                 if not ok:
@@ -518,6 +560,9 @@ class PpoTrainer:
                     continue
                 self.optimizer.step()
                 updates += 1
+                # What is logged (and what target_approx_kl compares) is the global minibatch's.
+                (pg_loss,) = dp.global_mean(units, total_units, pg_loss)
+                pg_clipfrac, approxkl = dp.global_mean(tokens, total_tokens, pg_clipfrac, approxkl)
                 logged = [
                     ("loss/policy", pg_loss),
                     ("loss/total", loss),
@@ -526,8 +571,11 @@ class PpoTrainer:
                     ("train/grad_norm", grad_norm),
                 ]
                 if cfg.kl_in_loss:
-                    logged.append(("loss/kl", kl_term))
+                    logged.append(("loss/kl", *dp.global_mean(units, total_units, kl_term)))
                 if returns is not None:
+                    vf_loss, vf_clipfrac = dp.global_mean(
+                        tokens, total_tokens, vf_loss, vf_clipfrac
+                    )
                     logged += [("loss/value", vf_loss), ("val/clipfrac", vf_clipfrac)]
                 for key, value in logged:
                     sums[key] = sums.get(key, 0.0) + float(value.detach())
@@ -542,6 +590,14 @@ class PpoTrainer:
                 break
         self.optimizer.zero_grad(set_to_none=True)
 
+        # The logged means and the KL controller's input are over the global batch (every
+        # process's rows; the tensors themselves for one process).
+        kl, mask, clipped_score, eos_found, entropy, values = dp.gather_rows(
+            kl, mask, ro.clipped_score, ro.eos_found, ro.entropy, ro.values
+        )
+        if returns is not None:
+            (returns,) = dp.gather_rows(returns)
+        n = len(kl)
         # Mean KL per reply (sum over tokens): what the adaptive controller targets.
         kl_per_reply = (kl * mask).sum(dim=1)
         mean_kl = float(kl_per_reply.mean())
@@ -549,6 +605,7 @@ class PpoTrainer:
         kl_finite = math.isfinite(mean_kl)
         if kl_finite:
             self.kl_ctl.update(mean_kl, n)
+        penalised = clipped_score - ((cfg.missing_eos_penalty or 0.0) * (~eos_found).float())
         stats = {k: v / max(updates, 1) for k, v in sums.items()}
         stats.update(
             {
@@ -556,13 +613,13 @@ class PpoTrainer:
                 "objective/kl": mean_kl,
                 "objective/kl_coef": beta,
                 "objective/rlhf_reward": float((penalised - beta * kl_per_reply).mean()),
-                "objective/entropy": float(masked_mean(ro.entropy, mask)),
+                "objective/entropy": float(masked_mean(entropy, mask)),
                 "gen/length": float(mask.sum(dim=1).mean()),
-                "gen/eos_rate": float(ro.eos_found.float().mean()),
+                "gen/eos_rate": float(eos_found.float().mean()),
                 "train/updates": float(updates),
                 "train/epochs": float(epochs_run),
                 "train/skipped_updates": float(self.skipped_updates),
-                "objective/nonfinite_replies": float(ro.nonfinite),
+                "objective/nonfinite_replies": dp.sum(float(ro.nonfinite)),
                 "objective/nonfinite_kl": float(not kl_finite),
                 "train/critic_warmup": float(warmup),
             }
@@ -570,8 +627,8 @@ class PpoTrainer:
         if returns is not None:
             stats.update(
                 {
-                    "val/explained_variance": float(explained_variance(ro.values, returns, mask)),
-                    "val/mean": float(masked_mean(ro.values, mask)),
+                    "val/explained_variance": float(explained_variance(values, returns, mask)),
+                    "val/mean": float(masked_mean(values, mask)),
                     "val/returns_mean": float(masked_mean(returns, mask)),
                 }
             )
@@ -601,10 +658,15 @@ class PpoTrainer:
         """
         cfg = self.cfg
         assert ro.group is not None
+        dp = self.dp
+        # Group statistics (and grpo's batch std) on the global batch: group ids are global
+        # slots and a group never spans processes, so N processes compute what one does.
         if cfg.advantage == "grpo":
-            seq, gamma = grpo_advantages(penalised, ro.group, cfg.scale_rewards), 1.0
+            scale = cfg.scale_rewards
+            seq = dp.across(lambda x, g: grpo_advantages(x, g, scale), penalised, ro.group)
+            gamma = 1.0
         elif cfg.advantage == "rloo":
-            seq, gamma = rloo_advantages(penalised, ro.group), 1.0
+            seq, gamma = dp.across(rloo_advantages, penalised, ro.group), 1.0
         else:
             seq, gamma = penalised, cfg.gamma
         # The penalty is already in `penalised`: shape_rewards must not subtract it again.
@@ -612,7 +674,8 @@ class PpoTrainer:
             seq, ro.logprobs, ro.ref_logprobs, mask, kl_coef=reward_beta, kind=cfg.kl_estimator
         )
         if cfg.advantage == "reinforce_pp":
-            return reinforce_pp_returns(rewards, mask, gamma), kl
+            # Whitened over the global batch's tokens (REINFORCE++'s batch normalisation).
+            return dp.across(lambda x, m: reinforce_pp_returns(x, m, gamma), rewards, mask), kl
         return discounted_returns(rewards, mask, gamma), kl
 
     def _without_critic_keys(self, stats: dict[str, float]) -> dict[str, float]:
@@ -656,7 +719,7 @@ class PpoTrainer:
                 "train/updates": 0.0,
                 "train/epochs": 0.0,
                 "train/skipped_updates": float(self.skipped_updates),
-                "objective/nonfinite_replies": float(ro.nonfinite),
+                "objective/nonfinite_replies": self.dp.sum(float(ro.nonfinite)),
                 "objective/nonfinite_kl": 0.0,
             }
         )
@@ -683,13 +746,18 @@ class PpoTrainer:
         source = None if resume is False else self._resumable(found, ignore, required=bool(resume))
         if source is not None:
             self.load_checkpoint(source)
-            ui.console.print(f"resuming train_ppo at step {self.step}/{cfg.steps}", highlight=False)
+            if self.dp.is_main:
+                ui.console.print(
+                    f"resuming train_ppo at step {self.step}/{cfg.steps}", highlight=False
+                )
             self._stale = [p for p in found if self._mismatch(p, ignore)]
         else:
             if resume and not found:
                 ui.console.print("no checkpoint to resume from; starting at step 0")
-            seed_everything(cfg.seed)
+            seed_everything(rank_seed(cfg.seed, self.dp.rank))
             self._stale = found
+        # Identical replicas from here on; after that, identical averaged gradients keep them so.
+        self.dp.broadcast_parameters(self.params)
         live = self._open_live()
         try:
             steps = range(self.step, cfg.steps)
@@ -699,10 +767,10 @@ class PpoTrainer:
                 t0 = time.perf_counter()
                 stats = self.update(ro, step)
                 timing["time/update_s"] = time.perf_counter() - t0
-                timing["time/samples_per_s"] = len(ro.rows) / (
+                timing["time/samples_per_s"] = self.dp.sum(len(ro.rows)) / (
                     timing["time/rollout_s"] + timing["time/update_s"]
                 )
-                stats = {**ro.scored.means(), **stats, **timing}
+                stats = {**self._reward_means(ro.scored), **stats, **timing}
                 if self.scorer_has_schedule():
                     stats.update({f"weight/{k}": v for k, v in ro.scored.weights.items()})
                 stats = {"step": float(step), **stats}
@@ -718,6 +786,15 @@ class PpoTrainer:
             if live is not None:
                 live.end()
         return self.final_metrics()
+
+    def _reward_means(self, scored: Scores) -> dict[str, float]:
+        """``reward/<component>`` → mean over the global batch (``Scores.means`` for one
+        process)."""
+        if not self.dp.active:
+            return scored.means()
+        names = list(scored.components)
+        columns = self.dp.gather_rows(*(scored.components[k].float() for k in names))
+        return {f"reward/{k}": float(c.mean()) for k, c in zip(names, columns, strict=True)}
 
     def scorer_has_schedule(self) -> bool:
         return getattr(self.scorer, "weights_end", None) is not None
@@ -783,12 +860,18 @@ class PpoTrainer:
         """
         assert self.checkpoint_dir is not None
         target = self.checkpoint_dir / f"{CHECKPOINT_PREFIX}{self.step:06d}"
+        # Every process's RNG (each samples its own stream); the main process alone writes.
+        rngs = self.dp.gather_objects(rng_state())
+        if not self.dp.is_main:
+            return target
         with atomic_dir(target) as tmp:
             save_adapter(self.model, POLICY, tmp / "policy")
             if self.model.has_critic:
                 save_critic(self.model, tmp / "critic")
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(rng_state(), tmp / "rng.pt")
+            torch.save(rngs[0], tmp / "rng.pt")
+            for rank, state in enumerate(rngs[1:], start=1):
+                torch.save(state, tmp / rng_file(rank))
             state = {
                 "step": self.step,
                 "skipped_updates": self.skipped_updates,
@@ -870,7 +953,19 @@ class PpoTrainer:
             # On the CPU: load_state_dict moves each state to its parameter's device itself.
             torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         )
-        set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+        rng = path / rng_file(self.dp.rank)
+        if rng.is_file():
+            set_rng_state(torch.load(rng, weights_only=True))
+        else:
+            # Saved by fewer processes: this rank's stream did not exist; start a new one
+            # that depends on the seed, rank and step only (a resume under a different process
+            # count continues the optimisation but not the exact samples).
+            ui.console.print(
+                f"[yellow]warning:[/] {path}: no RNG state for process {self.dp.rank} "
+                "(saved by fewer processes); its sampling is reseeded",
+                highlight=False,
+            )
+            seed_everything(rank_seed(self.cfg.seed, self.dp.rank) + 7919 * int(state["step"]))
         self.kl_ctl.load_state_dict(state["kl_controller"])
         self.step = int(state["step"])
         self.skipped_updates = int(state["skipped_updates"])

@@ -3,6 +3,8 @@
     rlhf-lab train_ppo --params params.yaml             # continues a compatible checkpoint
     rlhf-lab train_ppo --params params.yaml --resume    # must continue (else one-line error)
     rlhf-lab train_ppo --params params.yaml --fresh     # start at step 0 regardless
+    accelerate launch --config_file accelerate/multi_gpu.yaml --num_processes 4 \
+        -m rlhf_lab.cli train_ppo --params params.yaml  # data-parallel (docs/accelerate.md)
 
 Reads ``task``, ``ppo``, ``reward.weights``/``weights_end``/``length_band`` (and ``judge`` when
 the judge weight is non-zero), ``data/prompts/train.jsonl``, ``models/sft``, ``models/critic``
@@ -14,6 +16,9 @@ The critic-free estimators (``ppo.advantage: grpo | rloo | reinforce_pp``) never
 ``models/critic`` (no critic adapter, no value head):
 
     rlhf-lab train_ppo --params params.yaml   # params.yaml: ppo.advantage: grpo, num_generations: 4
+
+Under ``accelerate launch`` every process trains its shard of each batch
+(:mod:`rlhf_lab.ppo.distributed`) and only the main process writes.
 """
 
 from __future__ import annotations
@@ -28,10 +33,12 @@ from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
 from rlhf_lab.io import atomic_dir, read_jsonl, write_json
 from rlhf_lab.ppo.composite_score import active_components, build_scorer, describe
+from rlhf_lab.ppo.distributed import DataParallel
 from rlhf_lab.ppo.fingerprint import stage_fingerprint
 from rlhf_lab.ppo.model import export_policy, load_policy_critic
 from rlhf_lab.ppo.trainer import PpoTrainer
 from rlhf_lab.reward_components import REWARD_MODEL
+from rlhf_lab.training.common import make_accelerator
 
 PROMPTS = Path("data/prompts/train.jsonl")
 SFT_DIR = Path("models/sft")
@@ -72,8 +79,13 @@ def main(params: Params, resume: bool | None = None, **_: Any) -> None:
             str(REWARD_DIR): REWARD_DIR if REWARD_MODEL in weighted else None,
         },
     )
-    torch.manual_seed(cfg.seed)  # the policy adapter's init
-    model = load_policy_critic(SFT_DIR, critic_dir, cfg.lora, cfg.temperature)
+    # One process, or N under `accelerate launch` (ppo.batch_size stays the global batch).
+    accelerator = make_accelerator(cfg.seed, cfg.batch_size, "ppo.batch_size")
+    dp = DataParallel(accelerator)
+    torch.manual_seed(cfg.seed)  # the policy adapter's init (the same on every process)
+    model = load_policy_critic(
+        SFT_DIR, critic_dir, cfg.lora, cfg.temperature, device=accelerator.device
+    )
     trainer = PpoTrainer(
         model,
         rows,
@@ -81,10 +93,16 @@ def main(params: Params, resume: bool | None = None, **_: Any) -> None:
         cfg,
         system_prompt=params.task.system_prompt,
         checkpoint_dir=CHECKPOINT_DIR,
-        plots_dir=PLOTS_DIR,
+        plots_dir=PLOTS_DIR if dp.is_main else None,
+        progress=dp.is_main,
         fingerprint=inputs,
+        dp=dp,
     )
     metrics = trainer.train(resume=resume)
+    # Every replica holds the same weights: the main process alone writes them and the metrics.
+    dp.barrier()
+    if not dp.is_main:
+        return
 
     with atomic_dir(OUT_DIR) as tmp:
         export_policy(
