@@ -119,6 +119,52 @@ def test_dpo_loss_matches_trl_formula_on_a_batch():
         dpo_loss(pc, pr, rc, rr, beta, "kto")
 
 
+def test_log_probs_and_metrics_match_trl_dpo_trainer(tiny_models, tmp_path):
+    """TRL's own DPOTrainer.evaluate on the same pairs, policy and reference: the summed reply
+    log-probs agree to float precision (same tokens scored: our chat rendering + EOS is TRL's
+    prompt/completion split), and the loss and implicit rewards agree to 1e-3. Not tighter:
+    TRL's reference pass differs from its own policy pass on identical weights by ~1e-3 nats
+    per reply (its fused LM head), so rewards carry that noise."""
+    from datasets import Dataset
+    from trl import DPOConfig as TrlDpoConfig
+    from trl import DPOTrainer
+
+    from rlhf_lab.generation import chat_prompt_text
+    from rlhf_lab.testing import build_tiny_policy
+
+    ref_dir = tiny_models["policy"]
+    policy_dir = build_tiny_policy(tmp_path / "other", seed=1)  # same tokenizer, other weights
+    tok = models.load_tokenizer(ref_dir)
+    pairs = toy_pairs(REPLIES[:3], QUESTIONS[:2])
+    rows = [
+        {"prompt": chat_prompt_text(tok, p.prompt), "chosen": p.chosen, "rejected": p.rejected}
+        for p in pairs
+    ]
+    args = TrlDpoConfig(
+        output_dir=str(tmp_path / "trl"), beta=0.1, loss_type=["sigmoid"], use_cpu=True,
+        per_device_eval_batch_size=len(pairs), max_length=None, report_to="none",
+        logging_strategy="no", save_strategy="no",
+    )  # fmt: skip
+    trainer = DPOTrainer(
+        model=models.load_causal_lm(policy_dir), ref_model=models.load_causal_lm(ref_dir),
+        args=args, train_dataset=Dataset.from_list(rows), eval_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+    )  # fmt: skip
+    trl = trainer.evaluate()
+
+    batch = PairCollator(tok.pad_token_id)([tokenize_pair(tok, p, 1024) for p in pairs])
+    with torch.no_grad():
+        pc, pr, _, _ = pair_logps(models.load_causal_lm(policy_dir).eval(), batch)
+        rc, rr, _, _ = pair_logps(models.load_causal_lm(ref_dir).eval(), batch)
+    ours = preference_metrics(*dpo_loss(pc, pr, rc, rr, 0.1, "sigmoid"), pc, pr)
+    assert ours["logps/chosen"] == pytest.approx(trl["eval_logps/chosen"], rel=1e-6)
+    assert ours["logps/rejected"] == pytest.approx(trl["eval_logps/rejected"], rel=1e-6)
+    for key in ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert ours[key] == pytest.approx(trl[f"eval_{key}"], abs=1e-3), key
+    assert ours["rewards/accuracies"] == trl["eval_rewards/accuracies"]
+    assert (pc - rc).abs().mean() > 0.1  # the two models really differ
+
+
 def test_preference_metrics_are_trl_means():
     losses = torch.tensor([1.0, 3.0])
     m = preference_metrics(
