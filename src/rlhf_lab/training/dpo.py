@@ -279,9 +279,9 @@ def train_dpo_model(
 ) -> TrainOutcome:
     """LoRA-train the SFT policy in ``sft_dir`` on the pairs; merge and save to ``out_dir``.
 
-    Valid metrics are measured before training (the policy is then the reference: every
-    implicit reward is 0 and the sigmoid loss is log 2) and after every epoch. Call it on
-    every process; only the main process writes.
+    Valid metrics after every epoch, and before training (``valid_start/*``, which need no
+    pass: the policy is then the reference, every implicit reward is 0 and the sigmoid loss
+    is log 2). Call it on every process; only the main process writes.
     """
     if not train_pairs:
         raise ValueError("no training pairs")
