@@ -374,7 +374,8 @@ def train_dpo_model(
             seen += cfg.batch_size
             values = preference_metrics(losses.detach(), rc, rr, pc.detach(), pr.detach())
             point = {
-                f"train/{k}": mean_across(accelerator, torch.tensor(v)) for k, v in values.items()
+                f"train/{k}": mean_across(accelerator, torch.tensor(v, device=accelerator.device))
+                for k, v in values.items()
             }
             point["train/lr"] = scheduler.get_last_lr()[0]
             epoch_points.append(point)
