@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,8 @@ from rlhf_lab.training.common import (
 from rlhf_lab.training.reward_model import PreferencePair
 from rlhf_lab.training.sft import IGNORE_INDEX, SftCollator, SftExample, batch_nll, tokenize_example
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+LOSS_TYPES: tuple[str, ...] = get_args(DpoConfig.model_fields["loss_type"].annotation)
+"""The ``dpo.loss_type`` values (defined once, by the config's ``Literal``)."""
 
 # ---------------------------------------------------------------------------------------------
 # pure math
