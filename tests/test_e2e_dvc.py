@@ -62,11 +62,13 @@ def test_full_dvc_repro_then_experiment(tiny_repo):
         "score_with_llm",
         "train_reward",
         "train_sft",
+        "train_dpo",
         "train_critic",
         "train_ppo",
     ):
         assert (tiny_repo / f"metrics/{stage}.json").is_file(), stage
     assert (tiny_repo / "models/ppo/model.safetensors").is_file()
+    assert (tiny_repo / "models/dpo/model.safetensors").is_file()
     assert (tiny_repo / "reports/report.md").is_file()
     # Nothing stale. track_inputs is always_changed (it re-fingerprints data.source and the
     # local models on every repro), so DVC always lists it; every other stage is up to date.

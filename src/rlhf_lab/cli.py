@@ -118,6 +118,12 @@ def train_sft(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     _run("train_sft", params)
 
 
+@app.command("train_dpo")
+def train_dpo(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """DPO (or IPO) on the preference pairs from the SFT policy, merged into models/dpo."""
+    _run("train_dpo", params)
+
+
 @app.command("train_ppo")
 def train_ppo(
     params: ParamsOpt = DEFAULT_PARAMS,

@@ -249,6 +249,33 @@ class SftConfig(Section):
     """Seed for adapter init and shuffling."""
 
 
+class DpoConfig(Section):
+    beta: float = Field(0.1, gt=0.0)
+    """β: strength of the implicit KL tie to the reference (the SFT model); smaller drifts more."""
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
+    """sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023); hinge: SLiC."""
+    lr: float = Field(1.0e-4, gt=0.0)
+    """AdamW learning rate for the LoRA parameters."""
+    epochs: int = Field(1, ge=1)
+    """Passes over the training pairs."""
+    batch_size: int = Field(8, ge=1)
+    """Preference pairs per optimiser step."""
+    max_length: int = Field(192, ge=16)
+    """Longest prompt + reply in tokens, per side (prompt truncated from the left)."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay on the LoRA matrices."""
+    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
+    """Fraction of steps with linear learning-rate warm-up."""
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Global gradient-norm clip."""
+    max_bad_steps: int = Field(3, ge=1)
+    """Abort after this many optimiser steps skipped for a non-finite loss or gradient."""
+    lora: LoraConfig = LoraConfig()
+    """LoRA adapter on the SFT model; merged into models/dpo at the end."""
+    seed: int = 0
+    """Seed for adapter init and shuffling."""
+
+
 class CriticConfig(Section):
     target: Literal["reward_model", "judge"] = "reward_model"
     """Warm-start target: the reward model's score (what PPO's return is made of) or the judge's."""
@@ -446,6 +473,7 @@ class Params(Section):
     critic: CriticConfig = CriticConfig()
     sft: SftConfig = SftConfig()
     ppo: PpoConfig = PpoConfig()
+    dpo: DpoConfig = DpoConfig()
     eval: EvalConfig = EvalConfig()
 
 

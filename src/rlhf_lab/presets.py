@@ -102,6 +102,7 @@ PRESETS: dict[str, Preset] = {
             },
             # Prompt + reply must fit, or the prompt is cut from the left (losing the `def`).
             "sft": {"max_length": 512},
+            "dpo": {"max_length": 512},
             "critic": {"max_length": 512},
             "ppo": {"max_prompt_length": 448, "max_new_tokens": 64},
             "eval": {"max_new_tokens": 64},

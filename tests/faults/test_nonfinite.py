@@ -12,14 +12,16 @@ from safetensors.torch import load_file
 
 import rlhf_lab.ppo.trainer as ppo_trainer
 import rlhf_lab.training.critic as critic_mod
+import rlhf_lab.training.dpo as dpo_mod
 import rlhf_lab.training.reward_model as reward_mod
 import rlhf_lab.training.sft as sft_mod
-from rlhf_lab.config import CriticConfig, PpoConfig, RewardTrainConfig, SftConfig
+from rlhf_lab.config import CriticConfig, DpoConfig, PpoConfig, RewardTrainConfig, SftConfig
 from rlhf_lab.errors import NonFiniteLossError
 from rlhf_lab.ppo.composite_score import CompositeScorer
 from rlhf_lab.ppo.model import load_policy_critic
 from rlhf_lab.ppo.trainer import PpoTrainer
 from rlhf_lab.training.critic import ScoredReply, train_critic
+from rlhf_lab.training.dpo import train_dpo_model
 from rlhf_lab.training.reward_model import PreferencePair, train_reward_model
 from rlhf_lab.training.sft import SftExample, train_sft_model
 
@@ -172,11 +174,22 @@ def _critic(tiny_models, out_dir, **over):
     return train_critic(tiny_models["policy"], replies, replies[:2], cfg, out_dir=out_dir)
 
 
+def _dpo(tiny_models, out_dir, **over):
+    pairs = [
+        PreferencePair(r["prompt"], GOOD[i % 2], BAD[i % 2]) for i, r in enumerate(prompt_rows(8))
+    ]
+    cfg = DpoConfig(
+        **{"epochs": 2, "batch_size": 4, "max_length": 48, "lr": 1e-3, "lora": TINY_LORA, **over}
+    )
+    return train_dpo_model(tiny_models["policy"], pairs, pairs[:2], cfg, out_dir=out_dir)
+
+
 LOOPS = {
     # stage: (module attribute holding the loss, runner, limit key); 2 epochs x 2 steps each
     "train_sft": (sft_mod, "batch_nll", _sft, "sft.max_bad_steps"),
     "train_reward": (reward_mod, "bradley_terry_loss", _reward, "reward.train.max_bad_steps"),
     "train_critic": (critic_mod, "per_reply_mse", _critic, "critic.max_bad_steps"),
+    "train_dpo": (dpo_mod, "pair_logps", _dpo, "dpo.max_bad_steps"),
 }
 
 

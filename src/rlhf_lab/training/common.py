@@ -86,7 +86,7 @@ def _launched_without_gpu() -> bool:
 class NonFiniteGuard:
     """Skip an optimiser step whose loss or gradient norm is nan/inf; count; abort past a limit.
 
-    Shared by every training loop (reward model, SFT, critic, PPO, and a DPO loop to come). One
+    Shared by every training loop (reward model, SFT, critic, PPO, DPO). One
     bad batch (a degenerate row, an overflow) must not put nan into the weights, so its step is
     skipped; a run that keeps producing them is diverging, and stops with one line naming the
     limit instead of saving garbage. With an ``accelerator`` every process reaches the same
