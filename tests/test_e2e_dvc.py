@@ -55,8 +55,8 @@ def test_full_dvc_repro_then_experiment(tiny_repo):
     """The whole DAG on the tiny profile; a no-op repro; an experiment with a changed param."""
     _run([*DVC, "repro"], tiny_repo)
     metrics = json.loads((tiny_repo / "metrics/evaluate.json").read_text())
-    assert metrics["verdict/decision"] in {"proceed", "adjust", "reconsider"}
-    assert 0.0 <= metrics["delta/win_rate_rm"] <= 1.0
+    assert metrics["verdict/ppo/decision"] in {"proceed", "adjust", "reconsider"}
+    assert 0.0 <= metrics["delta/ppo/win_rate_rm"] <= 1.0
     for stage in (
         "prepare_preference",
         "score_with_llm",
