@@ -12,6 +12,7 @@ from rlhf_lab.evaluation.stats import (
     mean_ci,
     paired_bootstrap_pvalue,
     paired_test,
+    t_interval,
     win_rate,
     win_rate_ci,
 )
@@ -233,3 +234,16 @@ def test_lc_win_rate_matches_a_hand_fitted_logistic_regression() -> None:
 def test_lc_win_rate_all_wins_is_one() -> None:
     lc = length_controlled_win_rate([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [5, 9, 2], [4, 4, 4])
     assert lc > 0.99
+
+
+# ---------------------------------------------------------------- t_interval
+
+
+def test_t_interval_by_hand() -> None:
+    # mean 2, s = 1, n = 3: half-width t_{0.975, 2} / sqrt(3) = 4.302653 / 1.732051
+    mean, lo, hi = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert hi - mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert mean - lo == pytest.approx(hi - mean)
+    assert t_interval([5.0]) == (5.0, None, None)
+    assert t_interval([0.3, 0.3]) == pytest.approx((0.3, 0.3, 0.3))

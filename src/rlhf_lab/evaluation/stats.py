@@ -234,3 +234,21 @@ def length_controlled_win_rate(
     x = diff / sd if sd > 0 else np.zeros_like(diff)
     w = _logistic_fit(x, y, l2)
     return float(1.0 / (1.0 + np.exp(-w[0])))
+
+
+def t_interval(x: ArrayLike, confidence: float = 0.95) -> tuple[float, float | None, float | None]:
+    """Mean of ``x`` and its Student-t confidence interval, ``(mean, lo, hi)``.
+
+    For a handful of independent runs (seeds), where a bootstrap of 3 values is meaningless:
+    ``mean ± t_{(1+confidence)/2, n-1} · s / sqrt(n)`` with ``s`` the sample standard
+    deviation. With one value there is no spread to estimate: ``lo`` and ``hi`` are None.
+    """
+    arr = _as_1d(x, "x")
+    _check_confidence(confidence)
+    mean = float(arr.mean())
+    if arr.size < 2:
+        return mean, None, None
+    half = float(sps.t.ppf((1 + confidence) / 2, arr.size - 1)) * float(
+        arr.std(ddof=1) / np.sqrt(arr.size)
+    )
+    return mean, mean - half, mean + half
