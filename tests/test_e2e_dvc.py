@@ -79,6 +79,17 @@ def test_full_dvc_repro_then_experiment(tiny_repo):
     assert "clip01" in shown and "0.1" in shown
     diff = _run([*DVC, "metrics", "diff", "--json"], tiny_repo).stdout
     assert "metrics/evaluate.json" in diff or "metrics/train_ppo.json" in diff
+    # compare on a real repo: dvc exp show + each experiment's samples read from the DVC cache
+    rlhf = str(Path(sys.executable).parent / "rlhf-lab")
+    _run([rlhf, "compare", "--all", "--out", "compare.json"], tiny_repo)
+    result = json.loads((tiny_repo / "compare.json").read_text())
+    (ppo,) = [a for a in result["arms"] if a["model"] == "ppo"]
+    # the baseline commit, then clip01 unless its results are identical (a clip the tiny run
+    # never reaches leaves the same model: one run, not two seeds)
+    first, *rest = ppo["experiments"]
+    assert first != "clip01" and rest in ([], ["clip01"])
+    assert 0.0 <= ppo["metrics"]["win_rate_rm"]["mean"] <= 1.0
+    assert [(t["a"], t["b"], t["n_prompts"]) for t in result["tests"]] == [("sft", ppo["arm"], 8)]
 
 
 def test_dvc_repro_prepare_models_then_up_to_date(tiny_repo):
