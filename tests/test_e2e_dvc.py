@@ -89,7 +89,10 @@ def test_full_dvc_repro_then_experiment(tiny_repo):
     first, *rest = ppo["experiments"]
     assert first != "clip01" and rest in ([], ["clip01"])
     assert 0.0 <= ppo["metrics"]["win_rate_rm"]["mean"] <= 1.0
-    assert [(t["a"], t["b"], t["n_prompts"]) for t in result["tests"]] == [("sft", ppo["arm"], 8)]
+    n_prompts = metrics["eval/num_prompts"]  # every test prompt, paired
+    assert [(t["a"], t["b"], t["n_prompts"]) for t in result["tests"]] == [
+        ("sft", ppo["arm"], n_prompts)
+    ]
 
 
 def test_dvc_repro_prepare_models_then_up_to_date(tiny_repo):
