@@ -55,8 +55,10 @@ def test_full_dvc_repro_then_experiment(tiny_repo):
     """The whole DAG on the tiny profile; a no-op repro; an experiment with a changed param."""
     _run([*DVC, "repro"], tiny_repo)
     metrics = json.loads((tiny_repo / "metrics/evaluate.json").read_text())
-    assert metrics["verdict/decision"] in {"proceed", "adjust", "reconsider"}
-    assert 0.0 <= metrics["delta/win_rate_rm"] <= 1.0
+    for policy in ("ppo", "dpo"):  # eval.policies' default: every arm against SFT
+        assert metrics[f"verdict/{policy}/decision"] in {"proceed", "adjust", "reconsider"}
+        assert 0.0 <= metrics[f"delta/{policy}/win_rate_rm"] <= 1.0
+        assert 0.0 <= metrics[f"delta/{policy}/win_rate_rm_lc"] <= 1.0
     for stage in (
         "prepare_preference",
         "score_with_llm",
@@ -81,6 +83,23 @@ def test_full_dvc_repro_then_experiment(tiny_repo):
     assert "clip01" in shown and "0.1" in shown
     diff = _run([*DVC, "metrics", "diff", "--json"], tiny_repo).stdout
     assert "metrics/evaluate.json" in diff or "metrics/train_ppo.json" in diff
+    # compare on a real repo: dvc exp show + each experiment's samples read from the DVC cache
+    rlhf = str(Path(sys.executable).parent / "rlhf-lab")
+    _run([rlhf, "compare", "--all", "--out", "compare.json"], tiny_repo)
+    result = json.loads((tiny_repo / "compare.json").read_text())
+    (ppo,) = [a for a in result["arms"] if a["model"] == "ppo"]
+    # the baseline commit, then clip01 unless its results are identical (a clip the tiny run
+    # never reaches leaves the same model: one run, not two seeds)
+    first, *rest = ppo["experiments"]
+    assert first != "clip01" and rest in ([], ["clip01"])
+    assert 0.0 <= ppo["metrics"]["win_rate_rm"]["mean"] <= 1.0
+    n_prompts = metrics["eval/num_prompts"]  # every test prompt, paired
+    (dpo,) = [a for a in result["arms"] if a["model"] == "dpo"]
+    pairs = {frozenset((t["a"], t["b"])): t["n_prompts"] for t in result["tests"]}
+    assert pairs == {
+        frozenset(pair): n_prompts
+        for pair in (("sft", ppo["arm"]), ("sft", dpo["arm"]), (ppo["arm"], dpo["arm"]))
+    }
 
 
 def test_dvc_repro_prepare_models_then_up_to_date(tiny_repo):

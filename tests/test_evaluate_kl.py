@@ -1,4 +1,4 @@
-"""Reply log-probs and KL(PPO || SFT) on a tiny policy, against a naive full forward pass."""
+"""Reply log-probs and KL(policy || baseline) on tiny policies, against a naive forward pass."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 from rlhf_lab import generation
 from rlhf_lab.config import EvalConfig
 from rlhf_lab.evaluation import sampling
+from rlhf_lab.testing import build_tiny_policy
 
 PROMPTS = [
     [{"role": "user", "content": "hello how are you doing today"}],
@@ -61,10 +62,31 @@ def test_generated_token_ids_and_zero_kl_against_itself(policy):
     assert gen.prompt_ids[0] == first["input_ids"]
     for ids, eos in zip(gen.reply_ids, gen.eos, strict=True):
         assert (bool(ids) and ids[-1] == tok.eos_token_id) == eos
-    kl = sampling.kl_on_samples(
-        model, model, gen, temperature=0.7, pad_id=tok.pad_token_id, batch_size=2
-    )
-    assert np.allclose(kl, 0.0, atol=1e-5)
+
+
+def test_sample_models_kl_against_itself_and_another(tiny_models, tmp_path):
+    # "twin" is the baseline's own weights (KL 0); "other" different weights (KL != 0)
+    build_tiny_policy(tmp_path / "other", seed=1)
+    dirs = {
+        "base": tiny_models["policy"],
+        "twin": tiny_models["policy"],
+        "other": tmp_path / "other",
+    }
+    cfg = EvalConfig(batch_size=2, max_new_tokens=6, temperature=0.7)
+    rows = [{"id": str(i), "prompt": p} for i, p in enumerate(PROMPTS)]
+    gen, kl = sampling.sample_models(dirs, "base", ["twin", "other"], rows, cfg, None)
+    assert list(gen) == ["base", "twin", "other"] and list(kl) == ["twin", "other"]
+    assert np.allclose(kl["twin"], 0.0, atol=1e-5)
+    # same weights, seed and settings: the same replies
+    assert gen["twin"].reply_ids == gen["base"].reply_ids
+    # k1 on "other"'s samples, recomputed with both models side by side
+    model_o, tok_o = sampling.load_policy(dirs["other"])
+    model_b, _ = sampling.load_policy(dirs["base"])
+    kw = {"temperature": 0.7, "pad_id": tok_o.pad_token_id, "batch_size": 3}
+    g = gen["other"]
+    want = sampling.sequence_logprobs(model_o, g.prompt_ids, g.reply_ids, **kw)
+    want -= sampling.sequence_logprobs(model_b, g.prompt_ids, g.reply_ids, **kw)
+    assert kl["other"] == pytest.approx(want, abs=1e-4) and np.abs(kl["other"]).sum() > 0
 
 
 def test_kl_temperature_for_greedy():

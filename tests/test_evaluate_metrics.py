@@ -1,4 +1,4 @@
-"""evaluate's pure parts: per-model metrics, PPO-vs-SFT comparison, gates, scoring by task."""
+"""evaluate's pure parts: per-model metrics, policy-vs-baseline comparisons, gates, scoring."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ PPO = _model(
     [1.0, 0.4, 0.0, 0.7],
     eos=[True, True, False, True],
 )
-KL = np.array([0.5, 1.5, 2.0, 0.0])
+KL = {"ppo": np.array([0.5, 1.5, 2.0, 0.0])}
+SFT_PPO = {"baseline": "sft", "policies": ["ppo"]}
 
 
 def test_reference_of_skips_null_and_blank():
@@ -74,24 +75,51 @@ def test_summarise_model_by_hand():
 
 
 def test_build_metrics_keys_deltas_and_comparisons():
-    m = metrics.build_metrics({"sft": SFT, "ppo": PPO}, REFS, KL, n_boot=500, seed=0)
+    m = metrics.build_metrics({"sft": SFT, "ppo": PPO}, REFS, KL, **SFT_PPO, n_boot=500, seed=0)
     assert m["eval/num_prompts"] == 4 and m["eval/num_references"] == 2
     for key in ("rm_score", "bleu", "bleu1", "bleu2", "bleu4", "rougeL", "distinct1",
                 "distinct2", "length", "tokens", "eos_rate"):  # fmt: skip
-        assert m[f"delta/{key}"] == pytest.approx(m[f"ppo/{key}"] - m[f"sft/{key}"]), key
-    assert "delta/rm_score_ci_lo" in m and "delta/rm_score_ci_hi" in m
-    assert m["delta/rm_score"] == pytest.approx(0.525 - (-0.075))
+        assert m[f"delta/ppo/{key}"] == pytest.approx(m[f"ppo/{key}"] - m[f"sft/{key}"]), key
+    assert "delta/ppo/rm_score_ci_lo" in m and "delta/ppo/rm_score_ci_hi" in m
+    assert m["delta/ppo/rm_score"] == pytest.approx(0.525 - (-0.075))
     # PPO beats SFT on 3 of 4 prompts
-    assert m["delta/win_rate_rm"] == 0.75
-    assert m["delta/win_rate_rm_ci_lo"] <= 0.75 <= m["delta/win_rate_rm_ci_hi"]
+    assert m["delta/ppo/win_rate_rm"] == 0.75
+    assert m["delta/ppo/win_rate_rm_ci_lo"] <= 0.75 <= m["delta/ppo/win_rate_rm_ci_hi"]
+    lc = stats.length_controlled_win_rate(
+        PPO.scores[REWARD_MODEL], SFT.scores[REWARD_MODEL], PPO.n_tokens, SFT.n_tokens
+    )
+    assert m["delta/ppo/win_rate_rm_lc"] == lc and 0.0 < lc < 1.0
     p = stats.paired_test(PPO.scores[REWARD_MODEL], SFT.scores[REWARD_MODEL])
-    assert m["delta/rm_pvalue_wilcoxon"] == p["wilcoxon_p"]
-    assert m["delta/rm_pvalue_ttest"] == p["ttest_p"]
-    assert m["delta/kl_ppo_sft"] == pytest.approx(1.0)
+    assert m["delta/ppo/rm_pvalue_wilcoxon"] == p["wilcoxon_p"]
+    assert m["delta/ppo/rm_pvalue_ttest"] == p["ttest_p"]
+    assert m["delta/ppo/kl"] == pytest.approx(1.0)
     # no judge, no BERTScore: their keys are absent, not faked
     assert not [k for k in m if "judge" in k or "bertscore" in k]
     # flat: every value a number or a string
     assert all(isinstance(v, int | float | str) for v in m.values())
+
+
+def test_build_metrics_compares_every_policy_with_the_baseline():
+    # a second policy, DPO, that only lengthens PPO's replies: its deltas are its own
+    dpo = _model([t + " indeed" for t in PPO.texts], [2.0, 2.0, -2.0, 2.0])
+    kl = {**KL, "dpo": np.array([3.0, 3.0, 3.0, 3.0])}
+    m = metrics.build_metrics(
+        {"sft": SFT, "ppo": PPO, "dpo": dpo},
+        REFS,
+        kl,
+        baseline="sft",
+        policies=["ppo", "dpo"],
+        n_boot=200,
+        seed=0,
+    )
+    assert m["dpo/rm_score"] == 1.0 and m["dpo/tokens"] == pytest.approx(13 / 4 + 1)
+    assert m["delta/dpo/rm_score"] == pytest.approx(1.0 - (-0.075))
+    assert m["delta/dpo/win_rate_rm"] == 0.75 and m["delta/dpo/kl"] == 3.0
+    assert m["delta/dpo/tokens"] == pytest.approx(m["dpo/tokens"] - m["sft/tokens"])
+    # PPO's keys are those of the one-policy run: a policy's deltas ignore the others
+    alone = metrics.build_metrics({"sft": SFT, "ppo": PPO}, REFS, KL, **SFT_PPO, n_boot=200, seed=0)
+    assert {k: v for k, v in m.items() if "dpo" not in k} == alone
+    assert not [k for k in m if k.startswith("delta/sft")]
 
 
 def test_judge_failures_are_excluded_from_win_rate():
@@ -106,11 +134,11 @@ def test_judge_failures_are_excluded_from_win_rate():
         [{"helpfulness": 3.0, "overall": 3.0}, {"helpfulness": 5.0, "overall": 5.0}] * 2
     )
     assert np.isnan(sft.judge["overall"][1])
-    m = metrics.build_metrics({"sft": sft, "ppo": ppo}, REFS, KL, n_boot=200, seed=0)
+    m = metrics.build_metrics({"sft": sft, "ppo": ppo}, REFS, KL, **SFT_PPO, n_boot=200, seed=0)
     assert m["sft/judge/helpfulness"] == 2.0 and m["ppo/judge/overall"] == 4.0
     assert m["sft/judge_failures"] == 2 and m["ppo/judge_failures"] == 0
-    assert m["delta/win_rate_judge"] == 1.0  # the two failed rows do not take part
-    assert m["delta/judge/overall"] == pytest.approx(2.0)
+    assert m["delta/ppo/win_rate_judge"] == 1.0  # the two failed rows do not take part
+    assert m["delta/ppo/judge/overall"] == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize(
@@ -128,72 +156,79 @@ def test_decide(failed_hard, failed_soft, decision):
     assert decide(failed_hard, failed_soft) == decision
 
 
-def _gate_metrics(**over):
+def _gate_metrics(policy="ppo", **over):
     m = {
-        "delta/rm_score": 0.3,
-        "delta/kl_ppo_sft": 4.0,
+        f"delta/{policy}/rm_score": 0.3,
+        f"delta/{policy}/kl": 4.0,
         "sft/bleu": 10.0,
-        "ppo/bleu": 9.0,
+        f"{policy}/bleu": 9.0,
         "sft/distinct2": 0.5,
-        "ppo/distinct2": 0.48,
+        f"{policy}/distinct2": 0.48,
         "sft/eos_rate": 0.8,
-        "ppo/eos_rate": 0.9,
-        "delta/rm_pvalue_wilcoxon": 0.01,
+        f"{policy}/eos_rate": 0.9,
+        f"delta/{policy}/rm_pvalue_wilcoxon": 0.01,
         "sft/bertscore_f1_ci_lo": 0.40,
-        "ppo/bertscore_f1": 0.42,
+        f"{policy}/bertscore_f1": 0.42,
     }
-    m.update(over)
+    m.update({k.replace("ppo", policy): v for k, v in over.items()})
     return {k: v for k, v in m.items() if v is not None}
 
 
-@pytest.mark.parametrize(
-    ("over", "decision", "failed"),
-    [
-        ({}, "proceed", ""),
-        ({"delta/rm_score": 0.0}, "reconsider", "reward_gain"),  # must be strictly above
-        ({"delta/kl_ppo_sft": 12.0}, "reconsider", "kl"),
-        ({"ppo/bleu": 7.5}, "adjust", "bleu_drop"),  # 2.5 points > 2
-        ({"ppo/distinct2": 0.4}, "adjust", "distinct2_drop"),  # 20% of SFT's > 10%
-        ({"ppo/bleu": 7.0, "ppo/distinct2": 0.4}, "reconsider", "bleu_drop,distinct2_drop"),
-        ({"sft/bleu": None, "ppo/bleu": None}, "proceed", ""),  # no references: n/a
-        ({"delta/rm_pvalue_wilcoxon": 0.2}, "reconsider", "significance"),
-        ({"delta/rm_pvalue_wilcoxon": float("nan")}, "reconsider", "significance"),
-        ({"ppo/bertscore_f1": 0.39}, "reconsider", "bertscore"),  # below SFT's CI: hacking
-        ({"ppo/bertscore_f1": None}, "proceed", ""),  # no references: n/a
-        ({"ppo/eos_rate": 0.6}, "adjust", "eos_rate_drop"),  # 25% of SFT's > 10%
-    ],
-)
-def test_check_gates(over, decision, failed):
-    verdict = check_gates(_gate_metrics(**over), EvalGates())
+GATE_CASES = [
+    ({}, "proceed", ""),
+    ({"delta/ppo/rm_score": 0.0}, "reconsider", "reward_gain"),  # must be strictly above
+    ({"delta/ppo/kl": 12.0}, "reconsider", "kl"),
+    ({"ppo/bleu": 7.5}, "adjust", "bleu_drop"),  # 2.5 points > 2
+    ({"ppo/distinct2": 0.4}, "adjust", "distinct2_drop"),  # 20% of SFT's > 10%
+    ({"ppo/bleu": 7.0, "ppo/distinct2": 0.4}, "reconsider", "bleu_drop,distinct2_drop"),
+    ({"sft/bleu": None, "ppo/bleu": None}, "proceed", ""),  # no references: n/a
+    ({"delta/ppo/rm_pvalue_wilcoxon": 0.2}, "reconsider", "significance"),
+    ({"delta/ppo/rm_pvalue_wilcoxon": float("nan")}, "reconsider", "significance"),
+    ({"ppo/bertscore_f1": 0.39}, "reconsider", "bertscore"),  # below SFT's CI: hacking
+    ({"ppo/bertscore_f1": None}, "proceed", ""),  # no references: n/a
+    ({"ppo/eos_rate": 0.6}, "adjust", "eos_rate_drop"),  # 25% of SFT's > 10%
+]
+
+
+@pytest.mark.parametrize("policy", ["ppo", "dpo"])
+@pytest.mark.parametrize(("over", "decision", "failed"), GATE_CASES)
+def test_check_gates(over, decision, failed, policy):
+    verdict = check_gates(_gate_metrics(policy, **over), EvalGates(), policy, "sft")
     assert verdict.decision == decision
-    vm = verdict.metrics()
-    assert vm["verdict/decision"] == decision and vm["verdict/failed_gates"] == failed
+    vm = verdict.metrics(policy)
+    pre = f"verdict/{policy}"
+    assert vm[f"{pre}/decision"] == decision and vm[f"{pre}/failed_gates"] == failed
     names = ("reward_gain", "significance", "kl", "bertscore", "bleu_drop", "distinct2_drop")
     for gate in (*names, "eos_rate_drop"):
-        assert vm[f"verdict/pass/{gate}"] == int(gate not in failed.split(","))
-    assert vm["verdict/value/distinct2_drop"] == pytest.approx(
-        (0.5 - _gate_metrics(**over)["ppo/distinct2"]) / 0.5
+        assert vm[f"{pre}/pass/{gate}"] == int(gate not in failed.split(","))
+    assert vm[f"{pre}/value/distinct2_drop"] == pytest.approx(
+        (0.5 - _gate_metrics(policy, **over)[f"{policy}/distinct2"]) / 0.5
     )
+
+
+def test_gate_rules_name_the_models():
+    verdict = check_gates(_gate_metrics("dpo"), EvalGates(), "dpo", "sft")
+    assert verdict.gates[0].rule == "DPO - SFT mean reward-model score > 0"
 
 
 def test_gate_thresholds_come_from_params():
     gates = EvalGates(min_reward_gain=0.5, max_kl=3.0)
-    assert check_gates(_gate_metrics(), gates).failed == ["reward_gain", "kl"]
+    assert check_gates(_gate_metrics(), gates, "ppo", "sft").failed == ["reward_gain", "kl"]
 
 
 def test_breakdown_and_largest_changes():
     bleu = np.array([1.0, 0.5, np.nan, np.nan])
     sft = _model(SFT.texts, SFT.scores[REWARD_MODEL], **{"text/bleu": bleu})
     ppo = _model(PPO.texts, PPO.scores[REWARD_MODEL], **{"text/bleu": bleu - 0.5})
-    rows = metrics.component_breakdown({"sft": sft, "ppo": ppo}, n_boot=200, seed=0)
+    rows = metrics.component_breakdown({"sft": sft, "ppo": ppo}, "sft", "ppo", n_boot=200, seed=0)
     assert [r["component"] for r in rows] == [
         REWARD_MODEL,
         "text/bleu",
     ]  # gain first
     bleu_row = rows[1]
-    assert bleu_row["sft"] == 0.75 and bleu_row["ppo"] == 0.25 and bleu_row["n"] == 2
+    assert bleu_row["baseline"] == 0.75 and bleu_row["policy"] == 0.25 and bleu_row["n"] == 2
     assert bleu_row["delta"] == bleu_row["delta_ci_lo"] == bleu_row["delta_ci_hi"] == -0.5
-    gains, losses = metrics.largest_changes(ROWS, {"sft": sft, "ppo": ppo}, k=2)
+    gains, losses = metrics.largest_changes(ROWS, {"sft": sft, "ppo": ppo}, "sft", "ppo", k=2)
     assert gains == [0, 2]  # per-prompt gains +1.0, -0.1, +1.0, +0.5; ties keep row order
     assert losses == [1]  # -0.1 is the only loss
 
@@ -277,9 +312,8 @@ def test_score_outputs_crs():
     ref = out["ref"]
     assert "text/bleu" not in ref.scores and math.isnan(ref.scores[REWARD_MODEL][1])
     assert ref.task_flags["rec_hit"][0] == 1.0
-    m = metrics.build_metrics(
-        out, [scoring.reference_of(r) for r in rows], np.zeros(2), n_boot=100, seed=0
-    )
+    refs = [scoring.reference_of(r) for r in rows]
+    m = metrics.build_metrics(out, refs, {"ppo": np.zeros(2)}, **SFT_PPO, n_boot=100, seed=0)
     assert (
         m["sft/rec_hit_rate"] == 0.5 and m["sft/rec_rate"] == 1.0 and m["ref/rec_hit_rate"] == 1.0
     )
@@ -316,8 +350,16 @@ def test_score_outputs_docstring_and_judge():
 def test_finish_puts_the_verdict_in_the_metrics():
     # 4 toy prompts: no test could be significant; only the KL gate is under test here
     gates = EvalGates(max_kl=0.5, max_rm_pvalue=1.0, max_eos_rate_drop=1.0)
-    cfg = EvalConfig(n_boot=100, gates=gates)
+    cfg = EvalConfig(policies=["ppo"], n_boot=100, gates=gates)
     result = evaluate.finish("chat", ROWS, {"sft": SFT, "ppo": PPO}, KL, cfg)
-    assert result.metrics["verdict/decision"] == "reconsider"
-    assert result.metrics["verdict/failed_gates"] == "kl"
-    assert result.gains == [0, 2, 3] and result.losses == [1]
+    assert result.metrics["verdict/ppo/decision"] == "reconsider"
+    assert result.metrics["verdict/ppo/failed_gates"] == "kl"
+    assert result.gains == {"ppo": [0, 2, 3]} and result.losses == {"ppo": [1]}
+
+
+def test_eval_config_rejects_bad_model_lists():
+    assert EvalConfig().models == ["sft", "ppo", "dpo"]
+    for bad in ({"policies": []}, {"policies": ["ppo", "ppo"]}, {"policies": ["sft"]},
+                {"policies": ["ref"]}, {"baseline": "delta"}, {"policies": ["a/b"]}):  # fmt: skip
+        with pytest.raises(ValueError, match="eval"):
+            EvalConfig(**bad)

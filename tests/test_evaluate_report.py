@@ -30,6 +30,7 @@ def _outputs() -> dict[str, metrics.ModelOutputs]:
     for who, shift, texts in (
         ("sft", 0.0, [f"sft reply {i} is short" for i in range(N)]),
         ("ppo", 0.5, [f"ppo reply {i}\nis longer and longer" for i in range(N)]),
+        ("dpo", 1.0, [f"dpo reply {i} differs" for i in range(N)]),
     ):
         bleu = np.where(has_ref, rng.uniform(0, 1, N), np.nan)
         out[who] = metrics.ModelOutputs(
@@ -58,8 +59,10 @@ def _outputs() -> dict[str, metrics.ModelOutputs]:
 @pytest.fixture(scope="module")
 def result() -> evaluate.EvalResult:
     # max_distinct2_drop=0 with PPO's repeated words fails exactly one soft gate: "adjust"
-    cfg = EvalConfig(n_boot=200, gates=EvalGates(min_reward_gain=-10.0, max_distinct2_drop=0.0))
-    return evaluate.finish("chat", ROWS, _outputs(), np.full(N, 0.25), cfg)
+    gates = EvalGates(min_reward_gain=-10.0, max_distinct2_drop=0.0)
+    cfg = EvalConfig(policies=["ppo", "dpo"], baseline="sft", n_boot=200, gates=gates)
+    kl = {"ppo": np.full(N, 0.25), "dpo": np.full(N, 0.5)}
+    return evaluate.finish("chat", ROWS, _outputs(), kl, cfg)
 
 
 def test_histogram_fractions():
@@ -75,18 +78,27 @@ def test_plot_data_files(result, tmp_path):
     report.write_plot_data(result, tmp_path)
     with (tmp_path / "dist" / "reward_model.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == report.BINS and list(rows[0]) == ["score", "sft", "ppo", "ref"]
-    for who in ("sft", "ppo", "ref"):
+    # one column per model, the baseline first, then the references
+    assert len(rows) == report.BINS and list(rows[0]) == ["score", "sft", "ppo", "dpo", "ref"]
+    for who in ("sft", "ppo", "dpo", "ref"):
         assert sum(float(r[who]) for r in rows) == pytest.approx(1.0, abs=1e-4)
     with (tmp_path / "dist" / "text_bleu.csv").open() as fh:
         bleu = list(csv.DictReader(fh))
     assert all(r["ref"] == "" for r in bleu)  # references are not scored on BLEU
-    with (tmp_path / "components.csv").open() as fh:
-        comps = {r["component"]: r for r in csv.DictReader(fh)}
-    assert set(comps) == {REWARD_MODEL, "text/bleu", "text/length"}
-    assert comps["text/length"]["ref"] == "1.0"
+    for policy in ("ppo", "dpo"):
+        with (tmp_path / "components" / f"{policy}.csv").open() as fh:
+            comps = {r["component"]: r for r in csv.DictReader(fh)}
+        assert set(comps) == {REWARD_MODEL, "text/bleu", "text/length"}
+        assert comps["text/length"]["ref"] == "1.0"
+        row = comps[REWARD_MODEL]
+        assert list(row) == ["component", "sft", policy, "ref", "delta", "delta_ci_lo",
+                             "delta_ci_hi"]  # fmt: skip
+        assert float(row["delta"]) == pytest.approx(float(row[policy]) - float(row["sft"]))
     with (tmp_path / "rm_pairs.csv").open() as fh:
-        assert len(list(csv.DictReader(fh))) == N
+        pairs = list(csv.DictReader(fh))
+    assert len(pairs) == N and list(pairs[0]) == ["id", "sft", "ppo", "dpo"]
+    dpo_rm = result.outputs["dpo"].scores[REWARD_MODEL]
+    assert [float(r["dpo"]) for r in pairs] == pytest.approx(dpo_rm, abs=1e-6)
 
 
 def test_plot_images(result, tmp_path):
@@ -104,24 +116,34 @@ def test_report_layout(result):
     md = report.render_report(
         result, plots_rel="../plots/evaluate", run_params={"ppo.lr": 5e-5}, n_boot=200
     )
-    assert result.verdict.decision == "adjust"
-    assert "**Verdict: ADJUST** — failing gate: `distinct2_drop`." in md
+    assert md.startswith("# Evaluation: PPO, DPO vs SFT")
+    # PPO's repeated words fail one soft gate; DPO's distinct replies 1 std above SFT pass all
+    assert result.verdicts["ppo"].decision == "adjust"
+    assert result.verdicts["dpo"].decision == "proceed"
+    assert "- **PPO: ADJUST** — failing gate: `distinct2_drop`." in md
+    assert "- **DPO: PROCEED** — every gate passes." in md
     for heading in (
+        "## Verdicts",
         "## Headline",
-        "## Significance",
-        "## Gates",
-        "## Reward components",
-        "## Five largest PPO gains (reward model)",
-        "## Five largest PPO losses (reward model)",
+        "## PPO vs SFT",
+        "## DPO vs SFT",
+        "### Gates (PPO)",
+        "### Gates (DPO)",
+        "### Reward components (DPO)",
+        "### Five largest PPO gains over SFT (reward model)",
+        "### Five largest DPO losses to SFT (reward model)",
         "## Run parameters",
     ):
         assert heading in md
+    # one column per model, one delta column per policy
+    assert "| metric | SFT | PPO | DPO | PPO − SFT | DPO − SFT | references |" in md
+    assert "length-controlled win rate vs SFT" in md
     assert "Wilcoxon signed-rank test, two-sided" in md
     assert "](../plots/evaluate/reward_hist.png)" in md
     assert "| `ppo.lr` | 5.0e-05 |" in md
     assert "question 1 \\| with a pipe" in md  # table cells stay one cell
     assert "ppo reply 1<br>is longer" in md
-    gains = md.split("## Five largest PPO gains")[1].split("## Five largest PPO losses")[0]
+    gains = md.split("### Five largest PPO gains")[1].split("### Five largest PPO losses")[0]
     assert gains.count("| 1. `") == 1 and gains.count("`p") <= 5
 
 
@@ -140,6 +162,12 @@ def test_samples(result):
     assert second["sft_scores"]["bertscore_f1"] == 0.8
     assert set(second["reference_scores"]) == {REWARD_MODEL, "text/length"}
     assert second["sft_reply"] == "sft reply 1 is short" and second["kl_ppo_sft"] == 0.25
+    assert second["dpo_reply"] == "dpo reply 1 differs" and second["kl_dpo_sft"] == 0.5
+    assert second["baseline"] == "sft" and second["policies"] == ["ppo", "dpo"]
+    assert second["dpo_tokens"] == 6 and second["dpo_eos"] is True
+    assert second["dpo_scores"][REWARD_MODEL] == pytest.approx(
+        result.outputs["dpo"].scores[REWARD_MODEL][1], abs=1e-6
+    )
 
 
 def test_flatten_params():

@@ -40,11 +40,13 @@ def fake_judge(rows, replies):
 
 @pytest.fixture(scope="module")
 def workspace(tiny_models, tmp_path_factory):
-    """A repo-like folder with models/{sft,ppo,reward,base/encoder} and data/prompts/test.jsonl."""
+    """A repo-like folder with models/{sft,ppo,dpo,reward,base/encoder}, data/prompts/test.jsonl."""
     root = tmp_path_factory.mktemp("evaluate")
     shutil.copytree(tiny_models["policy"], root / "models/sft")
     build_tiny_policy(root / "models/ppo", seed=1)  # same tokenizer, different weights
     models.write_provenance(root / "models/ppo", params={"ppo": {"kl_coef": 0.05, "steps": 4}})
+    build_tiny_policy(root / "models/dpo", seed=2)
+    models.write_provenance(root / "models/dpo", params={"dpo": {"beta": 0.1}})
     shutil.copytree(tiny_models["encoder"], root / "models/base/encoder")
     reward = models.load_sequence_classifier(tiny_models["encoder"])
     tok = models.load_tokenizer(tiny_models["encoder"], padding_side="right")
@@ -92,7 +94,7 @@ def _metrics(root):
 def test_metrics_keys_and_ranges(evaluated):
     m = _metrics(evaluated)
     assert m["eval/num_prompts"] == NUM_PROMPTS and m["eval/num_references"] == 4
-    for who in ("sft", "ppo"):
+    for who in ("sft", "ppo", "dpo"):
         for key in ("bleu", "bleu1", "bleu2", "bleu4"):
             assert 0.0 <= m[f"{who}/{key}"] <= 100.0
         for key in ("rougeL", "distinct1", "distinct2", "eos_rate"):
@@ -105,30 +107,39 @@ def test_metrics_keys_and_ranges(evaluated):
             assert 0.0 <= m[f"{who}/reward/{comp}"] <= 1.0
         assert 2.0 <= m[f"{who}/judge/helpfulness"] <= 5.0
         assert m[f"{who}/judge/harmlessness"] == 5.0 and m[f"{who}/judge_failures"] == 0
-    assert m["delta/rm_score"] == pytest.approx(m["ppo/rm_score"] - m["sft/rm_score"])
-    assert m["delta/distinct2"] == pytest.approx(m["ppo/distinct2"] - m["sft/distinct2"])
-    for prefix in ("rm", "judge"):
-        lo, rate, hi = (m[f"delta/win_rate_{prefix}{s}"] for s in ("_ci_lo", "", "_ci_hi"))
-        assert 0.0 <= lo <= rate <= hi <= 1.0
-        assert 0.0 <= m[f"delta/{prefix}_pvalue_wilcoxon"] <= 1.0
-    # different weights, so the KL estimate is not zero (k1 per prompt can be negative)
-    assert math.isfinite(m["delta/kl_ppo_sft"]) and m["delta/kl_ppo_sft"] != 0.0
+    for p in ("ppo", "dpo"):
+        d = f"delta/{p}"
+        assert m[f"{d}/rm_score"] == pytest.approx(m[f"{p}/rm_score"] - m["sft/rm_score"])
+        assert m[f"{d}/distinct2"] == pytest.approx(m[f"{p}/distinct2"] - m["sft/distinct2"])
+        for prefix in ("rm", "judge"):
+            lo, rate, hi = (m[f"{d}/win_rate_{prefix}{s}"] for s in ("_ci_lo", "", "_ci_hi"))
+            assert 0.0 <= lo <= rate <= hi <= 1.0
+            assert 0.0 <= m[f"{d}/{prefix}_pvalue_wilcoxon"] <= 1.0
+        assert 0.0 < m[f"{d}/win_rate_rm_lc"] < 1.0
+        # different weights, so the KL estimate is not zero (k1 per prompt can be negative)
+        assert math.isfinite(m[f"{d}/kl"]) and m[f"{d}/kl"] != 0.0
+    assert m["delta/ppo/kl"] != m["delta/dpo/kl"]  # each on its own samples
     assert "ref/rm_score" in m and "ref/reward/text/length" in m
     assert "ref/reward/text/bleu" not in m and "ref/bleu" not in m
+    assert not [k for k in m if k.startswith(("delta/sft", "verdict/sft"))]
 
 
 def test_verdict_in_metrics_and_report(evaluated):
     m = _metrics(evaluated)
-    decision = m["verdict/decision"]
-    assert decision in ("proceed", "adjust", "reconsider")
-    failed = [g for g in m["verdict/failed_gates"].split(",") if g]
-    for gate in ("reward_gain", "kl", "bleu_drop", "distinct2_drop"):
-        assert m[f"verdict/pass/{gate}"] == int(gate not in failed)
     md = (evaluated / "reports/report.md").read_text()
-    assert f"**Verdict: {decision.upper()}**" in md
-    for gate in failed:
-        assert f"`{gate}`" in md.split("\n\n")[1]  # named right after the verdict
+    verdicts = md.split("## Verdicts")[1].split("## Headline")[0]
+    for p in ("ppo", "dpo"):
+        decision = m[f"verdict/{p}/decision"]
+        assert decision in ("proceed", "adjust", "reconsider")
+        failed = [g for g in m[f"verdict/{p}/failed_gates"].split(",") if g]
+        for gate in ("reward_gain", "kl", "bleu_drop", "distinct2_drop"):
+            assert m[f"verdict/{p}/pass/{gate}"] == int(gate not in failed)
+        line = next(x for x in verdicts.splitlines() if x.startswith(f"- **{p.upper()}: "))
+        assert f"**{p.upper()}: {decision.upper()}**" in line
+        for gate in failed:
+            assert f"`{gate}`" in line  # named right after the verdict
     assert "| `ppo.kl_coef` | 0.050 |" in md  # from models/ppo/provenance.json
+    assert "| `dpo.beta` | 0.100 |" in md  # from models/dpo/provenance.json
     assert "judge overall" in md
 
 
@@ -138,9 +149,10 @@ def test_samples_and_plots(evaluated):
     assert [s["id"] for s in samples] == [f"t{i}" for i in range(NUM_PROMPTS)]
     first = samples[0]
     assert first["reference"] == CHATS[0][1]
-    assert {"sft_reply", "ppo_reply", "sft_scores", "ppo_scores", "reference_scores"} <= set(first)
+    keys = {"sft_reply", "ppo_reply", "dpo_reply", "sft_scores", "ppo_scores", "dpo_scores"}
+    assert keys | {"reference_scores", "kl_ppo_sft", "kl_dpo_sft"} <= set(first)
     assert {"reward_model", "text/bleu", "bertscore_f1", "judge/overall"} <= set(
-        first["ppo_scores"]
+        first["dpo_scores"]
     )
     assert samples[2]["reference"] is None and "text/bleu" not in samples[2]["sft_scores"]
     plots = evaluated / "plots/evaluate"
@@ -154,9 +166,27 @@ def test_samples_and_plots(evaluated):
         "text_distinct.csv",
         "text_length.csv",
     ]
-    assert (plots / "components.csv").is_file() and (plots / "rm_pairs.csv").is_file()
+    header = (plots / "dist/reward_model.csv").read_text().splitlines()[0]
+    assert header == "score,sft,ppo,dpo,ref"
+    assert sorted(p.name for p in (plots / "components").iterdir()) == ["dpo.csv", "ppo.csv"]
+    assert (plots / "rm_pairs.csv").read_text().startswith("id,sft,ppo,dpo\n")
     # nothing half-written is left behind
     assert not [p for p in evaluated.glob("*/.*tmp*")]
+
+
+def test_missing_policy_dir_is_one_line(workspace, tmp_path, monkeypatch):
+    # a policy listed in eval.policies without a model dir is an error, never a silent skip
+    (tmp_path / "data").mkdir()
+    shutil.copytree(workspace / "data/prompts", tmp_path / "data/prompts")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/sft").symlink_to(workspace / "models/sft")
+    (tmp_path / "models/ppo").symlink_to(workspace / "models/ppo")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("eval:\n  num_prompts: 2\n")
+    result = CliRunner().invoke(app, ["evaluate"])
+    assert result.exit_code == 2
+    assert "models/dpo: no model for eval.policies entry 'dpo'" in result.output
+    assert not (tmp_path / "metrics").exists()
 
 
 def test_missing_prompts_is_one_line(tmp_path, monkeypatch):

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 
 from rlhf_lab.evaluation.stats import (
+    length_controlled_win_rate,
     mean_ci,
     paired_bootstrap_pvalue,
     paired_test,
+    t_interval,
     win_rate,
     win_rate_ci,
 )
@@ -182,3 +184,66 @@ def test_paired_bootstrap_null_and_symmetry() -> None:
     assert paired_bootstrap_pvalue(b, a, n_boot=1000, seed=0) == pytest.approx(p)
     # ... and it agrees with the t-test to within bootstrap noise.
     assert p == pytest.approx(paired_test(a, b)["ttest_p"], abs=0.1)
+
+
+# ---------------------------------------------------------------- length-controlled win rate
+
+
+def test_lc_win_rate_removes_a_pure_length_effect() -> None:
+    # a's reply is longer on most prompts, and whether it wins depends on nothing but the
+    # length difference (P(win) = sigmoid(diff / 5), exactly 0.5 at equal length): the raw
+    # win rate is far above 0.5, the length-controlled one is not
+    rng = np.random.default_rng(0)
+    n = 2000
+    diff = rng.normal(8.0, 6.0, n)
+    wins = rng.random(n) < 1 / (1 + np.exp(-diff / 5))
+    a, b = wins.astype(float), np.full(n, 0.5)
+    len_b = np.full(n, 30.0)
+    assert win_rate(a, b) > 0.75
+    lc = length_controlled_win_rate(a, b, len_b + diff, len_b)
+    assert lc == pytest.approx(0.5, abs=0.04)
+
+
+def test_lc_win_rate_equals_raw_without_a_length_effect() -> None:
+    # lengths independent of the outcome: LC is the raw rate up to sampling noise
+    rng = np.random.default_rng(1)
+    n = 400
+    a, b = rng.normal(0.3, 1.0, n), rng.normal(0.0, 1.0, n)
+    len_a, len_b = rng.integers(5, 40, n).astype(float), rng.integers(5, 40, n).astype(float)
+    assert length_controlled_win_rate(a, b, len_a, len_b) == pytest.approx(win_rate(a, b), abs=0.02)
+    # no spread in the length difference: intercept only, exactly the raw rate (ties 0.5)
+    same = np.full(4, 10.0)
+    rate = length_controlled_win_rate([1, 1, 0, 2], [0, 1, 1, 1], same, same)
+    assert rate == pytest.approx(win_rate([1, 1, 0, 2], [0, 1, 1, 1])) == pytest.approx(0.625)
+
+
+def test_lc_win_rate_matches_a_hand_fitted_logistic_regression() -> None:
+    # 6 prompts, fitted without penalty by brute force over a grid: the Newton fit agrees
+    y = np.array([1.0, 1.0, 0.5, 0.0, 1.0, 0.0])
+    diff = np.array([3.0, 1.0, 0.0, -2.0, -1.0, 2.0])
+    x = diff / diff.std()
+    w0, w1 = np.meshgrid(np.linspace(-3, 3, 601), np.linspace(-3, 3, 601))
+    z = w0[..., None] + w1[..., None] * x
+    loglik = (y * -np.logaddexp(0, -z) + (1 - y) * -np.logaddexp(0, z)).sum(-1)
+    best = np.unravel_index(np.argmax(loglik), loglik.shape)
+    a, b = y, np.full(6, 0.5)  # a > b exactly where y is 1, tie where 0.5
+    got = length_controlled_win_rate(a, b, diff + 10, np.full(6, 10.0), l2=0.0)
+    assert got == pytest.approx(1 / (1 + math.exp(-w0[best])), abs=2e-3)
+
+
+def test_lc_win_rate_all_wins_is_one() -> None:
+    lc = length_controlled_win_rate([1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [5, 9, 2], [4, 4, 4])
+    assert lc > 0.99
+
+
+# ---------------------------------------------------------------- t_interval
+
+
+def test_t_interval_by_hand() -> None:
+    # mean 2, s = 1, n = 3: half-width t_{0.975, 2} / sqrt(3) = 4.302653 / 1.732051
+    mean, lo, hi = t_interval([1.0, 2.0, 3.0])
+    assert mean == 2.0
+    assert hi - mean == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
+    assert mean - lo == pytest.approx(hi - mean)
+    assert t_interval([5.0]) == (5.0, None, None)
+    assert t_interval([0.3, 0.3]) == pytest.approx((0.3, 0.3, 0.3))

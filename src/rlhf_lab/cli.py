@@ -228,6 +228,20 @@ def analyze_rewards(
     )
 
 
+@app.command("compare")
+def compare(
+    experiments: Annotated[
+        list[str] | None,
+        typer.Argument(help="experiment names (or revs) from `dvc exp show`", show_default=False),
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="every evaluated experiment")] = False,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="also write JSON here")] = None,
+    params: ParamsOpt = DEFAULT_PARAMS,
+) -> None:
+    """Evaluate's results across DVC experiments: arms × seeds, mean ± 95% CI, paired tests."""
+    _run("compare", params, package="tools", experiments=experiments or [], all_=all_, out=out)
+
+
 @app.command("arena")
 def arena(
     model: Annotated[

@@ -412,7 +412,9 @@ class PpoConfig(Section):
 
 
 class EvalGates(Section):
-    """Thresholds of the evaluate verdict, checked on PPO vs SFT at the end of ``evaluate``.
+    """Thresholds of the evaluate verdict, checked on each policy vs the baseline (``eval``).
+
+    Below, PPO stands for any of ``eval.policies`` and SFT for ``eval.baseline``.
 
     Hard gates: ``reward_gain`` (mean reward-model gain > ``min_reward_gain``),
     ``significance`` (its paired Wilcoxon p-value < ``max_rm_pvalue``), ``kl`` (KL(PPO || SFT)
@@ -441,7 +443,15 @@ class EvalGates(Section):
     """Proceed only if PPO's BERTScore F1 is not below SFT's 95% CI (off: not checked)."""
 
 
+EVAL_RESERVED = ("ref", "delta", "verdict", "eval")
+"""Metric-key prefixes evaluate uses itself, so no model may be named after them."""
+
+
 class EvalConfig(Section):
+    policies: list[str] = ["ppo", "dpo"]
+    """Policies compared with the baseline, each the model dir models/<name> (e.g. ppo, dpo)."""
+    baseline: str = "sft"
+    """The model every policy is compared with: the model dir models/<name> (e.g. sft)."""
     num_prompts: int = Field(60, ge=1)
     """Held-out prompts evaluated (from data/prompts/test.jsonl)."""
     batch_size: int = Field(16, ge=1)
@@ -449,7 +459,7 @@ class EvalConfig(Section):
     max_new_tokens: int = Field(32, ge=1)
     """Longest reply in tokens."""
     temperature: float = Field(0.7, ge=0.0)
-    """Sampling temperature (0 = greedy); the same for SFT and PPO."""
+    """Sampling temperature (0 = greedy); the same for every model."""
     bertscore_layers: int = Field(6, ge=1)
     """Encoder layer BERTScore reads (MiniLM-L6 has 6)."""
     n_boot: int = Field(2000, ge=100)
@@ -459,7 +469,31 @@ class EvalConfig(Section):
     judge: bool = False
     """Score replies with the configured judge too (slow on CPU)."""
     seed: int = 0
-    """Seed for sampling (shared by both models) and the bootstrap."""
+    """Seed for sampling (shared by every model) and the bootstrap."""
+
+    @model_validator(mode="after")
+    def _models(self) -> EvalConfig:
+        names = [*self.policies, self.baseline]
+        if not self.policies:
+            raise ValueError("eval.policies must name at least one policy")
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"eval.policies {self.policies} must be distinct and not include "
+                f"eval.baseline ({self.baseline!r})"
+            )
+        for name in names:
+            # a name is a metric-key prefix and a folder under models/
+            if name in EVAL_RESERVED or not name or "/" in name or name.startswith("."):
+                raise ValueError(
+                    f"eval: {name!r} cannot name a model (a folder under models/, not one of "
+                    f"{', '.join(EVAL_RESERVED)})"
+                )
+        return self
+
+    @property
+    def models(self) -> list[str]:
+        """The baseline, then the policies: the order of every table and plot."""
+        return [self.baseline, *self.policies]
 
 
 class Params(Section):

@@ -1,21 +1,25 @@
-"""The evaluate stage's library: sample SFT and PPO on held-out prompts, score, compare, decide.
+"""The evaluate stage's library: sample every policy and the baseline on held-out prompts,
+score, compare each policy with the baseline, decide per policy.
 
-Flow (:func:`run_evaluation`; the stage module only loads params and writes the outputs), one
-module per concern:
+``eval.policies`` (default ``[ppo, dpo]``) are each compared with ``eval.baseline`` (default
+``sft``); every model is the directory ``models/<name>``. Flow (:func:`run_evaluation`; the
+stage module only loads params and writes the outputs), one module per concern:
 
-1. :mod:`~rlhf_lab.evaluation.sampling`: both policies answer the same test prompts with the
-   same sampling settings and seed, and KL(PPO || SFT) is estimated on PPO's sampled tokens;
+1. :mod:`~rlhf_lab.evaluation.sampling`: every model answers the same test prompts with the
+   same sampling settings and seed, and KL(policy || baseline) is estimated on each policy's
+   sampled tokens (one model in memory at a time);
 2. :mod:`~rlhf_lab.evaluation.scoring`: the reward model, every rule component of the task
    (from :func:`rlhf_lab.reward_components.build`, as PPO's), BERTScore and optionally the
    judge score each reply and the human references;
-3. :mod:`~rlhf_lab.evaluation.metrics`: corpus metrics per model and paired comparisons PPO vs
-   SFT as one flat dict of namespaced metrics;
-4. :mod:`~rlhf_lab.evaluation.gates`: ``eval.gates`` and the verdict.
+3. :mod:`~rlhf_lab.evaluation.metrics`: corpus metrics per model and paired comparisons of
+   each policy with the baseline as one flat dict of namespaced metrics;
+4. :mod:`~rlhf_lab.evaluation.gates`: ``eval.gates`` and a verdict per policy.
 
 :mod:`~rlhf_lab.evaluation.report` writes the report and plots from the :class:`EvalResult`.
 
 Metric keys are flat and namespaced for ``dvc metrics diff`` / ``dvc exp show``
-(``<m>`` is ``sft`` or ``ppo``; ``ref`` has the keys that make sense for the references):
+(``<m>`` is the baseline or a policy, e.g. ``sft``, ``ppo``, ``dpo``; ``ref`` has the keys
+that make sense for the references; ``<p>`` is a policy):
 
 - ``<m>/rm_score`` (+ ``_ci_lo``/``_ci_hi``): mean normalised reward-model score, 95% CI;
 - ``<m>/bleu``, ``bleu1``, ``bleu2``, ``bleu4``: sacrebleu corpus BLEU on rows with a
@@ -26,23 +30,25 @@ Metric keys are flat and namespaced for ``dvc metrics diff`` / ``dvc exp show``
 - ``<m>/reward/<component>``: mean of each rule component (``text/*`` and the task's own);
 - ``<m>/rec_hit_rate``, ``rec_rate`` (crs): a gold movie / any known movie named;
 - ``<m>/judge/<dim>`` (rubric dimensions and ``overall``), ``<m>/judge_failures``;
-- ``delta/<metric>``: PPO minus SFT for each metric above; ``delta/rm_score_ci_lo/hi``: paired
-  bootstrap CI of the mean per-prompt gain;
-- ``delta/win_rate_rm`` (+ CI), ``delta/rm_pvalue_wilcoxon``, ``delta/rm_pvalue_ttest``: PPO
-  vs SFT by reward model (Wilcoxon signed-rank is the headline test); ``delta/win_rate_judge``
-  and ``delta/judge_pvalue_*`` the same on the judge's ``overall`` rating;
-- ``delta/kl_ppo_sft`` (+ CI): KL(PPO || SFT) in nats per reply (step 2);
+- ``delta/<p>/<metric>``: policy minus baseline for each metric above;
+  ``delta/<p>/rm_score_ci_lo/hi``: paired bootstrap CI of the mean per-prompt gain;
+- ``delta/<p>/win_rate_rm`` (+ CI), ``delta/<p>/rm_pvalue_wilcoxon``,
+  ``delta/<p>/rm_pvalue_ttest``: policy vs baseline by reward model (Wilcoxon signed-rank is
+  the headline test); ``delta/<p>/win_rate_rm_lc``: the length-controlled win rate (the win
+  rate at equal reply length in tokens, :func:`.stats.length_controlled_win_rate`);
+  ``delta/<p>/win_rate_judge`` and ``delta/<p>/judge_pvalue_*`` the same on the judge's
+  ``overall`` rating;
+- ``delta/<p>/kl`` (+ CI): KL(policy || baseline) in nats per reply (step 2);
 - ``eval/num_prompts``, ``eval/num_references``: prompts evaluated, of which with a reference;
-- ``verdict/decision`` (proceed / adjust / reconsider, :func:`decide`),
-  ``verdict/failed_gates`` (comma-separated, or ""), ``verdict/pass/<gate>`` (1/0) and
-  ``verdict/value/<gate>`` (what the gate checked).
+- ``verdict/<p>/decision`` (proceed / adjust / reconsider, :func:`.gates.decide`),
+  ``verdict/<p>/failed_gates`` (comma-separated, or ""), ``verdict/<p>/pass/<gate>`` (1/0)
+  and ``verdict/<p>/value/<gate>`` (what the gate checked).
 
 Steps 3 and 4 are pure (numbers in, numbers out) and unit-tested without models.
 """
 
 from __future__ import annotations
 
-import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +68,7 @@ from rlhf_lab.evaluation.metrics import (
     component_breakdown,
     largest_changes,
 )
-from rlhf_lab.evaluation.sampling import generate_replies, kl_on_samples, load_policy
+from rlhf_lab.evaluation.sampling import load_policy, sample_models  # noqa: F401 (tools.generate)
 from rlhf_lab.evaluation.scoring import JudgeScorer, reference_of, score_outputs
 from rlhf_lab.io import read_jsonl
 from rlhf_lab.reward_model import RewardModel
@@ -72,10 +78,30 @@ from rlhf_lab.reward_model import RewardModel
 class EvalPaths:
     """Where the evaluated models live (the stage's DVC deps)."""
 
-    sft: Path = Path("models/sft")
-    ppo: Path = Path("models/ppo")
+    models: Path = Path("models")
+    """Each policy and the baseline is ``models/<name>``."""
     reward: Path = Path("models/reward")
     encoder: Path = Path("models/base/encoder")
+
+    def policy(self, name: str) -> Path:
+        return self.models / name
+
+
+def check_model_dirs(paths: EvalPaths, cfg: EvalConfig) -> dict[str, Path]:
+    """``name -> models/<name>`` for the baseline and every policy; DataError if one is missing.
+
+    Missing is an error, not a skip: a comparison that silently drops an arm would look
+    like a complete one in ``dvc exp show``.
+    """
+    dirs = {name: paths.policy(name) for name in cfg.models}
+    for name, folder in dirs.items():
+        if not (folder / "config.json").is_file():
+            which = "eval.baseline" if name == cfg.baseline else "eval.policies"
+            raise DataError(
+                f"{folder}: no model for {which} entry {name!r} (train it first, or remove it "
+                f"from {which} in params.yaml)"
+            )
+    return dirs
 
 
 def load_prompt_rows(path: str | Path, num_prompts: int) -> list[Row]:
@@ -94,34 +120,61 @@ def load_prompt_rows(path: str | Path, num_prompts: int) -> list[Row]:
 
 @dataclass
 class EvalResult:
-    """Everything the stage writes: metrics, per-row outputs, the breakdown and the verdict."""
+    """Everything the stage writes: metrics, per-row outputs, breakdowns and verdicts.
+
+    ``outputs`` holds the baseline, every policy and ``ref``; the per-policy fields are keyed
+    by policy name, in ``policies`` order.
+    """
 
     task: str
+    baseline: str
+    policies: list[str]
     rows: list[Row]
     outputs: dict[str, ModelOutputs]
-    kl: np.ndarray
+    kl: dict[str, np.ndarray]
     metrics: dict[str, Any]
-    breakdown: list[dict[str, Any]]
-    verdict: Verdict
-    gains: list[int]
-    losses: list[int]
+    breakdown: dict[str, list[dict[str, Any]]]
+    verdicts: dict[str, Verdict]
+    gains: dict[str, list[int]]
+    losses: dict[str, list[int]]
+
+    @property
+    def models(self) -> list[str]:
+        """The baseline, then the policies."""
+        return [self.baseline, *self.policies]
 
 
 def finish(
     task: str,
     rows: list[Row],
     outputs: dict[str, ModelOutputs],
-    kl: np.ndarray,
+    kl: dict[str, np.ndarray],
     cfg: EvalConfig,
 ) -> EvalResult:
-    """Metrics, breakdown, gates and the largest changes from scored outputs (pure)."""
+    """Metrics, breakdowns, gates and the largest changes from scored outputs (pure)."""
+    base, policies = cfg.baseline, list(cfg.policies)
     refs = [reference_of(r) for r in rows]
-    metrics = build_metrics(outputs, refs, kl, n_boot=cfg.n_boot, seed=cfg.seed)
-    verdict = check_gates(metrics, cfg.gates)
-    metrics.update(verdict.metrics())
-    gains, losses = largest_changes(rows, outputs)
-    breakdown = component_breakdown(outputs, cfg.n_boot, cfg.seed)
-    return EvalResult(task, rows, outputs, kl, metrics, breakdown, verdict, gains, losses)
+    metrics = build_metrics(
+        outputs, refs, kl, baseline=base, policies=policies, n_boot=cfg.n_boot, seed=cfg.seed
+    )
+    verdicts = {p: check_gates(metrics, cfg.gates, p, base) for p in policies}
+    for p, verdict in verdicts.items():
+        metrics.update(verdict.metrics(p))
+    changes = {p: largest_changes(rows, outputs, base, p) for p in policies}
+    breakdown = {p: component_breakdown(outputs, base, p, cfg.n_boot, cfg.seed) for p in policies}
+    return EvalResult(
+        task,
+        base,
+        policies,
+        rows,
+        outputs,
+        kl,
+        metrics,
+        breakdown,
+        verdicts,
+        {p: c[0] for p, c in changes.items()},
+        {p: c[1] for p, c in changes.items()},
+    )
 
 
 def run_evaluation(
@@ -131,36 +184,16 @@ def run_evaluation(
     paths: EvalPaths = EvalPaths(),
     judge_factory: Callable[[], JudgeScorer] | None = None,
 ) -> EvalResult:
-    """Generate with both policies, estimate the KL, score everything, compare and decide.
+    """Generate with every model, estimate the KLs, score everything, compare and decide.
 
-    Both policies stay in memory until the KL is estimated (it needs each one's log-probs of
-    PPO's samples); they are released before the reward model, encoder and judge load.
-    Reads ``params.eval``, ``task`` and what the task's rule components read (``reward``'s
-    length band, the crs ``data.catalogue``).
+    One policy is in memory at a time (:func:`sampling.sample_models`), and none is once
+    the reward model, encoder and judge load. Reads ``params.eval``, ``task`` and what the
+    task's rule components read (``reward``'s length band, the crs ``data.catalogue``).
     """
     cfg, task, system_prompt = params.eval, params.task.name, params.task.system_prompt
     rules = reward_components.RuleContext.from_params(params)  # fails fast on a bad catalogue
-    sft_model, sft_tok = load_policy(paths.sft)
-    ppo_model, ppo_tok = load_policy(paths.ppo)
-    if sft_tok.get_vocab() != ppo_tok.get_vocab():
-        raise DataError(
-            f"{paths.sft} and {paths.ppo} have different tokenizers: KL(PPO || SFT) needs "
-            "both policies to share one (PPO starts from the SFT model)"
-        )
-    generated = {
-        "sft": generate_replies(sft_model, sft_tok, rows, cfg, system_prompt, "generate sft"),
-        "ppo": generate_replies(ppo_model, ppo_tok, rows, cfg, system_prompt, "generate ppo"),
-    }
-    kl = kl_on_samples(
-        ppo_model,
-        sft_model,
-        generated["ppo"],
-        temperature=cfg.temperature,
-        pad_id=ppo_tok.pad_token_id,
-        batch_size=cfg.batch_size,
-    )
-    del sft_model, ppo_model
-    gc.collect()  # the policies are the largest thing in memory; scoring needs none of them
+    dirs = check_model_dirs(paths, cfg)
+    generated, kl = sample_models(dirs, cfg.baseline, cfg.policies, rows, cfg, system_prompt)
 
     n = len(rows)
     outputs: dict[str, ModelOutputs] = {

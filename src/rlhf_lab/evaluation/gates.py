@@ -42,16 +42,17 @@ class Verdict:
     def failed(self) -> list[str]:
         return [g.name for g in self.gates if not g.passed]
 
-    def metrics(self) -> dict[str, Any]:
-        """``verdict/decision``, ``verdict/failed_gates``, ``verdict/pass/<gate>`` (0/1)..."""
+    def metrics(self, policy: str) -> dict[str, Any]:
+        """``verdict/<policy>/decision``, ``.../failed_gates``, ``.../pass/<gate>`` (0/1)..."""
+        pre = f"verdict/{policy}"
         out: dict[str, Any] = {
-            "verdict/decision": self.decision,
-            "verdict/failed_gates": ",".join(self.failed),
+            f"{pre}/decision": self.decision,
+            f"{pre}/failed_gates": ",".join(self.failed),
         }
         for g in self.gates:
-            out[f"verdict/pass/{g.name}"] = int(g.passed)
+            out[f"{pre}/pass/{g.name}"] = int(g.passed)
             if g.value is not None:
-                out[f"verdict/value/{g.name}"] = g.value
+                out[f"{pre}/value/{g.name}"] = g.value
         return out
 
 
@@ -69,28 +70,34 @@ def decide(failed_hard: Sequence[str], failed_soft: Sequence[str]) -> str:
     return "proceed"
 
 
-def check_gates(metrics: Mapping[str, Any], gates: EvalGates) -> Verdict:
-    """Check ``eval.gates`` against the metrics of :func:`build_metrics` (without verdict)."""
-    gain = float(metrics["delta/rm_score"])
-    kl = float(metrics["delta/kl_ppo_sft"])
+def check_gates(
+    metrics: Mapping[str, Any], gates: EvalGates, policy: str, baseline: str
+) -> Verdict:
+    """Check ``eval.gates`` on ``policy`` vs ``baseline`` in :func:`build_metrics`' output."""
+    pol, base, delta = f"{policy}/", f"{baseline}/", f"delta/{policy}/"
+    gain = float(metrics[f"{delta}rm_score"])
+    kl = float(metrics[f"{delta}kl"])
     bleu_drop = None
-    if "sft/bleu" in metrics and "ppo/bleu" in metrics:
-        bleu_drop = float(metrics["sft/bleu"]) - float(metrics["ppo/bleu"])
-    d2_sft, d2_ppo = float(metrics["sft/distinct2"]), float(metrics["ppo/distinct2"])
-    # Relative to SFT's distinct-2 (the gate is "a fraction of SFT's"); SFT at 0 cannot drop.
-    d2_drop = (d2_sft - d2_ppo) / d2_sft if d2_sft > 0 else 0.0
-    eos_sft, eos_ppo = metrics.get("sft/eos_rate"), metrics.get("ppo/eos_rate")
+    if f"{base}bleu" in metrics and f"{pol}bleu" in metrics:
+        bleu_drop = float(metrics[f"{base}bleu"]) - float(metrics[f"{pol}bleu"])
+    d2_base, d2_pol = float(metrics[f"{base}distinct2"]), float(metrics[f"{pol}distinct2"])
+    # Relative to the baseline's distinct-2 (the gate is "a fraction of the baseline's"); a
+    # baseline at 0 cannot drop.
+    d2_drop = (d2_base - d2_pol) / d2_base if d2_base > 0 else 0.0
+    eos_base, eos_pol = metrics.get(f"{base}eos_rate"), metrics.get(f"{pol}eos_rate")
     eos_drop = None
-    if eos_sft is not None and eos_ppo is not None:
-        eos_drop = (eos_sft - eos_ppo) / eos_sft if eos_sft > 0 else 0.0
-    pvalue = metrics.get("delta/rm_pvalue_wilcoxon")
+    if eos_base is not None and eos_pol is not None:
+        eos_drop = (eos_base - eos_pol) / eos_base if eos_base > 0 else 0.0
+    pvalue = metrics.get(f"{delta}rm_pvalue_wilcoxon")
     pvalue = None if pvalue is None or not np.isfinite(pvalue) else float(pvalue)
-    # PPO's mean minus the low end of SFT's CI: negative = below what SFT's noise explains.
+    # The policy's mean minus the low end of the baseline's CI: negative = below what the
+    # baseline's noise explains.
     bs_margin = None
-    if gates.bertscore_within_ci and "ppo/bertscore_f1" in metrics:
-        lo = metrics.get("sft/bertscore_f1_ci_lo")
+    if gates.bertscore_within_ci and f"{pol}bertscore_f1" in metrics:
+        lo = metrics.get(f"{base}bertscore_f1_ci_lo")
         if lo is not None:
-            bs_margin = float(metrics["ppo/bertscore_f1"]) - float(lo)
+            bs_margin = float(metrics[f"{pol}bertscore_f1"]) - float(lo)
+    P, B = policy.upper(), baseline.upper()
     results = (
         GateResult(
             "reward_gain",
@@ -98,7 +105,7 @@ def check_gates(metrics: Mapping[str, Any], gates: EvalGates) -> Verdict:
             gain,
             gates.min_reward_gain,
             gain > gates.min_reward_gain,
-            f"PPO - SFT mean reward-model score > {gates.min_reward_gain:g}",
+            f"{P} - {B} mean reward-model score > {gates.min_reward_gain:g}",
         ),
         GateResult(
             "significance",
@@ -114,7 +121,7 @@ def check_gates(metrics: Mapping[str, Any], gates: EvalGates) -> Verdict:
             kl,
             gates.max_kl,
             kl < gates.max_kl,
-            f"KL(PPO || SFT) per reply < {gates.max_kl:g} nats",
+            f"KL({P} || {B}) per reply < {gates.max_kl:g} nats",
         ),
         GateResult(
             "bertscore",
@@ -122,7 +129,7 @@ def check_gates(metrics: Mapping[str, Any], gates: EvalGates) -> Verdict:
             bs_margin,
             0.0,
             bs_margin is None or bs_margin >= 0.0,
-            "PPO BERTScore F1 >= lower end of SFT's 95% CI (n/a without references)",
+            f"{P} BERTScore F1 >= lower end of {B}'s 95% CI (n/a without references)",
         ),
         GateResult(
             "bleu_drop",
@@ -130,7 +137,7 @@ def check_gates(metrics: Mapping[str, Any], gates: EvalGates) -> Verdict:
             bleu_drop,
             gates.max_bleu_drop,
             bleu_drop is None or bleu_drop <= gates.max_bleu_drop,
-            f"SFT - PPO corpus BLEU <= {gates.max_bleu_drop:g} points (n/a without references)",
+            f"{B} - {P} corpus BLEU <= {gates.max_bleu_drop:g} points (n/a without references)",
         ),
         GateResult(
             "distinct2_drop",
@@ -138,7 +145,7 @@ def check_gates(metrics: Mapping[str, Any], gates: EvalGates) -> Verdict:
             d2_drop,
             gates.max_distinct2_drop,
             d2_drop <= gates.max_distinct2_drop,
-            f"(SFT - PPO distinct-2) / SFT distinct-2 <= {gates.max_distinct2_drop:g}",
+            f"({B} - {P} distinct-2) / {B} distinct-2 <= {gates.max_distinct2_drop:g}",
         ),
         GateResult(
             "eos_rate_drop",
@@ -146,7 +153,7 @@ def check_gates(metrics: Mapping[str, Any], gates: EvalGates) -> Verdict:
             eos_drop,
             gates.max_eos_rate_drop,
             eos_drop is None or eos_drop <= gates.max_eos_rate_drop,
-            f"(SFT - PPO EOS rate) / SFT EOS rate <= {gates.max_eos_rate_drop:g}",
+            f"({B} - {P} EOS rate) / {B} EOS rate <= {gates.max_eos_rate_drop:g}",
         ),
     )
     failed_hard = [g.name for g in results if g.kind == "hard" and not g.passed]

@@ -1,5 +1,8 @@
 """evaluate's statistics: per-model corpus metrics and paired policy-vs-baseline comparisons.
 
+Every policy in ``eval.policies`` is compared with ``eval.baseline`` on the same prompts; the
+functions take the two names and never assume which models exist.
+
 Pure (numbers in, numbers out) and unit-tested without models. Key names are documented in
 :mod:`rlhf_lab.evaluation.evaluate`.
 """
@@ -16,10 +19,6 @@ from rlhf_lab.data.rows import Row
 from rlhf_lab.evaluation import stats, text_metrics
 from rlhf_lab.judge.rubrics import OVERALL
 from rlhf_lab.reward_components import REWARD_MODEL
-
-MODELS = ("sft", "ppo")
-"""The two policies compared; ``ref`` (the human references) is scored alongside."""
-
 
 CONFIDENCE = 0.95
 """Level of every confidence interval in the metrics."""
@@ -129,19 +128,19 @@ def summarise_model(
 
 
 def paired_comparison(
-    prefix: str, ppo: np.ndarray, sft: np.ndarray, n_boot: int, seed: int
+    prefix: str, policy: np.ndarray, baseline: np.ndarray, n_boot: int, seed: int
 ) -> dict[str, float]:
-    """Win rate of PPO over SFT with a 95% paired-bootstrap CI, and paired-test p-values.
+    """Win rate of a policy over the baseline with a 95% paired-bootstrap CI, and p-values.
 
     Only prompts where both scores are finite take part. Keys: ``win_rate_<prefix>`` (+ CI),
     ``<prefix>_pvalue_wilcoxon`` (Wilcoxon signed-rank, two-sided; the headline test: it
     does not assume normal score differences) and ``<prefix>_pvalue_ttest`` (paired t-test).
     """
-    ppo, sft = np.asarray(ppo, dtype=np.float64), np.asarray(sft, dtype=np.float64)
-    both = np.isfinite(ppo) & np.isfinite(sft)
+    a, b = np.asarray(policy, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    both = np.isfinite(a) & np.isfinite(b)
     if not both.any():
         return {}
-    a, b = ppo[both], sft[both]
+    a, b = a[both], b[both]
     rate, lo, hi = stats.win_rate_ci(a, b, n_boot=n_boot, seed=seed, confidence=CONFIDENCE)
     test = stats.paired_test(a, b)
     return {
@@ -153,17 +152,69 @@ def paired_comparison(
     }
 
 
-def build_metrics(
-    outputs: Mapping[str, ModelOutputs],
-    refs: Sequence[str | None],
+def compare_with_baseline(
+    policy: ModelOutputs,
+    baseline: ModelOutputs,
+    policy_summary: Mapping[str, Any],
+    baseline_summary: Mapping[str, Any],
     kl: np.ndarray,
     *,
     n_boot: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Every metric except the verdict: per model, references, and PPO-vs-SFT deltas."""
-    sft, ppo = outputs["sft"], outputs["ppo"]
-    per_model = {name: summarise_model(outputs[name], refs, n_boot, seed) for name in MODELS}
+    """One policy vs the baseline (keys without the ``delta/<policy>/`` prefix).
+
+    ``<metric>``: policy minus baseline for every corpus metric both have; ``rm_score_ci_lo/hi``
+    the paired CI of the mean per-prompt gain; ``win_rate_rm`` (+ CI, p-values) and
+    ``win_rate_rm_lc`` (length-controlled, :func:`stats.length_controlled_win_rate` on the
+    token lengths); the same on the judge's ``overall``; ``kl`` (+ CI): KL(policy || baseline).
+    """
+    out: dict[str, Any] = {}
+    # CI bounds of the two means do not subtract into a CI of the difference; the paired CIs
+    # are below.
+    for key, value in policy_summary.items():
+        other = baseline_summary.get(key)
+        if key.endswith(("_ci_lo", "_ci_hi")) or other is None or key == "judge_failures":
+            continue
+        out[key] = float(value) - float(other)
+    rm_pol, rm_base = policy.scores[REWARD_MODEL], baseline.scores[REWARD_MODEL]
+    # CI of the mean *paired* difference: far tighter than the two marginal CIs suggest.
+    _, lo, hi = stats.mean_ci(rm_pol - rm_base, confidence=CONFIDENCE, n_boot=n_boot, seed=seed)
+    out["rm_score_ci_lo"], out["rm_score_ci_hi"] = lo, hi
+    out.update(paired_comparison("rm", rm_pol, rm_base, n_boot, seed))
+    if policy.n_tokens is not None and baseline.n_tokens is not None:
+        both = np.isfinite(rm_pol) & np.isfinite(rm_base)
+        if both.any():
+            out["win_rate_rm_lc"] = stats.length_controlled_win_rate(
+                rm_pol[both],
+                rm_base[both],
+                np.asarray(policy.n_tokens, dtype=np.float64)[both],
+                np.asarray(baseline.n_tokens, dtype=np.float64)[both],
+            )
+    if baseline.judge is not None and policy.judge is not None and OVERALL in policy.judge:
+        out.update(
+            paired_comparison("judge", policy.judge[OVERALL], baseline.judge[OVERALL], n_boot, seed)
+        )
+    _with_ci(out, "kl", kl, n_boot, seed)
+    return out
+
+
+def build_metrics(
+    outputs: Mapping[str, ModelOutputs],
+    refs: Sequence[str | None],
+    kl: Mapping[str, np.ndarray],
+    *,
+    baseline: str,
+    policies: Sequence[str],
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Every metric except the verdicts: per model, references, and each policy's deltas.
+
+    ``kl[policy]`` is the per-prompt KL(policy || baseline) on the policy's samples.
+    """
+    names = [baseline, *policies]
+    per_model = {name: summarise_model(outputs[name], refs, n_boot, seed) for name in names}
     metrics: dict[str, Any] = {
         "eval/num_prompts": len(refs),
         "eval/num_references": sum(r is not None for r in refs),
@@ -173,42 +224,34 @@ def build_metrics(
     if "ref" in outputs and outputs["ref"].valid.any():
         ref_m = summarise_model(outputs["ref"], None, n_boot, seed)
         metrics.update({f"ref/{k}": v for k, v in ref_m.items()})
-
-    # delta/<metric>: PPO minus SFT for every metric both have (CI bounds of the two
-    # means do not subtract into a CI of the difference; the paired CIs are below).
-    for key, value in per_model["ppo"].items():
-        other = per_model["sft"].get(key)
-        if key.endswith(("_ci_lo", "_ci_hi")) or other is None or key == "judge_failures":
-            continue
-        metrics[f"delta/{key}"] = float(value) - float(other)
-
-    rm_ppo, rm_sft = ppo.scores[REWARD_MODEL], sft.scores[REWARD_MODEL]
-    # CI of the mean *paired* difference: far tighter than the two marginal CIs suggest.
-    _, lo, hi = stats.mean_ci(rm_ppo - rm_sft, confidence=CONFIDENCE, n_boot=n_boot, seed=seed)
-    metrics["delta/rm_score_ci_lo"], metrics["delta/rm_score_ci_hi"] = lo, hi
-    metrics.update(
-        {f"delta/{k}": v for k, v in paired_comparison("rm", rm_ppo, rm_sft, n_boot, seed).items()}
-    )
-    if sft.judge is not None and ppo.judge is not None and OVERALL in ppo.judge:
-        judged = paired_comparison("judge", ppo.judge[OVERALL], sft.judge[OVERALL], n_boot, seed)
-        metrics.update({f"delta/{k}": v for k, v in judged.items()})
-    _with_ci(metrics, "delta/kl_ppo_sft", kl, n_boot, seed)
+    for policy in policies:
+        delta = compare_with_baseline(
+            outputs[policy],
+            outputs[baseline],
+            per_model[policy],
+            per_model[baseline],
+            kl[policy],
+            n_boot=n_boot,
+            seed=seed,
+        )
+        metrics.update({f"delta/{policy}/{k}": v for k, v in delta.items()})
     return metrics
 
 
 def component_breakdown(
-    outputs: Mapping[str, ModelOutputs], n_boot: int, seed: int
+    outputs: Mapping[str, ModelOutputs], baseline: str, policy: str, n_boot: int, seed: int
 ) -> list[dict[str, Any]]:
-    """Per reward component: SFT, PPO and reference means, PPO - SFT with a paired 95% CI.
+    """Per reward component: baseline, policy and reference means, policy - baseline (95% CI).
 
-    Rows are sorted by the size of the change (largest gain first); the report shows this
-    table and a bar chart of it, so a reward-model gain bought with, say, a length change is
-    visible next to it.
+    Rows (keys ``component``, ``baseline``, ``policy``, ``ref``, ``delta``, ``delta_ci_lo``,
+    ``delta_ci_hi``, ``pvalue_wilcoxon``, ``n``) are sorted by the size of the change (largest
+    gain first); the report shows this table and a bar chart of it, so a reward-model gain
+    bought with, say, a length change is visible next to it.
     """
-    sft, ppo, ref = outputs["sft"], outputs["ppo"], outputs.get("ref")
+    base, pol, ref = outputs[baseline], outputs[policy], outputs.get("ref")
     rows = []
-    for name in sft.scores:
-        a, b = ppo.scores[name], sft.scores[name]
+    for name in base.scores:
+        a, b = pol.scores[name], base.scores[name]
         both = np.isfinite(a) & np.isfinite(b)
         if not both.any():
             continue
@@ -219,8 +262,8 @@ def component_breakdown(
         rows.append(
             {
                 "component": name,
-                "sft": float(b[both].mean()),
-                "ppo": float(a[both].mean()),
+                "baseline": float(b[both].mean()),
+                "policy": float(a[both].mean()),
                 "ref": ref_mean,
                 "delta": float(diff.mean()),
                 "delta_ci_lo": lo,
@@ -233,10 +276,14 @@ def component_breakdown(
 
 
 def largest_changes(
-    rows: Sequence[Row], outputs: Mapping[str, ModelOutputs], k: int = 5
+    rows: Sequence[Row],
+    outputs: Mapping[str, ModelOutputs],
+    baseline: str,
+    policy: str,
+    k: int = 5,
 ) -> tuple[list[int], list[int]]:
-    """Row indices of the ``k`` largest PPO gains and ``k`` largest losses by reward model."""
-    diff = outputs["ppo"].scores[REWARD_MODEL] - outputs["sft"].scores[REWARD_MODEL]
+    """Row indices of a policy's ``k`` largest gains and ``k`` largest losses by reward model."""
+    diff = outputs[policy].scores[REWARD_MODEL] - outputs[baseline].scores[REWARD_MODEL]
     order = np.argsort(-diff, kind="stable")
     gains = [int(i) for i in order if diff[i] > 0][:k]
     losses = [int(i) for i in order[::-1] if diff[i] < 0][:k]

@@ -1,18 +1,20 @@
 """evaluate's outputs for people and for DVC: the markdown report, PNG plots, plot data.
 
-Given an :class:`~rlhf_lab.evaluation.evaluate.EvalResult`:
+Given an :class:`~rlhf_lab.evaluation.evaluate.EvalResult` (the baseline, every policy of
+``eval.policies`` and the references; one colour and one column per model):
 
-- :func:`write_plot_images` draws ``reward_hist.png`` (reward-model score of SFT, PPO and the
-  references), ``component_hists.png`` (one panel per rule component) and
-  ``component_delta.png`` (PPO - SFT per component with its paired 95% CI);
+- :func:`write_plot_images` draws ``reward_hist.png`` (reward-model score of every model and
+  the references), ``component_hists.png`` (one panel per rule component) and
+  ``component_delta.png`` (policy - baseline per component with its paired 95% CI, one bar
+  colour per policy);
 - :func:`write_plot_data` writes the same distributions as DVC plot data, so ``dvc plots diff``
-  overlays them across experiments: ``dist/<component>.csv`` (``score`` = bin centre; ``sft``,
-  ``ppo``, ``ref`` = fraction of replies in the bin, ``ref`` blank where the references are
-  not scored), ``components.csv`` (the breakdown) and ``rm_pairs.csv`` (per-prompt reward-model
-  score of SFT and PPO, for a scatter plot);
-- :func:`render_report` is ``reports/report.md``: verdict, headline table, significance,
-  gates, component breakdown, plots, the five largest PPO gains and losses side by side, and
-  the run's key params.
+  overlays them across experiments: ``dist/<component>.csv`` (``score`` = bin centre; one
+  column per model and ``ref`` = fraction of replies in the bin, ``ref`` blank where the
+  references are not scored), ``components/<policy>.csv`` (the breakdown of one policy) and
+  ``rm_pairs.csv`` (per-prompt reward-model score of every model, for a scatter plot);
+- :func:`render_report` is ``reports/report.md``: verdicts, headline table, significance,
+  gates, component breakdowns, plots, each policy's five largest gains and losses side by
+  side with the baseline, and the run's key params.
 
 Histograms of components that live in [0, 1] use fixed bins on [0, 1] so that two runs'
 files line up bin for bin; the reward model's bins span the pooled range of this run.
@@ -29,15 +31,36 @@ import numpy as np
 
 from rlhf_lab.evaluation.evaluate import EvalResult
 from rlhf_lab.evaluation.metrics import CONFIDENCE
-from rlhf_lab.evaluation.plotting import BINS, WHO, num, pyplot, slug, write_csv
+from rlhf_lab.evaluation.plotting import BINS, num, pyplot, slug, write_csv
 from rlhf_lab.evaluation.scoring import reference_of
 from rlhf_lab.judge.rubrics import OVERALL
 from rlhf_lab.reward_components import REWARD_MODEL
 
-LABELS = {"sft": "SFT", "ppo": "PPO", "ref": "references"}
-COLOURS = {"sft": "#1f77b4", "ppo": "#d62728", "ref": "#7f7f7f"}
-# Different dashes too: SFT and PPO histograms often coincide and would hide each other.
-LINESTYLES = {"sft": "--", "ppo": "-", "ref": ":"}
+REF = "ref"
+"""The human references' key in ``EvalResult.outputs`` and their column in the plot data."""
+BASELINE_COLOUR, REF_COLOUR = "#1f77b4", "#7f7f7f"
+POLICY_COLOURS = ("#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2")
+"""One per policy, in ``eval.policies`` order (cycled past six)."""
+
+
+def label(who: str) -> str:
+    """Display name: ``ppo`` -> ``PPO``, ``ref`` -> ``references``."""
+    return "references" if who == REF else who.upper()
+
+
+def colour(result: EvalResult, who: str) -> str:
+    if who == REF:
+        return REF_COLOUR
+    if who == result.baseline:
+        return BASELINE_COLOUR
+    return POLICY_COLOURS[result.policies.index(who) % len(POLICY_COLOURS)]
+
+
+def linestyle(result: EvalResult, who: str) -> str:
+    # Different dashes too: histograms often coincide and would hide each other.
+    return ":" if who == REF else "--" if who == result.baseline else "-"
+
+
 REWARD_HIST = "reward_hist.png"
 COMPONENT_HISTS = "component_hists.png"
 COMPONENT_DELTA = "component_delta.png"
@@ -51,12 +74,17 @@ them in full)."""
 # --------------------------------------------------------------------------------------------
 
 
+def _series(result: EvalResult) -> list[str]:
+    """Every reply set, in plot order: the baseline, the policies, the references."""
+    return [*result.models, REF]
+
+
 def distributions(result: EvalResult) -> dict[str, dict[str, np.ndarray]]:
-    """``component -> who -> finite per-row scores`` for sft, ppo and (when scored) ref."""
+    """``component -> who -> finite per-row scores`` for every model and (when scored) ref."""
     out: dict[str, dict[str, np.ndarray]] = {}
-    for name in result.outputs["sft"].scores:
+    for name in result.outputs[result.baseline].scores:
         per: dict[str, np.ndarray] = {}
-        for who in WHO:
+        for who in _series(result):
             o = result.outputs.get(who)
             if o is not None and name in o.scores:
                 vals = o.scores[name][np.isfinite(o.scores[name])]
@@ -91,44 +119,41 @@ def histogram(
 # --------------------------------------------------------------------------------------------
 
 
+COMPONENT_HEADER = ("delta", "delta_ci_lo", "delta_ci_hi")
+
+
 def write_plot_data(result: EvalResult, out_dir: str | Path) -> list[Path]:
-    """``dist/<component>.csv``, ``components.csv`` and ``rm_pairs.csv`` under ``out_dir``."""
+    """``dist/<component>.csv``, ``components/<policy>.csv`` and ``rm_pairs.csv``."""
     out_dir = Path(out_dir)
     written = []
+    who_all = _series(result)
     for name, per in distributions(result).items():
         edges, frac = histogram(per)
         centres = (edges[:-1] + edges[1:]) / 2
         rows = [
-            [round(float(c), 6), *(num(frac[w][i]) if w in frac else math.nan for w in WHO)]
+            [round(float(c), 6), *(num(frac[w][i]) if w in frac else math.nan for w in who_all)]
             for i, c in enumerate(centres)
         ]
-        written.append(write_csv(out_dir / "dist" / f"{slug(name)}.csv", ["score", *WHO], rows))
-    comp_rows = [
-        [
-            r["component"],
-            num(r["sft"]),
-            num(r["ppo"]),
-            num(r["ref"]),
-            num(r["delta"]),
-            num(r["delta_ci_lo"]),
-            num(r["delta_ci_hi"]),
+        path = out_dir / "dist" / f"{slug(name)}.csv"
+        written.append(write_csv(path, ["score", *who_all], rows))
+    for policy, breakdown in result.breakdown.items():
+        comp_rows = [
+            [
+                r["component"],
+                num(r["baseline"]),
+                num(r["policy"]),
+                num(r["ref"]),
+                *(num(r[k]) for k in COMPONENT_HEADER),
+            ]
+            for r in breakdown
         ]
-        for r in result.breakdown
-    ]
-    written.append(
-        write_csv(
-            out_dir / "components.csv",
-            ["component", "sft", "ppo", "ref", "delta", "delta_ci_lo", "delta_ci_hi"],
-            comp_rows,
-        )
-    )
-    sft_rm = result.outputs["sft"].scores[REWARD_MODEL]
-    ppo_rm = result.outputs["ppo"].scores[REWARD_MODEL]
+        header = ["component", result.baseline, policy, REF, *COMPONENT_HEADER]
+        written.append(write_csv(out_dir / "components" / f"{policy}.csv", header, comp_rows))
+    rm = [result.outputs[m].scores[REWARD_MODEL] for m in result.models]
     pairs = [
-        [row.get("id", i), num(a), num(b)]
-        for i, (row, a, b) in enumerate(zip(result.rows, sft_rm, ppo_rm, strict=True))
+        [row.get("id", i), *(num(scores[i]) for scores in rm)] for i, row in enumerate(result.rows)
     ]
-    written.append(write_csv(out_dir / "rm_pairs.csv", ["id", "sft", "ppo"], pairs))
+    written.append(write_csv(out_dir / "rm_pairs.csv", ["id", *result.models], pairs))
     return written
 
 
@@ -137,9 +162,9 @@ def write_plot_data(result: EvalResult, out_dir: str | Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------
 
 
-def _hist_axes(ax: Any, name: str, per: Mapping[str, np.ndarray]) -> None:
+def _hist_axes(ax: Any, result: EvalResult, name: str, per: Mapping[str, np.ndarray]) -> None:
     edges, _ = histogram(per)
-    for who in WHO:
+    for who in _series(result):
         if who in per:
             ax.hist(
                 per[who],
@@ -147,13 +172,48 @@ def _hist_axes(ax: Any, name: str, per: Mapping[str, np.ndarray]) -> None:
                 weights=np.full(per[who].size, 1.0 / per[who].size),
                 histtype="step",
                 linewidth=1.6,
-                color=COLOURS[who],
-                linestyle=LINESTYLES[who],
-                label=f"{LABELS[who]} (mean {per[who].mean():.3g})",
+                color=colour(result, who),
+                linestyle=linestyle(result, who),
+                label=f"{label(who)} (mean {per[who].mean():.3g})",
             )
     ax.set_title(name, fontsize=10)
     ax.set_ylabel("fraction of replies")
     ax.legend(fontsize=7)
+
+
+def _delta_bars(ax: Any, result: EvalResult) -> None:
+    """Grouped horizontal bars: per component, one bar per policy (policy - baseline, CI)."""
+    # Components in the first policy's order (largest gain at the top of the chart).
+    first = result.breakdown[result.policies[0]]
+    names = [r["component"] for r in first][::-1]
+    height = 0.8 / len(result.policies)
+    for k, policy in enumerate(result.policies):
+        by_name = {r["component"]: r for r in result.breakdown[policy]}
+        ys, deltas, lo, hi = [], [], [], []
+        for j, name in enumerate(names):
+            if (r := by_name.get(name)) is None:
+                continue
+            ys.append(j + (k - (len(result.policies) - 1) / 2) * height)
+            deltas.append(r["delta"])
+            lo.append(r["delta"] - r["delta_ci_lo"])
+            hi.append(r["delta_ci_hi"] - r["delta"])
+        err = np.clip(np.array([lo, hi]), 0.0, None)  # matplotlib rejects negative error bars
+        ax.barh(
+            ys,
+            deltas,
+            height=height,
+            xerr=err,
+            color=colour(result, policy),
+            capsize=3,
+            label=label(policy),
+        )
+    ax.set_yticks(range(len(names)), names)
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel(
+        f"policy - {label(result.baseline)} mean score ({CONFIDENCE:.0%} paired bootstrap CI)"
+    )
+    ax.set_title("Where each policy gained or lost, per reward component")
+    ax.legend(fontsize=8)
 
 
 def write_plot_images(result: EvalResult, out_dir: str | Path) -> list[Path]:
@@ -164,7 +224,7 @@ def write_plot_images(result: EvalResult, out_dir: str | Path) -> list[Path]:
     dists = distributions(result)
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    _hist_axes(ax, "reward model score (normalised)", dists[REWARD_MODEL])
+    _hist_axes(ax, result, "reward model score (normalised)", dists[REWARD_MODEL])
     ax.set_xlabel("score")
     fig.tight_layout()
     fig.savefig(out_dir / REWARD_HIST, dpi=110)
@@ -175,24 +235,16 @@ def write_plot_images(result: EvalResult, out_dir: str | Path) -> list[Path]:
     rows = max(1, math.ceil(len(names) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
-        _hist_axes(ax, name, dists[name])
+        _hist_axes(ax, result, name, dists[name])
     for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(out_dir / COMPONENT_HISTS, dpi=100)
     plt.close(fig)
 
-    rows_b = result.breakdown[::-1]  # largest gain at the top of a horizontal bar chart
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows_b) + 1.4))
-    deltas = np.array([r["delta"] for r in rows_b])
-    lo = [r["delta"] - r["delta_ci_lo"] for r in rows_b]
-    hi = [r["delta_ci_hi"] - r["delta"] for r in rows_b]
-    err = np.clip(np.array([lo, hi]), 0.0, None)  # matplotlib rejects negative error bars
-    colours = ["#2ca02c" if d > 0 else "#d62728" if d < 0 else "#7f7f7f" for d in deltas]
-    ax.barh([r["component"] for r in rows_b], deltas, xerr=err, color=colours, capsize=3)
-    ax.axvline(0.0, color="black", linewidth=0.8)
-    ax.set_xlabel(f"PPO - SFT mean score ({CONFIDENCE:.0%} paired bootstrap CI)")
-    ax.set_title("Where PPO gained or lost, per reward component")
+    n_rows = len(result.breakdown[result.policies[0]])
+    fig, ax = plt.subplots(figsize=(7, (0.3 + 0.2 * len(result.policies)) * n_rows + 1.4))
+    _delta_bars(ax, result)
     fig.tight_layout()
     fig.savefig(out_dir / COMPONENT_DELTA, dpi=110)
     plt.close(fig)
@@ -220,23 +272,31 @@ def _row_scores(result: EvalResult, who: str, i: int) -> dict[str, float | None]
 
 
 def sample_rows(result: EvalResult) -> list[dict[str, Any]]:
-    """``reports/samples.jsonl`` rows: prompt, reference, both replies and all their scores."""
+    """``reports/samples.jsonl`` rows: prompt, reference, every model's reply and scores.
+
+    Per model ``<m>`` (baseline and policies): ``<m>_reply``, ``<m>_eos``, ``<m>_tokens`` and
+    ``<m>_scores`` (``reward_model``, the rule components, ``bertscore_f1``, ``judge/*``);
+    per policy ``<p>``: ``kl_<p>_<baseline>``. ``baseline`` and ``policies`` name the models,
+    so a reader (``rlhf-lab compare``, ``analyze_rewards``) needs no params.
+    """
     out = []
-    sft, ppo = result.outputs["sft"], result.outputs["ppo"]
     for i, row in enumerate(result.rows):
         item: dict[str, Any] = {
             "id": row.get("id"),
             "prompt": row["prompt"],
             "reference": reference_of(row),
-            "sft_reply": sft.texts[i],
-            "ppo_reply": ppo.texts[i],
-            "sft_eos": bool(sft.eos[i]) if sft.eos is not None else None,
-            "ppo_eos": bool(ppo.eos[i]) if ppo.eos is not None else None,
-            "sft_scores": _row_scores(result, "sft", i),
-            "ppo_scores": _row_scores(result, "ppo", i),
-            "reference_scores": _row_scores(result, "ref", i) if "ref" in result.outputs else {},
-            "kl_ppo_sft": round(float(result.kl[i]), 6),
+            "baseline": result.baseline,
+            "policies": list(result.policies),
         }
+        for m in result.models:
+            o = result.outputs[m]
+            item[f"{m}_reply"] = o.texts[i]
+            item[f"{m}_eos"] = bool(o.eos[i]) if o.eos is not None else None
+            item[f"{m}_tokens"] = int(o.n_tokens[i]) if o.n_tokens is not None else None
+            item[f"{m}_scores"] = _row_scores(result, m, i)
+        item["reference_scores"] = _row_scores(result, REF, i) if REF in result.outputs else {}
+        for p in result.policies:
+            item[f"kl_{p}_{result.baseline}"] = round(float(result.kl[p][i]), 6)
         out.append(item)
     return out
 
@@ -320,80 +380,93 @@ HEADLINE: tuple[tuple[str, str, bool], ...] = (
 )
 
 
-def _headline(m: Mapping[str, Any]) -> list[str]:
+def _headline(result: EvalResult) -> list[str]:
+    m, base, pols = result.metrics, result.baseline, result.policies
+    models = result.models
     rows = []
-    for key, label, has_ci in HEADLINE:
-        if f"sft/{key}" not in m and f"ppo/{key}" not in m:
+    for key, text, has_ci in HEADLINE:
+        if not any(f"{w}/{key}" in m for w in models):
             continue
         if has_ci:
-            vals = [_ci(m, f"{w}/{key}") for w in ("sft", "ppo")]
-            delta = _ci(m, f"delta/{key}", signed=True)
+            vals = [_ci(m, f"{w}/{key}") for w in models]
+            deltas = [_ci(m, f"delta/{p}/{key}", signed=True) for p in pols]
             ref = _ci(m, f"ref/{key}")
         else:
-            vals = [_fmt(m.get(f"{w}/{key}")) for w in ("sft", "ppo")]
-            delta = _signed(m.get(f"delta/{key}"))
+            vals = [_fmt(m.get(f"{w}/{key}")) for w in models]
+            deltas = [_signed(m.get(f"delta/{p}/{key}")) for p in pols]
             ref = _fmt(m.get(f"ref/{key}"))
-        rows.append([label, *vals, delta, ref])
+        rows.append([text, *vals, *deltas, ref])
     judge_dims = sorted(
-        k.removeprefix("sft/judge/")
+        k.removeprefix(f"{base}/judge/")
         for k in m
-        if k.startswith("sft/judge/") and not k.endswith(f"/{OVERALL}")
+        if k.startswith(f"{base}/judge/") and not k.endswith(f"/{OVERALL}")
     )
     for dim in judge_dims:
         key = f"judge/{dim}"
         rows.append(
             [
                 f"judge {dim} (1–5)",
-                _fmt(m.get(f"sft/{key}")),
-                _fmt(m.get(f"ppo/{key}")),
-                _signed(m.get(f"delta/{key}")),
+                *(_fmt(m.get(f"{w}/{key}")) for w in models),
+                *(_signed(m.get(f"delta/{p}/{key}")) for p in pols),
                 "–",
             ]
         )
-    rows.append(
-        ["win rate PPO vs SFT, reward model [95% CI]", "", "", _ci(m, "delta/win_rate_rm"), ""]
-    )
-    if "delta/win_rate_judge" in m:
-        label = "win rate PPO vs SFT, judge overall [95% CI]"
-        rows.append([label, "", "", _ci(m, "delta/win_rate_judge"), ""])
-    label = "KL(PPO ‖ SFT), nats per reply [95% CI]"
-    rows.append([label, "", "", _ci(m, "delta/kl_ppo_sft"), ""])
-    return _table(["metric", "SFT", "PPO", "PPO − SFT", "references"], rows)
+    blank = [""] * len(models)
+    vs = f"vs {label(base)}"
+    for key, text in (
+        ("win_rate_rm", f"win rate {vs}, reward model [95% CI]"),
+        ("win_rate_rm_lc", f"length-controlled win rate {vs}, reward model"),
+        ("win_rate_judge", f"win rate {vs}, judge overall [95% CI]"),
+        ("kl", f"KL(policy ‖ {label(base)}), nats per reply [95% CI]"),
+    ):
+        if any(f"delta/{p}/{key}" in m for p in pols):
+            rows.append([text, *blank, *(_ci(m, f"delta/{p}/{key}") for p in pols), ""])
+    header = [
+        "metric",
+        *(label(w) for w in models),
+        *(f"{label(p)} − {label(base)}" for p in pols),
+        "references",
+    ]
+    return _table(header, rows)
 
 
-def _significance(m: Mapping[str, Any], n_boot: int) -> list[str]:
+def _significance(result: EvalResult, policy: str, n_boot: int) -> list[str]:
+    m, d = result.metrics, f"delta/{policy}/"
+    name, base = label(policy), label(result.baseline)
     lines = []
-    for prefix, label in (("rm", "reward model"), ("judge", "judge (overall rating)")):
-        if f"delta/win_rate_{prefix}" not in m:
+    for prefix, what in (("rm", "reward model"), ("judge", "judge (overall rating)")):
+        if f"{d}win_rate_{prefix}" not in m:
             continue
-        p = m.get(f"delta/{prefix}_pvalue_wilcoxon")
+        p = m.get(f"{d}{prefix}_pvalue_wilcoxon")
         verdict = (
             "significant at the 0.05 level"
             if p is not None and p < 0.05
             else "not significant at the 0.05 level"
         )
         lines.append(
-            f"- **{label}**: PPO wins {_fmt(m[f'delta/win_rate_{prefix}'])} of prompts "
-            f"(ties count half; {CONFIDENCE:.0%} paired bootstrap CI "
-            f"[{_fmt(m.get(f'delta/win_rate_{prefix}_ci_lo'))}, "
-            f"{_fmt(m.get(f'delta/win_rate_{prefix}_ci_hi'))}], {n_boot} resamples). "
+            f"- **{name} vs {base}, {what}**: {name} wins {_fmt(m[f'{d}win_rate_{prefix}'])} of "
+            f"prompts (ties count half; {CONFIDENCE:.0%} paired bootstrap CI "
+            f"[{_fmt(m.get(f'{d}win_rate_{prefix}_ci_lo'))}, "
+            f"{_fmt(m.get(f'{d}win_rate_{prefix}_ci_hi'))}], {n_boot} resamples). "
             f"Wilcoxon signed-rank test, two-sided: p = {_pvalue(p)} ({verdict}); "
-            f"paired t-test: p = {_pvalue(m.get(f'delta/{prefix}_pvalue_ttest'))}."
+            f"paired t-test: p = {_pvalue(m.get(f'{d}{prefix}_pvalue_ttest'))}."
         )
-    if "delta/rm_score_ci_lo" in m:
+    if f"{d}win_rate_rm_lc" in m:
         lines.append(
-            f"- Mean reward-model gain: {_ci(m, 'delta/rm_score', signed=True)} "
+            f"- **{name} vs {base}, length-controlled**: {_fmt(m[f'{d}win_rate_rm_lc'])}, the "
+            "reward-model win rate at equal reply length (logistic regression of the win on "
+            "the token-length difference, AlpacaEval 2 LC simplified); far below the raw win "
+            "rate means the gain is mostly longer replies."
+        )
+    if f"{d}rm_score_ci_lo" in m:
+        lines.append(
+            f"- **{name}**: mean reward-model gain {_ci(m, f'{d}rm_score', signed=True)} "
             f"({CONFIDENCE:.0%} paired bootstrap CI of the mean per-prompt difference)."
         )
-    lines.append(
-        "- The Wilcoxon test is the headline test: it pairs each prompt's two replies and does "
-        "not assume the score differences are normal; prompts where both scores are equal are "
-        "dropped before ranking."
-    )
     return lines
 
 
-def _gates(result: EvalResult) -> list[str]:
+def _gates(result: EvalResult, policy: str) -> list[str]:
     rows = [
         [
             f"`{g.name}`",
@@ -403,26 +476,26 @@ def _gates(result: EvalResult) -> list[str]:
             cell(g.rule),
             "pass" if g.passed else "**FAIL**",
         ]
-        for g in result.verdict.gates
+        for g in result.verdicts[policy].gates
     ]
     return _table(["gate", "kind", "value", "threshold", "pass condition", "result"], rows)
 
 
-def _breakdown(result: EvalResult) -> list[str]:
+def _breakdown(result: EvalResult, policy: str) -> list[str]:
+    name, base = label(policy), label(result.baseline)
     rows = [
         [
             f"`{r['component']}`",
-            _fmt(r["sft"]),
-            _fmt(r["ppo"]),
+            _fmt(r["baseline"]),
+            _fmt(r["policy"]),
             _fmt(r["ref"]),
             f"{_signed(r['delta'])} [{_fmt(r['delta_ci_lo'])}, {_fmt(r['delta_ci_hi'])}]",
             _pvalue(r["pvalue_wilcoxon"]),
         ]
-        for r in result.breakdown
+        for r in result.breakdown[policy]
     ]
-    return _table(
-        ["component", "SFT", "PPO", "references", "PPO − SFT [95% CI]", "Wilcoxon p"], rows
-    )
+    header = ["component", base, name, "references", f"{name} − {base} [95% CI]", "Wilcoxon p"]
+    return _table(header, rows)
 
 
 def _last_user_turn(prompt: Sequence[Mapping[str, str]]) -> str:
@@ -432,12 +505,13 @@ def _last_user_turn(prompt: Sequence[Mapping[str, str]]) -> str:
     return prompt[-1].get("content", "") if prompt else ""
 
 
-def _examples(result: EvalResult, indices: Sequence[int], title: str) -> list[str]:
-    lines = [f"## {title}", ""]
+def _examples(result: EvalResult, policy: str, indices: Sequence[int], title: str) -> list[str]:
+    lines = [f"### {title}", ""]
     if not indices:
         return [*lines, "None.", ""]
-    sft_rm = result.outputs["sft"].scores[REWARD_MODEL]
-    ppo_rm = result.outputs["ppo"].scores[REWARD_MODEL]
+    base = result.baseline
+    base_rm = result.outputs[base].scores[REWARD_MODEL]
+    pol_rm = result.outputs[policy].scores[REWARD_MODEL]
     rows = []
     for rank, i in enumerate(indices, 1):
         row = result.rows[i]
@@ -449,13 +523,63 @@ def _examples(result: EvalResult, indices: Sequence[int], title: str) -> list[st
             [
                 f"{rank}. `{cell(row.get('id', i), 60)}`",
                 prompt,
-                f"{cell(result.outputs['sft'].texts[i])}<br>*rm {_fmt(float(sft_rm[i]))}*",
-                f"{cell(result.outputs['ppo'].texts[i])}<br>*rm {_fmt(float(ppo_rm[i]))}*",
-                _signed(float(ppo_rm[i] - sft_rm[i])),
+                f"{cell(result.outputs[base].texts[i])}<br>*rm {_fmt(float(base_rm[i]))}*",
+                f"{cell(result.outputs[policy].texts[i])}<br>*rm {_fmt(float(pol_rm[i]))}*",
+                _signed(float(pol_rm[i] - base_rm[i])),
             ]
         )
-    lines += _table(["#", "prompt (last user turn)", "SFT reply", "PPO reply", "Δ rm"], rows)
+    header = [
+        "#",
+        "prompt (last user turn)",
+        f"{label(base)} reply",
+        f"{label(policy)} reply",
+        "Δ rm",
+    ]
+    lines += _table(header, rows)
     return [*lines, ""]
+
+
+def _verdict_line(result: EvalResult, policy: str) -> str:
+    v = result.verdicts[policy]
+    failed = ", ".join(f"`{name}`" for name in v.failed)
+    tail = (
+        f" — failing gate{'s' if len(v.failed) > 1 else ''}: {failed}."
+        if failed
+        else " — every gate passes."
+    )
+    return f"- **{label(policy)}: {v.decision.upper()}**{tail}"
+
+
+def _per_policy(result: EvalResult, policy: str, n_boot: int) -> list[str]:
+    name, base = label(policy), label(result.baseline)
+    return [
+        f"## {name} vs {base}",
+        "",
+        _verdict_line(result, policy),
+        "",
+        *_significance(result, policy, n_boot),
+        "",
+        f"### Gates ({name})",
+        "",
+        *_gates(result, policy),
+        "",
+        f"### Reward components ({name})",
+        "",
+        *_breakdown(result, policy),
+        "",
+        *_examples(
+            result,
+            policy,
+            result.gains[policy],
+            f"Five largest {name} gains over {base} (reward model)",
+        ),
+        *_examples(
+            result,
+            policy,
+            result.losses[policy],
+            f"Five largest {name} losses to {base} (reward model)",
+        ),
+    ]
 
 
 def render_report(
@@ -467,61 +591,48 @@ def render_report(
 ) -> str:
     """The markdown report. ``plots_rel``: the plots folder relative to the report."""
     m = result.metrics
-    v = result.verdict
+    base = label(result.baseline)
+    names = ", ".join(label(p) for p in result.policies)
     param_rows = [[f"`{k}`", cell(_fmt(x), 120)] for k, x in run_params.items()]
-    failed = ", ".join(f"`{name}`" for name in v.failed)
     lines = [
-        "# Evaluation: PPO vs SFT",
+        f"# Evaluation: {names} vs {base}",
         "",
-        f"**Verdict: {v.decision.upper()}**"
-        + (
-            f" — failing gate{'s' if len(v.failed) > 1 else ''}: {failed}."
-            if failed
-            else " — every gate passes."
-        ),
+        "## Verdicts",
         "",
-        "Rule: *proceed* when every gate passes; *adjust* when the hard gates (`reward_gain`, "
-        "`significance`, `kl`, `bertscore`) pass and exactly one soft gate (`bleu_drop`, "
-        "`distinct2_drop`, `eos_rate_drop`) fails; *reconsider* when a hard gate fails or "
-        "more than one soft gate fails.",
+        *(_verdict_line(result, p) for p in result.policies),
+        "",
+        "Rule, per policy: *proceed* when every gate passes; *adjust* when the hard gates "
+        "(`reward_gain`, `significance`, `kl`, `bertscore`) pass and exactly one soft gate "
+        "(`bleu_drop`, `distinct2_drop`, `eos_rate_drop`) fails; *reconsider* when a hard gate "
+        "fails or more than one soft gate fails.",
         "",
         f"Task `{result.task}`: {m.get('eval/num_prompts')} test prompts "
-        f"({m.get('eval/num_references')} with a reference). Both models sampled with the same "
-        "settings and seed; PPO − SFT is PPO minus SFT.",
+        f"({m.get('eval/num_references')} with a reference). Every model sampled with the same "
+        f"settings and seed; X − {base} is X minus {base}.",
         "",
         "## Headline",
         "",
-        *_headline(m),
+        *_headline(result),
         "",
-        "## Significance",
+        "The Wilcoxon signed-rank test is the headline test: it pairs each prompt's two replies "
+        "and does not assume the score differences are normal; prompts where both scores are "
+        "equal are dropped before ranking.",
         "",
-        *_significance(m, n_boot),
-        "",
-        "## Gates",
-        "",
-        *_gates(result),
-        "",
-        "## Reward components",
-        "",
-        "Mean per-reply score of each reward component (the reward model is normalised to the "
+        "Each policy's section below lists the mean per-reply score of each reward component "
+        "(the reward model is normalised to the "
         "training prompts' mean 0, std 1; the rule components are in [0, 1]). Components that "
         "compare with the reference (BLEU) are not scored for the references themselves.",
-        "",
-        *_breakdown(result),
         "",
         f"![reward-model score distribution]({plots_rel}/{REWARD_HIST})",
         "",
         f"![rule-component distributions]({plots_rel}/{COMPONENT_HISTS})",
         "",
-        f"![PPO - SFT per component]({plots_rel}/{COMPONENT_DELTA})",
-        "",
-        *_examples(result, result.gains, "Five largest PPO gains (reward model)"),
-        *_examples(result, result.losses, "Five largest PPO losses (reward model)"),
-        "## Run parameters",
-        "",
-        *_table(["param", "value"], param_rows),
+        f"![policy - {base} per component]({plots_rel}/{COMPONENT_DELTA})",
         "",
     ]
+    for policy in result.policies:
+        lines += _per_policy(result, policy, n_boot)
+    lines += ["## Run parameters", "", *_table(["param", "value"], param_rows), ""]
     return "\n".join(lines)
 
 

@@ -1,17 +1,23 @@
-"""evaluate's sampling: both policies answer the test prompts, and KL(policy || baseline).
+"""evaluate's sampling: every policy answers the test prompts, and KL(policy || baseline).
 
-Every policy answers the same prompts with the same sampling settings and seed
-(``eval.temperature``, ``eval.max_new_tokens``, ``eval.seed``) through
+Every model (``eval.baseline`` and each of ``eval.policies``) answers the same prompts with
+the same sampling settings and seed (``eval.temperature``, ``eval.max_new_tokens``,
+``eval.seed``) through
 :func:`rlhf_lab.generation.generate`, so the only difference between two reply sets is the
 model. The KL is the k1 estimator summed over each reply's *sampled* tokens (the ids the
 sample carries, never a re-tokenisation of its text),
 ``Σ_t log p_policy(y_t | ·) - log p_base(y_t | ·)`` with ``y ~ p_policy``, logits divided by the
 sampling temperature (as in PPO training, [N-details] "scale the logits by sampling
 temperature"), averaged over prompts (nats per reply).
+
+:func:`sample_models` holds one model in memory at a time: each policy generates and scores
+its own samples, then is freed; the baseline comes last, generates, and scores every
+policy's samples.
 """
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +29,7 @@ import torch
 from rlhf_lab import models
 from rlhf_lab.config import EvalConfig
 from rlhf_lab.data.rows import Row
+from rlhf_lab.errors import DataError
 from rlhf_lab.generation import chat_prompt_text, generate, next_token_logits
 from rlhf_lab.ppo.core import logprobs_from_logits
 from rlhf_lab.tokens import default_device, pad, position_ids
@@ -146,18 +153,60 @@ def prompt_token_ids(
     ]
 
 
-def kl_on_samples(
-    ppo_model: Any,
-    sft_model: Any,
-    generated: Generated,
-    *,
-    temperature: float,
-    pad_id: int,
-    batch_size: int,
-) -> np.ndarray:
-    """Per-prompt k1 estimate of KL(PPO || SFT) on PPO's own samples (nats per reply)."""
-    t = kl_temperature(temperature)
-    kw = {"temperature": t, "pad_id": pad_id, "batch_size": batch_size}
-    logp_ppo = sequence_logprobs(ppo_model, generated.prompt_ids, generated.reply_ids, **kw)
-    logp_sft = sequence_logprobs(sft_model, generated.prompt_ids, generated.reply_ids, **kw)
-    return logp_ppo - logp_sft
+def sample_models(
+    model_dirs: Mapping[str, Path],
+    baseline: str,
+    policies: Sequence[str],
+    rows: Sequence[Row],
+    cfg: EvalConfig,
+    system_prompt: str | None,
+) -> tuple[dict[str, Generated], dict[str, np.ndarray]]:
+    """Replies of the baseline and every policy, and per-prompt KL(policy || baseline).
+
+    One model in memory at a time (a policy is as large as anything the stage loads): each
+    policy samples and log-probs its own replies, then is released; the baseline samples
+    last and log-probs every policy's replies. Returns ``(replies by model name, baseline
+    first; KL by policy)``.
+    """
+    base_vocab = models.load_tokenizer(model_dirs[baseline]).get_vocab()
+    for name in policies:
+        if models.load_tokenizer(model_dirs[name]).get_vocab() != base_vocab:
+            raise DataError(
+                f"{model_dirs[name]} and {model_dirs[baseline]} have different tokenizers: "
+                f"KL({name} || {baseline}) needs both to share one (fine-tune from the baseline)"
+            )
+    t = kl_temperature(cfg.temperature)
+    generated: dict[str, Generated] = {}
+    logp_own: dict[str, np.ndarray] = {}
+    for name in policies:
+        model, tok = load_policy(model_dirs[name])
+        gen = generate_replies(model, tok, rows, cfg, system_prompt, f"generate {name}")
+        logp_own[name] = sequence_logprobs(
+            model,
+            gen.prompt_ids,
+            gen.reply_ids,
+            temperature=t,
+            pad_id=tok.pad_token_id,
+            batch_size=cfg.batch_size,
+        )
+        generated[name] = gen
+        del model
+        gc.collect()  # before the next model loads
+    model, tok = load_policy(model_dirs[baseline])
+    out = {baseline: generate_replies(model, tok, rows, cfg, system_prompt, f"generate {baseline}")}
+    kl = {}
+    for name in policies:
+        gen = generated[name]
+        logp_base = sequence_logprobs(
+            model,
+            gen.prompt_ids,
+            gen.reply_ids,
+            temperature=t,
+            pad_id=tok.pad_token_id,
+            batch_size=cfg.batch_size,
+        )
+        kl[name] = logp_own[name] - logp_base
+        out[name] = gen
+    del model
+    gc.collect()  # scoring needs none of the policies
+    return out, kl

@@ -59,7 +59,7 @@ def score_outputs(
 
     ``reward_model`` is a ``rlhf_lab.reward_model.RewardModel`` (or anything with its
     ``score``); ``bert_scorer`` a :class:`~rlhf_lab.evaluation.bertscore.BertScorer`.
-    The judge scores the two policies only (rating the references too would double its cost).
+    The judge scores the models only (rating the references too would add to its cost).
     """
     refs = [reference_of(r) for r in rows]
     has_ref = np.array([r is not None for r in refs])

@@ -1,11 +1,13 @@
-"""evaluate: compare the SFT and PPO policies on held-out prompts and decide what to do next.
+"""evaluate: compare each RL policy with the baseline on held-out prompts, decide what next.
 
     rlhf-lab evaluate --params params.yaml
 
 Reads ``task``, ``eval`` and ``reward.length_band`` (and ``judge`` when ``eval.judge`` is true),
-``data/prompts/test.jsonl``, ``models/{sft,ppo,reward}`` and ``models/base/encoder``. Writes
-``metrics/evaluate.json`` (flat keys: ``sft/...``, ``ppo/...``, ``ref/...``, ``delta/...``,
-``verdict/...``), ``reports/samples.jsonl``, ``reports/report.md`` and ``plots/evaluate/``
+``data/prompts/test.jsonl``, ``models/<name>`` for ``eval.baseline`` (sft) and every one of
+``eval.policies`` (ppo, dpo), ``models/reward`` and ``models/base/encoder``. Writes
+``metrics/evaluate.json`` (flat keys: ``sft/...``, ``ppo/...``, ``dpo/...``, ``ref/...``,
+``delta/<policy>/...``, ``verdict/<policy>/...``), ``reports/samples.jsonl``,
+``reports/report.md`` and ``plots/evaluate/``
 (PNGs plus DVC plot data). The library is ``rlhf_lab.evaluation.evaluate`` (sampling,
 scoring, metrics, gates) and ``rlhf_lab.evaluation.report`` (report and plots).
 """
@@ -39,11 +41,11 @@ def _judge_factory(params: Params) -> JudgeScorer:
 
 
 def _run_params(params: Params) -> dict[str, Any]:
-    """The params the report lists: this stage's, plus what made the two policies."""
+    """The params the report lists: this stage's, plus what made each evaluated model."""
     sections: dict[str, Any] = section_dict(params, "task", "eval")
     sections["reward"] = {"length_band": params.reward.length_band}
-    for name, folder in (("sft", PATHS.sft), ("ppo", PATHS.ppo)):
-        made_by = read_provenance(folder).get("params", {})
+    for name in params.eval.models:
+        made_by = read_provenance(PATHS.policy(name)).get("params", {})
         if name in made_by:
             sections[name] = made_by[name]
     return report.flatten_params(sections)
@@ -71,16 +73,17 @@ def main(params: Params, **_: Any) -> None:
         )
         (tmp / "report.md").write_text(text, encoding="utf-8")
     write_json(METRICS, result.metrics)
-    m = result.metrics
-    ui.summary(
-        "evaluate",
-        {
-            "verdict": m["verdict/decision"],
-            "failed gates": m["verdict/failed_gates"] or "none",
-            "reward model SFT → PPO": f"{m['sft/rm_score']:.3f} → {m['ppo/rm_score']:.3f}",
-            "win rate (reward model)": m["delta/win_rate_rm"],
-            "Wilcoxon p (reward model)": m["delta/rm_pvalue_wilcoxon"],
-            "KL(PPO ‖ SFT)": m["delta/kl_ppo_sft"],
-            "report": str(REPORTS_DIR / "report.md"),
-        },
-    )
+    m, base = result.metrics, cfg.baseline
+    summary: dict[str, Any] = {f"reward model {base}": f"{m[f'{base}/rm_score']:.3f}"}
+    for p in cfg.policies:
+        d = f"delta/{p}"
+        summary[f"{p}: verdict"] = m[f"verdict/{p}/decision"]
+        summary[f"{p}: failed gates"] = m[f"verdict/{p}/failed_gates"] or "none"
+        summary[f"{p}: reward model"] = f"{m[f'{p}/rm_score']:.3f}"
+        summary[f"{p}: win rate (raw / length-controlled)"] = (
+            f"{m[f'{d}/win_rate_rm']:.3f} / {m.get(f'{d}/win_rate_rm_lc', float('nan')):.3f}"
+        )
+        summary[f"{p}: Wilcoxon p"] = m[f"{d}/rm_pvalue_wilcoxon"]
+        summary[f"{p}: KL({p} ‖ {base})"] = m[f"{d}/kl"]
+    summary["report"] = str(REPORTS_DIR / "report.md")
+    ui.summary("evaluate", summary)

@@ -1,0 +1,107 @@
+"""compare: evaluate's results across DVC experiments as arms × seeds (a command).
+
+    rlhf-lab compare exp-a exp-b exp-c --out reports/compare.json
+    rlhf-lab compare --all
+
+Runs ``dvc exp show --json`` (each experiment's params and ``metrics/evaluate.json``) and reads
+each experiment's ``reports/samples.jsonl`` (a DVC-cached output of ``evaluate``) at its rev
+with ``dvc.api.read``; prints per arm the mean ± 95% CI half-width across seeds, and the
+paired Wilcoxon test between every two arms. ``--out`` also writes the numbers as JSON. The
+method is in ``rlhf_lab.evaluation.compare``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from rlhf_lab import ui
+from rlhf_lab.config import Params
+from rlhf_lab.errors import DataError
+from rlhf_lab.evaluation import compare as cmp
+from rlhf_lab.io import write_json
+
+SAMPLES = "reports/samples.jsonl"
+
+
+def dvc_exp_show() -> list[dict[str, Any]]:
+    """``dvc exp show --json`` in the current repo (the same interpreter's DVC)."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["failed"])[-1]
+        raise DataError(f"compare: `dvc exp show --json`: {last}")
+    return json.loads(out.stdout)
+
+
+def dvc_samples(exp: cmp.Experiment) -> list[dict[str, Any]]:
+    """``reports/samples.jsonl`` at the experiment's rev (the workspace file for ``workspace``)."""
+    import dvc.api
+
+    try:
+        if exp.name == "workspace":
+            text = Path(SAMPLES).read_text(encoding="utf-8")
+        else:
+            text = dvc.api.read(SAMPLES, rev=exp.rev, encoding="utf-8")
+    except Exception as exc:  # dvc raises many kinds; each means "not available at that rev"
+        raise DataError(f"compare: {SAMPLES} of experiment {exp.name!r}: {exc}") from None
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _print(result: Mapping[str, Any]) -> None:
+    header, rows = cmp.table_rows(result)
+    table = Table(title="arms × seeds: mean ± 95% CI half-width across seeds")
+    for h in header:
+        table.add_column(h, justify="left" if h == "arm" else "right")
+    for row in rows:
+        table.add_row(*row)
+    ui.console.print(table)
+    tests = Table(title="paired Wilcoxon on the shared test prompts (RM score, mean over seeds)")
+    for h in ("a", "b", "prompts", "mean a − b", "a wins", "Wilcoxon p"):
+        tests.add_column(h, justify="left" if h in ("a", "b") else "right")
+    for t in result["tests"]:
+        tests.add_row(
+            t["a"],
+            t["b"],
+            str(t["n_prompts"]),
+            f"{t['mean_diff']:+.3f}",
+            f"{t['win_rate']:.3f}",
+            "–" if t["wilcoxon_p"] is None else f"{t['wilcoxon_p']:.3g}",
+        )
+    ui.console.print(tests)
+    for w in result["warnings"]:
+        ui.console.print(f"[yellow]warning:[/] {w}", highlight=False)
+
+
+def main(
+    params: Params,
+    *,
+    experiments: Sequence[str] = (),
+    all_: bool = False,
+    out: Path | None = None,
+    show: Callable[[], list[dict[str, Any]]] | None = None,
+    read_samples: Callable[[cmp.Experiment], list[dict[str, Any]]] | None = None,
+    **_: Any,
+) -> None:
+    """``show`` / ``read_samples`` (default :func:`dvc_exp_show` / :func:`dvc_samples`) let
+    tests feed fixture JSON instead of a git + DVC repo."""
+    show = show or dvc_exp_show
+    read_samples = read_samples or dvc_samples
+    if bool(experiments) == all_:
+        raise DataError("compare: name the experiments to compare, or pass --all (not both)")
+    found = cmp.parse_exp_show(show())
+    if all_:
+        chosen = [e for e in found if e.name != "workspace"] or found
+    else:
+        chosen = cmp.select(found, experiments)
+    result = cmp.compare(chosen, read_samples)
+    _print(result)
+    if out is not None:
+        write_json(out, result)
+        ui.console.print(f"wrote {out}")
