@@ -70,3 +70,24 @@ def test_throughput_tiny_run(tmp_path, monkeypatch):
     # The tiny Llama ties its head to the input embedding: the head is counted once.
     assert result["profile/active_params"] == params
     assert 0 < result["profile/lm_head_flop_share"] < 1
+
+
+def test_arms_give_every_online_arm_the_same_replies_per_step():
+    from rlhf_lab.config import PpoConfig
+
+    bench = _load("arms")
+    runs = dict(bench.experiments(list(bench.ONLINE), [0, 1], 16, {"ppo.steps": "6"}))
+    assert list(runs) == [f"arms-{a}-s{s}" for s in (0, 1) for a in bench.ONLINE]
+    for name, sets in runs.items():
+        seed = name.rsplit("-s", 1)[1]
+        assert sets["ppo.seed"] == sets["dpo.seed"] == seed and sets["ppo.steps"] == "6"
+        ppo = PpoConfig(
+            advantage=sets["ppo.advantage"],
+            batch_size=int(sets.get("ppo.batch_size", 16)),
+            num_generations=int(sets.get("ppo.num_generations", 1)),
+        )
+        # 16 scored replies per step and the same minibatch for every arm
+        assert (ppo.rollout_size, ppo.minibatch_size) == (16, 8)
+    assert runs["arms-grpo-s0"]["ppo.num_generations"] == str(bench.GROUP)
+    with pytest.raises(SystemExit):
+        bench.arm_overrides("rloo", 10)
