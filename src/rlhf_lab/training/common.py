@@ -28,9 +28,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 
-from rlhf_lab import ui
+from rlhf_lab import models, precision, ui
 from rlhf_lab.config import LoraConfig
 from rlhf_lab.errors import ConfigError, NonFiniteLossError
+from rlhf_lab.io import atomic_dir, finite_or_none
 
 T = TypeVar("T")
 
@@ -261,6 +262,80 @@ def state_dict_for_saving(
         return fresh
     accelerator.wait_for_everyone()
     return accelerator.unwrap_model(model) if accelerator.is_main_process else None
+
+
+def perf_metrics(accelerator: Accelerator, train_seconds: float, **done: float) -> dict[str, Any]:
+    """The ``perf/*`` metrics of a training loop.
+
+    ``perf/train_<unit>_per_s`` for each ``unit=count`` in ``done`` (what the loop trained on
+    in ``train_seconds``, evaluation excluded; nan without time), the seconds, this process's
+    peak memory, the process count and whether training forward passes ran under bf16.
+    """
+    return {
+        **{
+            f"perf/train_{unit}_per_s": count / train_seconds if train_seconds > 0 else math.nan
+            for unit, count in done.items()
+        },
+        "perf/train_seconds": train_seconds,
+        "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
+        "perf/num_processes": accelerator.num_processes,
+        "perf/bf16": int(precision.bf16_enabled()),
+    }
+
+
+def save_trained_model(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    rebuild: Callable[[], torch.nn.Module],
+    guard: NonFiniteGuard,
+    out_dir: str | Path,
+    tok: Any,
+    *,
+    role: str,
+    base: str | Path,
+    metrics: Mapping[str, Any],
+    provenance: Mapping[str, Any] | None = None,
+    lora: LoraConfig | None = None,
+    write_extra: Callable[[Path], None] | None = None,
+) -> None:
+    """Save the trained model to ``out_dir`` atomically, with ``provenance.json``.
+
+    Every process calls it (see :func:`state_dict_for_saving`); the main process refuses
+    non-finite weights (``guard``), then writes the model and tokenizer, whatever
+    ``write_extra(tmp_dir)`` adds, and the provenance: ``role``, ``base``, size, dtype,
+    process count, ``metrics`` without ``perf/*`` (timings would change the hash DVC keeps of
+    the directory) and ``provenance``. With ``lora`` the model is a LoRA-trained causal LM: the
+    adapter is folded into the weights, so the directory is a plain causal LM that every
+    stage (and vLLM, llama.cpp...) loads without peft, and the provenance also records the
+    LoRA settings and the pad and EOS tokens.
+    """
+    final = state_dict_for_saving(accelerator, model, rebuild)
+    if final is not None:
+        guard.check_weights(final)
+        policy: dict[str, Any] = {}
+        if lora is not None:
+            final = final.merge_and_unload()
+            policy = {
+                "pad_token": tok.pad_token,
+                "eos_token": tok.eos_token,
+                "lora": lora.model_dump(mode="json"),
+            }
+        with atomic_dir(out_dir) as tmp:
+            models.save_model(final, tok, tmp)
+            if write_extra is not None:
+                write_extra(tmp)
+            models.write_provenance(
+                tmp,
+                role=role,
+                base=str(base),
+                parameters=models.parameter_count(final),
+                dtype=str(final.dtype).removeprefix("torch."),
+                num_processes=accelerator.num_processes,
+                **policy,
+                metrics=finite_or_none({k: v for k, v in metrics.items() if "perf/" not in k}),
+                **dict(provenance or {}),
+            )
+    accelerator.wait_for_everyone()
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:

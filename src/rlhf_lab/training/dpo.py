@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from rlhf_lab import models, precision
+from rlhf_lab import models
 from rlhf_lab.config import DpoConfig
-from rlhf_lab.io import atomic_dir
+from rlhf_lab.io import finite_or_none
 from rlhf_lab.training.common import (
     Curves,
     LengthGroupedBatches,
@@ -48,9 +48,9 @@ from rlhf_lab.training.common import (
     guarded_step,
     make_accelerator,
     mean_across,
-    peak_memory_mb,
+    perf_metrics,
     progress,
-    state_dict_for_saving,
+    save_trained_model,
     train_mode,
     trainable_parameters,
 )
@@ -412,43 +412,14 @@ def train_dpo_model(
         "valid/pairs": len(valid_pairs),
         "lora/trainable_parameters": trainable_parameters(unwrapped),
         # Duplicates that fill the last batch (even_batches) are not counted as pairs.
-        "perf/train_pairs_per_s": (
-            min(seen, len(train_pairs) * cfg.epochs) / train_seconds
-            if train_seconds > 0
-            else math.nan
-        ),
-        "perf/train_seconds": train_seconds,
-        "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
-        "perf/num_processes": accelerator.num_processes,
-        "perf/bf16": int(precision.bf16_enabled()),
+        **perf_metrics(accelerator, train_seconds, pairs=min(seen, len(train_pairs) * cfg.epochs)),
     }
-    metrics = {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
-    }
-
+    metrics = finite_or_none(metrics)
     if out_dir is not None:
-        final = state_dict_for_saving(accelerator, model, build)
-        if final is not None:
-            guard.check_weights(final)
-            # As models/sft: the adapter folded into the weights, a plain causal LM that every
-            # stage loads without peft.
-            merged = final.merge_and_unload()
-            with atomic_dir(out_dir) as tmp:
-                models.save_model(merged, tok, tmp)
-                models.write_provenance(
-                    tmp,
-                    role="dpo",
-                    base=str(sft_dir),
-                    parameters=models.parameter_count(merged),
-                    dtype=str(merged.dtype).removeprefix("torch."),
-                    pad_token=tok.pad_token,
-                    eos_token=tok.eos_token,
-                    num_processes=accelerator.num_processes,
-                    lora=cfg.lora.model_dump(mode="json"),
-                    metrics={k: v for k, v in metrics.items() if not k.startswith("perf/")},
-                    **dict(provenance or {}),
-                )
-        accelerator.wait_for_everyone()
+        save_trained_model(
+            accelerator, model, build, guard, out_dir, tok, role="dpo", base=sft_dir,
+            metrics=metrics, provenance=provenance, lora=cfg.lora,
+        )  # fmt: skip
     curves.close()
     return TrainOutcome(
         metrics=metrics,

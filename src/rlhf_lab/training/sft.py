@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from rlhf_lab import models, precision
 from rlhf_lab.config import SftConfig
-from rlhf_lab.io import atomic_dir
+from rlhf_lab.io import finite_or_none
 from rlhf_lab.training.common import (
     Curves,
     LengthGroupedBatches,
@@ -37,9 +37,9 @@ from rlhf_lab.training.common import (
     guarded_step,
     make_accelerator,
     mean_across,
-    peak_memory_mb,
+    perf_metrics,
     progress,
-    state_dict_for_saving,
+    save_trained_model,
     train_mode,
     trainable_parameters,
 )
@@ -330,39 +330,14 @@ def train_sft_model(
         "valid/examples": len(valid_examples),
         "lora/trainable_parameters": trainable_parameters(unwrapped),
         "train/skipped_nonfinite": guard.skipped,
-        "perf/train_seconds": train_seconds,
-        "perf/train_tokens_per_s": tokens / train_seconds if train_seconds > 0 else float("nan"),
-        "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
-        "perf/num_processes": accelerator.num_processes,
-        "perf/bf16": int(precision.bf16_enabled()),
+        **perf_metrics(accelerator, train_seconds, tokens=tokens),
     }
-    metrics = {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
-    }
-
+    metrics = finite_or_none(metrics)
     if out_dir is not None:
-        final = state_dict_for_saving(accelerator, model, build)
-        if final is not None:
-            guard.check_weights(final)
-            # Fold the adapters into the weights: models/sft is then a plain causal LM that
-            # any stage (and vLLM, llama.cpp...) loads without peft.
-            merged = final.merge_and_unload()
-            with atomic_dir(out_dir) as tmp:
-                models.save_model(merged, tok, tmp)
-                models.write_provenance(
-                    tmp,
-                    role="sft",
-                    base=str(policy_dir),
-                    parameters=models.parameter_count(merged),
-                    dtype=str(merged.dtype).removeprefix("torch."),
-                    pad_token=tok.pad_token,
-                    eos_token=tok.eos_token,
-                    num_processes=accelerator.num_processes,
-                    lora=cfg.lora.model_dump(mode="json"),
-                    metrics={k: v for k, v in metrics.items() if not k.startswith("perf/")},
-                    **dict(provenance or {}),
-                )
-        accelerator.wait_for_everyone()
+        save_trained_model(
+            accelerator, model, build, guard, out_dir, tok, role="sft", base=policy_dir,
+            metrics=metrics, provenance=provenance, lora=cfg.lora,
+        )  # fmt: skip
     curves.close()
     return TrainOutcome(
         metrics=metrics,
