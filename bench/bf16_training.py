@@ -51,6 +51,25 @@ Step = Callable[[], float]
 # ---------------------------------------------------------------------------------------------
 
 
+def plain_step(
+    loss_fn: Callable[[], torch.Tensor],
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    max_grad_norm: float,
+) -> Step:
+    """One optimiser step on ``loss_fn()``: backward, clip to ``max_grad_norm``, step, zero."""
+
+    def step() -> float:
+        loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        return float(loss)
+
+    return step
+
+
 def sft_step(ws: Path, params: Params) -> Step:
     from rlhf_lab.training.common import adamw_with_warmup, apply_lora
     from rlhf_lab.training.sft import SftCollator, batch_nll, sft_examples, tokenize_example
@@ -68,16 +87,11 @@ def sft_step(ws: Path, params: Params) -> Step:
     batch = SftCollator(tok.pad_token_id)(feats)
     optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
 
-    def step() -> float:
+    def loss() -> torch.Tensor:
         nll, n = batch_nll(model, batch)
-        loss = nll.sum() / n.sum().clamp(min=1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
-        return float(loss)
+        return nll.sum() / n.sum().clamp(min=1)
 
-    return step
+    return plain_step(loss, list(model.parameters()), optimizer, cfg.max_grad_norm)
 
 
 def reward_step(ws: Path, params: Params) -> Step:
@@ -99,15 +113,10 @@ def reward_step(ws: Path, params: Params) -> Step:
     batch = PairCollator(tok, cfg.max_length)(pairs[: cfg.batch_size])
     optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
 
-    def step() -> float:
-        loss = bradley_terry_loss(*score_batch(model, batch))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
-        return float(loss)
+    def loss() -> torch.Tensor:
+        return bradley_terry_loss(*score_batch(model, batch))
 
-    return step
+    return plain_step(loss, list(model.parameters()), optimizer, cfg.max_grad_norm)
 
 
 def critic_step(ws: Path, params: Params) -> Step:
@@ -135,18 +144,13 @@ def critic_step(ws: Path, params: Params) -> Step:
     optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
     trainable = [p for p in model.parameters() if p.requires_grad]
 
-    def step() -> float:
+    def loss() -> torch.Tensor:
         values = model(
             batch["query"], batch["query_mask"], batch["response"], batch["response_mask"]
         )
-        loss = per_reply_mse(values, batch["target"], batch["response_mask"]).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
-        return float(loss)
+        return per_reply_mse(values, batch["target"], batch["response_mask"]).mean()
 
-    return step
+    return plain_step(loss, trainable, optimizer, cfg.max_grad_norm)
 
 
 def ppo_update_step(ws: Path, params: Params) -> Step:
