@@ -1,5 +1,6 @@
-"""training/common's end-of-loop helpers every training loop shares: the perf/* block and the
-save of a trained model (merged LoRA, provenance, refusal of non-finite weights)."""
+"""training/common's end-of-loop helpers every training loop shares: the perf/* block, the
+save of a trained model (merged LoRA, provenance, refusal of non-finite weights) and the
+outcome handed back."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from rlhf_lab import models
 from rlhf_lab.config import LoraConfig
 from rlhf_lab.errors import NonFiniteLossError
 from rlhf_lab.training.common import (
+    Curves,
     NonFiniteGuard,
     apply_lora,
+    finish_training,
     make_accelerator,
     perf_metrics,
     save_trained_model,
@@ -95,3 +98,15 @@ def test_save_trained_model_refuses_non_finite_weights_and_writes_nothing(tiny_m
             tmp_path / "out", tok, role="sft", base="b", metrics={}, lora=LoraConfig(r=4),
         )  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_finish_training_closes_the_curves_and_nulls_non_finite_metrics(tmp_path):
+    accelerator = make_accelerator(0, 1, "x.batch_size")
+    curves = Curves(tmp_path / "plots")
+    curves.log(1, {"train/loss": 0.5})
+    history = [{"step": 1, "train/loss": 0.5}]
+    out = finish_training(accelerator, curves, {"a": math.nan, "b": 2.0, "c": 3}, history)
+    assert curves.live is None  # closed: dvclive has flushed the curve files
+    assert (tmp_path / "plots/plots/metrics/train/loss.tsv").is_file()
+    assert out.metrics == {"a": None, "b": 2.0, "c": 3} and out.history == history
+    assert out.is_main_process and out.num_processes == 1

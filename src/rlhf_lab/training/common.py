@@ -190,6 +190,19 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig, task_type: str = "CAUSA
     return get_peft_model(model, lora_config(lora, task_type))
 
 
+def lora_policy_builder(model_dir: str | Path, tok: Any, lora: LoraConfig) -> Callable[[], Any]:
+    """A function that builds the causal LM in ``model_dir`` (in the dtype it was saved in)
+    with fresh LoRA adapters: the model the SFT and DPO loops train, built again by
+    :func:`state_dict_for_saving` under ZeRO-3. It gives ``tok`` a pad token if it has none."""
+
+    def build() -> Any:
+        base = models.load_causal_lm(model_dir, models.saved_dtype(model_dir))
+        models.ensure_pad_token(tok, base)
+        return apply_lora(base, lora)
+
+    return build
+
+
 def trainable_parameters(model: torch.nn.Module) -> int:
     """Number of parameters the optimiser updates."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -336,6 +349,23 @@ def save_trained_model(
                 **dict(provenance or {}),
             )
     accelerator.wait_for_everyone()
+
+
+def finish_training(
+    accelerator: Accelerator,
+    curves: Curves,
+    metrics: Mapping[str, Any],
+    history: list[dict[str, float]],
+) -> TrainOutcome:
+    """Close the curves; the outcome every process returns, nan/inf metrics as None (null in
+    the metrics file: an empty split or a run whose every step was skipped has no value)."""
+    curves.close()
+    return TrainOutcome(
+        metrics=finite_or_none(metrics),
+        is_main_process=accelerator.is_main_process,
+        num_processes=accelerator.num_processes,
+        history=history,
+    )
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:

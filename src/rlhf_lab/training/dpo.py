@@ -36,16 +36,16 @@ from torch.utils.data import DataLoader
 
 from rlhf_lab import models
 from rlhf_lab.config import DpoConfig
-from rlhf_lab.io import finite_or_none
 from rlhf_lab.training.common import (
     Curves,
     LengthGroupedBatches,
     NonFiniteGuard,
     TrainOutcome,
     adamw_with_warmup,
-    apply_lora,
+    finish_training,
     gather,
     guarded_step,
+    lora_policy_builder,
     make_accelerator,
     mean_across,
     perf_metrics,
@@ -288,14 +288,7 @@ def train_dpo_model(
         raise ValueError("no training pairs")
     accelerator = make_accelerator(cfg.seed, cfg.batch_size, "dpo.batch_size")
     tok = models.load_tokenizer(sft_dir)
-    dtype = models.read_provenance(sft_dir).get("dtype", "float32")
-    dtype = dtype if dtype in models.DTYPES else "float32"
-
-    def build() -> Any:
-        base = models.load_causal_lm(sft_dir, dtype)
-        models.ensure_pad_token(tok, base)
-        return apply_lora(base, cfg.lora)
-
+    build = lora_policy_builder(sft_dir, tok, cfg.lora)
     model = build()
     collate = PairCollator(tok.pad_token_id)
     train_feats = [tokenize_pair(tok, p, cfg.max_length, system_prompt) for p in train_pairs]
@@ -414,16 +407,9 @@ def train_dpo_model(
         # Duplicates that fill the last batch (even_batches) are not counted as pairs.
         **perf_metrics(accelerator, train_seconds, pairs=min(seen, len(train_pairs) * cfg.epochs)),
     }
-    metrics = finite_or_none(metrics)
     if out_dir is not None:
         save_trained_model(
             accelerator, model, build, guard, out_dir, tok, role="dpo", base=sft_dir,
             metrics=metrics, provenance=provenance, lora=cfg.lora,
         )  # fmt: skip
-    curves.close()
-    return TrainOutcome(
-        metrics=metrics,
-        is_main_process=accelerator.is_main_process,
-        num_processes=accelerator.num_processes,
-        history=history,
-    )
+    return finish_training(accelerator, curves, metrics, history)

@@ -27,13 +27,13 @@ from torch.utils.data import DataLoader
 
 from rlhf_lab import models, precision
 from rlhf_lab.config import RewardTrainConfig
-from rlhf_lab.io import finite_or_none
 from rlhf_lab.reward_model import encoder_inputs, save_reward_stats
 from rlhf_lab.training.common import (
     Curves,
     NonFiniteGuard,
     TrainOutcome,
     adamw_with_warmup,
+    finish_training,
     gather,
     guarded_step,
     make_accelerator,
@@ -316,10 +316,4 @@ def train_reward_model(
                 tmp, metrics["reward/mean"], metrics["reward/std"] or 1.0, cfg.max_length
             ),
         )  # fmt: skip
-    curves.close()
-    return TrainOutcome(
-        metrics=finite_or_none(metrics),
-        is_main_process=accelerator.is_main_process,
-        num_processes=accelerator.num_processes,
-        history=history,
-    )
+    return finish_training(accelerator, curves, metrics, history)

@@ -25,16 +25,16 @@ from torch.utils.data import DataLoader
 
 from rlhf_lab import models, precision
 from rlhf_lab.config import SftConfig
-from rlhf_lab.io import finite_or_none
 from rlhf_lab.training.common import (
     Curves,
     LengthGroupedBatches,
     NonFiniteGuard,
     TrainOutcome,
     adamw_with_warmup,
-    apply_lora,
+    finish_training,
     gather,
     guarded_step,
+    lora_policy_builder,
     make_accelerator,
     mean_across,
     perf_metrics,
@@ -238,14 +238,7 @@ def train_sft_model(
         raise ValueError("no training examples")
     accelerator = make_accelerator(cfg.seed, cfg.batch_size, "sft.batch_size")
     tok = models.load_tokenizer(policy_dir)
-    dtype = models.read_provenance(policy_dir).get("dtype", "float32")
-    dtype = dtype if dtype in models.DTYPES else "float32"
-
-    def build() -> Any:
-        base = models.load_causal_lm(policy_dir, dtype)
-        models.ensure_pad_token(tok, base)
-        return apply_lora(base, cfg.lora)
-
+    build = lora_policy_builder(policy_dir, tok, cfg.lora)
     model = build()
     collate = SftCollator(tok.pad_token_id)
     train_feats = [
@@ -332,16 +325,9 @@ def train_sft_model(
         "train/skipped_nonfinite": guard.skipped,
         **perf_metrics(accelerator, train_seconds, tokens=tokens),
     }
-    metrics = finite_or_none(metrics)
     if out_dir is not None:
         save_trained_model(
             accelerator, model, build, guard, out_dir, tok, role="sft", base=policy_dir,
             metrics=metrics, provenance=provenance, lora=cfg.lora,
         )  # fmt: skip
-    curves.close()
-    return TrainOutcome(
-        metrics=metrics,
-        is_main_process=accelerator.is_main_process,
-        num_processes=accelerator.num_processes,
-        history=history,
-    )
+    return finish_training(accelerator, curves, metrics, history)
