@@ -51,18 +51,19 @@ Step = Callable[[], float]
 # ---------------------------------------------------------------------------------------------
 
 
-def plain_step(
-    loss_fn: Callable[[], torch.Tensor],
-    params: list[torch.nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    max_grad_norm: float,
-) -> Step:
-    """One optimiser step on ``loss_fn()``: backward, clip to ``max_grad_norm``, step, zero."""
+def plain_step(loss_fn: Callable[[], torch.Tensor], model: torch.nn.Module, cfg: Any) -> Step:
+    """A step of the stage's AdamW (``cfg.lr``, ``cfg.weight_decay``, no schedule) on
+    ``loss_fn()``: backward, clip the trainable weights' gradients to ``cfg.max_grad_norm``,
+    update, zero."""
+    from rlhf_lab.training.common import adamw_with_warmup
+
+    optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
 
     def step() -> float:
         loss = loss_fn()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad()
         return float(loss)
@@ -71,7 +72,7 @@ def plain_step(
 
 
 def sft_step(ws: Path, params: Params) -> Step:
-    from rlhf_lab.training.common import adamw_with_warmup, apply_lora
+    from rlhf_lab.training.common import apply_lora
     from rlhf_lab.training.sft import SftCollator, batch_nll, sft_examples, tokenize_example
 
     cfg = params.sft
@@ -85,17 +86,15 @@ def sft_step(ws: Path, params: Params) -> Step:
     )[: cfg.batch_size]
     feats = [tokenize_example(tok, e, cfg.max_length, params.task.system_prompt) for e in examples]
     batch = SftCollator(tok.pad_token_id)(feats)
-    optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
 
     def loss() -> torch.Tensor:
         nll, n = batch_nll(model, batch)
         return nll.sum() / n.sum().clamp(min=1)
 
-    return plain_step(loss, list(model.parameters()), optimizer, cfg.max_grad_norm)
+    return plain_step(loss, model, cfg)
 
 
 def reward_step(ws: Path, params: Params) -> Step:
-    from rlhf_lab.training.common import adamw_with_warmup
     from rlhf_lab.training.reward_model import (
         PairCollator,
         bradley_terry_loss,
@@ -111,17 +110,15 @@ def reward_step(ws: Path, params: Params) -> Step:
     model.train()
     pairs, _ = pairs_from_rows(read_jsonl(ws / "data/preference/train.jsonl"))
     batch = PairCollator(tok, cfg.max_length)(pairs[: cfg.batch_size])
-    optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
 
     def loss() -> torch.Tensor:
         return bradley_terry_loss(*score_batch(model, batch))
 
-    return plain_step(loss, list(model.parameters()), optimizer, cfg.max_grad_norm)
+    return plain_step(loss, model, cfg)
 
 
 def critic_step(ws: Path, params: Params) -> Step:
     from rlhf_lab.ppo.model import new_critic
-    from rlhf_lab.training.common import adamw_with_warmup
     from rlhf_lab.training.critic import (
         Collator,
         encode,
@@ -141,8 +138,6 @@ def critic_step(ws: Path, params: Params) -> Step:
         model.tok, replies[: cfg.batch_size], cfg.max_length, params.task.system_prompt, mean, std
     )
     batch = Collator(model.tok.pad_token_id)(examples)
-    optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
-    trainable = [p for p in model.parameters() if p.requires_grad]
 
     def loss() -> torch.Tensor:
         values = model(
@@ -150,7 +145,7 @@ def critic_step(ws: Path, params: Params) -> Step:
         )
         return per_reply_mse(values, batch["target"], batch["response_mask"]).mean()
 
-    return plain_step(loss, trainable, optimizer, cfg.max_grad_norm)
+    return plain_step(loss, model, cfg)
 
 
 def ppo_update_step(ws: Path, params: Params) -> Step:
