@@ -194,3 +194,11 @@ def test_finite_or_none_nulls_only_non_finite_floats():
         "e": None,
         "f": "nan",
     }
+
+
+def test_read_jsonl_missing_ok_reads_a_missing_split_as_no_rows(tmp_path):
+    assert io.read_jsonl(tmp_path / "valid.jsonl", missing_ok=True) == []
+    with pytest.raises(FileNotFoundError):
+        io.read_jsonl(tmp_path / "valid.jsonl")
+    io.write_jsonl(tmp_path / "valid.jsonl", [{"id": "a"}, {"id": "b"}])
+    assert io.read_jsonl(tmp_path / "valid.jsonl", missing_ok=True) == [{"id": "a"}, {"id": "b"}]

@@ -324,8 +324,14 @@ def append_jsonl_line(path: str | Path, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file written by this project (trusted: errors are bugs, not user input)."""
+def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """Read a JSONL file written by this project (trusted: errors are bugs, not user input).
+
+    ``missing_ok``: a file that does not exist reads as no rows (a split a data stage did not
+    write, e.g. no valid prompts, is just empty).
+    """
+    if missing_ok and not Path(path).is_file():
+        return []
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
