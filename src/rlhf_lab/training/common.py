@@ -1,5 +1,6 @@
-"""Pieces every supervised loop shares (reward model, SFT, critic): the accelerator, seeding,
-AdamW with linear warm-up, dvclive curves, progress bars, gathering and saving.
+"""Pieces every supervised loop shares (reward model, SFT, DPO, critic): the accelerator, seeding,
+the LoRA policy, AdamW with linear warm-up, the guarded step, dvclive curves, progress bars,
+gathering, the ``perf/*`` metrics, saving the trained model and the outcome handed back.
 
 All loops run under :class:`accelerate.Accelerator`, so the same code runs as one CPU process,
 under ``accelerate launch`` on several GPUs (DDP), or with DeepSpeed ZeRO-2/3 (see
