@@ -51,8 +51,28 @@ Step = Callable[[], float]
 # ---------------------------------------------------------------------------------------------
 
 
+def plain_step(loss_fn: Callable[[], torch.Tensor], model: torch.nn.Module, cfg: Any) -> Step:
+    """A step of the stage's AdamW (``cfg.lr``, ``cfg.weight_decay``, no schedule) on
+    ``loss_fn()``: backward, clip the trainable weights' gradients to ``cfg.max_grad_norm``,
+    update, zero."""
+    from rlhf_lab.training.common import adamw_with_warmup
+
+    optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def step() -> float:
+        loss = loss_fn()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad()
+        return float(loss)
+
+    return step
+
+
 def sft_step(ws: Path, params: Params) -> Step:
-    from rlhf_lab.training.common import adamw_with_warmup, apply_lora
+    from rlhf_lab.training.common import apply_lora
     from rlhf_lab.training.sft import SftCollator, batch_nll, sft_examples, tokenize_example
 
     cfg = params.sft
@@ -66,22 +86,15 @@ def sft_step(ws: Path, params: Params) -> Step:
     )[: cfg.batch_size]
     feats = [tokenize_example(tok, e, cfg.max_length, params.task.system_prompt) for e in examples]
     batch = SftCollator(tok.pad_token_id)(feats)
-    optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
 
-    def step() -> float:
+    def loss() -> torch.Tensor:
         nll, n = batch_nll(model, batch)
-        loss = nll.sum() / n.sum().clamp(min=1)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
-        return float(loss)
+        return nll.sum() / n.sum().clamp(min=1)
 
-    return step
+    return plain_step(loss, model, cfg)
 
 
 def reward_step(ws: Path, params: Params) -> Step:
-    from rlhf_lab.training.common import adamw_with_warmup
     from rlhf_lab.training.reward_model import (
         PairCollator,
         bradley_terry_loss,
@@ -97,22 +110,15 @@ def reward_step(ws: Path, params: Params) -> Step:
     model.train()
     pairs, _ = pairs_from_rows(read_jsonl(ws / "data/preference/train.jsonl"))
     batch = PairCollator(tok, cfg.max_length)(pairs[: cfg.batch_size])
-    optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
 
-    def step() -> float:
-        loss = bradley_terry_loss(*score_batch(model, batch))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
-        return float(loss)
+    def loss() -> torch.Tensor:
+        return bradley_terry_loss(*score_batch(model, batch))
 
-    return step
+    return plain_step(loss, model, cfg)
 
 
 def critic_step(ws: Path, params: Params) -> Step:
     from rlhf_lab.ppo.model import new_critic
-    from rlhf_lab.training.common import adamw_with_warmup
     from rlhf_lab.training.critic import (
         Collator,
         encode,
@@ -132,21 +138,14 @@ def critic_step(ws: Path, params: Params) -> Step:
         model.tok, replies[: cfg.batch_size], cfg.max_length, params.task.system_prompt, mean, std
     )
     batch = Collator(model.tok.pad_token_id)(examples)
-    optimizer, _ = adamw_with_warmup(model, cfg.lr, cfg.weight_decay, 1, 0.0)
-    trainable = [p for p in model.parameters() if p.requires_grad]
 
-    def step() -> float:
+    def loss() -> torch.Tensor:
         values = model(
             batch["query"], batch["query_mask"], batch["response"], batch["response_mask"]
         )
-        loss = per_reply_mse(values, batch["target"], batch["response_mask"]).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad()
-        return float(loss)
+        return per_reply_mse(values, batch["target"], batch["response_mask"]).mean()
 
-    return step
+    return plain_step(loss, model, cfg)
 
 
 def ppo_update_step(ws: Path, params: Params) -> Step:

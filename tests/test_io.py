@@ -3,6 +3,7 @@ process; tests/faults/test_durable_outputs.py kills and starves real stage subpr
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 
@@ -181,3 +182,23 @@ def test_remove_dir_is_all_or_nothing_and_sweeps_a_dead_removal(tmp_path):
     io.remove_dir(ckpt)
     assert list(tmp_path.iterdir()) == []
     io.remove_dir(ckpt)  # already gone: nothing to do
+
+
+def test_finite_or_none_nulls_only_non_finite_floats():
+    data = {"a": 1.5, "b": math.nan, "c": -math.inf, "d": 3, "e": None, "f": "nan"}
+    assert io.finite_or_none(data) == {
+        "a": 1.5,
+        "b": None,
+        "c": None,
+        "d": 3,
+        "e": None,
+        "f": "nan",
+    }
+
+
+def test_read_jsonl_missing_ok_reads_a_missing_split_as_no_rows(tmp_path):
+    assert io.read_jsonl(tmp_path / "valid.jsonl", missing_ok=True) == []
+    with pytest.raises(FileNotFoundError):
+        io.read_jsonl(tmp_path / "valid.jsonl")
+    io.write_jsonl(tmp_path / "valid.jsonl", [{"id": "a"}, {"id": "b"}])
+    assert io.read_jsonl(tmp_path / "valid.jsonl", missing_ok=True) == [{"id": "a"}, {"id": "b"}]

@@ -211,3 +211,11 @@ def test_embedded_encoder_similarity_order(embedded_models):
     unrelated = float(e[0] @ e[2])
     assert similar > unrelated + 0.3
     assert torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
+
+
+def test_saved_dtype_reads_the_provenance_and_falls_back_to_float32(tmp_path):
+    assert models.saved_dtype(tmp_path) == "float32"  # no provenance at all
+    models.write_provenance(tmp_path, dtype="bfloat16")
+    assert models.saved_dtype(tmp_path) == "bfloat16"
+    models.write_provenance(tmp_path, dtype="int8")  # not a dtype this project loads
+    assert models.saved_dtype(tmp_path) == "float32"

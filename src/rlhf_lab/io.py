@@ -21,7 +21,7 @@ import re
 import shutil
 import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -324,8 +324,14 @@ def append_jsonl_line(path: str | Path, row: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSONL file written by this project (trusted: errors are bugs, not user input)."""
+def read_jsonl(path: str | Path, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """Read a JSONL file written by this project (trusted: errors are bugs, not user input).
+
+    ``missing_ok``: a file that does not exist reads as no rows (a split a data stage did not
+    write, e.g. no valid prompts, is just empty).
+    """
+    if missing_ok and not Path(path).is_file():
+        return []
     with open(path, encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
@@ -337,9 +343,18 @@ def _finite(value: Any) -> Any:
     return value
 
 
+def finite_or_none(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with every nan/inf float value replaced by None (null in a JSON file).
+
+    For metrics that are also written nested (a model's ``provenance.json``), where
+    :func:`write_json`'s top-level scrub does not reach.
+    """
+    return {k: _finite(v) for k, v in data.items()}
+
+
 def write_json(path: str | Path, data: dict[str, Any]) -> None:
     """Write a JSON object atomically, sorted keys, NaN/inf as null."""
-    clean = {k: _finite(v) for k, v in data.items()}
+    clean = finite_or_none(data)
     with atomic_file(path) as fh:
         json.dump(clean, fh, indent=2, sort_keys=True, ensure_ascii=False)
         fh.write("\n")

@@ -314,6 +314,13 @@ def read_provenance(model_dir: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def saved_dtype(model_dir: str | Path) -> str:
+    """The dtype a model directory was saved in (its provenance), to load it back in that dtype;
+    ``float32`` when the provenance names none this project loads."""
+    dtype = read_provenance(model_dir).get("dtype", "float32")
+    return dtype if dtype in DTYPES else "float32"
+
+
 def save_model(model: Any, tok: Any, out_dir: str | Path) -> None:
     """Save weights as safetensors plus the tokenizer (with its pad token and padding side)."""
     model.save_pretrained(out_dir, safe_serialization=True)

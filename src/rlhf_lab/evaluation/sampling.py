@@ -176,12 +176,10 @@ def sample_models(
                 f"KL({name} || {baseline}) needs both to share one (fine-tune from the baseline)"
             )
     t = kl_temperature(cfg.temperature)
-    generated: dict[str, Generated] = {}
-    logp_own: dict[str, np.ndarray] = {}
-    for name in policies:
-        model, tok = load_policy(model_dirs[name])
-        gen = generate_replies(model, tok, rows, cfg, system_prompt, f"generate {name}")
-        logp_own[name] = sequence_logprobs(
+
+    def logprobs(model: Any, tok: Any, gen: Generated) -> np.ndarray:
+        """Summed log-probs of ``gen``'s replies under ``model`` (at the KL temperature)."""
+        return sequence_logprobs(
             model,
             gen.prompt_ids,
             gen.reply_ids,
@@ -189,6 +187,13 @@ def sample_models(
             pad_id=tok.pad_token_id,
             batch_size=cfg.batch_size,
         )
+
+    generated: dict[str, Generated] = {}
+    logp_own: dict[str, np.ndarray] = {}
+    for name in policies:
+        model, tok = load_policy(model_dirs[name])
+        gen = generate_replies(model, tok, rows, cfg, system_prompt, f"generate {name}")
+        logp_own[name] = logprobs(model, tok, gen)
         generated[name] = gen
         del model
         gc.collect()  # before the next model loads
@@ -196,17 +201,8 @@ def sample_models(
     out = {baseline: generate_replies(model, tok, rows, cfg, system_prompt, f"generate {baseline}")}
     kl = {}
     for name in policies:
-        gen = generated[name]
-        logp_base = sequence_logprobs(
-            model,
-            gen.prompt_ids,
-            gen.reply_ids,
-            temperature=t,
-            pad_id=tok.pad_token_id,
-            batch_size=cfg.batch_size,
-        )
-        kl[name] = logp_own[name] - logp_base
-        out[name] = gen
+        kl[name] = logp_own[name] - logprobs(model, tok, generated[name])
+        out[name] = generated[name]
     del model
     gc.collect()  # scoring needs none of the policies
     return out, kl

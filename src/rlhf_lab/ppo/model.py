@@ -430,10 +430,8 @@ class PolicyCritic(nn.Module):
 
 def load_base(sft_dir: str | Path, device: torch.device | None = None) -> tuple[Any, Any]:
     """The frozen base (in the dtype ``models/sft`` was saved in) and its left-padded tokenizer."""
-    dtype = models.read_provenance(sft_dir).get("dtype", "float32")
-    dtype = dtype if dtype in models.DTYPES else "float32"
     tok = models.load_tokenizer(sft_dir, padding_side="left")
-    base = models.load_causal_lm(sft_dir, dtype)
+    base = models.load_causal_lm(sft_dir, models.saved_dtype(sft_dir))
     models.ensure_pad_token(tok, base)
     base.requires_grad_(False)
     base.to(device or default_device())

@@ -40,11 +40,6 @@ METRICS = Path("metrics/train_dpo.json")
 PLOTS = Path("plots/train_dpo")
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    # A split the data stage did not write (no valid rows) is just empty.
-    return read_jsonl(path) if path.is_file() else []
-
-
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -53,7 +48,9 @@ def main(params: Params, **_: Any) -> None:
     cfg = params.dpo
     pairs, dropped = {}, {}
     for split in ("train", "valid"):
-        pairs[split], dropped[split] = pairs_from_rows(_rows(PREFERENCE_DIR / f"{split}.jsonl"))
+        pairs[split], dropped[split] = pairs_from_rows(
+            read_jsonl(PREFERENCE_DIR / f"{split}.jsonl", missing_ok=True)
+        )
     if not pairs["train"]:
         raise DataError(
             f"{PREFERENCE_DIR / 'train.jsonl'}: no preference pairs with two distinct replies "

@@ -35,11 +35,6 @@ METRICS = Path("metrics/train_sft.json")
 PLOTS = Path("plots/train_sft")
 
 
-def _rows(path: Path) -> list[dict[str, Any]]:
-    # A split a data stage did not write (e.g. no valid prompts) is just empty.
-    return read_jsonl(path) if path.is_file() else []
-
-
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
@@ -48,7 +43,8 @@ def main(params: Params, **_: Any) -> None:
     cfg = params.sft
     examples = {
         split: sft_examples(
-            _rows(PROMPTS_DIR / f"{split}.jsonl"), _rows(PREFERENCE_DIR / f"{split}.jsonl")
+            read_jsonl(PROMPTS_DIR / f"{split}.jsonl", missing_ok=True),
+            read_jsonl(PREFERENCE_DIR / f"{split}.jsonl", missing_ok=True),
         )
         for split in ("train", "valid")
     }

@@ -1,5 +1,6 @@
-"""Pieces every supervised loop shares (reward model, SFT, critic): the accelerator, seeding,
-AdamW with linear warm-up, dvclive curves, progress bars, gathering and saving.
+"""Pieces every supervised loop shares (reward model, SFT, DPO, critic): the accelerator, seeding,
+the LoRA policy, AdamW with linear warm-up, the guarded step, dvclive curves, progress bars,
+gathering, the ``perf/*`` metrics, saving the trained model and the outcome handed back.
 
 All loops run under :class:`accelerate.Accelerator`, so the same code runs as one CPU process,
 under ``accelerate launch`` on several GPUs (DDP), or with DeepSpeed ZeRO-2/3 (see
@@ -28,9 +29,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 
-from rlhf_lab import ui
+from rlhf_lab import models, precision, ui
 from rlhf_lab.config import LoraConfig
 from rlhf_lab.errors import ConfigError, NonFiniteLossError
+from rlhf_lab.io import atomic_dir, finite_or_none
 
 T = TypeVar("T")
 
@@ -189,6 +191,19 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig, task_type: str = "CAUSA
     return get_peft_model(model, lora_config(lora, task_type))
 
 
+def lora_policy_builder(model_dir: str | Path, tok: Any, lora: LoraConfig) -> Callable[[], Any]:
+    """A function that builds the causal LM in ``model_dir`` (in the dtype it was saved in)
+    with fresh LoRA adapters: the model the SFT and DPO loops train, built again by
+    :func:`state_dict_for_saving` under ZeRO-3. It gives ``tok`` a pad token if it has none."""
+
+    def build() -> Any:
+        base = models.load_causal_lm(model_dir, models.saved_dtype(model_dir))
+        models.ensure_pad_token(tok, base)
+        return apply_lora(base, lora)
+
+    return build
+
+
 def trainable_parameters(model: torch.nn.Module) -> int:
     """Number of parameters the optimiser updates."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -261,6 +276,97 @@ def state_dict_for_saving(
         return fresh
     accelerator.wait_for_everyone()
     return accelerator.unwrap_model(model) if accelerator.is_main_process else None
+
+
+def perf_metrics(accelerator: Accelerator, train_seconds: float, **done: float) -> dict[str, Any]:
+    """The ``perf/*`` metrics of a training loop.
+
+    ``perf/train_<unit>_per_s`` for each ``unit=count`` in ``done`` (what the loop trained on
+    in ``train_seconds``, evaluation excluded; nan without time), the seconds, this process's
+    peak memory, the process count and whether training forward passes ran under bf16.
+    """
+    return {
+        **{
+            f"perf/train_{unit}_per_s": count / train_seconds if train_seconds > 0 else math.nan
+            for unit, count in done.items()
+        },
+        "perf/train_seconds": train_seconds,
+        "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
+        "perf/num_processes": accelerator.num_processes,
+        "perf/bf16": int(precision.bf16_enabled()),
+    }
+
+
+def save_trained_model(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    rebuild: Callable[[], torch.nn.Module],
+    guard: NonFiniteGuard,
+    out_dir: str | Path,
+    tok: Any,
+    *,
+    role: str,
+    base: str | Path,
+    metrics: Mapping[str, Any],
+    provenance: Mapping[str, Any] | None = None,
+    lora: LoraConfig | None = None,
+    write_extra: Callable[[Path], None] | None = None,
+) -> None:
+    """Save the trained model to ``out_dir`` atomically, with ``provenance.json``.
+
+    Every process calls it (see :func:`state_dict_for_saving`); the main process refuses
+    non-finite weights (``guard``), then writes the model and tokenizer, whatever
+    ``write_extra(tmp_dir)`` adds, and the provenance: ``role``, ``base``, size, dtype,
+    process count, ``metrics`` without ``perf/*`` (timings would change the hash DVC keeps of
+    the directory) and ``provenance``. With ``lora`` the model is a LoRA-trained causal LM: the
+    adapter is folded into the weights, so the directory is a plain causal LM that every
+    stage (and vLLM, llama.cpp...) loads without peft, and the provenance also records the
+    LoRA settings and the pad and EOS tokens.
+    """
+    final = state_dict_for_saving(accelerator, model, rebuild)
+    if final is not None:
+        guard.check_weights(final)
+        policy: dict[str, Any] = {}
+        if lora is not None:
+            final = final.merge_and_unload()
+            policy = {
+                "pad_token": tok.pad_token,
+                "eos_token": tok.eos_token,
+                "lora": lora.model_dump(mode="json"),
+            }
+        with atomic_dir(out_dir) as tmp:
+            models.save_model(final, tok, tmp)
+            if write_extra is not None:
+                write_extra(tmp)
+            models.write_provenance(
+                tmp,
+                role=role,
+                base=str(base),
+                parameters=models.parameter_count(final),
+                dtype=str(final.dtype).removeprefix("torch."),
+                num_processes=accelerator.num_processes,
+                **policy,
+                metrics=finite_or_none({k: v for k, v in metrics.items() if "perf/" not in k}),
+                **dict(provenance or {}),
+            )
+    accelerator.wait_for_everyone()
+
+
+def finish_training(
+    accelerator: Accelerator,
+    curves: Curves,
+    metrics: Mapping[str, Any],
+    history: list[dict[str, float]],
+) -> TrainOutcome:
+    """Close the curves; the outcome every process returns, nan/inf metrics as None (null in
+    the metrics file: an empty split or a run whose every step was skipped has no value)."""
+    curves.close()
+    return TrainOutcome(
+        metrics=finite_or_none(metrics),
+        is_main_process=accelerator.is_main_process,
+        num_processes=accelerator.num_processes,
+        history=history,
+    )
 
 
 def peak_memory_mb(device: torch.device | None = None) -> float:

@@ -34,23 +34,23 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from rlhf_lab import models, precision
+from rlhf_lab import models
 from rlhf_lab.config import DpoConfig
-from rlhf_lab.io import atomic_dir
 from rlhf_lab.training.common import (
     Curves,
     LengthGroupedBatches,
     NonFiniteGuard,
     TrainOutcome,
     adamw_with_warmup,
-    apply_lora,
+    finish_training,
     gather,
     guarded_step,
+    lora_policy_builder,
     make_accelerator,
     mean_across,
-    peak_memory_mb,
+    perf_metrics,
     progress,
-    state_dict_for_saving,
+    save_trained_model,
     train_mode,
     trainable_parameters,
 )
@@ -288,14 +288,7 @@ def train_dpo_model(
         raise ValueError("no training pairs")
     accelerator = make_accelerator(cfg.seed, cfg.batch_size, "dpo.batch_size")
     tok = models.load_tokenizer(sft_dir)
-    dtype = models.read_provenance(sft_dir).get("dtype", "float32")
-    dtype = dtype if dtype in models.DTYPES else "float32"
-
-    def build() -> Any:
-        base = models.load_causal_lm(sft_dir, dtype)
-        models.ensure_pad_token(tok, base)
-        return apply_lora(base, cfg.lora)
-
+    build = lora_policy_builder(sft_dir, tok, cfg.lora)
     model = build()
     collate = PairCollator(tok.pad_token_id)
     train_feats = [tokenize_pair(tok, p, cfg.max_length, system_prompt) for p in train_pairs]
@@ -412,47 +405,11 @@ def train_dpo_model(
         "valid/pairs": len(valid_pairs),
         "lora/trainable_parameters": trainable_parameters(unwrapped),
         # Duplicates that fill the last batch (even_batches) are not counted as pairs.
-        "perf/train_pairs_per_s": (
-            min(seen, len(train_pairs) * cfg.epochs) / train_seconds
-            if train_seconds > 0
-            else math.nan
-        ),
-        "perf/train_seconds": train_seconds,
-        "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
-        "perf/num_processes": accelerator.num_processes,
-        "perf/bf16": int(precision.bf16_enabled()),
+        **perf_metrics(accelerator, train_seconds, pairs=min(seen, len(train_pairs) * cfg.epochs)),
     }
-    metrics = {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
-    }
-
     if out_dir is not None:
-        final = state_dict_for_saving(accelerator, model, build)
-        if final is not None:
-            guard.check_weights(final)
-            # As models/sft: the adapter folded into the weights, a plain causal LM that every
-            # stage loads without peft.
-            merged = final.merge_and_unload()
-            with atomic_dir(out_dir) as tmp:
-                models.save_model(merged, tok, tmp)
-                models.write_provenance(
-                    tmp,
-                    role="dpo",
-                    base=str(sft_dir),
-                    parameters=models.parameter_count(merged),
-                    dtype=str(merged.dtype).removeprefix("torch."),
-                    pad_token=tok.pad_token,
-                    eos_token=tok.eos_token,
-                    num_processes=accelerator.num_processes,
-                    lora=cfg.lora.model_dump(mode="json"),
-                    metrics={k: v for k, v in metrics.items() if not k.startswith("perf/")},
-                    **dict(provenance or {}),
-                )
-        accelerator.wait_for_everyone()
-    curves.close()
-    return TrainOutcome(
-        metrics=metrics,
-        is_main_process=accelerator.is_main_process,
-        num_processes=accelerator.num_processes,
-        history=history,
-    )
+        save_trained_model(
+            accelerator, model, build, guard, out_dir, tok, role="dpo", base=sft_dir,
+            metrics=metrics, provenance=provenance, lora=cfg.lora,
+        )  # fmt: skip
+    return finish_training(accelerator, curves, metrics, history)

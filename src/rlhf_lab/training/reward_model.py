@@ -27,20 +27,20 @@ from torch.utils.data import DataLoader
 
 from rlhf_lab import models, precision
 from rlhf_lab.config import RewardTrainConfig
-from rlhf_lab.io import atomic_dir
 from rlhf_lab.reward_model import encoder_inputs, save_reward_stats
 from rlhf_lab.training.common import (
     Curves,
     NonFiniteGuard,
     TrainOutcome,
     adamw_with_warmup,
+    finish_training,
     gather,
     guarded_step,
     make_accelerator,
     mean_across,
-    peak_memory_mb,
+    perf_metrics,
     progress,
-    state_dict_for_saving,
+    save_trained_model,
     train_mode,
 )
 
@@ -195,13 +195,6 @@ def _eval_metrics(prefix: str, rc: torch.Tensor, rr: torch.Tensor, pairs: Sequen
     }
 
 
-def _finite(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    # An empty split gives NaN; JSON (and DVC) want null.
-    return {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
-    }
-
-
 def train_reward_model(
     encoder_dir: str | Path,
     train_pairs: Sequence[PreferencePair],
@@ -303,11 +296,9 @@ def train_reward_model(
             scored[name] = _score_all(accelerator, model, eval_loaders[name], name)
         metrics.update(_eval_metrics(name, *scored[name], pairs))
     # Duplicates that fill the last batch (even_batches) are not counted as pairs.
-    metrics["perf/train_pairs_per_s"] = min(seen, len(train_pairs) * cfg.epochs) / train_seconds
-    metrics["perf/train_seconds"] = train_seconds
-    metrics["perf/peak_memory_mb"] = peak_memory_mb(accelerator.device)
-    metrics["perf/num_processes"] = accelerator.num_processes
-    metrics["perf/bf16"] = int(precision.bf16_enabled())
+    metrics.update(
+        perf_metrics(accelerator, train_seconds, pairs=min(seen, len(train_pairs) * cfg.epochs))
+    )
 
     if out_dir is not None:
         # Normalisation PPO applies: raw scores of every training reply, chosen and rejected.
@@ -318,29 +309,11 @@ def train_reward_model(
         scores = torch.cat([rc, rr]).double()
         metrics["reward/mean"] = float(scores.mean())
         metrics["reward/std"] = float(scores.std()) if scores.numel() > 1 else 1.0
-        final = state_dict_for_saving(accelerator, model, build)
-        if final is not None:
-            guard.check_weights(final)
-            with atomic_dir(out_dir) as tmp:
-                models.save_model(final, tok, tmp)
-                save_reward_stats(
-                    tmp, metrics["reward/mean"], metrics["reward/std"] or 1.0, cfg.max_length
-                )
-                models.write_provenance(
-                    tmp,
-                    role="reward",
-                    base=str(encoder_dir),
-                    parameters=models.parameter_count(final),
-                    dtype=str(final.dtype).removeprefix("torch."),
-                    num_processes=accelerator.num_processes,
-                    metrics=_finite({k: v for k, v in metrics.items() if "perf/" not in k}),
-                    **dict(provenance or {}),
-                )
-        accelerator.wait_for_everyone()
-    curves.close()
-    return TrainOutcome(
-        metrics=_finite(metrics),
-        is_main_process=accelerator.is_main_process,
-        num_processes=accelerator.num_processes,
-        history=history,
-    )
+        save_trained_model(
+            accelerator, model, build, guard, out_dir, tok, role="reward", base=encoder_dir,
+            metrics=metrics, provenance=provenance,
+            write_extra=lambda tmp: save_reward_stats(
+                tmp, metrics["reward/mean"], metrics["reward/std"] or 1.0, cfg.max_length
+            ),
+        )  # fmt: skip
+    return finish_training(accelerator, curves, metrics, history)

@@ -25,21 +25,21 @@ from torch.utils.data import DataLoader
 
 from rlhf_lab import models, precision
 from rlhf_lab.config import SftConfig
-from rlhf_lab.io import atomic_dir
 from rlhf_lab.training.common import (
     Curves,
     LengthGroupedBatches,
     NonFiniteGuard,
     TrainOutcome,
     adamw_with_warmup,
-    apply_lora,
+    finish_training,
     gather,
     guarded_step,
+    lora_policy_builder,
     make_accelerator,
     mean_across,
-    peak_memory_mb,
+    perf_metrics,
     progress,
-    state_dict_for_saving,
+    save_trained_model,
     train_mode,
     trainable_parameters,
 )
@@ -238,14 +238,7 @@ def train_sft_model(
         raise ValueError("no training examples")
     accelerator = make_accelerator(cfg.seed, cfg.batch_size, "sft.batch_size")
     tok = models.load_tokenizer(policy_dir)
-    dtype = models.read_provenance(policy_dir).get("dtype", "float32")
-    dtype = dtype if dtype in models.DTYPES else "float32"
-
-    def build() -> Any:
-        base = models.load_causal_lm(policy_dir, dtype)
-        models.ensure_pad_token(tok, base)
-        return apply_lora(base, cfg.lora)
-
+    build = lora_policy_builder(policy_dir, tok, cfg.lora)
     model = build()
     collate = SftCollator(tok.pad_token_id)
     train_feats = [
@@ -330,43 +323,11 @@ def train_sft_model(
         "valid/examples": len(valid_examples),
         "lora/trainable_parameters": trainable_parameters(unwrapped),
         "train/skipped_nonfinite": guard.skipped,
-        "perf/train_seconds": train_seconds,
-        "perf/train_tokens_per_s": tokens / train_seconds if train_seconds > 0 else float("nan"),
-        "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
-        "perf/num_processes": accelerator.num_processes,
-        "perf/bf16": int(precision.bf16_enabled()),
+        **perf_metrics(accelerator, train_seconds, tokens=tokens),
     }
-    metrics = {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
-    }
-
     if out_dir is not None:
-        final = state_dict_for_saving(accelerator, model, build)
-        if final is not None:
-            guard.check_weights(final)
-            # Fold the adapters into the weights: models/sft is then a plain causal LM that
-            # any stage (and vLLM, llama.cpp...) loads without peft.
-            merged = final.merge_and_unload()
-            with atomic_dir(out_dir) as tmp:
-                models.save_model(merged, tok, tmp)
-                models.write_provenance(
-                    tmp,
-                    role="sft",
-                    base=str(policy_dir),
-                    parameters=models.parameter_count(merged),
-                    dtype=str(merged.dtype).removeprefix("torch."),
-                    pad_token=tok.pad_token,
-                    eos_token=tok.eos_token,
-                    num_processes=accelerator.num_processes,
-                    lora=cfg.lora.model_dump(mode="json"),
-                    metrics={k: v for k, v in metrics.items() if not k.startswith("perf/")},
-                    **dict(provenance or {}),
-                )
-        accelerator.wait_for_everyone()
-    curves.close()
-    return TrainOutcome(
-        metrics=metrics,
-        is_main_process=accelerator.is_main_process,
-        num_processes=accelerator.num_processes,
-        history=history,
-    )
+        save_trained_model(
+            accelerator, model, build, guard, out_dir, tok, role="sft", base=policy_dir,
+            metrics=metrics, provenance=provenance, lora=cfg.lora,
+        )  # fmt: skip
+    return finish_training(accelerator, curves, metrics, history)
