@@ -250,8 +250,10 @@ class SftConfig(Section):
 
 
 class CriticConfig(Section):
-    target: Literal["reward_model", "judge"] = "reward_model"
-    """Warm-start target: the reward model's score (what PPO's return is made of) or the judge's."""
+    target: Literal["ppo_score", "reward_model", "judge"] = "ppo_score"
+    """Warm-start target: PPO's clipped composite score, the reward model's, or the judge's."""
+    head_init: Literal["least_squares", "random"] = "least_squares"
+    """Value head before training: ridge fit on the frozen features, or random (N(0, 1/√(H+1)))."""
     lr: float = Field(1.0e-4, gt=0.0)
     """AdamW learning rate for the critic adapter and value head."""
     epochs: int = Field(1, ge=1)

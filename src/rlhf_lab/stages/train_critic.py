@@ -25,6 +25,7 @@ from rlhf_lab.io import read_jsonl, write_json
 from rlhf_lab.training.critic import (
     ScoredReply,
     candidate_replies,
+    composite_targets,
     reward_model_targets,
     scored_replies,
     train_critic,
@@ -79,13 +80,32 @@ def _reward_model_targets(
     )
 
 
+def _ppo_score_targets(
+    params: Params, train_rows: list[dict[str, Any]], valid_rows: list[dict[str, Any]]
+) -> tuple[list[ScoredReply], list[ScoredReply], int, int]:
+    from rlhf_lab.ppo.composite_score import build_scorer
+
+    scorer = build_scorer(params, 1, reward_model_dir=REWARD_DIR)  # step 0 only
+    train = composite_targets(scorer, train_rows, params.ppo.score_clip)
+    if not train:
+        raise DataError(f"{SCORED_DIR / 'train.jsonl'}: no row has a reply to score")
+    valid = composite_targets(scorer, valid_rows, params.ppo.score_clip)
+
+    def skipped(rows: list[dict[str, Any]]) -> int:
+        return sum(not candidate_replies([row]) for row in rows)
+
+    return train, valid, skipped(train_rows), skipped(valid_rows)
+
+
 def main(params: Params, **_: Any) -> None:
     cfg = params.critic
     if not (SFT_DIR / "config.json").is_file():
         raise DataError(f"{SFT_DIR}: no model (run `rlhf-lab train_sft` first)")
     train_rows = _read("train", required=True)
     valid_rows = _read("valid", required=False)
-    if cfg.target == "reward_model":
+    if cfg.target == "ppo_score":
+        train, valid, skipped, valid_skipped = _ppo_score_targets(params, train_rows, valid_rows)
+    elif cfg.target == "reward_model":
         train, valid, skipped, valid_skipped = _reward_model_targets(train_rows, valid_rows)
     else:
         train, skipped = scored_replies(train_rows)
