@@ -1,12 +1,14 @@
 """train_critic: warm-start PPO's critic (LoRA adapter + value head on models/sft).
 
-The target is each reply's reward-model score (``critic.target: reward_model``) or its judge
-score (``critic.target: judge``); see :mod:`rlhf_lab.training.critic`.
+The target is each reply's score as PPO's first step pays it (``critic.target: ppo_score``:
+the ``reward.weights`` composite clipped to ``±ppo.score_clip``), its reward-model score
+(``reward_model``) or its judge score (``judge``); see :mod:`rlhf_lab.training.critic`.
 
     rlhf-lab train_critic --params params.yaml
 
-Reads ``critic`` (and ``task.system_prompt``, so prompts look as PPO renders them),
-``data/scored/{train,valid}.jsonl``, ``models/sft`` and (target reward_model) ``models/reward``;
+Reads ``critic`` (and ``task.system_prompt``, so prompts look as PPO renders them; target
+ppo_score: ``reward``, ``ppo.score_clip`` and what the components read),
+``data/scored/{train,valid}.jsonl``, ``models/sft`` and ``models/reward``;
 writes ``models/critic`` (the format
 ``train_ppo`` loads: ``adapter/``, ``value_head.safetensors``, ``critic.json``,
 ``provenance.json``), ``metrics/train_critic.json`` and dvclive curves under

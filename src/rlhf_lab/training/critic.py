@@ -1,9 +1,11 @@
-"""Critic warm-start: regress per-token values onto each reply's normalised score.
+"""Critic warm-start: regress per-token values onto each reply's score, as PPO will pay it.
 
-The score is the reward model's (``critic.target: reward_model``, the default: PPO's return is
-made of it, so the warm-started values already predict what PPO will be paid) or the judge's
-overall rating (``critic.target: judge``: the MACPO-style setting, worth it once the judge is a
-strong model; the embedded 135M judge is near-random, so the default does not use it).
+The target (``critic.target``) is PPO's own sequence reward at its first step (``ppo_score``,
+the default): the composite of ``reward.weights`` built by the same factory PPO uses
+(:func:`rlhf_lab.ppo.composite_score.build_scorer`), clipped to ``±ppo.score_clip``; the KL part
+of PPO's return is 0 at step 0, where the policy is the reference. ``reward_model`` is the
+reward model's (normalised) score alone; ``judge`` the judge's overall rating (the MACPO-style
+setting, worth it once the judge is a strong model; the embedded 135M judge is near-random).
 
 PPO's critic starts from the SFT model with a fresh value head, which knows nothing about the
 reward scale; its first updates then mostly fit the scale, and the advantages of the first PPO
@@ -14,16 +16,22 @@ useful baseline from step 0.
 The critic is :class:`rlhf_lab.ppo.model.PolicyCritic` with only its ``critic`` adapter: the
 LoRA adapter + value head PPO loads, on the same frozen ``models/sft`` base, seeing each
 example exactly as PPO does: ``[chat prompt (left-padded) | reply tokens + EOS]``. For a reply
-with judge score ``s`` (``scores[candidate]["overall"]``, 1..5), the target is
-``z = (s - mean) / std`` over the training replies, and the loss is the per-token squared error
-of every value over the reply, averaged per reply, then over replies::
+with score ``s`` the target is ``z = s`` for ``ppo_score`` / ``reward_model`` (PPO adds the
+values to its rewards as they are, so they must be in its units) and ``z = (s - mean) / std``
+over the training replies for ``judge``. The loss is the per-token squared error of every value
+over the reply, averaged per reply, then over replies::
 
     loss = mean_replies( mean_t∈reply (V_t - z)^2 )
 
-Metrics (``metrics/train_critic.json``) on valid, for the trained critic and for the untrained
-one (peft init — LoRA B = 0 — and a fresh head, the same seed): ``mse`` is that loss;
-``pearson`` / ``spearman`` correlate the value at the reply's last token (the state that has
-read the whole reply) with ``z``.
+Before any gradient step the value head is set (``critic.head_init: least_squares``) to the
+ridge-regression minimiser of that loss on the frozen features (:func:`fit_value_head`); the
+LoRA adapter and the head are then trained together on it.
+
+Metrics (``metrics/train_critic.json``) on valid, for the trained critic, for the untrained one
+(peft init — LoRA B = 0 — and a fresh random head, the same seed) and for the least-squares head
+before training (``valid/least_squares/*``): ``mse`` is that loss; ``pearson`` / ``spearman``
+correlate the value at the reply's last token (the state that has read the whole reply) with
+``z``.
 """
 
 from __future__ import annotations
