@@ -132,3 +132,63 @@ def test_reward_model_target_without_a_reward_model_is_one_line(workspace):
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "models/reward" in lines[0], result.output
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_ppo_score_target_is_the_clipped_composite_in_ppo_units(workspace, tiny_models):
+    """critic.target ppo_score (the default): each reply's target is PPO's step-0 composite
+    (reward model + length band here), clipped to ±ppo.score_clip and not z-scored, since PPO
+    adds the values to its rewards as they are; the head starts from the least-squares fit."""
+    from rlhf_lab.reward_model import RewardModel
+    from rlhf_lab.tasks.text import length_reward
+    from rlhf_lab.training.critic import candidate_replies
+
+    make_reward_model(tiny_models["encoder"], workspace / "models/reward")
+    params = {
+        "critic": {**PARAMS["critic"], "target": "ppo_score", "epochs": 1},
+        "reward": {"weights": {"reward_model": 1.0, "text/length": 0.5}, "length_band": [1, 3]},
+        "ppo": {"score_clip": 0.8},
+    }
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    result = CliRunner().invoke(app, ["train_critic", "--params", "params.yaml"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((workspace / "metrics/train_critic.json").read_text())
+    rows = [json.loads(line) for line in (workspace / "data/scored/train.jsonl").open()]
+    replies = candidate_replies(rows)
+    rm = RewardModel(workspace / "models/reward")
+    by_hand = rm.score([p for p, _ in replies], [r for _, r in replies]) + 0.5 * torch.tensor(
+        length_reward(1, 3)([r for _, r in replies], [{"prompt": p} for p, _ in replies])
+    )
+    by_hand = by_hand.clamp(-0.8, 0.8)
+    assert metrics["critic/target"] == "ppo_score" and metrics["train/replies"] == 64
+    assert metrics["score/mean"] == pytest.approx(by_hand.mean().item(), abs=1e-5)
+    info = json.loads((workspace / "models/critic/critic.json").read_text())
+    assert (info["score_mean"], info["score_std"], info["target"]) == (0.0, 1.0, "ppo_score")
+    # the least-squares head already beats the untrained one on held-out replies
+    assert 0.0 < metrics["head/r2"] <= 1.0
+    assert metrics["valid/least_squares/mse"] < metrics["valid/untrained/mse"], metrics
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_zero_epochs_is_the_least_squares_head_alone(workspace):
+    """critic.epochs 0 (the default): the warm start is the fitted head on the frozen SFT
+    features; the saved critic scores valid exactly as the fit did, and no training step ran."""
+    params = {"critic": {**PARAMS["critic"], "epochs": 0}}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params))
+    result = CliRunner().invoke(app, ["train_critic", "--params", "params.yaml"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((workspace / "metrics/train_critic.json").read_text())
+    assert metrics["train/steps"] == 0 and metrics["train/loss"] is None
+    for key in ("mse", "pearson"):
+        assert metrics[f"valid/{key}"] == metrics[f"valid/least_squares/{key}"]
+    assert metrics["valid/mse"] < metrics["valid/untrained/mse"]
+    assert (workspace / "models/critic/critic.json").is_file()
+
+
+def test_zero_epochs_with_a_random_head_is_rejected():
+    from pydantic import ValidationError
+
+    from rlhf_lab.config import CriticConfig
+
+    with pytest.raises(ValidationError, match="untrained critic"):
+        CriticConfig(epochs=0, head_init="random")

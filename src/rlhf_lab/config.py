@@ -277,12 +277,14 @@ class DpoConfig(Section):
 
 
 class CriticConfig(Section):
-    target: Literal["reward_model", "judge"] = "reward_model"
-    """Warm-start target: the reward model's score (what PPO's return is made of) or the judge's."""
+    target: Literal["ppo_score", "reward_model", "judge"] = "ppo_score"
+    """Warm-start target: PPO's clipped composite score, the reward model's, or the judge's."""
+    head_init: Literal["least_squares", "random"] = "least_squares"
+    """Value head before training: ridge fit on the frozen features, or random (N(0, 1/√(H+1)))."""
     lr: float = Field(1.0e-4, gt=0.0)
     """AdamW learning rate for the critic adapter and value head."""
-    epochs: int = Field(1, ge=1)
-    """Passes over the scored replies."""
+    epochs: int = Field(0, ge=0)
+    """Passes of LoRA + head training after the head init (0: the least-squares head alone)."""
     batch_size: int = Field(8, ge=1)
     """Replies per optimiser step."""
     max_length: int = Field(128, ge=16)
@@ -299,6 +301,15 @@ class CriticConfig(Section):
     """LoRA adapter settings of the critic."""
     seed: int = 0
     """Seed for init and shuffling."""
+
+    @model_validator(mode="after")
+    def _something_learnt(self) -> CriticConfig:
+        if self.epochs == 0 and self.head_init == "random":
+            raise ValueError(
+                "critic.epochs 0 with critic.head_init random would hand PPO an untrained "
+                "critic: use head_init least_squares or epochs >= 1"
+            )
+        return self
 
 
 class PpoConfig(Section):

@@ -1,12 +1,14 @@
 """train_critic: warm-start PPO's critic (LoRA adapter + value head on models/sft).
 
-The target is each reply's reward-model score (``critic.target: reward_model``) or its judge
-score (``critic.target: judge``); see :mod:`rlhf_lab.training.critic`.
+The target is each reply's score as PPO's first step pays it (``critic.target: ppo_score``:
+the ``reward.weights`` composite clipped to ``±ppo.score_clip``), its reward-model score
+(``reward_model``) or its judge score (``judge``); see :mod:`rlhf_lab.training.critic`.
 
     rlhf-lab train_critic --params params.yaml
 
-Reads ``critic`` (and ``task.system_prompt``, so prompts look as PPO renders them),
-``data/scored/{train,valid}.jsonl``, ``models/sft`` and (target reward_model) ``models/reward``;
+Reads ``critic`` (and ``task.system_prompt``, so prompts look as PPO renders them; target
+ppo_score: ``reward``, ``ppo.score_clip`` and what the components read),
+``data/scored/{train,valid}.jsonl``, ``models/sft`` and ``models/reward``;
 writes ``models/critic`` (the format
 ``train_ppo`` loads: ``adapter/``, ``value_head.safetensors``, ``critic.json``,
 ``provenance.json``), ``metrics/train_critic.json`` and dvclive curves under
@@ -25,6 +27,7 @@ from rlhf_lab.io import read_jsonl, write_json
 from rlhf_lab.training.critic import (
     ScoredReply,
     candidate_replies,
+    composite_targets,
     reward_model_targets,
     scored_replies,
     train_critic,
@@ -79,13 +82,32 @@ def _reward_model_targets(
     )
 
 
+def _ppo_score_targets(
+    params: Params, train_rows: list[dict[str, Any]], valid_rows: list[dict[str, Any]]
+) -> tuple[list[ScoredReply], list[ScoredReply], int, int]:
+    from rlhf_lab.ppo.composite_score import build_scorer
+
+    scorer = build_scorer(params, 1, reward_model_dir=REWARD_DIR)  # step 0 only
+    train = composite_targets(scorer, train_rows, params.ppo.score_clip)
+    if not train:
+        raise DataError(f"{SCORED_DIR / 'train.jsonl'}: no row has a reply to score")
+    valid = composite_targets(scorer, valid_rows, params.ppo.score_clip)
+
+    def skipped(rows: list[dict[str, Any]]) -> int:
+        return sum(not candidate_replies([row]) for row in rows)
+
+    return train, valid, skipped(train_rows), skipped(valid_rows)
+
+
 def main(params: Params, **_: Any) -> None:
     cfg = params.critic
     if not (SFT_DIR / "config.json").is_file():
         raise DataError(f"{SFT_DIR}: no model (run `rlhf-lab train_sft` first)")
     train_rows = _read("train", required=True)
     valid_rows = _read("valid", required=False)
-    if cfg.target == "reward_model":
+    if cfg.target == "ppo_score":
+        train, valid, skipped, valid_skipped = _ppo_score_targets(params, train_rows, valid_rows)
+    elif cfg.target == "reward_model":
         train, valid, skipped, valid_skipped = _reward_model_targets(train_rows, valid_rows)
     else:
         train, skipped = scored_replies(train_rows)

@@ -1,9 +1,11 @@
-"""Critic warm-start: regress per-token values onto each reply's normalised score.
+"""Critic warm-start: regress per-token values onto each reply's score, as PPO will pay it.
 
-The score is the reward model's (``critic.target: reward_model``, the default: PPO's return is
-made of it, so the warm-started values already predict what PPO will be paid) or the judge's
-overall rating (``critic.target: judge``: the MACPO-style setting, worth it once the judge is a
-strong model; the embedded 135M judge is near-random, so the default does not use it).
+The target (``critic.target``) is PPO's own sequence reward at its first step (``ppo_score``,
+the default): the composite of ``reward.weights`` built by the same factory PPO uses
+(:func:`rlhf_lab.ppo.composite_score.build_scorer`), clipped to ``±ppo.score_clip``; the KL part
+of PPO's return is 0 at step 0, where the policy is the reference. ``reward_model`` is the
+reward model's (normalised) score alone; ``judge`` the judge's overall rating (the MACPO-style
+setting, worth it once the judge is a strong model; the embedded 135M judge is near-random).
 
 PPO's critic starts from the SFT model with a fresh value head, which knows nothing about the
 reward scale; its first updates then mostly fit the scale, and the advantages of the first PPO
@@ -14,16 +16,22 @@ useful baseline from step 0.
 The critic is :class:`rlhf_lab.ppo.model.PolicyCritic` with only its ``critic`` adapter: the
 LoRA adapter + value head PPO loads, on the same frozen ``models/sft`` base, seeing each
 example exactly as PPO does: ``[chat prompt (left-padded) | reply tokens + EOS]``. For a reply
-with judge score ``s`` (``scores[candidate]["overall"]``, 1..5), the target is
-``z = (s - mean) / std`` over the training replies, and the loss is the per-token squared error
-of every value over the reply, averaged per reply, then over replies::
+with score ``s`` the target is ``z = s`` for ``ppo_score`` / ``reward_model`` (PPO adds the
+values to its rewards as they are, so they must be in its units) and ``z = (s - mean) / std``
+over the training replies for ``judge``. The loss is the per-token squared error of every value
+over the reply, averaged per reply, then over replies::
 
     loss = mean_replies( mean_t∈reply (V_t - z)^2 )
 
-Metrics (``metrics/train_critic.json``) on valid, for the trained critic and for the untrained
-one (peft init — LoRA B = 0 — and a fresh head, the same seed): ``mse`` is that loss;
-``pearson`` / ``spearman`` correlate the value at the reply's last token (the state that has
-read the whole reply) with ``z``.
+Before any gradient step the value head is set (``critic.head_init: least_squares``) to the
+ridge-regression minimiser of that loss on the frozen features (:func:`fit_value_head`); the
+LoRA adapter and the head are then trained together on it.
+
+Metrics (``metrics/train_critic.json``) on valid, for the trained critic, for the untrained one
+(peft init — LoRA B = 0 — and a fresh random head, the same seed) and for the least-squares head
+before training (``valid/least_squares/*``): ``mse`` is that loss; ``pearson`` / ``spearman``
+correlate the value at the reply's last token (the state that has read the whole reply) with
+``z``.
 """
 
 from __future__ import annotations
@@ -39,10 +47,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from rlhf_lab import models, precision
+from rlhf_lab import models
 from rlhf_lab.config import CriticConfig
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import atomic_dir
+from rlhf_lab.io import atomic_dir, finite_or_none
 from rlhf_lab.judge.rubrics import OVERALL
 from rlhf_lab.ppo.core import masked_mean
 from rlhf_lab.ppo.model import (
@@ -58,11 +66,12 @@ from rlhf_lab.training.common import (
     NonFiniteGuard,
     TrainOutcome,
     adamw_with_warmup,
+    finish_training,
     gather,
     guarded_step,
     make_accelerator,
     mean_across,
-    peak_memory_mb,
+    perf_metrics,
     progress,
     state_dict_for_saving,
     train_mode,
@@ -130,6 +139,34 @@ def reward_model_targets(
         chunk = replies[i : i + batch_size]
         scores = rm.score([p for p, _ in chunk], [r for _, r in chunk]).tolist()
         out += [ScoredReply(p, r, s) for (p, r), s in zip(chunk, scores, strict=True)]
+    return out
+
+
+def composite_targets(
+    scorer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    score_clip: float | None,
+    batch_size: int = 32,
+) -> list[ScoredReply]:
+    """Every candidate reply of ``rows`` (:func:`candidate_replies`) scored as PPO scores a
+    sampled reply at its first step: ``scorer`` is PPO's
+    :class:`rlhf_lab.ppo.composite_score.CompositeScorer` (``reward.weights``), the total
+    clipped to ``±score_clip`` as ``ppo.score_clip`` clips it. This is the return PPO's critic
+    must predict at step 0 (the KL part of it is 0 while the policy equals the reference)."""
+    from rlhf_lab import ui
+
+    pairs = [(row, reply) for row in rows for _, reply in candidate_replies([row])]
+    out: list[ScoredReply] = []
+    starts = range(0, len(pairs), batch_size)
+    for i in ui.track(starts, "PPO-score targets", total=len(starts)):
+        chunk = pairs[i : i + batch_size]
+        total = scorer([r for _, r in chunk], [row for row, _ in chunk], 0).total.float()
+        if score_clip is not None:
+            total = total.clamp(-score_clip, score_clip)
+        out += [
+            ScoredReply(list(row["prompt"]), r, s)
+            for (row, r), s in zip(chunk, total.tolist(), strict=True)
+        ]
     return out
 
 
@@ -222,6 +259,139 @@ def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -
 
 
 # ---------------------------------------------------------------------------------------------
+# least-squares value head (ridge regression from sufficient statistics)
+# ---------------------------------------------------------------------------------------------
+
+# Candidate ridge strengths, relative to each standardised feature's variance (scale-free).
+RIDGE_ALPHAS = tuple(10.0**k for k in range(-4, 3))
+RIDGE_FOLDS = 5
+
+
+@dataclass
+class RidgeStats:
+    """Weighted sufficient statistics of ``(x, y)`` rows: everything ridge regression needs.
+
+    Sums, so the statistics of several batches, folds or processes add up (``+``).
+    """
+
+    n: torch.Tensor  # Σ w                 []
+    sx: torch.Tensor  # Σ w·x              [H]
+    sy: torch.Tensor  # Σ w·y              []
+    sxx: torch.Tensor  # Σ w·x·xᵀ          [H, H]
+    sxy: torch.Tensor  # Σ w·x·y           [H]
+    syy: torch.Tensor  # Σ w·y²            []
+
+    @classmethod
+    def of(cls, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor) -> RidgeStats:
+        """Statistics of rows ``x`` [N, H], targets ``y`` [N], weights ``w`` [N] (float64)."""
+        x, y, w = x.double(), y.double(), w.double()
+        wx = w[:, None] * x
+        return cls(w.sum(), wx.sum(0), (w * y).sum(), wx.T @ x, wx.T @ y, (w * y * y).sum())
+
+    def __add__(self, other: RidgeStats) -> RidgeStats:
+        return RidgeStats(*(a + b for a, b in zip(self.tensors(), other.tensors(), strict=True)))
+
+    def __sub__(self, other: RidgeStats) -> RidgeStats:
+        return RidgeStats(*(a - b for a, b in zip(self.tensors(), other.tensors(), strict=True)))
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.n, self.sx, self.sy, self.sxx, self.sxy, self.syy)
+
+
+def ridge_fit(stats: RidgeStats, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted ridge regression with an intercept on standardised features → ``(w, b)`` in the
+    raw feature space: minimises ``Σ w_i (y_i - x_iᵀw - b)² / Σ w_i + alpha · Σ_j σ_j² w_j²``.
+
+    Penalising ``σ_j² w_j²`` is ridge on features scaled to unit variance (scikit-learn's
+    ``StandardScaler`` + ``Ridge``), so one ``alpha`` grid fits any hidden size or activation
+    scale: LM hidden states have a few dimensions hundreds of times larger than the rest.
+    """
+    mx, my = stats.sx / stats.n, stats.sy / stats.n
+    cov = stats.sxx / stats.n - torch.outer(mx, mx)
+    cxy = stats.sxy / stats.n - mx * my
+    var = cov.diagonal().clamp_min(1e-12)
+    w = torch.linalg.solve(cov + alpha * torch.diag(var), cxy)
+    return w, my - mx @ w
+
+
+def ridge_sse(stats: RidgeStats, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Σ w_i (y_i - x_iᵀw - b)²`` over the rows ``stats`` summarises (expanded square)."""
+    return (
+        stats.syy
+        - 2 * (w @ stats.sxy)
+        - 2 * b * stats.sy
+        + w @ stats.sxx @ w
+        + 2 * b * (w @ stats.sx)
+        + b * b * stats.n
+    )
+
+
+def ridge_cv(
+    folds: Sequence[RidgeStats], alphas: Sequence[float] = RIDGE_ALPHAS
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``alpha`` with the least held-out error over ``folds`` (fit on the others, score on
+    each), then the fit on all of them → ``(w, b, alpha)``."""
+    total = sum(folds[1:], start=folds[0])
+
+    def held_out(alpha: float) -> float:
+        return sum(float(ridge_sse(f, *ridge_fit(total - f, alpha))) for f in folds)
+
+    best = min(alphas, key=held_out)
+    return (*ridge_fit(total, best), best)
+
+
+@torch.no_grad()
+def fit_value_head(accelerator: Any, model: Any, loader: DataLoader) -> dict[str, float]:
+    """Set the value head to the least-squares fit of the training loss on the current (frozen)
+    features, with a cross-validated ridge strength; returns ``head/alpha`` and ``head/r2``.
+
+    The rows are the hidden states the head reads at every reply token (captured with a hook
+    on the head itself, so they are exactly its inputs), each weighted ``1/len(reply)`` as in
+    :func:`per_reply_mse`: this is the head that minimises the training loss with the backbone
+    frozen. Replies go to ``RIDGE_FOLDS`` folds whole (tokens of one reply are not
+    independent). The statistics are summed across processes, so every process sets the same
+    head. A random head instead adds its own noise to every value (its untrained MSE is above
+    the targets' variance) and AdamW at the LoRA learning rate moves it too little to unlearn
+    it in one epoch: the warm start learnt nothing (valid Pearson -0.03, issue 15).
+    """
+    head = accelerator.unwrap_model(model).value_head
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, args, _out: captured.append(args[0].detach()))
+    folds: list[RidgeStats] = []
+    seen = 0
+    try:
+        with train_mode(model, False):
+            for batch in progress(accelerator, loader, "critic head (least squares)"):
+                captured.clear()
+                _values(model, batch)
+                hidden = captured[0]
+                mask = batch["response_mask"].to(hidden.device).bool()
+                lengths = mask.sum(dim=1, keepdim=True).clamp_min(1)
+                weight = (1.0 / lengths).expand_as(mask)[mask]
+                target = batch["target"].to(hidden.device)[:, None].expand_as(mask)[mask]
+                reply = torch.arange(len(mask), device=hidden.device)[:, None].expand_as(mask)
+                fold_of = ((reply + seen) % RIDGE_FOLDS)[mask]
+                seen += len(mask)
+                rows = hidden[mask]
+                stats = [
+                    RidgeStats.of(rows[fold_of == k], target[fold_of == k], weight[fold_of == k])
+                    for k in range(RIDGE_FOLDS)
+                ]
+                folds = stats if not folds else [a + b for a, b in zip(folds, stats, strict=True)]
+    finally:
+        hook.remove()
+    folds = [
+        RidgeStats(*(accelerator.reduce(t, reduction="sum") for t in f.tensors())) for f in folds
+    ]
+    w, b, alpha = ridge_cv(folds)
+    total = sum(folds[1:], start=folds[0])
+    baseline = ridge_sse(total, torch.zeros_like(w), total.sy / total.n)
+    head.linear.weight.copy_(w.to(head.linear.weight)[None])
+    head.linear.bias.copy_(b.to(head.linear.bias).reshape(1))
+    return {"head/alpha": alpha, "head/r2": float(1 - ridge_sse(total, w, b) / baseline)}
+
+
+# ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
 
@@ -255,12 +425,6 @@ def evaluate(accelerator: Any, model: Any, loader: DataLoader, what: str) -> dic
     }
 
 
-def _finite(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
-    }
-
-
 def train_critic(
     sft_dir: str | Path,
     train: Sequence[ScoredReply],
@@ -285,8 +449,13 @@ def train_critic(
     model = build()
     tok = model.tok
     mean, std = score_stats(train)
-    train_ex = encode(tok, train, cfg.max_length, system_prompt, mean, std)
-    valid_ex = encode(tok, valid, cfg.max_length, system_prompt, mean, std)
+    # PPO adds the critic's values to its rewards as they are, so a target already in PPO's
+    # units (ppo_score, reward_model: the RM is normalised by train_reward) is used as is;
+    # z-scoring it would shift every value by the score's mean and PPO's first returns would
+    # be off by it. Only the judge's 1..5 rating, not itself a PPO reward, is z-scored.
+    shift, scale = (mean, std) if cfg.target == "judge" else (0.0, 1.0)
+    train_ex = encode(tok, train, cfg.max_length, system_prompt, shift, scale)
+    valid_ex = encode(tok, valid, cfg.max_length, system_prompt, shift, scale)
     # Evaluation sorted by length: batches of similar lengths need little padding.
     valid_ex.sort(key=lambda e: len(e.prompt_ids) + len(e.reply_ids))
     collate = Collator(tok.pad_token_id)
@@ -296,12 +465,14 @@ def train_critic(
     )
     loader = DataLoader(train_ex, batch_sampler=batches, collate_fn=collate)
     valid_loader = DataLoader(valid_ex, cfg.batch_size, collate_fn=collate)
+    head_ex = sorted(train_ex, key=lambda e: len(e.prompt_ids) + len(e.reply_ids))
+    head_loader = DataLoader(head_ex, cfg.batch_size, collate_fn=collate)
     total_steps = len(loader) * cfg.epochs
     optimizer, scheduler = adamw_with_warmup(
         model, cfg.lr, cfg.weight_decay, total_steps, cfg.warmup_ratio
     )
-    model, optimizer, loader, scheduler, valid_loader = accelerator.prepare(
-        model, optimizer, loader, scheduler, valid_loader
+    model, optimizer, loader, scheduler, valid_loader, head_loader = accelerator.prepare(
+        model, optimizer, loader, scheduler, valid_loader, head_loader
     )
     curves = Curves(plots_dir, enabled=accelerator.is_main_process)
     guard = NonFiniteGuard(
@@ -313,12 +484,19 @@ def train_critic(
     )
 
     untrained = evaluate(accelerator, model, valid_loader, "critic valid (untrained)")
+    head_metrics: dict[str, float] = {}
+    fitted = untrained
+    if cfg.head_init == "least_squares":
+        head_metrics = fit_value_head(accelerator, model, head_loader)
+        fitted = evaluate(accelerator, model, valid_loader, "critic valid (least-squares head)")
+        head_metrics.update({f"valid/least_squares/{k}": v for k, v in fitted.items()})
     history: list[dict[str, float]] = []
     epoch_losses: list[float] = []
     step = 0
     start = time.perf_counter()
     eval_seconds = 0.0
-    valid_metrics: dict[str, float] = untrained
+    # With critic.epochs 0 the warm start is the least-squares head alone.
+    valid_metrics: dict[str, float] = fitted
     for epoch in range(cfg.epochs):
         losses = []
         with train_mode(model, True):
@@ -351,20 +529,19 @@ def train_critic(
     train_seconds = time.perf_counter() - start - eval_seconds
 
     metrics: dict[str, Any] = {
-        "train/loss": epoch_losses[-1],
-        "train/loss_first_epoch": epoch_losses[0],
+        # nan (null) without a training epoch (critic.epochs 0)
+        "train/loss": epoch_losses[-1] if epoch_losses else math.nan,
+        "train/loss_first_epoch": epoch_losses[0] if epoch_losses else math.nan,
         "train/replies": len(train),
         "train/steps": step,
         "train/skipped_nonfinite": guard.skipped,
         "valid/replies": len(valid_ex),
         **{f"valid/{k}": v for k, v in valid_metrics.items()},
         **{f"valid/untrained/{k}": v for k, v in untrained.items()},
+        **head_metrics,
         "score/mean": mean,
         "score/std": std,
-        "perf/train_seconds": train_seconds,
-        "perf/train_replies_per_s": len(train) * cfg.epochs / max(train_seconds, 1e-9),
-        "perf/peak_memory_mb": peak_memory_mb(accelerator.device),
-        "perf/bf16": int(precision.bf16_enabled()),
+        **perf_metrics(accelerator, train_seconds, replies=len(train) * cfg.epochs),
     }
     if out_dir is not None:
         final = state_dict_for_saving(accelerator, model, build)
@@ -375,9 +552,10 @@ def train_critic(
                     final,
                     tmp,
                     base=str(sft_dir),
-                    score_mean=mean,
-                    score_std=std,
+                    score_mean=shift,
+                    score_std=scale,
                     max_length=cfg.max_length,
+                    target=cfg.target,
                     lora=cfg.lora.model_dump(mode="json"),
                 )
                 models.write_provenance(
@@ -385,14 +563,8 @@ def train_critic(
                     role="critic",
                     base=str(sft_dir),
                     parameters=sum(p.numel() for p in final.trainable_parameters()),
-                    metrics=_finite({k: v for k, v in metrics.items() if "perf/" not in k}),
+                    metrics=finite_or_none({k: v for k, v in metrics.items() if "perf/" not in k}),
                     **dict(provenance or {}),
                 )
         accelerator.wait_for_everyone()
-    curves.close()
-    return TrainOutcome(
-        metrics=_finite(metrics),
-        is_main_process=accelerator.is_main_process,
-        num_processes=accelerator.num_processes,
-        history=history,
-    )
+    return finish_training(accelerator, curves, metrics, history)
