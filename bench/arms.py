@@ -3,6 +3,8 @@
     python bench/arms.py                          # the default data, 3 seeds (hours on 2 cores)
     python bench/arms.py --steps 6 --seeds 0 1    # a shorter profile
     python bench/arms.py --dry-run                # print the experiments it would run
+    python bench/arms.py --steps 6 --set dpo.max_length=128   # any other param, every arm
+    python bench/arms.py --steps 6 --compare-only # aggregate what has run (after a stop)
 
 Run it in a workspace where ``dvc repro`` has finished (the upstream stages' outputs are in the
 DVC cache). Every (arm, seed) is one DVC experiment, ``dvc exp run --temp -S ...``, run one
@@ -67,6 +69,29 @@ def experiments(
     return runs
 
 
+def parse_sets(items: list[str]) -> dict[str, str]:
+    """``--set KEY=VALUE`` arguments as ``{KEY: VALUE}`` (one-line error on a malformed one)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. dpo.max_length=128")
+        out[key.strip()] = value
+    return out
+
+
+def _exp_names() -> list[str]:
+    """The names of this workspace's DVC experiments."""
+    out = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "list", "--name-only"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return out.split()
+
+
 def _run(cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -78,8 +103,14 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="ppo.steps for every arm (default: params)")
     parser.add_argument("--eval-prompts", type=int, help="eval.num_prompts (default: params)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="one more param, every arm"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--dry-run", action="store_true")
+    parser.add_argument(
+        "--compare-only", action="store_true", help="run nothing: aggregate the finished ones"
+    )
     args = parser.parse_args()
 
     params = load_params(ROOT / "params.yaml")
@@ -88,30 +119,45 @@ def main() -> None:
         extra["ppo.steps"] = str(args.steps)
     if args.eval_prompts:
         extra["eval.num_prompts"] = str(args.eval_prompts)
+    extra.update(parse_sets(args.set))
     runs = experiments(args.arms, args.seeds, params.ppo.batch_size, extra)
     if args.dry_run:
         for name, sets in runs:
             print(name, " ".join(f"-S {k}={v}" for k, v in sets.items()))
         return
 
-    seconds = {}
+    # An experiment that already exists (a stopped earlier call) is not run again: rerunning
+    # the same command resumes the plan.
+    done = set(_exp_names())
+    # Wall time per experiment, kept across calls (bench/.work is git-ignored).
+    seconds_file = ROOT / "bench" / ".work" / "arms_seconds.json"
+    seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
     for name, sets in runs:
+        if name in done or args.compare_only:
+            continue
         start = time.perf_counter()
         sets_args = [a for k, v in sets.items() for a in ("-S", f"{k}={v}")]
         _run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name, *sets_args])
         seconds[name] = time.perf_counter() - start
+        seconds_file.parent.mkdir(parents=True, exist_ok=True)
+        seconds_file.write_text(json.dumps(seconds, indent=2) + "\n")
 
+    finished = set(_exp_names())
+    ran = [n for n, _ in runs if n in finished]
+    if not ran:
+        raise SystemExit("no experiment of this plan has finished: nothing to compare")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     compared = args.out.with_suffix(".compare.json")
-    _run(["rlhf-lab", "compare", *(n for n, _ in runs), "--out", str(compared)])
+    _run(["rlhf-lab", "compare", *ran, "--out", str(compared)])
     result = {
         "command": "python bench/arms.py " + " ".join(sys.argv[1:]),
         "cpu": precision.cpu_model(),
         "replies_per_step": params.ppo.batch_size,
         "steps": args.steps or params.ppo.steps,
         "group_size_grpo_rloo": GROUP,
-        "experiments": {name: sets for name, sets in runs},
-        "experiment_seconds": seconds,
+        "experiments": {name: sets for name, sets in runs if name in finished},
+        "missing": [name for name, _ in runs if name not in finished],
+        "experiment_seconds": {n: s for n, s in seconds.items() if n in finished},
         "compare": json.loads(compared.read_text()),
     }
     compared.unlink()

@@ -91,3 +91,13 @@ def test_arms_give_every_online_arm_the_same_replies_per_step():
     assert runs["arms-grpo-s0"]["ppo.num_generations"] == str(bench.GROUP)
     with pytest.raises(SystemExit):
         bench.arm_overrides("rloo", 10)
+
+
+def test_arms_set_passes_any_param_to_every_arm():
+    bench = _load("arms")
+    extra = bench.parse_sets(["dpo.max_length=128", "eval.policies=[ppo,dpo]"])
+    assert extra == {"dpo.max_length": "128", "eval.policies": "[ppo,dpo]"}
+    runs = dict(bench.experiments(["gae", "rloo"], [2], 16, extra))
+    assert all(sets["dpo.max_length"] == "128" for sets in runs.values())
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        bench.parse_sets(["dpo.max_length"])
