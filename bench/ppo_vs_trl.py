@@ -2,6 +2,7 @@
 
     python bench/ppo_vs_trl.py --tiny          # smoke run on 2-layer random models (~1 min)
     python bench/ppo_vs_trl.py                 # models/sft (else models/base/policy), models/reward
+    python bench/ppo_vs_trl.py --shared-trunk  # ours with critic.shared_trunk (its own results)
     python bench/ppo_vs_trl.py --policy /tmp/defrun/models/base/policy \\
         --reward /tmp/defrun/models/reward --prompts /tmp/defrun/data/prompts/train.jsonl
 
@@ -19,6 +20,11 @@ What each side trains (``--trl-mode lora``, the default, is the like-for-like co
 
 - ours (``rlhf_lab.ppo``): ONE frozen base; a policy LoRA adapter and a critic LoRA adapter
   (peft, all-linear) + a scalar value head on it; reference = adapters disabled.
+  ``--shared-trunk`` (``critic.shared_trunk``): no critic adapter, the value head on the
+  policy's hidden states, one backbone pass and one backward for both losses (TRL's own
+  original ``AutoModelForCausalLMWithValueHead`` layout; TRL 1.12.0's PPOTrainer only takes a
+  separate value model). Its figures go to their own file
+  (``bench/results/ppo_vs_trl_shared_trunk.json``), never mixed with the default's.
 - trl, ``lora``: ``peft_config`` = the same LoRA config on the policy (TRL's reference is then the
   adapter-disabled policy, no copy); the value model is a *second* copy of the base
   (``AutoModelForSequenceClassification``, ``num_labels=1``, as TRL's examples) with the same LoRA
@@ -83,6 +89,8 @@ WORK = HERE / ".work" / "ppo_vs_trl"
 RESULTS = HERE / "results" / "ppo_vs_trl.json"
 # --tiny's figures say nothing about speed: they go under the ignored work dir, never RESULTS.
 TINY_RESULTS = WORK / "tiny" / "ppo_vs_trl.json"
+SHARED_TRUNK_SUFFIX = "_shared_trunk"
+"""--shared-trunk's results file: RESULTS' (or TINY_RESULTS') name with this suffix."""
 SIDES = ("ours", "trl")
 TARGET_SPEEDUP = 1.5
 TINY_PROMPTS = [
@@ -133,6 +141,8 @@ class Spec:
     """Where ``prompts`` were taken from (for the results file)."""
     malloc_mmap_threshold: int | None = None
     """MALLOC_MMAP_THRESHOLD_ set in the runs (None: glibc's default)."""
+    shared_trunk: bool = False
+    """Ours with ``critic.shared_trunk``: the value head on the policy, no critic adapter."""
 
     @property
     def total_steps(self) -> int:
@@ -362,7 +372,9 @@ def run_ours(spec: Spec) -> dict[str, Any]:
     )
     scorer = CompositeScorer({REWARD_MODEL: reward_component(spec)}, {REWARD_MODEL: 1.0})
     torch.manual_seed(spec.seed)  # the policy adapter's init
-    model = load_policy_critic(spec.policy, spec.critic, cfg.lora, cfg.temperature)
+    model = load_policy_critic(
+        spec.policy, spec.critic, cfg.lora, cfg.temperature, shared_trunk=spec.shared_trunk
+    )
     trainer = PpoTrainer(model, read_jsonl(spec.prompts), scorer, cfg, progress=False)
 
     # Timing wrappers on this trainer instance (the loop calls self.rollout / self.update).
@@ -395,7 +407,11 @@ def run_ours(spec: Spec) -> dict[str, Any]:
     trainer.scorer = clock.wrap("score", trainer.scorer)
     trainer.train()
     return {
-        "trains": "LoRA policy + LoRA critic + value head on one shared frozen base",
+        "trains": (
+            "LoRA policy + value head on its hidden states (shared trunk), one frozen base"
+            if spec.shared_trunk
+            else "LoRA policy + LoRA critic + value head on one shared frozen base"
+        ),
         **clock.result(),
         "generated_width": widths,
         "trainable_parameters": sum(p.numel() for p in trainer.params),
@@ -847,6 +863,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trl-mode", choices=("lora", "full"), default="lora")
     ap.add_argument(
+        "--shared-trunk",
+        action="store_true",
+        help="ours with critic.shared_trunk (value head on the policy; results in their own file)",
+    )
+    ap.add_argument(
         "--malloc-mmap-threshold",
         type=int,
         metavar="BYTES",
@@ -880,7 +901,7 @@ def main() -> None:
             ]
             for side in SIDES
         }
-        report(spec, runs, results_path(args.out, spec.tiny), [])
+        report(spec, runs, results_path(args.out, spec.tiny, spec.shared_trunk), [])
         return
     if args.batch_size % args.minibatches:
         raise SystemExit("--batch-size must be divisible by --minibatches")
@@ -915,6 +936,7 @@ def main() -> None:
         tiny=args.tiny,
         source_prompts=_show(str(prompts)) if prompts else "generated tiny set",
         malloc_mmap_threshold=args.malloc_mmap_threshold,
+        shared_trunk=args.shared_trunk,
     )
     select_prompts(prompts, spec.num_prompts, Path(spec.prompts))
     spec_path.write_text(json.dumps(asdict(spec), indent=1) + "\n")
@@ -927,14 +949,16 @@ def main() -> None:
             out = WORK / f"{side}-{rnd}.json"
             spawn(side, spec_path, out, spec.threads, spec.malloc_mmap_threshold)
             runs[side].append({"round": rnd, **json.loads(out.read_text())})
-    report(spec, runs, results_path(args.out, spec.tiny), load_start)
+    report(spec, runs, results_path(args.out, spec.tiny, spec.shared_trunk), load_start)
 
 
-def results_path(out: Path | None, tiny: bool) -> Path:
-    """Where the results go: ``--out``, else RESULTS, else (a tiny run) TINY_RESULTS."""
+def results_path(out: Path | None, tiny: bool, shared_trunk: bool = False) -> Path:
+    """Where the results go: ``--out``, else RESULTS, else (a tiny run) TINY_RESULTS; with
+    ``--shared-trunk`` a file of its own beside either, so the two layouts never mix."""
     if out is not None:
         return out
-    return TINY_RESULTS if tiny else RESULTS
+    path = TINY_RESULTS if tiny else RESULTS
+    return path.with_stem(path.stem + SHARED_TRUNK_SUFFIX) if shared_trunk else path
 
 
 def report(spec: Spec, runs: dict[str, list[dict]], out: Path, load_start: list[float]) -> None:
@@ -946,7 +970,8 @@ def report(spec: Spec, runs: dict[str, list[dict]], out: Path, load_start: list[
     print_table(
         ours,
         trl_,
-        f"PPO: ours vs trl {TRL_VERSION} ({spec.trl_mode}), batch {spec.batch_size}, "
+        f"PPO: ours{' (shared trunk)' if spec.shared_trunk else ''} vs trl {TRL_VERSION} "
+        f"({spec.trl_mode}), batch {spec.batch_size}, "
         f"{spec.minibatches} minibatches, {spec.epochs} epochs, {spec.max_new_tokens} new tokens, "
         f"{spec.steps} timed steps x {repeats}",
     )

@@ -74,7 +74,8 @@ def fixed_generate(model):
 
 
 def main(sft: str, critic: str, out: str, mode: str = "fixed") -> None:
-    cfg = CFG if mode == "fixed" else CFG.model_copy(update={"minibatches": 2})
+    # "shared": the fixed run with critic.shared_trunk (one pass, one backward per minibatch)
+    cfg = CFG if mode in ("fixed", "shared") else CFG.model_copy(update={"minibatches": 2})
     rows = prompt_rows(8)
     bad = rows[batch_indices(0, len(rows), cfg.batch_size, cfg.seed)[0]]["id"]
 
@@ -87,7 +88,14 @@ def main(sft: str, critic: str, out: str, mode: str = "fixed") -> None:
     accelerator = make_accelerator(cfg.seed, cfg.batch_size, "ppo.batch_size")
     dp = DataParallel(accelerator)
     torch.manual_seed(cfg.seed)
-    model = load_policy_critic(sft, critic, cfg.lora, cfg.temperature, device=accelerator.device)
+    model = load_policy_critic(
+        sft,
+        critic,
+        cfg.lora,
+        cfg.temperature,
+        device=accelerator.device,
+        shared_trunk=mode == "shared",
+    )
     model.generate = fixed_generate(model)
     scorer = CompositeScorer({"len": length}, {"len": 1.0}, total_steps=cfg.steps)
     trainer = PpoTrainer(model, rows, scorer, cfg, progress=False, dp=dp)

@@ -284,9 +284,10 @@ COMPARED = [
 ]
 
 
-def test_train_ppo_two_processes_compute_what_one_does(ppo_dirs, tmp_path):
-    one = _dist_worker(ppo_dirs, tmp_path / "one.json", 1)
-    two = _dist_worker(ppo_dirs, tmp_path / "two.json", 2)
+@pytest.mark.parametrize("mode", ["fixed", "shared"])  # shared: critic.shared_trunk
+def test_train_ppo_two_processes_compute_what_one_does(ppo_dirs, tmp_path, mode):
+    one = _dist_worker(ppo_dirs, tmp_path / "one.json", 1, mode)
+    two = _dist_worker(ppo_dirs, tmp_path / "two.json", 2, mode)
     assert (one["num_processes"], two["num_processes"]) == (1, 2)
     # Same steps and updates (2 steps x 2 epochs x 1 minibatch).
     assert len(one["history"]) == len(two["history"]) == 2
@@ -302,7 +303,7 @@ def test_train_ppo_two_processes_compute_what_one_does(ppo_dirs, tmp_path):
     # the adaptive controller moved with the global batch size: 0.1 · (1 - 0.2 · 4 / 100)^2
     assert two["kl_coef"] == pytest.approx(0.1 * 0.992**2, rel=1e-3)
     p1, p2 = (torch.tensor(r["params"]) for r in (one, two))
-    moved = (p1 - _dist_worker_init(ppo_dirs)).abs().max()
+    moved = (p1 - _dist_worker_init(ppo_dirs, shared_trunk=mode == "shared")).abs().max()
     assert moved > 1e-4  # the updates changed the weights...
     assert (p2 - p1).abs().max() < 1e-5  # ...by the same amount on 1 and 2 processes
     # the replicas hold identical weights
@@ -310,14 +311,16 @@ def test_train_ppo_two_processes_compute_what_one_does(ppo_dirs, tmp_path):
     assert (s0, a0) == (s1, a1)
 
 
-def _dist_worker_init(dirs):
+def _dist_worker_init(dirs, shared_trunk=False):
     """The trainable parameters before any update (the fresh adapter of seed 0 + the critic)."""
     from rlhf_lab.ppo.model import load_policy_critic
 
     from .ppo_dist_worker import CFG
 
     torch.manual_seed(CFG.seed)
-    model = load_policy_critic(dirs["sft"], dirs["critic"], CFG.lora, CFG.temperature)
+    model = load_policy_critic(
+        dirs["sft"], dirs["critic"], CFG.lora, CFG.temperature, shared_trunk=shared_trunk
+    )
     return torch.cat([p.detach().reshape(-1).double() for p in model.trainable_parameters()])
 
 

@@ -56,6 +56,15 @@ def test_documented_yaml_round_trips():
             {"ppo": {"advantage": "reinforce_pp", "critic_warmup_steps": 2}},
             "ppo.critic_warmup_steps applies only to ppo.advantage: gae",
         ),
+        (
+            {"critic": {"shared_trunk": True, "epochs": 2}},
+            "params.yaml: critic.shared_trunk needs critic.epochs 0 (got 2)",
+        ),
+        (
+            {"critic": {"shared_trunk": True, "head_init": "random"}},
+            "critic.epochs 0 with critic.head_init random would hand PPO an untrained critic",
+        ),
+        ({"critic": {"shared_trunk": "yes"}}, "critic.shared_trunk: expected true or false"),
         ({"ppo": {"advantage": "a2c"}}, "params.yaml: ppo.advantage:"),
         ({"ppo": {"loss_agg": "sum"}}, "params.yaml: ppo.loss_agg:"),
         ({"data": {"valid_fraction": 0.6, "test_fraction": 0.5}}, "must be below 1"),
@@ -75,6 +84,16 @@ def test_group_estimators_size_the_rollout_by_num_generations():
     ppo = parse_params({"ppo": {"advantage": "rloo", "batch_size": 4, "num_generations": 3}}).ppo
     assert (ppo.rollout_size, ppo.minibatch_size, ppo.critic_free) == (12, 6, True)
     assert (Params().ppo.advantage, Params().ppo.critic_free) == ("gae", False)
+
+
+def test_shared_trunk_is_off_by_default_and_valid_with_the_least_squares_head():
+    assert Params().critic.shared_trunk is False
+    critic = parse_params({"critic": {"shared_trunk": True}}).critic
+    assert (critic.shared_trunk, critic.epochs, critic.head_init) == (True, 0, "least_squares")
+    # a critic-free estimator ignores it (no critic is loaded), so it is not an error there
+    assert parse_params(
+        {"critic": {"shared_trunk": True}, "ppo": {"advantage": "rloo", "num_generations": 2}}
+    ).critic.shared_trunk
 
 
 def test_frozen():

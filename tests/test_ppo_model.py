@@ -15,7 +15,7 @@ from rlhf_lab.ppo.model import (
     trim_batch,
     truncate_after_eos,
 )
-from rlhf_lab.tokens import pad
+from rlhf_lab.tokens import pad, position_ids
 
 from .ppo_helpers import TINY_LORA, copy_policy, make_critic, one_thread, prompt_rows  # noqa: F401
 
@@ -281,3 +281,106 @@ def test_bf16_update_ratio_starts_at_one_and_learns_like_float32(dirs, monkeypat
     drop_bf16 = bf16["epoch_loss"][0] - bf16["epoch_loss"][-1]
     assert drop_fp32 > 0 and drop_bf16 >= 0.5 * drop_fp32
     assert 0.5 < bf16["moved"] / fp32["moved"] < 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# critic.shared_trunk (issue 16): the value head on the policy's own hidden states
+# ---------------------------------------------------------------------------------------------
+
+
+def _shared(dirs, seed=0):
+    torch.manual_seed(seed)
+    return load_policy_critic(dirs["sft"], dirs["critic"], TINY_LORA, T, shared_trunk=True)
+
+
+def _nudge(params, seed=7, scale=0.05):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in params:
+            p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def test_shared_trunk_has_no_critic_adapter_and_starts_as_the_separate_critic(dirs):
+    shared, separate = _shared(dirs), _model(dirs)
+    assert shared.shared_trunk and shared.has_critic and not separate.shared_trunk
+    assert shared.adapter_names == [POLICY]
+    assert len(shared.trainable_parameters()) == len(shared.adapter_parameters(POLICY)) + 2
+    batch = _batch(shared)[:4]
+    # Step 0: the fresh policy adapter and train_critic's untrained critic adapter both have
+    # LoRA B = 0, so the policy's features are the ones the head was fitted on.
+    torch.testing.assert_close(shared.values(*batch), separate.values(*batch), atol=0, rtol=0)
+
+
+def test_shared_trunk_one_pass_equals_the_separate_passes(dirs):
+    model = _shared(dirs)
+    _nudge(model.trainable_parameters())  # a policy that has moved, a head that has learnt
+    query, query_mask, response, response_mask, _ = _batch(model)
+    logp, ent, values = model.logprobs_and_values(
+        query, query_mask, response, response_mask, entropy=True
+    )
+    logp2, ent2 = model.policy_logprobs(query, query_mask, response, response_mask, entropy=True)
+    # values() of a shared trunk reads the policy adapter; both are checked against the head
+    # applied by hand to the policy adapter's hidden states of the full sequence.
+    p = query.shape[1]
+    mask = torch.cat([query_mask, response_mask], 1)
+    with model.adapter(POLICY):
+        hidden = model.lm.get_decoder()(
+            input_ids=torch.cat([query, response], 1),
+            attention_mask=mask,
+            position_ids=position_ids(mask),
+        ).last_hidden_state
+    by_hand = model.value_head(hidden[:, p - 1 : -1]) * response_mask
+    separate_values = model.values(query, query_mask, response, response_mask)
+    diffs = [
+        float((one.detach() - two.detach()).abs().max())
+        for one, two in ((logp, logp2), (ent, ent2), (values, separate_values), (values, by_hand))
+    ]
+    assert max(diffs) <= 1e-6, diffs
+    assert (values[~response_mask.bool()] == 0).all() and values.abs().sum() > 0
+
+
+def test_shared_trunk_value_gradient_reaches_the_policy_except_in_warmup(dirs):
+    model = _shared(dirs)
+    query, query_mask, response, response_mask, _ = _batch(model)
+    policy = model.adapter_parameters(POLICY)
+    head = list(model.value_head.parameters())
+
+    def grads_of_value_loss(policy_grad):
+        model.zero_grad(set_to_none=True)
+        _, _, values = model.logprobs_and_values(
+            query, query_mask, response, response_mask, policy_grad=policy_grad
+        )
+        (values**2).sum().backward()
+        return [p.grad for p in policy], [p.grad for p in head]
+
+    pol, hd = grads_of_value_loss(policy_grad=True)
+    # LoRA B = 0 at init: A's gradient is 0, B's is not: the value loss moves the policy.
+    assert any(g is not None and bool(g.abs().sum() > 0) for g in pol)
+    assert all(g is not None and bool(g.abs().sum() > 0) for g in hd)
+    pol, hd = grads_of_value_loss(policy_grad=False)  # warm-up: detached hidden states
+    assert all(g is None for g in pol)
+    assert all(g is not None and bool(g.abs().sum() > 0) for g in hd)
+    # a separate critic's value loss never reaches the policy adapter
+    separate = _model(dirs)
+    separate.values(query, query_mask, response, response_mask).pow(2).sum().backward()
+    assert all(p.grad is None for p in separate.adapter_parameters(POLICY))
+
+
+def test_shared_trunk_refuses_a_critic_whose_adapter_was_trained(dirs, tmp_path):
+    from rlhf_lab.errors import ModelSourceError
+    from rlhf_lab.ppo.model import new_critic, save_critic
+
+    torch.manual_seed(3)
+    critic = new_critic(dirs["sft"], TINY_LORA)
+    _nudge(critic.adapter_parameters(CRITIC))
+    save_critic(critic, tmp_path / "critic", score_mean=0.0, score_std=1.0)
+    with pytest.raises(ModelSourceError, match=r"critic adapter was trained.*critic\.epochs 0"):
+        load_policy_critic(dirs["sft"], tmp_path / "critic", TINY_LORA, T, shared_trunk=True)
+    # the separate critic loads it as before
+    assert load_policy_critic(dirs["sft"], tmp_path / "critic", TINY_LORA, T).has_critic
+
+
+def test_logprobs_and_values_needs_a_shared_trunk(dirs):
+    model = _model(dirs)
+    with pytest.raises(RuntimeError, match="shared-trunk"):
+        model.logprobs_and_values(*_batch(model)[:4])

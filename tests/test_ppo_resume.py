@@ -42,10 +42,12 @@ def _length(replies, rows):
     return [len(r) / 20 for r in replies]
 
 
-def _trainer(dirs, ckpt, plots=None, scorer_fn=_length, **over):
+def _trainer(dirs, ckpt, plots=None, scorer_fn=_length, shared_trunk=False, **over):
     cfg = PpoConfig(**{**CFG, **over})
     torch.manual_seed(cfg.seed)
-    model = load_policy_critic(dirs["sft"], dirs["critic"], cfg.lora, cfg.temperature)
+    model = load_policy_critic(
+        dirs["sft"], dirs["critic"], cfg.lora, cfg.temperature, shared_trunk=shared_trunk
+    )
     scorer = CompositeScorer({"len": scorer_fn}, {"len": 1.0}, total_steps=cfg.steps)
     return PpoTrainer(
         model, prompt_rows(6), scorer, cfg, checkpoint_dir=ckpt, plots_dir=plots, progress=False
@@ -56,8 +58,9 @@ def _strip(history):
     return [{k: v for k, v in h.items() if not k.startswith("time/")} for h in history]
 
 
-def test_interrupted_run_resumes_to_the_same_result(dirs, tmp_path):
-    full = _trainer(dirs, tmp_path / "full")
+@pytest.mark.parametrize("shared_trunk", [False, True], ids=["separate", "shared_trunk"])
+def test_interrupted_run_resumes_to_the_same_result(dirs, tmp_path, shared_trunk):
+    full = _trainer(dirs, tmp_path / "full", shared_trunk=shared_trunk)
     full_metrics = full.train()
 
     calls = {"n": 0}
@@ -70,10 +73,14 @@ def test_interrupted_run_resumes_to_the_same_result(dirs, tmp_path):
 
     ckpt, plots = tmp_path / "ckpt", tmp_path / "plots"
     with pytest.raises(KeyboardInterrupt):
-        _trainer(dirs, ckpt, plots, scorer_fn=crash_at_step_3).train()
+        _trainer(dirs, ckpt, plots, scorer_fn=crash_at_step_3, shared_trunk=shared_trunk).train()
     assert [p.name for p in sorted(ckpt.iterdir())] == ["step-000002"]
+    # a shared trunk's checkpoint holds the value head and no critic adapter
+    saved = ckpt / "step-000002/critic"
+    assert (saved / "value_head.safetensors").is_file()
+    assert (saved / "adapter").is_dir() != shared_trunk
 
-    resumed = _trainer(dirs, ckpt, plots)
+    resumed = _trainer(dirs, ckpt, plots, shared_trunk=shared_trunk)
     metrics = resumed.train(resume=True)
     assert resumed.history[0]["step"] == 0 and len(resumed.history) == 4
     assert _strip(resumed.history) == _strip(full.history)
@@ -90,9 +97,11 @@ def test_interrupted_run_resumes_to_the_same_result(dirs, tmp_path):
     assert [line.split("\t")[0] for line in tsv[1:]] == ["0", "1", "2", "3"]
     assert sorted(p.name for p in ckpt.iterdir()) == ["step-000002", "step-000004"]
 
-    # a changed hyperparameter refuses to resume
+    # a changed hyperparameter refuses to resume, and so does the other critic layout
     with pytest.raises(Exception, match=r"ppo\.clip"):
-        _trainer(dirs, ckpt, clip=0.1).train(resume=True)
+        _trainer(dirs, ckpt, clip=0.1, shared_trunk=shared_trunk).train(resume=True)
+    with pytest.raises(Exception, match=r"critic\.shared_trunk changed"):
+        _trainer(dirs, ckpt, shared_trunk=not shared_trunk).train(resume=True)
 
 
 def test_non_finite_updates_are_skipped_then_abort(dirs, tmp_path):

@@ -170,3 +170,35 @@ def test_critic_free_estimator_needs_no_critic_and_logs_no_critic_metric(workspa
     assert result.exit_code == 0, result.output
     assert "resuming train_ppo at step 3/3" in result.output
     assert (workspace / "models/ppo/model.safetensors").read_bytes() == weights
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_shared_trunk_after_a_least_squares_critic(workspace):
+    """critic.shared_trunk through the CLI: train_critic with epochs 0 (the ridge head on the
+    frozen base) writes what train_ppo loads; the checkpoints hold the value head alone, the
+    metrics the same critic keys; a checkpoint of one critic layout never resumes the other."""
+    critic = {**PARAMS["critic"], "epochs": 0, "shared_trunk": True}
+    (workspace / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "critic": critic}))
+    result = _invoke("train_critic")
+    assert result.exit_code == 0, result.output
+    result = _invoke("train_ppo")
+    assert result.exit_code == 0, result.output
+
+    metrics = json.loads((workspace / "metrics/train_ppo.json").read_text())
+    for key in ISSUE_KEYS:
+        assert key in metrics, key
+    assert metrics["train/steps"] == 3 and metrics["train/skipped_updates"] == 0
+    ckpt = workspace / "checkpoints/train_ppo/step-000003"
+    assert (ckpt / "critic/value_head.safetensors").is_file()
+    assert not (ckpt / "critic/adapter").exists()
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["fingerprint"]["critic.shared_trunk"] is True
+    assert json.loads((workspace / "models/ppo/provenance.json").read_text())["critic"]
+
+    critic["shared_trunk"] = False
+    (workspace / "params.yaml").write_text(yaml.safe_dump({**PARAMS, "critic": critic}))
+    result = _invoke("train_ppo", "--resume")
+    assert result.exit_code == 2
+    assert "cannot resume: critic.shared_trunk changed (checkpoint true vs now false)" in (
+        result.output
+    )

@@ -301,6 +301,8 @@ class CriticConfig(Section):
     """LoRA adapter settings of the critic."""
     seed: int = 0
     """Seed for init and shuffling."""
+    shared_trunk: bool = False
+    """PPO (gae): the value head reads the policy's hidden states, no critic adapter (1 pass)."""
 
     @model_validator(mode="after")
     def _something_learnt(self) -> CriticConfig:
@@ -308,6 +310,15 @@ class CriticConfig(Section):
             raise ValueError(
                 "critic.epochs 0 with critic.head_init random would hand PPO an untrained "
                 "critic: use head_init least_squares or epochs >= 1"
+            )
+        # A shared trunk keeps only the value head of models/critic: trained with its own
+        # adapter, the head would read features the policy does not have (and the adapter's
+        # training would be thrown away). Fitted on the frozen base (epochs 0), it reads exactly
+        # the fresh policy's features, whose LoRA B starts at 0.
+        if self.shared_trunk and self.epochs:
+            raise ValueError(
+                f"critic.shared_trunk needs critic.epochs 0 (got {self.epochs}): PPO keeps only "
+                "the value head, fitted on the frozen base's features (head_init least_squares)"
             )
         return self
 
@@ -350,7 +361,7 @@ class PpoConfig(Section):
     loss_agg: Literal["token_mean", "seq_mean"] = "token_mean"
     """Policy loss over a minibatch: mean over all tokens (DAPO) or per reply, then over replies."""
     critic_warmup_steps: int = Field(0, ge=0)
-    """gae: the first this many steps update only the critic (the policy stays as it is)."""
+    """gae: the first this many steps update only the critic (shared trunk: the value head)."""
     adaptive_kl: bool = False
     """Use the adaptive KL controller (Ziegler et al. 2019) instead of a fixed β."""
     kl_target: float = Field(6.0, gt=0.0)

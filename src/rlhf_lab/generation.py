@@ -79,20 +79,30 @@ def trim_at_eos(ids: list[int], eos_ids: list[int]) -> tuple[int, bool]:
     return len(ids), False
 
 
-def next_token_logits(lm: Any, inputs: dict[str, torch.Tensor], n: int) -> torch.Tensor:
-    """Float32 logits [B, n, V] of the ``n`` positions before the last of a left-padded batch:
-    the ones that predict its last ``n`` tokens (position t predicts token t + 1).
+def next_token_hidden(lm: Any, inputs: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    """The backbone's final hidden states [B, n, H] at the ``n`` positions before the last of a
+    left-padded batch: the ones that predict its last ``n`` tokens (position t predicts token
+    t + 1). The backbone runs as it is (bf16 under ``models.mixed_precision``)."""
+    return lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, -(n + 1) : -1]
 
-    The backbone runs as it is (bf16 under ``models.mixed_precision``); the LM head runs on
-    those ``n`` positions only, in float32 even under autocast: log-prob differences (PPO's
-    ratio, KL) of bf16 logits — 3 significant digits on values of ~10-30 — carry noise of the
-    order of PPO's clip range.
-    """
+
+def head_logits(lm: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """Float32 logits [..., V] of the LM head on ``hidden``, even under autocast: log-prob
+    differences (PPO's ratio, KL) of bf16 logits — 3 significant digits on values of ~10-30 —
+    carry noise of the order of PPO's clip range."""
     from rlhf_lab.precision import full_precision
 
-    hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, -(n + 1) : -1]
     with full_precision(hidden.device):
         return lm.get_output_embeddings()(hidden.float()).float()
+
+
+def next_token_logits(lm: Any, inputs: dict[str, torch.Tensor], n: int) -> torch.Tensor:
+    """Float32 logits [B, n, V] of the ``n`` positions that predict a left-padded batch's last
+    ``n`` tokens: :func:`next_token_hidden`, then :func:`head_logits` on those positions only
+    (the head is a large share of a small model's FLOPs). PPO's shared trunk
+    (:meth:`rlhf_lab.ppo.model.PolicyCritic.logprobs_and_values`) calls the two halves itself,
+    so the value head reads the same hidden states."""
+    return head_logits(lm, next_token_hidden(lm, inputs, n))
 
 
 @torch.inference_mode()

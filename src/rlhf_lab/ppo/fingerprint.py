@@ -91,7 +91,9 @@ STAGE_PARAMS = (
     "data.catalogue",
     "models.mixed_precision",
 )
-"""The params train_ppo reads besides ``ppo`` (its ``dvc.yaml`` params); the trainer adds ppo."""
+"""The params train_ppo reads besides ``ppo`` (its ``dvc.yaml`` params); the trainer adds ppo,
+and ``critic.shared_trunk`` from the model it trains (so a checkpoint of the other critic layout
+is refused whoever builds the trainer)."""
 
 
 def stage_fingerprint(

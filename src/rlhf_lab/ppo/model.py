@@ -4,6 +4,13 @@
     reference  = base with every adapter disabled (peft ``disable_adapter()``)
     critic     = base + LoRA adapter "critic" + value head (warm-started by ``train_critic``)
 
+With ``critic.shared_trunk: true`` there is no critic adapter: the value head reads the policy's
+own final hidden states, as lm-human-preferences' ``scalar_heads=['value']`` and TRL's original
+``AutoModelForCausalLMWithValueHead`` do, so :meth:`PolicyCritic.logprobs_and_values` gets
+log-probs and values from one backbone pass (and one backward serves both losses). Only the
+value head is loaded from ``models/critic``; it must have been fitted on the frozen base's
+features (``critic.epochs: 0``), which are exactly the policy's at step 0 (its LoRA B = 0).
+
 The critic-free estimators (``ppo.advantage`` grpo / rloo / reinforce_pp) load no critic at all:
 no ``critic`` adapter, no value head, ``models/critic`` never read (``critic_dir=None``).
 
@@ -51,7 +58,7 @@ from torch import nn
 from rlhf_lab import models, precision
 from rlhf_lab.config import LoraConfig
 from rlhf_lab.errors import ModelSourceError
-from rlhf_lab.generation import chat_prompt_text, next_token_logits
+from rlhf_lab.generation import chat_prompt_text, head_logits, next_token_hidden
 from rlhf_lab.ppo.core import entropy_from_logits, logprobs_from_logits
 from rlhf_lab.precision import full_precision
 from rlhf_lab.tokens import default_device, eos_token_ids, position_ids, sampling_kwargs
@@ -178,7 +185,9 @@ class ValueHead(nn.Module):
 class PolicyCritic(nn.Module):
     """A frozen causal LM with named LoRA adapters (``policy`` and/or ``critic``) + value head.
 
-    Build it with :func:`load_policy_critic` (PPO) or :func:`new_critic` (critic training).
+    The value head reads the ``critic`` adapter's hidden states, or the ``policy`` adapter's
+    when the model has no critic adapter (:attr:`shared_trunk`). Build it with
+    :func:`load_policy_critic` (PPO) or :func:`new_critic` (critic training).
     The module stays in eval mode: dropout off, so the PPO ratio is exactly 1 on the first
     minibatch ([N-details] "disable dropout"; lm-human-preferences and TRL do the same).
     """
@@ -203,6 +212,9 @@ class PolicyCritic(nn.Module):
             self._adapter_params[name] = [
                 p for n, p in peft_model.named_parameters() if pattern.search(n)
             ]
+        # The adapter whose hidden states the value head reads: the policy's own when there is
+        # no critic adapter (critic.shared_trunk).
+        self.value_adapter = CRITIC if CRITIC in self.adapter_names else POLICY
         self._make_trainable()
         self.eval()
 
@@ -242,6 +254,12 @@ class PolicyCritic(nn.Module):
     def has_critic(self) -> bool:
         """False for a policy-only model (critic-free estimators): no critic adapter, no head."""
         return self.value_head is not None
+
+    @property
+    def shared_trunk(self) -> bool:
+        """True when the value head reads the policy adapter's hidden states (no critic adapter;
+        ``critic.shared_trunk``): one backbone pass gives log-probs and values."""
+        return self.value_head is not None and self.value_adapter == POLICY
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every adapter's LoRA weights, then the value head (the PPO optimiser's params)."""
@@ -288,13 +306,52 @@ class PolicyCritic(nn.Module):
         mask = torch.cat([query_mask, response_mask], dim=1).to(dev)
         return {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids(mask)}
 
-    def _response_logits(self, inputs: Mapping[str, torch.Tensor], n_resp: int) -> torch.Tensor:
-        # The LM head on the R positions that predict the response only, in float32
-        # (rlhf_lab.generation.next_token_logits).
-        logits = next_token_logits(self.lm, dict(inputs), n_resp)
+    def _hidden(
+        self,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        response: torch.Tensor,
+        response_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The active adapter's final hidden states [B, R, H] at the R positions that emit the
+        response tokens (rlhf_lab.generation.next_token_hidden): one backbone pass."""
+        inputs = self._inputs(query, query_mask, response, response_mask)
+        # bf16 backbone where configured, autocast entered per pass (rlhf_lab.precision); the
+        # heads run in float32 on its output. Every caller — rollout recompute, reference,
+        # update — runs this same pass, so the PPO ratio is 1 at the first minibatch in either
+        # precision.
+        with precision.training_autocast():
+            return next_token_hidden(self.lm, inputs, response.shape[1])
+
+    def _logprobs_from_hidden(
+        self,
+        hidden: torch.Tensor,
+        response: torch.Tensor,
+        response_mask: torch.Tensor,
+        entropy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        # The float32 LM head on the response positions only (rlhf_lab.generation.head_logits).
         # [N-details] "scale the logits by the sampling temperature": the recomputed logprobs
         # must be those of the distribution the tokens were sampled from.
-        return logits / self.temperature
+        logits = head_logits(self.lm, hidden) / self.temperature
+        mask = response_mask.to(logits.device).bool()
+        logp = logprobs_from_logits(logits, response.to(logits.device))
+        logp = torch.where(mask, logp, torch.zeros_like(logp))
+        ent = None
+        if entropy:
+            with torch.no_grad():
+                ent = torch.where(mask, entropy_from_logits(logits), torch.zeros_like(logp))
+        return logp, ent
+
+    def _values_from_hidden(
+        self, hidden: torch.Tensor, response_mask: torch.Tensor
+    ) -> torch.Tensor:
+        assert self.value_head is not None
+        # The head in float32 on the (possibly bf16) backbone's output, as the LM head.
+        with full_precision(hidden.device):
+            v = self.value_head(hidden.float())
+        mask = response_mask.to(v.device).bool()
+        return torch.where(mask, v, torch.zeros_like(v))
 
     def _logprobs(
         self,
@@ -304,20 +361,8 @@ class PolicyCritic(nn.Module):
         response_mask: torch.Tensor,
         entropy: bool,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        inputs = self._inputs(query, query_mask, response, response_mask)
-        # bf16 backbone where configured, float32 head (next_token_logits); every caller —
-        # rollout recompute, reference, update — runs this same pass, so the PPO ratio is 1 at
-        # the first minibatch in either precision.
-        with precision.training_autocast():
-            logits = self._response_logits(inputs, response.shape[1])
-        mask = response_mask.to(logits.device).bool()
-        logp = logprobs_from_logits(logits, response.to(logits.device))
-        logp = torch.where(mask, logp, torch.zeros_like(logp))
-        ent = None
-        if entropy:
-            with torch.no_grad():
-                ent = torch.where(mask, entropy_from_logits(logits), torch.zeros_like(logp))
-        return logp, ent
+        hidden = self._hidden(query, query_mask, response, response_mask)
+        return self._logprobs_from_hidden(hidden, response, response_mask, entropy)
 
     def policy_logprobs(
         self,
@@ -351,19 +396,43 @@ class PolicyCritic(nn.Module):
         response: torch.Tensor,
         response_mask: torch.Tensor,
     ) -> torch.Tensor:
-        """Critic values V(s_t) of the states that emit each response token [B, R] (0 on pad)."""
+        """Critic values V(s_t) of the states that emit each response token [B, R] (0 on pad),
+        on the critic adapter's hidden states (the policy adapter's for a shared trunk)."""
         if self.value_head is None:
             raise RuntimeError("this model has no critic (loaded for a critic-free estimator)")
-        inputs = self._inputs(query, query_mask, response, response_mask)
-        n_resp = response.shape[1]
-        p = query.shape[1]
-        with self.adapter(CRITIC), precision.training_autocast():
-            # The backbone alone (no LM head): TRL's value model is the same backbone + `score`.
-            hidden = self.lm.get_decoder()(**inputs, use_cache=False).last_hidden_state
-        with full_precision(hidden.device):
-            v = self.value_head(hidden[:, p - 1 : p - 1 + n_resp].float())
-        mask = response_mask.to(v.device).bool()
-        return torch.where(mask, v, torch.zeros_like(v))
+        # The backbone alone (no LM head): TRL's value model is the same backbone + `score`.
+        with self.adapter(self.value_adapter):
+            hidden = self._hidden(query, query_mask, response, response_mask)
+        return self._values_from_hidden(hidden, response_mask)
+
+    def logprobs_and_values(
+        self,
+        query: torch.Tensor,
+        query_mask: torch.Tensor,
+        response: torch.Tensor,
+        response_mask: torch.Tensor,
+        entropy: bool = False,
+        policy_grad: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """:meth:`policy_logprobs` and :meth:`values` of a shared-trunk model from ONE backbone
+        pass under the policy adapter: ``(logprobs, entropy or None, values)``, each [B, R].
+
+        ``policy_grad=False`` (critic warm-up): the backbone and LM head run without gradient,
+        so a loss on the values trains the value head alone on detached hidden states and the
+        policy adapter gets no gradient.
+        """
+        if not self.shared_trunk:
+            raise RuntimeError(
+                "logprobs_and_values needs a shared-trunk model (critic.shared_trunk): a "
+                "separate critic reads its own adapter's hidden states"
+            )
+        with (
+            self.adapter(POLICY),
+            torch.set_grad_enabled(torch.is_grad_enabled() and policy_grad),
+        ):
+            hidden = self._hidden(query, query_mask, response, response_mask)
+            logp, ent = self._logprobs_from_hidden(hidden, response, response_mask, entropy)
+        return logp, ent, self._values_from_hidden(hidden, response_mask)
 
     def forward(
         self,
@@ -467,27 +536,54 @@ def read_critic_info(critic_dir: str | Path) -> dict[str, Any]:
     return info
 
 
+def check_untrained_adapter(critic_dir: str | Path) -> None:
+    """Refuse a critic whose adapter was trained (``critic.epochs`` > 0) for a shared trunk.
+
+    Its value head was fitted on that adapter's features, which the policy does not have; a
+    head fitted with the adapter at its init (every LoRA B = 0) read the frozen base's, which
+    are exactly the fresh policy's.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(critic_dir) / ADAPTER_DIR / "adapter_model.safetensors"
+    if not path.is_file():
+        return  # a shared-trunk checkpoint's critic: a value head alone
+    state = load_file(str(path))
+    if any(bool(w.any()) for k, w in state.items() if "lora_B" in k):
+        raise ModelSourceError(
+            f"{critic_dir}: its critic adapter was trained (critic.epochs > 0), so its value "
+            "head reads features the policy lacks; critic.shared_trunk needs a critic from "
+            "critic.epochs 0 (rerun `rlhf-lab train_critic`)"
+        )
+
+
 def load_policy_critic(
     sft_dir: str | Path,
     critic_dir: str | Path | None,
     policy_lora: LoraConfig,
     temperature: float,
     device: torch.device | None = None,
+    shared_trunk: bool = False,
 ) -> PolicyCritic:
     """The PPO model: the base from ``sft_dir``, a fresh ``policy`` adapter (seed torch first),
     and the ``critic`` adapter + value head saved by :func:`save_critic` in ``critic_dir``;
-    ``critic_dir=None`` (critic-free estimators) builds the policy alone."""
+    ``critic_dir=None`` (critic-free estimators) builds the policy alone. ``shared_trunk``
+    (``critic.shared_trunk``) loads the value head alone, on the policy's hidden states (see
+    :func:`check_untrained_adapter`); it means nothing without a critic."""
     from peft import get_peft_model
 
     if critic_dir is not None:
         read_critic_info(critic_dir)
+        if shared_trunk:
+            check_untrained_adapter(critic_dir)
     base, tok = load_base(sft_dir, device)
     peft_model = get_peft_model(base, models.lora_config(policy_lora), adapter_name=POLICY)
     if critic_dir is None:
         return PolicyCritic(peft_model, None, tok, temperature=temperature)
-    peft_model.load_adapter(
-        str(Path(critic_dir) / ADAPTER_DIR), adapter_name=CRITIC, is_trainable=True
-    )
+    if not shared_trunk:
+        peft_model.load_adapter(
+            str(Path(critic_dir) / ADAPTER_DIR), adapter_name=CRITIC, is_trainable=True
+        )
     head = ValueHead(base.config.hidden_size)
     head.load(Path(critic_dir) / VALUE_HEAD_FILE)
     head.to(base.device)
@@ -514,15 +610,21 @@ def load_adapter_dir(model: PolicyCritic, name: str, adapter_dir: str | Path) ->
 def save_critic(model: PolicyCritic, out_dir: str | Path, **info: Any) -> None:
     """Write the critic (adapter + value head + critic.json) in the format PPO loads.
 
+    A shared-trunk model (a PPO checkpoint's) has no critic adapter: the value head alone.
     ``info`` goes into critic.json (score normalisation, max_length, base, ...).
     """
     out = Path(out_dir)
-    save_adapter(model, CRITIC, out / ADAPTER_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    shared = model.shared_trunk
+    if not shared:
+        save_adapter(model, CRITIC, out / ADAPTER_DIR)
     model.value_head.save(out / VALUE_HEAD_FILE)
     meta = {
         "format": CRITIC_FORMAT,
-        "adapter_name": CRITIC,
-        "adapter_dir": ADAPTER_DIR,
+        "adapter_name": None if shared else CRITIC,
+        "adapter_dir": None if shared else ADAPTER_DIR,
+        # only when set: train_critic's critic.json stays as it was
+        **({"shared_trunk": True} if shared else {}),
         "value_head": VALUE_HEAD_FILE,
         "hidden_size": model.value_head.linear.in_features,
         **info,
@@ -531,8 +633,10 @@ def save_critic(model: PolicyCritic, out_dir: str | Path, **info: Any) -> None:
 
 
 def load_critic_weights(model: PolicyCritic, critic_dir: str | Path) -> None:
-    """Overwrite the critic adapter and value head of ``model`` from a critic directory."""
-    load_adapter_dir(model, CRITIC, Path(critic_dir) / ADAPTER_DIR)
+    """Overwrite the critic adapter (none for a shared trunk) and value head of ``model`` from
+    a critic directory."""
+    if not model.shared_trunk:
+        load_adapter_dir(model, CRITIC, Path(critic_dir) / ADAPTER_DIR)
     model.value_head.load(Path(critic_dir) / VALUE_HEAD_FILE)
 
 

@@ -7,7 +7,8 @@ field of :class:`rlhf_lab.config.PpoConfig` (``params.yaml: ppo``), used directl
                 each repeated ppo.num_generations times (one group per prompt)
     response  = sample(policy, T = ppo.temperature, stop at EOS, ≤ ppo.max_new_tokens)
     score     = Σ w_c · component_c  (rlhf_lab.ppo.composite_score), clipped to ±ppo.score_clip
-    logp, ref, V = policy / reference / critic on the sampled tokens (no grad, per minibatch)
+    logp, ref, V = policy / reference / critic on the sampled tokens (no grad, per minibatch;
+                   with critic.shared_trunk logp and V come from one policy pass)
     drop the replies whose score, logp, ref, V or KL is nan/inf (counted; the rest trains)
     score'    = score - ppo.missing_eos_penalty if no EOS (before any group statistic)
     A         = by ppo.advantage (OpenRLHF's --advantage_estimator), over the WHOLE batch:
@@ -20,7 +21,9 @@ field of :class:`rlhf_lab.config.PpoConfig` (``params.yaml: ppo``), used directl
     for ppo.epochs: for ppo.minibatches:
         loss = clipped policy loss (ppo.clip; ppo.loss_agg) [+ β·KL]
                + ppo.vf_coef · clipped value loss (ppo.clip_value; gae only)
-        (gae: the first ppo.critic_warmup_steps steps train only the critic)
+        (gae: the first ppo.critic_warmup_steps steps train only the critic; with
+         critic.shared_trunk one backbone pass and one backward serve both losses, and the
+         warm-up trains the value head alone on detached hidden states)
         skip if non-finite; clip the global grad norm (ppo.max_grad_norm); AdamW step
         (optionally stop the epochs once approx-KL > ppo.target_approx_kl)
     β ← KL controller (fixed, or adaptive towards ppo.kl_target over ppo.kl_horizon samples;
@@ -28,15 +31,17 @@ field of :class:`rlhf_lab.config.PpoConfig` (``params.yaml: ppo``), used directl
 
 The details follow OpenAI's lm-human-preferences and "The N Implementation Details of RLHF
 with PPO" (Huang et al. 2024, [N-details]); the math lives in :mod:`rlhf_lab.ppo.core`, the
-model (one base, two adapters) in :mod:`rlhf_lab.ppo.model`. Under ``accelerate launch`` each
+model (one base, two adapters, or one adapter + value head for a shared trunk) in
+:mod:`rlhf_lab.ppo.model`. Under ``accelerate launch`` each
 process runs this loop on its shard of every batch, with batch statistics, losses and
 gradients made global by :mod:`rlhf_lab.ppo.distributed` (the identity for one process).
 
 Checkpoints (``checkpoints/train_ppo/step-NNNNNN/``, atomic, the last two kept) hold the
-policy adapter, the critic, the optimiser, every RNG state, the KL controller, the metric
-history, the step and the run's fingerprint (:mod:`rlhf_lab.ppo.fingerprint`), so a resume
-continues bit-for-bit where an uninterrupted run with the same inputs would be
-(``tests/test_ppo_resume.py``) and never continues a run whose inputs changed.
+policy adapter, the critic (its value head alone for a shared trunk), the optimiser, every RNG
+state, the KL controller, the metric history, the step and the run's fingerprint
+(:mod:`rlhf_lab.ppo.fingerprint`), so a resume continues bit-for-bit where an uninterrupted
+run with the same inputs would be (``tests/test_ppo_resume.py``) and never continues a run
+whose inputs changed.
 """
 
 from __future__ import annotations
@@ -251,7 +256,8 @@ def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class PpoTrainer:
-    """PPO on ``model`` (policy + critic adapters) over prompt ``rows``, maximising ``scorer``.
+    """PPO on ``model`` (policy + critic, or a policy alone) over prompt ``rows``, maximising
+    ``scorer``. The critic layout follows the model (:attr:`PolicyCritic.shared_trunk`).
 
     ``scorer(replies, rows, step) -> Scores`` is usually a
     :class:`rlhf_lab.ppo.composite_score.CompositeScorer`. ``checkpoint_dir`` / ``plots_dir`` are
@@ -367,9 +373,10 @@ class PpoTrainer:
         t_score = time.perf_counter() - t1
 
         # logprobs (policy), reference logprobs (adapters off) and values (critic) of the
-        # sampled tokens, one no-grad pass each per minibatch-sized chunk, trimmed to the
-        # chunk's own padding. Recomputed rather than taken from generate(): the N-details
-        # ("recompute logprobs") — generation-time logits differ with caching and padding.
+        # sampled tokens, one no-grad pass each per minibatch-sized chunk (logprobs and values
+        # share one with critic.shared_trunk), trimmed to the chunk's own padding. Recomputed
+        # rather than taken from generate(): the N-details ("recompute logprobs") —
+        # generation-time logits differ with caching and padding.
         width = response.shape[1]
         lp, ref, val, ent = [], [], [], []
         with torch.inference_mode():
@@ -377,12 +384,17 @@ class PpoTrainer:
                 q, qm, r, rm = trim_batch(
                     query[sl], query_mask[sl], response[sl], response_mask[sl]
                 )
-                logp, entropy = model.policy_logprobs(q, qm, r, rm, entropy=True)
+                if model.shared_trunk:
+                    logp, entropy, values = model.logprobs_and_values(q, qm, r, rm, entropy=True)
+                else:
+                    logp, entropy = model.policy_logprobs(q, qm, r, rm, entropy=True)
+                    values = model.values(q, qm, r, rm) if model.has_critic else None
+                assert entropy is not None
                 lp.append(_pad_to(logp.cpu(), width))
                 ent.append(_pad_to(entropy.cpu(), width))
                 ref.append(_pad_to(model.ref_logprobs(q, qm, r, rm).cpu(), width))
-                if model.has_critic:
-                    val.append(_pad_to(model.values(q, qm, r, rm).float().cpu(), width))
+                if values is not None:
+                    val.append(_pad_to(values.float().cpu(), width))
                 else:
                     val.append(torch.zeros_like(lp[-1]))
         ro = Rollout(
@@ -509,15 +521,27 @@ class PpoTrainer:
                 else:
                     units, pg_scale, total_units = tokens, scale, total_tokens
                 dev = model.device
-                # The policy and value losses go through disjoint graphs (policy adapter vs
-                # critic adapter + head), so each is backpropagated as soon as it is built:
-                # the gradients are those of pg_loss + vf_coef * vf_loss, but only one graph's
-                # activations are alive at a time (peak memory = the larger, not the sum).
                 self.optimizer.zero_grad(set_to_none=True)
+                # Separate critic: the policy and value losses go through disjoint graphs
+                # (policy adapter vs critic adapter + head), so each is backpropagated as soon
+                # as it is built: the gradients are those of pg_loss + vf_coef * vf_loss, but
+                # only one graph's activations are alive at a time (peak memory = the larger,
+                # not the sum). Shared trunk (critic.shared_trunk; lm-human-preferences, TRL's
+                # original PPOTrainer): one backbone pass gives both, and their sum is
+                # backpropagated once, so the value loss also moves the policy adapter.
+                shared = model.shared_trunk
+                new_values = pg_term = None
                 # Critic warm-up (OpenRLHF --critic_warmup_steps): the policy loss is only
-                # measured, never backpropagated, so the policy adapter stays as it is.
+                # measured, never backpropagated, so the policy adapter stays as it is; a
+                # shared trunk then trains the value head alone on detached hidden states
+                # (policy_grad=False), outside the no-grad block so the head gets its gradient.
+                if shared:
+                    new_logp, _, new_values = model.logprobs_and_values(
+                        q, qm, r, rm, policy_grad=not warmup
+                    )
                 with torch.set_grad_enabled(not warmup):
-                    new_logp, _ = model.policy_logprobs(q, qm, r, rm)
+                    if not shared:
+                        new_logp, _ = model.policy_logprobs(q, qm, r, rm)
                     pg_loss, pg_clipfrac, approxkl = policy_loss(
                         new_logp,
                         ro.logprobs[mb, :w].to(dev),
@@ -535,9 +559,13 @@ class PpoTrainer:
                 (loss,) = dp.global_mean(units, total_units, objective.detach())
                 ok = bool(torch.isfinite(loss))
                 if ok and not warmup:
-                    (objective * pg_scale).backward()
+                    pg_term = objective * pg_scale
+                    if not shared:
+                        pg_term.backward()
+                        pg_term = None
                 if ok and returns is not None:
-                    new_values = model.values(q, qm, r, rm)
+                    if new_values is None:
+                        new_values = model.values(q, qm, r, rm)
                     vf_loss, vf_clipfrac = value_loss(
                         new_values,
                         ro.values[mb, :w].to(dev),
@@ -549,7 +577,9 @@ class PpoTrainer:
                     loss = loss + cfg.vf_coef * vf_mean
                     ok = bool(torch.isfinite(loss))
                     if ok:
-                        (cfg.vf_coef * vf_loss * scale).backward()
+                        vf_term = cfg.vf_coef * vf_loss * scale
+                        # the shared trunk's one backward: both losses through one graph
+                        (vf_term if pg_term is None else pg_term + vf_term).backward()
                 if ok:
                     # averaged before clipping: every process clips the same global gradient.
                     dp.average_gradients(self.params)
@@ -894,7 +924,12 @@ class PpoTrainer:
     def _ppo_fingerprint(self) -> dict[str, Any]:
         ppo = self.cfg.model_dump(mode="json")
         resumable = RESUMABLE_CHANGES - ({"steps"} if self.scorer_has_schedule() else set())
-        return fp.flatten({"ppo": {k: v for k, v in ppo.items() if k not in resumable}})
+        out = fp.flatten({"ppo": {k: v for k, v in ppo.items() if k not in resumable}})
+        if self.model.has_critic:
+            # What the optimiser's state and the checkpoint's critic are laid out for (a value
+            # head on the policy vs a critic adapter); critic-free runs ignore the option.
+            out["critic.shared_trunk"] = self.model.shared_trunk
+        return out
 
     def _mismatch(self, path: Path, ignore: AbstractSet[str] = frozenset()) -> list[str]:
         """Why the checkpoint at ``path`` cannot be continued by this run (empty: it can)."""

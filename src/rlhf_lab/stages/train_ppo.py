@@ -6,16 +6,20 @@
     accelerate launch --config_file accelerate/multi_gpu.yaml --num_processes 4 \
         -m rlhf_lab.cli train_ppo --params params.yaml  # data-parallel (docs/accelerate.md)
 
-Reads ``task``, ``ppo``, ``reward.weights``/``weights_end``/``length_band`` (and ``judge`` when
-the judge weight is non-zero), ``data/prompts/train.jsonl``, ``models/sft``, ``models/critic``
-and ``models/reward``; writes ``models/ppo`` (the policy merged into a plain causal LM),
-``metrics/train_ppo.json``, dvclive curves under ``plots/train_ppo/`` and checkpoints under
-``checkpoints/train_ppo/``. The loop is :class:`rlhf_lab.ppo.trainer.PpoTrainer`; which
-checkpoint a run continues, and why, is :meth:`~rlhf_lab.ppo.trainer.PpoTrainer.train`'s.
+Reads ``task``, ``ppo``, ``critic.shared_trunk``, ``reward.weights``/``weights_end``/
+``length_band`` (and ``judge`` when the judge weight is non-zero),
+``data/prompts/train.jsonl``, ``models/sft``, ``models/critic`` and ``models/reward``; writes
+``models/ppo`` (the policy merged into a plain causal LM), ``metrics/train_ppo.json``, dvclive
+curves under ``plots/train_ppo/`` and checkpoints under ``checkpoints/train_ppo/``. The loop
+is :class:`rlhf_lab.ppo.trainer.PpoTrainer`; which checkpoint a run continues, and why, is
+:meth:`~rlhf_lab.ppo.trainer.PpoTrainer.train`'s.
 The critic-free estimators (``ppo.advantage: grpo | rloo | reinforce_pp``) never read
 ``models/critic`` (no critic adapter, no value head):
 
     rlhf-lab train_ppo --params params.yaml   # params.yaml: ppo.advantage: grpo, num_generations: 4
+
+With ``critic.shared_trunk: true`` (gae) only the value head of ``models/critic`` is loaded, and
+it reads the policy's own hidden states (:mod:`rlhf_lab.ppo.model`).
 
 Under ``accelerate launch`` every process trains its shard of each batch
 (:mod:`rlhf_lab.ppo.distributed`) and only the main process writes.
@@ -84,7 +88,12 @@ def main(params: Params, resume: bool | None = None, **_: Any) -> None:
     dp = DataParallel(accelerator)
     torch.manual_seed(cfg.seed)  # the policy adapter's init (the same on every process)
     model = load_policy_critic(
-        SFT_DIR, critic_dir, cfg.lora, cfg.temperature, device=accelerator.device
+        SFT_DIR,
+        critic_dir,
+        cfg.lora,
+        cfg.temperature,
+        device=accelerator.device,
+        shared_trunk=params.critic.shared_trunk,
     )
     trainer = PpoTrainer(
         model,
