@@ -3,6 +3,7 @@ non-finite losses are skipped, counted, and abort the run past ppo.max_bad_steps
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -102,6 +103,15 @@ def test_interrupted_run_resumes_to_the_same_result(dirs, tmp_path, shared_trunk
         _trainer(dirs, ckpt, clip=0.1, shared_trunk=shared_trunk).train(resume=True)
     with pytest.raises(Exception, match=r"critic\.shared_trunk changed"):
         _trainer(dirs, ckpt, shared_trunk=not shared_trunk).train(resume=True)
+
+    # a checkpoint from before the option existed (no key) was a separate critic's
+    last = ckpt / "step-000004" / "state.json"
+    state = json.loads(last.read_text())
+    del state["fingerprint"]["critic.shared_trunk"]
+    last.write_text(json.dumps(state))
+    assert (
+        bool(_trainer(dirs, ckpt, shared_trunk=shared_trunk)._mismatch(last.parent)) == shared_trunk
+    )
 
 
 def test_non_finite_updates_are_skipped_then_abort(dirs, tmp_path):

@@ -939,7 +939,11 @@ class PpoTrainer:
             return ["state.json is unreadable"]
         if "fingerprint" not in state:
             return ["it records no fingerprint (made by an older rlhf-lab)"]
-        found = fp.changes(state["fingerprint"], self.fingerprint, ignore)
+        saved = dict(state["fingerprint"])
+        if self.model.has_critic:
+            # Checkpoints from before critic.shared_trunk existed had the separate critic.
+            saved.setdefault("critic.shared_trunk", False)
+        found = fp.changes(saved, self.fingerprint, ignore)
         if int(state["step"]) > self.cfg.steps and "ppo.steps" not in self.fingerprint:
             found.append(
                 f"ppo.steps changed (checkpoint at step {state['step']} vs now {self.cfg.steps})"
