@@ -3,7 +3,7 @@
     python bench/bf16_training.py --workspace /path/to/finished/default/run   # the real result
     python bench/bf16_training.py --tiny          # tiny random models: a smoke run (seconds)
 
-For each stage (SFT, reward model, critic, the PPO update; DPO once ``training/dpo.py`` exists)
+For each stage (SFT, reward model, critic, the PPO update, DPO)
 two copies of the stage's model are built from the same seed, one trained with
 ``models.mixed_precision: fp32`` and one with ``bf16``, and ``--steps`` optimiser steps of each
 are run on one fixed batch, *alternating* fp32 and bf16 step by step so that a neighbour's load
@@ -17,8 +17,8 @@ own rollout (bf16 sampling under bf16, as a real run does), scored by ``models/r
 
 The workspace needs ``data/prompts``, ``data/preference``, ``data/scored``, ``models/base``,
 ``models/sft``, ``models/critic``, ``models/reward`` and ``params.yaml``; it is only read.
-Writes ``bench/results/bf16_training.json`` (``--tiny``: ``bf16_training_tiny.json``, never the
-real result) and prints a table.
+Writes ``bench/results/bf16_training.json`` (``--tiny``: ``bench/.work/bf16_training_tiny.json``,
+never the real result) and prints a table.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from rlhf_lab.io import read_jsonl, write_json
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+WORK = HERE / ".work"  # git-ignored: smoke runs land here
 SETTINGS = ("fp32", "bf16")
 
 Step = Callable[[], float]
@@ -66,7 +67,7 @@ def plain_step(loss_fn: Callable[[], torch.Tensor], model: torch.nn.Module, cfg:
         torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad()
-        return float(loss)
+        return float(loss.detach())
 
     return step
 
@@ -185,10 +186,31 @@ def ppo_update_step(ws: Path, params: Params) -> Step:
 
 
 def dpo_step(ws: Path, params: Params) -> Step:
-    # TODO(dpo): once training/dpo.py is on main, build the policy + reference as train_dpo
-    # does, take one batch of data/preference pairs and step its loss here; its forward passes
-    # must go through precision.training_autocast like the other loops.
-    raise NotImplementedError("bench/bf16_training.py: the DPO step is not written yet")
+    from rlhf_lab.training.common import lora_policy_builder
+    from rlhf_lab.training.dpo import PairCollator, dpo_loss, pair_logps, tokenize_pair
+    from rlhf_lab.training.reward_model import pairs_from_rows
+
+    cfg = params.dpo
+    torch.manual_seed(cfg.seed)
+    tok = models.load_tokenizer(ws / "models/sft")
+    model = lora_policy_builder(ws / "models/sft", tok, cfg.lora)().train()
+    pairs, _ = pairs_from_rows(read_jsonl(ws / "data/preference/train.jsonl"))
+    feats = [
+        tokenize_pair(tok, p, cfg.max_length, params.task.system_prompt)
+        for p in pairs[: cfg.batch_size]
+    ]
+    batch = PairCollator(tok.pad_token_id)(feats)
+    # The reference log-probs once, with the adapter off, in this copy's precision — as
+    # train_dpo precomputes them (TRL's precompute_ref_log_probs).
+    with torch.no_grad(), model.disable_adapter():
+        ref_chosen, ref_rejected, _, _ = pair_logps(model, batch)
+
+    def loss() -> torch.Tensor:
+        pc, pr, nc, nr = pair_logps(model, batch)
+        losses, _, _ = dpo_loss(pc, pr, ref_chosen, ref_rejected, cfg.beta, cfg.loss_type, nc, nr)
+        return losses.mean()
+
+    return plain_step(loss, model, cfg)
 
 
 STAGES: dict[str, Callable[[Path, Params], Step]] = {
@@ -196,7 +218,7 @@ STAGES: dict[str, Callable[[Path, Params], Step]] = {
     "reward": reward_step,
     "critic": critic_step,
     "ppo_update": ppo_update_step,
-    # TODO(dpo): "dpo": dpo_step, once training/dpo.py is on main and dpo_step is written.
+    "dpo": dpo_step,
 }
 
 
@@ -298,7 +320,9 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="tiny random models (smoke run)")
     ap.add_argument("--out", type=Path, default=None, help="result file (default by mode)")
     args = ap.parse_args()
-    out = args.out or RESULTS / ("bf16_training_tiny.json" if args.tiny else "bf16_training.json")
+    out = args.out or (
+        WORK / "bf16_training_tiny.json" if args.tiny else RESULTS / "bf16_training.json"
+    )
     if args.tiny and out.resolve() == (RESULTS / "bf16_training.json").resolve():
         raise SystemExit("--tiny never overwrites the real result; pick another --out")
 

@@ -105,3 +105,18 @@ def test_arms_set_passes_any_param_to_every_arm():
     assert all(sets["dpo.max_length"] == "128" for sets in runs.values())
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         bench.parse_sets(["dpo.max_length"])
+
+
+def test_bf16_training_dpo_step_learns_in_both_precisions(tmp_path):
+    import math
+
+    bench = _load("bf16_training")
+    ws, params = bench.tiny_workspace(tmp_path)
+    result = bench.compare("dpo", bench.dpo_step, ws, params, 4)
+    for setting in bench.SETTINGS:
+        # The policy starts as its reference: every implicit reward is 0, the loss log 2.
+        assert result[setting]["loss_first"] == pytest.approx(math.log(2), abs=1e-6)
+        assert result[setting]["loss_last"] < result[setting]["loss_first"] - 1e-3
+    # the same seed, the same batch: the two precisions follow one curve
+    assert result["bf16"]["loss_last"] == pytest.approx(result["fp32"]["loss_last"], abs=0.02)
+    assert bench.WORK == BENCH / ".work"  # where --tiny writes: ignored by git
