@@ -56,13 +56,20 @@ def arm_overrides(arm: str, batch_size: int) -> dict[str, str]:
 def experiments(
     arms: list[str], seeds: list[int], batch_size: int, extra: dict[str, str]
 ) -> list[tuple[str, dict[str, str]]]:
+    """One experiment per (seed, arm), seed-major (a stopped plan has whole seeds).
+
+    The DPO model depends on ``dpo.*`` alone, so every experiment of a seed trains (or DVC's
+    run cache restores) the same one: only the seed's first experiment evaluates it
+    (``eval.policies`` [ppo, dpo]); the others evaluate PPO alone against the same baseline.
+    """
     runs = []
     for seed in seeds:
-        for arm in arms:
+        for i, arm in enumerate(arms):
             sets = {
                 **arm_overrides(arm, batch_size),
                 "ppo.seed": str(seed),
                 "dpo.seed": str(seed),
+                **({} if i == 0 else {"eval.policies": "[ppo]"}),
                 **extra,
             }
             runs.append((f"arms-{arm}-s{seed}", sets))

@@ -93,6 +93,12 @@ def test_arms_give_every_online_arm_the_same_replies_per_step():
         # 16 scored replies per step and the same minibatch for every arm
         assert (ppo.rollout_size, ppo.minibatch_size) == (16, 8)
     assert runs["arms-grpo-s0"]["ppo.num_generations"] == str(bench.GROUP)
+    # DPO (the same model in every experiment of a seed) is evaluated once per seed
+    assert [n for n, sets in runs.items() if "eval.policies" not in sets] == [
+        "arms-gae-s0",
+        "arms-gae-s1",
+    ]
+    assert runs["arms-rloo-s1"]["eval.policies"] == "[ppo]"
     with pytest.raises(SystemExit):
         bench.arm_overrides("rloo", 10)
 
