@@ -99,6 +99,10 @@ def test_arms_give_every_online_arm_the_same_replies_per_step():
         "arms-gae-s1",
     ]
     assert runs["arms-rloo-s1"]["eval.policies"] == "[ppo]"
+    # --dpo-seed: one DPO model for every seed, evaluated once
+    fixed = dict(bench.experiments(["gae", "grpo"], [0, 1, 2], 16, {}, dpo_seed=0))
+    assert {sets["dpo.seed"] for sets in fixed.values()} == {"0"}
+    assert [n for n, sets in fixed.items() if "eval.policies" not in sets] == ["arms-gae-s0"]
     with pytest.raises(SystemExit):
         bench.arm_overrides("rloo", 10)
 
