@@ -165,7 +165,9 @@ def main() -> None:
     compared = args.out.with_suffix(".compare.json")
     _run(["rlhf-lab", "compare", *ran, "--out", str(compared)])
     result = {
-        "command": "python bench/arms.py " + " ".join(sys.argv[1:]),
+        # what reproduces the table (a --compare-only call only aggregated it)
+        "command": "python bench/arms.py "
+        + " ".join(a for a in sys.argv[1:] if a != "--compare-only"),
         "cpu": precision.cpu_model(),
         "replies_per_step": params.ppo.batch_size,
         "steps": args.steps or params.ppo.steps,
