@@ -68,16 +68,22 @@ def workspace(tiny_models, tmp_path, monkeypatch):
     return tmp_path
 
 
+def _three_clean_steps(workspace):
+    """metrics/train_ppo.json of a finished run: every issue key, 3 steps, no skipped update."""
+    metrics = json.loads((workspace / "metrics/train_ppo.json").read_text())
+    for key in ISSUE_KEYS:
+        assert key in metrics, key
+    assert metrics["train/steps"] == 3 and metrics["train/skipped_updates"] == 0
+    return metrics
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_train_ppo_runs_saves_and_resumes(workspace):
     assert _invoke("train_critic").exit_code == 0
     result = _invoke("train_ppo")
     assert result.exit_code == 0, result.output
 
-    metrics = json.loads((workspace / "metrics/train_ppo.json").read_text())
-    for key in ISSUE_KEYS:
-        assert key in metrics, key
-    assert metrics["train/steps"] == 3 and metrics["train/skipped_updates"] == 0
+    metrics = _three_clean_steps(workspace)
     assert metrics["weight/text/distinct"] == 0.5 and metrics["weight/text/length"] == 0.0
     curves = workspace / "plots/train_ppo/plots/metrics"
     for key in ISSUE_KEYS:
@@ -184,10 +190,7 @@ def test_shared_trunk_after_a_least_squares_critic(workspace):
     result = _invoke("train_ppo")
     assert result.exit_code == 0, result.output
 
-    metrics = json.loads((workspace / "metrics/train_ppo.json").read_text())
-    for key in ISSUE_KEYS:
-        assert key in metrics, key
-    assert metrics["train/steps"] == 3 and metrics["train/skipped_updates"] == 0
+    _three_clean_steps(workspace)
     ckpt = workspace / "checkpoints/train_ppo/step-000003"
     assert (ckpt / "critic/value_head.safetensors").is_file()
     assert not (ckpt / "critic/adapter").exists()
