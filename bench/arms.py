@@ -31,11 +31,11 @@ import sys
 import time
 from pathlib import Path
 
-from rlhf_lab import precision
+from benchlib import RESULTS as RESULTS_DIR
+from benchlib import ROOT, WORK, machine
 from rlhf_lab.config import load_params
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "arms.json"
+RESULTS = RESULTS_DIR / "arms.json"
 ONLINE = ("gae", "grpo", "rloo", "reinforce_pp")
 GROUP = 4  # samples per prompt for grpo / rloo
 
@@ -145,7 +145,7 @@ def main() -> None:
     # the same command resumes the plan.
     done = set(_exp_names())
     # Wall time per experiment, kept across calls (bench/.work is git-ignored).
-    seconds_file = ROOT / "bench" / ".work" / "arms_seconds.json"
+    seconds_file = WORK / "arms_seconds.json"
     seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
     for name, sets in runs:
         if name in done or args.compare_only:
@@ -168,7 +168,7 @@ def main() -> None:
         # what reproduces the table (a --compare-only call only aggregated it)
         "command": "python bench/arms.py "
         + " ".join(a for a in sys.argv[1:] if a != "--compare-only"),
-        "cpu": precision.cpu_model(),
+        **machine(),
         "replies_per_step": params.ppo.batch_size,
         "steps": args.steps or params.ppo.steps,
         "group_size_grpo_rloo": GROUP,

@@ -18,12 +18,15 @@ own rollout (bf16 sampling under bf16, as a real run does), scored by ``models/r
 The workspace needs ``data/prompts``, ``data/preference``, ``data/scored``, ``models/base``,
 ``models/sft``, ``models/critic``, ``models/reward`` and ``params.yaml``; it is only read.
 Writes ``bench/results/bf16_training.json`` (``--tiny``: ``bench/.work/bf16_training_tiny.json``,
-never the real result) and prints a table.
+never the real result) and prints a table. A run replaces the stages it measured and keeps the
+file's other stages when they were measured on the same CPU (``--stages ppo_update`` adds one
+row to a result, it does not erase the rest); each stage records its own load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import tempfile
@@ -34,13 +37,11 @@ from typing import Any
 
 import torch
 
+from benchlib import RESULTS, WORK, machine
 from rlhf_lab import models, precision, ui
 from rlhf_lab.config import Params, load_params
 from rlhf_lab.io import read_jsonl, write_json
 
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
-WORK = HERE / ".work"  # git-ignored: smoke runs land here
 SETTINGS = ("fp32", "bf16")
 
 Step = Callable[[], float]
@@ -312,6 +313,25 @@ def tiny_workspace(root: Path) -> tuple[Path, Params]:
     return root, params
 
 
+def read_result(path: Path) -> dict[str, Any] | None:
+    """The result file already at ``path``, or None."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def merged_stages(old: dict[str, Any] | None, new: dict[str, Any], cpu: str) -> dict[str, Any]:
+    """``new``'s stages over ``old``'s, which are kept only if the same CPU measured them.
+
+    Each stage's figures are a within-run ratio of its own alternating steps, so stages
+    measured in different runs of one CPU sit side by side honestly; another CPU's do not.
+    """
+    if old is None or old.get("cpu") != cpu:
+        return dict(new)
+    # Files written before stages carried their own steps and load kept them at the top.
+    shared = {k: old[k] for k in ("steps", "load_average_1min_start_end") if k in old}
+    kept = {name: {**shared, **stage} for name, stage in old.get("stages", {}).items()}
+    return {**kept, **new}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--workspace", type=Path, default=Path("."), help="a finished default run")
@@ -333,26 +353,24 @@ def main() -> None:
     else:
         ws = args.workspace.resolve()
         params = load_params(ws / "params.yaml")
-    load_before = os.getloadavg()[0]
-    stages = {}
-    for name in args.stages.split(","):
+    names = args.stages.split(",")
+    for name in names:
         if name not in STAGES:
             raise SystemExit(f"--stages: unknown stage {name!r} (have {', '.join(STAGES)})")
+    stages = {}
+    for name in names:
+        load_before = os.getloadavg()[0]
         stages[name] = compare(name, STAGES[name], ws, params, args.steps)
+        # On a shared machine s/step says as much about the neighbours as about the code.
+        stages[name]["load_average_1min_start_end"] = [load_before, os.getloadavg()[0]]
+        stages[name]["steps"] = args.steps
 
     result = {
         "mode": "tiny" if args.tiny else "default profile",
         # the directory's name only: no machine path in a committed result
         "workspace": "tiny random models" if args.tiny else ws.name,
-        "steps": args.steps,
-        "cpu": precision.cpu_model(),
-        "cpu_native_bf16": precision.cpu_has_native_bf16(),
-        "device": precision.device_type(),
-        "cpu_threads": torch.get_num_threads(),
-        # On a shared machine s/step says as much about the neighbours as about the code.
-        "load_average_1min_start_end": [load_before, os.getloadavg()[0]],
-        "torch": torch.__version__,
-        "stages": stages,
+        **machine(),
+        "stages": merged_stages(read_result(out), stages, precision.cpu_model()),
     }
     write_json(out, result)
     header = f"{'stage':<12}{'fp32 loss':>20}{'bf16 loss':>20}{'fp32 s/step':>13}"
@@ -360,7 +378,7 @@ def main() -> None:
     # plain print: the table is wider than a default terminal, and rich would wrap it
     print(f"{result['cpu']} (native bf16: {result['cpu_native_bf16']})")
     print(header)
-    for name, r in stages.items():
+    for name, r in result["stages"].items():
         f, b = r["fp32"], r["bf16"]
         print(
             f"{name:<12}{f['loss_first']:>9.4f} -> {f['loss_last']:<7.4f}"

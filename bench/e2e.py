@@ -13,21 +13,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import yaml
 from rich.console import Console
 from rich.table import Table
 
+from benchlib import RESULTS as RESULTS_DIR
+from benchlib import ROOT, machine
 from rlhf_lab import precision
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "e2e.json"
+RESULTS = RESULTS_DIR / "e2e.json"
 
 
 def _dvc(*args: str) -> float:
@@ -66,11 +64,7 @@ def main() -> None:
                 "stages_s": times,
                 "total_s": total,
                 "noop_repro_s": noop,
-                "machine": {
-                    "cpu": precision.cpu_model(),
-                    "cpus": os.cpu_count(),
-                    "python": platform.python_version(),
-                },
+                "machine": machine(),
                 "evaluate": metrics,
             },
             indent=2,

@@ -24,25 +24,23 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import re
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchlib import RESULTS as RESULTS_DIR
+from benchlib import ROOT, WORK, machine
 from rlhf_lab import models
 from rlhf_lab.judge import Judge
 from rlhf_lab.judge.label import agreement
 from rlhf_lab.judge.local import LocalJudge
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared/data/hh-rlhf/helpful-base/test.jsonl.gz"
-WORK = REPO / "bench/.work"
-RESULTS = REPO / "bench/results/judge.json"
+DATA = ROOT.parent / "shared/data/hh-rlhf/helpful-base/test.jsonl.gz"
+RESULTS = RESULTS_DIR / "judge.json"
 EMBEDDED_JUDGE = "embedded:smollm2-135m-instruct"
 
 _TURN = re.compile(r"\n\n(Human|Assistant): ")
@@ -129,8 +127,8 @@ def main() -> None:
 
     result: dict[str, Any] = {
         "bench": "judge",
-        "data": f"../{args.data.relative_to(REPO.parent)}"
-        if args.data.is_relative_to(REPO.parent)
+        "data": f"../{args.data.relative_to(ROOT.parent)}"
+        if args.data.is_relative_to(ROOT.parent)
         else str(args.data),
         "pairs": len(rows),
         "pairs_skipped": skipped,
@@ -162,14 +160,7 @@ def main() -> None:
         prefs = judge.compare(rows, [r["chosen"] for r in rows], [r["rejected"] for r in rows])
         result["agreement/pairwise"] = agreement([(p.value, 0.5) for p in prefs])[0]
         result["pairwise_pairs_per_s"] = len(rows) / (stats.seconds - before)
-    result["machine"] = {
-        "cpu": platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "device": backend.device,
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-    }
+    result["machine"] = {**machine(load_before), "device": backend.device}
 
     table = Table(title=f"judge: {args.judge} on {len(rows)} HH-RLHF helpful-base pairs")
     table.add_column("metric")

@@ -66,7 +66,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import subprocess
 import sys
 import threading
@@ -81,12 +80,15 @@ from typing import Any
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchlib import RESULTS as RESULTS_DIR
+from benchlib import ROOT, machine, shown_path
+from benchlib import WORK as WORK_ROOT
+
 HERE = ROOT / "bench"
 TRL_VERSION = "1.12.0"
 TRL_DIR = HERE / ".trl"
-WORK = HERE / ".work" / "ppo_vs_trl"
-RESULTS = HERE / "results" / "ppo_vs_trl.json"
+WORK = WORK_ROOT / "ppo_vs_trl"
+RESULTS = RESULTS_DIR / "ppo_vs_trl.json"
 # --tiny's figures say nothing about speed: they go under the ignored work dir, never RESULTS.
 TINY_RESULTS = WORK / "tiny" / "ppo_vs_trl.json"
 SHARED_TRUNK_SUFFIX = "_shared_trunk"
@@ -934,7 +936,7 @@ def main() -> None:
         seed=args.seed,
         trl_mode=args.trl_mode,
         tiny=args.tiny,
-        source_prompts=_show(str(prompts)) if prompts else "generated tiny set",
+        source_prompts=shown_path(str(prompts)) if prompts else "generated tiny set",
         malloc_mmap_threshold=args.malloc_mmap_threshold,
         shared_trunk=args.shared_trunk,
     )
@@ -977,7 +979,7 @@ def report(spec: Spec, runs: dict[str, list[dict]], out: Path, load_start: list[
     )
     summary = note(ours, trl_, ratio)
     print(summary)
-    shown = replace(spec, policy=_show(spec.policy), reward=_show(spec.reward))
+    shown = replace(spec, policy=shown_path(spec.policy), reward=shown_path(spec.reward))
     result = {
         "note": summary,
         "target_met": target_met(ratio),
@@ -991,8 +993,8 @@ def report(spec: Spec, runs: dict[str, list[dict]], out: Path, load_start: list[
         "config/policy_provenance": _provenance(spec.policy),
         "config/repeats": repeats,
         "config/trl_version": TRL_VERSION,
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "cpu_count": os.cpu_count(),
+        # the parent's machine (each run's own torch threads: config/threads)
+        **{k: v for k, v in machine().items() if k != "torch_threads"},
         # On a shared machine throughput says as much about the neighbours as about the code
         # (each run also records the 1-minute load average at its start and end).
         "load_average_start": load_start or runs["ours"][0]["load_average_1min_start_end"][:1],
@@ -1001,8 +1003,6 @@ def report(spec: Spec, runs: dict[str, list[dict]], out: Path, load_start: list[
             if load_start
             else runs["trl"][-1]["load_average_1min_start_end"][1:]
         ),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
         "runs": [r for pair in zip(runs["ours"], runs["trl"], strict=True) for r in pair],
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1015,12 +1015,6 @@ def _provenance(model_dir: str) -> dict[str, Any]:
 
     info = models.read_provenance(model_dir)
     return {k: info.get(k) for k in ("role", "stage", "base", "parameters", "dtype")}
-
-
-def _show(path: str) -> str:
-    """A path relative to the repo when inside it (results should not name a home dir)."""
-    p = Path(path)
-    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
 if __name__ == "__main__":

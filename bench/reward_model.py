@@ -19,22 +19,19 @@ import argparse
 import gzip
 import json
 import os
-import platform
 import random
 import re
 import sys
 import time
 from pathlib import Path
 
-import torch
-
+from benchlib import RESULTS, ROOT, WORK, machine
 from rlhf_lab import models, ui
 from rlhf_lab.config import RewardTrainConfig
 from rlhf_lab.io import write_json
 from rlhf_lab.training.reward_model import pairs_from_rows, train_reward_model
 
-HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data" / "hh-rlhf"
+DATA = ROOT.parent / "shared" / "data" / "hh-rlhf"
 TRAIN_SUBSETS = ("helpful-online", "helpful-rejection-sampled")
 EVAL_SUBSET = "helpful-base"
 ROLES = {"Human": "user", "Assistant": "assistant"}
@@ -87,13 +84,13 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--warmup-ratio", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "reward_model.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "reward_model.json")
     args = ap.parse_args()
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent: this benchmark needs ../shared/data")
 
     # The encoder is materialised once, as prepare_models would, into an ignored work folder.
-    work = HERE / ".work" / re.sub(r"[^\w.-]", "_", args.encoder)
+    work = WORK / re.sub(r"[^\w.-]", "_", args.encoder)
     if not (work / "config.json").is_file():
         models.materialise_encoder(args.encoder, work, None)
 
@@ -138,13 +135,7 @@ def main() -> None:
         "train_seconds": m["perf/train_seconds"],
         "total_seconds": total,
         "peak_memory_mb": m["perf/peak_memory_mb"],
-        "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
-        "cpu_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        # On a shared machine throughput says as much about the neighbours as about the code.
-        "load_average_1min_start_end": [load_before, os.getloadavg()[0]],
-        "platform": platform.platform(),
-        "torch": torch.__version__,
+        **machine(load_before),
     }
     write_json(args.out, result)
     ui.summary(

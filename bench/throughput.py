@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,11 +52,12 @@ from typing import Any
 
 import torch
 
-from rlhf_lab import precision
+from benchlib import RESULTS as RESULTS_DIR
+from benchlib import ROOT, machine, shown_path
+from benchlib import WORK as WORK_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "throughput.json"
-WORK = ROOT / "bench" / ".work" / "throughput"
+RESULTS = RESULTS_DIR / "throughput.json"
+WORK = WORK_ROOT / "throughput"
 TINY_RESULTS = WORK / "tiny.json"
 VARIANTS = ("dynamic", "static", "static+compile")
 DTYPES = ("fp32", "bf16")
@@ -306,12 +306,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     params = models.parameter_count(model)
 
     result: dict[str, Any] = {
-        "cpu": precision.cpu_model(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "policy": _show(policy),
+        **machine(),
+        "policy": shown_path(policy),
         "parameters": params,
         "new_tokens": args.new_tokens,
         "repeats": args.repeats,
@@ -364,12 +360,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"update/{dtype}/{batch}" if what == "update" else f"generate/{dtype}/{what}/{batch}"
         )
         result.update({f"{prefix}/{k}": v for k, v in row.items()})
-    result["load_average_1min_start_end"] = [load_start, os.getloadavg()[0]]
+    result["load_average_1min_start_end"] = machine(load_start)["load_average_1min_start_end"]
 
     print_table(result, rows)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {_show(str(out))}")
+    print(f"wrote {shown_path(str(out))}")
     return result
 
 
@@ -402,11 +398,6 @@ def print_table(result: dict[str, Any], rows: list[tuple[str, str, str, dict[str
     Console().print(table)
     share = result["profile/lm_head_flop_share"]
     print(f"LM head: {100 * share:.0f} % of a generated token's FLOPs")
-
-
-def _show(path: str) -> str:
-    p = Path(path).resolve()
-    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+# The scripts import their shared module (bench/benchlib.py) as run from bench/.
+sys.path.insert(0, str(BENCH))
 
 
 def _load(name: str):
@@ -130,3 +132,39 @@ def test_bf16_training_dpo_step_learns_in_both_precisions(tmp_path):
     # the same seed, the same batch: the two precisions follow one curve
     assert result["bf16"]["loss_last"] == pytest.approx(result["fp32"]["loss_last"], abs=0.02)
     assert bench.WORK == BENCH / ".work"  # where --tiny writes: ignored by git
+
+
+def test_bf16_training_a_partial_run_adds_its_stages_to_the_same_cpus_result():
+    bench = _load("bf16_training")
+    old = {
+        "cpu": "cpu A",
+        "steps": 6,
+        "stages": {"sft": {"bf16_speedup": 0.6}, "dpo": {"bf16_speedup": 0.8}},
+    }
+    new = {"dpo": {"bf16_speedup": 0.9, "steps": 2}, "ppo_update": {"bf16_speedup": 1.1}}
+    merged = bench.merged_stages(old, new, "cpu A")
+    # the new run's stages win, the others stay, with the steps they were measured over
+    assert merged == {
+        "sft": {"bf16_speedup": 0.6, "steps": 6},
+        "dpo": {"bf16_speedup": 0.9, "steps": 2},
+        "ppo_update": {"bf16_speedup": 1.1},
+    }
+    # another CPU's figures are never mixed in, nor a missing file's
+    assert bench.merged_stages(old, new, "cpu B") == new
+    assert bench.merged_stages(None, new, "cpu A") == new
+
+
+def test_benchlib_results_name_the_machine_but_no_path_of_it(tmp_path):
+    import benchlib
+
+    assert benchlib.shown_path(BENCH / "results" / "x.json") == "bench/results/x.json"
+    # outside the repo: the workspace-relative tail only, never the scratch dir above it
+    outside = tmp_path / "ws" / "models" / "sft"
+    assert benchlib.shown_path(outside) == "…/ws/models/sft"
+    assert str(tmp_path) not in benchlib.shown_path(outside)
+    info = benchlib.machine(load_start=0.5)
+    assert info["cpu"] and info["cpu_count"] >= 1 and info["torch_threads"] >= 1
+    assert info["load_average_1min_start_end"][0] == 0.5
+    assert "load_average_1min_start_end" not in benchlib.machine()
+    # every script writes under the same two folders
+    assert benchlib.RESULTS == BENCH / "results" and benchlib.WORK == BENCH / ".work"
