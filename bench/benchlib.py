@@ -47,6 +47,8 @@ def shown_path(path: str | Path) -> str:
     """``path`` as a committed result may name it: relative to the repo when inside it, else
     its last three parts after ``…/`` (a workspace's ``arms/models/sft``), never a home or
     scratch directory of the machine that ran it."""
+    if str(path).startswith("…/"):
+        return str(path)  # already shown (a re-summarised result)
     p = Path(path).resolve()
     if p.is_relative_to(ROOT):
         return str(p.relative_to(ROOT))

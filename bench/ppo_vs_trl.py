@@ -979,7 +979,13 @@ def report(spec: Spec, runs: dict[str, list[dict]], out: Path, load_start: list[
     )
     summary = note(ours, trl_, ratio)
     print(summary)
-    shown = replace(spec, policy=shown_path(spec.policy), reward=shown_path(spec.reward))
+    shown = replace(
+        spec,
+        policy=shown_path(spec.policy),
+        reward=shown_path(spec.reward),
+        # a path, except for the tiny run's "generated tiny set"
+        source_prompts=shown_path(spec.source_prompts) if not spec.tiny else spec.source_prompts,
+    )
     result = {
         "note": summary,
         "target_met": target_met(ratio),

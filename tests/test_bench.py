@@ -162,6 +162,7 @@ def test_benchlib_results_name_the_machine_but_no_path_of_it(tmp_path):
     outside = tmp_path / "ws" / "models" / "sft"
     assert benchlib.shown_path(outside) == "…/ws/models/sft"
     assert str(tmp_path) not in benchlib.shown_path(outside)
+    assert benchlib.shown_path(benchlib.shown_path(outside)) == "…/ws/models/sft"
     info = benchlib.machine(load_start=0.5)
     assert info["cpu"] and info["cpu_count"] >= 1 and info["torch_threads"] >= 1
     assert info["load_average_1min_start_end"][0] == 0.5
