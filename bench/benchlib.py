@@ -39,8 +39,13 @@ def machine(load_start: float | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
     }
     if load_start is not None:
-        info["load_average_1min_start_end"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
+        info["load_average_1min_start_end"] = load_span(load_start)
     return info
+
+
+def load_span(load_start: float) -> list[float]:
+    """The 1-minute load average when a run began (``load_start``) and now."""
+    return [round(load_start, 2), round(os.getloadavg()[0], 2)]
 
 
 def shown_path(path: str | Path) -> str:

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from benchlib import RESULTS, WORK, machine
+from benchlib import RESULTS, WORK, load_span, machine
 from rlhf_lab import models, precision, ui
 from rlhf_lab.config import Params, load_params
 from rlhf_lab.io import read_jsonl, write_json
@@ -362,15 +362,16 @@ def main() -> None:
         load_before = os.getloadavg()[0]
         stages[name] = compare(name, STAGES[name], ws, params, args.steps)
         # On a shared machine s/step says as much about the neighbours as about the code.
-        stages[name]["load_average_1min_start_end"] = [load_before, os.getloadavg()[0]]
+        stages[name]["load_average_1min_start_end"] = load_span(load_before)
         stages[name]["steps"] = args.steps
 
+    info = machine()
     result = {
         "mode": "tiny" if args.tiny else "default profile",
         # the directory's name only: no machine path in a committed result
         "workspace": "tiny random models" if args.tiny else ws.name,
-        **machine(),
-        "stages": merged_stages(read_result(out), stages, precision.cpu_model()),
+        **info,
+        "stages": merged_stages(read_result(out), stages, info["cpu"]),
     }
     write_json(out, result)
     header = f"{'stage':<12}{'fp32 loss':>20}{'bf16 loss':>20}{'fp32 s/step':>13}"

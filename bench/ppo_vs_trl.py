@@ -81,7 +81,7 @@ import torch
 from torch import nn
 
 from benchlib import RESULTS as RESULTS_DIR
-from benchlib import ROOT, machine, shown_path
+from benchlib import ROOT, load_span, machine, shown_path
 from benchlib import WORK as WORK_ROOT
 
 HERE = ROOT / "bench"
@@ -94,6 +94,7 @@ TINY_RESULTS = WORK / "tiny" / "ppo_vs_trl.json"
 SHARED_TRUNK_SUFFIX = "_shared_trunk"
 """--shared-trunk's results file: RESULTS' (or TINY_RESULTS') name with this suffix."""
 SIDES = ("ours", "trl")
+GENERATED_PROMPTS = "generated tiny set"  # source_prompts of a run without --prompts
 TARGET_SPEEDUP = 1.5
 TINY_PROMPTS = [
     "hello how are you doing today",
@@ -666,7 +667,7 @@ def child(role: str, spec_path: Path, out: Path | None) -> None:
             "peak_cuda_mb": (
                 torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None
             ),
-            "load_average_1min_start_end": [load_start, os.getloadavg()[0]],
+            "load_average_1min_start_end": load_span(load_start),
             "torch_threads": torch.get_num_threads(),
         }
     )
@@ -936,7 +937,7 @@ def main() -> None:
         seed=args.seed,
         trl_mode=args.trl_mode,
         tiny=args.tiny,
-        source_prompts=shown_path(str(prompts)) if prompts else "generated tiny set",
+        source_prompts=str(prompts) if prompts else GENERATED_PROMPTS,
         malloc_mmap_threshold=args.malloc_mmap_threshold,
         shared_trunk=args.shared_trunk,
     )
@@ -983,8 +984,11 @@ def report(spec: Spec, runs: dict[str, list[dict]], out: Path, load_start: list[
         spec,
         policy=shown_path(spec.policy),
         reward=shown_path(spec.reward),
-        # a path, except for the tiny run's "generated tiny set"
-        source_prompts=shown_path(spec.source_prompts) if not spec.tiny else spec.source_prompts,
+        source_prompts=(
+            spec.source_prompts
+            if spec.source_prompts == GENERATED_PROMPTS
+            else shown_path(spec.source_prompts)
+        ),
     )
     result = {
         "note": summary,

@@ -53,7 +53,7 @@ from typing import Any
 import torch
 
 from benchlib import RESULTS as RESULTS_DIR
-from benchlib import ROOT, machine, shown_path
+from benchlib import ROOT, load_span, machine, shown_path
 from benchlib import WORK as WORK_ROOT
 
 RESULTS = RESULTS_DIR / "throughput.json"
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"update/{dtype}/{batch}" if what == "update" else f"generate/{dtype}/{what}/{batch}"
         )
         result.update({f"{prefix}/{k}": v for k, v in row.items()})
-    result["load_average_1min_start_end"] = machine(load_start)["load_average_1min_start_end"]
+    result["load_average_1min_start_end"] = load_span(load_start)
 
     print_table(result, rows)
     out.parent.mkdir(parents=True, exist_ok=True)
