@@ -126,7 +126,7 @@ def read_source_rows(
         raise DataError(
             f"{path}: reads as {source.format} rows; the {task} task needs {' or '.join(want)}"
         )
-    loaded = load_examples(source, cfg)
+    loaded = load_examples(source, cfg, movies=crs)
     if not loaded.examples or loaded.invalid_fraction > cfg.max_invalid_fraction:
         first = loaded.rejected[0].describe() if loaded.rejected else f"{path}: no rows"
         raise DataError(
