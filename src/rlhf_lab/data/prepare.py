@@ -22,7 +22,7 @@ from typing import Any
 
 from rlhf_lab.config import DataConfig, TaskConfig
 from rlhf_lab.data import pairs as pairs_lib
-from rlhf_lab.data.rows import Example
+from rlhf_lab.data.rows import Example, PreferenceRow, PromptRow
 from rlhf_lab.data.sources import (
     MovieNames,
     Record,
@@ -91,8 +91,8 @@ class Loaded:
 class Prepared:
     """What the stage writes."""
 
-    prompts: dict[str, list[dict[str, Any]]]
-    preference: dict[str, list[dict[str, Any]]]
+    prompts: dict[str, list[PromptRow]]
+    preference: dict[str, list[PreferenceRow]]
     invalid: dict[str, list[dict[str, Any]]]
     """Dropped rows per source split label (data/invalid/<label>.jsonl)."""
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -231,8 +231,8 @@ def _metrics(
     loaded: Loaded,
     mode: str,
     cfg: DataConfig,
-    prompts: dict[str, list[dict[str, Any]]],
-    preference: dict[str, list[dict[str, Any]]],
+    prompts: dict[str, list[PromptRow]],
+    preference: dict[str, list[PreferenceRow]],
     dropped: list[Rejected],
     samples: list[list[Sample]] | None,
 ) -> dict[str, Any]:
