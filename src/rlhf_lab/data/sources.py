@@ -825,6 +825,33 @@ def _resolve(movie_id: str, field: str, maps: IdMaps, *, item: bool) -> str:
     return name
 
 
+def _add_entity_movies(row: Mapping[str, Any], maps: IdMaps, movies: dict[str, str]) -> None:
+    """Add the movies among a crs_turns row's ``entity`` ids (and ``entity_name`` s) to
+    ``movies`` (id -> name), keeping names already there.
+
+    ECR's entities mix movies with genres and people: only items count as movies (a reply
+    saying "comedy" must not earn the partial credit of naming a movie).
+    """
+    entity_ids = _ids(row, "entity")
+    entity_names = row.get("entity_name")
+    paired = isinstance(entity_names, list) and len(entity_names) == len(entity_ids)
+    for i, raw in enumerate(entity_ids):
+        movie_id = str(raw).strip()
+        name = _resolve(movie_id, f"entity[{i}]", maps, item=False)
+        if paired and isinstance(entity_names[i], str) and entity_names[i].strip():
+            name = " ".join(entity_names[i].split())  # the name as the text writes it
+        if movie_id.isdigit():
+            is_movie = maps.items is None or movie_id in maps.items
+        else:  # an entity given by name counts when titled like a film, "Jaws (1975)"
+            is_movie = _TITLE_YEAR.search(name) is not None
+        if is_movie:
+            movies.setdefault(movie_id, name)
+    if isinstance(entity_names, list) and not paired:
+        for name in entity_names:
+            if isinstance(name, str) and _TITLE_YEAR.search(name):  # "Police Academy (1984)"
+                movies.setdefault(f"name:{content_key(name)}", " ".join(name.split()))
+
+
 def parse_crs_turns(
     row: Mapping[str, Any], origin: Origin, *, max_turns: int, maps: IdMaps
 ) -> list[Example]:
@@ -844,26 +871,7 @@ def parse_crs_turns(
         movies[str(raw).strip()] = name
         if name not in gold:
             gold.append(name)
-    # ECR's entities mix movies with genres and people: only items count as movies (a reply
-    # saying "comedy" must not earn the partial credit of naming a movie).
-    entity_ids = _ids(row, "entity")
-    entity_names = row.get("entity_name")
-    paired = isinstance(entity_names, list) and len(entity_names) == len(entity_ids)
-    for i, raw in enumerate(entity_ids):
-        movie_id = str(raw).strip()
-        name = _resolve(movie_id, f"entity[{i}]", maps, item=False)
-        if paired and isinstance(entity_names[i], str) and entity_names[i].strip():
-            name = " ".join(entity_names[i].split())  # the name as the text writes it
-        if movie_id.isdigit():
-            is_movie = maps.items is None or movie_id in maps.items
-        else:  # an entity given by name counts when titled like a film, "Jaws (1975)"
-            is_movie = _TITLE_YEAR.search(name) is not None
-        if is_movie:
-            movies.setdefault(movie_id, name)
-    if isinstance(entity_names, list) and not paired:
-        for name in entity_names:
-            if isinstance(name, str) and _TITLE_YEAR.search(name):  # "Police Academy (1984)"
-                movies.setdefault(f"name:{content_key(name)}", " ".join(name.split()))
+    _add_entity_movies(row, maps, movies)
     if maps.catalogue is not None:
         for movie_id in maps.catalogue.find_mentions("\n".join(context)):
             if (name := maps.catalogue.name(movie_id)) is not None:
