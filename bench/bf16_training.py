@@ -10,7 +10,8 @@ are run on one fixed batch, *alternating* fp32 and bf16 step by step so that a n
 on a shared machine slows both alike. Every step goes through the project's own forward pass
 (``precision.training_autocast`` around each forward, as the stages run it). Reported per stage
 and precision: the loss at the first and the last step (on one batch both must fall: a bf16
-run that does not learn is the bug of issue 16) and the median seconds per step, and the
+run that does not learn is the autocast weight-cache bug, which ``tests/test_precision.py``
+reproduces) and the median seconds per step, and the
 bf16 speed-up. The PPO "step" is one ``PpoTrainer.update`` (``ppo.epochs`` x
 ``ppo.minibatches`` optimiser steps) on one rollout; each precision samples and recomputes its
 own rollout (bf16 sampling under bf16, as a real run does), scored by ``models/reward``.

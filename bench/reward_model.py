@@ -49,7 +49,8 @@ def parse_transcript(text: str) -> list[dict[str, str]]:
 
 
 def hh_rows(subset: str) -> list[dict]:
-    """Preference rows (DESIGN.md contract) from one HH subset; the last turn is the reply."""
+    """Preference rows (``rlhf_lab.data.rows.PreferenceRow``) from one HH subset; the last turn
+    is the reply."""
     rows = []
     with gzip.open(DATA / subset / "test.jsonl.gz", "rt", encoding="utf-8") as fh:
         for i, line in enumerate(fh):

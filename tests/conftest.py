@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random models (seconds) and, once per session, the embedded models."""
+"""Shared fixtures: tiny random models (seconds) and, once per test run, the embedded models."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def embedded_models(tmp_path_factory) -> dict[str, Path]:
-    """The real embedded defaults materialised once per session (about 30 s)."""
+    """The real embedded defaults materialised once per test run (about 30 s)."""
     from rlhf_lab import models
 
     root = tmp_path_factory.mktemp("embedded-models")

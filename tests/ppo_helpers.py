@@ -55,7 +55,8 @@ def one_thread() -> Iterator[None]:
 
 
 def prompt_rows(n: int = 8) -> list[dict[str, Any]]:
-    """DESIGN.md prompt rows (the last one has two turns, to exercise multi-turn prompts)."""
+    """Prompt rows (``rlhf_lab.data.rows.PromptRow``; the last one has two turns, to exercise
+    multi-turn prompts)."""
     rows = []
     for i in range(n):
         prompt = [{"role": "user", "content": USER_TURNS[i % len(USER_TURNS)]}]

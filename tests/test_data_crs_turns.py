@@ -17,6 +17,7 @@ from rlhf_lab.data.prepare import load_examples, open_source
 from rlhf_lab.data.validate import BAD_TRANSCRIPT, MISSING_FIELD, UNKNOWN_ID, WRONG_TYPE
 from rlhf_lab.errors import DataError
 from rlhf_lab.io import read_jsonl
+from rlhf_lab.tasks import crs
 from rlhf_lab.tasks.crs import entity_name, load_catalogue, recommendation_score
 
 DBP = "<http://dbpedia.org/resource/{}>"
@@ -50,7 +51,7 @@ def write_dir(tmp_path: Path, rows: list[dict], items: object = (1, 3, 4)) -> Pa
 def load(source: Path, **data):
     cfg = DataConfig(source=str(source), **data)
     src = open_source(cfg, TaskConfig(name="crs"))
-    return src.format, load_examples(src, cfg)
+    return src.format, load_examples(src, cfg, movies=crs)
 
 
 def test_entity_names_from_dbpedia_uris():

@@ -27,6 +27,7 @@ from rlhf_lab.data.sources import (
 )
 from rlhf_lab.data.validate import BAD_TRANSCRIPT, Origin, RowError
 from rlhf_lab.errors import ConfigError, DataError
+from rlhf_lab.tasks import crs
 
 ORIGIN = Origin("fixture.jsonl", 1, "fixture")
 
@@ -158,10 +159,17 @@ def test_redial_catalogue_names_unknown_ids(tmp_path):
     csv = tmp_path / "movies.csv"
     csv.write_text("movieId,movieName,nbMentions\n444,Se7en  (1995),3\n")
     cfg = data_cfg(source="x.jsonl", format="redial", catalogue=str(csv))
-    parse = make_parser("redial", cfg)
+    parse = make_parser("redial", cfg, movies=crs)
     third = parse(REDIAL, ORIGIN)[-1]
     assert third.reference == "Try Heat (1995) or Se7en (1995)"
     assert third.meta["movies"]["444"] == "Se7en (1995)"
+
+
+@pytest.mark.parametrize("fmt", ["redial", "crs_turns"])
+def test_crs_formats_need_the_movie_names_passed_in(fmt):
+    # data never imports a task (the layers contract): the caller passes tasks.crs in
+    with pytest.raises(ValueError, match=f"format '{fmt}' names movies: pass movies="):
+        make_parser(fmt, data_cfg(source="x.jsonl", format=fmt))
 
 
 def test_docstring_rows_and_codesearchnet_columns():

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from rlhf_lab import reward_components
+from rlhf_lab import reward_components, text_metrics
 from rlhf_lab.config import EvalConfig, EvalGates, Params
-from rlhf_lab.evaluation import evaluate, metrics, scoring, stats, text_metrics
+from rlhf_lab.evaluation import evaluate, metrics, scoring, stats
 from rlhf_lab.evaluation.gates import check_gates, decide
 from rlhf_lab.reward_components import REWARD_MODEL, is_reference_based
 

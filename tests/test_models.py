@@ -164,7 +164,7 @@ def test_hub_source_records_the_commit_it_resolved_to(tiny_models, tmp_path):
     }
 
 
-# --- the real embedded defaults (materialised once per session) --------------------------
+# --- the real embedded defaults (materialised once per test run) -------------------------
 
 
 def test_embedded_policy_generates_chat_reply(embedded_models):

@@ -199,7 +199,7 @@ def test_missing_critic_is_a_clear_error(dirs, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# bf16 autocast (issue 16): the update learns as in float32, and the ratio starts at 1
+# bf16 autocast: the update learns as in float32, and the ratio starts at 1
 # ---------------------------------------------------------------------------------------------
 
 
@@ -284,7 +284,7 @@ def test_bf16_update_ratio_starts_at_one_and_learns_like_float32(dirs, monkeypat
 
 
 # ---------------------------------------------------------------------------------------------
-# critic.shared_trunk (issue 16): the value head on the policy's own hidden states
+# critic.shared_trunk: the value head on the policy's own hidden states
 # ---------------------------------------------------------------------------------------------
 
 

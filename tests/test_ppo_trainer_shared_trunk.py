@@ -1,4 +1,4 @@
-"""critic.shared_trunk in the PPO loop (issue 16): one backbone pass and one backward per
+"""critic.shared_trunk in the PPO loop: one backbone pass and one backward per
 minibatch where the separate critic needs two of each; the critic warm-up trains the value head
 alone, the policy bit-for-bit unchanged."""
 

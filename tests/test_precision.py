@@ -113,7 +113,7 @@ def test_cpu_model_and_native_bf16_read_cpuinfo(monkeypatch, fields, model, nati
 
 
 # ---------------------------------------------------------------------------------------------
-# training under bf16 autocast (issue 16): the autocast weight cache, and loops that learn
+# training under bf16 autocast: the autocast weight cache, and loops that learn
 # ---------------------------------------------------------------------------------------------
 
 

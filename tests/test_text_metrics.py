@@ -1,4 +1,4 @@
-"""Unit tests for rlhf_lab.evaluation.text_metrics and the text/* reward components."""
+"""Unit tests for rlhf_lab.text_metrics and the text/* reward components."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import sacrebleu
 
 from rlhf_lab import reward_components
 from rlhf_lab.config import Params
-from rlhf_lab.evaluation.text_metrics import (
+from rlhf_lab.reward_components import RewardFn
+from rlhf_lab.tasks.text import length_score
+from rlhf_lab.text_metrics import (
     bleu,
     bleu_n,
     distinct_n,
@@ -18,8 +20,6 @@ from rlhf_lab.evaluation.text_metrics import (
     rouge_l_scores,
     sentence_bleu,
 )
-from rlhf_lab.reward_components import RewardFn
-from rlhf_lab.tasks.text import length_score
 
 HYP = "the cat sat on the mat"
 REF = "the cat is on the mat"

@@ -272,8 +272,8 @@ def _sft_run(policy: Path, out: Path, setting: str) -> tuple[list[float], float,
 
 
 def test_sft_learns_under_bf16_autocast_as_much_as_in_float32(tiny_models, tmp_path):
-    """Issue 16: bf16-autocast SFT (one autocast context per forward pass) learns; before, the
-    loss did not move. Same seed and batch in both precisions."""
+    """bf16-autocast SFT (one autocast context per forward pass) learns; with one context
+    around the loop the loss did not move. Same seed and batch in both precisions."""
     fp32, moved_fp32, m_fp32 = _sft_run(tiny_models["policy"], tmp_path / "fp32", "fp32")
     bf16, moved_bf16, m_bf16 = _sft_run(tiny_models["policy"], tmp_path / "bf16", "bf16")
     assert (m_fp32["perf/bf16"], m_bf16["perf/bf16"]) == (0, 1)

@@ -64,10 +64,11 @@ def cpu_has_native_bf16() -> bool:
     """Whether bf16 autocast pays on this CPU (Linux /proc/cpuinfo): AMX anywhere, or
     AVX512-BF16 on a CPU that is not Intel's.
 
-    Measured with ``bench/bf16_training.py`` (default profile, 2 threads): on an AMD EPYC with
-    avx512_bf16 a LoRA step took 1.60 s in bf16 against 2.61 s in float32 (stop 19), but on an
-    Intel Xeon (family 6 model 207) exposing avx512_bf16 without AMX every training stage was
-    *slower* in bf16 (0.56-0.83x: SFT 7.10 vs 4.47 s/step, DPO 14.9 vs 12.4;
+    Measured on 2 threads. On an AMD EPYC with avx512_bf16 (2026-12-02) a LoRA r16 step on
+    SmolLM2-135M (8x128 tokens, one batch, 12 AdamW steps) took 1.60 s in bf16 against 2.61 s
+    in float32. On an Intel Xeon (family 6 model 207) exposing avx512_bf16 without AMX
+    (2026-12-03, ``python bench/bf16_training.py --workspace <finished default run>``) every
+    training stage was *slower* in bf16 (0.56-0.83x: SFT 7.10 vs 4.47 s/step, DPO 14.9 vs 12.4;
     ``bench/results/bf16_training.json``) — oneDNN's fast bf16 path on Intel is AMX.
     """
     flags = set(_cpuinfo_field("flags").split())

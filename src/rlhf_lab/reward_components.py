@@ -5,8 +5,8 @@
     fns["text/length"](replies, rows)   # -> one float per reply
 
 A component is a function ``(replies, rows) -> scores``: ``replies`` are decoded model replies,
-``rows`` the prompt rows they answer (DESIGN.md "prompt row": ``id``, ``prompt``,
-``reference``, ``meta``), and the result is one float per reply, in [0, 1] for the rule
+``rows`` the prompt rows they answer (:class:`~rlhf_lab.data.rows.PromptRow`: ``id``,
+``prompt``, ``reference``, ``meta``), and the result is one float per reply, in [0, 1] for the rule
 components. PPO (:mod:`rlhf_lab.ppo.composite_score`), ``evaluate`` and ``analyze_rewards``
 all get their components from :func:`build`, the way lm-human-preferences builds its reward
 from ``make_score_fn(hparams, score_model)``: whatever a component needs from params

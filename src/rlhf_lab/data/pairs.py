@@ -29,7 +29,7 @@ import dataclasses
 import re
 from typing import Any
 
-from rlhf_lab.data.rows import Example, preference_row
+from rlhf_lab.data.rows import Example, PreferenceRow, preference_row
 from rlhf_lab.data.validate import (
     CHOSEN_EQUALS_REJECTED,
     EMPTY_TEXT,
@@ -107,7 +107,7 @@ def needs_samples(mode: str) -> bool:
     return mode in ("reference_vs_sample", "judge")
 
 
-def human_pairs(examples: list[Example]) -> list[dict[str, Any]]:
+def human_pairs(examples: list[Example]) -> list[PreferenceRow]:
     """Preference rows straight from the source's labels (hh, preference)."""
     return [
         preference_row(ex, ex.chosen, ex.rejected, "human", {"pairs": "human"}) for ex in examples
@@ -116,7 +116,7 @@ def human_pairs(examples: list[Example]) -> list[dict[str, Any]]:
 
 def reference_vs_sample(
     examples: list[Example], samples: list[Sample], max_chars: int, unfinished: str = "keep"
-) -> tuple[list[dict[str, Any]], list[Rejected]]:
+) -> tuple[list[PreferenceRow], list[Rejected]]:
     """SPIN rows: chosen = reference, rejected = the sample; unusable samples are dropped.
 
     ``unfinished``: ``data.unfinished_samples`` (see the module docstring).
@@ -146,7 +146,7 @@ def reference_vs_sample(
 
 def judge_candidates(
     examples: list[Example], samples: list[list[Sample]], unfinished: str = "keep"
-) -> tuple[list[dict[str, Any]], list[Rejected]]:
+) -> tuple[list[PreferenceRow], list[Rejected]]:
     """Unlabelled rows with the distinct non-empty candidates; fewer than 2 -> dropped.
 
     ``unfinished``: ``data.unfinished_samples``, applied to each candidate.

@@ -2,7 +2,7 @@
 
     source = open_source(data, task)              # format resolved, records streamed
     mode = pairs.resolve_pairs(data.pairs, source.format)
-    loaded = load_examples(source, data)          # parsed, validated, deduplicated, subsampled
+    loaded = load_examples(source, data, crs)     # parsed, validated, deduplicated, subsampled
     check_invalid_fraction(loaded, data, "data/invalid")   # one-line DataError above the limit
     samples = pairs.sample_for(model, tok, loaded.examples, ...)   # unless mode == "human"
     prepared = build(loaded, mode, data, samples) # splits, pairs, invalid rows, metrics
@@ -22,8 +22,15 @@ from typing import Any
 
 from rlhf_lab.config import DataConfig, TaskConfig
 from rlhf_lab.data import pairs as pairs_lib
-from rlhf_lab.data.rows import Example
-from rlhf_lab.data.sources import Record, make_parser, peek, read_source, resolve_format
+from rlhf_lab.data.rows import Example, PreferenceRow, PromptRow
+from rlhf_lab.data.sources import (
+    MovieNames,
+    Record,
+    make_parser,
+    peek,
+    read_source,
+    resolve_format,
+)
 from rlhf_lab.data.splits import SPLITS, Subsample, split_rows
 from rlhf_lab.data.validate import (
     NO_PREFERENCE,
@@ -84,8 +91,8 @@ class Loaded:
 class Prepared:
     """What the stage writes."""
 
-    prompts: dict[str, list[dict[str, Any]]]
-    preference: dict[str, list[dict[str, Any]]]
+    prompts: dict[str, list[PromptRow]]
+    preference: dict[str, list[PreferenceRow]]
     invalid: dict[str, list[dict[str, Any]]]
     """Dropped rows per source split label (data/invalid/<label>.jsonl)."""
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -112,9 +119,12 @@ def validate_example(ex: Example, max_chars: int) -> None:
     check_encodable(ex.meta, "meta")
 
 
-def load_examples(source: Source, cfg: DataConfig) -> Loaded:
-    """Parse, validate and deduplicate every record; keep a deterministic subsample."""
-    parse = make_parser(source.format, cfg)
+def load_examples(source: Source, cfg: DataConfig, movies: MovieNames | None = None) -> Loaded:
+    """Parse, validate and deduplicate every record; keep a deterministic subsample.
+
+    ``movies`` (:mod:`rlhf_lab.tasks.crs`) names the movie ids of the crs formats.
+    """
+    parse = make_parser(source.format, cfg, movies)
     dedupe = Deduper()
     keep: Subsample[Example] = Subsample(cfg.max_examples, cfg.seed)
     loaded = Loaded(source.format, [], [], [])
@@ -221,8 +231,8 @@ def _metrics(
     loaded: Loaded,
     mode: str,
     cfg: DataConfig,
-    prompts: dict[str, list[dict[str, Any]]],
-    preference: dict[str, list[dict[str, Any]]],
+    prompts: dict[str, list[PromptRow]],
+    preference: dict[str, list[PreferenceRow]],
     dropped: list[Rejected],
     samples: list[list[Sample]] | None,
 ) -> dict[str, Any]:

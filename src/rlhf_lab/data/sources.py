@@ -73,7 +73,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 from rlhf_lab.config import DataConfig, TaskConfig
 from rlhf_lab.data.rows import Example, Message
@@ -722,6 +722,30 @@ def parse_redial(
 # ---------------------------------------------------------------------------------- crs_turns
 
 
+class MovieNames(Protocol):
+    """The movie-name helpers the crs formats (``redial``, ``crs_turns``) need.
+
+    :mod:`rlhf_lab.tasks.crs` is one, and the caller passes it in (``make_parser(...,
+    movies=crs)``): ``data`` sits below the tasks in the layers contract
+    (``[tool.importlinter]`` in pyproject.toml), so it never imports a task.
+    """
+
+    MovieCatalogue: Callable[..., Any]
+    """``MovieCatalogue(id_to_name, base=catalogue)``: finds and names the given movies."""
+
+    def load_catalogue(self, path: str | None) -> Any:
+        """``data.catalogue`` as a catalogue (``name``, ``find_mentions``), or None."""
+        ...
+
+    def read_id_names(self, path: Path, what: str) -> dict[str, str]:
+        """An id -> name JSON map (``entity2id.json``'s name -> id inverted)."""
+        ...
+
+    def entity_name(self, name: str) -> str:
+        """A readable name for an entity given by name or DBpedia URI."""
+        ...
+
+
 @dataclass(frozen=True)
 class IdMaps:
     """What names the ids of crs_turns rows: the maps beside the file and ``data.catalogue``."""
@@ -730,6 +754,8 @@ class IdMaps:
     """id -> name (``entity2id.json`` inverted, ``item_ids.json`` when it names them)."""
     items: frozenset[str] | None
     """Ids ``item_ids.json`` lists as items (recommendable); None when there is no list."""
+    entity_name: Callable[[str], str]
+    """Names an entity given by name or URI (:meth:`MovieNames.entity_name`)."""
     catalogue: Any = None
     """``data.catalogue`` as a crs.MovieCatalogue, or None."""
 
@@ -739,16 +765,14 @@ class IdMaps:
         return self.catalogue.name(movie_id) if self.catalogue is not None else None
 
 
-def load_id_maps(source: str, catalogue_path: str | None) -> IdMaps:
+def load_id_maps(source: str, catalogue_path: str | None, movies: MovieNames) -> IdMaps:
     """The :class:`IdMaps` of a local crs_turns source (maps beside it, or in the directory)."""
-    from rlhf_lab.tasks.crs import MovieCatalogue, load_catalogue, read_id_names
-
     path = Path(source).expanduser()
     folder = path if path.is_dir() else path.parent
     names: dict[str, str] = {}
     items: frozenset[str] | None = None
     if (folder / "entity2id.json").is_file():
-        names.update(read_id_names(folder / "entity2id.json", "entity2id.json"))
+        names.update(movies.read_id_names(folder / "entity2id.json", "entity2id.json"))
     item_file = folder / "item_ids.json"
     if item_file.is_file():
         try:
@@ -758,14 +782,14 @@ def load_id_maps(source: str, catalogue_path: str | None) -> IdMaps:
         if isinstance(value, list):
             items = frozenset(str(v) for v in value)
         else:
-            item_names = read_id_names(item_file, "item_ids.json")
+            item_names = movies.read_id_names(item_file, "item_ids.json")
             names.update(item_names)
             items = frozenset(item_names)
-    catalogue = load_catalogue(catalogue_path)
+    catalogue = movies.load_catalogue(catalogue_path)
     # The context's movies are found by title, among the items (or every named entity).
     known = {k: v for k, v in names.items() if items is None or k in items}
-    finder = MovieCatalogue(known, base=catalogue) if known else catalogue
-    return IdMaps(names, items, finder)
+    finder = movies.MovieCatalogue(known, base=catalogue) if known else catalogue
+    return IdMaps(names, items, movies.entity_name, finder)
 
 
 def _ids(row: Mapping[str, Any], field: str) -> list[Any]:
@@ -787,9 +811,7 @@ def _resolve(movie_id: str, field: str, maps: IdMaps, *, item: bool) -> str:
     """The name of a crs_turns id (a non-numeric "id" is the entity itself: a name or a
     DBpedia URI, made readable)."""
     if not movie_id.isdigit():
-        from rlhf_lab.tasks.crs import entity_name
-
-        return entity_name(movie_id)
+        return maps.entity_name(movie_id)
     name = maps.name(movie_id)
     if name is None:
         raise RowError(
@@ -801,6 +823,33 @@ def _resolve(movie_id: str, field: str, maps: IdMaps, *, item: bool) -> str:
     if item and maps.items is not None and movie_id not in maps.items:
         raise RowError(UNKNOWN_ID, field, f"id {movie_id} is not an item in item_ids.json")
     return name
+
+
+def _add_entity_movies(row: Mapping[str, Any], maps: IdMaps, movies: dict[str, str]) -> None:
+    """Add the movies among a crs_turns row's ``entity`` ids (and ``entity_name`` s) to
+    ``movies`` (id -> name), keeping names already there.
+
+    ECR's entities mix movies with genres and people: only items count as movies (a reply
+    saying "comedy" must not earn the partial credit of naming a movie).
+    """
+    entity_ids = _ids(row, "entity")
+    entity_names = row.get("entity_name")
+    paired = isinstance(entity_names, list) and len(entity_names) == len(entity_ids)
+    for i, raw in enumerate(entity_ids):
+        movie_id = str(raw).strip()
+        name = _resolve(movie_id, f"entity[{i}]", maps, item=False)
+        if paired and isinstance(entity_names[i], str) and entity_names[i].strip():
+            name = " ".join(entity_names[i].split())  # the name as the text writes it
+        if movie_id.isdigit():
+            is_movie = maps.items is None or movie_id in maps.items
+        else:  # an entity given by name counts when titled like a film, "Jaws (1975)"
+            is_movie = _TITLE_YEAR.search(name) is not None
+        if is_movie:
+            movies.setdefault(movie_id, name)
+    if isinstance(entity_names, list) and not paired:
+        for name in entity_names:
+            if isinstance(name, str) and _TITLE_YEAR.search(name):  # "Police Academy (1984)"
+                movies.setdefault(f"name:{content_key(name)}", " ".join(name.split()))
 
 
 def parse_crs_turns(
@@ -822,26 +871,7 @@ def parse_crs_turns(
         movies[str(raw).strip()] = name
         if name not in gold:
             gold.append(name)
-    # ECR's entities mix movies with genres and people: only items count as movies (a reply
-    # saying "comedy" must not earn the partial credit of naming a movie).
-    entity_ids = _ids(row, "entity")
-    entity_names = row.get("entity_name")
-    paired = isinstance(entity_names, list) and len(entity_names) == len(entity_ids)
-    for i, raw in enumerate(entity_ids):
-        movie_id = str(raw).strip()
-        name = _resolve(movie_id, f"entity[{i}]", maps, item=False)
-        if paired and isinstance(entity_names[i], str) and entity_names[i].strip():
-            name = " ".join(entity_names[i].split())  # the name as the text writes it
-        if movie_id.isdigit():
-            is_movie = maps.items is None or movie_id in maps.items
-        else:  # an entity given by name counts when titled like a film, "Jaws (1975)"
-            is_movie = _TITLE_YEAR.search(name) is not None
-        if is_movie:
-            movies.setdefault(movie_id, name)
-    if isinstance(entity_names, list) and not paired:
-        for name in entity_names:
-            if isinstance(name, str) and _TITLE_YEAR.search(name):  # "Police Academy (1984)"
-                movies.setdefault(f"name:{content_key(name)}", " ".join(name.split()))
+    _add_entity_movies(row, maps, movies)
     if maps.catalogue is not None:
         for movie_id in maps.catalogue.find_mentions("\n".join(context)):
             if (name := maps.catalogue.name(movie_id)) is not None:
@@ -1059,17 +1089,20 @@ def parse_chitchat(row: Mapping[str, Any], origin: Origin, *, max_turns: int) ->
 Parser = Callable[[Mapping[str, Any], Origin], list[Example]]
 
 
-def make_parser(fmt: str, cfg: DataConfig) -> Parser:
-    """The parser for ``fmt`` with the config's options bound."""
-    if fmt == "redial":
-        from rlhf_lab.tasks.crs import load_catalogue
+def make_parser(fmt: str, cfg: DataConfig, movies: MovieNames | None = None) -> Parser:
+    """The parser for ``fmt`` with the config's options bound.
 
-        # A DataError naming the file (and line) if the catalogue is missing or malformed.
-        catalogue = load_catalogue(cfg.catalogue)
-        lookup = catalogue.name if catalogue is not None else None
-        return partial(parse_redial, max_turns=cfg.max_turns, catalogue=lookup)
-    if fmt == "crs_turns":
-        maps = load_id_maps(cfg.source, cfg.catalogue)
+    ``redial`` and ``crs_turns`` name movie ids with ``movies`` (:class:`MovieNames`).
+    """
+    if fmt in ("redial", "crs_turns"):
+        if movies is None:
+            raise ValueError(f"format {fmt!r} names movies: pass movies=rlhf_lab.tasks.crs")
+        if fmt == "redial":
+            # A DataError naming the file (and line) if the catalogue is missing or malformed.
+            catalogue = movies.load_catalogue(cfg.catalogue)
+            lookup = catalogue.name if catalogue is not None else None
+            return partial(parse_redial, max_turns=cfg.max_turns, catalogue=lookup)
+        maps = load_id_maps(cfg.source, cfg.catalogue, movies)
         return partial(parse_crs_turns, max_turns=cfg.max_turns, maps=maps)
     parsers = {
         "hh": parse_hh,

@@ -1,7 +1,7 @@
 """analyze_rewards' library: do the task's rule rewards tell good replies from bad ones?
 
 A reward that PPO optimises must rank a right answer above a wrong one for the same prompt,
-or the policy learns whatever the reward actually pays for. The check (issue #7):
+or the policy learns whatever the reward actually pays for. The check:
 
 1. Rows: prompt rows (``data/prompts/*.jsonl``) or a raw source file read by the data
    readers (``../shared/data/docstring/valid.jsonl.gz``), kept when they have what the task
@@ -54,7 +54,7 @@ from rlhf_lab.reward_components import is_reference_based
 from rlhf_lab.tasks import crs
 
 MIN_GAP = 0.2
-"""The total gap (good - bad, on [0, 1]) the check asks for (issue #7)."""
+"""The total gap (good - bad, on [0, 1]) the check asks for."""
 TASKS = ("docstring", "crs")
 """Tasks with rule rewards to check."""
 FORMAT_OF_TASK = {"docstring": ("docstring", "humaneval"), "crs": ("redial", "crs_turns")}
@@ -126,7 +126,7 @@ def read_source_rows(
         raise DataError(
             f"{path}: reads as {source.format} rows; the {task} task needs {' or '.join(want)}"
         )
-    loaded = load_examples(source, cfg)
+    loaded = load_examples(source, cfg, movies=crs)
     if not loaded.examples or loaded.invalid_fraction > cfg.max_invalid_fraction:
         first = loaded.rejected[0].describe() if loaded.rejected else f"{path}: no rows"
         raise DataError(

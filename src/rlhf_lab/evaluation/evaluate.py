@@ -105,7 +105,8 @@ def check_model_dirs(paths: EvalPaths, cfg: EvalConfig) -> dict[str, Path]:
 
 
 def load_prompt_rows(path: str | Path, num_prompts: int) -> list[Row]:
-    """The first ``num_prompts`` prompt rows of ``path`` (fewer if the file is shorter)."""
+    """The first ``num_prompts`` :class:`~rlhf_lab.data.rows.PromptRow` s of ``path`` (fewer
+    if the file is shorter)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prompt file not found (run prepare_preference first)")

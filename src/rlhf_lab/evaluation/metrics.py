@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from rlhf_lab import text_metrics
 from rlhf_lab.data.rows import Row
-from rlhf_lab.evaluation import stats, text_metrics
+from rlhf_lab.evaluation import stats
 from rlhf_lab.judge.rubrics import OVERALL
 from rlhf_lab.reward_components import REWARD_MODEL
 

@@ -5,6 +5,12 @@ server returns logprobs (``judge.logprobs: true``) the rating is the expectation
 digits among the first answer token's ``top_logprobs``, as in the local backend; otherwise
 (or when no digit is among them) the first digit 1..5 of the reply text is the rating.
 
+Why ``http.client`` and not ``httpx``: httpx's timeouts bound each connect, read and write, not
+the whole request (against a loopback server trickling its headers a byte per 50 ms,
+``httpx.post(url, timeout=1.0)`` answered after 4.7 s; httpx 0.29, AMD EPYC, 2026-12-07, the
+script in docs/architecture.md), and its client hands out no socket before the response for
+the watchdog below to shut down.
+
 Robustness, because a long scoring run against a shared server will meet all of these:
 
 - ``judge.timeout_s`` bounds the whole request (connect, headers, body), not each socket

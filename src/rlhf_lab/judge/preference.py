@@ -2,7 +2,7 @@
 
 This is score_with_llm's library half. Every chosen, rejected and candidate reply is rated
 on the task's rubric in one :meth:`Judge.score_detailed` call (one batching and dedup pass
-over all splits). Rows then become scored rows (DESIGN.md):
+over all splits). Rows then become scored rows (:class:`~rlhf_lab.data.rows.ScoredRow`):
 
 - a labelled pair (``label_source`` human or reference) keeps its label and gains
   ``scores: {"chosen": {dim..., "overall"}, "rejected": {...}}`` and ``judge: {model,
@@ -50,6 +50,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlhf_lab.data.rows import PreferenceRow, ScoredRow
 from rlhf_lab.judge.base import DETERMINISTIC_KINDS, FAILURE_KINDS, PAIRWISE, Rating
 from rlhf_lab.judge.label import TIE, agreement, pick_pair
 from rlhf_lab.judge.rows import is_candidate_row, with_prompt_meta
@@ -63,7 +64,7 @@ LABEL_SOURCES_REPORTED = ("human", "reference")
 class ScoredPreference:
     """Scored rows per split, one record per failed item, and the metrics."""
 
-    splits: dict[str, list[dict[str, Any]]]
+    splits: dict[str, list[ScoredRow]]
     failures: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -90,9 +91,9 @@ def _failure(split: str, row: Mapping[str, Any], reply: str, dim: str, r: Rating
     return out
 
 
-def unscored(splits: Mapping[str, list[dict[str, Any]]]) -> ScoredPreference:
+def unscored(splits: Mapping[str, list[PreferenceRow]]) -> ScoredPreference:
     """``judge.backend: none``: the rows as they are, with ``scores`` and ``judge`` null."""
-    out = {
+    out: dict[str, list[ScoredRow]] = {
         s: [{**row, "scores": None, "judge": None} for row in rows] for s, rows in splits.items()
     }
     n = sum(len(r) for r in out.values())
@@ -103,7 +104,7 @@ def unscored(splits: Mapping[str, list[dict[str, Any]]]) -> ScoredPreference:
 
 def score_preference(
     judge: Judge,
-    splits: Mapping[str, list[dict[str, Any]]],
+    splits: Mapping[str, list[PreferenceRow]],
     *,
     min_margin: float,
     pairwise: bool = False,
@@ -133,7 +134,7 @@ def score_preference(
     ]
     info = {"model": judge.model_name, "rubric_sha": judge.rubric_sha}
     counts = {"ties_dropped": 0, "unscored_dropped": 0, "pairs_labelled": 0}
-    out: dict[str, list[dict[str, Any]]] = {}
+    out: dict[str, list[ScoredRow]] = {}
     for split, rows in splits.items():
         kept = out.setdefault(split, [])
         for i, row in enumerate(rows):
@@ -190,8 +191,8 @@ def _fallback_flag(replies: Mapping[str, ReplyScore]) -> dict[str, list[str]]:
 
 def _metrics(
     judge: Judge,
-    splits: Mapping[str, list[dict[str, Any]]],
-    out: Mapping[str, list[dict[str, Any]]],
+    splits: Mapping[str, list[PreferenceRow]],
+    out: Mapping[str, list[ScoredRow]],
     results: list[Any],
     counts: dict[str, int],
     pairwise: bool,

@@ -1,9 +1,9 @@
 """Reading the preference and prompt rows that score_with_llm judges, strictly.
 
-Preference rows (DESIGN.md) are ``{"id", "prompt": [{"role", "content"}, ...], "chosen",
-"rejected", "label_source", "meta"}``; in ``data.pairs: judge`` mode they carry
-``"candidates": [str, ...]`` (at least two) with ``chosen``/``rejected`` null. A row that is
-neither fails with one line naming the file, the line and the field, e.g.::
+Preference rows are :class:`~rlhf_lab.data.rows.PreferenceRow` s: ``{"id", "prompt":
+[{"role", "content"}, ...], "chosen", "rejected", "label_source", "meta"}``; in ``data.pairs:
+judge`` mode they carry ``"candidates": [str, ...]`` (at least two) with ``chosen``/``rejected``
+null. A row that is neither fails with one line naming the file, the line and the field, e.g.::
 
     data/preference/train.jsonl:12: field 'chosen': expected a string, got null
 """
@@ -11,12 +11,14 @@ neither fails with one line naming the file, the line and the field, e.g.::
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
+from rlhf_lab.data.rows import LabelSource, PreferenceRow
 from rlhf_lab.errors import DataError
 
-LABEL_SOURCES = frozenset({"human", "reference", "judge"})
+LABEL_SOURCES = frozenset(get_args(LabelSource))
 SPLITS = ("train", "valid", "test")
 
 
@@ -24,12 +26,12 @@ def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def is_candidate_row(row: dict[str, Any]) -> bool:
+def is_candidate_row(row: Mapping[str, Any]) -> bool:
     """A ``data.pairs: judge`` row: candidates to be labelled, no chosen/rejected yet."""
     return row.get("chosen") is None and "candidates" in row
 
 
-def validate_preference_row(row: Any, where: str) -> dict[str, Any]:
+def validate_preference_row(row: Any, where: str) -> PreferenceRow:
     """Check one preference row; raise DataError naming ``where`` (``file:line``) and the field."""
     if not isinstance(row, dict):
         raise DataError(f"{where}: expected a JSON object, got {_kind(row)}")
@@ -69,7 +71,7 @@ def validate_preference_row(row: Any, where: str) -> dict[str, Any]:
         row["meta"] = {}
     elif not isinstance(meta, dict):
         raise DataError(f"{where}: field 'meta': expected an object, got {_kind(meta)}")
-    return row
+    return cast(PreferenceRow, row)
 
 
 def read_rows(path: Path) -> list[tuple[int, Any]]:
@@ -86,14 +88,16 @@ def read_rows(path: Path) -> list[tuple[int, Any]]:
     return out
 
 
-def load_preference(folder: Path, require_candidates: bool = False) -> dict[str, list[dict]]:
+def load_preference(
+    folder: Path, require_candidates: bool = False
+) -> dict[str, list[PreferenceRow]]:
     """Validated rows of ``folder/{train,valid,test}.jsonl`` (missing splits are skipped).
 
     ``require_candidates`` (``data.pairs: judge``): every row must carry candidates.
     """
     if not (folder / "train.jsonl").is_file():
         raise DataError(f"{folder / 'train.jsonl'}: not found (run prepare_preference first)")
-    splits: dict[str, list[dict]] = {}
+    splits: dict[str, list[PreferenceRow]] = {}
     for split in SPLITS:
         path = folder / f"{split}.jsonl"
         if not path.is_file():

@@ -6,7 +6,8 @@
     judge = build_judge(params.judge, params.task.name, use_cache=False)   # PPO rollouts
     scores = judge.score(prompt_rows, replies)   # [{"helpfulness": 4.2, ..., "overall": 3.9}]
 
-A prompt row is DESIGN.md's ``{"id", "prompt": [messages], "meta"}``; crs rows need
+A row is a :class:`~rlhf_lab.data.rows.PromptRow` (or a preference row: the judge reads
+``id``, ``prompt`` and ``meta``); crs rows need
 ``meta.movies``/``meta.gold_movies`` (the no-movie rule), docstring rows ``meta.code``.
 Ratings are on the 1..5 scale; a failed item is ``None`` (and ``overall`` is then ``None``).
 A deterministic failure (no rating in the answer, impossible values: ``base.FAILURE_CLASS``)

@@ -19,6 +19,7 @@ from rlhf_lab.config import Params
 from rlhf_lab.data import pairs, prepare
 from rlhf_lab.errors import DataError, ModelSourceError
 from rlhf_lab.io import atomic_dir, write_json, write_jsonl
+from rlhf_lab.tasks import crs
 from rlhf_lab.tokens import default_device
 
 POLICY_DIR = Path("models/base/policy")
@@ -40,7 +41,7 @@ def main(params: Params, **_: Any) -> None:
     cfg, task = params.data, params.task
     source = prepare.open_source(cfg, task)
     mode = pairs.resolve_pairs(cfg.pairs, source.format)
-    loaded = prepare.load_examples(source, cfg)
+    loaded = prepare.load_examples(source, cfg, movies=crs)
     try:
         prepare.check_invalid_fraction(loaded, cfg, str(INVALID_DIR))
     except DataError:

@@ -376,7 +376,7 @@ def nothing_to_check(doc: str, facts: FunctionFacts) -> float:
     returned, raised or branched on): the docstring's :func:`length_score`, halved when it
     names nothing of the code. So an empty docstring gets 0 and a generic one ("Does
     something.") at most 1/3, where a constant 1 used to give an empty docstring on a trivial
-    function 0.87 of the rule total (issue 17)."""
+    function 0.87 of the rule total."""
     return length_score(doc) * (1.0 if names_code(doc, facts) else 0.5)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from rlhf_lab.data.rows import Row
-from rlhf_lab.evaluation.text_metrics import distinct_n, sentence_bleu
+from rlhf_lab.text_metrics import distinct_n, sentence_bleu
 
 
 def _reference(row: Row) -> str:
