@@ -56,7 +56,7 @@ import torch
 from torch import nn
 
 from rlhf_lab import models, precision
-from rlhf_lab.config import LoraConfig
+from rlhf_lab.config import CriticLayout, LoraConfig
 from rlhf_lab.errors import ModelSourceError
 from rlhf_lab.generation import chat_prompt_text, head_logits, next_token_hidden
 from rlhf_lab.ppo.core import entropy_from_logits, logprobs_from_logits
@@ -185,8 +185,9 @@ class ValueHead(nn.Module):
 class PolicyCritic(nn.Module):
     """A frozen causal LM with named LoRA adapters (``policy`` and/or ``critic``) + value head.
 
-    The value head reads the ``critic`` adapter's hidden states, or the ``policy`` adapter's
-    when the model has no critic adapter (:attr:`shared_trunk`). Build it with
+    ``layout`` (:class:`rlhf_lab.config.CriticLayout`, chosen once from params) says where the
+    values come from: the ``critic`` adapter's hidden states (separate), the ``policy``
+    adapter's (shared trunk), or nowhere (none: no value head). Build it with
     :func:`load_policy_critic` (PPO) or :func:`new_critic` (critic training).
     The module stays in eval mode: dropout off, so the PPO ratio is exactly 1 on the first
     minibatch ([N-details] "disable dropout"; lm-human-preferences and TRL do the same).
@@ -198,6 +199,8 @@ class PolicyCritic(nn.Module):
         value_head: ValueHead | None,
         tok: Any,
         temperature: float = 1.0,
+        *,
+        layout: CriticLayout,
     ):
         super().__init__()
         self.peft = peft_model
@@ -212,9 +215,22 @@ class PolicyCritic(nn.Module):
             self._adapter_params[name] = [
                 p for n, p in peft_model.named_parameters() if pattern.search(n)
             ]
+        has_adapter = CRITIC in self.adapter_names
+        if (value_head is not None) != layout.has_critic or has_adapter != (
+            layout is CriticLayout.SEPARATE
+        ):
+            raise ValueError(
+                f"a {layout.value} layout needs "
+                + {
+                    CriticLayout.NONE: "no value head",
+                    CriticLayout.SEPARATE: f"a value head and a {CRITIC!r} adapter",
+                    CriticLayout.SHARED_TRUNK: f"a value head and no {CRITIC!r} adapter",
+                }[layout]
+            )
+        self.layout = layout
         # The adapter whose hidden states the value head reads: the policy's own when there is
-        # no critic adapter (critic.shared_trunk).
-        self.value_adapter = CRITIC if CRITIC in self.adapter_names else POLICY
+        # no critic adapter (a shared trunk).
+        self.value_adapter = CRITIC if layout is CriticLayout.SEPARATE else POLICY
         self._make_trainable()
         self.eval()
 
@@ -253,13 +269,13 @@ class PolicyCritic(nn.Module):
     @property
     def has_critic(self) -> bool:
         """False for a policy-only model (critic-free estimators): no critic adapter, no head."""
-        return self.value_head is not None
+        return self.layout.has_critic
 
     @property
     def shared_trunk(self) -> bool:
         """True when the value head reads the policy adapter's hidden states (no critic adapter;
         ``critic.shared_trunk``): one backbone pass gives log-probs and values."""
-        return self.value_head is not None and self.value_adapter == POLICY
+        return self.layout is CriticLayout.SHARED_TRUNK
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every adapter's LoRA weights, then the value head (the PPO optimiser's params)."""
@@ -290,7 +306,7 @@ class PolicyCritic(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        if self.value_head is None:
+        if self.value_head is None:  # the NONE layout
             return next(self.peft.parameters()).device
         return self.value_head.linear.weight.device
 
@@ -520,7 +536,7 @@ def new_critic(
     base, tok = load_base(sft_dir, device)
     peft_model = get_peft_model(base, models.lora_config(lora), adapter_name=CRITIC)
     head = ValueHead(base.config.hidden_size).to(base.device)
-    return PolicyCritic(peft_model, head, tok)
+    return PolicyCritic(peft_model, head, tok, layout=CriticLayout.SEPARATE)
 
 
 def read_critic_info(critic_dir: str | Path) -> dict[str, Any]:
@@ -569,25 +585,27 @@ def load_policy_critic(
     and the ``critic`` adapter + value head saved by :func:`save_critic` in ``critic_dir``;
     ``critic_dir=None`` (critic-free estimators) builds the policy alone. ``shared_trunk``
     (``critic.shared_trunk``) loads the value head alone, on the policy's hidden states (see
-    :func:`check_untrained_adapter`); it means nothing without a critic."""
+    :func:`check_untrained_adapter`); it means nothing without a critic. The layout is
+    :meth:`CriticLayout.choose`'s, as ``Params.critic_layout``."""
     from peft import get_peft_model
 
+    layout = CriticLayout.choose(critic=critic_dir is not None, shared_trunk=shared_trunk)
     if critic_dir is not None:
         read_critic_info(critic_dir)
-        if shared_trunk:
+        if layout is CriticLayout.SHARED_TRUNK:
             check_untrained_adapter(critic_dir)
     base, tok = load_base(sft_dir, device)
     peft_model = get_peft_model(base, models.lora_config(policy_lora), adapter_name=POLICY)
     if critic_dir is None:
-        return PolicyCritic(peft_model, None, tok, temperature=temperature)
-    if not shared_trunk:
+        return PolicyCritic(peft_model, None, tok, temperature=temperature, layout=layout)
+    if layout is CriticLayout.SEPARATE:
         peft_model.load_adapter(
             str(Path(critic_dir) / ADAPTER_DIR), adapter_name=CRITIC, is_trainable=True
         )
     head = ValueHead(base.config.hidden_size)
     head.load(Path(critic_dir) / VALUE_HEAD_FILE)
     head.to(base.device)
-    return PolicyCritic(peft_model, head, tok, temperature=temperature)
+    return PolicyCritic(peft_model, head, tok, temperature=temperature, layout=layout)
 
 
 def save_adapter(model: PolicyCritic, name: str, out_dir: str | Path) -> None:
