@@ -1,6 +1,6 @@
 """The estimator registry (rlhf_lab.ppo.advantages): every ``ppo.advantage`` is one registered
-class whose needs come from ``config.ESTIMATORS``; each computes what the core functions give
-(any CPU); Dr. GRPO against a hand-worked case."""
+class whose needs come from ``config.ESTIMATORS``; each computes exactly what the core
+functions give (on any CPU); Dr. GRPO against a hand-worked case, and in the trainer."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from rlhf_lab.config import ESTIMATORS, CriticLayout, Params, PpoConfig, parse_params
-from rlhf_lab.errors import ConfigError
+from rlhf_lab.errors import ConfigError, RlhfLabError
 from rlhf_lab.ppo.advantages import REGISTRY, Estimator, estimator_for, register_adv_est
+from rlhf_lab.ppo.composite_score import CompositeScorer
 from rlhf_lab.ppo.core import (
     aggregate_loss,
     discounted_returns,
@@ -23,6 +24,10 @@ from rlhf_lab.ppo.core import (
     rloo_advantages,
     shape_rewards,
 )
+from rlhf_lab.ppo.model import load_policy_critic
+from rlhf_lab.ppo.trainer import PpoTrainer
+
+from .ppo_helpers import TINY_LORA, copy_policy, make_critic, one_thread, prompt_rows  # noqa: F401
 
 MASK = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1]], dtype=torch.float32)
 GROUP = torch.tensor([0, 0, 1, 1])
@@ -190,3 +195,44 @@ def test_dr_grpo_loss_divides_by_a_constant_not_by_each_replys_length():
     assert float(aggregate_loss(losses, mask, "token_mean")) == 2.5
     with pytest.raises(ValueError, match="max_length"):
         aggregate_loss(losses, mask, "token_sum")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_the_trainer_runs_dr_grpo_without_a_critic_and_refuses_one(tiny_models, tmp_path):
+    cfg = PpoConfig(
+        advantage="dr_grpo",
+        num_generations=2,
+        steps=2,
+        batch_size=2,
+        minibatches=2,
+        max_new_tokens=6,
+        max_prompt_length=48,
+        lr=1e-2,
+        kl_in_loss=True,
+        lora=TINY_LORA.model_dump(),
+    )
+    sft = copy_policy(tiny_models["policy"], tmp_path / "sft", embed_scale=4.0)
+    scorer = CompositeScorer(
+        {"len": lambda replies, rows: [len(r) / 20 for r in replies]},
+        {"len": 1.0},
+        total_steps=cfg.steps,
+    )
+    with pytest.raises(RlhfLabError, match="'dr_grpo' needs a model with no critic"):
+        with_critic = load_policy_critic(
+            sft, make_critic(sft, tmp_path / "critic"), cfg.lora, cfg.temperature
+        )
+        PpoTrainer(with_critic, prompt_rows(4), scorer, cfg, progress=False)
+    torch.manual_seed(0)
+    model = load_policy_critic(sft, None, cfg.lora, cfg.temperature)
+    assert model.layout is CriticLayout.NONE
+    before = [p.detach().clone() for p in model.trainable_parameters()]
+    trainer = PpoTrainer(model, prompt_rows(4), scorer, cfg, progress=False)
+    metrics = trainer.train()
+    assert trainer.estimator.loss_agg == "token_sum"
+    moved = sum(
+        float((p.detach() - b).abs().sum())
+        for p, b in zip(model.trainable_parameters(), before, strict=True)
+    )
+    assert moved > 0 and metrics["train/updates"] == 4 and metrics["train/skipped_updates"] == 0
+    assert all(h["loss/kl"] >= 0 for h in trainer.history)
+    assert not [k for k in metrics if k.startswith("val/") or k == "loss/value"]

@@ -66,6 +66,9 @@ from rlhf_lab.ppo.model import CRITIC, PolicyCritic, chat_prompt_ids, trim_batch
 from rlhf_lab.ppo.rollout import Rollout, Row, Scorer, batch_indices, collect_rollout
 from rlhf_lab.training.common import NonFiniteGuard
 
+MINIBATCH_KEYS = ("loss/policy", "loss/value", "policy/clipfrac", "policy/approxkl", "val/clipfrac")
+"""Logged per minibatch (averaged over a step's updates): nan in a step that made none."""
+
 
 class _Units(NamedTuple):
     """A minibatch's share of the global minibatch: what each loss averages over."""
@@ -178,8 +181,6 @@ class PpoTrainer(Checkpointing):
 
     # -- rollout -------------------------------------------------------------------------------
 
-    # -- rollout -------------------------------------------------------------------------------
-
     def rollout(self, step: int) -> tuple[Rollout, dict[str, float]]:
         """Sample, score and evaluate one batch with the current policy (no gradients)."""
         return collect_rollout(
@@ -205,29 +206,27 @@ class PpoTrainer(Checkpointing):
         warmup = step < self.cfg.critic_warmup_steps
         sums, updates, epochs_run = self._epochs(ro, est, beta, warmup, step)
         stats = {k: v / max(updates, 1) for k, v in sums.items()}
-        objective, critic = self._batch_stats(ro, est, mask, beta)
-        nonfinite_kl = objective.pop("objective/nonfinite_kl")
-        stats.update(objective)
+        stats.update(self._batch_stats(ro, est, mask, beta))
         stats.update(
             {
                 "train/updates": float(updates),
                 "train/epochs": float(epochs_run),
                 "train/skipped_updates": float(self.skipped_updates),
                 "objective/nonfinite_replies": self.dp.sum(float(ro.nonfinite)),
-                "objective/nonfinite_kl": nonfinite_kl,
+                "objective/nonfinite_kl": float(not math.isfinite(stats["objective/kl"])),
                 "train/critic_warmup": float(warmup),
             }
         )
-        stats.update(critic)
-        for key in (
-            "loss/policy",
-            "loss/value",
-            "policy/clipfrac",
-            "policy/approxkl",
-            "val/clipfrac",
-        ):
+        if est.returns is not None:
+            stats.update(self._critic_stats(ro, est, mask))
+        for key in MINIBATCH_KEYS:  # a step whose every update was skipped logs nan
             stats.setdefault(key, float("nan"))
         return self._without_critic_keys(stats)
+
+    def _penalised(self, score: torch.Tensor, eos_found: torch.Tensor) -> torch.Tensor:
+        """The score minus ppo.missing_eos_penalty for replies with no EOS ([N-details] "EOS
+        trick"): what every estimator and ``objective/score`` see."""
+        return score - ((self.cfg.missing_eos_penalty or 0.0) * (~eos_found).float())
 
     def _estimate(self, ro: Rollout, mask: torch.Tensor, beta: float) -> Estimate:
         """The estimator's advantages (and returns) over the WHOLE rollout batch, before it
@@ -236,8 +235,8 @@ class PpoTrainer(Checkpointing):
         cfg = self.cfg
         # With ppo.kl_in_loss the KL is a loss term (GRPO, TRL's beta): the reward holds none.
         reward_beta = 0.0 if cfg.kl_in_loss else beta
-        # The missing-EOS penalty ([N-details] "EOS trick") before any group statistic.
-        penalised = ro.clipped_score - ((cfg.missing_eos_penalty or 0.0) * (~ro.eos_found).float())
+        # The penalty before any group statistic: a truncated reply meets its siblings with it.
+        penalised = self._penalised(ro.clipped_score, ro.eos_found)
         with torch.no_grad():
             return self.estimator.compute(ro, penalised, mask, reward_beta)
 
@@ -433,22 +432,20 @@ class PpoTrainer(Checkpointing):
 
     def _batch_stats(
         self, ro: Rollout, est: Estimate, mask: torch.Tensor, beta: float
-    ) -> tuple[dict[str, float], dict[str, float]]:
-        """The step's batch-level numbers, over the global batch (every process's rows; the
-        tensors themselves for one process): (objective and generation, critic's); moves the
-        KL controller."""
-        kl, mask, clipped_score, eos_found, entropy, values = self.dp.gather_rows(
-            est.kl, mask, ro.clipped_score, ro.eos_found, ro.entropy, ro.values
+    ) -> dict[str, float]:
+        """The step's objective and generation numbers over the global batch (every process's
+        rows; the tensors themselves for one process); moves the KL controller."""
+        kl, mask, clipped_score, eos_found, entropy = self.dp.gather_rows(
+            est.kl, mask, ro.clipped_score, ro.eos_found, ro.entropy
         )
         # Mean KL per reply (sum over tokens): what the adaptive controller targets.
         kl_per_reply = (kl * mask).sum(dim=1)
         mean_kl = float(kl_per_reply.mean())
-        # The controllers ignore a non-finite KL too; counted here so it shows in the curves.
-        kl_finite = math.isfinite(mean_kl)
-        if kl_finite:
+        # The controllers ignore a non-finite KL too (counted in objective/nonfinite_kl).
+        if math.isfinite(mean_kl):
             self.kl_ctl.update(mean_kl, len(kl))
-        penalised = clipped_score - ((self.cfg.missing_eos_penalty or 0.0) * (~eos_found).float())
-        stats = {
+        penalised = self._penalised(clipped_score, eos_found)
+        return {
             "objective/score": float(penalised.mean()),
             "objective/kl": mean_kl,
             "objective/kl_coef": beta,
@@ -456,12 +453,12 @@ class PpoTrainer(Checkpointing):
             "objective/entropy": float(masked_mean(entropy, mask)),
             "gen/length": float(mask.sum(dim=1).mean()),
             "gen/eos_rate": float(eos_found.float().mean()),
-            "objective/nonfinite_kl": float(not kl_finite),
         }
-        if est.returns is None:
-            return stats, {}
-        (returns,) = self.dp.gather_rows(est.returns)
-        return stats, {
+
+    def _critic_stats(self, ro: Rollout, est: Estimate, mask: torch.Tensor) -> dict[str, float]:
+        """How well the critic's values predicted this step's returns (global batch)."""
+        values, returns, mask = self.dp.gather_rows(ro.values, est.returns, mask)
+        return {
             "val/explained_variance": float(explained_variance(values, returns, mask)),
             "val/mean": float(masked_mean(values, mask)),
             "val/returns_mean": float(masked_mean(returns, mask)),
@@ -513,8 +510,6 @@ class PpoTrainer(Checkpointing):
             }
         )
         return self._without_critic_keys(stats)
-
-    # -- the loop ------------------------------------------------------------------------------
 
     # -- the loop ------------------------------------------------------------------------------
 
