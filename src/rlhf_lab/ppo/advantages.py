@@ -187,7 +187,10 @@ class CriticFree(Estimator):
         return Estimate(self.token_advantages(rewards, mask), kl)
 
     def _per_group(
-        self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], score: torch.Tensor, group
+        self,
+        fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        score: torch.Tensor,
+        group: torch.Tensor,
     ) -> torch.Tensor:
         # On the global batch (a group never spans processes; grpo's batch std needs all).
         return self.dp.across(fn, score, group)

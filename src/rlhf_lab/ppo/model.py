@@ -11,8 +11,10 @@ log-probs and values from one backbone pass (and one backward serves both losses
 value head is loaded from ``models/critic``; it must have been fitted on the frozen base's
 features (``critic.epochs: 0``), which are exactly the policy's at step 0 (its LoRA B = 0).
 
-The critic-free estimators (``ppo.advantage`` grpo / rloo / reinforce_pp) load no critic at all:
-no ``critic`` adapter, no value head, ``models/critic`` never read (``critic_dir=None``).
+The critic-free estimators (``ppo.advantage`` grpo / dr_grpo / rloo / reinforce_pp) load no
+critic at all: no ``critic`` adapter, no value head, ``models/critic`` never read
+(``critic_dir=None``). Which of the three layouts a model has is
+:class:`rlhf_lab.config.CriticLayout` (:attr:`PolicyCritic.layout`), chosen once from params.
 
 One copy of the base weights serves all three, so PPO needs the memory of one model plus two
 small adapters (TRL's PPOTrainer holds four full models: policy, reference, value, reward).
@@ -437,7 +439,7 @@ class PolicyCritic(nn.Module):
         so a loss on the values trains the value head alone on detached hidden states and the
         policy adapter gets no gradient.
         """
-        if not self.shared_trunk:
+        if self.layout is not CriticLayout.SHARED_TRUNK:
             raise RuntimeError(
                 "logprobs_and_values needs a shared-trunk model (critic.shared_trunk): a "
                 "separate critic reads its own adapter's hidden states"
@@ -633,7 +635,7 @@ def save_critic(model: PolicyCritic, out_dir: str | Path, **info: Any) -> None:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shared = model.shared_trunk
+    shared = model.layout is CriticLayout.SHARED_TRUNK
     if not shared:
         save_adapter(model, CRITIC, out / ADAPTER_DIR)
     model.value_head.save(out / VALUE_HEAD_FILE)
@@ -653,7 +655,7 @@ def save_critic(model: PolicyCritic, out_dir: str | Path, **info: Any) -> None:
 def load_critic_weights(model: PolicyCritic, critic_dir: str | Path) -> None:
     """Overwrite the critic adapter (none for a shared trunk) and value head of ``model`` from
     a critic directory."""
-    if not model.shared_trunk:
+    if model.layout is CriticLayout.SEPARATE:
         load_adapter_dir(model, CRITIC, Path(critic_dir) / ADAPTER_DIR)
     model.value_head.load(Path(critic_dir) / VALUE_HEAD_FILE)
 

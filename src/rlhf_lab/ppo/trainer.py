@@ -217,7 +217,7 @@ class PpoTrainer(Checkpointing):
                 "train/critic_warmup": float(warmup),
             }
         )
-        if est.returns is not None:
+        if self.estimator.needs_critic:
             stats.update(self._critic_stats(ro, est, mask))
         for key in MINIBATCH_KEYS:  # a step whose every update was skipped logs nan
             stats.setdefault(key, float("nan"))
@@ -373,17 +373,7 @@ class PpoTrainer(Checkpointing):
                 pg_term = None
         vf = None
         if ok and self.estimator.needs_critic:
-            new_values = pt.new_values
-            if new_values is None:
-                new_values = model.values(*batch)
-            assert est.returns is not None
-            vf = value_loss(
-                new_values,
-                ro.values[mb, :w].to(dev),
-                est.returns[mb, :w].to(dev),
-                m.to(dev),
-                cfg.clip_value,
-            )
+            vf = self._value_terms(batch, pt.new_values, ro, est, mb, m.to(dev))
             (vf_mean,) = dp.global_mean(u.tokens, u.total_tokens, vf[0].detach())
             loss = loss + cfg.vf_coef * vf_mean
             ok = bool(torch.isfinite(loss))
@@ -401,6 +391,29 @@ class PpoTrainer(Checkpointing):
             return None
         self.optimizer.step()
         return self._minibatch_logs(u, pt, vf, loss, grad_norm)
+
+    def _value_terms(
+        self,
+        batch: tuple[torch.Tensor, ...],
+        new_values: torch.Tensor | None,
+        ro: Rollout,
+        est: Estimate,
+        mb: torch.Tensor,
+        m: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clipped value loss and clipfrac of one minibatch (values from the policy pass
+        on a shared trunk, else from the critic adapter's own pass)."""
+        if new_values is None:
+            new_values = self.model.values(*batch)
+        assert est.returns is not None
+        w, dev = batch[2].shape[1], self.model.device
+        return value_loss(
+            new_values,
+            ro.values[mb, :w].to(dev),
+            est.returns[mb, :w].to(dev),
+            m,
+            self.cfg.clip_value,
+        )
 
     def _minibatch_logs(
         self,
@@ -457,6 +470,7 @@ class PpoTrainer(Checkpointing):
 
     def _critic_stats(self, ro: Rollout, est: Estimate, mask: torch.Tensor) -> dict[str, float]:
         """How well the critic's values predicted this step's returns (global batch)."""
+        assert est.returns is not None
         values, returns, mask = self.dp.gather_rows(ro.values, est.returns, mask)
         return {
             "val/explained_variance": float(explained_variance(values, returns, mask)),
