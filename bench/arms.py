@@ -173,7 +173,7 @@ def main() -> None:
         **machine(),
         "replies_per_step": params.ppo.batch_size,
         "steps": args.steps or params.ppo.steps,
-        "group_size_grpo_rloo": GROUP,
+        "group_size": GROUP,  # replies per prompt of the group estimators
         "dpo_seeds": "per seed" if args.dpo_seed is None else [args.dpo_seed],
         "experiments": {name: sets for name, sets in runs if name in finished},
         "missing": [name for name, _ in runs if name not in finished],
