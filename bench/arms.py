@@ -1,4 +1,4 @@
-"""RL arms side by side: SFT vs PPO (gae) vs GRPO vs RLOO vs REINFORCE++ vs DPO, over seeds.
+"""RL arms side by side: SFT vs PPO (gae) vs GRPO vs Dr. GRPO vs RLOO vs REINFORCE++ vs DPO.
 
     python bench/arms.py                          # the default data, 3 seeds (hours on 2 cores)
     python bench/arms.py --steps 6 --seeds 0 1    # a shorter profile
@@ -17,9 +17,11 @@ Wilcoxon between arms on the shared test prompts) and this script writes its res
 ``bench/results/arms.json`` (``--out`` elsewhere) with the settings and the CPU.
 
 Fair comparison: every online arm scores the same number of replies per step and gets the same
-number of steps. gae and reinforce_pp sample ``ppo.batch_size`` prompts once; grpo and rloo
-need groups, so they sample ``batch_size / G`` prompts ``G`` times (``ppo.num_generations``):
-``batch_size`` replies per step either way, the same minibatch size and the same updates.
+number of steps. gae and reinforce_pp sample ``ppo.batch_size`` prompts once; the group
+estimators (grpo, dr_grpo, rloo: ``group`` in ``rlhf_lab.config.ESTIMATORS``) need groups, so
+they sample ``batch_size / G`` prompts ``G`` times (``ppo.num_generations``): ``batch_size``
+replies per step either way, the same minibatch size and the same updates. The online arms are
+every registered estimator, seeds-major in ``ESTIMATORS``' order.
 """
 
 from __future__ import annotations
@@ -33,16 +35,16 @@ from pathlib import Path
 
 from benchlib import RESULTS as RESULTS_DIR
 from benchlib import ROOT, WORK, machine
-from rlhf_lab.config import load_params
+from rlhf_lab.config import ESTIMATORS, load_params
 
 RESULTS = RESULTS_DIR / "arms.json"
-ONLINE = ("gae", "grpo", "rloo", "reinforce_pp")
-GROUP = 4  # samples per prompt for grpo / rloo
+ONLINE = tuple(ESTIMATORS)
+GROUP = 4  # samples per prompt for the group estimators
 
 
 def arm_overrides(arm: str, batch_size: int) -> dict[str, str]:
     """The params of one online arm at ``batch_size`` replies per step."""
-    if arm in ("grpo", "rloo"):
+    if ESTIMATORS[arm].group:
         if batch_size % GROUP:
             raise SystemExit(f"ppo.batch_size {batch_size} is not a multiple of {GROUP}")
         return {
@@ -171,7 +173,7 @@ def main() -> None:
         **machine(),
         "replies_per_step": params.ppo.batch_size,
         "steps": args.steps or params.ppo.steps,
-        "group_size_grpo_rloo": GROUP,
+        "group_size": GROUP,  # replies per prompt of the group estimators
         "dpo_seeds": "per seed" if args.dpo_seed is None else [args.dpo_seed],
         "experiments": {name: sets for name, sets in runs if name in finished},
         "missing": [name for name, _ in runs if name not in finished],

@@ -217,13 +217,14 @@ def bench_update(
     from peft import get_peft_model
 
     from rlhf_lab import models
-    from rlhf_lab.config import LoraConfig
+    from rlhf_lab.config import CriticLayout, LoraConfig
     from rlhf_lab.ppo.model import POLICY, PolicyCritic, ValueHead, load_base
 
     base, tok = load_base(policy_dir, torch.device("cpu"))
     torch.manual_seed(0)
     peft_model = get_peft_model(base, models.lora_config(LoraConfig()), adapter_name=POLICY)
-    pc = PolicyCritic(peft_model, ValueHead(base.config.hidden_size), tok)
+    head = ValueHead(base.config.hidden_size)
+    pc = PolicyCritic(peft_model, head, tok, layout=CriticLayout.SHARED_TRUNK)
     query, query_mask = prompt_batch(tok, batch)
     response = torch.randint(0, base.config.vocab_size, (batch, new_tokens))
     response_mask = torch.ones_like(response)

@@ -12,6 +12,8 @@ lm-human-preferences' ``validate()``: bad combinations fail before any model is 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -323,13 +325,74 @@ class CriticConfig(Section):
         return self
 
 
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """What one ``ppo.advantage`` estimator needs from a run (its maths:
+    :mod:`rlhf_lab.ppo.advantages`, one registered class per name below).
+
+    Kept here, torch-free, because loading params.yaml must know it (choices, validators, the
+    critic layout) without importing the PPO maths: every stage loads params, and what a stage
+    imports is what DVC reruns it for (``tests/test_dvc_deps.py``).
+    """
+
+    doc: str
+    """One line for ``docs/estimators.md`` and error messages."""
+    critic: bool = False
+    """Needs a value model (critic adapter or value head), trained alongside the policy."""
+    group: bool = False
+    """Compares the ``ppo.num_generations`` replies to one prompt (so needs at least 2)."""
+    loss_agg: str | None = None
+    """A policy-loss aggregation the estimator fixes (``ppo.loss_agg`` must stay token_mean);
+    None: ``ppo.loss_agg`` chooses."""
+
+
+ESTIMATORS: dict[str, EstimatorSpec] = {
+    "gae": EstimatorSpec("PPO: GAE(γ, λ) on the critic's values, whitened", critic=True),
+    "grpo": EstimatorSpec("group-relative: (score - group mean) / std", group=True),
+    "dr_grpo": EstimatorSpec(
+        "Dr. GRPO: score - group mean, no std; loss over a constant length",
+        group=True,
+        loss_agg="token_sum",
+    ),
+    "rloo": EstimatorSpec("leave-one-out: score - mean of the prompt's other replies", group=True),
+    "reinforce_pp": EstimatorSpec("REINFORCE++: discounted return, whitened over the batch"),
+}
+"""Every ``ppo.advantage``, in the order docs and benchmarks list them (OpenRLHF's
+``--advantage_estimator``, verl's ``@register_adv_est``)."""
+
+
+class CriticLayout(StrEnum):
+    """Where PPO's value estimate comes from: one choice, made by :meth:`choose` from whether
+    the estimator needs a critic (``ppo.advantage``) and ``critic.shared_trunk``."""
+
+    NONE = "none"
+    """Critic-free estimator: the policy adapter alone; ``models/critic`` is not read."""
+    SEPARATE = "separate"
+    """A critic LoRA adapter + value head on the shared frozen base (two backbone passes)."""
+    SHARED_TRUNK = "shared_trunk"
+    """The value head on the policy adapter's hidden states (lm-human-preferences, TRL's
+    original ``AutoModelForCausalLMWithValueHead``): one backbone pass, one backward."""
+
+    @classmethod
+    def choose(cls, critic: bool, shared_trunk: bool) -> CriticLayout:
+        """The layout of a run whose estimator needs a ``critic`` (``critic.shared_trunk``
+        means nothing without one)."""
+        if not critic:
+            return cls.NONE
+        return cls.SHARED_TRUNK if shared_trunk else cls.SEPARATE
+
+    @property
+    def has_critic(self) -> bool:
+        return self is not CriticLayout.NONE
+
+
 class PpoConfig(Section):
     steps: int = Field(12, ge=1)
     """PPO iterations (each: one rollout batch, then `epochs` passes of updates)."""
-    advantage: Literal["gae", "grpo", "rloo", "reinforce_pp"] = "gae"
-    """Advantage estimator: gae (PPO with the critic) or critic-free grpo, rloo, reinforce_pp."""
+    advantage: Literal[tuple(ESTIMATORS)] = "gae"  # type: ignore[valid-type]
+    """Advantage estimator: gae (with a critic); grpo, dr_grpo, rloo, reinforce_pp (critic-free)."""
     num_generations: int = Field(1, ge=1)
-    """Replies sampled per prompt (grpo/rloo compare them: at least 2)."""
+    """Replies sampled per prompt (grpo/dr_grpo/rloo compare them: at least 2)."""
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """grpo: divide by the group's std, the batch's std, or nothing (Dr. GRPO)."""
     batch_size: int = Field(16, ge=1)
@@ -404,23 +467,35 @@ class PpoConfig(Section):
             raise ValueError(
                 "ppo.batch_size * ppo.num_generations / ppo.minibatches must be at least 2"
             )
-        if self.advantage in ("grpo", "rloo") and self.num_generations < 2:
+        spec = self.estimator
+        if spec.group and self.num_generations < 2:
             raise ValueError(
                 f"ppo.num_generations must be at least 2 for ppo.advantage: {self.advantage} "
                 f"(the baseline is the other replies to the same prompt), got "
                 f"{self.num_generations}"
             )
-        if self.critic_warmup_steps and self.advantage != "gae":
+        if self.critic_warmup_steps and not spec.critic:
+            with_critic = " | ".join(k for k, v in ESTIMATORS.items() if v.critic)
             raise ValueError(
-                f"ppo.critic_warmup_steps applies only to ppo.advantage: gae "
+                f"ppo.critic_warmup_steps applies only to ppo.advantage: {with_critic} "
                 f"(ppo.advantage: {self.advantage} has no critic); set it to 0"
+            )
+        if spec.loss_agg is not None and self.loss_agg != "token_mean":
+            raise ValueError(
+                f"ppo.advantage: {self.advantage} fixes the policy loss's aggregation "
+                f"({spec.loss_agg}); leave ppo.loss_agg at token_mean (got {self.loss_agg})"
             )
         return self
 
     @property
+    def estimator(self) -> EstimatorSpec:
+        """What ``ppo.advantage`` needs (:data:`ESTIMATORS`)."""
+        return ESTIMATORS[self.advantage]
+
+    @property
     def critic_free(self) -> bool:
         """True for the estimators that need no critic (no value head, no models/critic)."""
-        return self.advantage != "gae"
+        return not self.estimator.critic
 
     @property
     def rollout_size(self) -> int:
@@ -531,6 +606,11 @@ class Params(Section):
     ppo: PpoConfig = PpoConfig()
     dpo: DpoConfig = DpoConfig()
     eval: EvalConfig = EvalConfig()
+
+    @property
+    def critic_layout(self) -> CriticLayout:
+        """train_ppo's model layout: from ``ppo.advantage`` and ``critic.shared_trunk``."""
+        return CriticLayout.choose(self.ppo.estimator.critic, self.critic.shared_trunk)
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import rlhf_lab.ppo.trainer as ppo_trainer
 import rlhf_lab.training.critic as critic_mod
 import rlhf_lab.training.dpo as dpo_mod
 import rlhf_lab.training.reward_model as reward_mod
 import rlhf_lab.training.sft as sft_mod
 from rlhf_lab.config import CriticConfig, DpoConfig, PpoConfig, RewardTrainConfig, SftConfig
 from rlhf_lab.errors import NonFiniteLossError
+from rlhf_lab.ppo import advantages
 from rlhf_lab.ppo.composite_score import CompositeScorer
 from rlhf_lab.ppo.model import load_policy_critic
 from rlhf_lab.ppo.trainer import PpoTrainer
@@ -98,13 +98,13 @@ def test_ppo_drops_a_non_finite_reply_instead_of_the_batch(ppo_dirs):
 
 
 def test_ppo_kl_controller_ignores_a_non_finite_kl(ppo_dirs, monkeypatch):
-    real = ppo_trainer.shape_rewards
+    real = advantages.shape_rewards
 
     def inf_kl(*args, **kwargs):
         rewards, kl = real(*args, **kwargs)
         return rewards, kl + math.inf  # the controller's input only; the rewards stay finite
 
-    monkeypatch.setattr(ppo_trainer, "shape_rewards", inf_kl)
+    monkeypatch.setattr(advantages, "shape_rewards", inf_kl)
     trainer = _ppo(ppo_dirs, lambda replies, rows: [len(r) / 20 for r in replies], steps=2)
     metrics = trainer.train()
     assert [h["objective/nonfinite_kl"] for h in trainer.history] == [1.0, 1.0]

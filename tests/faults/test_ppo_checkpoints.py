@@ -46,7 +46,7 @@ KILLED_RUN = textwrap.dedent(
     """
     import os, signal, torch
     torch.set_num_threads(1)
-    import rlhf_lab.ppo.trainer as trainer
+    import rlhf_lab.ppo.checkpoint as trainer
     from rlhf_lab.cli import app
 
     real, calls = trainer.save_critic, []

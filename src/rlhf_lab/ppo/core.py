@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 KLKind = Literal["k1", "k3"]
-LossAgg = Literal["token_mean", "seq_mean"]
+LossAgg = Literal["token_mean", "seq_mean", "token_sum"]
 ScaleRewards = Literal["group", "batch", "none"]
 
 __all__ = [
@@ -59,6 +59,7 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "nonfinite_rows",
+    "per_reply_agg",
     "policy_loss",
     "reinforce_pp_returns",
     "rloo_advantages",
@@ -411,7 +412,9 @@ def reinforce_pp_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float
 # --------------------------------------------------------------------------------------------
 
 
-def aggregate_loss(losses: torch.Tensor, mask: torch.Tensor, agg: LossAgg) -> torch.Tensor:
+def aggregate_loss(
+    losses: torch.Tensor, mask: torch.Tensor, agg: LossAgg, max_length: int | None = None
+) -> torch.Tensor:
     """Reduce per-token ``losses`` [B, T] to a scalar over the valid tokens of a (mini)batch.
 
     - ``token_mean``: the mean over every valid token [DAPO, "token-level policy gradient
@@ -420,15 +423,35 @@ def aggregate_loss(losses: torch.Tensor, mask: torch.Tensor, agg: LossAgg) -> to
       DeepSeekMath eq. 3); each reply weighs the same, so a SHORT reply's tokens weigh more —
       the length bias [Dr. GRPO, §3.1] that lets a wrong answer grow long at low cost per token.
 
-    Replies with no valid token are left out of the ``seq_mean`` average.
+    - ``token_sum``: the sum over every valid token divided by a constant, the number of
+      replies times ``max_length`` (the longest reply allowed) [Dr. GRPO; TRL
+      ``loss_type="dr_grpo"``]: neither a reply's own length nor the batch's token count
+      rescales its tokens, so there is no length bias and each token weighs the same in every
+      minibatch.
+
+    Replies with no valid token are left out of the ``seq_mean`` average and the ``token_sum``
+    reply count.
     """
     if agg == "token_mean":
         return masked_mean(losses, mask)
+    m = _float_mask(mask, losses)
+    replies = m.sum(dim=1) > 0
     if agg == "seq_mean":
-        m = _float_mask(mask, losses)
         per_seq = masked_mean(losses, m, dim=1)
-        return masked_mean(per_seq, (m.sum(dim=1) > 0).to(losses.dtype))
-    raise ValueError(f"unknown loss aggregation {agg!r}; expected 'token_mean' or 'seq_mean'")
+        return masked_mean(per_seq, replies.to(losses.dtype))
+    if agg == "token_sum":
+        if max_length is None or max_length < 1:
+            raise ValueError(f"loss aggregation token_sum needs max_length >= 1, got {max_length}")
+        return _masked(losses, m).sum() / (max(int(replies.sum()), 1) * max_length)
+    raise ValueError(
+        f"unknown loss aggregation {agg!r}; expected 'token_mean', 'seq_mean' or 'token_sum'"
+    )
+
+
+def per_reply_agg(agg: LossAgg) -> bool:
+    """Whether ``agg`` weighs replies (``seq_mean``, ``token_sum``) rather than tokens: the unit
+    a data-parallel step scales each process's share of the loss by."""
+    return agg != "token_mean"
 
 
 def kl_loss(
@@ -436,6 +459,7 @@ def kl_loss(
     ref_logprobs: torch.Tensor,
     mask: torch.Tensor,
     agg: LossAgg = "token_mean",
+    max_length: int | None = None,
 ) -> torch.Tensor:
     """k3 estimate of ``KL(policy || reference)`` per token, aggregated as the policy loss.
 
@@ -444,7 +468,7 @@ def kl_loss(
     tokens, differentiated through ``new_logprobs`` only; the caller multiplies by β.
     """
     per_token = kl_estimate(new_logprobs, ref_logprobs.detach(), "k3")
-    return aggregate_loss(per_token, mask, agg)
+    return aggregate_loss(per_token, mask, agg, max_length)
 
 
 def policy_loss(
@@ -454,6 +478,7 @@ def policy_loss(
     mask: torch.Tensor,
     clip: float,
     agg: LossAgg = "token_mean",
+    max_length: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Clipped PPO surrogate → ``(loss, clipfrac, approxkl)``; the loss is to be MINIMISED.
 
@@ -472,7 +497,7 @@ def policy_loss(
     ratio = torch.exp(log_ratio)
     losses_unclipped = -advantages * ratio
     losses_clipped = -advantages * torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
-    loss = aggregate_loss(torch.maximum(losses_unclipped, losses_clipped), mask, agg)
+    loss = aggregate_loss(torch.maximum(losses_unclipped, losses_clipped), mask, agg, max_length)
     with torch.no_grad():
         clipfrac = masked_mean((losses_clipped > losses_unclipped).to(ratio.dtype), mask)
         approxkl = 0.5 * masked_mean(log_ratio**2, mask)

@@ -11,8 +11,10 @@ log-probs and values from one backbone pass (and one backward serves both losses
 value head is loaded from ``models/critic``; it must have been fitted on the frozen base's
 features (``critic.epochs: 0``), which are exactly the policy's at step 0 (its LoRA B = 0).
 
-The critic-free estimators (``ppo.advantage`` grpo / rloo / reinforce_pp) load no critic at all:
-no ``critic`` adapter, no value head, ``models/critic`` never read (``critic_dir=None``).
+The critic-free estimators (``ppo.advantage`` grpo / dr_grpo / rloo / reinforce_pp) load no
+critic at all: no ``critic`` adapter, no value head, ``models/critic`` never read
+(``critic_dir=None``). Which of the three layouts a model has is
+:class:`rlhf_lab.config.CriticLayout` (:attr:`PolicyCritic.layout`), chosen once from params.
 
 One copy of the base weights serves all three, so PPO needs the memory of one model plus two
 small adapters (TRL's PPOTrainer holds four full models: policy, reference, value, reward).
@@ -56,7 +58,7 @@ import torch
 from torch import nn
 
 from rlhf_lab import models, precision
-from rlhf_lab.config import LoraConfig
+from rlhf_lab.config import CriticLayout, LoraConfig
 from rlhf_lab.errors import ModelSourceError
 from rlhf_lab.generation import chat_prompt_text, head_logits, next_token_hidden
 from rlhf_lab.ppo.core import entropy_from_logits, logprobs_from_logits
@@ -185,8 +187,9 @@ class ValueHead(nn.Module):
 class PolicyCritic(nn.Module):
     """A frozen causal LM with named LoRA adapters (``policy`` and/or ``critic``) + value head.
 
-    The value head reads the ``critic`` adapter's hidden states, or the ``policy`` adapter's
-    when the model has no critic adapter (:attr:`shared_trunk`). Build it with
+    ``layout`` (:class:`rlhf_lab.config.CriticLayout`, chosen once from params) says where the
+    values come from: the ``critic`` adapter's hidden states (separate), the ``policy``
+    adapter's (shared trunk), or nowhere (none: no value head). Build it with
     :func:`load_policy_critic` (PPO) or :func:`new_critic` (critic training).
     The module stays in eval mode: dropout off, so the PPO ratio is exactly 1 on the first
     minibatch ([N-details] "disable dropout"; lm-human-preferences and TRL do the same).
@@ -198,6 +201,8 @@ class PolicyCritic(nn.Module):
         value_head: ValueHead | None,
         tok: Any,
         temperature: float = 1.0,
+        *,
+        layout: CriticLayout,
     ):
         super().__init__()
         self.peft = peft_model
@@ -212,9 +217,22 @@ class PolicyCritic(nn.Module):
             self._adapter_params[name] = [
                 p for n, p in peft_model.named_parameters() if pattern.search(n)
             ]
+        has_adapter = CRITIC in self.adapter_names
+        if (value_head is not None) != layout.has_critic or has_adapter != (
+            layout is CriticLayout.SEPARATE
+        ):
+            raise ValueError(
+                f"a {layout.value} layout needs "
+                + {
+                    CriticLayout.NONE: "no value head",
+                    CriticLayout.SEPARATE: f"a value head and a {CRITIC!r} adapter",
+                    CriticLayout.SHARED_TRUNK: f"a value head and no {CRITIC!r} adapter",
+                }[layout]
+            )
+        self.layout = layout
         # The adapter whose hidden states the value head reads: the policy's own when there is
-        # no critic adapter (critic.shared_trunk).
-        self.value_adapter = CRITIC if CRITIC in self.adapter_names else POLICY
+        # no critic adapter (a shared trunk).
+        self.value_adapter = CRITIC if layout is CriticLayout.SEPARATE else POLICY
         self._make_trainable()
         self.eval()
 
@@ -253,13 +271,13 @@ class PolicyCritic(nn.Module):
     @property
     def has_critic(self) -> bool:
         """False for a policy-only model (critic-free estimators): no critic adapter, no head."""
-        return self.value_head is not None
+        return self.layout.has_critic
 
     @property
     def shared_trunk(self) -> bool:
         """True when the value head reads the policy adapter's hidden states (no critic adapter;
         ``critic.shared_trunk``): one backbone pass gives log-probs and values."""
-        return self.value_head is not None and self.value_adapter == POLICY
+        return self.layout is CriticLayout.SHARED_TRUNK
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Every adapter's LoRA weights, then the value head (the PPO optimiser's params)."""
@@ -290,7 +308,7 @@ class PolicyCritic(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        if self.value_head is None:
+        if self.value_head is None:  # the NONE layout
             return next(self.peft.parameters()).device
         return self.value_head.linear.weight.device
 
@@ -421,7 +439,7 @@ class PolicyCritic(nn.Module):
         so a loss on the values trains the value head alone on detached hidden states and the
         policy adapter gets no gradient.
         """
-        if not self.shared_trunk:
+        if self.layout is not CriticLayout.SHARED_TRUNK:
             raise RuntimeError(
                 "logprobs_and_values needs a shared-trunk model (critic.shared_trunk): a "
                 "separate critic reads its own adapter's hidden states"
@@ -520,7 +538,7 @@ def new_critic(
     base, tok = load_base(sft_dir, device)
     peft_model = get_peft_model(base, models.lora_config(lora), adapter_name=CRITIC)
     head = ValueHead(base.config.hidden_size).to(base.device)
-    return PolicyCritic(peft_model, head, tok)
+    return PolicyCritic(peft_model, head, tok, layout=CriticLayout.SEPARATE)
 
 
 def read_critic_info(critic_dir: str | Path) -> dict[str, Any]:
@@ -569,25 +587,27 @@ def load_policy_critic(
     and the ``critic`` adapter + value head saved by :func:`save_critic` in ``critic_dir``;
     ``critic_dir=None`` (critic-free estimators) builds the policy alone. ``shared_trunk``
     (``critic.shared_trunk``) loads the value head alone, on the policy's hidden states (see
-    :func:`check_untrained_adapter`); it means nothing without a critic."""
+    :func:`check_untrained_adapter`); it means nothing without a critic. The layout is
+    :meth:`CriticLayout.choose`'s, as ``Params.critic_layout``."""
     from peft import get_peft_model
 
+    layout = CriticLayout.choose(critic=critic_dir is not None, shared_trunk=shared_trunk)
     if critic_dir is not None:
         read_critic_info(critic_dir)
-        if shared_trunk:
+        if layout is CriticLayout.SHARED_TRUNK:
             check_untrained_adapter(critic_dir)
     base, tok = load_base(sft_dir, device)
     peft_model = get_peft_model(base, models.lora_config(policy_lora), adapter_name=POLICY)
     if critic_dir is None:
-        return PolicyCritic(peft_model, None, tok, temperature=temperature)
-    if not shared_trunk:
+        return PolicyCritic(peft_model, None, tok, temperature=temperature, layout=layout)
+    if layout is CriticLayout.SEPARATE:
         peft_model.load_adapter(
             str(Path(critic_dir) / ADAPTER_DIR), adapter_name=CRITIC, is_trainable=True
         )
     head = ValueHead(base.config.hidden_size)
     head.load(Path(critic_dir) / VALUE_HEAD_FILE)
     head.to(base.device)
-    return PolicyCritic(peft_model, head, tok, temperature=temperature)
+    return PolicyCritic(peft_model, head, tok, temperature=temperature, layout=layout)
 
 
 def save_adapter(model: PolicyCritic, name: str, out_dir: str | Path) -> None:
@@ -615,7 +635,7 @@ def save_critic(model: PolicyCritic, out_dir: str | Path, **info: Any) -> None:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shared = model.shared_trunk
+    shared = model.layout is CriticLayout.SHARED_TRUNK
     if not shared:
         save_adapter(model, CRITIC, out / ADAPTER_DIR)
     model.value_head.save(out / VALUE_HEAD_FILE)
@@ -635,7 +655,7 @@ def save_critic(model: PolicyCritic, out_dir: str | Path, **info: Any) -> None:
 def load_critic_weights(model: PolicyCritic, critic_dir: str | Path) -> None:
     """Overwrite the critic adapter (none for a shared trunk) and value head of ``model`` from
     a critic directory."""
-    if not model.shared_trunk:
+    if model.layout is CriticLayout.SEPARATE:
         load_adapter_dir(model, CRITIC, Path(critic_dir) / ADAPTER_DIR)
     model.value_head.load(Path(critic_dir) / VALUE_HEAD_FILE)
 

@@ -13,8 +13,9 @@ Reads ``task``, ``ppo``, ``critic.shared_trunk``, ``reward.weights``/``weights_e
 curves under ``plots/train_ppo/`` and checkpoints under ``checkpoints/train_ppo/``. The loop
 is :class:`rlhf_lab.ppo.trainer.PpoTrainer`; which checkpoint a run continues, and why, is
 :meth:`~rlhf_lab.ppo.trainer.PpoTrainer.train`'s.
-The critic-free estimators (``ppo.advantage: grpo | rloo | reinforce_pp``) never read
-``models/critic`` (no critic adapter, no value head):
+The critic-free estimators (``ppo.advantage: grpo | dr_grpo | rloo | reinforce_pp``; what each
+needs is ``rlhf_lab.config.ESTIMATORS``) never read ``models/critic`` (no critic adapter, no
+value head):
 
     rlhf-lab train_ppo --params params.yaml   # params.yaml: ppo.advantage: grpo, num_generations: 4
 
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 
 from rlhf_lab import ui
-from rlhf_lab.config import Params, section_dict
+from rlhf_lab.config import CriticLayout, Params, section_dict
 from rlhf_lab.errors import DataError
 from rlhf_lab.io import atomic_dir, read_jsonl, write_json
 from rlhf_lab.ppo.composite_score import active_components, build_scorer, describe
@@ -56,7 +57,8 @@ METRICS = Path("metrics/train_ppo.json")
 
 def main(params: Params, resume: bool | None = None, **_: Any) -> None:
     cfg = params.ppo
-    critic_dir = None if cfg.critic_free else CRITIC_DIR
+    layout = params.critic_layout  # from ppo.advantage's needs and critic.shared_trunk
+    critic_dir = CRITIC_DIR if layout.has_critic else None
     required = [(SFT_DIR, "train_sft")]
     if critic_dir is not None:
         required.append((critic_dir, "train_critic"))
@@ -93,7 +95,7 @@ def main(params: Params, resume: bool | None = None, **_: Any) -> None:
         cfg.lora,
         cfg.temperature,
         device=accelerator.device,
-        shared_trunk=params.critic.shared_trunk,
+        shared_trunk=layout is CriticLayout.SHARED_TRUNK,
     )
     trainer = PpoTrainer(
         model,
