@@ -55,6 +55,11 @@ def test_reference_metrics_use_only_rows_with_reference():
     assert got["bleu1"] == pytest.approx(text_metrics.bleu_n(hyps, refs, 1))
     # ROUGE-L by hand: exact match = 1; "watch alien now" vs "watch alien": P=2/3, R=1 -> 0.8
     assert got["rougeL"] == pytest.approx((1.0 + 0.8) / 2)
+    # METEOR by hand (alpha 0.9, beta 3, gamma 0.5): exact match, 3 words in 1 chunk:
+    # 1 - 0.5 (1/3)^3; "watch alien now" vs "watch alien": P 2/3, R 1,
+    # Fmean = P R / (0.9 P + 0.1 R) = 20/21, 1 chunk of 2 -> 20/21 (1 - 0.5 (1/2)^3)
+    meteor = ((1 - 0.5 / 27) + 20 / 21 * (1 - 0.5 / 8)) / 2
+    assert got["meteor"] == pytest.approx(meteor)
     assert metrics.reference_metrics(["x"], [None]) == {}
 
 

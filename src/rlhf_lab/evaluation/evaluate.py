@@ -25,6 +25,8 @@ that make sense for the references; ``<p>`` is a policy):
 - ``<m>/bleu``, ``bleu1``, ``bleu2``, ``bleu4``: sacrebleu corpus BLEU on rows with a
   reference (``bleu`` is the standard BLEU-4, kept as the key the gate reads);
 - ``<m>/rougeL``, ``<m>/bertscore_f1`` (+ CI): mean ROUGE-L / BERTScore F1 to the reference;
+  ``<m>/meteor``: mean METEOR to the reference, exact + stem matching, no WordNet synonyms
+  (:func:`.text_metrics.meteor_scores`);
 - ``<m>/distinct1``, ``distinct2``: corpus distinct-n; ``<m>/length``, ``tokens``: mean reply
   length in words / policy tokens (EOS counted); ``<m>/eos_rate``: replies that ended on EOS;
 - ``<m>/reward/<component>``: mean of each rule component (``text/*`` and the task's own);

@@ -71,7 +71,8 @@ def _with_ci(out: dict[str, Any], key: str, values: np.ndarray, n_boot: int, see
 
 
 def reference_metrics(hyps: Sequence[str], refs: Sequence[str | None]) -> dict[str, float]:
-    """Corpus BLEU (sacrebleu; BLEU-1/2/4) and mean ROUGE-L F1 on the rows with a reference.
+    """Corpus BLEU (sacrebleu; BLEU-1/2/4), mean ROUGE-L F1 and mean METEOR (exact + stem,
+    :func:`text_metrics.meteor_scores`) on the rows with a reference.
 
     ``bleu`` is sacrebleu's standard corpus BLEU (equal to ``bleu4``; the gates read it).
     Empty when no row has a reference.
@@ -83,6 +84,7 @@ def reference_metrics(hyps: Sequence[str], refs: Sequence[str | None]) -> dict[s
     out = {f"bleu{n}": text_metrics.bleu_n(h, r, n) for n in (1, 2, 4)}
     out["bleu"] = text_metrics.bleu(h, r)
     out["rougeL"] = text_metrics.rouge_l(h, r)
+    out["meteor"] = text_metrics.meteor(h, r)
     return out
 
 

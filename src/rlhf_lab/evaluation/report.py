@@ -369,6 +369,7 @@ HEADLINE: tuple[tuple[str, str, bool], ...] = (
     ("bleu2", "BLEU-2", False),
     ("bleu4", "BLEU-4", False),
     ("rougeL", "ROUGE-L F1", False),
+    ("meteor", "METEOR (exact + stem, no WordNet synonyms)", False),
     ("bertscore_f1", "BERTScore F1 [95% CI]", True),
     ("distinct1", "distinct-1", False),
     ("distinct2", "distinct-2", False),
