@@ -30,6 +30,10 @@ that make sense for the references; ``<p>`` is a policy):
 - ``<m>/distinct1``, ``distinct2``: corpus distinct-n; ``<m>/length``, ``tokens``: mean reply
   length in words / policy tokens (EOS counted); ``<m>/eos_rate``: replies that ended on EOS;
 - ``<m>/reward/<component>``: mean of each rule component (``text/*`` and the task's own);
+  ``<m>/reward/total`` (+ CI): the rule reward, the ``reward.weights``-weighted mean of the
+  weighted rule components, when the task's own rules are weighted
+  (:func:`.metrics.rule_total`; the docstring task's "total reward"),
+  ``<m>/reward/total_ref_free`` (+ CI) the same without BLEU: ``ref`` has only this one;
 - ``<m>/rec_hit_rate``, ``rec_rate`` (crs): a gold movie / any known movie named;
 - ``<m>/judge/<dim>`` (rubric dimensions and ``overall``), ``<m>/judge_failures``;
 - ``delta/<p>/<metric>``: policy minus baseline for each metric above;
@@ -41,10 +45,15 @@ that make sense for the references; ``<p>`` is a policy):
   ``delta/<p>/win_rate_judge`` and ``delta/<p>/judge_pvalue_*`` the same on the judge's
   ``overall`` rating;
 - ``delta/<p>/kl`` (+ CI): KL(policy || baseline) in nats per reply (step 2);
+  ``delta/<p>/kl_per_token``: the same per sampled token (:func:`.metrics.kl_per_token`);
+  ``delta/<p>/reward/total_ci_lo/hi``, ``delta/<p>/reward/total_pvalue_wilcoxon``: the paired
+  CI and Wilcoxon test of the rule-reward gain;
 - ``eval/num_prompts``, ``eval/num_references``: prompts evaluated, of which with a reference;
-- ``verdict/<p>/decision`` (proceed / adjust / reconsider, :func:`.gates.decide`),
-  ``verdict/<p>/failed_gates`` (comma-separated, or ""), ``verdict/<p>/pass/<gate>`` (1/0)
-  and ``verdict/<p>/value/<gate>`` (what the gate checked).
+- ``verdict/<p>/decision`` (proceed / adjust / reconsider, :func:`.gates.check_gates`),
+  ``verdict/<p>/decided_by`` (the gate that decided it; ``all`` for proceed),
+  ``verdict/<p>/rule`` (``generic``, or ``protocol`` for the task's own, e.g. docstring's
+  Phase-1 gates), ``verdict/<p>/failed_gates`` (comma-separated, or ""),
+  ``verdict/<p>/pass/<gate>`` (1/0) and ``verdict/<p>/value/<gate>`` (what the gate checked).
 
 Steps 3 and 4 are pure (numbers in, numbers out) and unit-tested without models.
 """
@@ -66,6 +75,7 @@ from rlhf_lab.evaluation.bertscore import BertScorer
 from rlhf_lab.evaluation.gates import Verdict, check_gates
 from rlhf_lab.evaluation.metrics import (
     ModelOutputs,
+    add_rule_totals,
     build_metrics,
     component_breakdown,
     largest_changes,
@@ -159,7 +169,7 @@ def finish(
     metrics = build_metrics(
         outputs, refs, kl, baseline=base, policies=policies, n_boot=cfg.n_boot, seed=cfg.seed
     )
-    verdicts = {p: check_gates(metrics, cfg.gates, p, base) for p in policies}
+    verdicts = {p: check_gates(metrics, cfg.gates, p, base, task) for p in policies}
     for p, verdict in verdicts.items():
         metrics.update(verdict.metrics(p))
     changes = {p: largest_changes(rows, outputs, base, p) for p in policies}
@@ -209,6 +219,7 @@ def run_evaluation(
         texts=[r or "" for r in refs], valid=np.array([r is not None for r in refs])
     )
     ui.console.print("scoring replies (reward model, rule components, BERTScore)")
+    task_components = reward_components.task_rules(task)
     score_outputs(
         outputs,
         rows,
@@ -221,4 +232,9 @@ def run_evaluation(
         bert_scorer=BertScorer.from_dir(paths.encoder, cfg.bertscore_layers, cfg.batch_size),
         judge=judge_factory() if judge_factory is not None else None,
     )
+    # The rule reward is the task's own score (docstring: "total reward"); a run that weighs
+    # none of the task's rules (chat: text/length beside the reward model) has none.
+    weights = params.reward.weights
+    if any(n in task_components and w > 0 for n, w in weights.items()):
+        add_rule_totals(outputs, weights)
     return finish(task, rows, outputs, kl, cfg)

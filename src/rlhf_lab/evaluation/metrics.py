@@ -18,10 +18,17 @@ import numpy as np
 from rlhf_lab.data.rows import Row
 from rlhf_lab.evaluation import stats, text_metrics
 from rlhf_lab.judge.rubrics import OVERALL
-from rlhf_lab.reward_components import REWARD_MODEL
+from rlhf_lab.reward_components import MODEL_COMPONENTS, REWARD_MODEL, is_reference_based
 
 CONFIDENCE = 0.95
 """Level of every confidence interval in the metrics."""
+
+TOTAL = "total"
+"""``scores`` key of the rule reward: the weighted mean of the weighted rule components."""
+TOTAL_REF_FREE = "total_ref_free"
+"""``scores`` key of the rule reward without the reference-based components (BLEU): the one
+the references themselves get, so the gap to them compares like with like."""
+TOTALS = (TOTAL, TOTAL_REF_FREE)
 
 
 @dataclass
@@ -48,6 +55,54 @@ class ModelOutputs:
     """Judge dimension (and ``overall``) -> per-row rating (NaN where the judge failed)."""
     task_flags: dict[str, np.ndarray] = field(default_factory=dict)
     """Task-specific 0/1 outcomes per row, e.g. crs ``rec_hit``, ``rec_any``."""
+
+
+def rule_weights(weights: Mapping[str, float]) -> dict[str, float]:
+    """The rule components of ``reward.weights`` with a positive weight (not the reward model
+    nor the judge: those are models, and the reward model's scale is not [0, 1])."""
+    return {n: float(w) for n, w in weights.items() if n not in MODEL_COMPONENTS and w > 0}
+
+
+def rule_total(
+    scores: Mapping[str, np.ndarray], weights: Mapping[str, float], *, ref_free: bool = False
+) -> np.ndarray | None:
+    """Per row, the weighted mean of the rule components in ``scores`` (:func:`rule_weights`),
+    weights renormalised over the components scored on that row (a row without a reference
+    has no BLEU); NaN where none is; None when ``scores`` has no weighted component.
+
+    ``ref_free`` leaves out the reference-based components (:data:`TOTAL_REF_FREE`). In
+    [0, 1] since every rule component is: the docstring task's "total reward".
+    """
+    ws = {
+        n: w
+        for n, w in rule_weights(weights).items()
+        if n in scores and not (ref_free and is_reference_based(n))
+    }
+    if not ws:
+        return None
+    vals = np.stack([np.asarray(scores[n], dtype=np.float64) for n in ws])
+    w = np.array(list(ws.values()))[:, None] * np.isfinite(vals)
+    num = np.nansum(np.where(np.isfinite(vals), vals, 0.0) * w, axis=0)
+    den = w.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def add_rule_totals(outputs: Mapping[str, ModelOutputs], weights: Mapping[str, float]) -> None:
+    """Put :data:`TOTAL` and :data:`TOTAL_REF_FREE` into every output's ``scores`` (in place),
+    when ``weights`` weighs a scored rule component."""
+    for out in outputs.values():
+        for key, ref_free in ((TOTAL, False), (TOTAL_REF_FREE, True)):
+            total = rule_total(out.scores, weights, ref_free=ref_free)
+            if total is not None:
+                out.scores[key] = np.where(out.valid, total, np.nan)
+
+
+def kl_per_token(kl: np.ndarray, n_tokens: Sequence[int]) -> float:
+    """Mean KL per sampled token: the replies' summed KL over their summed token counts (a
+    long reply weighs by its length, as a per-token penalty does); 0.0 without tokens."""
+    total = float(np.sum(n_tokens))
+    return float(np.sum(kl)) / total if total > 0 else 0.0
 
 
 def _nanmean(x: np.ndarray) -> float | None:
@@ -102,6 +157,9 @@ def summarise_model(
     m: dict[str, Any] = {}
     if REWARD_MODEL in out.scores:
         _with_ci(m, "rm_score", out.scores[REWARD_MODEL], n_boot, seed)
+    for name in TOTALS:
+        if name in out.scores:
+            _with_ci(m, f"reward/{name}", out.scores[name], n_boot, seed)
     if refs is not None:
         m.update(reference_metrics(out.texts, refs))
     if out.bertscore_f1 is not None:
@@ -114,7 +172,7 @@ def summarise_model(
     if out.eos is not None:
         m["eos_rate"] = float(np.mean(out.eos))
     for name, values in out.scores.items():
-        if name != REWARD_MODEL and (mean := _nanmean(values)) is not None:
+        if name not in (REWARD_MODEL, *TOTALS) and (mean := _nanmean(values)) is not None:
             m[f"reward/{name}"] = mean
     for name, flags in out.task_flags.items():
         if (mean := _nanmean(flags)) is not None:
@@ -169,7 +227,9 @@ def compare_with_baseline(
     ``<metric>``: policy minus baseline for every corpus metric both have; ``rm_score_ci_lo/hi``
     the paired CI of the mean per-prompt gain; ``win_rate_rm`` (+ CI, p-values) and
     ``win_rate_rm_lc`` (length-controlled, :func:`stats.length_controlled_win_rate` on the
-    token lengths); the same on the judge's ``overall``; ``kl`` (+ CI): KL(policy || baseline).
+    token lengths); the same on the judge's ``overall``; ``kl`` (+ CI): KL(policy || baseline)
+    per reply, ``kl_per_token`` (:func:`kl_per_token`); ``reward/total_ci_lo/hi`` and
+    ``reward/total_pvalue_wilcoxon``: the paired CI and test of the rule-reward gain.
     """
     out: dict[str, Any] = {}
     # CI bounds of the two means do not subtract into a CI of the difference; the paired CIs
@@ -198,6 +258,16 @@ def compare_with_baseline(
             paired_comparison("judge", policy.judge[OVERALL], baseline.judge[OVERALL], n_boot, seed)
         )
     _with_ci(out, "kl", kl, n_boot, seed)
+    if policy.n_tokens is not None:
+        out["kl_per_token"] = kl_per_token(kl, policy.n_tokens)
+    if TOTAL in policy.scores and TOTAL in baseline.scores:
+        a, b = policy.scores[TOTAL], baseline.scores[TOTAL]
+        both = np.isfinite(a) & np.isfinite(b)
+        if both.any():
+            diff = a[both] - b[both]
+            _, lo, hi = stats.mean_ci(diff, confidence=CONFIDENCE, n_boot=n_boot, seed=seed)
+            out["reward/total_ci_lo"], out["reward/total_ci_hi"] = lo, hi
+            out["reward/total_pvalue_wilcoxon"] = stats.paired_test(a[both], b[both])["wilcoxon_p"]
     return out
 
 
@@ -253,6 +323,8 @@ def component_breakdown(
     base, pol, ref = outputs[baseline], outputs[policy], outputs.get("ref")
     rows = []
     for name in base.scores:
+        if name in TOTALS:
+            continue  # the sum of the rows, not a component
         a, b = pol.scores[name], base.scores[name]
         both = np.isfinite(a) & np.isfinite(b)
         if not both.any():
@@ -277,6 +349,12 @@ def component_breakdown(
     return sorted(rows, key=lambda r: -r["delta"])
 
 
+def ranking_score(out: ModelOutputs) -> str:
+    """The score the before/after examples are ranked by: the rule reward :data:`TOTAL` when
+    the run weighs rule components (the docstring task's reward), else the reward model."""
+    return TOTAL if TOTAL in out.scores else REWARD_MODEL
+
+
 def largest_changes(
     rows: Sequence[Row],
     outputs: Mapping[str, ModelOutputs],
@@ -284,8 +362,11 @@ def largest_changes(
     policy: str,
     k: int = 5,
 ) -> tuple[list[int], list[int]]:
-    """Row indices of a policy's ``k`` largest gains and ``k`` largest losses by reward model."""
-    diff = outputs[policy].scores[REWARD_MODEL] - outputs[baseline].scores[REWARD_MODEL]
+    """Row indices of a policy's ``k`` largest gains and ``k`` largest losses by
+    :func:`ranking_score` (the rule reward where there is one, else the reward model)."""
+    key = ranking_score(outputs[baseline])
+    diff = outputs[policy].scores[key] - outputs[baseline].scores[key]
+    diff = np.where(np.isfinite(diff), diff, 0.0)
     order = np.argsort(-diff, kind="stable")
     gains = [int(i) for i in order if diff[i] > 0][:k]
     losses = [int(i) for i in order[::-1] if diff[i] < 0][:k]

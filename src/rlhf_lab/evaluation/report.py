@@ -544,11 +544,33 @@ def _verdict_line(result: EvalResult, policy: str) -> str:
     v = result.verdicts[policy]
     failed = ", ".join(f"`{name}`" for name in v.failed)
     tail = (
-        f" — failing gate{'s' if len(v.failed) > 1 else ''}: {failed}."
+        f" — decided by `{v.decided_by}`; failing gate{'s' if len(v.failed) > 1 else ''}: {failed}."
         if failed
         else " — every gate passes."
     )
-    return f"- **{label(policy)}: {v.decision.upper()}**{tail}"
+    return f"- **{label(policy)}: {v.decision.upper()}** ({v.rule} rule){tail}"
+
+
+GENERIC_RULE = (
+    "Generic rule, per policy: *proceed* when every gate passes; *adjust* when the hard gates "
+    "(`reward_gain`, `significance`, `kl`, `bertscore`) pass and exactly one soft gate "
+    "(`bleu_drop`, `distinct2_drop`, `eos_rate_drop`) fails; *reconsider* when a hard gate "
+    "fails or more than one soft gate fails. The first failed hard gate, else soft gate, "
+    "decides."
+)
+PROTOCOL_RULE = (
+    "Protocol rule (`eval.gates.protocol`), per policy, on the mean rule reward, corpus BLEU-4 "
+    "(0–1) and the mean KL per token: *reconsider* when the reward or BLEU-4 fell or the KL is "
+    "above the reconsider bar (`reward_fell`, `bleu_fell`, `kl_far`); else *proceed* when the "
+    "reward and BLEU-4 rose by their bars and the KL stayed below its bar; else *adjust* "
+    "(`reward_stalled`, `kl`, `reward_gain`, `bleu_gain`: the first that failed decides)."
+)
+
+
+def _rules(result: EvalResult) -> list[str]:
+    """The verdict rules in force, in words."""
+    used = dict.fromkeys(v.rule for v in result.verdicts.values())
+    return [PROTOCOL_RULE if rule == "protocol" else GENERIC_RULE for rule in used]
 
 
 def _per_policy(result: EvalResult, policy: str, n_boot: int) -> list[str]:
@@ -602,10 +624,7 @@ def render_report(
         "",
         *(_verdict_line(result, p) for p in result.policies),
         "",
-        "Rule, per policy: *proceed* when every gate passes; *adjust* when the hard gates "
-        "(`reward_gain`, `significance`, `kl`, `bertscore`) pass and exactly one soft gate "
-        "(`bleu_drop`, `distinct2_drop`, `eos_rate_drop`) fails; *reconsider* when a hard gate "
-        "fails or more than one soft gate fails.",
+        *_rules(result),
         "",
         f"Task `{result.task}`: {m.get('eval/num_prompts')} test prompts "
         f"({m.get('eval/num_references')} with a reference). Every model sampled with the same "

@@ -90,6 +90,18 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 """Weights used by :func:`docstring_reward` when none are given."""
 
+PHASE1_GATES: dict[str, float] = {
+    "min_reward_gain": 0.10,
+    "min_bleu_gain": 0.02,
+    "max_kl_per_token": 0.02,
+    "adjust_reward_gain": 0.05,
+    "reconsider_kl_per_token": 0.05,
+}
+"""The Phase-1 protocol's decision thresholds, the task's ``eval.gates.protocol`` defaults:
+proceed if the mean rule reward rose by >= 0.10, BLEU-4 by >= 0.02 and the mean KL per token
+stayed < 0.02; adjust if the reward rose by < 0.05 or KL > 0.02; reconsider if the reward or
+BLEU-4 fell or KL > 0.05 (:class:`rlhf_lab.config.ProtocolGates`)."""
+
 CONTROL_FLOW_WORDS: dict[str, tuple[str, ...]] = {
     "if": (
         r"if",
