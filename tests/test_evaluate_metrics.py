@@ -350,6 +350,27 @@ def test_score_outputs_docstring_and_judge():
     m = metrics.summarise_model(sft, [scoring.reference_of(r) for r in rows], n_boot=100, seed=0)
     assert m["judge/accuracy"] == 4.0 and "judge/completeness" not in m
     assert m["judge_failures"] == 1
+    # no function here carries examples: the doctest pass rate has no replies to count
+    assert sft.task_metrics == {} and "doctest/pass_rate" not in m
+
+
+def test_score_outputs_docstring_doctest_pass_rate():
+    row = {
+        "id": "f",
+        "prompt": [{"role": "user", "content": "document this"}],
+        "reference": "Add a and b.\n\n>>> add(1, 2)\n3",
+        "meta": {"code": "def add(a, b):\n    return a + b\n"},
+    }
+    out = _score("docstring", [row], [">>> add(2, 2)\n5"])
+    assert out["sft"].task_metrics == {
+        "doctest/replies": 1.0,
+        "doctest/with_example": 1.0,
+        "doctest/pass_rate": 0.0,
+    }
+    assert out["ref"].task_metrics["doctest/pass_rate"] == 1.0  # the reference's example passes
+    m = metrics.build_metrics(out, ["x"], {"ppo": np.zeros(1)}, **SFT_PPO, n_boot=100, seed=0)
+    assert m["sft/doctest/with_example"] == 1.0 and m["ref/doctest/pass_rate"] == 1.0
+    assert m["delta/ppo/doctest/pass_rate"] == 0.0
 
 
 def test_finish_puts_the_verdict_in_the_metrics():

@@ -35,6 +35,10 @@ that make sense for the references; ``<p>`` is a policy):
   (:func:`.metrics.rule_total`; the docstring task's "total reward"),
   ``<m>/reward/total_ref_free`` (+ CI) the same without BLEU: ``ref`` has only this one;
 - ``<m>/rec_hit_rate``, ``rec_rate`` (crs): a gold movie / any known movie named;
+- ``<m>/doctest/with_example``, ``doctest/pass_rate``, ``doctest/replies`` (docstring, ``ref``
+  too): on the functions that carry examples, the fraction of replies with an example that
+  calls the function and the fraction of those examples that pass in the sandbox
+  (:func:`rlhf_lab.tasks.docstring.doctest_accounting`);
 - ``<m>/judge/<dim>`` (rubric dimensions and ``overall``), ``<m>/judge_failures``;
 - ``delta/<p>/<metric>``: policy minus baseline for each metric above;
   ``delta/<p>/rm_score_ci_lo/hi``: paired bootstrap CI of the mean per-prompt gain;

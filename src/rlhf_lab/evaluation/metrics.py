@@ -55,6 +55,8 @@ class ModelOutputs:
     """Judge dimension (and ``overall``) -> per-row rating (NaN where the judge failed)."""
     task_flags: dict[str, np.ndarray] = field(default_factory=dict)
     """Task-specific 0/1 outcomes per row, e.g. crs ``rec_hit``, ``rec_any``."""
+    task_metrics: dict[str, float] = field(default_factory=dict)
+    """Task-specific corpus metrics, e.g. docstring ``doctest/pass_rate``."""
 
 
 def rule_weights(weights: Mapping[str, float]) -> dict[str, float]:
@@ -177,6 +179,7 @@ def summarise_model(
     for name, flags in out.task_flags.items():
         if (mean := _nanmean(flags)) is not None:
             m[f"{name}_rate"] = mean
+    m.update(out.task_metrics)
     if out.judge is not None:
         for dim, values in out.judge.items():
             if (mean := _nanmean(values)) is not None:

@@ -363,6 +363,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 HEADLINE: tuple[tuple[str, str, bool], ...] = (
     # (metric key without model prefix, label, has a bootstrap CI)
     ("rm_score", "reward model score (normalised), mean [95% CI]", True),
+    ("reward/total", "rule reward (weighted rule components, 0–1), mean [95% CI]", True),
+    ("reward/total_ref_free", "rule reward without BLEU (as for the references) [95% CI]", True),
     (f"judge/{OVERALL}", "judge overall (1–5)", False),
     ("bleu", "corpus BLEU (sacrebleu)", False),
     ("bleu1", "BLEU-1", False),
@@ -378,6 +380,9 @@ HEADLINE: tuple[tuple[str, str, bool], ...] = (
     ("eos_rate", "EOS rate (reply finished)", False),
     ("rec_hit_rate", "recommendation hit rate (gold movie named)", False),
     ("rec_rate", "recommendation rate (any known movie named)", False),
+    ("doctest/with_example", "replies with an example calling the function", False),
+    ("doctest/pass_rate", "doctest pass rate of those examples (sandbox)", False),
+    ("doctest/replies", "functions that carry examples (doctest rows)", False),
 )
 
 
@@ -419,6 +424,7 @@ def _headline(result: EvalResult) -> list[str]:
         ("win_rate_rm_lc", f"length-controlled win rate {vs}, reward model"),
         ("win_rate_judge", f"win rate {vs}, judge overall [95% CI]"),
         ("kl", f"KL(policy ‖ {label(base)}), nats per reply [95% CI]"),
+        ("kl_per_token", f"KL(policy ‖ {label(base)}), nats per token"),
     ):
         if any(f"delta/{p}/{key}" in m for p in pols):
             rows.append([text, *blank, *(_ci(m, f"delta/{p}/{key}") for p in pols), ""])
