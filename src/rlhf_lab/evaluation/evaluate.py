@@ -30,10 +30,11 @@ that make sense for the references; ``<p>`` is a policy):
 - ``<m>/distinct1``, ``distinct2``: corpus distinct-n; ``<m>/length``, ``tokens``: mean reply
   length in words / policy tokens (EOS counted); ``<m>/eos_rate``: replies that ended on EOS;
 - ``<m>/reward/<component>``: mean of each rule component (``text/*`` and the task's own);
-  ``<m>/reward/total`` (+ CI): the rule reward, the ``reward.weights``-weighted mean of the
-  weighted rule components, when the task's own rules are weighted
-  (:func:`.metrics.rule_total`; the docstring task's "total reward"),
-  ``<m>/reward/total_ref_free`` (+ CI) the same without BLEU: ``ref`` has only this one;
+  for a task with rules of its own, the rule reward (the docstring task's "total reward"):
+  ``<m>/reward/total_with_reference`` (+ CI), the weighted mean of the task's components
+  (weights from ``reward.weights``, else the task's defaults:
+  :func:`.analyze_rewards.task_weights`; :func:`.metrics.rule_total`), and
+  ``<m>/reward/total`` (+ CI) the same without BLEU, the one ``ref`` has too;
 - ``<m>/rec_hit_rate``, ``rec_rate`` (crs): a gold movie / any known movie named;
 - ``<m>/doctest/with_example``, ``doctest/pass_rate``, ``doctest/replies`` (docstring, ``ref``
   too): on the functions that carry examples, the fraction of replies with an example that
@@ -50,8 +51,8 @@ that make sense for the references; ``<p>`` is a policy):
   ``overall`` rating;
 - ``delta/<p>/kl`` (+ CI): KL(policy || baseline) in nats per reply (step 2);
   ``delta/<p>/kl_per_token``: the same per sampled token (:func:`.metrics.kl_per_token`);
-  ``delta/<p>/reward/total_ci_lo/hi``, ``delta/<p>/reward/total_pvalue_wilcoxon``: the paired
-  CI and Wilcoxon test of the rule-reward gain;
+  ``delta/<p>/reward/total_with_reference_ci_lo/hi`` and ``..._pvalue_wilcoxon``: the
+  paired CI and Wilcoxon test of the rule-reward gain;
 - ``eval/num_prompts``, ``eval/num_references``: prompts evaluated, of which with a reference;
 - ``verdict/<p>/decision`` (proceed / adjust / reconsider, :func:`.gates.check_gates`),
   ``verdict/<p>/decided_by`` (the gate that decided it; ``all`` for proceed),
@@ -75,6 +76,7 @@ from rlhf_lab import reward_components, ui
 from rlhf_lab.config import EvalConfig, Params
 from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import DataError
+from rlhf_lab.evaluation.analyze_rewards import task_weights
 from rlhf_lab.evaluation.bertscore import BertScorer
 from rlhf_lab.evaluation.gates import Verdict, check_gates
 from rlhf_lab.evaluation.metrics import (
@@ -223,7 +225,6 @@ def run_evaluation(
         texts=[r or "" for r in refs], valid=np.array([r is not None for r in refs])
     )
     ui.console.print("scoring replies (reward model, rule components, BERTScore)")
-    task_components = reward_components.task_rules(task)
     score_outputs(
         outputs,
         rows,
@@ -236,9 +237,8 @@ def run_evaluation(
         bert_scorer=BertScorer.from_dir(paths.encoder, cfg.bertscore_layers, cfg.batch_size),
         judge=judge_factory() if judge_factory is not None else None,
     )
-    # The rule reward is the task's own score (docstring: "total reward"); a run that weighs
-    # none of the task's rules (chat: text/length beside the reward model) has none.
-    weights = params.reward.weights
-    if any(n in task_components and w > 0 for n, w in weights.items()):
-        add_rule_totals(outputs, weights)
+    # The rule reward is the task's own score (docstring: "total reward"), weighted as
+    # analyze_rewards weighs it; a task without rules of its own (chat) has none.
+    weights, _ = task_weights(task, params.reward.weights)
+    add_rule_totals(outputs, weights)
     return finish(task, rows, outputs, kl, cfg)

@@ -23,6 +23,7 @@ import numpy as np
 
 from rlhf_lab.config import EvalGates, ProtocolGates
 from rlhf_lab.errors import ConfigError
+from rlhf_lab.evaluation.analyze_rewards import TOTAL, TOTAL_REF
 from rlhf_lab.tasks import docstring
 
 TASK_PROTOCOLS: dict[str, dict[str, float]] = {"docstring": docstring.PHASE1_GATES}
@@ -257,7 +258,8 @@ def check_protocol(
 ) -> Verdict:
     """The task's protocol on ``policy`` vs ``baseline`` (:class:`rlhf_lab.config.ProtocolGates`).
 
-    Reads ``delta/<p>/reward/total`` (mean rule reward gain), ``delta/<p>/bleu4`` (corpus
+    Reads ``delta/<p>/reward/total_with_reference`` (mean rule reward gain; ``.../total``
+    when no reference-based component is weighted), ``delta/<p>/bleu4`` (corpus
     BLEU-4 gain in points, divided by 100 here: the protocol's BLEU is on the 0-1 scale) and
     ``delta/<p>/kl_per_token``. The reconsider gates are checked first, then the proceed ones;
     the first failure in that order decides. Between the adjust and the proceed reward bars
@@ -265,7 +267,8 @@ def check_protocol(
     the cautious reading, decided by the proceed gate that failed.
     """
     d = f"delta/{policy}/"
-    gain = float(metrics[f"{d}reward/total"])
+    reward = f"{d}reward/{TOTAL_REF}"
+    gain = float(metrics[reward if reward in metrics else f"{d}reward/{TOTAL}"])
     bleu = metrics.get(f"{d}bleu4")
     bleu_gain = None if bleu is None else float(bleu) / 100.0
     kl = float(metrics[f"{d}kl_per_token"])

@@ -17,18 +17,18 @@ import numpy as np
 
 from rlhf_lab.data.rows import Row
 from rlhf_lab.evaluation import stats, text_metrics
+from rlhf_lab.evaluation.analyze_rewards import TOTAL, TOTAL_REF
 from rlhf_lab.judge.rubrics import OVERALL
-from rlhf_lab.reward_components import MODEL_COMPONENTS, REWARD_MODEL, is_reference_based
+from rlhf_lab.reward_components import REWARD_MODEL, is_reference_based
 
 CONFIDENCE = 0.95
 """Level of every confidence interval in the metrics."""
 
-TOTAL = "total"
-"""``scores`` key of the rule reward: the weighted mean of the weighted rule components."""
-TOTAL_REF_FREE = "total_ref_free"
-"""``scores`` key of the rule reward without the reference-based components (BLEU): the one
-the references themselves get, so the gap to them compares like with like."""
-TOTALS = (TOTAL, TOTAL_REF_FREE)
+TOTALS = (TOTAL, TOTAL_REF)
+"""``scores`` keys of the rule reward (:func:`add_rule_totals`), named as ``analyze_rewards``
+names its totals: ``total`` without the reference-based components (what the references get
+too, so the gap to them compares like with like) and ``total_with_reference`` with them (the
+reward the policy was trained on)."""
 
 
 @dataclass
@@ -59,45 +59,50 @@ class ModelOutputs:
     """Task-specific corpus metrics, e.g. docstring ``doctest/pass_rate``."""
 
 
-def rule_weights(weights: Mapping[str, float]) -> dict[str, float]:
-    """The rule components of ``reward.weights`` with a positive weight (not the reward model
-    nor the judge: those are models, and the reward model's scale is not [0, 1])."""
-    return {n: float(w) for n, w in weights.items() if n not in MODEL_COMPONENTS and w > 0}
-
-
 def rule_total(
     scores: Mapping[str, np.ndarray], weights: Mapping[str, float], *, ref_free: bool = False
 ) -> np.ndarray | None:
-    """Per row, the weighted mean of the rule components in ``scores`` (:func:`rule_weights`),
-    weights renormalised over the components scored on that row (a row without a reference
-    has no BLEU); NaN where none is; None when ``scores`` has no weighted component.
+    """Per row, the weighted mean of the rule components in ``scores`` with a positive weight
+    in ``weights`` (the task's, :func:`.analyze_rewards.task_weights`), renormalised over the
+    components scored on that row (a row without a reference has no BLEU); NaN where none is;
+    None when ``scores`` has no weighted component.
 
-    ``ref_free`` leaves out the reference-based components (:data:`TOTAL_REF_FREE`). In
-    [0, 1] since every rule component is: the docstring task's "total reward".
+    ``ref_free`` leaves out the reference-based components (BLEU). In [0, 1] since every rule
+    component is: the docstring task's "total reward".
     """
     ws = {
-        n: w
-        for n, w in rule_weights(weights).items()
-        if n in scores and not (ref_free and is_reference_based(n))
+        n: float(w)
+        for n, w in weights.items()
+        if w > 0 and n in scores and not (ref_free and is_reference_based(n))
     }
     if not ws:
         return None
     vals = np.stack([np.asarray(scores[n], dtype=np.float64) for n in ws])
-    w = np.array(list(ws.values()))[:, None] * np.isfinite(vals)
-    num = np.nansum(np.where(np.isfinite(vals), vals, 0.0) * w, axis=0)
+    finite = np.isfinite(vals)
+    w = np.array(list(ws.values()))[:, None] * finite
+    num = (np.where(finite, vals, 0.0) * w).sum(axis=0)
     den = w.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def add_rule_totals(outputs: Mapping[str, ModelOutputs], weights: Mapping[str, float]) -> None:
-    """Put :data:`TOTAL` and :data:`TOTAL_REF_FREE` into every output's ``scores`` (in place),
-    when ``weights`` weighs a scored rule component."""
+    """Put the rule reward :data:`TOTAL` (reference-free) into every output's ``scores``, and
+    :data:`TOTAL_REF` into those scored on a weighted reference-based component (not the
+    references), in place."""
+    ref_based = [n for n, w in weights.items() if w > 0 and is_reference_based(n)]
     for out in outputs.values():
-        for key, ref_free in ((TOTAL, False), (TOTAL_REF_FREE, True)):
-            total = rule_total(out.scores, weights, ref_free=ref_free)
-            if total is not None:
-                out.scores[key] = np.where(out.valid, total, np.nan)
+        total = rule_total(out.scores, weights, ref_free=True)
+        if total is not None:
+            out.scores[TOTAL] = np.where(out.valid, total, np.nan)
+        if any(n in out.scores for n in ref_based):
+            with_ref = rule_total(out.scores, weights)
+            out.scores[TOTAL_REF] = np.where(out.valid, with_ref, np.nan)  # type: ignore[arg-type]
+
+
+def rule_reward_key(out: ModelOutputs) -> str | None:
+    """The rule reward a policy is judged and ranked by: :data:`TOTAL_REF` (what it was trained
+    on) where scored, else :data:`TOTAL`; None without rule totals."""
+    return next((k for k in (TOTAL_REF, TOTAL) if k in out.scores), None)
 
 
 def kl_per_token(kl: np.ndarray, n_tokens: Sequence[int]) -> float:
@@ -231,8 +236,9 @@ def compare_with_baseline(
     the paired CI of the mean per-prompt gain; ``win_rate_rm`` (+ CI, p-values) and
     ``win_rate_rm_lc`` (length-controlled, :func:`stats.length_controlled_win_rate` on the
     token lengths); the same on the judge's ``overall``; ``kl`` (+ CI): KL(policy || baseline)
-    per reply, ``kl_per_token`` (:func:`kl_per_token`); ``reward/total_ci_lo/hi`` and
-    ``reward/total_pvalue_wilcoxon``: the paired CI and test of the rule-reward gain.
+    per reply, ``kl_per_token`` (:func:`kl_per_token`); ``reward/<total>_ci_lo/hi`` and
+    ``reward/<total>_pvalue_wilcoxon``: the paired CI and test of the rule-reward gain
+    (``<total>``: :func:`rule_reward_key`).
     """
     out: dict[str, Any] = {}
     # CI bounds of the two means do not subtract into a CI of the difference; the paired CIs
@@ -263,14 +269,15 @@ def compare_with_baseline(
     _with_ci(out, "kl", kl, n_boot, seed)
     if policy.n_tokens is not None:
         out["kl_per_token"] = kl_per_token(kl, policy.n_tokens)
-    if TOTAL in policy.scores and TOTAL in baseline.scores:
-        a, b = policy.scores[TOTAL], baseline.scores[TOTAL]
+    key = rule_reward_key(baseline)
+    if key is not None and key in policy.scores:
+        a, b = policy.scores[key], baseline.scores[key]
         both = np.isfinite(a) & np.isfinite(b)
         if both.any():
             diff = a[both] - b[both]
             _, lo, hi = stats.mean_ci(diff, confidence=CONFIDENCE, n_boot=n_boot, seed=seed)
-            out["reward/total_ci_lo"], out["reward/total_ci_hi"] = lo, hi
-            out["reward/total_pvalue_wilcoxon"] = stats.paired_test(a[both], b[both])["wilcoxon_p"]
+            out[f"reward/{key}_ci_lo"], out[f"reward/{key}_ci_hi"] = lo, hi
+            out[f"reward/{key}_pvalue_wilcoxon"] = stats.paired_test(a[both], b[both])["wilcoxon_p"]
     return out
 
 
@@ -352,10 +359,17 @@ def component_breakdown(
     return sorted(rows, key=lambda r: -r["delta"])
 
 
+EXAMPLES_RULE = 3
+"""Before/after examples each way when ranked by the rule reward (the Phase-1 protocol's)."""
+EXAMPLES_RM = 5
+"""Before/after examples each way when ranked by the reward model."""
+
+
 def ranking_score(out: ModelOutputs) -> str:
-    """The score the before/after examples are ranked by: the rule reward :data:`TOTAL` when
-    the run weighs rule components (the docstring task's reward), else the reward model."""
-    return TOTAL if TOTAL in out.scores else REWARD_MODEL
+    """The score the before/after examples are ranked by: the rule reward
+    (:func:`rule_reward_key`) when the run has one (the docstring task's reward), else the
+    reward model."""
+    return rule_reward_key(out) or REWARD_MODEL
 
 
 def largest_changes(
@@ -363,11 +377,17 @@ def largest_changes(
     outputs: Mapping[str, ModelOutputs],
     baseline: str,
     policy: str,
-    k: int = 5,
+    k: int | None = None,
 ) -> tuple[list[int], list[int]]:
     """Row indices of a policy's ``k`` largest gains and ``k`` largest losses by
-    :func:`ranking_score` (the rule reward where there is one, else the reward model)."""
+    :func:`ranking_score` (the rule reward where there is one, else the reward model).
+
+    ``k`` defaults to :data:`EXAMPLES_RULE` (the Phase-1 protocol reads three each way) when
+    ranking by the rule reward, else :data:`EXAMPLES_RM`.
+    """
     key = ranking_score(outputs[baseline])
+    if k is None:
+        k = EXAMPLES_RM if key == REWARD_MODEL else EXAMPLES_RULE
     diff = outputs[policy].scores[key] - outputs[baseline].scores[key]
     diff = np.where(np.isfinite(diff), diff, 0.0)
     order = np.argsort(-diff, kind="stable")

@@ -29,8 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from rlhf_lab.evaluation.analyze_rewards import TOTAL, TOTAL_REF
 from rlhf_lab.evaluation.evaluate import EvalResult
-from rlhf_lab.evaluation.metrics import CONFIDENCE
+from rlhf_lab.evaluation.metrics import (
+    CONFIDENCE,
+    EXAMPLES_RM,
+    EXAMPLES_RULE,
+    ranking_score,
+    rule_reward_key,
+)
 from rlhf_lab.evaluation.plotting import BINS, num, pyplot, slug, write_csv
 from rlhf_lab.evaluation.scoring import reference_of
 from rlhf_lab.judge.rubrics import OVERALL
@@ -363,8 +370,8 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 HEADLINE: tuple[tuple[str, str, bool], ...] = (
     # (metric key without model prefix, label, has a bootstrap CI)
     ("rm_score", "reward model score (normalised), mean [95% CI]", True),
-    ("reward/total", "rule reward (weighted rule components, 0–1), mean [95% CI]", True),
-    ("reward/total_ref_free", "rule reward without BLEU (as for the references) [95% CI]", True),
+    (f"reward/{TOTAL_REF}", "rule reward (task components, 0–1), mean [95% CI]", True),
+    (f"reward/{TOTAL}", "rule reward without BLEU (as for the references) [95% CI]", True),
     (f"judge/{OVERALL}", "judge overall (1–5)", False),
     ("bleu", "corpus BLEU (sacrebleu)", False),
     ("bleu1", "BLEU-1", False),
@@ -517,8 +524,10 @@ def _examples(result: EvalResult, policy: str, indices: Sequence[int], title: st
     if not indices:
         return [*lines, "None.", ""]
     base = result.baseline
-    base_rm = result.outputs[base].scores[REWARD_MODEL]
-    pol_rm = result.outputs[policy].scores[REWARD_MODEL]
+    key = ranking_score(result.outputs[base])
+    short = SCORE_SHORT.get(key, key)
+    base_rm = result.outputs[base].scores[key]
+    pol_rm = result.outputs[policy].scores[key]
     rows = []
     for rank, i in enumerate(indices, 1):
         row = result.rows[i]
@@ -530,8 +539,8 @@ def _examples(result: EvalResult, policy: str, indices: Sequence[int], title: st
             [
                 f"{rank}. `{cell(row.get('id', i), 60)}`",
                 prompt,
-                f"{cell(result.outputs[base].texts[i])}<br>*rm {_fmt(float(base_rm[i]))}*",
-                f"{cell(result.outputs[policy].texts[i])}<br>*rm {_fmt(float(pol_rm[i]))}*",
+                f"{cell(result.outputs[base].texts[i])}<br>*{short} {_fmt(float(base_rm[i]))}*",
+                f"{cell(result.outputs[policy].texts[i])}<br>*{short} {_fmt(float(pol_rm[i]))}*",
                 _signed(float(pol_rm[i] - base_rm[i])),
             ]
         )
@@ -540,7 +549,7 @@ def _examples(result: EvalResult, policy: str, indices: Sequence[int], title: st
         "prompt (last user turn)",
         f"{label(base)} reply",
         f"{label(policy)} reply",
-        "Δ rm",
+        f"Δ {short}",
     ]
     lines += _table(header, rows)
     return [*lines, ""]
@@ -600,15 +609,98 @@ def _per_policy(result: EvalResult, policy: str, n_boot: int) -> list[str]:
             result,
             policy,
             result.gains[policy],
-            f"Five largest {name} gains over {base} (reward model)",
+            f"{_count_word(result)} largest {name} gains over {base} ({_ranked_by(result)})",
         ),
         *_examples(
             result,
             policy,
             result.losses[policy],
-            f"Five largest {name} losses to {base} (reward model)",
+            f"{_count_word(result)} largest {name} losses to {base} ({_ranked_by(result)})",
         ),
     ]
+
+
+SCORE_SHORT = {REWARD_MODEL: "rm", TOTAL_REF: "reward", TOTAL: "reward"}
+"""How an example's cell names the score it is ranked by."""
+
+
+def _ranked_by(result: EvalResult) -> str:
+    key = ranking_score(result.outputs[result.baseline])
+    return "reward model" if key == REWARD_MODEL else "rule reward"
+
+
+def _count_word(result: EvalResult) -> str:
+    key = ranking_score(result.outputs[result.baseline])
+    n = EXAMPLES_RM if key == REWARD_MODEL else EXAMPLES_RULE
+    return {3: "Three", 5: "Five"}.get(n, str(n))
+
+
+def _weakest(result: EvalResult, policy: str, n: int = 2) -> list[dict[str, Any]]:
+    """The policy's ``n`` lowest-scoring rule components (in [0, 1]; the reward model's scale
+    is not, so it is left out): where the next run has the most to gain."""
+    rows = [r for r in result.breakdown[policy] if r["component"] != REWARD_MODEL]
+    return sorted(rows, key=lambda r: r["policy"])[:n]
+
+
+def _phase1(result: EvalResult) -> list[str]:
+    """The Phase-1 table: rule reward of every model and the references, the gap to them, the
+    reference metrics, the doctest pass rate, KL per token, the verdict and its gate; then
+    each policy's weakest components. Empty for a task without a rule reward."""
+    m, base = result.metrics, result.baseline
+    if rule_reward_key(result.outputs[base]) is None:
+        return []
+    ref_total = m.get(f"{REF}/reward/{TOTAL}")
+    rows = []
+    for who in [*result.models, REF]:
+        total = m.get(f"{who}/reward/{TOTAL}")
+        gap = ref_total - total if ref_total is not None and total is not None else None
+        v = result.verdicts.get(who)
+        verdict = f"{v.decision} (`{v.decided_by}`)" if v is not None else "–"
+        bleu = m.get(f"{who}/bleu4")
+        rows.append(
+            [
+                label(who),
+                _ci(m, f"{who}/reward/{TOTAL_REF}"),
+                _ci(m, f"{who}/reward/{TOTAL}"),
+                _signed(gap) if who != REF else "–",
+                _fmt(bleu / 100.0) if bleu is not None else "–",
+                _fmt(m.get(f"{who}/rougeL")),
+                _fmt(m.get(f"{who}/meteor")),
+                _fmt(m.get(f"{who}/doctest/with_example")),
+                _fmt(m.get(f"{who}/doctest/pass_rate")),
+                _fmt(m.get(f"delta/{who}/kl_per_token")),
+                verdict,
+            ]
+        )
+    header = [
+        "model",
+        "rule reward [95% CI]",
+        "without BLEU",
+        "gap to references",
+        "BLEU-4 (0–1)",
+        "ROUGE-L",
+        "METEOR",
+        "writes examples",
+        "examples pass",
+        "KL / token",
+        "verdict (gate)",
+    ]
+    lines = ["## Phase 1", "", *_table(header, rows), ""]
+    lines.append(
+        "Rule reward: the weighted mean of the task's components (the total the policy was "
+        "trained on); without BLEU it is comparable with the references, and the gap is the "
+        "references' minus the model's. METEOR: exact + Porter-stem matching, no WordNet "
+        "synonyms. *Writes examples*: replies, on the functions whose reference carries "
+        f"examples ({_fmt(m.get(f'{base}/doctest/replies'))}), with an example that calls the "
+        "function; *examples pass*: the share of those examples that pass in the sandbox."
+    )
+    lines.append("")
+    for policy in result.policies:
+        weak = ", ".join(
+            f"`{r['component']}` {_fmt(r['policy'])}" for r in _weakest(result, policy)
+        )
+        lines.append(f"- **{label(policy)}**: weakest components {weak}.")
+    return [*lines, ""]
 
 
 def render_report(
@@ -636,6 +728,7 @@ def render_report(
         f"({m.get('eval/num_references')} with a reference). Every model sampled with the same "
         f"settings and seed; X − {base} is X minus {base}.",
         "",
+        *_phase1(result),
         "## Headline",
         "",
         *_headline(result),

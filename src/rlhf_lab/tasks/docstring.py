@@ -513,8 +513,8 @@ def doctest_accounting(counts: Sequence[tuple[int, int] | None]) -> dict[str, fl
     if not counts:
         return {}
     with_ex = [c for c in counts if c is not None]
-    out = {
-        "doctest/replies": float(len(counts)),
+    out: dict[str, float] = {
+        "doctest/replies": len(counts),
         "doctest/with_example": len(with_ex) / len(counts),
     }
     total = sum(t for _, t in with_ex)
