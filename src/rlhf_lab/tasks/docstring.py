@@ -214,6 +214,31 @@ def _first_function(tree: ast.Module) -> ast.FunctionDef | ast.AsyncFunctionDef 
     return None
 
 
+def functions_in(source: str) -> list[str]:
+    """The source of each top-level function and of each method of a top-level class in
+    ``source``, in order; ``[source]`` when it does not parse or defines none (a snippet is
+    then one function as given)."""
+    text = textwrap.dedent(source)
+    try:
+        tree = ast.parse(text)
+    except PARSE_ERRORS:
+        return [source]
+    funcs = (ast.FunctionDef, ast.AsyncFunctionDef)
+    nodes = []
+    for node in tree.body:
+        if isinstance(node, funcs):
+            nodes.append(node)
+        elif isinstance(node, ast.ClassDef):
+            nodes.extend(item for item in node.body if isinstance(item, funcs))
+    lines = text.splitlines(keepends=True)
+    found = []
+    for node in nodes:
+        # decorators sit above the def's line: keep them, as a reader sees the function
+        start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+        found.append(textwrap.dedent("".join(lines[start - 1 : node.end_lineno])).strip("\n"))
+    return found or [source]
+
+
 def _own_nodes(func: ast.AST) -> list[ast.AST]:
     """Nodes of ``func``'s body, not descending into nested defs, classes or lambdas."""
     out: list[ast.AST] = []
