@@ -521,7 +521,8 @@ def doctest_score(doc: str, row: Row) -> float:
 
 def carries_examples(row: Row) -> bool:
     """Does the row's function come with examples: a reference docstring with a ``>>>`` example
-    that calls it (every HumanEval problem; 6% of the Barone & Sennrich validation split)?"""
+    that calls it (every HumanEval problem; 84 of the 2000 Barone & Sennrich validation
+    functions)?"""
     ref = row.get("reference")
     facts = analyze_function(_row_code(row))
     return bool(facts.parse_ok and isinstance(ref, str) and sandbox.calls_function(ref, facts.name))
