@@ -18,13 +18,10 @@ elsewhere) with the protocol's expectations beside the figures, the CPU and the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
-import time
-from pathlib import Path
 
-from arms import _exp_names, _run, experiments, parse_sets
+from arms import compare_plan, experiments, plan_parser, plan_sets, print_plan, run_plan
 from benchlib import RESULTS as RESULTS_DIR
 from benchlib import ROOT, WORK, machine
 from rlhf_lab import presets
@@ -66,55 +63,15 @@ def proceed_counts(compared: dict) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, help="ppo.steps for every arm (default: params)")
-    parser.add_argument("--eval-prompts", type=int, help="eval.num_prompts (default: params)")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="one more param, every arm"
-    )
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--dry-run", action="store_true")
-    parser.add_argument(
-        "--compare-only", action="store_true", help="run nothing: aggregate the finished ones"
-    )
-    args = parser.parse_args()
-
+    args = plan_parser(__doc__, RESULTS).parse_args()
     params = presets.preset_params(PRESET, load_params(ROOT / "params.yaml"))
-    extra = {}
-    if args.steps:
-        extra["ppo.steps"] = str(args.steps)
-    if args.eval_prompts:
-        extra["eval.num_prompts"] = str(args.eval_prompts)
-    extra.update(parse_sets(args.set))
-    runs = plan(args.seeds, params.ppo.batch_size, extra)
+    runs = plan(args.seeds, params.ppo.batch_size, plan_sets(args))
     if args.dry_run:
-        for name, sets in runs:
-            print(name, " ".join(f"-S {k}={v}" for k, v in sets.items()))
+        print_plan(runs)
         return
 
-    done = set(_exp_names())  # a stopped earlier call resumes: finished experiments stay
-    seconds_file = WORK / "docstring_seconds.json"
-    seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
-    for name, sets in runs:
-        if name in done or args.compare_only:
-            continue
-        start = time.perf_counter()
-        sets_args = [a for k, v in sets.items() for a in ("-S", f"{k}={v}")]
-        _run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name, *sets_args])
-        seconds[name] = time.perf_counter() - start
-        seconds_file.parent.mkdir(parents=True, exist_ok=True)
-        seconds_file.write_text(json.dumps(seconds, indent=2) + "\n")
-
-    finished = set(_exp_names())
-    ran = [n for n, _ in runs if n in finished]
-    if not ran:
-        raise SystemExit("no experiment of this plan has finished: nothing to compare")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    compared_path = args.out.with_suffix(".compare.json")
-    _run(["rlhf-lab", "compare", *ran, "--out", str(compared_path)])
-    compared = json.loads(compared_path.read_text())
-    compared_path.unlink()
+    seconds, finished = run_plan(runs, WORK / "docstring_seconds.json", args.compare_only)
+    compared = compare_plan(runs, finished, args.out)
     result = {
         "command": "python bench/docstring.py "
         + " ".join(a for a in sys.argv[1:] if a != "--compare-only"),
