@@ -11,10 +11,9 @@ import pytest
 from rlhf_lab.config import EvalConfig, EvalGates, ProtocolGates, parse_params
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.evaluation import evaluate, metrics, report
-from rlhf_lab.evaluation.analyze_rewards import task_weights
 from rlhf_lab.evaluation.gates import check_gates, protocol_thresholds
 from rlhf_lab.evaluation.metrics import ModelOutputs
-from rlhf_lab.reward_components import REWARD_MODEL
+from rlhf_lab.reward_components import REWARD_MODEL, task_weights
 from rlhf_lab.tasks import docstring
 
 

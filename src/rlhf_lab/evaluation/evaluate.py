@@ -33,7 +33,7 @@ that make sense for the references; ``<p>`` is a policy):
   for a task with rules of its own, the rule reward (the docstring task's "total reward"):
   ``<m>/reward/total_with_reference`` (+ CI), the weighted mean of the task's components
   (weights from ``reward.weights``, else the task's defaults:
-  :func:`.analyze_rewards.task_weights`; :func:`.metrics.rule_total`), and
+  :func:`rlhf_lab.reward_components.task_weights`; :func:`.metrics.rule_total`), and
   ``<m>/reward/total`` (+ CI) the same without BLEU, the one ``ref`` has too;
 - ``<m>/rec_hit_rate``, ``rec_rate`` (crs): a gold movie / any known movie named;
 - ``<m>/doctest/with_example``, ``doctest/pass_rate``, ``doctest/replies`` (docstring, ``ref``
@@ -76,7 +76,6 @@ from rlhf_lab import reward_components, ui
 from rlhf_lab.config import EvalConfig, Params
 from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import DataError
-from rlhf_lab.evaluation.analyze_rewards import task_weights
 from rlhf_lab.evaluation.bertscore import BertScorer
 from rlhf_lab.evaluation.gates import Verdict, check_gates
 from rlhf_lab.evaluation.metrics import (
@@ -89,6 +88,7 @@ from rlhf_lab.evaluation.metrics import (
 from rlhf_lab.evaluation.sampling import load_policy, sample_models  # noqa: F401 (tools.generate)
 from rlhf_lab.evaluation.scoring import JudgeScorer, reference_of, score_outputs
 from rlhf_lab.io import read_jsonl
+from rlhf_lab.reward_components import task_weights
 from rlhf_lab.reward_model import RewardModel
 
 

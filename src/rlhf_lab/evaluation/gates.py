@@ -23,7 +23,7 @@ import numpy as np
 
 from rlhf_lab.config import EvalGates, ProtocolGates
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.evaluation.analyze_rewards import TOTAL, TOTAL_REF
+from rlhf_lab.reward_components import TOTAL, TOTAL_REF
 from rlhf_lab.tasks import docstring
 
 TASK_PROTOCOLS: dict[str, dict[str, float]] = {"docstring": docstring.PHASE1_GATES}

@@ -17,9 +17,8 @@ import numpy as np
 
 from rlhf_lab.data.rows import Row
 from rlhf_lab.evaluation import stats, text_metrics
-from rlhf_lab.evaluation.analyze_rewards import TOTAL, TOTAL_REF
 from rlhf_lab.judge.rubrics import OVERALL
-from rlhf_lab.reward_components import REWARD_MODEL, is_reference_based
+from rlhf_lab.reward_components import REWARD_MODEL, TOTAL, TOTAL_REF, is_reference_based
 
 CONFIDENCE = 0.95
 """Level of every confidence interval in the metrics."""
@@ -63,9 +62,9 @@ def rule_total(
     scores: Mapping[str, np.ndarray], weights: Mapping[str, float], *, ref_free: bool = False
 ) -> np.ndarray | None:
     """Per row, the weighted mean of the rule components in ``scores`` with a positive weight
-    in ``weights`` (the task's, :func:`.analyze_rewards.task_weights`), renormalised over the
-    components scored on that row (a row without a reference has no BLEU); NaN where none is;
-    None when ``scores`` has no weighted component.
+    in ``weights`` (the task's: :func:`rlhf_lab.reward_components.task_weights`), renormalised
+    over the components scored on that row (a row without a reference has no BLEU); NaN where
+    none is; None when ``scores`` has no weighted component.
 
     ``ref_free`` leaves out the reference-based components (BLEU). In [0, 1] since every rule
     component is: the docstring task's "total reward".

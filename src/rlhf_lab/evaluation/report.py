@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_lab.evaluation.analyze_rewards import TOTAL, TOTAL_REF
 from rlhf_lab.evaluation.evaluate import EvalResult
 from rlhf_lab.evaluation.metrics import (
     CONFIDENCE,
@@ -41,7 +40,7 @@ from rlhf_lab.evaluation.metrics import (
 from rlhf_lab.evaluation.plotting import BINS, num, pyplot, slug, write_csv
 from rlhf_lab.evaluation.scoring import reference_of
 from rlhf_lab.judge.rubrics import OVERALL
-from rlhf_lab.reward_components import REWARD_MODEL
+from rlhf_lab.reward_components import REWARD_MODEL, TOTAL, TOTAL_REF
 
 REF = "ref"
 """The human references' key in ``EvalResult.outputs`` and their column in the plot data."""

@@ -142,7 +142,8 @@ def _show_docstrings(rows: Sequence[Row], replies: dict[str, list[Any]], params:
     from rich.console import Console
     from rich.table import Table
 
-    from rlhf_lab.evaluation.analyze_rewards import normalised, task_weights
+    from rlhf_lab.evaluation.analyze_rewards import normalised
+    from rlhf_lab.reward_components import task_weights
     from rlhf_lab.tasks import docstring
 
     weights, _ = task_weights(CODE_TASK, params.reward.weights)
