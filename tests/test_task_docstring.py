@@ -297,3 +297,25 @@ def test_reply_metrics_on_replies_with_and_without_examples():
     }
     assert ds.doctest_counts(ds.clean_docstring(replies[0]), carries) == (1, 2)
     assert ds.doctest_score(ds.clean_docstring(replies[0]), carries) == 0.5
+
+
+@pytest.mark.shared_data
+def test_functions_that_carry_examples_in_the_shared_corpus(shared_data):
+    import gzip
+    import json
+
+    from rlhf_lab.data.sources import RowError, strip_docstring
+
+    rows = []
+    with gzip.open(shared_data / "docstring/valid.jsonl.gz", "rt") as fh:
+        for line in fh:
+            raw = json.loads(line)
+            try:
+                code = strip_docstring(raw["code"])
+            except RowError:
+                continue
+            rows.append({"meta": {"code": code}, "reference": raw["docstring"]})
+    carrying = [r for r in rows if ds.carries_examples(r)]
+    assert len(rows) == 2000 and len(carrying) == 84  # docs/docstring.md quotes this count
+    got = ds.reply_metrics([r["reference"] for r in carrying[:4]], carrying[:4])
+    assert got["doctest/replies"] == 4 and got["doctest/with_example"] == 1.0
