@@ -161,11 +161,10 @@ def summarise_model(
     """
     texts = [t for t, ok in zip(out.texts, out.valid, strict=True) if ok]
     m: dict[str, Any] = {}
-    if REWARD_MODEL in out.scores:
-        _with_ci(m, "rm_score", out.scores[REWARD_MODEL], n_boot, seed)
-    for name in TOTALS:
+    # the reward model's score and the rule rewards, each with its bootstrap CI
+    for name, key in ((REWARD_MODEL, "rm_score"), *((t, f"reward/{t}") for t in TOTALS)):
         if name in out.scores:
-            _with_ci(m, f"reward/{name}", out.scores[name], n_boot, seed)
+            _with_ci(m, key, out.scores[name], n_boot, seed)
     if refs is not None:
         m.update(reference_metrics(out.texts, refs))
     if out.bertscore_f1 is not None:
