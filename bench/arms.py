@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from benchlib import RESULTS as RESULTS_DIR
 from benchlib import ROOT, WORK, machine
@@ -113,44 +114,55 @@ def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arms", nargs="*", default=list(ONLINE), choices=ONLINE)
+def plan_parser(doc: str | None, results: Path) -> argparse.ArgumentParser:
+    """The options every arms-style bench takes: seeds, steps, eval prompts, ``--set``,
+    ``--out``, ``--dry-run``, ``--compare-only``."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="ppo.steps for every arm (default: params)")
     parser.add_argument("--eval-prompts", type=int, help="eval.num_prompts (default: params)")
-    parser.add_argument("--dpo-seed", type=int, help="one DPO model (this dpo.seed) for all seeds")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="one more param, every arm"
     )
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=results)
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument(
         "--compare-only", action="store_true", help="run nothing: aggregate the finished ones"
     )
-    args = parser.parse_args()
+    return parser
 
-    params = load_params(ROOT / "params.yaml")
+
+def plan_sets(args: argparse.Namespace) -> dict[str, str]:
+    """The ``-S`` values :func:`plan_parser`'s options add to every experiment."""
     extra = {}
     if args.steps:
         extra["ppo.steps"] = str(args.steps)
     if args.eval_prompts:
         extra["eval.num_prompts"] = str(args.eval_prompts)
     extra.update(parse_sets(args.set))
-    runs = experiments(args.arms, args.seeds, params.ppo.batch_size, extra, args.dpo_seed)
-    if args.dry_run:
-        for name, sets in runs:
-            print(name, " ".join(f"-S {k}={v}" for k, v in sets.items()))
-        return
+    return extra
 
-    # An experiment that already exists (a stopped earlier call) is not run again: rerunning
-    # the same command resumes the plan.
+
+def print_plan(runs: list[tuple[str, dict[str, str]]]) -> None:
+    """``--dry-run``: each experiment's name and ``-S`` values."""
+    for name, sets in runs:
+        print(name, " ".join(f"-S {k}={v}" for k, v in sets.items()))
+
+
+def run_plan(
+    runs: list[tuple[str, dict[str, str]]], seconds_file: Path, compare_only: bool = False
+) -> tuple[dict[str, float], set[str]]:
+    """Run the plan's experiments one after another; ``(wall seconds by experiment, names of
+    the finished ones)``.
+
+    An experiment that already exists (a stopped earlier call) is not run again: rerunning the
+    same command resumes the plan. The seconds are kept across calls in ``seconds_file``
+    (under bench/.work, git-ignored).
+    """
     done = set(_exp_names())
-    # Wall time per experiment, kept across calls (bench/.work is git-ignored).
-    seconds_file = WORK / "arms_seconds.json"
     seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
     for name, sets in runs:
-        if name in done or args.compare_only:
+        if name in done or compare_only:
             continue
         start = time.perf_counter()
         sets_args = [a for k, v in sets.items() for a in ("-S", f"{k}={v}")]
@@ -158,14 +170,39 @@ def main() -> None:
         seconds[name] = time.perf_counter() - start
         seconds_file.parent.mkdir(parents=True, exist_ok=True)
         seconds_file.write_text(json.dumps(seconds, indent=2) + "\n")
+    return seconds, set(_exp_names())
 
-    finished = set(_exp_names())
+
+def compare_plan(
+    runs: list[tuple[str, dict[str, str]]], finished: set[str], out: Path
+) -> dict[str, Any]:
+    """``rlhf-lab compare`` over the plan's finished experiments (its JSON, read back)."""
     ran = [n for n, _ in runs if n in finished]
     if not ran:
         raise SystemExit("no experiment of this plan has finished: nothing to compare")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    compared = args.out.with_suffix(".compare.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compared = out.with_suffix(".compare.json")
     _run(["rlhf-lab", "compare", *ran, "--out", str(compared)])
+    result = json.loads(compared.read_text())
+    compared.unlink()
+    return result
+
+
+def main() -> None:
+    parser = plan_parser(__doc__, RESULTS)
+    parser.add_argument("--arms", nargs="*", default=list(ONLINE), choices=ONLINE)
+    parser.add_argument("--dpo-seed", type=int, help="one DPO model (this dpo.seed) for all seeds")
+    args = parser.parse_args()
+
+    params = load_params(ROOT / "params.yaml")
+    extra = plan_sets(args)
+    runs = experiments(args.arms, args.seeds, params.ppo.batch_size, extra, args.dpo_seed)
+    if args.dry_run:
+        print_plan(runs)
+        return
+
+    seconds, finished = run_plan(runs, WORK / "arms_seconds.json", args.compare_only)
+    compared = compare_plan(runs, finished, args.out)
     result = {
         # what reproduces the table (a --compare-only call only aggregated it)
         "command": "python bench/arms.py "
@@ -178,9 +215,8 @@ def main() -> None:
         "experiments": {name: sets for name, sets in runs if name in finished},
         "missing": [name for name, _ in runs if name not in finished],
         "experiment_seconds": {n: s for n, s in seconds.items() if n in finished},
-        "compare": json.loads(compared.read_text()),
+        "compare": compared,
     }
-    compared.unlink()
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 

@@ -8,6 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from rlhf_lab import reward_components
 from rlhf_lab.cli import app
 from rlhf_lab.config import DataConfig, Params
 from rlhf_lab.errors import ConfigError, DataError
@@ -85,7 +86,7 @@ CRS_ROWS = [
 
 def _check(rows, task, weights=None):
     fns = ar.component_functions(task, Params())
-    return ar.run_check(rows, task, fns, weights or ar.default_weights(task), "test")
+    return ar.run_check(rows, task, fns, weights or reward_components.default_weights(task), "test")
 
 
 # --------------------------------------------------------------------------------- the check
@@ -118,13 +119,13 @@ def test_gap_is_the_mean_over_pairs_of_the_same_row():
 
 
 def test_weights_from_params_when_they_name_task_components():
-    weights, source = ar.task_weights(
+    weights, source = reward_components.task_weights(
         "docstring", {"reward_model": 1.0, "docstring/param_coverage": 2.0, "docstring/bleu": 1.0}
     )
     assert source == "reward.weights"
     assert weights == {"docstring/param_coverage": 2.0, "docstring/bleu": 1.0}
     assert ar.normalised(weights, reference_free=True) == {"docstring/param_coverage": 1.0}
-    assert ar.task_weights("docstring", {"reward_model": 1.0})[1] == "task defaults"
+    assert reward_components.task_weights("docstring", {"reward_model": 1.0})[1] == "task defaults"
 
 
 def test_bad_docstring_variants():

@@ -169,3 +169,21 @@ def test_benchlib_results_name_the_machine_but_no_path_of_it(tmp_path):
     assert "load_average_1min_start_end" not in benchlib.machine()
     # every script writes under the same two folders
     assert benchlib.RESULTS == BENCH / "results" and benchlib.WORK == BENCH / ".work"
+
+
+def test_docstring_plan_runs_every_arm_on_the_preset():
+    bench = _load("docstring")
+    runs = dict(bench.plan([0, 1], 16, {"ppo.steps": "3"}))
+    assert list(runs) == [f"docstring-{a}-s{s}" for s in (0, 1) for a in bench.ARMS]
+    for sets in runs.values():
+        assert sets["task.name"] == "docstring" and sets["ppo.steps"] == "3"
+        assert sets["data.source"] == "../shared/data/docstring/valid.jsonl.gz"
+    # the first arm of each seed evaluates DPO too; GRPO gets groups, the same replies per step
+    assert "eval.policies" not in runs["docstring-gae-s1"]
+    assert runs["docstring-grpo-s0"]["eval.policies"] == "[ppo]"
+    assert runs["docstring-grpo-s0"]["ppo.batch_size"] == "4"
+    verdicts = ["proceed", "adjust", "proceed"]
+    compared = {
+        "arms": [{"arm": "sft", "verdicts": [None]}, {"arm": "ppo:gae", "verdicts": verdicts}]
+    }
+    assert bench.proceed_counts(compared) == {"ppo:gae": "2/3"}

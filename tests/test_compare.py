@@ -205,3 +205,29 @@ def test_cli_compare_named_and_errors(fake_dvc):
     assert out.exit_code == 2 and "name the experiments to compare, or pass --all" in out.output
     out = CliRunner().invoke(app, ["compare", "nope"], terminal_width=200)
     assert out.exit_code == 2 and "no evaluated experiment 'nope'" in out.output
+
+
+def test_phase1_columns_and_verdicts():
+    metrics = {
+        "sft/rm_score": 0.0,
+        "ppo/rm_score": 0.2,
+        "ppo/reward/total_with_reference": 0.62,
+        "ppo/bleu4": 19.5,
+        "ppo/meteor": 0.46,
+        "ppo/doctest/pass_rate": 0.5,
+        "delta/ppo/kl_per_token": 0.015,
+        "verdict/ppo/decision": "proceed",
+    }
+    params = {"eval": {"baseline": "sft", "policies": ["ppo"]}, "ppo": {"seed": 0}}
+    (exp,) = cmp.parse_exp_show([_show_row("d0", "r0", params, metrics)])
+    runs = {r.arm: r for r in cmp.arm_runs(exp, [])}
+    ppo = runs["ppo"]
+    assert ppo.verdict == "proceed" and runs["sft"].verdict is None
+    assert ppo.values["reward"] == 0.62 and ppo.values["kl_per_token"] == 0.015
+    result = cmp.aggregate(runs.values())
+    assert [a["verdicts"] for a in result["arms"]] == [[None], ["proceed"]]
+    header, rows = cmp.table_rows(result)
+    # only columns some arm has: no BERTScore, ROUGE-L or doctest example rate here
+    assert header == ["arm", "seeds", "rm_score", "reward", "bleu4", "meteor", "doctest_pass",
+                      "kl_per_token"]  # fmt: skip
+    assert rows[1][3] == "0.620 (1 seed)"

@@ -148,3 +148,21 @@ def test_e2e_analyze_rewards_shows_the_doctest_gap(tmp_path, monkeypatch):
     # empty, generic, name-only, wrong-params, other-function: no example calls add -> 0;
     # params_renamed keeps the reference's examples (they name no parameter) -> 1
     assert m["analyze/gap_by_kind/empty"] > 0 and m["analyze/gap/docstring/doctest"] > 0.5
+
+
+def test_doctest_pass_rate_on_humaneval_rows():
+    # A HumanEval problem carries examples; its setup (the typing import, a helper) runs first.
+    rows = []
+    for problem in (ADD, HELPER):
+        [ex] = parse_humaneval(problem, ORIGIN, max_turns=3)
+        rows.append({"reference": ex.reference, "meta": ex.meta})
+    assert all(ds.carries_examples(r) for r in rows)
+    replies = [
+        "Add k to each item.\n\n>>> add([0], 2)\n[2]\n>>> add([], 5)\n[1]",  # 1 of 2 passes
+        "Shortest palindrome starting with s.\n\n>>> shortest('ab')\n'aba'",  # needs is_pal
+    ]
+    got = ds.reply_metrics(replies, rows)
+    assert got == {"doctest/replies": 2, "doctest/with_example": 1.0, "doctest/pass_rate": 2 / 3}
+    # the references' own examples pass: the reference rate is 1
+    refs = ds.reply_metrics([r["reference"] for r in rows], rows)
+    assert refs["doctest/pass_rate"] == 1.0

@@ -111,3 +111,45 @@ def test_dvc_repro_prepare_models_then_up_to_date(tiny_repo):
     dag = _run([*DVC, "dag", "--md"], tiny_repo).stdout
     for stage in ("train_ppo", "evaluate", "train_critic", "score_with_llm"):
         assert stage in dag
+
+
+def _docstring_rows(n: int) -> list[dict]:
+    """Small functions with docstrings, three in four with a doctest example (a local source
+    file in the Barone & Sennrich format, so the test needs no shared data)."""
+    rows = []
+    for i in range(n):
+        code = f"def scale_{i}(value, factor={i}):\n    if factor < 0:\n        raise ValueError\n"
+        code += "    return value * factor\n"
+        doc = f"Return value times factor ({i} unless given); negative factors raise."
+        if i % 4 != 3:
+            doc += f"\n\n>>> scale_{i}(2)\n{2 * i}"
+        rows.append({"id": f"s{i}", "metadata": "test", "code": code, "docstring": doc})
+    return rows
+
+
+def test_docstring_preset_dvc_repro(tiny_repo):
+    """The docstring preset on the tiny profile through dvc repro: every stage, then evaluate
+    decides by the Phase-1 protocol and reports the docstring metrics."""
+    from rlhf_lab import presets
+
+    source = tiny_repo / "functions.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in _docstring_rows(40)))
+    tiny = yaml.safe_load((REPO / "tests/profiles/tiny.yaml").read_text())
+    del tiny["task"]
+    raw = presets.merge(presets.preset_params("docstring").model_dump(mode="json"), tiny)
+    raw["data"]["source"] = "functions.jsonl"
+    (tiny_repo / "params.yaml").write_text(documented_yaml(parse_params(raw)))
+    _run(["git", "add", "-A"], tiny_repo)
+    _run(["git", "commit", "-qm", "docstring"], tiny_repo)
+    _run([*DVC, "repro"], tiny_repo)
+    m = json.loads((tiny_repo / "metrics/evaluate.json").read_text())
+    for who in ("sft", "ppo", "dpo"):
+        assert 0.0 <= m[f"{who}/reward/total_with_reference"] <= 1.0
+        assert 0.0 <= m[f"{who}/meteor"] <= 1.0
+        assert m[f"{who}/doctest/replies"] >= 1  # test functions whose reference has an example
+    assert m["ref/doctest/pass_rate"] == 1.0  # the references' examples pass in the sandbox
+    for policy in ("ppo", "dpo"):
+        assert m[f"verdict/{policy}/rule"] == "protocol"
+        assert m[f"verdict/{policy}/decision"] in {"proceed", "adjust", "reconsider"}
+        assert m[f"verdict/{policy}/decided_by"]
+    assert "## Phase 1" in (tiny_repo / "reports/report.md").read_text()

@@ -55,6 +55,11 @@ def test_reference_metrics_use_only_rows_with_reference():
     assert got["bleu1"] == pytest.approx(text_metrics.bleu_n(hyps, refs, 1))
     # ROUGE-L by hand: exact match = 1; "watch alien now" vs "watch alien": P=2/3, R=1 -> 0.8
     assert got["rougeL"] == pytest.approx((1.0 + 0.8) / 2)
+    # METEOR by hand (alpha 0.9, beta 3, gamma 0.5): exact match, 3 words in 1 chunk:
+    # 1 - 0.5 (1/3)^3; "watch alien now" vs "watch alien": P 2/3, R 1,
+    # Fmean = P R / (0.9 P + 0.1 R) = 20/21, 1 chunk of 2 -> 20/21 (1 - 0.5 (1/2)^3)
+    meteor = ((1 - 0.5 / 27) + 20 / 21 * (1 - 0.5 / 8)) / 2
+    assert got["meteor"] == pytest.approx(meteor)
     assert metrics.reference_metrics(["x"], [None]) == {}
 
 
@@ -345,6 +350,27 @@ def test_score_outputs_docstring_and_judge():
     m = metrics.summarise_model(sft, [scoring.reference_of(r) for r in rows], n_boot=100, seed=0)
     assert m["judge/accuracy"] == 4.0 and "judge/completeness" not in m
     assert m["judge_failures"] == 1
+    # no function here carries examples: the doctest pass rate has no replies to count
+    assert sft.task_metrics == {} and "doctest/pass_rate" not in m
+
+
+def test_score_outputs_docstring_doctest_pass_rate():
+    row = {
+        "id": "f",
+        "prompt": [{"role": "user", "content": "document this"}],
+        "reference": "Add a and b.\n\n>>> add(1, 2)\n3",
+        "meta": {"code": "def add(a, b):\n    return a + b\n"},
+    }
+    out = _score("docstring", [row], [">>> add(2, 2)\n5"])
+    assert out["sft"].task_metrics == {
+        "doctest/replies": 1.0,
+        "doctest/with_example": 1.0,
+        "doctest/pass_rate": 0.0,
+    }
+    assert out["ref"].task_metrics["doctest/pass_rate"] == 1.0  # the reference's example passes
+    m = metrics.build_metrics(out, ["x"], {"ppo": np.zeros(1)}, **SFT_PPO, n_boot=100, seed=0)
+    assert m["sft/doctest/with_example"] == 1.0 and m["ref/doctest/pass_rate"] == 1.0
+    assert m["delta/ppo/doctest/pass_rate"] == 0.0
 
 
 def test_finish_puts_the_verdict_in_the_metrics():

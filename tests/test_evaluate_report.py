@@ -120,8 +120,12 @@ def test_report_layout(result):
     # PPO's repeated words fail one soft gate; DPO's distinct replies 1 std above SFT pass all
     assert result.verdicts["ppo"].decision == "adjust"
     assert result.verdicts["dpo"].decision == "proceed"
-    assert "- **PPO: ADJUST** — failing gate: `distinct2_drop`." in md
-    assert "- **DPO: PROCEED** — every gate passes." in md
+    assert (
+        "- **PPO: ADJUST** (generic rule) — decided by `distinct2_drop`; failing gate: "
+        "`distinct2_drop`." in md
+    )
+    assert "- **DPO: PROCEED** (generic rule) — every gate passes." in md
+    assert "Generic rule, per policy" in md and "Protocol rule" not in md
     for heading in (
         "## Verdicts",
         "## Headline",

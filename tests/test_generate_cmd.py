@@ -85,4 +85,72 @@ def test_missing_model_is_one_line(repo):
 def test_no_prompt_is_an_error(repo):
     result = CliRunner().invoke(app, ["generate", "-m", "sft"])
     assert result.exit_code == 2
-    assert "give --prompt TEXT or --file PATH" in result.output
+    assert "give --prompt TEXT, --file PATH or --code CODE" in result.output
+
+
+UTILS = '''import math
+
+
+def area(width, height):
+    """Old docstring: must not reach the prompt."""
+    return width * height
+
+
+class Shape:
+    def scale(self, factor):
+        if factor <= 0:
+            raise ValueError("factor")
+        return factor
+'''
+
+
+def test_docstring_code_side_by_side(repo):
+    shutil.copytree(repo / "models/sft", repo / "models/ppo")
+    (repo / "utils.py").write_text(UTILS)
+    result = CliRunner().invoke(
+        app,
+        [
+            "generate",
+            "--task",
+            "docstring",
+            "--code",
+            "utils.py",
+            "--code",
+            "def clamp(x, lo, hi): return max(lo, min(x, hi))",
+            "-m",
+            "sft",
+            "-m",
+            "ppo",
+            "--out",
+            "docs.jsonl",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = [json.loads(line) for line in (repo / "docs.jsonl").read_text().splitlines()]
+    # one row per function: two in the file (a method included), one snippet
+    assert [o["code"].splitlines()[0] for o in out] == [
+        "def area(width, height):",
+        "def scale(self, factor):",
+        "def clamp(x, lo, hi): return max(lo, min(x, hi))",
+    ]
+    assert "Old docstring" not in out[0]["code"] and "Old docstring" not in str(out[0]["prompt"])
+    assert out[0]["prompt"][0]["content"].startswith("Write a docstring for this Python function")
+    for o in out:
+        assert set(o["replies"]) == {"sft", "ppo"}
+        # the same weights under one seed: the two columns agree
+        assert o["replies"]["sft"]["text"] == o["replies"]["ppo"]["text"]
+    # side by side: one table row per function holds both models' docstrings
+    header = next(line for line in result.output.splitlines() if "function" in line)
+    assert "sft" in header and "ppo" in header
+    assert result.output.count("reward ") == 2 * 3
+    assert "def area(width, height):" in result.output
+
+
+def test_code_needs_the_docstring_task(repo):
+    result = CliRunner().invoke(app, ["generate", "--code", "def f(): pass", "-m", "sft"])
+    assert result.exit_code == 2
+    assert "--code needs --task docstring (task is 'chat')" in result.output
+    missing = CliRunner().invoke(
+        app, ["generate", "--task", "docstring", "--code", "nope.py", "-m", "sft"]
+    )
+    assert missing.exit_code == 2 and "--code nope.py: file not found" in missing.output

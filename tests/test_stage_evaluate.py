@@ -215,3 +215,62 @@ def test_judge_factory_scores_with_the_configured_judge(tiny_models, tmp_path):
     for r in ratings:
         assert 1.0 <= r["overall"] <= 5.0
         assert r["overall"] == pytest.approx((r["helpfulness"] + r["harmlessness"]) / 2)
+
+
+FUNCTIONS = [
+    ("def add(a, b):\n    return a + b", "Add a and b.\n\n>>> add(1, 2)\n3"),
+    ("def first(items):\n    if not items:\n        raise ValueError\n    return items[0]", None),
+    ("def greet(name):\n    print(name)", "Print the name."),
+]
+
+
+@pytest.fixture(scope="module")
+def docstring_evaluated(workspace, tmp_path_factory):
+    """The same models evaluated on the docstring task: the Phase-1 metrics and verdicts."""
+    root = tmp_path_factory.mktemp("evaluate_docstring")
+    shutil.copytree(workspace / "models", root / "models")
+    rows = [
+        {
+            "id": f"f{i}",
+            "prompt": [{"role": "user", "content": f"Write a docstring.\n\n{code}"}],
+            "reference": ref,
+            "meta": {"code": code},
+        }
+        for i, (code, ref) in enumerate(FUNCTIONS)
+    ]
+    prompts = root / "data/prompts/test.jsonl"
+    prompts.parent.mkdir(parents=True)
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = {
+        "task": {"name": "docstring"},
+        "eval": {"batch_size": 4, "max_new_tokens": 8, "bertscore_layers": 2, "n_boot": 200},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        result = CliRunner().invoke(app, ["evaluate", "--params", "params.yaml"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_docstring_phase1_metrics_verdicts_and_report(docstring_evaluated):
+    m = _metrics(docstring_evaluated)
+    for who in ("sft", "ppo", "dpo"):
+        assert 0.0 <= m[f"{who}/reward/total_with_reference"] <= 1.0
+        assert 0.0 <= m[f"{who}/reward/total"] <= 1.0
+        assert 0.0 <= m[f"{who}/meteor"] <= 1.0
+        # one function carries an example (add); random tiny models write none
+        assert m[f"{who}/doctest/replies"] == 1 and m[f"{who}/doctest/with_example"] == 0.0
+        assert f"{who}/doctest/pass_rate" not in m
+    # the references: no BLEU total, and the one reference example passes in the sandbox
+    assert "ref/reward/total_with_reference" not in m and 0.0 < m["ref/reward/total"] <= 1.0
+    assert m["ref/doctest/with_example"] == 1.0 and m["ref/doctest/pass_rate"] == 1.0
+    for p in ("ppo", "dpo"):
+        assert math.isfinite(m[f"delta/{p}/kl_per_token"])
+        assert m[f"verdict/{p}/rule"] == "protocol"
+        assert m[f"verdict/{p}/decision"] in ("proceed", "adjust", "reconsider")
+        by = m[f"verdict/{p}/decided_by"]
+        assert by == "all" or m[f"verdict/{p}/pass/{by}"] == 0
+    report = (docstring_evaluated / "reports/report.md").read_text()
+    assert "## Phase 1" in report and "weakest components" in report
+    assert "largest PPO gains over SFT (rule reward)" in report

@@ -256,3 +256,66 @@ def test_good_docstrings_beat_bad_ones():
         bad.extend(ds.docstring_reward(b, row, weights)[0] for b in bads)
     assert min(good) > 0.9
     assert statistics.mean(good) - statistics.mean(bad) > 0.2
+
+
+# ---------------------------------------------------------------- doctest pass rate
+
+
+def test_doctest_accounting_by_hand():
+    # 4 replies: two without an example that calls the function, one with 2 of 3 examples
+    # passing, one with its only example failing -> 2/4 write examples, 2 of 4 examples pass
+    got = ds.doctest_accounting([None, (2, 3), None, (0, 1)])
+    assert got == {"doctest/replies": 4.0, "doctest/with_example": 0.5, "doctest/pass_rate": 0.5}
+    # no reply has an example: no pass rate to report (not 0, not 1)
+    assert ds.doctest_accounting([None, None]) == {
+        "doctest/replies": 2.0,
+        "doctest/with_example": 0.0,
+    }
+    assert ds.doctest_accounting([]) == {}
+
+
+ADD = "def add(a, b):\n    return a + b\n"
+
+
+def test_reply_metrics_on_replies_with_and_without_examples():
+    carries = {"meta": {"code": ADD}, "reference": "Add.\n\n>>> add(1, 2)\n3\n"}
+    plain = {"meta": {"code": ADD}, "reference": "Add two numbers."}
+    assert ds.carries_examples(carries) and not ds.carries_examples(plain)
+    replies = [
+        "Sum a and b.\n\n>>> add(1, 2)\n3\n>>> add(2, 2)\n5\n",  # 1 of 2 examples passes
+        '"""Sum.\n\n>>> add(0, 0)\n0\n"""',  # passes (quotes stripped as for the reward)
+        "Sum a and b.",  # no example
+        "Sum.\n\n>>> 1 + 1\n2\n",  # an example that never calls add: no evidence
+        "Sum.\n\n>>> add(1, 1)\n2\n",  # on a row without examples: not counted
+    ]
+    rows = [carries, carries, carries, carries, plain]
+    got = ds.reply_metrics(replies, rows)
+    assert got == {
+        "doctest/replies": 4.0,
+        "doctest/with_example": 0.5,
+        "doctest/pass_rate": pytest.approx(2 / 3),
+    }
+    assert ds.doctest_counts(ds.clean_docstring(replies[0]), carries) == (1, 2)
+    assert ds.doctest_score(ds.clean_docstring(replies[0]), carries) == 0.5
+
+
+@pytest.mark.shared_data
+def test_functions_that_carry_examples_in_the_shared_corpus(shared_data):
+    import gzip
+    import json
+
+    from rlhf_lab.data.sources import RowError, strip_docstring
+
+    rows = []
+    with gzip.open(shared_data / "docstring/valid.jsonl.gz", "rt") as fh:
+        for line in fh:
+            raw = json.loads(line)
+            try:
+                code = strip_docstring(raw["code"])
+            except RowError:
+                continue
+            rows.append({"meta": {"code": code}, "reference": raw["docstring"]})
+    carrying = [r for r in rows if ds.carries_examples(r)]
+    assert len(rows) == 2000 and len(carrying) == 84  # docs/docstring.md quotes this count
+    got = ds.reply_metrics([r["reference"] for r in carrying[:4]], carrying[:4])
+    assert got["doctest/replies"] == 4 and got["doctest/with_example"] == 1.0

@@ -16,6 +16,8 @@ from rlhf_lab.text_metrics import (
     bleu_n,
     distinct_n,
     mean_length,
+    meteor,
+    meteor_scores,
     rouge_l,
     rouge_l_scores,
     sentence_bleu,
@@ -171,3 +173,26 @@ def test_text_length_component() -> None:
     fn = component("text/length")
     replies = ["one two three", " ".join(["w"] * 30), "", " ".join(["w"] * 90)]
     assert fn(replies, [{}] * len(replies)) == pytest.approx([0.6, 1.0, 0.0, 0.5])
+
+
+# ---------------------------------------------------------------- METEOR
+
+
+def test_meteor_by_hand_exact_and_stem() -> None:
+    # "the cats sat on the mat" vs "the cat is on the mat": exact the, on, the, mat; stem
+    # cats -> cat; "sat" unmatched. 5 matches of 6 words each side: P = R = 5/6, so
+    # Fmean = 5/6. Aligned (hyp, ref) positions (0,0)(1,1) | (3,3)(4,4)(5,5): 2 chunks,
+    # fragmentation 2/5, penalty 0.5 * (2/5)^3 = 0.032 -> 5/6 * 0.968.
+    got = meteor_scores(["the cats sat on the mat"], ["the cat is on the mat"])
+    assert got == [pytest.approx(5 / 6 * (1 - 0.5 * 0.4**3))]
+
+
+def test_meteor_has_no_synonyms_and_scores_empty_sides_zero() -> None:
+    # "big" / "large" are WordNet synonyms; without WordNet only "dog" matches:
+    # P = R = 1/2, one chunk of one match -> penalty 0.5 * 1^3 -> 0.25.
+    assert meteor_scores(["big dog"], ["large dog"]) == [pytest.approx(0.25)]
+    assert meteor_scores(["", "a"], ["a", " "]) == [0.0, 0.0]
+    assert meteor(["A b."], ["a b."]) == pytest.approx(1 - 0.5 / 27)  # lowercased, "." a token
+    assert meteor([], []) == 0.0
+    with pytest.raises(ValueError):
+        meteor_scores(["a"], [])

@@ -169,9 +169,19 @@ def generate(
         int | None, typer.Option(help="longest reply (default: eval.max_new_tokens)")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="sampling seed (default: eval.seed)")] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="task (default: task.name); docstring for --code")
+    ] = None,
+    code: Annotated[
+        list[str] | None,
+        typer.Option("--code", help="docstring task: a .py file or a code snippet (repeatable)"),
+    ] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
-    """Sample replies from trained models for a prompt or a file of prompts (not a stage)."""
+    """Sample replies from trained models for a prompt, a file of prompts or code (not a stage).
+
+    With ``--task docstring --code FILE_OR_SNIPPET`` the models' docstrings for each function
+    print side by side."""
     _run(
         "generate",
         params,
@@ -183,6 +193,8 @@ def generate(
         temperature=temperature,
         max_new_tokens=max_new_tokens,
         seed=seed,
+        task=task,
+        code=code or [],
     )
 
 

@@ -508,6 +508,35 @@ class PpoConfig(Section):
         return self.rollout_size // self.minibatches
 
 
+class ProtocolGates(Section):
+    """A task's own decision rule (the docstring task's Phase-1 protocol), on the task's rule
+    reward, BLEU-4 and the mean KL per token (``eval.gates.protocol``).
+
+    Below, PPO stands for any of ``eval.policies`` and SFT for ``eval.baseline``; the reward is
+    the weighted mean of the rule components (``reward.weights`` without ``reward_model`` and
+    ``judge``), BLEU-4 corpus BLEU on the 0-1 scale, KL the mean KL(PPO || SFT) per sampled
+    token. ``reconsider`` when the reward or BLEU-4 fell or KL > ``reconsider_kl_per_token``;
+    else ``proceed`` when the reward rose by >= ``min_reward_gain``, BLEU-4 by >=
+    ``min_bleu_gain`` and KL < ``max_kl_per_token``; else ``adjust`` (the reward rose by less
+    than ``adjust_reward_gain``, KL is above ``max_kl_per_token``, or a gain fell short of the
+    proceed bar). A null threshold takes the task's default
+    (:data:`rlhf_lab.evaluation.gates.TASK_PROTOCOLS`).
+    """
+
+    use: bool | None = None
+    """Decide by this rule, not the generic gates; null: where the task has one (docstring)."""
+    min_reward_gain: float | None = None
+    """proceed: the mean rule reward rose by at least this (null: the task's default)."""
+    min_bleu_gain: float | None = None
+    """proceed: corpus BLEU-4 (0-1 scale) rose by at least this (null: the task's default)."""
+    max_kl_per_token: float | None = Field(None, ge=0.0)
+    """proceed: mean KL per token below this (nats); above it: adjust (null: the task's default)."""
+    adjust_reward_gain: float | None = None
+    """adjust: the mean rule reward rose by less than this (null: the task's default)."""
+    reconsider_kl_per_token: float | None = Field(None, ge=0.0)
+    """reconsider: mean KL per token above this (nats) (null: the task's default)."""
+
+
 class EvalGates(Section):
     """Thresholds of the evaluate verdict, checked on each policy vs the baseline (``eval``).
 
@@ -518,10 +547,10 @@ class EvalGates(Section):
     < ``max_kl``) and ``bertscore`` (PPO's BERTScore F1 to the references not below the lower
     end of SFT's 95% CI: a reward gain that a signal the reward model never trained on does not
     see is reward hacking). Soft gates: ``bleu_drop``, ``distinct2_drop`` and ``eos_rate_drop``
-    (collapse). Verdict: ``proceed`` when every gate passes; ``adjust`` when only one soft gate
-    fails (retune, e.g. a larger KL coefficient or more diversity reward); ``reconsider`` when a
-    hard gate fails or several soft gates fail (the run did not buy reward, or bought it by
-    drifting too far).
+    (collapse). Verdict (unless ``protocol`` applies): ``proceed`` when every gate passes;
+    ``adjust`` when only one soft gate fails (retune, e.g. a larger KL coefficient or more
+    diversity reward); ``reconsider`` when a hard gate fails or several soft gates fail (the
+    run did not buy reward, or bought it by drifting too far).
     """
 
     min_reward_gain: float = 0.0
@@ -538,6 +567,8 @@ class EvalGates(Section):
     """Proceed only if the reward gain's paired Wilcoxon p-value is below this."""
     bertscore_within_ci: bool = True
     """Proceed only if PPO's BERTScore F1 is not below SFT's 95% CI (off: not checked)."""
+    protocol: ProtocolGates = ProtocolGates()
+    """The task's own rule (docstring: Phase-1 protocol); when used it replaces the gates above."""
 
 
 EVAL_RESERVED = ("ref", "delta", "verdict", "eval")

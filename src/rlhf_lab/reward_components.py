@@ -21,7 +21,7 @@ not import this module; :data:`RULES` below is the one table that names them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,6 +89,31 @@ def task_rules(task: str, *, generic: bool = False) -> list[str]:
     """The task's own rule components (``<task>/*``), plus the ``text/*`` ones if ``generic``."""
     prefixes = (f"{task}/", "text/") if generic else (f"{task}/",)
     return [n for n in RULES if n.startswith(prefixes)]
+
+
+TOTAL = "total"
+"""Name of a task's rule reward without the reference-based components (``analyze_rewards``'
+total; evaluate's ``<m>/reward/total``): what the references themselves can be scored on."""
+TOTAL_REF = "total_with_reference"
+"""Name of a task's rule reward with every weighted component, BLEU included: the one a
+policy is trained on (evaluate's ``<m>/reward/total_with_reference``)."""
+
+
+def default_weights(task: str) -> dict[str, float]:
+    """The task's own weights: docstring's DEFAULT_WEIGHTS; crs's single component."""
+    if task == "docstring":
+        return {f"docstring/{k}": v for k, v in docstring.DEFAULT_WEIGHTS.items()}
+    return dict.fromkeys(task_rules(task), 1.0)
+
+
+def task_weights(task: str, reward_weights: Mapping[str, float]) -> tuple[dict[str, float], str]:
+    """(weights of the task's components, where they came from): ``reward.weights`` when it
+    gives any of them a positive weight, else :func:`default_weights`."""
+    names = task_rules(task)
+    given = {n: float(w) for n, w in reward_weights.items() if n in names and w > 0}
+    if given:
+        return given, "reward.weights"
+    return default_weights(task), "task defaults"
 
 
 def is_reference_based(component: str) -> bool:

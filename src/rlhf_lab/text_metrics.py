@@ -1,7 +1,9 @@
-"""Text metrics for evaluation and per-reply rewards: BLEU, ROUGE-L, distinct-n, length.
+"""Text metrics for evaluation and per-reply rewards: BLEU, ROUGE-L, METEOR, distinct-n, length.
 
 BLEU is sacrebleu's (default ``13a`` tokenisation, case-sensitive), so corpus numbers are the
-standard, comparable ones; ROUGE-L is Google's ``rouge_score``. Distinct-n and length count
+standard, comparable ones; ROUGE-L is Google's ``rouge_score``. METEOR is NLTK's
+``meteor_score`` with exact and Porter-stem matching only, no WordNet synonyms
+(:func:`meteor_scores` says why). Distinct-n and length count
 whitespace tokens, lowercased for distinct-n (Li et al. 2016, "A Diversity-Promoting
 Objective Function for Neural Conversation Models").
 
@@ -11,9 +13,12 @@ the caller's to drop (the per-reply reward components in ``rlhf_lab.tasks.text``
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 
+from nltk.stem.porter import PorterStemmer
+from nltk.translate.meteor_score import single_meteor_score
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU
 
@@ -121,6 +126,57 @@ def rouge_l(hyps: Sequence[str], refs: Sequence[str], use_stemmer: bool = False)
     See :func:`rouge_l_scores` for the per-item values (for paired tests and win rates).
     """
     scores = rouge_l_scores(hyps, refs, use_stemmer=use_stemmer)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+class _NoSynonyms:
+    """Stands in for NLTK's WordNet reader in METEOR's third matching stage: no synonyms.
+
+    NLTK's WordNet corpus is a separate download (``nltk.download("wordnet")``) that cannot
+    happen offline, and no PyPI package ships it; ``single_meteor_score`` takes any object
+    with ``synsets(word)``, so this one keeps NLTK's exact and stem stages and its scoring.
+    """
+
+    @staticmethod
+    def synsets(word: str) -> list[object]:
+        return []
+
+
+_METEOR_TOKEN = re.compile(r"\w+|[^\w\s]")
+_STEMMER = PorterStemmer()
+
+
+def meteor_tokens(text: str) -> list[str]:
+    """Words and single punctuation marks, as NLTK's ``word_tokenize`` splits plain prose."""
+    return _METEOR_TOKEN.findall(text)
+
+
+def meteor_scores(hyps: Sequence[str], refs: Sequence[str]) -> list[float]:
+    """METEOR of each hypothesis against its reference, each in [0, 1]: **exact + stem, no
+    WordNet synonyms**.
+
+    NLTK's ``single_meteor_score`` (Lavie & Agarwal 2007; alpha 0.9, beta 3, gamma 0.5,
+    lowercased) with its synonym stage fed no synonyms (:class:`_NoSynonyms`), so words
+    match only exactly or through the Porter stem. The WordNet METEOR that HF ``evaluate``
+    reports can only find more matches (its synonym stage runs after these two), so it is
+    usually a little higher than this one on the same pairs. An empty side scores 0.0.
+    """
+    _check_pairs(hyps, refs)
+    return [
+        float(
+            single_meteor_score(
+                meteor_tokens(ref), meteor_tokens(hyp), stemmer=_STEMMER, wordnet=_NoSynonyms()
+            )
+        )
+        if hyp.strip() and ref.strip()
+        else 0.0
+        for hyp, ref in zip(hyps, refs, strict=True)
+    ]
+
+
+def meteor(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """Mean METEOR (exact + stem, :func:`meteor_scores`) over the pairs; 0.0 for no pairs."""
+    scores = meteor_scores(hyps, refs)
     return sum(scores) / len(scores) if scores else 0.0
 
 

@@ -913,6 +913,12 @@ DOCSTRING_INSTRUCTION = (
 )
 
 
+def docstring_prompt(code: str, language: str = "Python") -> list[dict[str, str]]:
+    """The user message asking for ``code``'s docstring (every docstring prompt row has it)."""
+    instruction = DOCSTRING_INSTRUCTION.format(language=language)
+    return [{"role": "user", "content": f"{instruction}\n\n```{language.lower()}\n{code}\n```"}]
+
+
 _NESTING_ERRORS = ("too many nested", "too many levels of indentation")
 """Prefixes of the SyntaxErrors CPython's parser raises for nesting past its fixed limits."""
 
@@ -963,9 +969,7 @@ def parse_docstring(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -
     docstring = require(row, doc_key, str).strip()
     language = row.get("language")
     language = language.capitalize() if isinstance(language, str) and language else "Python"
-    instruction = DOCSTRING_INSTRUCTION.format(language=language)
-    fence = language.lower()
-    prompt = [{"role": "user", "content": f"{instruction}\n\n```{fence}\n{code}\n```"}]
+    prompt = docstring_prompt(code, language)
     meta: dict[str, Any] = {"code": code, "origin": str(origin)}
     source_id = first_present(row, ("id", "url", "func_code_url", "func_name"))
     if source_id is not None:

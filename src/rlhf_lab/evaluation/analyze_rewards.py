@@ -50,7 +50,7 @@ from rlhf_lab.config import DataConfig, Params, TaskConfig
 from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import ConfigError, DataError
 from rlhf_lab.evaluation.plotting import BINS, WHO, num, pyplot, slug, write_csv
-from rlhf_lab.reward_components import is_reference_based
+from rlhf_lab.reward_components import TOTAL, TOTAL_REF, is_reference_based
 from rlhf_lab.tasks import crs
 
 MIN_GAP = 0.2
@@ -61,8 +61,6 @@ FORMAT_OF_TASK = {"docstring": ("docstring", "humaneval"), "crs": ("redial", "cr
 """The source formats each task reads."""
 GOOD = "good"
 """Kind of the reference reply in the scored items."""
-TOTAL = "total"
-TOTAL_REF = "total_with_reference"
 
 ComponentFn = Callable[[Sequence[str], Sequence[Row]], Sequence[float]]
 
@@ -195,25 +193,6 @@ def component_functions(task: str, params: Params) -> dict[str, ComponentFn]:
     catalogue = crs.load_catalogue(params.data.catalogue) if task == "crs" else None
     ctx = reward_components.RuleContext((int(band[0]), int(band[1])), catalogue)
     return reward_components.build(task_components(task), params, context=ctx)
-
-
-def default_weights(task: str) -> dict[str, float]:
-    """The task's own weights: docstring's DEFAULT_WEIGHTS; crs's single component."""
-    if task == "docstring":
-        from rlhf_lab.tasks.docstring import DEFAULT_WEIGHTS
-
-        return {f"docstring/{k}": v for k, v in DEFAULT_WEIGHTS.items()}
-    return dict.fromkeys(task_components(task), 1.0)
-
-
-def task_weights(task: str, reward_weights: Mapping[str, float]) -> tuple[dict[str, float], str]:
-    """(weights of the task's components, where they came from): ``reward.weights`` when it
-    gives any of them a positive weight, else :func:`default_weights`."""
-    names = task_components(task)
-    given = {n: float(w) for n, w in reward_weights.items() if n in names and w > 0}
-    if given:
-        return given, "reward.weights"
-    return default_weights(task), "task defaults"
 
 
 def normalised(weights: Mapping[str, float], reference_free: bool) -> dict[str, float]:

@@ -45,8 +45,17 @@ ARM_METRICS: tuple[tuple[str, str], ...] = (
     ("kl", "delta/{m}/kl"),
     ("tokens", "{m}/tokens"),
     ("bertscore_f1", "{m}/bertscore_f1"),
+    # a task with a rule reward (docstring's Phase-1 columns); absent elsewhere
+    ("reward", "{m}/reward/total_with_reference"),
+    ("bleu4", "{m}/bleu4"),
+    ("rougeL", "{m}/rougeL"),
+    ("meteor", "{m}/meteor"),
+    ("doctest_examples", "{m}/doctest/with_example"),
+    ("doctest_pass", "{m}/doctest/pass_rate"),
+    ("kl_per_token", "delta/{m}/kl_per_token"),
 )
-"""What the table shows per arm, read from ``metrics/evaluate.json``."""
+"""What the table shows per arm, read from ``metrics/evaluate.json`` (a column no arm has is
+left out of the table)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +83,8 @@ class ArmRun:
     """``ARM_METRICS`` columns this run has."""
     prompt_rm: dict[str, float] = field(default_factory=dict)
     """Test prompt id -> this run's reward-model score."""
+    verdict: str | None = None
+    """``verdict/<model>/decision`` (None for the baseline)."""
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -180,6 +191,7 @@ def arm_runs(exp: Experiment, samples: Sequence[Mapping[str, Any]]) -> list[ArmR
                 experiment=exp.name,
                 values=values,
                 prompt_rm=prompt_rm,
+                verdict=exp.metrics.get(f"verdict/{model}/decision"),
             )
         )
     return runs
@@ -210,10 +222,10 @@ def aggregate(runs: Iterable[ArmRun]) -> dict[str, Any]:
     """Arms × seeds: per arm the mean and 95% t-interval across seeds of each column, and a
     paired Wilcoxon test between every two arms on their shared prompts.
 
-    Returns ``{"arms": [{"arm", "model", "seeds", "experiments", "metrics": {column: {"mean",
-    "ci_lo", "ci_hi", "n"}}}], "tests": [{"a", "b", "n_prompts", "mean_diff", "win_rate",
-    "wilcoxon_p"}], "warnings": [...]}``; ``ci_lo``/``ci_hi`` are None with one seed; a test is
-    left out when the two arms share no prompt.
+    Returns ``{"arms": [{"arm", "model", "seeds", "experiments", "verdicts", "metrics":
+    {column: {"mean", "ci_lo", "ci_hi", "n"}}}], "tests": [{"a", "b", "n_prompts", "mean_diff",
+    "win_rate", "wilcoxon_p"}], "warnings": [...]}``; ``ci_lo``/``ci_hi`` are None with one
+    seed; a test is left out when the two arms share no prompt.
     """
     by_arm = _unique(runs)
     arms = []
@@ -230,6 +242,7 @@ def aggregate(runs: Iterable[ArmRun]) -> dict[str, Any]:
                 "model": rs[0].model,
                 "seeds": [r.seed for r in rs],
                 "experiments": [r.experiment for r in rs],
+                "verdicts": [r.verdict for r in rs],
                 "metrics": summary,
             }
         )
@@ -273,13 +286,10 @@ def _cell(m: Mapping[str, Any] | None) -> str:
 
 def table_rows(result: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The arms table as (header, rows of strings): ``mean ± CI half-width`` per column."""
-    header = ["arm", "seeds", *(c for c, _ in ARM_METRICS)]
+    columns = [c for c, _ in ARM_METRICS if any(c in a["metrics"] for a in result["arms"])]
+    header = ["arm", "seeds", *columns]
     rows = [
-        [
-            a["arm"],
-            str(len(a["seeds"])),
-            *(_cell(a["metrics"].get(c)) for c, _ in ARM_METRICS),
-        ]
+        [a["arm"], str(len(a["seeds"])), *(_cell(a["metrics"].get(c)) for c in columns)]
         for a in result["arms"]
     ]
     return header, rows

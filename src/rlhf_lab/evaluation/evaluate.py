@@ -25,10 +25,21 @@ that make sense for the references; ``<p>`` is a policy):
 - ``<m>/bleu``, ``bleu1``, ``bleu2``, ``bleu4``: sacrebleu corpus BLEU on rows with a
   reference (``bleu`` is the standard BLEU-4, kept as the key the gate reads);
 - ``<m>/rougeL``, ``<m>/bertscore_f1`` (+ CI): mean ROUGE-L / BERTScore F1 to the reference;
+  ``<m>/meteor``: mean METEOR to the reference, exact + stem matching, no WordNet synonyms
+  (:func:`.text_metrics.meteor_scores`);
 - ``<m>/distinct1``, ``distinct2``: corpus distinct-n; ``<m>/length``, ``tokens``: mean reply
   length in words / policy tokens (EOS counted); ``<m>/eos_rate``: replies that ended on EOS;
 - ``<m>/reward/<component>``: mean of each rule component (``text/*`` and the task's own);
+  for a task with rules of its own, the rule reward (the docstring task's "total reward"):
+  ``<m>/reward/total_with_reference`` (+ CI), the weighted mean of the task's components
+  (weights from ``reward.weights``, else the task's defaults:
+  :func:`rlhf_lab.reward_components.task_weights`; :func:`.metrics.rule_total`), and
+  ``<m>/reward/total`` (+ CI) the same without BLEU, the one ``ref`` has too;
 - ``<m>/rec_hit_rate``, ``rec_rate`` (crs): a gold movie / any known movie named;
+- ``<m>/doctest/with_example``, ``doctest/pass_rate``, ``doctest/replies`` (docstring, ``ref``
+  too): on the functions that carry examples, the fraction of replies with an example that
+  calls the function and the fraction of those examples that pass in the sandbox
+  (:func:`rlhf_lab.tasks.docstring.doctest_accounting`);
 - ``<m>/judge/<dim>`` (rubric dimensions and ``overall``), ``<m>/judge_failures``;
 - ``delta/<p>/<metric>``: policy minus baseline for each metric above;
   ``delta/<p>/rm_score_ci_lo/hi``: paired bootstrap CI of the mean per-prompt gain;
@@ -39,10 +50,15 @@ that make sense for the references; ``<p>`` is a policy):
   ``delta/<p>/win_rate_judge`` and ``delta/<p>/judge_pvalue_*`` the same on the judge's
   ``overall`` rating;
 - ``delta/<p>/kl`` (+ CI): KL(policy || baseline) in nats per reply (step 2);
+  ``delta/<p>/kl_per_token``: the same per sampled token (:func:`.metrics.kl_per_token`);
+  ``delta/<p>/reward/total_with_reference_ci_lo/hi`` and ``..._pvalue_wilcoxon``: the
+  paired CI and Wilcoxon test of the rule-reward gain;
 - ``eval/num_prompts``, ``eval/num_references``: prompts evaluated, of which with a reference;
-- ``verdict/<p>/decision`` (proceed / adjust / reconsider, :func:`.gates.decide`),
-  ``verdict/<p>/failed_gates`` (comma-separated, or ""), ``verdict/<p>/pass/<gate>`` (1/0)
-  and ``verdict/<p>/value/<gate>`` (what the gate checked).
+- ``verdict/<p>/decision`` (proceed / adjust / reconsider, :func:`.gates.check_gates`),
+  ``verdict/<p>/decided_by`` (the gate that decided it; ``all`` for proceed),
+  ``verdict/<p>/rule`` (``generic``, or ``protocol`` for the task's own, e.g. docstring's
+  Phase-1 gates), ``verdict/<p>/failed_gates`` (comma-separated, or ""),
+  ``verdict/<p>/pass/<gate>`` (1/0) and ``verdict/<p>/value/<gate>`` (what the gate checked).
 
 Steps 3 and 4 are pure (numbers in, numbers out) and unit-tested without models.
 """
@@ -64,6 +80,7 @@ from rlhf_lab.evaluation.bertscore import BertScorer
 from rlhf_lab.evaluation.gates import Verdict, check_gates
 from rlhf_lab.evaluation.metrics import (
     ModelOutputs,
+    add_rule_totals,
     build_metrics,
     component_breakdown,
     largest_changes,
@@ -71,6 +88,7 @@ from rlhf_lab.evaluation.metrics import (
 from rlhf_lab.evaluation.sampling import load_policy, sample_models  # noqa: F401 (tools.generate)
 from rlhf_lab.evaluation.scoring import JudgeScorer, reference_of, score_outputs
 from rlhf_lab.io import read_jsonl
+from rlhf_lab.reward_components import task_weights
 from rlhf_lab.reward_model import RewardModel
 
 
@@ -158,7 +176,7 @@ def finish(
     metrics = build_metrics(
         outputs, refs, kl, baseline=base, policies=policies, n_boot=cfg.n_boot, seed=cfg.seed
     )
-    verdicts = {p: check_gates(metrics, cfg.gates, p, base) for p in policies}
+    verdicts = {p: check_gates(metrics, cfg.gates, p, base, task) for p in policies}
     for p, verdict in verdicts.items():
         metrics.update(verdict.metrics(p))
     changes = {p: largest_changes(rows, outputs, base, p) for p in policies}
@@ -220,4 +238,8 @@ def run_evaluation(
         bert_scorer=BertScorer.from_dir(paths.encoder, cfg.bertscore_layers, cfg.batch_size),
         judge=judge_factory() if judge_factory is not None else None,
     )
+    # The rule reward is the task's own score (docstring: "total reward"), weighted as
+    # analyze_rewards weighs it; a task without rules of its own (chat) has none.
+    weights, _ = task_weights(task, params.reward.weights)
+    add_rule_totals(outputs, weights)
     return finish(task, rows, outputs, kl, cfg)

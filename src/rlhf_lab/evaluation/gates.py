@@ -1,8 +1,16 @@
 """evaluate's verdict: ``eval.gates`` checked on a policy vs the baseline.
 
-Hard gates (reward gain, its significance, KL, BERTScore) and soft gates (BLEU, distinct-2 and
-EOS-rate drops) give ``proceed`` / ``adjust`` / ``reconsider`` (:func:`decide`; the rule is also
-in :class:`rlhf_lab.config.EvalGates`'s docstring and the report). Pure: metrics in, verdict out.
+Two rules, one per verdict, both giving ``proceed`` / ``adjust`` / ``reconsider`` and naming
+the gate that decided it:
+
+- generic (:func:`decide`): hard gates (reward-model gain, its significance, KL, BERTScore) and
+  soft gates (BLEU, distinct-2 and EOS-rate drops); the rule is also in
+  :class:`rlhf_lab.config.EvalGates`'s docstring and the report;
+- a task's protocol (:func:`check_protocol`), used when ``eval.gates.protocol.use`` is true or
+  null for a task in :data:`TASK_PROTOCOLS` (docstring: the Phase-1 gates on the rule reward,
+  BLEU-4 and the mean KL per token, :class:`rlhf_lab.config.ProtocolGates`).
+
+Pure: metrics in, verdict out.
 """
 
 from __future__ import annotations
@@ -13,7 +21,17 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_lab.config import EvalGates
+from rlhf_lab.config import EvalGates, ProtocolGates
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.reward_components import TOTAL, TOTAL_REF
+from rlhf_lab.tasks import docstring
+
+TASK_PROTOCOLS: dict[str, dict[str, float]] = {"docstring": docstring.PHASE1_GATES}
+"""Each task's default ``eval.gates.protocol`` thresholds; a task not here uses the generic
+gates unless ``eval.gates.protocol.use`` is true and every threshold is set."""
+
+PROCEED_ALL = "all"
+"""``decided_by`` of a proceed verdict: every gate passed, none decided it alone."""
 
 
 @dataclass(frozen=True)
@@ -22,7 +40,9 @@ class GateResult:
 
     name: str
     kind: str
-    """'hard' (reward gain, KL) or 'soft' (BLEU and distinct-2 drops)."""
+    """Generic rule: 'hard' (reward gain, KL) or 'soft' (BLEU and distinct-2 drops); a protocol:
+    'reconsider' or 'proceed' (the verdict its failure points to; a failed proceed gate means
+    adjust)."""
     value: float | None
     """None when the gate could not be measured (BLEU without references): it passes."""
     threshold: float
@@ -37,16 +57,23 @@ class Verdict:
 
     decision: str
     gates: tuple[GateResult, ...]
+    decided_by: str = PROCEED_ALL
+    """The gate that decided the verdict (:data:`PROCEED_ALL` for proceed)."""
+    rule: str = "generic"
+    """Which rule decided: ``generic`` or ``protocol``."""
 
     @property
     def failed(self) -> list[str]:
         return [g.name for g in self.gates if not g.passed]
 
     def metrics(self, policy: str) -> dict[str, Any]:
-        """``verdict/<policy>/decision``, ``.../failed_gates``, ``.../pass/<gate>`` (0/1)..."""
+        """``verdict/<policy>/decision``, ``.../decided_by``, ``.../rule``, ``.../failed_gates``,
+        ``.../pass/<gate>`` (0/1), ``.../value/<gate>``."""
         pre = f"verdict/{policy}"
         out: dict[str, Any] = {
             f"{pre}/decision": self.decision,
+            f"{pre}/decided_by": self.decided_by,
+            f"{pre}/rule": self.rule,
             f"{pre}/failed_gates": ",".join(self.failed),
         }
         for g in self.gates:
@@ -70,10 +97,33 @@ def decide(failed_hard: Sequence[str], failed_soft: Sequence[str]) -> str:
     return "proceed"
 
 
+def decided_by(decision: str, failed_hard: Sequence[str], failed_soft: Sequence[str]) -> str:
+    """The gate behind a generic verdict: the first failed hard gate, else the first failed
+    soft gate; :data:`PROCEED_ALL` for proceed."""
+    if decision == "proceed":
+        return PROCEED_ALL
+    return [*failed_hard, *failed_soft][0]
+
+
 def check_gates(
+    metrics: Mapping[str, Any],
+    gates: EvalGates,
+    policy: str,
+    baseline: str,
+    task: str = "chat",
+) -> Verdict:
+    """The verdict on ``policy`` vs ``baseline`` in :func:`build_metrics`' output: the task's
+    protocol where it applies (:func:`protocol_thresholds`), else the generic gates."""
+    thresholds = protocol_thresholds(gates.protocol, task)
+    if thresholds is not None:
+        return check_protocol(metrics, thresholds, policy, baseline)
+    return check_generic(metrics, gates, policy, baseline)
+
+
+def check_generic(
     metrics: Mapping[str, Any], gates: EvalGates, policy: str, baseline: str
 ) -> Verdict:
-    """Check ``eval.gates`` on ``policy`` vs ``baseline`` in :func:`build_metrics`' output."""
+    """Check the generic ``eval.gates`` on ``policy`` vs ``baseline``."""
     pol, base, delta = f"{policy}/", f"{baseline}/", f"delta/{policy}/"
     gain = float(metrics[f"{delta}rm_score"])
     kl = float(metrics[f"{delta}kl"])
@@ -158,4 +208,134 @@ def check_gates(
     )
     failed_hard = [g.name for g in results if g.kind == "hard" and not g.passed]
     failed_soft = [g.name for g in results if g.kind == "soft" and not g.passed]
-    return Verdict(decide(failed_hard, failed_soft), results)
+    decision = decide(failed_hard, failed_soft)
+    return Verdict(decision, results, decided_by(decision, failed_hard, failed_soft))
+
+
+PROTOCOL_FIELDS = (
+    "min_reward_gain",
+    "min_bleu_gain",
+    "max_kl_per_token",
+    "adjust_reward_gain",
+    "reconsider_kl_per_token",
+)
+"""The thresholds of :class:`rlhf_lab.config.ProtocolGates`."""
+
+
+def protocol_thresholds(cfg: ProtocolGates, task: str) -> dict[str, float] | None:
+    """The protocol thresholds in force for ``task``: each ``eval.gates.protocol`` field, or the
+    task's default (:data:`TASK_PROTOCOLS`) where it is null; None when the generic gates
+    decide (``use: false``, or null for a task without a protocol).
+
+    ConfigError when the protocol is on and a threshold has neither a value nor a default.
+    """
+    defaults = TASK_PROTOCOLS.get(task, {})
+    use = cfg.use if cfg.use is not None else bool(defaults)
+    if not use:
+        return None
+    out: dict[str, float] = {}
+    for name in PROTOCOL_FIELDS:
+        value = getattr(cfg, name)
+        value = defaults.get(name) if value is None else value
+        if value is None:
+            raise ConfigError(
+                f"params.yaml: eval.gates.protocol.{name}: task {task!r} has no default; set it "
+                "or set eval.gates.protocol.use to false"
+            )
+        out[name] = float(value)
+    return out
+
+
+def kl_per_token(kl: np.ndarray, n_tokens: Sequence[int]) -> float:
+    """Mean KL per sampled token: the replies' summed KL over their summed token counts (a
+    long reply weighs by its length, as a per-token penalty does); 0.0 without tokens."""
+    total = float(np.sum(n_tokens))
+    return float(np.sum(kl)) / total if total > 0 else 0.0
+
+
+def check_protocol(
+    metrics: Mapping[str, Any], t: Mapping[str, float], policy: str, baseline: str
+) -> Verdict:
+    """The task's protocol on ``policy`` vs ``baseline`` (:class:`rlhf_lab.config.ProtocolGates`).
+
+    Reads ``delta/<p>/reward/total_with_reference`` (mean rule reward gain; ``.../total``
+    when no reference-based component is weighted), ``delta/<p>/bleu4`` (corpus
+    BLEU-4 gain in points, divided by 100 here: the protocol's BLEU is on the 0-1 scale) and
+    ``delta/<p>/kl_per_token``. The reconsider gates are checked first, then the proceed ones;
+    the first failure in that order decides. Between the adjust and the proceed reward bars
+    (and for a BLEU-4 gain in [0, ``min_bleu_gain``)) the protocol names no verdict: adjust,
+    the cautious reading, decided by the proceed gate that failed.
+    """
+    d = f"delta/{policy}/"
+    reward = f"{d}reward/{TOTAL_REF}"
+    gain = float(metrics[reward if reward in metrics else f"{d}reward/{TOTAL}"])
+    bleu = metrics.get(f"{d}bleu4")
+    bleu_gain = None if bleu is None else float(bleu) / 100.0
+    kl = float(metrics[f"{d}kl_per_token"])
+    P, B = policy.upper(), baseline.upper()
+    reconsider = (
+        GateResult(
+            "reward_fell",
+            "reconsider",
+            gain,
+            0.0,
+            gain >= 0.0,
+            f"{P} - {B} mean rule reward >= 0",
+        ),
+        GateResult(
+            "bleu_fell",
+            "reconsider",
+            bleu_gain,
+            0.0,
+            bleu_gain is None or bleu_gain >= 0.0,
+            f"{P} - {B} corpus BLEU-4 (0-1) >= 0 (n/a without references)",
+        ),
+        GateResult(
+            "kl_far",
+            "reconsider",
+            kl,
+            t["reconsider_kl_per_token"],
+            kl <= t["reconsider_kl_per_token"],
+            f"mean KL({P} || {B}) per token <= {t['reconsider_kl_per_token']:g} nats",
+        ),
+    )
+    proceed = (
+        GateResult(
+            "reward_stalled",
+            "proceed",
+            gain,
+            t["adjust_reward_gain"],
+            gain >= t["adjust_reward_gain"],
+            f"{P} - {B} mean rule reward >= {t['adjust_reward_gain']:g} (else adjust)",
+        ),
+        GateResult(
+            "kl",
+            "proceed",
+            kl,
+            t["max_kl_per_token"],
+            kl < t["max_kl_per_token"],
+            f"mean KL({P} || {B}) per token < {t['max_kl_per_token']:g} nats",
+        ),
+        GateResult(
+            "reward_gain",
+            "proceed",
+            gain,
+            t["min_reward_gain"],
+            gain >= t["min_reward_gain"],
+            f"{P} - {B} mean rule reward >= {t['min_reward_gain']:g}",
+        ),
+        GateResult(
+            "bleu_gain",
+            "proceed",
+            bleu_gain,
+            t["min_bleu_gain"],
+            bleu_gain is None or bleu_gain >= t["min_bleu_gain"],
+            f"{P} - {B} corpus BLEU-4 (0-1) >= {t['min_bleu_gain']:g} (n/a without references)",
+        ),
+    )
+    gates = (*reconsider, *proceed)
+    for decision, group in (("reconsider", reconsider), ("adjust", proceed)):
+        failed = [g.name for g in group if not g.passed]
+        if failed:
+            return Verdict(decision, gates, failed[0], "protocol")
+    return Verdict("proceed", gates, PROCEED_ALL, "protocol")

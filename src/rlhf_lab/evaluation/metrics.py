@@ -19,10 +19,16 @@ from rlhf_lab import text_metrics
 from rlhf_lab.data.rows import Row
 from rlhf_lab.evaluation import stats
 from rlhf_lab.judge.rubrics import OVERALL
-from rlhf_lab.reward_components import REWARD_MODEL
+from rlhf_lab.reward_components import REWARD_MODEL, TOTAL, TOTAL_REF, is_reference_based
 
 CONFIDENCE = 0.95
 """Level of every confidence interval in the metrics."""
+
+TOTALS = (TOTAL, TOTAL_REF)
+"""``scores`` keys of the rule reward (:func:`add_rule_totals`), named as ``analyze_rewards``
+names its totals: ``total`` without the reference-based components (what the references get
+too, so the gap to them compares like with like) and ``total_with_reference`` with them (the
+reward the policy was trained on)."""
 
 
 @dataclass
@@ -49,6 +55,61 @@ class ModelOutputs:
     """Judge dimension (and ``overall``) -> per-row rating (NaN where the judge failed)."""
     task_flags: dict[str, np.ndarray] = field(default_factory=dict)
     """Task-specific 0/1 outcomes per row, e.g. crs ``rec_hit``, ``rec_any``."""
+    task_metrics: dict[str, float] = field(default_factory=dict)
+    """Task-specific corpus metrics, e.g. docstring ``doctest/pass_rate``."""
+
+
+def rule_total(
+    scores: Mapping[str, np.ndarray], weights: Mapping[str, float], *, ref_free: bool = False
+) -> np.ndarray | None:
+    """Per row, the weighted mean of the rule components in ``scores`` with a positive weight
+    in ``weights`` (the task's: :func:`rlhf_lab.reward_components.task_weights`), renormalised
+    over the components scored on that row (a row without a reference has no BLEU); NaN where
+    none is; None when ``scores`` has no weighted component.
+
+    ``ref_free`` leaves out the reference-based components (BLEU). In [0, 1] since every rule
+    component is: the docstring task's "total reward".
+    """
+    ws = {
+        n: float(w)
+        for n, w in weights.items()
+        if w > 0 and n in scores and not (ref_free and is_reference_based(n))
+    }
+    if not ws:
+        return None
+    vals = np.stack([np.asarray(scores[n], dtype=np.float64) for n in ws])
+    finite = np.isfinite(vals)
+    w = np.array(list(ws.values()))[:, None] * finite
+    num = (np.where(finite, vals, 0.0) * w).sum(axis=0)
+    den = w.sum(axis=0)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def add_rule_totals(outputs: Mapping[str, ModelOutputs], weights: Mapping[str, float]) -> None:
+    """Put the rule reward :data:`TOTAL` (reference-free) into every output's ``scores``, and
+    :data:`TOTAL_REF` into those scored on a weighted reference-based component (not the
+    references), in place."""
+    ref_based = [n for n, w in weights.items() if w > 0 and is_reference_based(n)]
+    for out in outputs.values():
+        total = rule_total(out.scores, weights, ref_free=True)
+        if total is not None:
+            out.scores[TOTAL] = np.where(out.valid, total, np.nan)
+        if any(n in out.scores for n in ref_based):
+            with_ref = rule_total(out.scores, weights)
+            out.scores[TOTAL_REF] = np.where(out.valid, with_ref, np.nan)  # type: ignore[arg-type]
+
+
+def rule_reward_key(out: ModelOutputs) -> str | None:
+    """The rule reward a policy is judged and ranked by: :data:`TOTAL_REF` (what it was trained
+    on) where scored, else :data:`TOTAL`; None without rule totals."""
+    return next((k for k in (TOTAL_REF, TOTAL) if k in out.scores), None)
+
+
+def kl_per_token(kl: np.ndarray, n_tokens: Sequence[int]) -> float:
+    """Mean KL per sampled token: the replies' summed KL over their summed token counts (a
+    long reply weighs by its length, as a per-token penalty does); 0.0 without tokens."""
+    total = float(np.sum(n_tokens))
+    return float(np.sum(kl)) / total if total > 0 else 0.0
 
 
 def _nanmean(x: np.ndarray) -> float | None:
@@ -72,7 +133,8 @@ def _with_ci(out: dict[str, Any], key: str, values: np.ndarray, n_boot: int, see
 
 
 def reference_metrics(hyps: Sequence[str], refs: Sequence[str | None]) -> dict[str, float]:
-    """Corpus BLEU (sacrebleu; BLEU-1/2/4) and mean ROUGE-L F1 on the rows with a reference.
+    """Corpus BLEU (sacrebleu; BLEU-1/2/4), mean ROUGE-L F1 and mean METEOR (exact + stem,
+    :func:`text_metrics.meteor_scores`) on the rows with a reference.
 
     ``bleu`` is sacrebleu's standard corpus BLEU (equal to ``bleu4``; the gates read it).
     Empty when no row has a reference.
@@ -84,6 +146,7 @@ def reference_metrics(hyps: Sequence[str], refs: Sequence[str | None]) -> dict[s
     out = {f"bleu{n}": text_metrics.bleu_n(h, r, n) for n in (1, 2, 4)}
     out["bleu"] = text_metrics.bleu(h, r)
     out["rougeL"] = text_metrics.rouge_l(h, r)
+    out["meteor"] = text_metrics.meteor(h, r)
     return out
 
 
@@ -99,8 +162,10 @@ def summarise_model(
     """
     texts = [t for t, ok in zip(out.texts, out.valid, strict=True) if ok]
     m: dict[str, Any] = {}
-    if REWARD_MODEL in out.scores:
-        _with_ci(m, "rm_score", out.scores[REWARD_MODEL], n_boot, seed)
+    # the reward model's score and the rule rewards, each with its bootstrap CI
+    for name, key in ((REWARD_MODEL, "rm_score"), *((t, f"reward/{t}") for t in TOTALS)):
+        if name in out.scores:
+            _with_ci(m, key, out.scores[name], n_boot, seed)
     if refs is not None:
         m.update(reference_metrics(out.texts, refs))
     if out.bertscore_f1 is not None:
@@ -113,11 +178,12 @@ def summarise_model(
     if out.eos is not None:
         m["eos_rate"] = float(np.mean(out.eos))
     for name, values in out.scores.items():
-        if name != REWARD_MODEL and (mean := _nanmean(values)) is not None:
+        if name not in (REWARD_MODEL, *TOTALS) and (mean := _nanmean(values)) is not None:
             m[f"reward/{name}"] = mean
     for name, flags in out.task_flags.items():
         if (mean := _nanmean(flags)) is not None:
             m[f"{name}_rate"] = mean
+    m.update(out.task_metrics)
     if out.judge is not None:
         for dim, values in out.judge.items():
             if (mean := _nanmean(values)) is not None:
@@ -168,7 +234,10 @@ def compare_with_baseline(
     ``<metric>``: policy minus baseline for every corpus metric both have; ``rm_score_ci_lo/hi``
     the paired CI of the mean per-prompt gain; ``win_rate_rm`` (+ CI, p-values) and
     ``win_rate_rm_lc`` (length-controlled, :func:`stats.length_controlled_win_rate` on the
-    token lengths); the same on the judge's ``overall``; ``kl`` (+ CI): KL(policy || baseline).
+    token lengths); the same on the judge's ``overall``; ``kl`` (+ CI): KL(policy || baseline)
+    per reply, ``kl_per_token`` (:func:`kl_per_token`); ``reward/<total>_ci_lo/hi`` and
+    ``reward/<total>_pvalue_wilcoxon``: the paired CI and test of the rule-reward gain
+    (``<total>``: :func:`rule_reward_key`).
     """
     out: dict[str, Any] = {}
     # CI bounds of the two means do not subtract into a CI of the difference; the paired CIs
@@ -197,6 +266,17 @@ def compare_with_baseline(
             paired_comparison("judge", policy.judge[OVERALL], baseline.judge[OVERALL], n_boot, seed)
         )
     _with_ci(out, "kl", kl, n_boot, seed)
+    if policy.n_tokens is not None:
+        out["kl_per_token"] = kl_per_token(kl, policy.n_tokens)
+    key = rule_reward_key(baseline)
+    if key is not None and key in policy.scores:
+        a, b = policy.scores[key], baseline.scores[key]
+        both = np.isfinite(a) & np.isfinite(b)
+        if both.any():
+            diff = a[both] - b[both]
+            _, lo, hi = stats.mean_ci(diff, confidence=CONFIDENCE, n_boot=n_boot, seed=seed)
+            out[f"reward/{key}_ci_lo"], out[f"reward/{key}_ci_hi"] = lo, hi
+            out[f"reward/{key}_pvalue_wilcoxon"] = stats.paired_test(a[both], b[both])["wilcoxon_p"]
     return out
 
 
@@ -252,6 +332,8 @@ def component_breakdown(
     base, pol, ref = outputs[baseline], outputs[policy], outputs.get("ref")
     rows = []
     for name in base.scores:
+        if name in TOTALS:
+            continue  # the sum of the rows, not a component
         a, b = pol.scores[name], base.scores[name]
         both = np.isfinite(a) & np.isfinite(b)
         if not both.any():
@@ -276,15 +358,37 @@ def component_breakdown(
     return sorted(rows, key=lambda r: -r["delta"])
 
 
+EXAMPLES_RULE = 3
+"""Before/after examples each way when ranked by the rule reward (the Phase-1 protocol's)."""
+EXAMPLES_RM = 5
+"""Before/after examples each way when ranked by the reward model."""
+
+
+def ranking_score(out: ModelOutputs) -> str:
+    """The score the before/after examples are ranked by: the rule reward
+    (:func:`rule_reward_key`) when the run has one (the docstring task's reward), else the
+    reward model."""
+    return rule_reward_key(out) or REWARD_MODEL
+
+
 def largest_changes(
     rows: Sequence[Row],
     outputs: Mapping[str, ModelOutputs],
     baseline: str,
     policy: str,
-    k: int = 5,
+    k: int | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Row indices of a policy's ``k`` largest gains and ``k`` largest losses by reward model."""
-    diff = outputs[policy].scores[REWARD_MODEL] - outputs[baseline].scores[REWARD_MODEL]
+    """Row indices of a policy's ``k`` largest gains and ``k`` largest losses by
+    :func:`ranking_score` (the rule reward where there is one, else the reward model).
+
+    ``k`` defaults to :data:`EXAMPLES_RULE` (the Phase-1 protocol reads three each way) when
+    ranking by the rule reward, else :data:`EXAMPLES_RM`.
+    """
+    key = ranking_score(outputs[baseline])
+    if k is None:
+        k = EXAMPLES_RM if key == REWARD_MODEL else EXAMPLES_RULE
+    diff = outputs[policy].scores[key] - outputs[baseline].scores[key]
+    diff = np.where(np.isfinite(diff), diff, 0.0)
     order = np.argsort(-diff, kind="stable")
     gains = [int(i) for i in order if diff[i] > 0][:k]
     losses = [int(i) for i in order[::-1] if diff[i] < 0][:k]

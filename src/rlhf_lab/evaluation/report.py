@@ -30,11 +30,17 @@ from typing import Any
 import numpy as np
 
 from rlhf_lab.evaluation.evaluate import EvalResult
-from rlhf_lab.evaluation.metrics import CONFIDENCE
+from rlhf_lab.evaluation.metrics import (
+    CONFIDENCE,
+    EXAMPLES_RM,
+    EXAMPLES_RULE,
+    ranking_score,
+    rule_reward_key,
+)
 from rlhf_lab.evaluation.plotting import BINS, num, pyplot, slug, write_csv
 from rlhf_lab.evaluation.scoring import reference_of
 from rlhf_lab.judge.rubrics import OVERALL
-from rlhf_lab.reward_components import REWARD_MODEL
+from rlhf_lab.reward_components import REWARD_MODEL, TOTAL, TOTAL_REF
 
 REF = "ref"
 """The human references' key in ``EvalResult.outputs`` and their column in the plot data."""
@@ -363,12 +369,15 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 HEADLINE: tuple[tuple[str, str, bool], ...] = (
     # (metric key without model prefix, label, has a bootstrap CI)
     ("rm_score", "reward model score (normalised), mean [95% CI]", True),
+    (f"reward/{TOTAL_REF}", "rule reward (task components, 0–1), mean [95% CI]", True),
+    (f"reward/{TOTAL}", "rule reward without BLEU (as for the references) [95% CI]", True),
     (f"judge/{OVERALL}", "judge overall (1–5)", False),
     ("bleu", "corpus BLEU (sacrebleu)", False),
     ("bleu1", "BLEU-1", False),
     ("bleu2", "BLEU-2", False),
     ("bleu4", "BLEU-4", False),
     ("rougeL", "ROUGE-L F1", False),
+    ("meteor", "METEOR (exact + stem, no WordNet synonyms)", False),
     ("bertscore_f1", "BERTScore F1 [95% CI]", True),
     ("distinct1", "distinct-1", False),
     ("distinct2", "distinct-2", False),
@@ -377,6 +386,9 @@ HEADLINE: tuple[tuple[str, str, bool], ...] = (
     ("eos_rate", "EOS rate (reply finished)", False),
     ("rec_hit_rate", "recommendation hit rate (gold movie named)", False),
     ("rec_rate", "recommendation rate (any known movie named)", False),
+    ("doctest/with_example", "replies with an example calling the function", False),
+    ("doctest/pass_rate", "doctest pass rate of those examples (sandbox)", False),
+    ("doctest/replies", "functions that carry examples (doctest rows)", False),
 )
 
 
@@ -418,6 +430,7 @@ def _headline(result: EvalResult) -> list[str]:
         ("win_rate_rm_lc", f"length-controlled win rate {vs}, reward model"),
         ("win_rate_judge", f"win rate {vs}, judge overall [95% CI]"),
         ("kl", f"KL(policy ‖ {label(base)}), nats per reply [95% CI]"),
+        ("kl_per_token", f"KL(policy ‖ {label(base)}), nats per token"),
     ):
         if any(f"delta/{p}/{key}" in m for p in pols):
             rows.append([text, *blank, *(_ci(m, f"delta/{p}/{key}") for p in pols), ""])
@@ -510,8 +523,10 @@ def _examples(result: EvalResult, policy: str, indices: Sequence[int], title: st
     if not indices:
         return [*lines, "None.", ""]
     base = result.baseline
-    base_rm = result.outputs[base].scores[REWARD_MODEL]
-    pol_rm = result.outputs[policy].scores[REWARD_MODEL]
+    key = ranking_score(result.outputs[base])
+    short = SCORE_SHORT.get(key, key)
+    base_rm = result.outputs[base].scores[key]
+    pol_rm = result.outputs[policy].scores[key]
     rows = []
     for rank, i in enumerate(indices, 1):
         row = result.rows[i]
@@ -523,8 +538,8 @@ def _examples(result: EvalResult, policy: str, indices: Sequence[int], title: st
             [
                 f"{rank}. `{cell(row.get('id', i), 60)}`",
                 prompt,
-                f"{cell(result.outputs[base].texts[i])}<br>*rm {_fmt(float(base_rm[i]))}*",
-                f"{cell(result.outputs[policy].texts[i])}<br>*rm {_fmt(float(pol_rm[i]))}*",
+                f"{cell(result.outputs[base].texts[i])}<br>*{short} {_fmt(float(base_rm[i]))}*",
+                f"{cell(result.outputs[policy].texts[i])}<br>*{short} {_fmt(float(pol_rm[i]))}*",
                 _signed(float(pol_rm[i] - base_rm[i])),
             ]
         )
@@ -533,7 +548,7 @@ def _examples(result: EvalResult, policy: str, indices: Sequence[int], title: st
         "prompt (last user turn)",
         f"{label(base)} reply",
         f"{label(policy)} reply",
-        "Δ rm",
+        f"Δ {short}",
     ]
     lines += _table(header, rows)
     return [*lines, ""]
@@ -543,11 +558,33 @@ def _verdict_line(result: EvalResult, policy: str) -> str:
     v = result.verdicts[policy]
     failed = ", ".join(f"`{name}`" for name in v.failed)
     tail = (
-        f" — failing gate{'s' if len(v.failed) > 1 else ''}: {failed}."
+        f" — decided by `{v.decided_by}`; failing gate{'s' if len(v.failed) > 1 else ''}: {failed}."
         if failed
         else " — every gate passes."
     )
-    return f"- **{label(policy)}: {v.decision.upper()}**{tail}"
+    return f"- **{label(policy)}: {v.decision.upper()}** ({v.rule} rule){tail}"
+
+
+GENERIC_RULE = (
+    "Generic rule, per policy: *proceed* when every gate passes; *adjust* when the hard gates "
+    "(`reward_gain`, `significance`, `kl`, `bertscore`) pass and exactly one soft gate "
+    "(`bleu_drop`, `distinct2_drop`, `eos_rate_drop`) fails; *reconsider* when a hard gate "
+    "fails or more than one soft gate fails. The first failed hard gate, else soft gate, "
+    "decides."
+)
+PROTOCOL_RULE = (
+    "Protocol rule (`eval.gates.protocol`), per policy, on the mean rule reward, corpus BLEU-4 "
+    "(0–1) and the mean KL per token: *reconsider* when the reward or BLEU-4 fell or the KL is "
+    "above the reconsider bar (`reward_fell`, `bleu_fell`, `kl_far`); else *proceed* when the "
+    "reward and BLEU-4 rose by their bars and the KL stayed below its bar; else *adjust* "
+    "(`reward_stalled`, `kl`, `reward_gain`, `bleu_gain`: the first that failed decides)."
+)
+
+
+def _rules(result: EvalResult) -> list[str]:
+    """The verdict rules in force, in words."""
+    used = dict.fromkeys(v.rule for v in result.verdicts.values())
+    return [PROTOCOL_RULE if rule == "protocol" else GENERIC_RULE for rule in used]
 
 
 def _per_policy(result: EvalResult, policy: str, n_boot: int) -> list[str]:
@@ -571,15 +608,98 @@ def _per_policy(result: EvalResult, policy: str, n_boot: int) -> list[str]:
             result,
             policy,
             result.gains[policy],
-            f"Five largest {name} gains over {base} (reward model)",
+            f"{_count_word(result)} largest {name} gains over {base} ({_ranked_by(result)})",
         ),
         *_examples(
             result,
             policy,
             result.losses[policy],
-            f"Five largest {name} losses to {base} (reward model)",
+            f"{_count_word(result)} largest {name} losses to {base} ({_ranked_by(result)})",
         ),
     ]
+
+
+SCORE_SHORT = {REWARD_MODEL: "rm", TOTAL_REF: "reward", TOTAL: "reward"}
+"""How an example's cell names the score it is ranked by."""
+
+
+def _ranked_by(result: EvalResult) -> str:
+    key = ranking_score(result.outputs[result.baseline])
+    return "reward model" if key == REWARD_MODEL else "rule reward"
+
+
+def _count_word(result: EvalResult) -> str:
+    key = ranking_score(result.outputs[result.baseline])
+    n = EXAMPLES_RM if key == REWARD_MODEL else EXAMPLES_RULE
+    return {3: "Three", 5: "Five"}.get(n, str(n))
+
+
+def _weakest(result: EvalResult, policy: str, n: int = 2) -> list[dict[str, Any]]:
+    """The policy's ``n`` lowest-scoring rule components (in [0, 1]; the reward model's scale
+    is not, so it is left out): where the next run has the most to gain."""
+    rows = [r for r in result.breakdown[policy] if r["component"] != REWARD_MODEL]
+    return sorted(rows, key=lambda r: r["policy"])[:n]
+
+
+def _phase1(result: EvalResult) -> list[str]:
+    """The Phase-1 table: rule reward of every model and the references, the gap to them, the
+    reference metrics, the doctest pass rate, KL per token, the verdict and its gate; then
+    each policy's weakest components. Empty for a task without a rule reward."""
+    m, base = result.metrics, result.baseline
+    if rule_reward_key(result.outputs[base]) is None:
+        return []
+    ref_total = m.get(f"{REF}/reward/{TOTAL}")
+    rows = []
+    for who in [*result.models, REF]:
+        total = m.get(f"{who}/reward/{TOTAL}")
+        gap = ref_total - total if ref_total is not None and total is not None else None
+        v = result.verdicts.get(who)
+        verdict = f"{v.decision} (`{v.decided_by}`)" if v is not None else "–"
+        bleu = m.get(f"{who}/bleu4")
+        rows.append(
+            [
+                label(who),
+                _ci(m, f"{who}/reward/{TOTAL_REF}"),
+                _ci(m, f"{who}/reward/{TOTAL}"),
+                _signed(gap) if who != REF else "–",
+                _fmt(bleu / 100.0) if bleu is not None else "–",
+                _fmt(m.get(f"{who}/rougeL")),
+                _fmt(m.get(f"{who}/meteor")),
+                _fmt(m.get(f"{who}/doctest/with_example")),
+                _fmt(m.get(f"{who}/doctest/pass_rate")),
+                _fmt(m.get(f"delta/{who}/kl_per_token")),
+                verdict,
+            ]
+        )
+    header = [
+        "model",
+        "rule reward [95% CI]",
+        "without BLEU",
+        "gap to references",
+        "BLEU-4 (0–1)",
+        "ROUGE-L",
+        "METEOR",
+        "writes examples",
+        "examples pass",
+        "KL / token",
+        "verdict (gate)",
+    ]
+    lines = ["## Phase 1", "", *_table(header, rows), ""]
+    lines.append(
+        "Rule reward: the weighted mean of the task's components (the total the policy was "
+        "trained on); without BLEU it is comparable with the references, and the gap is the "
+        "references' minus the model's. METEOR: exact + Porter-stem matching, no WordNet "
+        "synonyms. *Writes examples*: replies, on the functions whose reference carries "
+        f"examples ({_fmt(m.get(f'{base}/doctest/replies'))}), with an example that calls the "
+        "function; *examples pass*: the share of those examples that pass in the sandbox."
+    )
+    lines.append("")
+    for policy in result.policies:
+        weak = ", ".join(
+            f"`{r['component']}` {_fmt(r['policy'])}" for r in _weakest(result, policy)
+        )
+        lines.append(f"- **{label(policy)}**: weakest components {weak}.")
+    return [*lines, ""]
 
 
 def render_report(
@@ -601,15 +721,13 @@ def render_report(
         "",
         *(_verdict_line(result, p) for p in result.policies),
         "",
-        "Rule, per policy: *proceed* when every gate passes; *adjust* when the hard gates "
-        "(`reward_gain`, `significance`, `kl`, `bertscore`) pass and exactly one soft gate "
-        "(`bleu_drop`, `distinct2_drop`, `eos_rate_drop`) fails; *reconsider* when a hard gate "
-        "fails or more than one soft gate fails.",
+        *_rules(result),
         "",
         f"Task `{result.task}`: {m.get('eval/num_prompts')} test prompts "
         f"({m.get('eval/num_references')} with a reference). Every model sampled with the same "
         f"settings and seed; X − {base} is X minus {base}.",
         "",
+        *_phase1(result),
         "## Headline",
         "",
         *_headline(result),

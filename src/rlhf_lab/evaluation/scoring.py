@@ -19,7 +19,13 @@ import numpy as np
 from rlhf_lab.data.rows import Row
 from rlhf_lab.evaluation.metrics import ModelOutputs
 from rlhf_lab.reward_components import REWARD_MODEL, RewardFn, is_reference_based
-from rlhf_lab.tasks import crs
+from rlhf_lab.tasks import crs, docstring
+
+TASK_REPLY_METRICS: dict[str, Callable[[Sequence[str], Sequence[Row]], dict[str, float]]] = {
+    "docstring": docstring.reply_metrics,
+}
+"""Each task's corpus metrics of one model's replies (``<m>/<key>`` in the metrics): docstring's
+doctest pass rate on the functions that carry examples."""
 
 
 def reference_of(row: Row) -> str | None:
@@ -52,10 +58,12 @@ def score_outputs(
     catalogue: crs.MovieCatalogue | None = None,
     task: str = "chat",
 ) -> None:
-    """Fill each output's ``scores``, ``bertscore_f1``, ``judge`` and ``task_flags`` in place.
+    """Fill each output's ``scores``, ``bertscore_f1``, ``judge``, ``task_flags`` and
+    ``task_metrics`` in place.
 
     ``components`` are the rule components (:func:`rlhf_lab.reward_components.build`);
-    crs also gets the hit / recommendation flags, over ``catalogue`` (``data.catalogue``).
+    crs also gets the hit / recommendation flags, over ``catalogue`` (``data.catalogue``);
+    a task in :data:`TASK_REPLY_METRICS` its own metrics (references included).
 
     ``reward_model`` is a ``rlhf_lab.reward_model.RewardModel`` (or anything with its
     ``score``); ``bert_scorer`` a :class:`~rlhf_lab.evaluation.bertscore.BertScorer`.
@@ -83,6 +91,9 @@ def score_outputs(
             recs = [float(crs.recommends_any(t, r, catalogue)) for t, r in pairs]
             out.task_flags["rec_hit"] = _aligned(hits, out.valid)
             out.task_flags["rec"] = _aligned(recs, out.valid)
+        task_metrics = TASK_REPLY_METRICS.get(task)
+        if task_metrics is not None:
+            out.task_metrics.update(task_metrics(sub_texts, sub_rows))
         if who == "ref":
             continue
         if bert_scorer is not None and has_ref.any():

@@ -90,6 +90,18 @@ DEFAULT_WEIGHTS: dict[str, float] = {
 }
 """Weights used by :func:`docstring_reward` when none are given."""
 
+PHASE1_GATES: dict[str, float] = {
+    "min_reward_gain": 0.10,
+    "min_bleu_gain": 0.02,
+    "max_kl_per_token": 0.02,
+    "adjust_reward_gain": 0.05,
+    "reconsider_kl_per_token": 0.05,
+}
+"""The Phase-1 protocol's decision thresholds, the task's ``eval.gates.protocol`` defaults:
+proceed if the mean rule reward rose by >= 0.10, BLEU-4 by >= 0.02 and the mean KL per token
+stayed < 0.02; adjust if the reward rose by < 0.05 or KL > 0.02; reconsider if the reward or
+BLEU-4 fell or KL > 0.05 (:class:`rlhf_lab.config.ProtocolGates`)."""
+
 CONTROL_FLOW_WORDS: dict[str, tuple[str, ...]] = {
     "if": (
         r"if",
@@ -200,6 +212,31 @@ def _first_function(tree: ast.Module) -> ast.FunctionDef | ast.AsyncFunctionDef 
                 if isinstance(item, funcs):
                     return item
     return None
+
+
+def functions_in(source: str) -> list[str]:
+    """The source of each top-level function and of each method of a top-level class in
+    ``source``, in order; ``[source]`` when it does not parse or defines none (a snippet is
+    then one function as given)."""
+    text = textwrap.dedent(source)
+    try:
+        tree = ast.parse(text)
+    except PARSE_ERRORS:
+        return [source]
+    funcs = (ast.FunctionDef, ast.AsyncFunctionDef)
+    nodes = []
+    for node in tree.body:
+        if isinstance(node, funcs):
+            nodes.append(node)
+        elif isinstance(node, ast.ClassDef):
+            nodes.extend(item for item in node.body if isinstance(item, funcs))
+    lines = text.splitlines(keepends=True)
+    found = []
+    for node in nodes:
+        # decorators sit above the def's line: keep them, as a reader sees the function
+        start = min([d.lineno for d in node.decorator_list] + [node.lineno])
+        found.append(textwrap.dedent("".join(lines[start - 1 : node.end_lineno])).strip("\n"))
+    return found or [source]
 
 
 def _own_nodes(func: ast.AST) -> list[ast.AST]:
@@ -454,15 +491,70 @@ def _row_code(row: Row, key: str = "code") -> str:
     return code if isinstance(code, str) else ""
 
 
-def doctest_score(doc: str, row: Row, limits: sandbox.Limits = sandbox.DEFAULT_LIMITS) -> float:
-    """Fraction of ``doc``'s examples that pass against the row's function (module docstring)."""
+@functools.lru_cache(maxsize=1024)
+def _run_doctests(doc: str, code: str, name: str, setup: str) -> sandbox.DoctestResult | None:
+    # Cached: evaluate runs the same reply's examples for the docstring/doctest component and
+    # for the pass-rate accounting (doctest_counts); one child process is enough.
+    return sandbox.run_doctests(doc, code, name=name, setup=setup)
+
+
+def doctest_counts(doc: str, row: Row) -> tuple[int, int] | None:
+    """``(passed, total)`` examples of ``doc`` run against the row's function in the sandbox
+    (:func:`rlhf_lab.tasks.sandbox.run_doctests`); None when no example calls the function
+    (or its code does not parse). A child that gave no result (timeout, a limit) counts every
+    example of ``doc`` as failed."""
     code = textwrap.dedent(_row_code(row))
     facts = analyze_function(code)
     if not facts.parse_ok:
-        return 0.0
-    setup = _row_code(row, "setup")
-    result = sandbox.run_doctests(doc, code, name=facts.name, setup=setup, limits=limits)
-    return 0.0 if result is None else result.score
+        return None
+    result = _run_doctests(doc, code, facts.name, _row_code(row, "setup"))
+    if result is None:
+        return None
+    return result.passed, result.total or len(sandbox.examples(doc))
+
+
+def doctest_score(doc: str, row: Row) -> float:
+    """Fraction of ``doc``'s examples that pass against the row's function (module docstring)."""
+    counts = doctest_counts(doc, row)
+    return 0.0 if counts is None or counts[1] == 0 else counts[0] / counts[1]
+
+
+def carries_examples(row: Row) -> bool:
+    """Does the row's function come with examples: a reference docstring with a ``>>>`` example
+    that calls it (every HumanEval problem; 84 of the 2000 Barone & Sennrich validation
+    functions)?"""
+    ref = row.get("reference")
+    facts = analyze_function(_row_code(row))
+    return bool(facts.parse_ok and isinstance(ref, str) and sandbox.calls_function(ref, facts.name))
+
+
+def doctest_accounting(counts: Sequence[tuple[int, int] | None]) -> dict[str, float]:
+    """Doctest pass rate of a set of replies from their :func:`doctest_counts`.
+
+    ``doctest/with_example``: fraction of replies with at least one example that calls the
+    function; ``doctest/pass_rate``: fraction of those replies' examples that pass (pooled over
+    examples; absent when no reply has one); ``doctest/replies``: how many replies. Empty for
+    no replies.
+    """
+    if not counts:
+        return {}
+    with_ex = [c for c in counts if c is not None]
+    out: dict[str, float] = {
+        "doctest/replies": len(counts),
+        "doctest/with_example": len(with_ex) / len(counts),
+    }
+    total = sum(t for _, t in with_ex)
+    if total:
+        out["doctest/pass_rate"] = sum(p for p, _ in with_ex) / total
+    return out
+
+
+def reply_metrics(replies: Sequence[str], rows: Sequence[Row]) -> dict[str, float]:
+    """The task's evaluate metrics of one model's replies: :func:`doctest_accounting` on the
+    functions that carry examples (:func:`carries_examples`): does the model write examples
+    for them, and do its examples pass? The one signal here that no model judged."""
+    pairs = [(r, row) for r, row in zip(replies, rows, strict=True) if carries_examples(row)]
+    return doctest_accounting([doctest_counts(clean_docstring(r), row) for r, row in pairs])
 
 
 def score_components(reply: str, row: Row, names: Sequence[str] = COMPONENTS) -> dict[str, float]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rlhf_lab import ui
+from rlhf_lab import reward_components, ui
 from rlhf_lab.config import Params
 from rlhf_lab.evaluation import analyze_rewards as ar
 from rlhf_lab.io import atomic_dir, claim_out_dir, mark_out_dir, write_json
@@ -43,7 +43,7 @@ def main(
     task = ar.check_task(task or params.task.name)
     source = input or INPUT
     inputs = ar.load_inputs(source, task, params.data, limit)
-    weights, weights_source = ar.task_weights(task, params.reward.weights)
+    weights, weights_source = reward_components.task_weights(task, params.reward.weights)
     fns = ar.component_functions(task, params)
     check = ar.run_check(inputs.rows, task, fns, weights, weights_source)
     metrics = dict(check.metrics)

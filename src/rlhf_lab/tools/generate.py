@@ -2,6 +2,14 @@
 
     rlhf-lab generate --prompt "Any good sci-fi films?" --model sft --model ppo
     rlhf-lab generate --file prompts.jsonl --model models/ppo --out replies.jsonl
+    rlhf-lab generate --task docstring --code utils.py -m sft -m ppo
+    rlhf-lab generate --task docstring --code "def area(w, h): return w * h" -m sft -m ppo
+
+``--code`` (docstring task; ``--task`` defaults to params ``task.name``) takes a Python file
+or a snippet: every top-level function and method in it (its own docstring removed) is asked
+for a docstring with the prompt the training rows use, and the models' docstrings are printed
+side by side, each with its rule reward (the task's weights, reference-free: there is no
+reference to compare with). This is the Phase-1 protocol's qualitative check.
 
 ``--model`` takes ``base``, ``sft`` or ``ppo`` (``models/base/policy``, ``models/sft``,
 ``models/ppo``) or any model directory; repeat it to see several models answer the same
@@ -26,8 +34,12 @@ from typing import Any
 import typer
 
 from rlhf_lab.config import Params
+from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import DataError, ModelSourceError
 from rlhf_lab.io import write_jsonl
+
+CODE_TASK = "docstring"
+"""The task whose prompts are code (``--code``)."""
 
 MODEL_ALIASES = {
     "base": Path("models/base/policy"),
@@ -100,6 +112,59 @@ def _show(prompts: Sequence[Messages], replies: dict[str, list[Any]]) -> None:
         typer.echo("")
 
 
+def code_rows(code: Sequence[str]) -> list[Row]:
+    """Docstring prompt rows for ``--code`` values: a file path or a snippet each, one row per
+    function in it (:func:`rlhf_lab.tasks.docstring.functions_in`), its docstring removed."""
+    from rlhf_lab.data.sources import RowError, docstring_prompt, strip_docstring
+    from rlhf_lab.tasks.docstring import functions_in
+
+    rows: list[Row] = []
+    for arg in code:
+        path = Path(arg)
+        is_file = "\n" not in arg and path.is_file()
+        if not is_file and "\n" not in arg and path.suffix == ".py":
+            raise DataError(f"--code {arg}: file not found")
+        text = path.read_text(encoding="utf-8") if is_file else arg
+        if not text.strip():
+            raise DataError(f"--code {arg!r}: no code")
+        for func in functions_in(text):
+            try:
+                stripped = strip_docstring(func, "code")
+            except RowError as exc:
+                raise DataError(f"--code {arg!r}: {exc}") from None
+            rows.append({"prompt": docstring_prompt(stripped), "reference": None,
+                         "meta": {"code": stripped}})  # fmt: skip
+    return rows
+
+
+def _show_docstrings(rows: Sequence[Row], replies: dict[str, list[Any]], params: Params) -> None:
+    """Each function's docstrings by model, side by side, with their rule rewards."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlhf_lab.evaluation.analyze_rewards import normalised
+    from rlhf_lab.reward_components import task_weights
+    from rlhf_lab.tasks import docstring
+
+    weights, _ = task_weights(CODE_TASK, params.reward.weights)
+    weights = normalised(weights, reference_free=True)
+    table = Table(show_header=True, header_style="bold", show_lines=True)
+    table.add_column("function", overflow="fold")
+    for name in replies:
+        table.add_column(name, overflow="fold")
+    for i, row in enumerate(rows):
+        signature = row["meta"]["code"].splitlines()[0] if row["meta"]["code"] else ""
+        cells = []
+        for samples in replies.values():
+            s = samples[i]
+            reward, _ = docstring.docstring_reward(s.text, row, weights)
+            cut = "" if s.eos else " [cut]"
+            cells.append(f"{docstring.clean_docstring(s.text)}\n\nreward {reward:.3f}{cut}")
+        table.add_row(signature, *cells)
+    # stdout, wide enough for every column: this output is the command's product
+    Console(width=32 + 48 * len(replies), soft_wrap=False).print(table)
+
+
 def main(
     params: Params,
     *,
@@ -110,16 +175,24 @@ def main(
     temperature: float | None = None,
     max_new_tokens: int | None = None,
     seed: int | None = None,
+    task: str | None = None,
+    code: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Sample one reply per (prompt, model); print them, write ``out`` if given; return rows."""
     from rlhf_lab import generation
     from rlhf_lab.evaluation.evaluate import load_policy
 
-    messages = [_as_messages(p, "--prompt") for p in prompts]
+    task = task or params.task.name
+    if code and task != CODE_TASK:
+        raise DataError(f"--code needs --task {CODE_TASK} (task is {task!r})")
+    if code and (prompts or file is not None):
+        raise DataError("give --code, or --prompt / --file, not both")
+    rows = code_rows(code)
+    messages = [r["prompt"] for r in rows] + [_as_messages(p, "--prompt") for p in prompts]
     if file is not None:
         messages += read_prompts(file)
     if not messages:
-        raise DataError("nothing to answer: give --prompt TEXT or --file PATH")
+        raise DataError("nothing to answer: give --prompt TEXT, --file PATH or --code CODE")
     cfg = params.eval
     dirs = {name: resolve_model(name) for name in dict.fromkeys(models)}  # check all first
     replies: dict[str, list[Any]] = {}
@@ -138,8 +211,11 @@ def main(
         )
         del model
         gc.collect()  # one policy in memory at a time
-    _show(messages, replies)
-    rows = [
+    if rows:
+        _show_docstrings(rows, replies, params)
+    else:
+        _show(messages, replies)
+    written = [
         {
             "prompt": m,
             "replies": {
@@ -149,6 +225,8 @@ def main(
         }
         for i, m in enumerate(messages)
     ]
+    for item, row in zip(written, rows, strict=False):
+        item["code"] = row["meta"]["code"]
     if out is not None:
-        write_jsonl(out, rows)
-    return rows
+        write_jsonl(out, written)
+    return written
