@@ -194,6 +194,10 @@ class MovieCatalogue:
     def __len__(self) -> int:
         return len(self._all_names())
 
+    def ids(self) -> list[str]:
+        """Every movie id, in the order the catalogue (then the layers above it) added them."""
+        return list(self._all_names())
+
     def __contains__(self, movie_id: object) -> bool:
         return self.name(str(movie_id)) is not None
 

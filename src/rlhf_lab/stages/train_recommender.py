@@ -1,0 +1,76 @@
+"""train_recommender: fit the crs recommender and measure it against two baselines.
+
+    rlhf-lab train_recommender --params params.yaml
+
+Reads ``task``, ``data.catalogue`` and ``recommender``, and ``data/prompts/{train,test}.jsonl``
+(prepare_preference). For crs: fits :class:`rlhf_lab.tasks.crs.recommender.Recommender` on the
+train prompts, writes ``models/recommender/`` (the model and its ``provenance.json``) and
+``metrics/train_recommender.json``: CRSLab's Recall@1/10/50, NDCG@10 ... on the test prompts'
+recommender turns that suggest a movie, for ``recommender/``, ``baseline_popularity/`` and
+``baseline_cooccurrence/``, with paired tests of ours against each
+(:mod:`rlhf_lab.evaluation.recommender`). Other tasks have no recommender: the stage writes a
+``skipped`` marker and metric in a moment, and reads no data.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from rlhf_lab import ui
+from rlhf_lab.config import Params, section_dict
+from rlhf_lab.io import atomic_dir, read_jsonl, write_json
+from rlhf_lab.models import PROVENANCE
+from rlhf_lab.tasks.crs import ranking, recommender
+
+PROMPTS_DIR = Path("data/prompts")
+MODEL_DIR = Path("models/recommender")
+METRICS = Path("metrics/train_recommender.json")
+
+
+def main(params: Params, **_: Any) -> None:
+    provenance = {
+        "stage": "train_recommender",
+        "params": section_dict(params, "task", "recommender"),
+        "data.catalogue": params.data.catalogue,
+    }
+    if not recommender.applies(params.task.name):
+        why = f"task is {params.task.name}"
+        with atomic_dir(MODEL_DIR) as tmp:
+            write_json(tmp / PROVENANCE, provenance | {"skipped": why})
+        write_json(METRICS, {"recommender/skipped": 1, "recommender/skipped_reason": why})
+        ui.summary("train_recommender", {"skipped": why})
+        return
+    from rlhf_lab.evaluation.recommender import compare
+    from rlhf_lab.tasks.crs import load_catalogue
+
+    cfg = params.recommender
+    catalogue = load_catalogue(params.data.catalogue)
+    catalogue_ids = list(catalogue.ids()) if catalogue is not None else []
+    train_path, test_path = PROMPTS_DIR / "train.jsonl", PROMPTS_DIR / "test.jsonl"
+    train = recommender.turns_from_rows(read_jsonl(train_path), str(train_path))
+    test = recommender.turns_from_rows(read_jsonl(test_path, missing_ok=True), str(test_path))
+    start = time.perf_counter()
+    model = recommender.Recommender(train, catalogue_ids, cfg)
+    seconds = time.perf_counter() - start
+    systems = {
+        "recommender": model,
+        "baseline_popularity": recommender.Popularity(train, catalogue_ids),
+        "baseline_cooccurrence": recommender.CoOccurrence(train, catalogue_ids),
+    }
+    metrics, _ = compare(systems, test, seed=cfg.seed)
+    metrics |= {f"recommender/weight_{k}": v for k, v in model.weights.items()}
+    metrics |= {
+        "recommender/items": float(len(model.items)),
+        "recommender/train_turns": float(len(recommender.recommendation_turns(train))),
+        "recommender/train_seconds": round(seconds, 3),
+    }
+    with atomic_dir(MODEL_DIR) as tmp:
+        model.save(tmp)
+        write_json(tmp / PROVENANCE, provenance)
+    write_json(METRICS, metrics)
+    ui.summary(
+        "train_recommender",
+        {key: metrics[key] for key in metrics if key.split("/")[1] in ranking.HEADLINE},
+    )
