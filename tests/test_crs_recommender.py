@@ -127,3 +127,55 @@ def test_rows_without_crs_meta_are_a_one_line_error():
         rec.turns_from_rows(
             [prompt_row("a", "x", [], ["b"]), {"meta": {}}], "data/prompts/train.jsonl"
         )
+
+
+def test_crs_turns_rows_give_item_ids_and_the_words_around_each_mention(tmp_path):
+    from .test_data_crs_turns import GOOD, load, write_dir
+
+    _, loaded = load(write_dir(tmp_path, [GOOD]))
+    (turn,) = [rec.turn_from_row(ex.to_prompt_row()) for ex in loaded.examples]
+    assert turn.gold == ("3",) and turn.group == "d1"  # the rec ids, not their names
+    said = "I loved Police Academy (1984). Any comedies?"
+    assert turn.context == (Mention("1", liked=None, seen=None, said=said),)
+    assert rec.Sentiment()(turn.context[0]) > 0.5  # no questionnaire: the words say "loved"
+
+
+def test_the_hub_id_reaches_the_recommender_through_the_data_path(monkeypatch):
+    """``community-datasets/re_dial`` (list-of-objects schema) works like the raw files."""
+    import datasets
+
+    from rlhf_lab.config import DataConfig, TaskConfig
+    from rlhf_lab.data import prepare
+
+    def as_list(d):
+        return [
+            {"movieId": k, **(v if isinstance(v, dict) else {"movieName": v})} for k, v in d.items()
+        ]
+
+    answers = {
+        "111": {"suggested": 1, "seen": 0, "liked": 1},
+        "222": {"suggested": 0, "seen": 1, "liked": 0},
+    }
+    hub_row = dict(REDIAL, conversationId=77)
+    hub_row["movieMentions"] = as_list(REDIAL["movieMentions"])
+    hub_row["respondentQuestions"] = as_list(REDIAL["respondentQuestions"])
+    hub_row["initiatorQuestions"] = as_list(answers)
+    calls = []
+
+    def fake_load_dataset(path, data_dir=None, split=None):
+        calls.append((path, split))
+        return [hub_row]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = DataConfig(source="community-datasets/re_dial", split="test", max_examples=0)
+    loaded = prepare.load_examples(prepare.open_source(cfg, TaskConfig(name="crs")), cfg)
+    turns = rec.recommendation_turns(
+        rec.turns_from_rows(ex.to_prompt_row() for ex in loaded.examples)
+    )
+    assert calls == [("community-datasets/re_dial", "test")] and loaded.format == "redial"
+    assert [t.gold for t in turns] == [("111",), ("333", "444")]
+    assert turns[0].context == (
+        Mention("222", liked=0, seen=1, said="I loved Up (2009)\nsomething scary?"),
+    )
+    # the questionnaire says disliked and seen, whatever the words: demoted
+    assert rec.is_demoted(turns[0].context[0], rec.Sentiment()(turns[0].context[0]))
