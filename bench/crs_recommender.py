@@ -70,14 +70,7 @@ def main() -> None:
     catalogue = load_catalogue(args.catalogue)
     ids = catalogue.ids() if catalogue is not None else []
     cfg = RecommenderConfig()
-    start = time.perf_counter()
-    model = rec.Recommender(train, ids, cfg)
-    train_seconds = time.perf_counter() - start
-    systems = {
-        "recommender": model,
-        "baseline_popularity": rec.Popularity(train, ids),
-        "baseline_cooccurrence": rec.CoOccurrence(train, ids),
-    }
+    model, systems, train_seconds = rec.fit_with_baselines(train, ids, cfg)
     start = time.perf_counter()
     metrics, _ = compare(systems, test, seed=cfg.seed)
     eval_seconds = time.perf_counter() - start

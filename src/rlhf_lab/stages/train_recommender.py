@@ -14,7 +14,6 @@ recommender turns that suggest a movie, for ``recommender/``, ``baseline_popular
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +50,7 @@ def main(params: Params, **_: Any) -> None:
     train_path, test_path = PROMPTS_DIR / "train.jsonl", PROMPTS_DIR / "test.jsonl"
     train = recommender.turns_from_rows(read_jsonl(train_path), str(train_path))
     test = recommender.turns_from_rows(read_jsonl(test_path, missing_ok=True), str(test_path))
-    start = time.perf_counter()
-    model = recommender.Recommender(train, catalogue_ids, cfg)
-    seconds = time.perf_counter() - start
-    systems = {
-        "recommender": model,
-        "baseline_popularity": recommender.Popularity(train, catalogue_ids),
-        "baseline_cooccurrence": recommender.CoOccurrence(train, catalogue_ids),
-    }
+    model, systems, seconds = recommender.fit_with_baselines(train, catalogue_ids, cfg)
     metrics, _ = compare(systems, test, seed=cfg.seed)
     metrics |= {f"recommender/weight_{k}": v for k, v in model.weights.items()}
     metrics |= {

@@ -38,6 +38,7 @@ candidate suggested, summed over the context movies; popularity breaks ties).
 from __future__ import annotations
 
 import pickle
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -426,3 +427,21 @@ def load(directory: str | Path) -> Recommender:
     if not isinstance(model, Recommender):
         raise DataError(f"{path}: not a recommender")
     return model
+
+
+def fit_with_baselines(
+    turns: Sequence[RecTurn], catalogue: Iterable[str], settings: RecommenderConfig
+) -> tuple[Recommender, dict[str, Ranker], float]:
+    """Ours, then ours and both baselines fitted on ``turns`` by their metric names (ours first,
+    so :func:`rlhf_lab.evaluation.recommender.compare` tests it against each), and our fit's
+    seconds."""
+    ids = list(catalogue)
+    start = time.perf_counter()
+    model = Recommender(turns, ids, settings)
+    seconds = time.perf_counter() - start
+    systems: dict[str, Ranker] = {
+        "recommender": model,
+        "baseline_popularity": Popularity(turns, ids),
+        "baseline_cooccurrence": CoOccurrence(turns, ids),
+    }
+    return model, systems, seconds
