@@ -8,7 +8,7 @@ import yaml
 from typer.testing import CliRunner
 
 from rlhf_lab.cli import app
-from rlhf_lab.io import write_jsonl
+from rlhf_lab.io import read_jsonl, write_jsonl
 from rlhf_lab.tasks.crs import recommender
 
 from .test_crs_recommender import synthetic_rows
@@ -23,7 +23,11 @@ def test_crs_fits_the_recommender_and_measures_it_beside_the_baselines(tmp_path,
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data/prompts").mkdir(parents=True)
     _write_prompts(tmp_path, *synthetic_rows())
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"task": {"name": "crs"}}))
+    ids = [f"{kind}{i}" for kind, n in (("a", 30), ("b", 30), ("p", 12)) for i in range(n)]
+    csv = "movieId,movieName\n" + "".join(f"{i},Film {i} (2000)\n" for i in ids)
+    (tmp_path / "movies.csv").write_text(csv)
+    params = {"task": {"name": "crs"}, "data": {"catalogue": "movies.csv"}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, ["train_recommender", "--params", "params.yaml"])
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "metrics/train_recommender.json").read_text())
@@ -33,7 +37,15 @@ def test_crs_fits_the_recommender_and_measures_it_beside_the_baselines(tmp_path,
     assert metrics["recommender/cases"] == 30.0 and metrics["recommender/train_turns"] == 150.0
     assert metrics["recommender_vs_baseline_popularity/wilcoxon_p"] < 1e-6
     model = recommender.load(tmp_path / "models/recommender")
-    assert model.items[:2] == ["b0", "a0"] and model.settings.folds == 5
+    assert model.items == ids and model.settings.folds == 5  # the catalogue's movies
+    # the held-out prompts grounded in the top recommender.candidates (5) movies
+    grounded = read_jsonl(tmp_path / "models/recommender/candidate_prompts.jsonl")
+    assert len(grounded) == 30
+    first = grounded[0]
+    assert first["meta"]["candidates"][0] == "b0" and len(first["meta"]["candidates"]) == 5
+    note = first["prompt"][-1]["content"]
+    assert "[Recommender candidates]\nMovies to consider: Film b0 (2000); " in note
+    assert note.endswith("The user liked and has seen Film a0 (2000).")
     provenance = json.loads((tmp_path / "models/recommender/provenance.json").read_text())
     assert provenance["stage"] == "train_recommender"
     assert provenance["params"]["recommender"]["folds"] == 5

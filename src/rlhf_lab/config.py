@@ -537,6 +537,8 @@ class RecommenderConfig(Section):
     """Rank movies the seeker has seen or disliked after every other movie, as ECR does."""
     seed: int = 0
     """Seed for the random negatives and the paired bootstrap."""
+    candidates: int = Field(5, ge=1)
+    """Top-k recommender candidates a grounded crs prompt carries (ECR's retrieval prompt)."""
 
 
 class Params(Section):

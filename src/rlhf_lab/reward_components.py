@@ -31,6 +31,7 @@ import torch
 from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.tasks import crs, docstring, text
+from rlhf_lab.tasks.crs import grounding
 
 if TYPE_CHECKING:
     from rlhf_lab.config import JudgeConfig, Params
@@ -70,6 +71,8 @@ RULES: dict[str, Callable[[RuleContext], RewardFn]] = {
     "text/distinct": lambda ctx: text.distinct_reward,
     "text/length": lambda ctx: text.length_reward(*ctx.length_band),
     "crs/recommendation": lambda ctx: crs.recommendation_reward(ctx.catalogue),
+    "crs/grounded": lambda ctx: grounding.grounded_reward(ctx.catalogue),
+    "crs/no_hallucination": lambda ctx: grounding.no_hallucination_reward(ctx.catalogue),
     **{f"docstring/{c}": _docstring_rule(c) for c in docstring.COMPONENTS},
 }
 """Rule component name -> builder from the :class:`RuleContext`."""

@@ -198,11 +198,16 @@ def component_functions(task: str, params: Params) -> dict[str, ComponentFn]:
 
 
 def default_weights(task: str) -> dict[str, float]:
-    """The task's own weights: docstring's DEFAULT_WEIGHTS; crs's single component."""
+    """The task's own weights: docstring's DEFAULT_WEIGHTS; crs's recommendation component."""
     if task == "docstring":
         from rlhf_lab.tasks.docstring import DEFAULT_WEIGHTS
 
         return {f"docstring/{k}": v for k, v in DEFAULT_WEIGHTS.items()}
+    if task == "crs":
+        # crs/grounded and crs/no_hallucination score replies to candidate-grounded prompts
+        # (meta.candidates); the checked rows are plain ReDial turns, so they are reported but
+        # not weighted by default.
+        return {"crs/recommendation": 1.0}
     return dict.fromkeys(task_components(task), 1.0)
 
 

@@ -8,8 +8,10 @@ train prompts, writes ``models/recommender/`` (the model and its ``provenance.js
 ``metrics/train_recommender.json``: CRSLab's Recall@1/10/50, NDCG@10 ... on the test prompts'
 recommender turns that suggest a movie, for ``recommender/``, ``baseline_popularity/`` and
 ``baseline_cooccurrence/``, with paired tests of ours against each
-(:mod:`rlhf_lab.evaluation.recommender`). Other tasks have no recommender: the stage writes a
-``skipped`` marker and metric in a moment, and reads no data.
+(:mod:`rlhf_lab.evaluation.recommender`), and ``models/recommender/candidate_prompts.jsonl``:
+the test prompts grounded in the model's top ``recommender.candidates`` movies
+(:func:`rlhf_lab.tasks.crs.grounding.with_candidates`). Other tasks have no recommender: the
+stage writes a ``skipped`` marker and metric in a moment, and reads no data.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ from typing import Any
 
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
-from rlhf_lab.io import atomic_dir, read_jsonl, write_json
+from rlhf_lab.io import atomic_dir, read_jsonl, write_json, write_jsonl
 from rlhf_lab.models import PROVENANCE
 from rlhf_lab.tasks.crs import ranking, recommender
 
 PROMPTS_DIR = Path("data/prompts")
 MODEL_DIR = Path("models/recommender")
 METRICS = Path("metrics/train_recommender.json")
+CANDIDATE_PROMPTS = "candidate_prompts.jsonl"
+"""The test prompts grounded in the top ``recommender.candidates`` (inside MODEL_DIR)."""
 
 
 def main(params: Params, **_: Any) -> None:
@@ -42,14 +46,15 @@ def main(params: Params, **_: Any) -> None:
         ui.summary("train_recommender", {"skipped": why})
         return
     from rlhf_lab.evaluation.recommender import compare
-    from rlhf_lab.tasks.crs import load_catalogue
+    from rlhf_lab.tasks.crs import grounding, load_catalogue
 
     cfg = params.recommender
     catalogue = load_catalogue(params.data.catalogue)
     catalogue_ids = list(catalogue.ids()) if catalogue is not None else []
     train_path, test_path = PROMPTS_DIR / "train.jsonl", PROMPTS_DIR / "test.jsonl"
     train = recommender.turns_from_rows(read_jsonl(train_path), str(train_path))
-    test = recommender.turns_from_rows(read_jsonl(test_path, missing_ok=True), str(test_path))
+    test_rows = read_jsonl(test_path, missing_ok=True)
+    test = recommender.turns_from_rows(test_rows, str(test_path))
     model, systems, seconds = recommender.fit_with_baselines(train, catalogue_ids, cfg)
     metrics, _ = compare(systems, test, seed=cfg.seed)
     metrics |= {f"recommender/weight_{k}": v for k, v in model.weights.items()}
@@ -58,8 +63,17 @@ def main(params: Params, **_: Any) -> None:
         "recommender/train_turns": float(len(recommender.recommendation_turns(train))),
         "recommender/train_seconds": round(seconds, 3),
     }
+    # The held-out prompts grounded in the candidates (ECR's retrieval-augmented prompt).
+    # Twice k ids per row, since an id no catalogue names is dropped from the note.
+    grounded = [
+        grounding.with_candidates(
+            row, recommender.candidates(model, row, 2 * cfg.candidates), catalogue, cfg.candidates
+        )
+        for row in test_rows
+    ]
     with atomic_dir(MODEL_DIR) as tmp:
         model.save(tmp)
+        write_jsonl(tmp / CANDIDATE_PROMPTS, grounded)
         write_json(tmp / PROVENANCE, provenance)
     write_json(METRICS, metrics)
     ui.summary(

@@ -445,3 +445,8 @@ def fit_with_baselines(
         "baseline_cooccurrence": CoOccurrence(turns, ids),
     }
     return model, systems, seconds
+
+
+def candidates(ranker: Ranker, row: Mapping[str, Any], k: int) -> list[str]:
+    """The top ``k`` movie ids ``ranker`` gives the crs prompt ``row``, best first."""
+    return top_k(ranker, turn_from_row(row), k)
