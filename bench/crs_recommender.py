@@ -32,7 +32,7 @@ from rlhf_lab.config import DataConfig, RecommenderConfig, TaskConfig
 from rlhf_lab.data import prepare
 from rlhf_lab.evaluation.recommender import compare
 from rlhf_lab.io import write_json
-from rlhf_lab.tasks.crs import load_catalogue, ranking
+from rlhf_lab.tasks.crs import grounding, load_catalogue, ranking
 from rlhf_lab.tasks.crs import recommender as rec
 
 DATA = ROOT.parent / "shared" / "data" / "redial"
@@ -45,11 +45,12 @@ CURVE = (125, 250)
 """Training dialogues of the subset curve (the full training set is the last point)."""
 
 
-def load_turns(source: str, split: str, catalogue: str | None) -> list[rec.RecTurn]:
-    """Every recommender turn of ``source`` through prepare_preference's own reading path."""
+def load_rows(source: str, split: str, catalogue: str | None) -> list[dict]:
+    """Every recommender turn's prompt row of ``source``, through prepare_preference's own
+    reading path."""
     cfg = DataConfig(source=source, split=split, catalogue=catalogue, max_examples=0)
     loaded = prepare.load_examples(prepare.open_source(cfg, TaskConfig(name="crs")), cfg)
-    return rec.turns_from_rows(ex.to_prompt_row() for ex in loaded.examples)
+    return [ex.to_prompt_row() for ex in loaded.examples]
 
 
 def main() -> None:
@@ -65,8 +66,9 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     started = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
-    train = load_turns(args.train, args.train_split, args.catalogue)
-    test = load_turns(args.test, args.test_split, args.catalogue)
+    train = rec.turns_from_rows(load_rows(args.train, args.train_split, args.catalogue))
+    test_rows = load_rows(args.test, args.test_split, args.catalogue)
+    test = rec.turns_from_rows(test_rows)
     catalogue = load_catalogue(args.catalogue)
     ids = catalogue.ids() if catalogue is not None else []
     cfg = RecommenderConfig()
@@ -82,6 +84,22 @@ def main() -> None:
         },
         test,
     )
+    # The grounded prompt's candidates: how often they hold a gold movie (the reply's best
+    # case), and how often the hallucination check flags a human reference (its false alarms).
+    k = cfg.candidates
+    rec_turns = rec.recommendation_turns(test)
+    tops = [rec.top_k(model, t, k) for t in rec_turns]
+    grounded = {
+        f"candidates/turns_with_gold_in_top_{k}": sum(
+            bool(set(top) & set(t.gold)) for top, t in zip(tops, rec_turns, strict=True)
+        )
+        / max(len(rec_turns), 1),
+        "no_hallucination/human_references_flagged": sum(
+            bool(grounding.hallucinated_titles(r["reference"] or "", r, catalogue))
+            for r in test_rows
+        )
+        / max(len(test_rows), 1),
+    }
     curve: dict[str, float] = {}
     if not args.no_curve:
         groups = list(dict.fromkeys(t.group for t in train))
@@ -113,6 +131,7 @@ def main() -> None:
         **metrics,
         **{k: v for k, v in no_demotion.items() if k.split("/")[1] in ranking.HEADLINE},
         **{f"recommender/weight_{k}": v for k, v in model.weights.items()},
+        **grounded,
         **curve,
         **{f"anchor/{k}": v for k, v in ANCHORS.items()},
         "train_seconds": round(train_seconds, 2),
@@ -136,7 +155,8 @@ def main() -> None:
         table[f"trained on {n} dialogues"] = "  ".join(
             f"recall@{k} {curve[f'curve/{n}/recall@{k}']:.4f}" for k in (1, 10, 50)
         )
-    table |= {k: f"{v:.4f}" for k, v in ANCHORS.items()}
+    table |= {name: f"{v:.4f}" for name, v in grounded.items()}
+    table |= {name: f"{v:.4f}" for name, v in ANCHORS.items()}
     table["cases (turn, gold movie)"] = f"{int(result['recommender/cases'])}"
     table["train seconds"] = f"{train_seconds:.1f}"
     ui.summary(f"crs recommender on ReDial ({result['cpu']})", table)

@@ -93,3 +93,24 @@ def test_both_components_come_from_the_one_factory():
     # no data.catalogue: the row's own movies and candidates are what is known
     assert fns["crs/grounded"](replies, rows) == [1.0, 0.6, 0.0, 0.0]
     assert fns["crs/no_hallucination"](replies, rows) == [1.0, 1.0, 0.0, 1.0]
+
+
+def test_titles_with_lower_case_words_inside_are_read_whole():
+    cat = crs.MovieCatalogue(
+        {
+            "7": "Manchester by the Sea (2016)",
+            "8": "Freddy vs. Jason (2003)",
+            "9": "Mission: Impossible – Rogue Nation (2015)",
+        }
+    )
+    row = {"prompt": [], "meta": {"movies": {}, "gold_movies": []}}
+    for reply in (
+        "Also Manchester by the Sea (2016) as well",
+        "Have you seen Freddy vs. Jason (2003) ?",
+        "Mission: Impossible – Rogue Nation (2015) is fun",
+    ):
+        assert grounding.hallucinated_titles(reply, row, cat) == [], reply
+    # the run is read whole: a real film's last words do not vouch for an invented one
+    assert grounding.hallucinated_titles("Try Rogue Nation Zeta (2015)", row, cat) == [
+        "Try Rogue Nation Zeta (2015)"
+    ]

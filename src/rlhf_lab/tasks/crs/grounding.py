@@ -38,11 +38,11 @@ CANDIDATE_CREDIT = 0.6
 NOTE_HEADER = "[Recommender candidates]"
 """First line of the note :func:`with_candidates` adds to the last seeker turn."""
 
-_SMALL = r"(?:of|the|a|an|and|in|on|to|for|at|with|from|&|-|:)"
+# Lower-case words titles keep inside ("Manchester by the Sea", "Freddy vs. Jason").
+_SMALL = r"(?:of|the|a|an|and|or|in|on|to|for|at|by|with|from|as|till?|vs\.?|into|&|-|–|—|:)"
+_WORD = r"[A-Z0-9][\w'’.:!?,/*%-]*"
 # A run of capitalised words (small words allowed inside) right before a "(year)".
-_TITLE_WITH_YEAR = re.compile(
-    rf"((?:[A-Z0-9][\w'’.:!?,-]*)(?:\s+(?:{_SMALL}\s+)*[A-Z0-9][\w'’.:!?,-]*)*)\s*\(\s*(\d{{4}})\s*\)"
-)
+_TITLE_WITH_YEAR = re.compile(rf"({_WORD}(?:\s+(?:{_SMALL}\s+)*{_WORD})*)\s*\(\s*(\d{{4}})\s*\)")
 _QUOTED = re.compile(r"[\"“]([A-Z0-9][^\"“”\n]{1,80})[\"”]")
 
 _FEELING = {"liked": "liked", "disliked": "disliked", "seen": "has seen"}
