@@ -122,5 +122,5 @@ def test_the_walk_follows_lazy_and_relative_imports():
     # lazy, inside a function: the judge is built only when its reward weight is non-zero
     assert "rlhf_lab/judge/scorer.py" in files
     # through another module: reward_components -> tasks
-    assert {"rlhf_lab/reward_components.py", "rlhf_lab/tasks/crs.py"} <= files
+    assert {"rlhf_lab/reward_components.py", "rlhf_lab/tasks/crs/__init__.py"} <= files
     assert "rlhf_lab/__init__.py" in files

@@ -140,6 +140,12 @@ def train_ppo(
     _run("train_ppo", params, resume=resume)
 
 
+@app.command("train_recommender")
+def train_recommender(params: ParamsOpt = DEFAULT_PARAMS) -> None:
+    """Fit the crs recommender; measure it and two baselines (other tasks: a skip marker)."""
+    _run("train_recommender", params)
+
+
 @app.command("evaluate")
 def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Compare SFT and PPO on held-out prompts; write metrics, samples, plots and a report."""

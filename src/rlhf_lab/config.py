@@ -624,6 +624,29 @@ class EvalConfig(Section):
         return [self.baseline, *self.policies]
 
 
+class RecommenderConfig(Section):
+    """The crs recommender (train_recommender; other tasks skip the stage)."""
+
+    folds: int = Field(5, ge=2)
+    """Dialogue folds for the out-of-fold signals the blend's weights are learnt on."""
+    hard_negatives: int = Field(20, ge=0)
+    """Per training turn and signal: its top non-gold movies the blend learns to rank below gold."""
+    random_negatives: int = Field(500, ge=1)
+    """Per training turn: uniformly drawn non-gold movies (the catalogue the ranking is over)."""
+    ngram_max: int = Field(2, ge=1)
+    """Longest word n-gram of the TF-IDF text signal."""
+    min_df: int = Field(1, ge=1)
+    """TF-IDF: ignore words in fewer training turns than this."""
+    c: float = Field(1.0, gt=0)
+    """Inverse L2 strength of the logistic-regression blend (scikit-learn's C)."""
+    demote: bool = True
+    """Rank movies the seeker has seen or disliked after every other movie, as ECR does."""
+    seed: int = 0
+    """Seed for the random negatives and the paired bootstrap."""
+    candidates: int = Field(5, ge=1)
+    """Top-k recommender candidates a grounded crs prompt carries (ECR's retrieval prompt)."""
+
+
 class Params(Section):
     """All of params.yaml."""
 
@@ -637,6 +660,7 @@ class Params(Section):
     ppo: PpoConfig = PpoConfig()
     dpo: DpoConfig = DpoConfig()
     eval: EvalConfig = EvalConfig()
+    recommender: RecommenderConfig = RecommenderConfig()
 
     @property
     def critic_layout(self) -> CriticLayout:

@@ -31,6 +31,7 @@ import torch
 from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.tasks import crs, docstring, text
+from rlhf_lab.tasks.crs import grounding
 
 if TYPE_CHECKING:
     from rlhf_lab.config import JudgeConfig, Params
@@ -70,6 +71,8 @@ RULES: dict[str, Callable[[RuleContext], RewardFn]] = {
     "text/distinct": lambda ctx: text.distinct_reward,
     "text/length": lambda ctx: text.length_reward(*ctx.length_band),
     "crs/recommendation": lambda ctx: crs.recommendation_reward(ctx.catalogue),
+    "crs/grounded": lambda ctx: grounding.grounded_reward(ctx.catalogue),
+    "crs/no_hallucination": lambda ctx: grounding.no_hallucination_reward(ctx.catalogue),
     **{f"docstring/{c}": _docstring_rule(c) for c in docstring.COMPONENTS},
 }
 """Rule component name -> builder from the :class:`RuleContext`."""
@@ -100,9 +103,14 @@ policy is trained on (evaluate's ``<m>/reward/total_with_reference``)."""
 
 
 def default_weights(task: str) -> dict[str, float]:
-    """The task's own weights: docstring's DEFAULT_WEIGHTS; crs's single component."""
+    """The task's own weights: docstring's DEFAULT_WEIGHTS; crs's recommendation component."""
     if task == "docstring":
         return {f"docstring/{k}": v for k, v in docstring.DEFAULT_WEIGHTS.items()}
+    if task == "crs":
+        # crs/grounded and crs/no_hallucination score replies to candidate-grounded prompts
+        # (meta.candidates); the checked rows are plain ReDial turns, so they are reported but
+        # not weighted by default.
+        return {"crs/recommendation": 1.0}
     return dict.fromkeys(task_rules(task), 1.0)
 
 

@@ -34,7 +34,9 @@ per ``data.format`` turns one record into zero or more :class:`Example` s:
               recommender turn that follows a seeker turn: prompt = the dialogue so far (seeker
               = user, recommender = assistant), reference = the recommender's reply, ``@id``
               mentions replaced by movie names; ``meta.movies`` = id -> name,
-              ``meta.gold_movies`` = ids the recommender suggested in that reply.
+              ``meta.gold_movies`` = ids the recommender suggested in that reply,
+              ``meta.context_movies`` = the movies mentioned before it with the seeker's
+              ``liked`` / ``seen`` answers and the seeker's words around them.
 ``crs_turns`` ECR / UniCRS / CRSLab's processed ReDial: one object per recommender turn,
               ``context`` (utterances, oldest first; the last is the seeker's), ``resp`` (the
               reply), ``rec`` (recommended ids), ``entity`` / ``entity_name``, ``dialog_id``,
@@ -42,7 +44,9 @@ per ``data.format`` turns one record into zero or more :class:`Example` s:
               ``item_ids.json`` (a list of the ids that are items, or id -> name) beside the
               file, and ``data.catalogue`` (ReDial CSV or id -> name JSON).
               ``meta.gold_movies`` = the ``rec`` names, ``meta.movies`` = id -> name of the
-              turn's entities, its recs and the catalogue movies the context mentions.
+              turn's entities, its recs and the catalogue movies the context mentions;
+              ``meta.gold_ids`` = the ``rec`` ids, ``meta.context_movies`` = the other movies
+              (no questionnaire: the words around them only).
 ``docstring`` ``{"code", "docstring"}`` (also CodeSearchNet / CodeXGLUE column names); the
               prompt asks for the function's docstring, reference = the docstring,
               ``meta.code`` = the function source (its own docstring removed).
@@ -642,6 +646,36 @@ def _by_movie_id(value: Any, field: str) -> dict[str, Any]:
     raise RowError(WRONG_TYPE, field, f"expected an object or a list, got {type(value).__name__}")
 
 
+def _answer(answers: Any, key: str) -> int | None:
+    """A ReDial questionnaire answer (0 no, 1 yes, 2 did not say), or None when absent."""
+    value = answers.get(key) if isinstance(answers, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _context_movies(
+    turns: list[tuple[bool, str]], rendered: list[Message], feelings: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """The movies the dialogue mentioned before a turn, first mention first, for the recommender:
+    ``{"id", "liked", "seen", "said"}`` with the seeker's questionnaire answers (None where
+    absent) and ``said`` = the seeker's utterances that mention it (rendered), which carry the
+    words around the mention (ECR's emotion-aware preference)."""
+    out: dict[str, dict[str, Any]] = {}
+    for (is_rec, text), message in zip(turns, rendered, strict=True):
+        for movie_id in _MENTION.findall(text):
+            entry = out.setdefault(
+                movie_id,
+                {
+                    "id": movie_id,
+                    "liked": _answer(feelings.get(movie_id), "liked"),
+                    "seen": _answer(feelings.get(movie_id), "seen"),
+                    "said": "",
+                },
+            )
+            if not is_rec and message["content"] not in entry["said"]:
+                entry["said"] = f"{entry['said']}\n{message['content']}".strip()
+    return list(out.values())
+
+
 def parse_redial(
     row: Mapping[str, Any],
     origin: Origin,
@@ -690,6 +724,9 @@ def parse_redial(
         {"role": "assistant" if is_rec else "user", "content": render(text)}
         for is_rec, text in turns
     ]
+    # The seeker's own questionnaire says how they feel about a movie (ECR's preference
+    # signal); the recommender's answers about the seeker stand in when it is missing.
+    feelings = _by_movie_id(row.get("initiatorQuestions"), "initiatorQuestions") or questions
     examples = []
     for t, (is_rec, text) in enumerate(turns):
         if not is_rec or t == 0:
@@ -710,6 +747,7 @@ def parse_redial(
                 meta={
                     "movies": dict(movies),
                     "gold_movies": gold,
+                    "context_movies": _context_movies(turns[:t], rendered[:t], feelings),
                     "conversation_id": str(conv_id),
                     "turn": t,
                     "origin": str(origin),
@@ -852,6 +890,13 @@ def _add_entity_movies(row: Mapping[str, Any], maps: IdMaps, movies: dict[str, s
                 movies.setdefault(f"name:{content_key(name)}", " ".join(name.split()))
 
 
+def _said(name: str, context: list[str]) -> str:
+    """The context utterances that name ``name`` (its year dropped), for the recommender's
+    sentiment toward the mention; crs_turns carry no questionnaire."""
+    title = _TITLE_YEAR.sub("", name).strip().lower()
+    return "\n".join(c.strip() for c in context if title and title in c.lower())
+
+
 def parse_crs_turns(
     row: Mapping[str, Any], origin: Origin, *, max_turns: int, maps: IdMaps
 ) -> list[Example]:
@@ -866,11 +911,14 @@ def parse_crs_turns(
     resp = require(row, "resp", str)
     movies: dict[str, str] = {}
     gold: list[str] = []
+    gold_ids: list[str] = []
     for i, raw in enumerate(_ids(row, "rec")):
         name = _resolve(str(raw).strip(), f"rec[{i}]", maps, item=True)
         movies[str(raw).strip()] = name
         if name not in gold:
             gold.append(name)
+        if str(raw).strip() not in gold_ids:
+            gold_ids.append(str(raw).strip())
     _add_entity_movies(row, maps, movies)
     if maps.catalogue is not None:
         for movie_id in maps.catalogue.find_mentions("\n".join(context)):
@@ -888,6 +936,12 @@ def parse_crs_turns(
     meta: dict[str, Any] = {
         "movies": movies,
         "gold_movies": gold,
+        "gold_ids": gold_ids,
+        "context_movies": [
+            {"id": movie_id, "liked": None, "seen": None, "said": _said(name, context)}
+            for movie_id, name in movies.items()
+            if movie_id not in gold_ids
+        ],
         "conversation_id": conv,
         "origin": str(origin),
     }

@@ -194,6 +194,10 @@ class MovieCatalogue:
     def __len__(self) -> int:
         return len(self._all_names())
 
+    def ids(self) -> list[str]:
+        """Every movie id, in the order the catalogue (then the layers above it) added them."""
+        return list(self._all_names())
+
     def __contains__(self, movie_id: object) -> bool:
         return self.name(str(movie_id)) is not None
 
@@ -222,6 +226,19 @@ class MovieCatalogue:
         """The match key (:func:`normalize_title`) of ``movie_id``'s name, or None."""
         name = self.name(movie_id)
         return None if name is None else normalize_title(name)
+
+    def knows_title(self, name: str, year: int | None = None) -> bool:
+        """Does a title start with ``name``'s key (``Lord of the Rings`` for ``The Lord of the
+        Rings: The Fellowship of the Ring``), with ``year`` when both give one?"""
+        tokens = tuple(normalize_title(name).split())
+        if not tokens:
+            return False
+        n = len(tokens)
+        return any(
+            key[:n] == tokens and (year is None or any(e.year in (None, year) for e in entries))
+            for layer in self._layers()
+            for key, entries in layer._by_key.items()
+        )
 
     def _candidates(self, words: list[str], i: int) -> list[tuple[str, ...]]:
         """Keys equal to ``words[i:i+n]`` for some n, longest first."""
@@ -538,17 +555,22 @@ def bad_reply_variants(row: Row) -> dict[str, str]:
     return out
 
 
-def recommendation_reward(
+def per_reply(
+    score_one: Callable[[str, Row, MovieCatalogue | None], float],
     catalogue: MovieCatalogue | None,
 ) -> Callable[[Sequence[str], Sequence[Row]], list[float]]:
-    """The ``crs/recommendation`` component: :func:`recommendation_score` over ``catalogue``."""
+    """A reward component ``(replies, rows) -> scores`` from a one-reply score."""
 
     def score(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
         if len(replies) != len(rows):
             raise ValueError(f"{len(replies)} replies for {len(rows)} rows")
-        return [
-            recommendation_score(reply, row, catalogue)
-            for reply, row in zip(replies, rows, strict=True)
-        ]
+        return [score_one(r, row, catalogue) for r, row in zip(replies, rows, strict=True)]
 
     return score
+
+
+def recommendation_reward(
+    catalogue: MovieCatalogue | None,
+) -> Callable[[Sequence[str], Sequence[Row]], list[float]]:
+    """The ``crs/recommendation`` component: :func:`recommendation_score` over ``catalogue``."""
+    return per_reply(recommendation_score, catalogue)
