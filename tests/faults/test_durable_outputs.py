@@ -172,7 +172,10 @@ def test_sigkill_mid_swap_then_rerun_gives_the_uninterrupted_output(models_works
     rc, log = _run(root, fault_env, "prepare_models", fault="kill_after:.policy.old-")
     assert rc == -signal.SIGKILL, log
     assert not (root / "models/base/policy").exists()
+    # (the encoder, complete, waits to be renamed in with the policy: the stage's outputs are
+    # published together at its end)
     assert [p.split("-")[0] for p in _leftovers(root)] == [
+        "models/base/.encoder.tmp",
         "models/base/.policy.old",
         "models/base/.policy.tmp",
     ]

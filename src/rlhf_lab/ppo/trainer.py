@@ -98,7 +98,7 @@ from rlhf_lab.ppo.model import (
     trim_batch,
 )
 from rlhf_lab.tokens import pad
-from rlhf_lab.training.common import NonFiniteGuard
+from rlhf_lab.training.common import Curves, NonFiniteGuard
 
 Row = dict[str, Any]
 Scorer = Callable[[Sequence[str], Sequence[Row], int], Scores]
@@ -253,6 +253,11 @@ def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # the trainer
 # ---------------------------------------------------------------------------------------------
+
+
+def _curve_values(stats: Mapping[str, float]) -> dict[str, float]:
+    """A history entry's values for the curves (``step`` is their x axis, not a curve)."""
+    return {k: v for k, v in stats.items() if k != "step"}
 
 
 class PpoTrainer:
@@ -788,8 +793,11 @@ class PpoTrainer:
             self._stale = found
         # Identical replicas from here on; after that, identical averaged gradients keep them so.
         self.dp.broadcast_parameters(self.params)
-        live = self._open_live()
-        try:
+        # A fresh folder, then the history replayed: after --resume the curves are exactly
+        # those of an uninterrupted run (no duplicate points for re-run steps).
+        with Curves(self.plots_dir) as curves:
+            for stats in self.history:
+                curves.log(int(stats["step"]), _curve_values(stats))
             steps = range(self.step, cfg.steps)
             it = ui.track(steps, "train_ppo", total=len(steps)) if self.progress else steps
             for step in it:
@@ -805,16 +813,12 @@ class PpoTrainer:
                     stats.update({f"weight/{k}": v for k, v in ro.scored.weights.items()})
                 stats = {"step": float(step), **stats}
                 self.history.append(stats)
-                if live is not None:
-                    self._log(live, stats)
+                curves.log(step, _curve_values(stats))
                 self.step = step + 1
                 if self.checkpoint_dir is not None and (
                     self.step % cfg.save_every == 0 or self.step == cfg.steps
                 ):
                     self.save_checkpoint()
-        finally:
-            if live is not None:
-                live.end()
         return self.final_metrics()
 
     def _reward_means(self, scored: Scores) -> dict[str, float]:
@@ -845,29 +849,6 @@ class PpoTrainer:
         # Which precision the log-probs and values ran in (rlhf_lab.precision).
         last["perf/bf16"] = int(precision.bf16_enabled())
         return last
-
-    # -- curves --------------------------------------------------------------------------------
-
-    def _open_live(self) -> Any:
-        if self.plots_dir is None:
-            return None
-        from dvclive import Live
-
-        # Always a fresh directory, then the history replayed: after --resume the curves are
-        # exactly those of an uninterrupted run (no duplicate points for re-run steps).
-        live = Live(
-            dir=str(self.plots_dir), resume=False, dvcyaml=None, save_dvc_exp=False, report=None
-        )
-        for stats in self.history:
-            self._log(live, stats)
-        return live
-
-    @staticmethod
-    def _log(live: Any, stats: Mapping[str, float]) -> None:
-        live.step = int(stats["step"])
-        for key, value in stats.items():
-            if key != "step":
-                live.log_metric(key, float(value))
 
     # -- checkpoints ---------------------------------------------------------------------------
 
