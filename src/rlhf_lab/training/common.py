@@ -254,12 +254,12 @@ class Curves:
     def __enter__(self) -> Curves:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
             self.close()
-        else:
+        else:  # the temporary folder goes; the published curves stay as they were
             self.live = None
-            self._out.__exit__(*exc)  # type: ignore[arg-type]
+            self._out.__exit__(exc_type, exc, tb)
 
 
 def progress(
