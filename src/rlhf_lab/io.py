@@ -101,8 +101,11 @@ def recover(target: str | Path) -> None:
     target = Path(target)
     old = _stale_siblings(target, OLD_TAG)
     if old and not os.path.lexists(target):
-        os.rename(old.pop(), target)  # the newest: the output the dead run moved aside
-        _fsync_dir(target.parent)
+        # the newest: the output the dead run moved aside (another process of the same
+        # `accelerate launch` entering stage_outputs may have put it back first)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(old.pop(), target)
+            _fsync_dir(target.parent)
     for leftover in old + _stale_siblings(target, TMP_TAG):
         _remove(leftover)
 
