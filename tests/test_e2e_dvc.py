@@ -29,8 +29,11 @@ def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def tiny_repo(tmp_path) -> Path:
+    return make_tiny_repo(tmp_path / "repo")
+
+
+def make_tiny_repo(repo: Path) -> Path:
     """A git + DVC repo with this project's dvc.yaml, src/ and the tiny profile as params."""
-    repo = tmp_path / "repo"
     repo.mkdir()
     shutil.copy(REPO / "dvc.yaml", repo / "dvc.yaml")
     # DVC needs every declared param key in params.yaml: write the full documented file with

@@ -3,6 +3,7 @@ process; tests/faults/test_durable_outputs.py kills and starves real stage subpr
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -21,6 +22,10 @@ def _dead_pid() -> int:
 
 def _siblings(folder):
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def _json(path):
+    return json.loads(path.read_text())
 
 
 def _write_dir(target, text):
@@ -129,6 +134,47 @@ def test_atomic_file_failure_keeps_the_old_file(tmp_path):
         io.write_jsonl(target, rows())
     assert io.read_jsonl(target) == [{"a": 1}]
     assert _siblings(tmp_path) == []
+
+
+def test_stage_outputs_publish_together_at_the_end_of_the_block(tmp_path):
+    model, metrics, other = tmp_path / "model", tmp_path / "m.json", tmp_path / "other.json"
+    _write_dir(model, "old")
+    io.write_json(metrics, {"v": 0})
+    with io.stage_outputs(model, metrics):
+        _write_dir(model, "new")
+        io.write_json(metrics, {"v": 1})
+        io.write_json(metrics, {"v": 2})  # written twice: the later write wins
+        io.write_json(other, {"v": 3})  # not listed: published at once, as outside a block
+        assert (model / "a.txt").read_text() == "old"
+        assert _json(metrics) == {"v": 0}
+        assert _json(other) == {"v": 3}
+    assert (model / "a.txt").read_text() == "new"
+    assert _json(metrics) == {"v": 2}
+    assert _siblings(tmp_path) == []
+
+
+def test_stage_outputs_change_nothing_when_the_block_fails(tmp_path):
+    model, metrics = tmp_path / "model", tmp_path / "m.json"
+    _write_dir(model, "old")
+    io.write_json(metrics, {"v": 0})
+    with pytest.raises(RuntimeError), io.stage_outputs(model, metrics):
+        _write_dir(model, "new")  # complete, then the stage fails
+        with io.atomic_file(metrics) as fh:  # still being written when it fails
+            fh.write("{")
+            raise RuntimeError("too many invalid rows")
+    assert (model / "a.txt").read_text() == "old"
+    assert _json(metrics) == {"v": 0}
+    assert _siblings(tmp_path) == []
+
+
+def test_stage_outputs_sweep_a_dead_runs_leftovers_first(tmp_path):
+    model = tmp_path / "model"
+    _write_dir(model, "old")
+    dead = tmp_path / f".model.tmp-{_dead_pid()}-x"
+    dead.mkdir()
+    with io.stage_outputs(model):
+        assert _siblings(tmp_path) == []
+    assert (model / "a.txt").read_text() == "old"
 
 
 def test_claim_out_dir(tmp_path):

@@ -133,9 +133,11 @@ def test_too_many_invalid_rows_exit_2_with_one_line(tmp_path, monkeypatch):
     line = " ".join(out.split())  # rich may wrap the one line on a narrow terminal
     assert line.startswith("error: bad.jsonl:2: bad_json: Expecting value at column 1")
     assert "2 of 3 rows (66.7%) are invalid" in line
-    # the dropped rows are there to inspect; no preference data was written
-    assert len(read_jsonl(tmp_path / "data/invalid/bad.jsonl")) == 2
-    assert not (tmp_path / "data/preference").exists()
+    # the dropped rows are there to inspect, outside the outputs; no output was written
+    assert "every dropped row is in .rlhf-lab/failed/prepare_preference/data/invalid/" in line
+    failed = tmp_path / ".rlhf-lab/failed/prepare_preference/data/invalid/bad.jsonl"
+    assert [r["line"] for r in read_jsonl(failed)] == [2, 3]
+    assert not (tmp_path / "data").exists()
 
 
 def test_unfinished_samples_are_trimmed_or_dropped_with_their_reason(workdir):

@@ -127,14 +127,18 @@ def test_openai_failures_are_counted_and_a_rerun_completes_only_them(
         }
     }
     code, out = _run(tmp_path, params)
-    # more failures than judge.max_failure_fraction (0): outputs written, exit 2, one line
+    # more failures than judge.max_failure_fraction (0): exit 2, one line; no output changes,
+    # what the run scored and why items failed are where the message says
     assert code == 2
     assert "10 of 20 judge items failed" in out and "Traceback" not in out
-    m = _metrics(tmp_path)
+    failed = tmp_path / ".rlhf-lab/failed/score_with_llm"
+    assert "see .rlhf-lab/failed/score_with_llm/data/scored/failures.jsonl" in " ".join(out.split())
+    assert not (tmp_path / "data/scored").exists() and not (tmp_path / "metrics").exists()
+    m = _metrics(failed)
     assert m["judge/items"] == 20 and m["judge/items_scored"] == 10 and m["judge/failures"] == 10
     for kind in ("timeout", "http_5xx", "malformed", "http_4xx", "connection"):
         assert m[f"judge/failures/{kind}"] == 2, kind  # 1 reply x 2 dimensions each
-    rows = _read(tmp_path, "train")
+    rows = _read(failed, "train")
     assert len(rows) == 4  # rows with failed items are kept
     assert rows[0]["scores"]["chosen"]["overall"] == pytest.approx(4.9, abs=1e-3)
     assert rows[1]["scores"]["chosen"] == {
@@ -144,7 +148,7 @@ def test_openai_failures_are_counted_and_a_rerun_completes_only_them(
     }
     assert rows[1]["scores"]["rejected"]["overall"] == 2.0  # digit parsed, no logprobs
     failures = [
-        json.loads(x) for x in (tmp_path / "data/scored/failures.jsonl").read_text().splitlines()
+        json.loads(x) for x in (failed / "data/scored/failures.jsonl").read_text().splitlines()
     ]
     assert len(failures) == 10
     assert {(f["id"], f["reply"], f["kind"]) for f in failures} >= {

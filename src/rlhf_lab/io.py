@@ -6,11 +6,17 @@ cut) leaves either the old output or the new one, never a half-written one (DVC 
 cache a truncated file on the next run). Every temporary name carries the writer's pid
 (``.<name>.tmp-<pid>-*``, ``.<name>.old-<pid>-*``), so the next writer of the same target can
 tell a dead run's leftovers from a live run's work and clean them up.
+
+A stage has several outputs (a model, its curves, its metrics file); inside
+:func:`stage_outputs` each stays in its temporary sibling until the whole stage has succeeded,
+and then all are renamed in, so a stage that fails or is killed changes none of them
+(docs/crash-safety.md).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import fcntl
 import hashlib
@@ -35,6 +41,8 @@ OUT_MARKER = ".rlhf-lab-output"
 """File a command leaves in a folder it created for a user-given ``--out`` (see claim_out_dir)."""
 LOCK_DIR = Path(".rlhf-lab/locks")
 """Per-stage lock files, relative to the repository root (the stages' working directory)."""
+FAILED_DIR = Path(".rlhf-lab/failed")
+"""What a failed stage leaves for the user to inspect (see :func:`failed_output`)."""
 
 
 # -- crash-safe replacement --------------------------------------------------------------------
@@ -93,8 +101,11 @@ def recover(target: str | Path) -> None:
     target = Path(target)
     old = _stale_siblings(target, OLD_TAG)
     if old and not os.path.lexists(target):
-        os.rename(old.pop(), target)  # the newest: the output the dead run moved aside
-        _fsync_dir(target.parent)
+        # the newest: the output the dead run moved aside (another process of the same
+        # `accelerate launch` entering stage_outputs may have put it back first)
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(old.pop(), target)
+            _fsync_dir(target.parent)
     for leftover in old + _stale_siblings(target, TMP_TAG):
         _remove(leftover)
 
@@ -155,9 +166,95 @@ def _publish(tmp: Path, target: Path) -> None:
         _remove(old)
 
 
+class _Staged:
+    """The outputs of one :func:`stage_outputs` block: temp siblings written so far, by target."""
+
+    def __init__(self, targets: Iterable[str | Path]) -> None:
+        self.targets = {os.path.abspath(t) for t in targets}
+        self.open: set[Path] = set()  # temps being written (a kill or error drops them)
+        self.ready: dict[Path, tuple[Path, Callable[[Path, Path], None]]] = {}
+
+    def covers(self, target: Path) -> bool:
+        return os.path.abspath(target) in self.targets
+
+    def drop(self) -> None:
+        for tmp in [*self.open, *(t for t, _ in self.ready.values())]:
+            _remove(tmp)
+        self.open.clear()
+        self.ready.clear()
+
+
+_STAGED: contextvars.ContextVar[_Staged | None] = contextvars.ContextVar(
+    "rlhf_lab_staged_outputs", default=None
+)
+
+
+@contextlib.contextmanager
+def stage_outputs(*targets: str | Path) -> Iterator[None]:
+    """Publish every atomic write of ``targets`` made in the block together, at its end, and
+    only if the block succeeds; on any failure none of them changes.
+
+    :func:`atomic_dir` / :func:`atomic_file` (and so :func:`write_json`, :func:`write_jsonl`,
+    :class:`rlhf_lab.training.common.Curves`) of a listed target keep their complete temporary
+    sibling instead of renaming it in; the renames happen here, in write order (a stage writes
+    its metrics file last, so a kill between two renames leaves metrics that do not match the
+    outputs, which DVC sees as a changed stage). Writes of other paths (checkpoints, caches)
+    publish at once, as outside a block. Dead runs' leftovers of every target are swept first.
+    """
+    for target in targets:
+        recover(target)
+    staged = _Staged(targets)
+    token = _STAGED.set(staged)
+    try:
+        yield
+    except BaseException:
+        staged.drop()
+        raise
+    finally:
+        _STAGED.reset(token)
+    try:
+        for target, (tmp, publish) in list(staged.ready.items()):
+            publish(tmp, target)
+            del staged.ready[target]
+    except BaseException:
+        staged.drop()  # what was not renamed in yet: its target keeps the previous output
+        raise
+
+
+def _finish(tmp: Path, target: Path, publish: Callable[[Path, Path], None]) -> None:
+    """Publish a complete ``tmp`` now, or hand it to the enclosing :func:`stage_outputs`."""
+    staged = _STAGED.get()
+    if staged is None or not staged.covers(target):
+        publish(tmp, target)
+        return
+    staged.open.discard(tmp)
+    previous = staged.ready.pop(target, None)
+    if previous is not None:  # written twice in one block: the later write wins
+        _remove(previous[0])
+    staged.ready[target] = (tmp, publish)
+
+
+def _track(tmp: Path) -> None:
+    staged = _STAGED.get()
+    if staged is not None:
+        staged.open.add(tmp)
+
+
+def _untrack(tmp: Path) -> None:
+    staged = _STAGED.get()
+    if staged is not None:
+        staged.open.discard(tmp)
+
+
+def _replace_file(tmp: Path, target: Path) -> None:
+    os.replace(tmp, target)  # a single file needs no aside copy: atomic on POSIX
+    _fsync_dir(target.parent)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory that replaces ``target`` only if the block succeeds.
+    """Yield a fresh temporary directory that replaces ``target`` only if the block succeeds
+    (inside :func:`stage_outputs` listing ``target``: only if the whole stage succeeds).
 
     On any failure (the block, fsync, the rename) only the temporary directory this call made is
     removed and ``target`` is left as it was.
@@ -167,11 +264,13 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     recover(target)
     tmp = Path(tempfile.mkdtemp(prefix=_sibling_prefix(target, TMP_TAG), dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs should be like any dir
+    _track(tmp)
     try:
         yield tmp
         fsync_tree(tmp)
-        _publish(tmp, target)
+        _finish(tmp, target, _publish)
     except BaseException:
+        _untrack(tmp)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
@@ -195,23 +294,23 @@ def remove_dir(path: str | Path) -> None:
 
 @contextlib.contextmanager
 def atomic_file(target: str | Path, mode: str = "w") -> Iterator[Any]:
-    """Open a temporary sibling of ``target`` for writing; rename it over ``target`` on success.
-
-    A single file needs no aside copy: ``os.replace`` of a file is atomic on POSIX.
-    """
+    """Open a temporary sibling of ``target`` for writing; rename it over ``target`` on success
+    (inside :func:`stage_outputs` listing ``target``: when the whole stage succeeds)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover(target)
-    fd, tmp = tempfile.mkstemp(prefix=_sibling_prefix(target, TMP_TAG), dir=target.parent)
+    fd, name = tempfile.mkstemp(prefix=_sibling_prefix(target, TMP_TAG), dir=target.parent)
+    tmp = Path(name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs should be like any file
+    _track(tmp)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        _finish(tmp, target, _replace_file)
     except BaseException:
+        _untrack(tmp)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
@@ -221,6 +320,17 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def failed_output(stage: str, target: str | Path) -> Path:
+    """Where ``stage`` writes what would have been its output ``target`` when it fails.
+
+    A failed stage changes none of its outputs (the last good run's records stay consistent
+    with each other), but what it found (the rows it dropped, the judge's failures) must not
+    be lost: it goes under :data:`FAILED_DIR`, at the output's own relative path, outside the
+    pipeline (git- and dvc-ignored), and the error message names it.
+    """
+    return FAILED_DIR / stage / target
 
 
 # -- user-given output folders and concurrent runs ---------------------------------------------

@@ -3,8 +3,8 @@ and run twice at once; then re-run to the result of an uninterrupted run.
 
 Faults are injected from outside the production code: a ``sitecustomize`` put first on the
 subprocess's PYTHONPATH wraps ``os.rename`` (SIGKILL or a pause right at one step of an output
-swap) or ``open`` (ENOSPC on writes under one output's temp directory), chosen by
-``RLHF_LAB_TEST_FAULT``.
+swap) or ``open`` (ENOSPC on writes under one output's temp directory, or SIGKILL when a file
+is opened for writing), chosen by ``RLHF_LAB_TEST_FAULT``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,17 @@ if _KIND in ("kill_before", "kill_after", "pause_before"):
             os.kill(os.getpid(), signal.SIGKILL)
 
     os.rename = rename
+
+if _KIND == "kill_on_open":
+    _open_k = io.open
+
+    def killing_open(file, mode="r", *args, **kwargs):
+        name = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else os.fspath(file)
+        if any(c in mode for c in "wax+") and _ARG in os.path.abspath(name):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return _open_k(file, mode, *args, **kwargs)
+
+    builtins.open = io.open = killing_open
 
 if _KIND == "enospc":
     _open = io.open
@@ -172,7 +183,10 @@ def test_sigkill_mid_swap_then_rerun_gives_the_uninterrupted_output(models_works
     rc, log = _run(root, fault_env, "prepare_models", fault="kill_after:.policy.old-")
     assert rc == -signal.SIGKILL, log
     assert not (root / "models/base/policy").exists()
+    # (the encoder, complete, waits to be renamed in with the policy: the stage's outputs are
+    # published together at its end)
     assert [p.split("-")[0] for p in _leftovers(root)] == [
+        "models/base/.encoder.tmp",
         "models/base/.policy.old",
         "models/base/.policy.tmp",
     ]

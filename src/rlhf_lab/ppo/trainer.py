@@ -64,7 +64,7 @@ from rlhf_lab.ppo.core import (
 from rlhf_lab.ppo.distributed import DataParallel, check_sizes
 from rlhf_lab.ppo.model import CRITIC, PolicyCritic, chat_prompt_ids, trim_batch
 from rlhf_lab.ppo.rollout import Rollout, Row, Scorer, batch_indices, collect_rollout
-from rlhf_lab.training.common import NonFiniteGuard
+from rlhf_lab.training.common import Curves, NonFiniteGuard
 
 MINIBATCH_KEYS = ("loss/policy", "loss/value", "policy/clipfrac", "policy/approxkl", "val/clipfrac")
 """Logged per minibatch (averaged over a step's updates): nan in a step that made none."""
@@ -97,6 +97,11 @@ class _PolicyTerms(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 # the trainer
 # ---------------------------------------------------------------------------------------------
+
+
+def _curve_values(stats: Mapping[str, float]) -> dict[str, float]:
+    """A history entry's values for the curves (``step`` is their x axis, not a curve)."""
+    return {k: v for k, v in stats.items() if k != "step"}
 
 
 class PpoTrainer(Checkpointing):
@@ -544,8 +549,11 @@ class PpoTrainer(Checkpointing):
         self._start(resume)
         # Identical replicas from here on; after that, identical averaged gradients keep them so.
         self.dp.broadcast_parameters(self.params)
-        live = self._open_live()
-        try:
+        # A fresh folder, then the history replayed: after --resume the curves are exactly
+        # those of an uninterrupted run (no duplicate points for re-run steps).
+        with Curves(self.plots_dir) as curves:
+            for stats in self.history:
+                curves.log(int(stats["step"]), _curve_values(stats))
             steps = range(self.step, cfg.steps)
             it = ui.track(steps, "train_ppo", total=len(steps)) if self.progress else steps
             for step in it:
@@ -561,16 +569,12 @@ class PpoTrainer(Checkpointing):
                     stats.update({f"weight/{k}": v for k, v in ro.scored.weights.items()})
                 stats = {"step": float(step), **stats}
                 self.history.append(stats)
-                if live is not None:
-                    self._log(live, stats)
+                curves.log(step, _curve_values(stats))
                 self.step = step + 1
                 if self.checkpoint_dir is not None and (
                     self.step % cfg.save_every == 0 or self.step == cfg.steps
                 ):
                     self.save_checkpoint()
-        finally:
-            if live is not None:
-                live.end()
         return self.final_metrics()
 
     def _reward_means(self, scored: Scores) -> dict[str, float]:
@@ -601,29 +605,6 @@ class PpoTrainer(Checkpointing):
         # Which precision the log-probs and values ran in (rlhf_lab.precision).
         last["perf/bf16"] = int(precision.bf16_enabled())
         return last
-
-    # -- curves --------------------------------------------------------------------------------
-
-    def _open_live(self) -> Any:
-        if self.plots_dir is None:
-            return None
-        from dvclive import Live
-
-        # Always a fresh directory, then the history replayed: after --resume the curves are
-        # exactly those of an uninterrupted run (no duplicate points for re-run steps).
-        live = Live(
-            dir=str(self.plots_dir), resume=False, dvcyaml=None, save_dvc_exp=False, report=None
-        )
-        for stats in self.history:
-            self._log(live, stats)
-        return live
-
-    @staticmethod
-    def _log(live: Any, stats: Mapping[str, float]) -> None:
-        live.step = int(stats["step"])
-        for key, value in stats.items():
-            if key != "step":
-                live.log_metric(key, float(value))
 
 
 __all__ = ["CRITIC", "NonFiniteLossError", "PpoTrainer", "Rollout", "batch_indices"]

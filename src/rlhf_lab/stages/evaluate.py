@@ -21,7 +21,7 @@ from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.evaluation import report
 from rlhf_lab.evaluation.evaluate import EvalPaths, JudgeScorer, load_prompt_rows, run_evaluation
-from rlhf_lab.io import atomic_dir, write_json, write_jsonl
+from rlhf_lab.io import atomic_dir, stage_outputs, write_json, write_jsonl
 from rlhf_lab.models import read_provenance
 
 PROMPTS = Path("data/prompts/test.jsonl")
@@ -60,19 +60,20 @@ def main(params: Params, **_: Any) -> None:
         paths=PATHS,
         judge_factory=(lambda: _judge_factory(params)) if cfg.judge else None,
     )
-    with atomic_dir(PLOTS_DIR) as tmp:
-        report.write_plot_images(result, tmp)
-        report.write_plot_data(result, tmp)
-    with atomic_dir(REPORTS_DIR) as tmp:
-        write_jsonl(tmp / "samples.jsonl", report.sample_rows(result))
-        text = report.render_report(
-            result,
-            plots_rel=f"../{PLOTS_DIR.as_posix()}",
-            run_params=_run_params(params),
-            n_boot=cfg.n_boot,
-        )
-        (tmp / "report.md").write_text(text, encoding="utf-8")
-    write_json(METRICS, result.metrics)
+    with stage_outputs(PLOTS_DIR, REPORTS_DIR, METRICS):
+        with atomic_dir(PLOTS_DIR) as tmp:
+            report.write_plot_images(result, tmp)
+            report.write_plot_data(result, tmp)
+        with atomic_dir(REPORTS_DIR) as tmp:
+            write_jsonl(tmp / "samples.jsonl", report.sample_rows(result))
+            text = report.render_report(
+                result,
+                plots_rel=f"../{PLOTS_DIR.as_posix()}",
+                run_params=_run_params(params),
+                n_boot=cfg.n_boot,
+            )
+            (tmp / "report.md").write_text(text, encoding="utf-8")
+        write_json(METRICS, result.metrics)
     m, base = result.metrics, cfg.baseline
     summary: dict[str, Any] = {f"reward model {base}": f"{m[f'{base}/rm_score']:.3f}"}
     for p in cfg.policies:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rlhf_lab import models, ui
 from rlhf_lab.config import Params, section_dict
-from rlhf_lab.io import atomic_dir
+from rlhf_lab.io import atomic_dir, stage_outputs
 
 POLICY_DIR = Path("models/base/policy")
 ENCODER_DIR = Path("models/base/encoder")
@@ -21,10 +21,13 @@ ENCODER_DIR = Path("models/base/encoder")
 def main(params: Params) -> None:
     cfg = params.models
     provenance = {"stage": "prepare_models", "params": section_dict(params, "models")}
-    with atomic_dir(POLICY_DIR) as tmp:
-        policy = models.materialise_policy(cfg.policy, tmp, cfg.dtype, cfg.revision, **provenance)
-    with atomic_dir(ENCODER_DIR) as tmp:
-        encoder = models.materialise_encoder(cfg.encoder, tmp, cfg.revision, **provenance)
+    with stage_outputs(POLICY_DIR, ENCODER_DIR):
+        with atomic_dir(POLICY_DIR) as tmp:
+            policy = models.materialise_policy(
+                cfg.policy, tmp, cfg.dtype, cfg.revision, **provenance
+            )
+        with atomic_dir(ENCODER_DIR) as tmp:
+            encoder = models.materialise_encoder(cfg.encoder, tmp, cfg.revision, **provenance)
     ui.summary(
         "prepare_models",
         {

@@ -18,7 +18,7 @@ from rlhf_lab import models, ui
 from rlhf_lab.config import Params
 from rlhf_lab.data import pairs, prepare
 from rlhf_lab.errors import DataError, ModelSourceError
-from rlhf_lab.io import atomic_dir, write_json, write_jsonl
+from rlhf_lab.io import atomic_dir, failed_output, stage_outputs, write_json, write_jsonl
 from rlhf_lab.tasks import crs
 from rlhf_lab.tokens import default_device
 
@@ -27,6 +27,7 @@ PROMPTS_DIR = Path("data/prompts")
 PREFERENCE_DIR = Path("data/preference")
 INVALID_DIR = Path("data/invalid")
 METRICS = Path("metrics/prepare_preference.json")
+FAILED_INVALID_DIR = failed_output("prepare_preference", INVALID_DIR)
 
 
 def _write_dir(target: Path, files: dict[str, list[dict[str, Any]]]) -> None:
@@ -43,9 +44,14 @@ def main(params: Params, **_: Any) -> None:
     mode = pairs.resolve_pairs(cfg.pairs, source.format)
     loaded = prepare.load_examples(source, cfg, movies=crs)
     try:
-        prepare.check_invalid_fraction(loaded, cfg, str(INVALID_DIR))
+        prepare.check_invalid_fraction(loaded, cfg, str(FAILED_INVALID_DIR))
     except DataError:
-        _write_dir(INVALID_DIR, prepare.invalid_rows(loaded.dropped_rows(), loaded.split_labels))
+        # A failed run changes none of its outputs (data/invalid/ keeps the record of the last
+        # good run, consistent with data/preference/); its dropped rows go where the error
+        # message points, outside the pipeline.
+        _write_dir(
+            FAILED_INVALID_DIR, prepare.invalid_rows(loaded.dropped_rows(), loaded.split_labels)
+        )
         raise
 
     samples, seconds = None, 0.0
@@ -73,9 +79,10 @@ def main(params: Params, **_: Any) -> None:
         seconds = time.perf_counter() - start
 
     prepared = prepare.build(loaded, mode, cfg, samples)
-    _write_dir(PROMPTS_DIR, prepared.prompts)
-    _write_dir(PREFERENCE_DIR, prepared.preference)
-    _write_dir(INVALID_DIR, prepared.invalid)
-    write_json(METRICS, prepared.metrics)
+    with stage_outputs(PROMPTS_DIR, PREFERENCE_DIR, INVALID_DIR, METRICS):
+        _write_dir(PROMPTS_DIR, prepared.prompts)
+        _write_dir(PREFERENCE_DIR, prepared.preference)
+        _write_dir(INVALID_DIR, prepared.invalid)
+        write_json(METRICS, prepared.metrics)
 
     ui.summary("prepare_preference", prepare.summary_rows(prepared.metrics, seconds))

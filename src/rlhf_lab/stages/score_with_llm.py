@@ -22,7 +22,7 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params
 from rlhf_lab.errors import ConfigError, RlhfLabError
-from rlhf_lab.io import atomic_dir, write_json, write_jsonl
+from rlhf_lab.io import atomic_dir, failed_output, stage_outputs, write_json, write_jsonl
 from rlhf_lab.judge import build_judge
 from rlhf_lab.judge.base import FAILURE_CLASS
 from rlhf_lab.judge.preference import ScoredPreference, score_preference, unscored
@@ -63,17 +63,28 @@ def main(params: Params, **_: Any) -> None:
             prompt_meta=load_prompt_meta(PROMPTS_DIR),
         )
         result.metrics["judge/backend"] = cfg.backend
-    _write(result)
     _summary(result, cfg.backend)
-    _check_failures(result, cfg.max_failure_fraction, cfg.max_fallback_fraction)
+    try:
+        _check_failures(result, cfg.max_failure_fraction, cfg.max_fallback_fraction)
+    except JudgeFailures:
+        # A failed run changes none of its outputs; what it scored, and why items failed, go
+        # where the error message points (the judge cache keeps the scores for the re-run).
+        _write(
+            failed_output("score_with_llm", SCORED_DIR),
+            failed_output("score_with_llm", METRICS),
+            result,
+        )
+        raise
+    with stage_outputs(SCORED_DIR, METRICS):
+        _write(SCORED_DIR, METRICS, result)
 
 
-def _write(result: ScoredPreference) -> None:
-    with atomic_dir(SCORED_DIR) as tmp:
+def _write(scored_dir: Path, metrics: Path, result: ScoredPreference) -> None:
+    with atomic_dir(scored_dir) as tmp:
         for split, rows in result.splits.items():
             write_jsonl(tmp / f"{split}.jsonl", rows)
         write_jsonl(tmp / "failures.jsonl", result.failures)
-    write_json(METRICS, result.metrics)
+    write_json(metrics, result.metrics)
 
 
 def _summary(result: ScoredPreference, backend: str) -> None:
@@ -106,6 +117,9 @@ def _summary(result: ScoredPreference, backend: str) -> None:
     ui.summary("score_with_llm", rows)
 
 
+UNCHANGED = f"{SCORED_DIR}/ and {METRICS} are unchanged"
+"""A failed run replaces none of the last good run's outputs."""
+
 ADVICE = {
     "transient": "a re-run scores only the missing items",
     "request": "the server refused the request: check judge.base_url, judge.model and the key",
@@ -125,12 +139,12 @@ def _check_failures(result: ScoredPreference, max_fraction: float, max_fallback:
     m = result.metrics
     total = m.get("judge/items", 0)
     failed, fallback = m.get("judge/failures", 0), m.get("judge/fallback", 0)
-    where = SCORED_DIR / "failures.jsonl"
+    where = failed_output("score_with_llm", SCORED_DIR) / "failures.jsonl"
     if total and failed / total > max_fraction:
         kinds, advice = _kinds(m, "judge/failures/")
         raise JudgeFailures(
             f"score_with_llm: {failed} of {total} judge items failed ({kinds}; see {where}), "
-            f"more than judge.max_failure_fraction={max_fraction:g}; outputs were written; "
+            f"more than judge.max_failure_fraction={max_fraction:g}; {UNCHANGED}; "
             + "; ".join(advice)
         )
     if total and fallback / total > max_fallback:
@@ -138,7 +152,7 @@ def _check_failures(result: ScoredPreference, max_fraction: float, max_fallback:
         raise JudgeFailures(
             f"score_with_llm: {fallback} of {total} judge items got the neutral score ({kinds}: "
             f"no usable rating even when re-asked; see {where}), more than "
-            f"judge.max_fallback_fraction={max_fallback:g}; outputs were written; "
+            f"judge.max_fallback_fraction={max_fallback:g}; {UNCHANGED}; "
             f"{ADVICE['deterministic']} (invalid: or judge.logprobs: false) or raise "
             "judge.max_fallback_fraction"
         )

@@ -15,15 +15,16 @@ from pathlib import Path
 
 from rlhf_lab import inputs, ui
 from rlhf_lab.config import Params
-from rlhf_lab.io import write_json
+from rlhf_lab.io import stage_outputs, write_json
 
 
 def main(params: Params) -> None:
     cache = inputs.DigestCache()
     found = inputs.fingerprints(params, inputs.pipeline_outputs(Path("dvc.yaml")), cache.sha256)
     inputs.INPUTS_DIR.mkdir(parents=True, exist_ok=True)
-    for name, data in found.items():
-        write_json(inputs.INPUTS_DIR / name, data)
+    with stage_outputs(*(inputs.INPUTS_DIR / name for name in found)):
+        for name, data in found.items():
+            write_json(inputs.INPUTS_DIR / name, data)
     cache.save()
     ui.summary(
         "track_inputs",

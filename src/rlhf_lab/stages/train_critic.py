@@ -23,7 +23,7 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import read_jsonl, write_json
+from rlhf_lab.io import read_jsonl, stage_outputs, write_json
 from rlhf_lab.training.critic import (
     ScoredReply,
     candidate_replies,
@@ -124,25 +124,26 @@ def main(params: Params, **_: Any) -> None:
             "valid metrics will be null",
             highlight=False,
         )
-    outcome = train_critic(
-        SFT_DIR,
-        train,
-        valid,
-        cfg,
-        system_prompt=params.task.system_prompt,
-        out_dir=OUT_DIR,
-        plots_dir=PLOTS_DIR,
-        provenance={"stage": "train_critic", "params": section_dict(params, "critic", "task")},
-    )
-    if not outcome.is_main_process:
-        return
-    metrics = {
-        **outcome.metrics,
-        "critic/target": cfg.target,
-        "train/skipped_rows": skipped,
-        "valid/skipped_rows": valid_skipped,
-    }
-    write_json(METRICS, metrics)
+    with stage_outputs(OUT_DIR, PLOTS_DIR, METRICS):
+        outcome = train_critic(
+            SFT_DIR,
+            train,
+            valid,
+            cfg,
+            system_prompt=params.task.system_prompt,
+            out_dir=OUT_DIR,
+            plots_dir=PLOTS_DIR,
+            provenance={"stage": "train_critic", "params": section_dict(params, "critic", "task")},
+        )
+        if not outcome.is_main_process:
+            return
+        metrics = {
+            **outcome.metrics,
+            "critic/target": cfg.target,
+            "train/skipped_rows": skipped,
+            "valid/skipped_rows": valid_skipped,
+        }
+        write_json(METRICS, metrics)
     m = outcome.metrics
 
     def pair(key: str) -> str:

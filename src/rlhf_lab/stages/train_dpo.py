@@ -29,7 +29,7 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import read_jsonl, write_json
+from rlhf_lab.io import read_jsonl, stage_outputs, write_json
 from rlhf_lab.training.dpo import train_dpo_model
 from rlhf_lab.training.reward_model import pairs_from_rows
 
@@ -56,24 +56,25 @@ def main(params: Params, **_: Any) -> None:
             f"{PREFERENCE_DIR / 'train.jsonl'}: no preference pairs with two distinct replies "
             "(run `rlhf-lab prepare_preference` first)"
         )
-    outcome = train_dpo_model(
-        SFT_DIR,
-        pairs["train"],
-        pairs["valid"],
-        cfg,
-        system_prompt=params.task.system_prompt,
-        out_dir=OUT_DIR,
-        plots_dir=PLOTS,
-        provenance={
-            "stage": "train_dpo",
-            "params": {"task": {"system_prompt": params.task.system_prompt}}
-            | section_dict(params, "dpo"),
-        },
-    )
-    if not outcome.is_main_process:
-        return
-    m = outcome.metrics | {f"data/dropped_{k}": v for k, v in dropped.items()}
-    write_json(METRICS, m)
+    with stage_outputs(OUT_DIR, PLOTS, METRICS):
+        outcome = train_dpo_model(
+            SFT_DIR,
+            pairs["train"],
+            pairs["valid"],
+            cfg,
+            system_prompt=params.task.system_prompt,
+            out_dir=OUT_DIR,
+            plots_dir=PLOTS,
+            provenance={
+                "stage": "train_dpo",
+                "params": {"task": {"system_prompt": params.task.system_prompt}}
+                | section_dict(params, "dpo"),
+            },
+        )
+        if not outcome.is_main_process:
+            return
+        m = outcome.metrics | {f"data/dropped_{k}": v for k, v in dropped.items()}
+        write_json(METRICS, m)
 
     def before_after(key: str) -> str:
         return f"{_num(m[f'valid_start/{key}'])} → {_num(m[f'valid/{key}'])}"

@@ -36,7 +36,7 @@ import torch
 from rlhf_lab import ui
 from rlhf_lab.config import CriticLayout, Params, section_dict
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import atomic_dir, read_jsonl, write_json
+from rlhf_lab.io import atomic_dir, read_jsonl, stage_outputs, write_json
 from rlhf_lab.ppo.composite_score import active_components, build_scorer, describe
 from rlhf_lab.ppo.distributed import DataParallel
 from rlhf_lab.ppo.fingerprint import stage_fingerprint
@@ -97,36 +97,37 @@ def main(params: Params, resume: bool | None = None, **_: Any) -> None:
         device=accelerator.device,
         shared_trunk=layout is CriticLayout.SHARED_TRUNK,
     )
-    trainer = PpoTrainer(
-        model,
-        rows,
-        scorer,
-        cfg,
-        system_prompt=params.task.system_prompt,
-        checkpoint_dir=CHECKPOINT_DIR,
-        plots_dir=PLOTS_DIR if dp.is_main else None,
-        progress=dp.is_main,
-        fingerprint=inputs,
-        dp=dp,
-    )
-    metrics = trainer.train(resume=resume)
-    # Every replica holds the same weights: the main process alone writes them and the metrics.
-    dp.barrier()
-    if not dp.is_main:
-        return
-
-    with atomic_dir(OUT_DIR) as tmp:
-        export_policy(
+    with stage_outputs(OUT_DIR, PLOTS_DIR, METRICS):
+        trainer = PpoTrainer(
             model,
-            tmp,
-            stage="train_ppo",
-            base=str(SFT_DIR),
-            critic=None if critic_dir is None else str(critic_dir),
-            reward=describe(scorer),
-            params=section_dict(params, "task", "ppo", "reward"),
-            metrics={k: v for k, v in metrics.items() if not k.startswith("time/")},
+            rows,
+            scorer,
+            cfg,
+            system_prompt=params.task.system_prompt,
+            checkpoint_dir=CHECKPOINT_DIR,
+            plots_dir=PLOTS_DIR if dp.is_main else None,
+            progress=dp.is_main,
+            fingerprint=inputs,
+            dp=dp,
         )
-    write_json(METRICS, metrics)
+        metrics = trainer.train(resume=resume)
+        # Every replica holds the same weights: the main process alone writes them and the metrics.
+        dp.barrier()
+        if not dp.is_main:
+            return
+
+        with atomic_dir(OUT_DIR) as tmp:
+            export_policy(
+                model,
+                tmp,
+                stage="train_ppo",
+                base=str(SFT_DIR),
+                critic=None if critic_dir is None else str(critic_dir),
+                reward=describe(scorer),
+                params=section_dict(params, "task", "ppo", "reward"),
+                metrics={k: v for k, v in metrics.items() if not k.startswith("time/")},
+            )
+        write_json(METRICS, metrics)
     show = [
         "objective/score_start",
         "objective/score",

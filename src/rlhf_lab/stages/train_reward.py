@@ -30,7 +30,7 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import read_jsonl, write_json
+from rlhf_lab.io import read_jsonl, stage_outputs, write_json
 from rlhf_lab.training.reward_model import pairs_from_rows, train_reward_model
 
 SCORED_DIR = Path("data/scored")
@@ -58,20 +58,21 @@ def main(params: Params, **_: Any) -> None:
         pairs[split], dropped[split] = pairs_from_rows(_rows(split))
     if not pairs["train"]:
         raise DataError(f"{SCORED_DIR / 'train.jsonl'}: no usable preference pairs")
-    outcome = train_reward_model(
-        ENCODER_DIR,
-        pairs["train"],
-        {"valid": pairs["valid"], "test": pairs["test"]},
-        cfg,
-        out_dir=OUT_DIR,
-        plots_dir=PLOTS,
-        provenance={"stage": "train_reward", "params": {"reward": {"train": cfg.model_dump()}}},
-    )
-    if not outcome.is_main_process:
-        return
-    m = outcome.metrics
-    m.update({f"data/dropped_{split}": n for split, n in dropped.items()})
-    write_json(METRICS, m)
+    with stage_outputs(OUT_DIR, PLOTS, METRICS):
+        outcome = train_reward_model(
+            ENCODER_DIR,
+            pairs["train"],
+            {"valid": pairs["valid"], "test": pairs["test"]},
+            cfg,
+            out_dir=OUT_DIR,
+            plots_dir=PLOTS,
+            provenance={"stage": "train_reward", "params": {"reward": {"train": cfg.model_dump()}}},
+        )
+        if not outcome.is_main_process:
+            return
+        m = outcome.metrics
+        m.update({f"data/dropped_{split}": n for split, n in dropped.items()})
+        write_json(METRICS, m)
     ui.summary(
         "train_reward",
         {

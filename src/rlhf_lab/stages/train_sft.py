@@ -24,7 +24,7 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import read_jsonl, write_json
+from rlhf_lab.io import read_jsonl, stage_outputs, write_json
 from rlhf_lab.training.sft import sft_examples, train_sft_model
 
 PROMPTS_DIR = Path("data/prompts")
@@ -54,20 +54,21 @@ def main(params: Params, **_: Any) -> None:
             f"{PREFERENCE_DIR / 'train.jsonl'} (chosen replies) has any "
             "(run `rlhf-lab prepare_preference` first)"
         )
-    outcome = train_sft_model(
-        POLICY_DIR,
-        examples["train"],
-        examples["valid"],
-        cfg,
-        system_prompt=params.task.system_prompt,
-        out_dir=OUT_DIR,
-        plots_dir=PLOTS,
-        provenance={"stage": "train_sft", "params": section_dict(params, "task", "sft")},
-    )
-    if not outcome.is_main_process:
-        return
-    m = outcome.metrics
-    write_json(METRICS, m)
+    with stage_outputs(OUT_DIR, PLOTS, METRICS):
+        outcome = train_sft_model(
+            POLICY_DIR,
+            examples["train"],
+            examples["valid"],
+            cfg,
+            system_prompt=params.task.system_prompt,
+            out_dir=OUT_DIR,
+            plots_dir=PLOTS,
+            provenance={"stage": "train_sft", "params": section_dict(params, "task", "sft")},
+        )
+        if not outcome.is_main_process:
+            return
+        m = outcome.metrics
+        write_json(METRICS, m)
     ui.summary(
         "train_sft",
         {

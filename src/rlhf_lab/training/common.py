@@ -213,16 +213,24 @@ class Curves:
     """dvclive curves under ``plots/<stage>/`` written by the main process; a no-op elsewhere.
 
     DVC reads ``plots/<stage>/plots/metrics/<name>.tsv`` (``dvc.yaml`` plots, ``x: step``).
+    They go to a temporary sibling (:func:`rlhf_lab.io.atomic_dir`) that replaces the folder on
+    :meth:`close`, together with the stage's other outputs under
+    :func:`rlhf_lab.io.stage_outputs`: a run that fails or is killed leaves the previous curves
+    whole (dvclive itself empties its folder at start and appends to the .tsv files as it goes).
+    Use it as a context manager where the run may fail before :meth:`close`: leaving the block
+    by an exception drops the temporary folder.
     """
 
     def __init__(self, directory: str | Path | None, enabled: bool = True) -> None:
         self.live: Any = None
+        self._out = contextlib.ExitStack()
         if directory is not None and enabled:
             from dvclive import Live
 
+            tmp = self._out.enter_context(atomic_dir(directory))
             # dvcyaml=None / save_dvc_exp=False: dvc.yaml already declares these plots, and
             # `dvc exp run` records the experiment itself.
-            self.live = Live(dir=str(directory), dvcyaml=None, save_dvc_exp=False, report=None)
+            self.live = Live(dir=str(tmp), dvcyaml=None, save_dvc_exp=False, report=None)
 
     def log(self, step: int, values: Mapping[str, float]) -> None:
         """Append one point per value at ``step``."""
@@ -233,9 +241,25 @@ class Curves:
             self.live.log_metric(name, float(value))
 
     def close(self) -> None:
+        """Write ``metrics.json`` (the last values) and publish the folder."""
         if self.live is not None:
-            self.live.end()
+            # Not Live.end(): inside `dvc exp run` it `git add`s the untracked files under its
+            # dir that are not DVC outputs (dvclive's ensure_dir_is_tracked, treeverse/dvclive
+            # #517), which the temporary folder is; with dvcyaml=None and report=None the only
+            # file end() would still write is the summary.
+            self.live.make_summary()
             self.live = None
+        self._out.close()
+
+    def __enter__(self) -> Curves:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the temporary folder goes; the published curves stay as they were
+            self.live = None
+            self._out.__exit__(exc_type, exc, tb)
 
 
 def progress(
