@@ -3,7 +3,8 @@
 Run as ``python -I -S doctest_child.py`` (isolated: no user site, no PYTHON* variables, no
 current directory on ``sys.path``, no ``site``), so it imports the standard library only and
 never the project. It reads one job, JSON on stdin (``setup``, ``code``, ``name``,
-``docstring``, ``per_example_s``, ``cpu_s``, ``memory_bytes``, ``output_bytes``, ``nonce``),
+``docstring``, ``per_example_s``, ``cpu_s``, ``memory_bytes``, ``output_bytes``,
+``audit_hook``, ``nonce``),
 sets its own resource limits (CPU seconds, address space, largest file written: its stdout
 and stderr are files, so this caps them; no new processes), then, before any of the job's
 code runs, installs an audit hook (PEP 578) that refuses sockets, new processes, native code
@@ -185,7 +186,8 @@ def main() -> None:
     out = sys.__stdout__
     write = out.write  # bound before the examples run: they may replace sys.stdout
     signal.signal(signal.SIGALRM, _timeout)
-    _install_hook(os.getcwd())
+    if job.get("audit_hook", True):  # off only in tests of the kernel's layers alone
+        _install_hook(os.getcwd())
     outcomes: list = []
     try:
         globs: dict = {"__name__": "__sandbox__"}
