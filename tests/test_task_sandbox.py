@@ -26,7 +26,9 @@ def run(doc: str, limits: Limits = sandbox.DEFAULT_LIMITS, setup: str = ""):
 def hook_only(monkeypatch):
     """No namespaces, no seccomp (the fallback): the audit hook alone must refuse it."""
     monkeypatch.setattr(sandbox, "isolation", lambda: sandbox.NONE)
-    assert sandbox.child_command()[0] == os.path.realpath(sys.executable)
+    assert sandbox.child_command(sandbox.NONE, Limits(), None)[0] == os.path.realpath(
+        sys.executable
+    )
 
 
 def test_passing_and_failing_examples():

@@ -263,7 +263,7 @@ def _attack(attack: list[Example], world: World, *, audit_hook: bool) -> sandbox
 
 @pytest.fixture
 def bubblewrap() -> None:
-    if sandbox.isolation() is not sandbox.BWRAP:
+    if sandbox.isolation().name != "bwrap":
         pytest.skip("bubblewrap cannot start a sandbox here (make test installs it as root)")
 
 
@@ -288,7 +288,7 @@ def test_attack_fails_and_the_parent_survives(name, audit_hook, world):
 def test_the_kernel_layers_are_in_place(world):
     """What the child sees with the audit hook off: seccomp in filter mode, its own PID
     namespace, a root with nothing but the interpreter's files, ``PATH``, ``HOME`` and ``LC_ALL``
-    (and the ``PWD`` bubblewrap sets) in its environment."""
+    (and the ``PWD`` bubblewrap sets) in its environment; threads still start."""
     prefix = os.path.realpath(sys.base_prefix).split("/")[1]
     root = sorted({"dev", "doctest_child.py", "proc", "sandbox", "usr", prefix})
     checks = [
@@ -301,6 +301,7 @@ def test_the_kernel_layers_are_in_place(world):
         ),
         ("sorted(os.environ)", "['HOME', 'LC_ALL', 'PATH', 'PWD']"),
         ("os.getcwd()", repr(sandbox.SANDBOX_DIR)),
+        "import threading; threading.Thread(target=int).start()",  # threads are no new process
     ]
     result = run_doctests(_doc(checks, world), ADD, name="add", limits=LIMITS, audit_hook=False)
     assert result.outcomes == ("pass",) * (len(checks) + 1)
@@ -362,10 +363,20 @@ def test_without_bubblewrap_unshare_still_isolates_processes_and_network(without
     if shutil.which("unshare") is None:
         pytest.skip("util-linux unshare is not installed")
     how, err = without("bwrap")
-    if how is not sandbox.UNSHARE:
+    if how.name != "unshare":
         pytest.skip("the kernel refuses user namespaces here")
     assert err.splitlines() == [sandbox.UNSHARE.warning]
     # the kernel alone (no audit hook): the outside processes and the loopback are not there
     for name in ["signal/kill_parent_pid", "signal/kill_outside_pid", "network/socket"]:
         result = _attack(CORPUS[name], world, audit_hook=False)
         assert result.layers[:2] == ("user_ns", "pid_ns") and "seccomp" not in result.layers
+
+
+@pytest.mark.usefixtures("bubblewrap")
+def test_without_libseccomp_bubblewrap_still_runs_and_says_seccomp_is_off(without, monkeypatch):
+    monkeypatch.setattr(sandbox, "seccomp_program", lambda: None)
+    how, err = without()
+    assert (how.name, how.seccomp, err) == ("bwrap", None, "")
+    result = run_doctests(">>> add([1], 1)\n[2]", ADD, name="add")
+    assert result.outcomes == ("pass",) and "seccomp" not in result.layers
+    assert "mount_ns_readonly" in result.layers

@@ -42,6 +42,7 @@ what PPO learned).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import doctest
 import errno
 import functools
@@ -54,6 +55,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,9 +110,9 @@ class DoctestResult:
     line fit: CPython ignores SIGXFSZ, the write fails instead); ``no_result`` (the child
     ended without a valid result line)."""
     layers: tuple[str, ...] = ()
-    """The confinement layers active for this run: :attr:`Isolation.layers`, ``seccomp`` when
-    bubblewrap loaded the filter (it refuses to start otherwise), ``clean_env``, ``rlimits``
-    and ``audit_hook``."""
+    """The confinement layers active for this run: :attr:`Isolation.layers` (``seccomp``
+    among them when bubblewrap loads the filter: it refuses to start otherwise), then
+    ``clean_env``, ``rlimits`` and ``audit_hook``."""
 
     @property
     def score(self) -> float:
@@ -273,9 +275,13 @@ class Isolation:
     name: str
     """``bwrap``, ``unshare`` or ``none``."""
     layers: tuple[str, ...]
-    """What the kernel enforces (``seccomp`` is added per run when its filter is loaded)."""
+    """What the kernel enforces."""
     warning: str | None
     """The one line printed when this is weaker than bubblewrap's sandbox."""
+    program: str = ""
+    """The wrapper's path (``bwrap`` or ``unshare``)."""
+    seccomp: bytes | None = None
+    """The filter bubblewrap loads (:func:`seccomp_program`), when it could."""
 
 
 BWRAP = Isolation("bwrap", ("user_ns", "pid_ns", "mount_ns_readonly", "net_ns", "ipc_ns"), None)
@@ -295,12 +301,40 @@ NONE = Isolation(
 _UNSHARE_ARGS = ("--user", "--map-root-user", "--pid", "--fork", "--kill-child", "--net", "--ipc")
 
 
-def _starts(cmd: list[str], **kwargs) -> bool:
+@contextlib.contextmanager
+def _filter_fd(program: bytes | None) -> Iterator[int | None]:
+    """A pipe holding the seccomp filter for ``bwrap --seccomp FD`` (it fits the pipe's
+    buffer, so it is written whole before bubblewrap starts)."""
+    if program is None:
+        yield None
+        return
+    read_end, write_end = os.pipe()
     try:
-        run = subprocess.run(cmd, capture_output=True, timeout=10, env={}, **kwargs)
+        with open(write_end, "wb", closefd=True) as w:
+            w.write(program)
+        yield read_end
+    finally:
+        os.close(read_end)
+
+
+def _starts(cmd: list[str], fd: int | None = None) -> bool:
+    try:
+        run = subprocess.run(
+            cmd, capture_output=True, timeout=10, env={}, pass_fds=() if fd is None else (fd,)
+        )
     except (OSError, subprocess.SubprocessError):
         return False
     return run.returncode == 0
+
+
+def _probe_bwrap(bwrap: str) -> Isolation | None:
+    probe = [_python()[0], "-I", "-S", "-c", "pass"]
+    for program in dict.fromkeys([seccomp_program(), None]):  # with the filter if it loads
+        with _filter_fd(program) as fd:
+            if _starts([bwrap, *bwrap_args(DEFAULT_LIMITS, fd), *probe], fd):
+                layers = BWRAP.layers + (("seccomp",) if program else ())
+                return dataclasses.replace(BWRAP, layers=layers, program=bwrap, seccomp=program)
+    return None
 
 
 @functools.cache
@@ -311,26 +345,22 @@ def isolation() -> Isolation:
     if sys.platform.startswith("linux"):
         bwrap, unshare = shutil.which("bwrap"), shutil.which("unshare")
         probe = [_python()[0], "-I", "-S", "-c", "pass"]
-        if bwrap and _starts([bwrap, *bwrap_args(DEFAULT_LIMITS, None), *probe]):
-            choice = BWRAP
+        if bwrap and (sandboxed := _probe_bwrap(bwrap)):
+            choice = sandboxed
         elif unshare and _starts([unshare, *_UNSHARE_ARGS, *probe]):
-            choice = UNSHARE
+            choice = dataclasses.replace(UNSHARE, program=unshare)
     if choice.warning:
         print(choice.warning, file=sys.stderr)
     return choice
 
 
-def child_command(limits: Limits = DEFAULT_LIMITS, seccomp_fd: int | None = None) -> list[str]:
-    """The command that starts the child under :func:`isolation`."""
+def child_command(how: Isolation, limits: Limits, seccomp_fd: int | None) -> list[str]:
+    """The command that starts the child under ``how``."""
     exe, _ = _python()
-    how = isolation()
-    if how is BWRAP:
-        bwrap = shutil.which("bwrap") or "bwrap"
-        return [bwrap, *bwrap_args(limits, seccomp_fd), exe, "-I", "-S", SANDBOX_CHILD]
+    if how.name == "bwrap":
+        return [how.program, *bwrap_args(limits, seccomp_fd), exe, "-I", "-S", SANDBOX_CHILD]
     cmd = [exe, "-I", "-S", str(CHILD)]
-    if how is UNSHARE:
-        return [shutil.which("unshare") or "unshare", *_UNSHARE_ARGS, *cmd]
-    return cmd
+    return [how.program, *_UNSHARE_ARGS, *cmd] if how.name == "unshare" else cmd
 
 
 def _result(stdout: bytes, nonce: str, status: str, layers: tuple[str, ...]) -> DoctestResult:
@@ -373,41 +403,29 @@ def run_doctests(
         "nonce": nonce,
     }
     how = isolation()
-    program = seccomp_program() if how is BWRAP else None
-    layers = (*how.layers, *(("seccomp",) if program else ()), *BASE_LAYERS)
-    layers += ("audit_hook",) if audit_hook else ()
+    layers = (*how.layers, *BASE_LAYERS, *(("audit_hook",) if audit_hook else ()))
     with tempfile.TemporaryDirectory(prefix="rlhf-doctest-", ignore_cleanup_errors=True) as tmp:
         # Under bubblewrap this directory is not in the child's view: it only holds the files
         # behind its stdout and stderr. Otherwise it is also the child's working directory.
-        home = SANDBOX_DIR if how is BWRAP else tmp
+        home = SANDBOX_DIR if how.name == "bwrap" else tmp
         env = {"PATH": os.defpath, "HOME": home, "LC_ALL": "C.UTF-8"}
         # Read back through the descriptors opened here, never by path: the child may replace
         # the files in its directory (with a FIFO, say, that would block a reopen).
         with (
             open(Path(tmp, "stdout"), "w+b") as out,
             open(Path(tmp, "stderr"), "wb") as err,
+            _filter_fd(how.seccomp) as fd,
         ):
-            fds: tuple[int, ...] = ()
-            if program:
-                # bubblewrap reads the filter from a descriptor; it fits a pipe's buffer
-                read_end, write_end = os.pipe()
-                os.write(write_end, program)
-                os.close(write_end)
-                fds = (read_end,)
-            try:
-                proc = subprocess.Popen(
-                    child_command(limits, fds[0] if fds else None),
-                    stdin=subprocess.PIPE,
-                    stdout=out,
-                    stderr=err,
-                    cwd=tmp,
-                    env=env,
-                    pass_fds=fds,
-                    start_new_session=True,  # its own process group, killed whole on timeout
-                )
-            finally:
-                for fd in fds:
-                    os.close(fd)
+            proc = subprocess.Popen(
+                child_command(how, limits, fd),
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=err,
+                cwd=tmp,
+                env=env,
+                pass_fds=() if fd is None else (fd,),
+                start_new_session=True,  # its own process group, killed whole on timeout
+            )
             status = "ok"
             try:
                 proc.communicate(json.dumps(job).encode(), timeout=limits.wall_s)
