@@ -10,6 +10,7 @@ tested at the end: its warning, and the audit hook still refusing the plain atta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -380,3 +382,36 @@ def test_without_libseccomp_bubblewrap_still_runs_and_says_seccomp_is_off(withou
     result = run_doctests(">>> add([1], 1)\n[2]", ADD, name="add")
     assert result.outcomes == ("pass",) and "seccomp" not in result.layers
     assert "mount_ns_readonly" in result.layers
+
+
+def _running(comm: str) -> list[str]:
+    """Live (not zombie) processes whose name is ``comm``."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            stat = Path("/proc", pid, "stat").read_text()
+            name, state = stat[stat.index("(") + 1 : stat.rindex(")")], stat[stat.rindex(")") + 2]
+            found += [pid] if name == comm and state not in "ZX" else []
+    return found
+
+
+@pytest.mark.usefixtures("bubblewrap")
+def test_the_wall_clock_leaves_no_process_behind(world):
+    # ignores its alarm and sleeps: only the wall clock ends it, by killing bubblewrap
+    name = f"rlhf{os.getpid() % 10**6}z"
+    attack: list[Example] = [
+        "import ctypes, signal, time",
+        (f"ctypes.CDLL(None).prctl(15, b'{name}', 0, 0, 0)", "0"),  # PR_SET_NAME: find it later
+        "_ = signal.signal(signal.SIGALRM, signal.SIG_IGN)",
+        "time.sleep(60)",
+    ]
+    doc = _doc(attack, world)
+    limits = Limits(wall_s=1.5, per_example_s=60)
+    result = run_doctests(doc, ADD, name="add", limits=limits, audit_hook=False)
+    assert (result.status, result.score) == ("timeout", 0.0)
+    # the kernel's parent-death SIGKILL is asynchronous: give it a moment, not a process
+    deadline = time.monotonic() + 5
+    while (left := _running(name)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == []
+    world.assert_unharmed()

@@ -231,6 +231,10 @@ def bwrap_args(limits: Limits, seccomp_fd: int | None) -> list[str]:
         "ALL",
         "--die-with-parent",
         "--new-session",
+        # The child is the namespace's init instead of a reaper bubblewrap would add: one
+        # process fewer per call (~15 ms). The kernel still delivers its limits' SIGKILL and
+        # the parent-death SIGKILL to an init, and the child installs its own SIGALRM handler.
+        "--as-pid-1",
         "--ro-bind",
         "/usr",
         "/usr",
