@@ -156,6 +156,12 @@ FILES: dict[str, list[Example]] = {
     "pathlib_touch": ["import pathlib", "pathlib.Path('{target}').touch()"],
     "pathlib_write": ["import pathlib", ("pathlib.Path('{target}').write_text('x')", "1")],
     "tempfile_in_dir": ["import tempfile", "_ = tempfile.mkstemp(dir='{dir}')"],
+    # writes the value it read (harmless if it got through): a root-owned /proc/sys is the
+    # host's kernel settings (kernel.core_pattern runs a program as root on a crash)
+    "host_sysctl": [
+        "v = open('/proc/sys/vm/swappiness').read()",
+        ("open('/proc/sys/vm/swappiness', 'w').write(v) > 0", "True"),
+    ],
     "relative_escape": ["open('../" + MARKER + "', 'w').close()"],
     "subprocess_touch": ["import subprocess", "subprocess.run(['touch', '{target}'], check=True)"],
     "os_system_touch": ["import os", ("os.system('touch {target}')", "0")],

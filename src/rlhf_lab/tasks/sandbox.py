@@ -12,10 +12,10 @@ still refused (``docs/sandbox.md`` lists what each layer blocks):
   new user, PID, mount, network, IPC, UTS and cgroup namespaces, no capabilities, no nested user
   namespaces, killed when this process dies (``--die-with-parent``), a new session (no
   terminal). Its filesystem is built from nothing: ``/usr`` and the Python installation
-  read-only, a fresh ``/proc`` and ``/dev``, and a size-capped tmpfs as the working directory,
-  the only writable place; the root is remounted read-only. The repository, ``$HOME``, ``/etc``,
-  ``/tmp`` and this process's files are not there at all, and no process outside is visible, so
-  none can be signalled.
+  read-only, a fresh ``/proc`` and ``/dev`` (read-only too), and a size-capped tmpfs as the
+  working directory, the only writable place; the root is remounted read-only. The
+  repository, ``$HOME``, ``/etc``, ``/tmp`` and this process's files are not there at all, and
+  no process outside is visible, so none can be signalled.
 * **seccomp** (a filter built with libseccomp through ``pyseccomp`` and loaded by bubblewrap
   before the interpreter starts): new processes, sockets, signals, tracing, namespaces, mounts
   and a few kernel attack surfaces (bpf, io_uring, userfaultfd, keyrings) fail with ``EPERM``.
@@ -245,9 +245,11 @@ def bwrap_args(limits: Limits, seccomp_fd: int | None) -> list[str]:
             args += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             args += ["--ro-bind", top, top]
+    bound = ["/usr"]
     for path in (prefix, os.path.dirname(exe)):
-        if not path.startswith("/usr/"):
+        if not any(path == b or path.startswith(b + "/") for b in bound):
             args += ["--ro-bind", path, path]
+            bound.append(path)
     args += [
         "--ro-bind",
         str(CHILD),
@@ -260,6 +262,10 @@ def bwrap_args(limits: Limits, seccomp_fd: int | None) -> list[str]:
         str(limits.disk_bytes),
         "--tmpfs",
         SANDBOX_DIR,
+        # The child's uid maps to the caller's; when that is root, it owns /proc/sys: without
+        # this, it could write the host's sysctls (kernel.core_pattern among them).
+        "--remount-ro",
+        "/proc",
         "--remount-ro",
         "/dev",
         "--remount-ro",
