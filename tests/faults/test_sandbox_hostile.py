@@ -49,6 +49,7 @@ class World:
     port: int
     cwd: Path  # this process's working directory during the test
     escape: Path  # the parent of a fallback child's working directory
+    pidfile: Path  # holds the victim's pid, outside the working directory
 
     def fields(self) -> dict[str, object]:
         return {
@@ -61,6 +62,7 @@ class World:
             "readme": str(REPO / "README.md"),
             "readme_head": (REPO / "README.md").read_text()[:20],
             "repo": str(REPO),
+            "pidfile": str(self.pidfile),
         }
 
     def assert_unharmed(self) -> None:
@@ -68,6 +70,7 @@ class World:
         assert self.usr1 == [], "the sandbox's parent received a signal"
         assert self.accepted == [], "the sandbox reached a loopback server"
         assert list(self.cwd.iterdir()) == [], "the sandbox created files outside its directory"
+        assert self.pidfile.read_text() == str(self.victim.pid), "the sandbox changed a file"
         assert not (self.escape / MARKER).exists(), "the sandbox escaped its directory"
 
 
@@ -80,6 +83,9 @@ def world(tmp_path, monkeypatch) -> Iterator[World]:
     escape = Path(tempfile.gettempdir())
     assert not (escape / MARKER).exists()
     victim = subprocess.Popen(["sleep", VICTIM_ARG], start_new_session=True)
+    monkeypatch.setenv("RLHF_LAB_VICTIM", str(victim.pid))
+    pidfile = tmp_path / "victim.pid"
+    pidfile.write_text(str(victim.pid))
     usr1: list[int] = []
     previous = signal.signal(signal.SIGUSR1, lambda signum, frame: usr1.append(signum))
     server = socket.create_server(("127.0.0.1", 0))
@@ -96,7 +102,7 @@ def world(tmp_path, monkeypatch) -> Iterator[World]:
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    w = World(victim, usr1, accepted, server.getsockname()[1], cwd, escape)
+    w = World(victim, usr1, accepted, server.getsockname()[1], cwd, escape, pidfile)
     try:
         yield w
     finally:
@@ -122,6 +128,14 @@ SIGNALS: dict[str, list[Example]] = {
     "kill_getppid": ["import os, signal", "os.kill(os.getppid(), signal.SIGKILL)"],
     "kill_parent_pid": ["import os, signal", "os.kill({parent}, signal.SIGUSR1)"],
     "kill_outside_pid": ["import os, signal", "os.kill({victim}, signal.SIGKILL)"],
+    "kill_pid_from_env": [
+        "import os, signal",
+        "os.kill(int(os.environ['RLHF_LAB_VICTIM']), signal.SIGKILL)",
+    ],
+    "kill_pid_from_file": [
+        "import os, signal",
+        "os.kill(int(open('{pidfile}').read()), signal.SIGKILL)",
+    ],
     "killpg_outside": ["import os, signal", "os.killpg({victim}, signal.SIGKILL)"],
     "kill_found_in_proc": [
         "import os",
@@ -341,6 +355,8 @@ def without(monkeypatch, capsys):
 PLAIN_ATTACKS = [
     "signal/kill_parent_pid",
     "signal/kill_outside_pid",
+    "signal/kill_pid_from_env",
+    "signal/kill_pid_from_file",
     "signal/subprocess_kill",
     "file/open",
     "file/os_open",
