@@ -71,7 +71,10 @@ def test_a_loop_in_c_hits_the_cpu_limit():
     # sum() over a huge range never returns to the interpreter, so SIGALRM cannot stop it
     limits = Limits(cpu_s=1, per_example_s=0.5, wall_s=60)
     result = run(">>> add([1], 1)\n[2]\n>>> sum(range(10**13))", limits)
-    assert (result.status, result.score) == ("killed", 0.0)
+    # util-linux 2.38's unshare exits 1 ("sigprocmask unblock failed") instead of re-raising
+    # its child's signal, so the unshare fallback cannot tell a kill from an early exit
+    killed = "no_result" if sandbox.isolation().name == "unshare" else "killed"
+    assert (result.status, result.score) == (killed, 0.0)
 
 
 def test_a_memory_bomb_hits_the_address_space_limit():
