@@ -199,7 +199,7 @@ def seccomp_program() -> bytes | None:
     try:
         flt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
         for name in SECCOMP_DENIED:
-            with contextlib.suppress(ValueError):  # a call this libseccomp does not know
+            with contextlib.suppress(OSError):  # a call this libseccomp does not know (EINVAL)
                 flt.add_rule(pyseccomp.ERRNO(errno.EPERM), name)
         # clone without CLONE_THREAD is a new process
         no_thread = pyseccomp.Arg(0, pyseccomp.MASKED_EQ, _CLONE_THREAD, 0)
