@@ -301,21 +301,27 @@ RUNS = [
 @pytest.mark.usefixtures("bubblewrap")
 @pytest.mark.parametrize(("name", "audit_hook"), RUNS)
 def test_attack_fails_and_the_parent_survives(name, audit_hook, world):
+    seccomp = "seccomp" in sandbox.isolation().layers
+    if not (audit_hook or seccomp):
+        # as root, with neither, a fork bomb would be a real one (RLIMIT_NPROC spares root)
+        pytest.skip("the kernel-only runs need the seccomp layer (libseccomp2)")
     result = _attack(CORPUS[name], world, audit_hook=audit_hook)
-    assert "seccomp" in result.layers and "mount_ns_readonly" in result.layers
+    assert "mount_ns_readonly" in result.layers and ("seccomp" in result.layers) is seccomp
     assert ("audit_hook" in result.layers) is audit_hook
 
 
 @pytest.mark.usefixtures("bubblewrap")
 def test_the_kernel_layers_are_in_place(world):
-    """What the child sees with the audit hook off: seccomp in filter mode, its own PID
+    """What the child sees with the audit hook off: seccomp in filter mode (where libseccomp
+    loads), its own PID
     namespace, a root with nothing but the interpreter's files, ``PATH``, ``HOME`` and ``LC_ALL``
     (and the ``PWD`` bubblewrap sets) in its environment; threads still start."""
+    seccomp = "seccomp" in sandbox.isolation().layers
     prefix = os.path.realpath(sys.base_prefix).split("/")[1]
     root = sorted({"dev", "doctest_child.py", "proc", "sandbox", "usr", prefix})
     checks = [
         "import os",
-        ("open('/proc/self/status').read().count('Seccomp:\\t2')", "1"),
+        ("open('/proc/self/status').read().count('Seccomp:\\t2')", str(int(seccomp))),
         ("os.getpid() < 10", "True"),
         (
             "sorted(set(os.listdir('/')) - {{'bin', 'sbin', 'lib', 'lib32', 'lib64', 'libx32'}})",
