@@ -308,6 +308,11 @@ NONE = Isolation(
     "rlhf-lab: warning: the kernel refuses user namespaces here; doctest examples are confined "
     "only by an audit hook and resource limits, a weaker sandbox (see docs/sandbox.md)",
 )
+NO_SECCOMP_WARNING = (
+    "rlhf-lab: warning: libseccomp cannot be loaded here; doctest examples run under bubblewrap "
+    "without a seccomp filter: new processes are refused only by an audit hook "
+    "(see docs/sandbox.md)"
+)
 _UNSHARE_ARGS = ("--user", "--map-root-user", "--pid", "--fork", "--kill-child", "--net", "--ipc")
 
 
@@ -337,27 +342,33 @@ def _starts(cmd: list[str], fd: int | None = None) -> bool:
     return run.returncode == 0
 
 
+def _probe() -> list[str]:
+    """The smallest run of the child's interpreter, to see whether a wrapper can start it."""
+    return [_python()[0], "-I", "-S", "-c", "pass"]
+
+
 def _probe_bwrap(bwrap: str) -> Isolation | None:
-    probe = [_python()[0], "-I", "-S", "-c", "pass"]
     for program in dict.fromkeys([seccomp_program(), None]):  # with the filter if it loads
         with _filter_fd(program) as fd:
-            if _starts([bwrap, *bwrap_args(DEFAULT_LIMITS, fd), *probe], fd):
-                layers = BWRAP.layers + (("seccomp",) if program else ())
-                return dataclasses.replace(BWRAP, layers=layers, program=bwrap, seccomp=program)
+            if _starts([bwrap, *bwrap_args(DEFAULT_LIMITS, fd), *_probe()], fd):
+                if program:
+                    layers, warning = (*BWRAP.layers, "seccomp"), None
+                else:
+                    layers, warning = BWRAP.layers, NO_SECCOMP_WARNING
+                return Isolation("bwrap", layers, warning, bwrap, program)
     return None
 
 
 @functools.cache
 def isolation() -> Isolation:
-    """The strongest confinement that can start here (tried once per process); prints the
-    fallback's warning line, once, when it is not bubblewrap's."""
+    """The strongest confinement that can start here (tried once per process); prints its
+    warning line, once, when it is weaker than bubblewrap with seccomp."""
     choice = NONE
     if sys.platform.startswith("linux"):
         bwrap, unshare = shutil.which("bwrap"), shutil.which("unshare")
-        probe = [_python()[0], "-I", "-S", "-c", "pass"]
         if bwrap and (sandboxed := _probe_bwrap(bwrap)):
             choice = sandboxed
-        elif unshare and _starts([unshare, *_UNSHARE_ARGS, *probe]):
+        elif unshare and _starts([unshare, *_UNSHARE_ARGS, *_probe()]):
             choice = dataclasses.replace(UNSHARE, program=unshare)
     if choice.warning:
         print(choice.warning, file=sys.stderr)
