@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup browser repro test lint format bench clean
+.PHONY: setup browser bwrap repro test lint format bench clean
 
 setup: $(STAMP)
 
@@ -26,10 +26,20 @@ browser:
 		|| echo "chromium install failed: the arena's browser test will skip"; \
 	fi
 
+# The doctest sandbox's kernel layers come from Debian's bubblewrap (docs/sandbox.md). Installed
+# when absent and we are root; otherwise the sandbox falls back to weaker layers and says so.
+bwrap:
+	@if ! command -v bwrap >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing bubblewrap (apt-get) for the doctest sandbox"; \
+		DEBIAN_FRONTEND=noninteractive apt-get -qq update >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get -qq install -y --no-install-recommends bubblewrap >/dev/null \
+		|| echo "bubblewrap install failed: the doctest sandbox will use its weaker fallback"; \
+	fi
+
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
-test: setup browser
+test: setup browser bwrap
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
 
 # The layers contract and the dependency check also run under `make test`

@@ -2,16 +2,18 @@
 
 Run as ``python -I -S doctest_child.py`` (isolated: no user site, no PYTHON* variables, no
 current directory on ``sys.path``, no ``site``), so it imports the standard library only and
-never the project. It reads one job, JSON on stdin (``setup``, ``code``, ``name``,
-``docstring``, ``per_example_s``, ``cpu_s``, ``memory_bytes``, ``output_bytes``, ``nonce``),
-sets its own resource limits (CPU seconds, address space, largest file written: its stdout
-and stderr are files, so this caps them; no new processes), then, before any of the job's
-code runs, installs an audit hook (PEP 578) that refuses sockets, new processes, native code
-(ctypes), frame inspection, and any file access outside its temporary working directory
-except reading the standard library. It executes ``setup`` and ``code``, runs the examples
-with :mod:`doctest` against the function ``name``, each under a SIGALRM timer, and prints
-``<nonce> <json>`` as its last line: ``{"passed", "total", "outcomes"}`` (outcome per
-example: ``pass``, ``fail`` or ``error:<ExceptionType>``).
+never the project. Under bubblewrap it is bound read-only at ``/doctest_child.py`` and its
+working directory is a tmpfs (``docs/sandbox.md``). It reads one job, JSON on stdin
+(``setup``, ``code``, ``name``, ``docstring``, ``per_example_s``, ``cpu_s``, ``memory_bytes``,
+``output_bytes``, ``audit_hook``, ``nonce``), sets its own resource limits (CPU seconds,
+address space, largest file written: its stdout and stderr are files, so this caps them; no
+new processes), then, before any of the job's code runs, installs an audit hook (PEP 578; the
+layer inside the kernel's) that refuses sockets, new processes, native code (ctypes), frame
+inspection, and any file access outside its working directory except reading the standard
+library. It executes ``setup`` and ``code``, runs the examples with :mod:`doctest` against the
+function ``name``, each under a SIGALRM timer, and prints ``<nonce> <json>`` as its last line:
+``{"passed", "total", "outcomes"}`` (outcome per example: ``pass``, ``fail`` or
+``error:<ExceptionType>``).
 
 Only the standard library: the project never imports this file, it only runs it.
 """
@@ -185,7 +187,8 @@ def main() -> None:
     out = sys.__stdout__
     write = out.write  # bound before the examples run: they may replace sys.stdout
     signal.signal(signal.SIGALRM, _timeout)
-    _install_hook(os.getcwd())
+    if job.get("audit_hook", True):  # off only in tests of the kernel's layers alone
+        _install_hook(os.getcwd())
     outcomes: list = []
     try:
         globs: dict = {"__name__": "__sandbox__"}
