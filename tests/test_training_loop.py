@@ -30,6 +30,18 @@ from .ppo_helpers import BAD, GOOD, TINY_LORA, one_thread, prompt_rows  # noqa: 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Start from accelerate's state as a fresh stage process sees it: its state is one per
+    process, and an earlier test's HF ``Trainer`` (TRL's configs default to bf16) leaves it in
+    bf16 autocast, which changes the last digits. ``_reset_state`` is what accelerate's own
+    test case (``accelerate.test_utils.AccelerateTestCase``) calls between tests."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 RECORDED_ON = "AMD EPYC"
 """``model name`` of the CPU the digests below were recorded on (/proc/cpuinfo)."""
 

@@ -62,15 +62,13 @@ from rlhf_lab.tokens import pad
 from rlhf_lab.training.common import (
     LengthGroupedBatches,
     TrainOutcome,
-    gather,
     make_accelerator,
     mean_across,
-    perf_metrics,
     progress,
     state_dict_for_saving,
     train_mode,
 )
-from rlhf_lab.training.loop import Step, SupervisedLoop, adamw
+from rlhf_lab.training.loop import Step, SupervisedLoop, adamw, concat, evaluation
 
 
 @dataclass(frozen=True)
@@ -398,24 +396,26 @@ def _values(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return model(batch["query"], batch["query_mask"], batch["response"], batch["response_mask"])
 
 
-@torch.no_grad()
 def evaluate(accelerator: Any, model: Any, loader: DataLoader, what: str) -> dict[str, float]:
     """``mse``, ``pearson``, ``spearman`` of the critic on ``loader`` (all processes)."""
-    mse, last, target = [], [], []
-    with train_mode(model, False):
-        for batch in progress(accelerator, loader, what):
-            values = _values(model, batch)
-            mask = batch["response_mask"].to(values.device)
-            t = batch["target"].to(values.device)
-            mse.append(gather(accelerator, per_reply_mse(values, t, mask)))
-            last.append(gather(accelerator, last_values(values, mask)))
-            target.append(gather(accelerator, t))
-    if not mse:
+
+    def outputs(model: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        values = _values(model, batch)
+        mask = batch["response_mask"].to(values.device)
+        t = batch["target"].to(values.device)
+        return {
+            "mse": per_reply_mse(values, t, mask),
+            "last": last_values(values, mask),
+            "target": t,
+        }
+
+    out = concat(evaluation(accelerator, model, loader, what, outputs))
+    if not out:
         nan = float("nan")
         return {"mse": nan, "pearson": nan, "spearman": nan}
-    lv, tv = torch.cat(last).numpy(), torch.cat(target).numpy()
+    lv, tv = out["last"].numpy(), out["target"].numpy()
     return {
-        "mse": float(torch.cat(mse).mean()),
+        "mse": float(out["mse"].mean()),
         "pearson": pearson(lv, tv),
         "spearman": spearman(lv, tv),
     }
@@ -507,15 +507,13 @@ def train_critic(
         "train/loss": epoch_losses[-1] if epoch_losses else math.nan,
         "train/loss_first_epoch": epoch_losses[0] if epoch_losses else math.nan,
         "train/replies": len(train),
-        "train/steps": fitted.steps,
-        "train/skipped_nonfinite": loop.guard.skipped,
         "valid/replies": len(valid_ex),
         **{f"valid/{k}": v for k, v in valid_metrics.items()},
         **{f"valid/untrained/{k}": v for k, v in untrained.items()},
         **head_metrics,
         "score/mean": mean,
         "score/std": std,
-        **perf_metrics(accelerator, fitted.train_seconds, replies=len(train) * cfg.epochs),
+        **loop.metrics(fitted, replies=len(train) * cfg.epochs),
     }
     if out_dir is not None:
         final = state_dict_for_saving(accelerator, model, build)

@@ -38,17 +38,13 @@ from rlhf_lab.config import DpoConfig
 from rlhf_lab.training.common import (
     LengthGroupedBatches,
     TrainOutcome,
-    gather,
     lora_policy_builder,
     make_accelerator,
     mean_across,
-    perf_metrics,
-    progress,
     save_trained_model,
-    train_mode,
     trainable_parameters,
 )
-from rlhf_lab.training.loop import Step, SupervisedLoop, adamw
+from rlhf_lab.training.loop import Step, SupervisedLoop, adamw, concat, evaluation
 from rlhf_lab.training.reward_model import PreferencePair
 from rlhf_lab.training.sft import IGNORE_INDEX, SftCollator, SftExample, batch_nll, tokenize_example
 
@@ -198,7 +194,6 @@ def pair_logps(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Ten
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def _score_all(
     accelerator: Any, model: Any, loader: DataLoader, what: str, reference: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -210,20 +205,16 @@ def _score_all(
     """
     unwrapped = accelerator.unwrap_model(model)
     names = ("chosen", "rejected", "chosen_len", "rejected_len")
-    parts: dict[str, list[torch.Tensor]] = {}
-    with train_mode(model, False):
-        for batch in progress(accelerator, loader, what):
-            if reference:
-                with unwrapped.disable_adapter():
-                    values = dict(zip(names, pair_logps(unwrapped, batch), strict=True))
-            else:
-                values = dict(zip(names, pair_logps(model, batch), strict=True))
-            for key in ("ref_chosen", "ref_rejected"):
-                if key in batch:
-                    values[key] = batch[key]
-            for key, value in values.items():
-                parts.setdefault(key, []).append(gather(accelerator, value))
-    return {k: torch.cat(v) for k, v in parts.items()}
+
+    def outputs(model: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if reference:
+            with unwrapped.disable_adapter():
+                values = dict(zip(names, pair_logps(unwrapped, batch), strict=True))
+        else:
+            values = dict(zip(names, pair_logps(model, batch), strict=True))
+        return values | {k: batch[k] for k in ("ref_chosen", "ref_rejected") if k in batch}
+
+    return concat(evaluation(accelerator, model, loader, what, outputs))
 
 
 def _with_reference(
@@ -357,8 +348,6 @@ def train_dpo_model(
         # means over the last epoch's applied steps (nan, null in the file, if none was)
         **{f"train/{k}": fitted.last_epoch_mean(f"train/{k}") for k in METRIC_NAMES},
         "train/pairs": len(train_pairs),
-        "train/steps": fitted.steps,
-        "train/skipped_nonfinite": loop.guard.skipped,
         "train/truncated_replies": sum(
             f[side]["labels"][-1] != tok.eos_token_id
             for f in train_feats
@@ -369,9 +358,7 @@ def train_dpo_model(
         "valid/pairs": len(valid_pairs),
         "lora/trainable_parameters": trainable_parameters(unwrapped),
         # Duplicates that fill the last batch (even_batches) are not counted as pairs.
-        **perf_metrics(
-            accelerator, fitted.train_seconds, pairs=min(seen, len(train_pairs) * cfg.epochs)
-        ),
+        **loop.metrics(fitted, pairs=min(seen, len(train_pairs) * cfg.epochs)),
     }
     if out_dir is not None:
         save_trained_model(

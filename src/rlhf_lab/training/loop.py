@@ -38,7 +38,9 @@ from rlhf_lab.training.common import (
     TrainOutcome,
     adamw_with_warmup,
     finish_training,
+    gather,
     guarded_step,
+    perf_metrics,
     progress,
     train_mode,
 )
@@ -144,9 +146,41 @@ class SupervisedLoop:
         fitted.train_seconds = time.perf_counter() - start - eval_seconds
         return fitted
 
+    def metrics(self, fitted: Fitted, **done: float) -> dict[str, Any]:
+        """``train/steps``, ``train/skipped_nonfinite`` and the ``perf/*`` block, whose rates
+        count what the epochs trained on (``done``: ``unit=count``, see ``perf_metrics``)."""
+        return {
+            "train/steps": fitted.steps,
+            "train/skipped_nonfinite": self.guard.skipped,
+            **perf_metrics(self.accelerator, fitted.train_seconds, **done),
+        }
+
     def finish(self, metrics: Mapping[str, Any], history: list[dict[str, float]]) -> TrainOutcome:
         """Close the curves; the outcome the trainer returns (see ``finish_training``)."""
         return finish_training(self.accelerator, self.curves, metrics, history)
+
+
+@torch.no_grad()
+def evaluation(
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    loader: Iterable[Any],
+    what: str,
+    outputs: Callable[[Any, Any], Mapping[str, torch.Tensor]],
+) -> list[dict[str, torch.Tensor]]:
+    """``outputs(model, batch)`` for every batch of ``loader``, in eval mode and without
+    gradients, each tensor gathered from every process (``gather``: dataset order, float32 on
+    the CPU); a progress bar reads ``what``."""
+    with train_mode(model, False):
+        return [
+            {key: gather(accelerator, value) for key, value in outputs(model, batch).items()}
+            for batch in progress(accelerator, loader, what)
+        ]
+
+
+def concat(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """:func:`evaluation`'s batches joined per key ({} without a batch)."""
+    return {key: torch.cat([b[key] for b in batches]) for key in (batches[0] if batches else {})}
 
 
 def adamw(

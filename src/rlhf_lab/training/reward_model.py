@@ -28,15 +28,11 @@ from rlhf_lab.config import RewardTrainConfig
 from rlhf_lab.reward_model import encoder_inputs, save_reward_stats
 from rlhf_lab.training.common import (
     TrainOutcome,
-    gather,
     make_accelerator,
     mean_across,
-    perf_metrics,
-    progress,
     save_trained_model,
-    train_mode,
 )
-from rlhf_lab.training.loop import Step, SupervisedLoop, adamw
+from rlhf_lab.training.loop import Step, SupervisedLoop, adamw, concat, evaluation
 
 
 @dataclass(frozen=True)
@@ -162,17 +158,14 @@ def by_length(pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def _score_all(accelerator: Any, model: Any, loader: DataLoader, what: str) -> tuple[Any, Any]:
-    chosen, rejected = [], []
-    with train_mode(model, False):
-        for batch in progress(accelerator, loader, what):
-            rc, rr = score_batch(model, batch)
-            chosen.append(gather(accelerator, rc))
-            rejected.append(gather(accelerator, rr))
-    if not chosen:
-        return torch.zeros(0), torch.zeros(0)
-    return torch.cat(chosen), torch.cat(rejected)
+    """Rewards of the chosen and the rejected replies, in loader order, from every process."""
+
+    def outputs(model: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return dict(zip(("chosen", "rejected"), score_batch(model, batch), strict=True))
+
+    scores = concat(evaluation(accelerator, model, loader, what, outputs))
+    return scores.get("chosen", torch.zeros(0)), scores.get("rejected", torch.zeros(0))
 
 
 def _eval_metrics(prefix: str, rc: torch.Tensor, rr: torch.Tensor, pairs: Sequence) -> dict:
@@ -258,8 +251,6 @@ def train_reward_model(
         "train/loss": fitted.last_epoch_mean("train/loss"),
         "train/accuracy": fitted.last_epoch_mean("train/accuracy"),
         "train/pairs": len(train_pairs),
-        "train/steps": fitted.steps,
-        "train/skipped_nonfinite": loop.guard.skipped,
     }
     for name, pairs in eval_sets.items():
         if name not in scored:  # valid was already scored after the last epoch
@@ -267,11 +258,7 @@ def train_reward_model(
         metrics.update(_eval_metrics(name, *scored[name], pairs))
     # Duplicates that fill the last batch (even_batches) are not counted as pairs.
     seen = cfg.batch_size * len(fitted.history)
-    metrics.update(
-        perf_metrics(
-            accelerator, fitted.train_seconds, pairs=min(seen, len(train_pairs) * cfg.epochs)
-        )
-    )
+    metrics.update(loop.metrics(fitted, pairs=min(seen, len(train_pairs) * cfg.epochs)))
 
     if out_dir is not None:
         # Normalisation PPO applies: raw scores of every training reply, chosen and rejected.

@@ -27,17 +27,13 @@ from rlhf_lab.config import SftConfig
 from rlhf_lab.training.common import (
     LengthGroupedBatches,
     TrainOutcome,
-    gather,
     lora_policy_builder,
     make_accelerator,
     mean_across,
-    perf_metrics,
-    progress,
     save_trained_model,
-    train_mode,
     trainable_parameters,
 )
-from rlhf_lab.training.loop import Step, SupervisedLoop, adamw
+from rlhf_lab.training.loop import Step, SupervisedLoop, adamw, evaluation
 
 IGNORE_INDEX = -100
 """Label of tokens that carry no loss (torch's cross_entropy default ignore_index)."""
@@ -196,18 +192,28 @@ def batch_nll(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tens
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def _evaluate(accelerator: Any, model: Any, loader: DataLoader | None, what: str) -> float:
     """Token-weighted mean NLL over a loader, gathered from every process (NaN if empty)."""
     if loader is None:
         return float("nan")
     total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
-    with train_mode(model, False):
-        for batch in progress(accelerator, loader, what):
-            nll, n = batch_nll(model, batch)
-            total += gather(accelerator, nll).double().sum()
-            count += gather(accelerator, n).double().sum()
+    for out in evaluation(accelerator, model, loader, what, _nll_outputs):
+        total += out["nll"].double().sum()
+        count += out["n"].double().sum()
     return float(total / count) if count > 0 else float("nan")
+
+
+def _nll_outputs(model: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    nll, n = batch_nll(model, batch)
+    return {"nll": nll, "n": n}
+
+
+def _loss_per_token(points: Sequence[Mapping[str, float]], tokens: Sequence[int]) -> float:
+    """Token-weighted mean of the points' ``train/loss`` (step i trained on ``tokens[i]``)."""
+    total = 0.0
+    for point, n in zip(points, tokens, strict=True):
+        total += point["train/loss"] * n
+    return total / max(sum(tokens), 1)
 
 
 def _perplexity(loss: float) -> float:
@@ -282,17 +288,11 @@ def train_sft_model(
         return valid
 
     fitted = loop.fit(model, loader, optimizer, scheduler, step, label="sft", evaluate=evaluate)
-    # the last epoch's mean loss per reply token
-    last = fitted.epochs[-1]
-    epoch_nll = 0.0
-    for point, n in zip(last, tokens[len(tokens) - len(last) :], strict=True):
-        epoch_nll += point["train/loss"] * n
-    epoch_tokens = sum(tokens[len(tokens) - len(last) :])
+    last = fitted.epochs[-1]  # the last epoch's applied steps: the last len(last) of tokens
     unwrapped = accelerator.unwrap_model(model)
     metrics: dict[str, Any] = {
-        "train/loss": epoch_nll / max(epoch_tokens, 1),
+        "train/loss": _loss_per_token(last, tokens[len(tokens) - len(last) :]),
         "train/examples": len(train_examples),
-        "train/steps": fitted.steps,
         "train/reply_tokens": sum(tokens) // cfg.epochs,
         "train/truncated_replies": sum(f["labels"][-1] != tok.eos_token_id for f in train_feats),
         "valid/loss": valid["valid/loss"],
@@ -301,8 +301,7 @@ def train_sft_model(
         "valid/perplexity_base": _perplexity(valid_base),
         "valid/examples": len(valid_examples),
         "lora/trainable_parameters": trainable_parameters(unwrapped),
-        "train/skipped_nonfinite": loop.guard.skipped,
-        **perf_metrics(accelerator, fitted.train_seconds, tokens=sum(tokens)),
+        **loop.metrics(fitted, tokens=sum(tokens)),
     }
     if out_dir is not None:
         save_trained_model(
