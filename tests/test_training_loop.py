@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from rlhf_lab.config import CriticConfig, DpoConfig, RewardTrainConfig, SftConfig
 from rlhf_lab.training.common import Curves, TrainOutcome
 from rlhf_lab.training.critic import ScoredReply, train_critic
 from rlhf_lab.training.dpo import train_dpo_model
+from rlhf_lab.training.loop import Fitted, concat
 from rlhf_lab.training.reward_model import PreferencePair, train_reward_model
 from rlhf_lab.training.sft import SftExample, train_sft_model
 
@@ -182,3 +184,16 @@ def test_trainers_reproduce_the_recorded_run(name, tiny_models, tmp_path, monkey
         assert got == want
     else:
         assert got["losses"] == pytest.approx(want["losses"], rel=1e-3, abs=1e-5)
+
+
+def test_last_epoch_mean_reads_the_last_epoch_and_is_nan_without_an_applied_step():
+    fitted = Fitted(steps=5, epochs=[[{"l": 9.0}], [{"l": 1.0}, {"l": 2.0}]])
+    assert fitted.last_epoch_mean("l") == 1.5
+    assert math.isnan(Fitted(steps=2, epochs=[[{"l": 1.0}], []]).last_epoch_mean("l"))
+    assert math.isnan(Fitted(steps=0).last_epoch_mean("l"))
+
+
+def test_concat_joins_batches_per_key_in_order():
+    batches = [{"a": torch.tensor([1.0, 2.0])}, {"a": torch.tensor([3.0])}]
+    assert concat(batches)["a"].tolist() == [1.0, 2.0, 3.0]
+    assert concat([]) == {}

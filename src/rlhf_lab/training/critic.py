@@ -386,7 +386,7 @@ def fit_value_head(accelerator: Any, model: Any, loader: DataLoader) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------
-# the loop
+# training: the step and the evaluation handed to the supervised loop
 # ---------------------------------------------------------------------------------------------
 
 

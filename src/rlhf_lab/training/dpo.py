@@ -11,10 +11,10 @@ brings its own accelerator, batch semantics, checkpoint dir and logging, and has
 this project's guarded step (skip a non-finite update, abort after ``max_bad_steps``), its
 crash-safe output or its chat rendering (the prompt exactly as generation renders it, with
 ``task.system_prompt``); and its loss lives inside ``_compute_loss`` next to a patched "fused
-LM head", so there is no function to call. The loop below is the SFT loop's, on the same
-helpers (:mod:`rlhf_lab.training.common`, :mod:`rlhf_lab.training.sft` tokenisation and
-log-probs); :func:`dpo_loss` follows TRL's formulas line for line (cited there) and is tested
-against them.
+LM head", so there is no function to call. Training runs the supervised loop SFT runs
+(:mod:`rlhf_lab.training.loop`) with DPO's step, on SFT's tokenisation and log-probs
+(:mod:`rlhf_lab.training.sft`); :func:`dpo_loss` follows TRL's formulas line for line (cited
+there) and is tested against them.
 
 The reference is the SFT model itself with the LoRA adapter switched off (peft's
 ``disable_adapter()``), so there is no second copy of the weights; its log-probs never change,
@@ -190,7 +190,7 @@ def pair_logps(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------
-# the loop
+# training: the step and the evaluation handed to the supervised loop
 # ---------------------------------------------------------------------------------------------
 
 

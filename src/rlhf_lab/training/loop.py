@@ -125,6 +125,7 @@ class SupervisedLoop:
                 for batch in progress(acc, loader, f"{label} epoch {epoch + 1}/{cfg.epochs}"):
                     out = step_fn(model, batch)
                     acc.backward(out.loss)
+                    # the clip skips parameters without a gradient: the frozen base adds nothing
                     trainable = [p for p in model.parameters() if p.requires_grad]
                     applied = guarded_step(
                         acc, trainable, optimizer, scheduler, self.guard, fitted.steps + 1,

@@ -5,11 +5,11 @@ The loss is ``-log σ(r(x, y_chosen) - r(x, y_rejected))`` (Bradley & Terry 1952
 through :func:`rlhf_lab.reward_model.encoder_inputs`, the format PPO and evaluate score with, so
 the reply is always kept and the oldest context is cut first.
 
-We write the loop instead of using TRL's ``RewardTrainer``: it appends an EOS token that BERT
-tokenizers do not have, and the loop is short. Each batch holds the chosen and the rejected
-side as separate tensors (``chosen_*`` / ``rejected_*``, as TRL's ``chosen_ids/rejected_ids``)
-so that splitting a batch across processes keeps every pair on one process; both sides then go
-through the encoder in one forward pass.
+We train with the supervised loop (:mod:`rlhf_lab.training.loop`) instead of TRL's
+``RewardTrainer``: it appends an EOS token that BERT tokenizers do not have. Each batch holds
+the chosen and the rejected side as separate tensors (``chosen_*`` / ``rejected_*``, as TRL's
+``chosen_ids/rejected_ids``) so that splitting a batch across processes keeps every pair on one
+process; both sides then go through the encoder in one forward pass.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def by_length(pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
 
 
 # ---------------------------------------------------------------------------------------------
-# the loop
+# training: the step and the evaluation handed to the supervised loop
 # ---------------------------------------------------------------------------------------------
 
 

@@ -188,7 +188,7 @@ def batch_nll(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------
-# the loop
+# training: the step and the evaluation handed to the supervised loop
 # ---------------------------------------------------------------------------------------------
 
 
