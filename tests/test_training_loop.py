@@ -189,6 +189,7 @@ def test_trainers_reproduce_the_recorded_run(name, tiny_models, tmp_path, monkey
 def test_last_epoch_mean_reads_the_last_epoch_and_is_nan_without_an_applied_step():
     fitted = Fitted(steps=5, epochs=[[{"l": 9.0}], [{"l": 1.0}, {"l": 2.0}]])
     assert fitted.last_epoch_mean("l") == 1.5
+    assert fitted.epoch_means("l") == [9.0, 1.5]
     assert math.isnan(Fitted(steps=2, epochs=[[{"l": 1.0}], []]).last_epoch_mean("l"))
     assert math.isnan(Fitted(steps=0).last_epoch_mean("l"))
 

@@ -497,11 +497,7 @@ def train_critic(
     fitted = loop.fit(
         model, loader, optimizer, scheduler, step, label="critic", evaluate=evaluate_epoch
     )
-    # nan (null in the file) for an epoch whose every step was skipped
-    epoch_losses = [
-        sum(p["train/loss"] for p in points) / len(points) if points else math.nan
-        for points in fitted.epochs
-    ]
+    epoch_losses = fitted.epoch_means("train/loss")
     metrics: dict[str, Any] = {
         # nan (null) without a training epoch (critic.epochs 0)
         "train/loss": epoch_losses[-1] if epoch_losses else math.nan,

@@ -70,11 +70,14 @@ class Fitted:
     train_seconds: float = 0.0
     """Wall time of the epochs, evaluation excluded."""
 
+    def epoch_means(self, key: str) -> list[float]:
+        """Mean of ``key`` over each epoch's applied steps (nan for an epoch without one: null
+        in the metrics file)."""
+        return [sum(p[key] for p in ps) / len(ps) if ps else math.nan for ps in self.epochs]
+
     def last_epoch_mean(self, key: str) -> float:
-        """Mean of ``key`` over the last epoch's applied steps (nan when none was applied, or
-        without an epoch: null in the metrics file)."""
-        points = self.epochs[-1] if self.epochs else []
-        return sum(p[key] for p in points) / len(points) if points else math.nan
+        """:meth:`epoch_means` of the last epoch (nan without an epoch)."""
+        return self.epoch_means(key)[-1] if self.epochs else math.nan
 
 
 class SupervisedLoop:
