@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -178,23 +178,59 @@ class JudgeConfig(Section):
         return self
 
 
-class RewardTrainConfig(Section):
-    lr: float = Field(1.0e-4, gt=0.0)
-    """AdamW learning rate for the reward model."""
-    epochs: int = Field(3, ge=1)
-    """Passes over the training pairs."""
-    batch_size: int = Field(16, ge=1)
-    """Pairs per optimiser step."""
-    max_length: int = Field(192, ge=16)
-    """Longest (prompt + reply) in encoder tokens; truncated from the left."""
-    weight_decay: float = Field(0.01, ge=0.0)
-    """AdamW weight decay."""
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
-    """Fraction of steps with linear learning-rate warm-up."""
+# The optimiser fields' types, constraints and doc lines, defined once: OptimConfig declares
+# them, and a section that needs another default re-declares only the default
+# (``lr: LearningRate = 2.0e-4``), keeping the constraint and the doc line.
+LearningRate = Annotated[
+    float, Field(gt=0.0, description="AdamW peak learning rate (reached after the warm-up).")
+]
+Epochs = Annotated[int, Field(ge=1, description="Passes over the training examples.")]
+BatchSize = Annotated[
+    int, Field(ge=1, description="Examples per optimiser step (a preference pair is one example).")
+]
+MaxLength = Annotated[
+    int,
+    Field(
+        ge=16,
+        description="Longest prompt + reply in tokens (the prompt is truncated from the left).",
+    ),
+]
+WeightDecay = Annotated[
+    float,
+    Field(
+        ge=0.0, description="AdamW weight decay (matrices only: biases and norm weights get none)."
+    ),
+]
+WarmupRatio = Annotated[
+    float, Field(ge=0.0, lt=1.0, description="Fraction of steps with linear learning-rate warm-up.")
+]
+
+
+class OptimConfig(Section):
+    """The optimiser fields of every supervised loop (:mod:`rlhf_lab.training.loop`): the
+    ``sft``, ``dpo``, ``critic`` and ``reward.train`` sections extend it.
+
+    A section's own fields that params.yaml lists before these (DPO's loss, the critic's
+    target) live in a class given after this one in the section's bases: pydantic orders the
+    fields of the last base first.
+    """
+
+    lr: LearningRate = 1.0e-4
+    epochs: Epochs = 1
+    batch_size: BatchSize = 8
+    max_length: MaxLength = 192
+    weight_decay: WeightDecay = 0.0
+    warmup_ratio: WarmupRatio = 0.1
     max_grad_norm: float = Field(1.0, gt=0.0)
     """Global gradient-norm clip."""
     max_bad_steps: int = Field(3, ge=1)
     """Abort after this many optimiser steps skipped for a non-finite loss or gradient."""
+
+
+class RewardTrainConfig(OptimConfig):
+    epochs: Epochs = 3
+    batch_size: BatchSize = 16
+    weight_decay: WeightDecay = 0.01
     seed: int = 0
     """Seed for head init and shuffling."""
 
@@ -228,77 +264,45 @@ class LoraConfig(Section):
     """Modules that get adapters (peft names), or 'all-linear'."""
 
 
-class SftConfig(Section):
-    lr: float = Field(2.0e-4, gt=0.0)
-    """AdamW learning rate for the LoRA parameters."""
-    epochs: int = Field(1, ge=1)
-    """Passes over the training replies."""
-    batch_size: int = Field(8, ge=1)
-    """Sequences per optimiser step."""
-    max_length: int = Field(192, ge=16)
-    """Longest prompt + reply in tokens (prompt truncated from the left)."""
-    weight_decay: float = Field(0.0, ge=0.0)
-    """AdamW weight decay on the LoRA matrices."""
-    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
-    """Fraction of steps with linear learning-rate warm-up."""
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    """Global gradient-norm clip."""
-    max_bad_steps: int = Field(3, ge=1)
-    """Abort after this many optimiser steps skipped for a non-finite loss or gradient."""
+class SftConfig(OptimConfig):
+    lr: LearningRate = 2.0e-4
+    warmup_ratio: WarmupRatio = 0.05
     lora: LoraConfig = LoraConfig()
     """LoRA adapter settings; the adapter is merged into models/sft at the end."""
     seed: int = 0
     """Seed for adapter init and shuffling."""
 
 
-class DpoConfig(Section):
+class DpoObjective(Section):
+    """The DPO loss (listed first in the ``dpo`` section)."""
+
     beta: float = Field(0.1, gt=0.0)
     """β: strength of the implicit KL tie to the reference (the SFT model); smaller drifts more."""
     loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"
     """sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023); hinge: SLiC."""
-    lr: float = Field(1.0e-4, gt=0.0)
-    """AdamW learning rate for the LoRA parameters."""
-    epochs: int = Field(1, ge=1)
-    """Passes over the training pairs."""
-    batch_size: int = Field(8, ge=1)
-    """Preference pairs per optimiser step."""
-    max_length: int = Field(192, ge=16)
-    """Longest prompt + reply in tokens, per side (prompt truncated from the left)."""
-    weight_decay: float = Field(0.0, ge=0.0)
-    """AdamW weight decay on the LoRA matrices."""
-    warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
-    """Fraction of steps with linear learning-rate warm-up."""
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    """Global gradient-norm clip."""
-    max_bad_steps: int = Field(3, ge=1)
-    """Abort after this many optimiser steps skipped for a non-finite loss or gradient."""
+
+
+class DpoConfig(OptimConfig, DpoObjective):
     lora: LoraConfig = LoraConfig()
     """LoRA adapter on the SFT model; merged into models/dpo at the end."""
     seed: int = 0
     """Seed for adapter init and shuffling."""
 
 
-class CriticConfig(Section):
+class CriticTarget(Section):
+    """What the critic warm-start fits (listed first in the ``critic`` section)."""
+
     target: Literal["ppo_score", "reward_model", "judge"] = "ppo_score"
     """Warm-start target: PPO's clipped composite score, the reward model's, or the judge's."""
     head_init: Literal["least_squares", "random"] = "least_squares"
     """Value head before training: ridge fit on the frozen features, or random (N(0, 1/√(H+1)))."""
-    lr: float = Field(1.0e-4, gt=0.0)
-    """AdamW learning rate for the critic adapter and value head."""
+
+
+class CriticConfig(OptimConfig, CriticTarget):
     epochs: int = Field(0, ge=0)
     """Passes of LoRA + head training after the head init (0: the least-squares head alone)."""
-    batch_size: int = Field(8, ge=1)
-    """Replies per optimiser step."""
-    max_length: int = Field(128, ge=16)
-    """Longest prompt + reply in tokens."""
-    weight_decay: float = Field(0.0, ge=0.0)
-    """AdamW weight decay on the LoRA matrices and the value head."""
-    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
-    """Fraction of steps with linear learning-rate warm-up."""
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    """Global gradient-norm clip."""
-    max_bad_steps: int = Field(3, ge=1)
-    """Abort after this many optimiser steps skipped for a non-finite loss or gradient."""
+    max_length: MaxLength = 128
+    warmup_ratio: WarmupRatio = 0.05
     lora: LoraConfig = LoraConfig()
     """LoRA adapter settings of the critic."""
     seed: int = 0

@@ -37,7 +37,6 @@ correlate the value at the reply's last token (the state that has read the whole
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,21 +60,15 @@ from rlhf_lab.ppo.model import (
 )
 from rlhf_lab.tokens import pad
 from rlhf_lab.training.common import (
-    Curves,
     LengthGroupedBatches,
-    NonFiniteGuard,
     TrainOutcome,
-    adamw_with_warmup,
-    finish_training,
-    gather,
-    guarded_step,
     make_accelerator,
     mean_across,
-    perf_metrics,
     progress,
     state_dict_for_saving,
     train_mode,
 )
+from rlhf_lab.training.loop import Step, SupervisedLoop, adamw, concat, evaluation
 
 
 @dataclass(frozen=True)
@@ -393,7 +386,7 @@ def fit_value_head(accelerator: Any, model: Any, loader: DataLoader) -> dict[str
 
 
 # ---------------------------------------------------------------------------------------------
-# the loop
+# training: the step and the evaluation handed to the supervised loop
 # ---------------------------------------------------------------------------------------------
 
 
@@ -403,24 +396,26 @@ def _values(model: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
     return model(batch["query"], batch["query_mask"], batch["response"], batch["response_mask"])
 
 
-@torch.no_grad()
 def evaluate(accelerator: Any, model: Any, loader: DataLoader, what: str) -> dict[str, float]:
     """``mse``, ``pearson``, ``spearman`` of the critic on ``loader`` (all processes)."""
-    mse, last, target = [], [], []
-    with train_mode(model, False):
-        for batch in progress(accelerator, loader, what):
-            values = _values(model, batch)
-            mask = batch["response_mask"].to(values.device)
-            t = batch["target"].to(values.device)
-            mse.append(gather(accelerator, per_reply_mse(values, t, mask)))
-            last.append(gather(accelerator, last_values(values, mask)))
-            target.append(gather(accelerator, t))
-    if not mse:
+
+    def outputs(model: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        values = _values(model, batch)
+        mask = batch["response_mask"].to(values.device)
+        t = batch["target"].to(values.device)
+        return {
+            "mse": per_reply_mse(values, t, mask),
+            "last": last_values(values, mask),
+            "target": t,
+        }
+
+    out = concat(evaluation(accelerator, model, loader, what, outputs))
+    if not out:
         nan = float("nan")
         return {"mse": nan, "pearson": nan, "spearman": nan}
-    lv, tv = torch.cat(last).numpy(), torch.cat(target).numpy()
+    lv, tv = out["last"].numpy(), out["target"].numpy()
     return {
-        "mse": float(torch.cat(mse).mean()),
+        "mse": float(out["mse"].mean()),
         "pearson": pearson(lv, tv),
         "spearman": spearman(lv, tv),
     }
@@ -468,86 +463,58 @@ def train_critic(
     valid_loader = DataLoader(valid_ex, cfg.batch_size, collate_fn=collate)
     head_ex = sorted(train_ex, key=lambda e: len(e.prompt_ids) + len(e.reply_ids))
     head_loader = DataLoader(head_ex, cfg.batch_size, collate_fn=collate)
-    total_steps = len(loader) * cfg.epochs
-    optimizer, scheduler = adamw_with_warmup(
-        model, cfg.lr, cfg.weight_decay, total_steps, cfg.warmup_ratio
-    )
+    optimizer, scheduler = adamw(model, cfg, len(loader))
     model, optimizer, loader, scheduler, valid_loader, head_loader = accelerator.prepare(
         model, optimizer, loader, scheduler, valid_loader, head_loader
     )
-    curves = Curves(plots_dir, enabled=accelerator.is_main_process)
-    guard = NonFiniteGuard(
-        "train_critic",
-        "critic.max_bad_steps",
-        cfg.max_bad_steps,
-        "lower critic.lr, or check the scored replies for nan/inf scores",
-        accelerator,
-    )
+    loop = SupervisedLoop(
+        accelerator, cfg, stage="train_critic", section="critic", plots_dir=plots_dir,
+        hint="check the scored replies for nan/inf scores",
+    )  # fmt: skip
 
     untrained = evaluate(accelerator, model, valid_loader, "critic valid (untrained)")
     head_metrics: dict[str, float] = {}
-    fitted = untrained
+    # With critic.epochs 0 the warm start is the least-squares head alone.
+    valid_metrics = untrained
     if cfg.head_init == "least_squares":
         head_metrics = fit_value_head(accelerator, model, head_loader)
-        fitted = evaluate(accelerator, model, valid_loader, "critic valid (least-squares head)")
-        head_metrics.update({f"valid/least_squares/{k}": v for k, v in fitted.items()})
-    history: list[dict[str, float]] = []
-    epoch_losses: list[float] = []
-    step = 0
-    start = time.perf_counter()
-    eval_seconds = 0.0
-    # With critic.epochs 0 the warm start is the least-squares head alone.
-    valid_metrics: dict[str, float] = fitted
-    for epoch in range(cfg.epochs):
-        losses = []
-        with train_mode(model, True):
-            for batch in progress(accelerator, loader, f"critic epoch {epoch + 1}/{cfg.epochs}"):
-                values = _values(model, batch)
-                mask = batch["response_mask"].to(values.device)
-                loss = per_reply_mse(values, batch["target"].to(values.device), mask).mean()
-                accelerator.backward(loss)
-                trainable = [p for p in model.parameters() if p.requires_grad]
-                applied = guarded_step(
-                    accelerator, trainable, optimizer, scheduler, guard, step + 1, loss,
-                    cfg.max_grad_norm,
-                )  # fmt: skip
-                step += 1  # numbers the batch; a skipped one has no curve point
-                if not applied:
-                    continue
-                point = {
-                    "train/loss": mean_across(accelerator, loss),
-                    "train/lr": scheduler.get_last_lr()[0],
-                }
-                losses.append(point["train/loss"])
-                history.append({"step": step, **point})
-                curves.log(step, point)
-        # nan (null in the file) when every step of the epoch was skipped
-        epoch_losses.append(sum(losses) / len(losses) if losses else math.nan)
-        t0 = time.perf_counter()
-        valid_metrics = evaluate(accelerator, model, valid_loader, "critic valid")
-        eval_seconds += time.perf_counter() - t0
-        curves.log(step, {f"valid/{k}": v for k, v in valid_metrics.items() if math.isfinite(v)})
-    train_seconds = time.perf_counter() - start - eval_seconds
+        valid_metrics = evaluate(
+            accelerator, model, valid_loader, "critic valid (least-squares head)"
+        )
+        head_metrics.update({f"valid/least_squares/{k}": v for k, v in valid_metrics.items()})
 
+    def step(model: Any, batch: Mapping[str, torch.Tensor]) -> Step:
+        values = _values(model, batch)
+        mask = batch["response_mask"].to(values.device)
+        loss = per_reply_mse(values, batch["target"].to(values.device), mask).mean()
+        return Step(loss, lambda: {"train/loss": mean_across(accelerator, loss)})
+
+    def evaluate_epoch() -> dict[str, float]:
+        nonlocal valid_metrics
+        valid_metrics = evaluate(accelerator, model, valid_loader, "critic valid")
+        return {f"valid/{k}": v for k, v in valid_metrics.items() if math.isfinite(v)}
+
+    fitted = loop.fit(
+        model, loader, optimizer, scheduler, step, label="critic", evaluate=evaluate_epoch
+    )
+    epoch_losses = fitted.epoch_means("train/loss")
     metrics: dict[str, Any] = {
         # nan (null) without a training epoch (critic.epochs 0)
         "train/loss": epoch_losses[-1] if epoch_losses else math.nan,
         "train/loss_first_epoch": epoch_losses[0] if epoch_losses else math.nan,
         "train/replies": len(train),
-        "train/steps": step,
-        "train/skipped_nonfinite": guard.skipped,
         "valid/replies": len(valid_ex),
         **{f"valid/{k}": v for k, v in valid_metrics.items()},
         **{f"valid/untrained/{k}": v for k, v in untrained.items()},
         **head_metrics,
         "score/mean": mean,
         "score/std": std,
-        **perf_metrics(accelerator, train_seconds, replies=len(train) * cfg.epochs),
+        **loop.metrics(fitted, replies=len(train) * cfg.epochs),
     }
     if out_dir is not None:
         final = state_dict_for_saving(accelerator, model, build)
         if final is not None:
-            guard.check_weights(final)
+            loop.guard.check_weights(final)
             with atomic_dir(out_dir) as tmp:
                 save_critic(
                     final,
@@ -568,4 +535,4 @@ def train_critic(
                     **dict(provenance or {}),
                 )
         accelerator.wait_for_everyone()
-    return finish_training(accelerator, curves, metrics, history)
+    return loop.finish(metrics, fitted.history)

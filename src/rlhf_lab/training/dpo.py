@@ -11,10 +11,10 @@ brings its own accelerator, batch semantics, checkpoint dir and logging, and has
 this project's guarded step (skip a non-finite update, abort after ``max_bad_steps``), its
 crash-safe output or its chat rendering (the prompt exactly as generation renders it, with
 ``task.system_prompt``); and its loss lives inside ``_compute_loss`` next to a patched "fused
-LM head", so there is no function to call. The loop below is the SFT loop's, on the same
-helpers (:mod:`rlhf_lab.training.common`, :mod:`rlhf_lab.training.sft` tokenisation and
-log-probs); :func:`dpo_loss` follows TRL's formulas line for line (cited there) and is tested
-against them.
+LM head", so there is no function to call. Training runs the supervised loop SFT runs
+(:mod:`rlhf_lab.training.loop`) with DPO's step, on SFT's tokenisation and log-probs
+(:mod:`rlhf_lab.training.sft`); :func:`dpo_loss` follows TRL's formulas line for line (cited
+there) and is tested against them.
 
 The reference is the SFT model itself with the LoRA adapter switched off (peft's
 ``disable_adapter()``), so there is no second copy of the weights; its log-probs never change,
@@ -25,7 +25,6 @@ the forward passes of every step.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, get_args
@@ -37,23 +36,15 @@ from torch.utils.data import DataLoader
 from rlhf_lab import models
 from rlhf_lab.config import DpoConfig
 from rlhf_lab.training.common import (
-    Curves,
     LengthGroupedBatches,
-    NonFiniteGuard,
     TrainOutcome,
-    adamw_with_warmup,
-    finish_training,
-    gather,
-    guarded_step,
     lora_policy_builder,
     make_accelerator,
     mean_across,
-    perf_metrics,
-    progress,
     save_trained_model,
-    train_mode,
     trainable_parameters,
 )
+from rlhf_lab.training.loop import Step, SupervisedLoop, adamw, concat, evaluation
 from rlhf_lab.training.reward_model import PreferencePair
 from rlhf_lab.training.sft import IGNORE_INDEX, SftCollator, SftExample, batch_nll, tokenize_example
 
@@ -199,11 +190,10 @@ def pair_logps(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Ten
 
 
 # ---------------------------------------------------------------------------------------------
-# the loop
+# training: the step and the evaluation handed to the supervised loop
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def _score_all(
     accelerator: Any, model: Any, loader: DataLoader, what: str, reference: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -215,20 +205,16 @@ def _score_all(
     """
     unwrapped = accelerator.unwrap_model(model)
     names = ("chosen", "rejected", "chosen_len", "rejected_len")
-    parts: dict[str, list[torch.Tensor]] = {}
-    with train_mode(model, False):
-        for batch in progress(accelerator, loader, what):
-            if reference:
-                with unwrapped.disable_adapter():
-                    values = dict(zip(names, pair_logps(unwrapped, batch), strict=True))
-            else:
-                values = dict(zip(names, pair_logps(model, batch), strict=True))
-            for key in ("ref_chosen", "ref_rejected"):
-                if key in batch:
-                    values[key] = batch[key]
-            for key, value in values.items():
-                parts.setdefault(key, []).append(gather(accelerator, value))
-    return {k: torch.cat(v) for k, v in parts.items()}
+
+    def outputs(model: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if reference:
+            with unwrapped.disable_adapter():
+                values = dict(zip(names, pair_logps(unwrapped, batch), strict=True))
+        else:
+            values = dict(zip(names, pair_logps(model, batch), strict=True))
+        return values | {k: batch[k] for k in ("ref_chosen", "ref_rejected") if k in batch}
+
+    return concat(evaluation(accelerator, model, loader, what, outputs))
 
 
 def _with_reference(
@@ -302,9 +288,7 @@ def train_dpo_model(
         cfg.batch_size,
         cfg.seed,
     )
-    optimizer, scheduler = adamw_with_warmup(
-        model, cfg.lr, cfg.weight_decay, len(batches) * cfg.epochs, cfg.warmup_ratio
-    )
+    optimizer, scheduler = adamw(model, cfg, len(batches))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     def ordered_loader(feats: list[dict[str, Any]]) -> DataLoader:
@@ -317,19 +301,10 @@ def train_dpo_model(
     if valid_feats:
         valid_feats = _with_reference(accelerator, model, valid_feats, ordered_loader(valid_feats))
         valid_loader = ordered_loader(valid_feats)
-    curves = Curves(plots_dir, enabled=accelerator.is_main_process)
-    guard = NonFiniteGuard(
-        "train_dpo",
-        "dpo.max_bad_steps",
-        cfg.max_bad_steps,
-        "lower dpo.lr, or look for degenerate pairs in the preference data",
-        accelerator,
-    )
-
-    def evaluate() -> dict[str, float]:
-        if valid_loader is None:
-            return {f"valid/{k}": math.nan for k in METRIC_NAMES}
-        return _metrics("valid", _score_all(accelerator, model, valid_loader, "valid"), cfg)
+    loop = SupervisedLoop(
+        accelerator, cfg, stage="train_dpo", section="dpo", plots_dir=plots_dir,
+        hint="look for degenerate pairs in the preference data",
+    )  # fmt: skip
 
     valid: dict[str, float] = {f"valid/{k}": math.nan for k in METRIC_NAMES}
     if valid_loader is not None:
@@ -341,60 +316,38 @@ def train_dpo_model(
             "ref_rejected": torch.tensor([f["ref_rejected"] for f in valid_feats]),
         }
         valid = _metrics("valid", ref, cfg, policy="ref_")
-    curves.log(0, valid)
+    loop.curves.log(0, valid)
     valid_start = {k.replace("valid/", "valid_start/"): v for k, v in valid.items()}
 
-    history: list[dict[str, float]] = []
-    step, seen, eval_seconds = 0, 0, 0.0
-    epoch_points: list[dict[str, float]] = []
-    start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        model.train()
-        epoch_points = []
-        for batch in progress(accelerator, loader, f"dpo epoch {epoch + 1}/{cfg.epochs}"):
-            pc, pr, nc, nr = pair_logps(model, batch)
-            losses, rc, rr = dpo_loss(
-                pc, pr, batch["ref_chosen"], batch["ref_rejected"], cfg.beta, cfg.loss_type, nc, nr
-            )
-            loss = losses.mean()
-            accelerator.backward(loss)
-            applied = guarded_step(
-                accelerator, model.parameters(), optimizer, scheduler, guard, step + 1, loss,
-                cfg.max_grad_norm,
-            )  # fmt: skip
-            step += 1  # numbers the batch; a skipped one has no curve point
-            if not applied:
-                continue
-            seen += cfg.batch_size
+    def step(model: Any, batch: Mapping[str, torch.Tensor]) -> Step:
+        pc, pr, nc, nr = pair_logps(model, batch)
+        losses, rc, rr = dpo_loss(
+            pc, pr, batch["ref_chosen"], batch["ref_rejected"], cfg.beta, cfg.loss_type, nc, nr
+        )
+
+        def point() -> dict[str, float]:
             values = preference_metrics(losses.detach(), rc, rr, pc.detach(), pr.detach())
-            point = {
+            return {
                 f"train/{k}": mean_across(accelerator, torch.tensor(v, device=accelerator.device))
                 for k, v in values.items()
             }
-            point["train/lr"] = scheduler.get_last_lr()[0]
-            epoch_points.append(point)
-            history.append({"step": step, **point})
-            curves.log(step, point)
-        t0 = time.perf_counter()
-        valid = evaluate()
-        eval_seconds += time.perf_counter() - t0
-        curves.log(step, valid)
-    train_seconds = time.perf_counter() - start - eval_seconds
 
+        return Step(losses.mean(), point)
+
+    def evaluate() -> dict[str, float]:
+        if valid_loader is not None:
+            valid.update(
+                _metrics("valid", _score_all(accelerator, model, valid_loader, "valid"), cfg)
+            )
+        return valid
+
+    fitted = loop.fit(model, loader, optimizer, scheduler, step, label="dpo", evaluate=evaluate)
     unwrapped = accelerator.unwrap_model(model)
+    seen = cfg.batch_size * len(fitted.history)
     metrics: dict[str, Any] = {
         # means over the last epoch's applied steps (nan, null in the file, if none was)
-        **{
-            f"train/{k}": (
-                sum(p[f"train/{k}"] for p in epoch_points) / len(epoch_points)
-                if epoch_points
-                else math.nan
-            )
-            for k in METRIC_NAMES
-        },
+        **{f"train/{k}": fitted.last_epoch_mean(f"train/{k}") for k in METRIC_NAMES},
         "train/pairs": len(train_pairs),
-        "train/steps": step,
-        "train/skipped_nonfinite": guard.skipped,
         "train/truncated_replies": sum(
             f[side]["labels"][-1] != tok.eos_token_id
             for f in train_feats
@@ -405,11 +358,11 @@ def train_dpo_model(
         "valid/pairs": len(valid_pairs),
         "lora/trainable_parameters": trainable_parameters(unwrapped),
         # Duplicates that fill the last batch (even_batches) are not counted as pairs.
-        **perf_metrics(accelerator, train_seconds, pairs=min(seen, len(train_pairs) * cfg.epochs)),
+        **loop.metrics(fitted, pairs=min(seen, len(train_pairs) * cfg.epochs)),
     }
     if out_dir is not None:
         save_trained_model(
-            accelerator, model, build, guard, out_dir, tok, role="dpo", base=sft_dir,
+            accelerator, model, build, loop.guard, out_dir, tok, role="dpo", base=sft_dir,
             metrics=metrics, provenance=provenance, lora=cfg.lora,
         )  # fmt: skip
-    return finish_training(accelerator, curves, metrics, history)
+    return loop.finish(metrics, fitted.history)

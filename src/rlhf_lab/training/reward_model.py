@@ -5,17 +5,15 @@ The loss is ``-log σ(r(x, y_chosen) - r(x, y_rejected))`` (Bradley & Terry 1952
 through :func:`rlhf_lab.reward_model.encoder_inputs`, the format PPO and evaluate score with, so
 the reply is always kept and the oldest context is cut first.
 
-We write the loop instead of using TRL's ``RewardTrainer``: it appends an EOS token that BERT
-tokenizers do not have, and the loop is short. Each batch holds the chosen and the rejected
-side as separate tensors (``chosen_*`` / ``rejected_*``, as TRL's ``chosen_ids/rejected_ids``)
-so that splitting a batch across processes keeps every pair on one process; both sides then go
-through the encoder in one forward pass.
+We train with the supervised loop (:mod:`rlhf_lab.training.loop`) instead of TRL's
+``RewardTrainer``: it appends an EOS token that BERT tokenizers do not have. Each batch holds
+the chosen and the rejected side as separate tensors (``chosen_*`` / ``rejected_*``, as TRL's
+``chosen_ids/rejected_ids``) so that splitting a batch across processes keeps every pair on one
+process; both sides then go through the encoder in one forward pass.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,20 +27,12 @@ from rlhf_lab import models, precision
 from rlhf_lab.config import RewardTrainConfig
 from rlhf_lab.reward_model import encoder_inputs, save_reward_stats
 from rlhf_lab.training.common import (
-    Curves,
-    NonFiniteGuard,
     TrainOutcome,
-    adamw_with_warmup,
-    finish_training,
-    gather,
-    guarded_step,
     make_accelerator,
     mean_across,
-    perf_metrics,
-    progress,
     save_trained_model,
-    train_mode,
 )
+from rlhf_lab.training.loop import Step, SupervisedLoop, adamw, concat, evaluation
 
 
 @dataclass(frozen=True)
@@ -164,21 +154,18 @@ def by_length(pairs: Sequence[PreferencePair]) -> list[PreferencePair]:
 
 
 # ---------------------------------------------------------------------------------------------
-# the loop
+# training: the step and the evaluation handed to the supervised loop
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def _score_all(accelerator: Any, model: Any, loader: DataLoader, what: str) -> tuple[Any, Any]:
-    chosen, rejected = [], []
-    with train_mode(model, False):
-        for batch in progress(accelerator, loader, what):
-            rc, rr = score_batch(model, batch)
-            chosen.append(gather(accelerator, rc))
-            rejected.append(gather(accelerator, rr))
-    if not chosen:
-        return torch.zeros(0), torch.zeros(0)
-    return torch.cat(chosen), torch.cat(rejected)
+    """Rewards of the chosen and the rejected replies, in loader order, from every process."""
+
+    def outputs(model: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return dict(zip(("chosen", "rejected"), score_batch(model, batch), strict=True))
+
+    scores = concat(evaluation(accelerator, model, loader, what, outputs))
+    return scores.get("chosen", torch.zeros(0)), scores.get("rejected", torch.zeros(0))
 
 
 def _eval_metrics(prefix: str, rc: torch.Tensor, rr: torch.Tensor, pairs: Sequence) -> dict:
@@ -225,10 +212,7 @@ def train_reward_model(
     model = build()
     collate = PairCollator(tok, cfg.max_length)
     loader = DataLoader(list(train_pairs), cfg.batch_size, shuffle=True, collate_fn=collate)
-    total_steps = len(loader) * cfg.epochs
-    optimizer, scheduler = adamw_with_warmup(
-        model, cfg.lr, cfg.weight_decay, total_steps, cfg.warmup_ratio
-    )
+    optimizer, scheduler = adamw(model, cfg, len(loader))
     # Scores come back in loader order, so the metrics below use these sorted lists too.
     eval_sets = {name: by_length(pairs) for name, pairs in eval_sets.items()}
     eval_loaders = {
@@ -237,68 +221,44 @@ def train_reward_model(
     }
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     eval_loaders = {k: accelerator.prepare(v) for k, v in eval_loaders.items()}
-    curves = Curves(plots_dir, enabled=accelerator.is_main_process)
-    guard = NonFiniteGuard(
-        "train_reward",
-        "reward.train.max_bad_steps",
-        cfg.max_bad_steps,
-        "lower reward.train.lr, or look for degenerate pairs in the preference data",
-        accelerator,
-    )
-
-    history: list[dict[str, float]] = []
+    loop = SupervisedLoop(
+        accelerator, cfg, stage="train_reward", section="reward.train", plots_dir=plots_dir,
+        hint="look for degenerate pairs in the preference data",
+    )  # fmt: skip
     scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    step, seen, eval_seconds = 0, 0, 0.0
-    epoch_loss: list[float] = []
-    epoch_acc: list[float] = []
-    start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        model.train()
-        epoch_loss, epoch_acc = [], []
-        for batch in progress(accelerator, loader, f"reward epoch {epoch + 1}/{cfg.epochs}"):
-            rc, rr = score_batch(model, batch)
-            loss = bradley_terry_loss(rc, rr)
-            accelerator.backward(loss)
-            applied = guarded_step(
-                accelerator, model.parameters(), optimizer, scheduler, guard, step + 1, loss,
-                cfg.max_grad_norm,
-            )  # fmt: skip
-            step += 1  # numbers the batch; a skipped one has no curve point
-            if not applied:
-                continue
-            seen += cfg.batch_size
-            point = {
+
+    def step(model: Any, batch: Mapping[str, torch.Tensor]) -> Step:
+        rc, rr = score_batch(model, batch)
+        loss = bradley_terry_loss(rc, rr)
+        return Step(
+            loss,
+            lambda: {
                 "train/loss": mean_across(accelerator, loss),
                 "train/accuracy": mean_across(accelerator, (rc > rr).float().mean()),
-                "train/lr": scheduler.get_last_lr()[0],
-            }
-            epoch_loss.append(point["train/loss"])
-            epoch_acc.append(point["train/accuracy"])
-            history.append({"step": step, **point})
-            curves.log(step, point)
-        if "valid" in eval_loaders:
-            t0 = time.perf_counter()
-            scored["valid"] = _score_all(accelerator, model, eval_loaders["valid"], "valid")
-            eval_seconds += time.perf_counter() - t0
-            curves.log(step, {"valid/accuracy": pairwise_accuracy(*scored["valid"])})
-    train_seconds = time.perf_counter() - start - eval_seconds
+            },
+        )
 
+    def evaluate() -> dict[str, float]:
+        scored["valid"] = _score_all(accelerator, model, eval_loaders["valid"], "valid")
+        return {"valid/accuracy": pairwise_accuracy(*scored["valid"])}
+
+    fitted = loop.fit(
+        model, loader, optimizer, scheduler, step, label="reward",
+        evaluate=evaluate if "valid" in eval_loaders else None,
+    )  # fmt: skip
     metrics: dict[str, Any] = {
         # nan (null in the file) when every step of the last epoch was skipped
-        "train/loss": sum(epoch_loss) / len(epoch_loss) if epoch_loss else math.nan,
-        "train/accuracy": sum(epoch_acc) / len(epoch_acc) if epoch_acc else math.nan,
+        "train/loss": fitted.last_epoch_mean("train/loss"),
+        "train/accuracy": fitted.last_epoch_mean("train/accuracy"),
         "train/pairs": len(train_pairs),
-        "train/steps": step,
-        "train/skipped_nonfinite": guard.skipped,
     }
     for name, pairs in eval_sets.items():
         if name not in scored:  # valid was already scored after the last epoch
             scored[name] = _score_all(accelerator, model, eval_loaders[name], name)
         metrics.update(_eval_metrics(name, *scored[name], pairs))
     # Duplicates that fill the last batch (even_batches) are not counted as pairs.
-    metrics.update(
-        perf_metrics(accelerator, train_seconds, pairs=min(seen, len(train_pairs) * cfg.epochs))
-    )
+    seen = cfg.batch_size * len(fitted.history)
+    metrics.update(loop.metrics(fitted, pairs=min(seen, len(train_pairs) * cfg.epochs)))
 
     if out_dir is not None:
         # Normalisation PPO applies: raw scores of every training reply, chosen and rejected.
@@ -310,10 +270,10 @@ def train_reward_model(
         metrics["reward/mean"] = float(scores.mean())
         metrics["reward/std"] = float(scores.std()) if scores.numel() > 1 else 1.0
         save_trained_model(
-            accelerator, model, build, guard, out_dir, tok, role="reward", base=encoder_dir,
+            accelerator, model, build, loop.guard, out_dir, tok, role="reward", base=encoder_dir,
             metrics=metrics, provenance=provenance,
             write_extra=lambda tmp: save_reward_stats(
                 tmp, metrics["reward/mean"], metrics["reward/std"] or 1.0, cfg.max_length
             ),
         )  # fmt: skip
-    return finish_training(accelerator, curves, metrics, history)
+    return loop.finish(metrics, fitted.history)

@@ -13,7 +13,6 @@ prompt tokens get the label ``-100`` (Ouyang et al. 2022 train SFT on demonstrat
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,23 +25,15 @@ from torch.utils.data import DataLoader
 from rlhf_lab import models, precision
 from rlhf_lab.config import SftConfig
 from rlhf_lab.training.common import (
-    Curves,
     LengthGroupedBatches,
-    NonFiniteGuard,
     TrainOutcome,
-    adamw_with_warmup,
-    finish_training,
-    gather,
-    guarded_step,
     lora_policy_builder,
     make_accelerator,
     mean_across,
-    perf_metrics,
-    progress,
     save_trained_model,
-    train_mode,
     trainable_parameters,
 )
+from rlhf_lab.training.loop import Step, SupervisedLoop, adamw, evaluation
 
 IGNORE_INDEX = -100
 """Label of tokens that carry no loss (torch's cross_entropy default ignore_index)."""
@@ -197,22 +188,32 @@ def batch_nll(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tens
 
 
 # ---------------------------------------------------------------------------------------------
-# the loop
+# training: the step and the evaluation handed to the supervised loop
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def _evaluate(accelerator: Any, model: Any, loader: DataLoader | None, what: str) -> float:
     """Token-weighted mean NLL over a loader, gathered from every process (NaN if empty)."""
     if loader is None:
         return float("nan")
     total, count = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
-    with train_mode(model, False):
-        for batch in progress(accelerator, loader, what):
-            nll, n = batch_nll(model, batch)
-            total += gather(accelerator, nll).double().sum()
-            count += gather(accelerator, n).double().sum()
+    for out in evaluation(accelerator, model, loader, what, _nll_outputs):
+        total += out["nll"].double().sum()
+        count += out["n"].double().sum()
     return float(total / count) if count > 0 else float("nan")
+
+
+def _nll_outputs(model: Any, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    nll, n = batch_nll(model, batch)
+    return {"nll": nll, "n": n}
+
+
+def _loss_per_token(points: Sequence[Mapping[str, float]], tokens: Sequence[int]) -> float:
+    """Token-weighted mean of the points' ``train/loss`` (step i trained on ``tokens[i]``)."""
+    total = 0.0
+    for point, n in zip(points, tokens, strict=True):
+        total += point["train/loss"] * n
+    return total / max(sum(tokens), 1)
 
 
 def _perplexity(loss: float) -> float:
@@ -251,83 +252,60 @@ def train_sft_model(
         [len(f["input_ids"]) for f in train_feats], cfg.batch_size, cfg.seed
     )
     loader = DataLoader(train_feats, batch_sampler=batches, collate_fn=collate)
-    optimizer, scheduler = adamw_with_warmup(
-        model, cfg.lr, cfg.weight_decay, len(loader) * cfg.epochs, cfg.warmup_ratio
-    )
+    optimizer, scheduler = adamw(model, cfg, len(loader))
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     valid_loader = None
     if valid_feats:
         # Sorted by length: little padding, and the order does not change a mean.
         ordered = sorted(valid_feats, key=lambda f: len(f["input_ids"]))
         valid_loader = accelerator.prepare(DataLoader(ordered, cfg.batch_size, collate_fn=collate))
-    curves = Curves(plots_dir, enabled=accelerator.is_main_process)
-    guard = NonFiniteGuard(
-        "train_sft",
-        "sft.max_bad_steps",
-        cfg.max_bad_steps,
-        "lower sft.lr, or look for degenerate rows in the SFT data",
-        accelerator,
-    )
+    loop = SupervisedLoop(
+        accelerator, cfg, stage="train_sft", section="sft", plots_dir=plots_dir,
+        hint="look for degenerate rows in the SFT data",
+    )  # fmt: skip
 
     valid_base = _evaluate(accelerator, model, valid_loader, "valid (base)")
-    curves.log(0, {"valid/loss": valid_base})
-    history: list[dict[str, float]] = []
-    step, tokens, eval_seconds = 0, 0, 0.0
-    epoch_nll, epoch_tokens = 0.0, 0
-    valid_loss = valid_base
-    start = time.perf_counter()
-    for epoch in range(cfg.epochs):
-        model.train()
-        epoch_nll, epoch_tokens = 0.0, 0
-        for batch in progress(accelerator, loader, f"sft epoch {epoch + 1}/{cfg.epochs}"):
-            nll, n = batch_nll(model, batch)
-            # A token-weighted mean over the *global* batch: DDP averages gradients over
-            # processes, so scale by num_processes / global token count (HF's
-            # num_items_in_batch fix) rather than taking a per-process mean.
-            global_n = accelerator.reduce(n.sum().detach(), reduction="sum").clamp(min=1)
-            loss = nll.sum() * accelerator.num_processes / global_n
-            accelerator.backward(loss)
-            applied = guarded_step(
-                accelerator, model.parameters(), optimizer, scheduler, guard, step + 1, loss,
-                cfg.max_grad_norm,
-            )  # fmt: skip
-            step += 1  # numbers the batch; a skipped one has no curve point
-            if not applied:
-                continue
-            batch_tokens = int(global_n.item())
-            batch_loss = mean_across(accelerator, nll.sum()) * accelerator.num_processes
-            batch_loss /= batch_tokens
-            tokens += batch_tokens
-            epoch_nll += batch_loss * batch_tokens
-            epoch_tokens += batch_tokens
-            point = {"train/loss": batch_loss, "train/lr": scheduler.get_last_lr()[0]}
-            history.append({"step": step, **point})
-            curves.log(step, point)
-        t0 = time.perf_counter()
-        valid_loss = _evaluate(accelerator, model, valid_loader, "valid")
-        eval_seconds += time.perf_counter() - t0
-        curves.log(step, {"valid/loss": valid_loss})
-    train_seconds = time.perf_counter() - start - eval_seconds
+    loop.curves.log(0, {"valid/loss": valid_base})
+    valid = {"valid/loss": valid_base}
+    tokens: list[int] = []  # reply tokens of each applied step
 
+    def step(model: Any, batch: Mapping[str, torch.Tensor]) -> Step:
+        nll, n = batch_nll(model, batch)
+        # A token-weighted mean over the *global* batch: DDP averages gradients over
+        # processes, so scale by num_processes / global token count (HF's
+        # num_items_in_batch fix) rather than taking a per-process mean.
+        global_n = accelerator.reduce(n.sum().detach(), reduction="sum").clamp(min=1)
+
+        def point() -> dict[str, float]:
+            tokens.append(int(global_n.item()))
+            batch_loss = mean_across(accelerator, nll.sum()) * accelerator.num_processes
+            return {"train/loss": batch_loss / tokens[-1]}
+
+        return Step(nll.sum() * accelerator.num_processes / global_n, point)
+
+    def evaluate() -> dict[str, float]:
+        valid["valid/loss"] = _evaluate(accelerator, model, valid_loader, "valid")
+        return valid
+
+    fitted = loop.fit(model, loader, optimizer, scheduler, step, label="sft", evaluate=evaluate)
+    last = fitted.epochs[-1]  # the last epoch's applied steps: the last len(last) of tokens
     unwrapped = accelerator.unwrap_model(model)
     metrics: dict[str, Any] = {
-        "train/loss": epoch_nll / max(epoch_tokens, 1),
+        "train/loss": _loss_per_token(last, tokens[len(tokens) - len(last) :]),
         "train/examples": len(train_examples),
-        "train/steps": step,
-        "train/reply_tokens": tokens // cfg.epochs,
+        "train/reply_tokens": sum(tokens) // cfg.epochs,
         "train/truncated_replies": sum(f["labels"][-1] != tok.eos_token_id for f in train_feats),
-        "valid/loss": valid_loss,
-        "valid/perplexity": _perplexity(valid_loss),
+        "valid/loss": valid["valid/loss"],
+        "valid/perplexity": _perplexity(valid["valid/loss"]),
         "valid/loss_base": valid_base,
         "valid/perplexity_base": _perplexity(valid_base),
         "valid/examples": len(valid_examples),
         "lora/trainable_parameters": trainable_parameters(unwrapped),
-        "train/skipped_nonfinite": guard.skipped,
-        **perf_metrics(accelerator, train_seconds, tokens=tokens),
+        **loop.metrics(fitted, tokens=sum(tokens)),
     }
     if out_dir is not None:
         save_trained_model(
-            accelerator, model, build, guard, out_dir, tok, role="sft", base=policy_dir,
+            accelerator, model, build, loop.guard, out_dir, tok, role="sft", base=policy_dir,
             metrics=metrics, provenance=provenance, lora=cfg.lora,
         )  # fmt: skip
-    return finish_training(accelerator, curves, metrics, history)
+    return loop.finish(metrics, fitted.history)
