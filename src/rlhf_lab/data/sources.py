@@ -83,6 +83,7 @@ from rlhf_lab.data.validate import (
     BAD_JSON,
     BAD_TRANSCRIPT,
     CODE_TOO_NESTED,
+    DUPLICATE_KEY,
     NO_PREFERENCE,
     UNKNOWN_ID,
     WRONG_TYPE,
@@ -92,7 +93,8 @@ from rlhf_lab.data.validate import (
     first_present,
     require,
 )
-from rlhf_lab.errors import ConfigError, DataError
+from rlhf_lab.errors import ConfigError, DataError, clip
+from rlhf_lab.io import MAX_JSON_DEPTH, JsonInputError, find_duplicate, parse_json
 
 FORMATS = tuple(f for f in get_args(DataConfig.model_fields["format"].annotation) if f != "auto")
 """Every row format ``data.format`` names (the config's Literal is the one list)."""
@@ -140,6 +142,9 @@ def read_jsonl(path: str | Path) -> Iterator[Record]:
     try:
         with opener(path, "rb") as fh:
             for lineno, raw in enumerate(fh, start=1):
+                if lineno == 1:
+                    _refuse_utf16(path, raw)
+                    raw = raw.removeprefix(UTF8_BOM)  # Windows editors write one; not data
                 if not raw.strip():
                     continue  # blank lines (a trailing newline) are not rows
                 origin = Origin(source, lineno, split)
@@ -155,7 +160,11 @@ def read_jsonl(path: str | Path) -> Iterator[Record]:
                     )
                     continue
                 try:
-                    value = json.loads(text)
+                    value = parse_json(text, unique=True)
+                except JsonInputError as exc:
+                    reason = BAD_JSON if exc.duplicate_key is None else DUPLICATE_KEY
+                    yield Record(origin, error=RowError(reason, None, str(exc)), raw=text.rstrip())
+                    continue
                 except json.JSONDecodeError as exc:
                     err = RowError(BAD_JSON, None, f"{exc.msg} at column {exc.colno}")
                     yield Record(origin, error=err, raw=text.rstrip("\r\n"))
@@ -170,6 +179,20 @@ def read_jsonl(path: str | Path) -> Iterator[Record]:
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         where = f" after line {lineno}" if lineno else ""
         raise DataError(f"{path}: cannot read{where}: {exc}") from None
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = {b"\xff\xfe": "UTF-16 LE", b"\xfe\xff": "UTF-16 BE"}
+
+
+def _refuse_utf16(path: Path, head: bytes) -> None:
+    """DataError for a UTF-16 file (every line would be bad_encoding; say it once, plainly)."""
+    for bom, name in _UTF16_BOMS.items():
+        if head.startswith(bom):
+            raise DataError(
+                f"{path}: the file is {name} text (it starts with a byte-order mark); data "
+                "files must be UTF-8: re-save it as UTF-8"
+            )
 
 
 def read_parquet(path: str | Path) -> Iterator[Record]:
@@ -203,8 +226,16 @@ def read_json(path: str | Path) -> Iterator[Record]:
     """Records of a ``.json`` file: a JSON array of objects (line = 1-based element number), or
     else JSON Lines (what ``datasets`` also accepts under that suffix)."""
     path = Path(path)
+    duplicates: dict[int, str] = {}
     try:
-        value = json.loads(path.read_bytes())
+        data = path.read_bytes()
+        _refuse_utf16(path, data)
+        # One level more than a row may have: the array holding the rows.
+        value = parse_json(data, max_depth=MAX_JSON_DEPTH + 1, duplicates=duplicates)
+    except JsonInputError:
+        raise DataError(
+            f"{path}: a row nests arrays/objects deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
     except (ValueError, UnicodeDecodeError):  # JSON Lines, or bad: read_jsonl says which line
         value = None
     except OSError as exc:
@@ -217,6 +248,11 @@ def read_json(path: str | Path) -> Iterator[Record]:
         origin = Origin(source, i, split)
         if not isinstance(item, dict):
             err = RowError(WRONG_TYPE, None, f"expected a JSON object, got {type(item).__name__}")
+            yield Record(origin, error=err, raw=json.dumps(item)[:2000])
+            continue
+        dup = find_duplicate(item, duplicates)
+        if dup is not None:
+            err = RowError(DUPLICATE_KEY, None, f"key {clip(dup)} appears twice in one object")
             yield Record(origin, error=err, raw=json.dumps(item)[:2000])
             continue
         yield Record(origin, item)
@@ -305,6 +341,35 @@ def read_source(cfg: DataConfig) -> Iterator[Record]:
 # ---------------------------------------------------------------------------------- format
 
 
+def check_has_rows(cfg: DataConfig, seen: list[Record]) -> None:
+    """DataError saying what is wrong with the data when ``data.source`` gave no JSON object:
+    ``seen`` is every record it gave (none at all, or only unreadable ones). Without a row,
+    ``data.format: auto`` has nothing to infer from: the problem is the data, not the params."""
+    files = local_files(cfg.source) if cfg.source != "chitchat" else None
+    where = ", ".join(str(p) for p in files) if files else repr(cfg.source)
+    if not seen:
+        what = _why_empty(files[0]) if files and len(files) == 1 else "holds no rows"
+        raise DataError(f"{where}: {what}; a data file holds one JSON object per row")
+    if cfg.format == "auto":
+        first = seen[0]
+        raise DataError(
+            f"{where}: no row is a JSON object (first: {first.origin}: {first.error}); "
+            "a data file holds one JSON object per row"
+        )
+
+
+def _why_empty(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head:
+        return "the file is empty"
+    if not head.removeprefix(UTF8_BOM).strip():
+        return "the file holds only blank lines"
+    if head.strip().startswith(b"["):
+        return "the file is an empty JSON array"
+    return "holds no rows"
+
+
 def _format_from_keys(row: Mapping[str, Any]) -> str | None:
     """The format a first row's keys (and, where keys are shared, value types) say it has."""
     keys = set(row)
@@ -370,8 +435,9 @@ def resolve_format(cfg: DataConfig, task: TaskConfig, first: Mapping[str, Any] |
     if by_task:
         return by_task
     raise ConfigError(
-        f"params.yaml: data.format: cannot infer the format of data.source {cfg.source!r}; "
-        f"set data.format to one of {', '.join(FORMATS)}"
+        f"params.yaml: data.format: cannot infer the format of data.source {clip(cfg.source)} "
+        f"from its first row's keys {clip(sorted(first or {}))}; set data.format to one of "
+        f"{', '.join(FORMATS)}"
     )
 
 
