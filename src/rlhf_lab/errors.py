@@ -3,7 +3,10 @@
 User text in a message (a params key, a data value, a server's answer) is echoed through
 :func:`clip`, which bounds its length, and the line is printed through :func:`literal`, which
 shows control characters, terminal escapes and line breaks as ``\\x1b``-style escapes: a
-message is one line of plain text whatever the input held.
+message is one line of plain text whatever the input held. :func:`scrub` removes secrets (the
+judge's API key, any ``Authorization`` / ``Bearer`` value) from text before it is printed or
+written: :func:`literal` applies it to every printed line, and every file writer the judge
+feeds applies it to the server's words.
 """
 
 from __future__ import annotations
@@ -27,6 +30,28 @@ _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\
 _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 4, MAX_ECHO_CHARS, MAX_ECHO_CHARS
 _REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = 8
+
+
+_SECRETS: set[str] = set()
+_CREDENTIALS = re.compile(r"(?i)\b(bearer|basic)(\s+)[\w.~+/=-]{8,}")
+_AUTH_HEADER = re.compile(r"(?i)\b((?:proxy-)?authorization\W{0,4}?[:=]\W{0,4}?)[^\s\"',;}\]]+")
+REDACTED = "[redacted]"
+"""What stands in a printed or written text where a secret was."""
+
+
+def register_secret(value: str) -> None:
+    """Have :func:`scrub` remove ``value`` (an API key read from the environment) from now on."""
+    if len(value) >= 4:  # a 1-3 character "key" would redact ordinary words
+        _SECRETS.add(value)
+
+
+def scrub(text: str) -> str:
+    """``text`` without any registered secret nor ``Authorization: …`` / ``Bearer …`` value
+    (a server may echo the request, headers and all, in an error or even in its answer)."""
+    for secret in sorted(_SECRETS, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    text = _CREDENTIALS.sub(rf"\1\2{REDACTED}", text)
+    return _AUTH_HEADER.sub(rf"\1{REDACTED}", text)
 
 
 class RlhfLabError(Exception):
@@ -64,10 +89,11 @@ def clip(value: Any, limit: int = MAX_ECHO_CHARS, *, quote: bool = True) -> str:
 
 
 def literal(text: str, limit: int = MAX_LINE_CHARS) -> str:
-    """``text`` as one printable line: unsafe characters as escapes (``\\n``, ``\\x1b``,
-    ``\\ud800``), at most ``limit`` characters. Print it with markup off (rich would read
-    ``[red]`` in a params key as a style)."""
-    safe = _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    """``text`` as one printable line, secrets scrubbed, unsafe characters as escapes
+    (``\\n``, ``\\x1b``, ``\\ud800``), at most ``limit``
+    characters. Print it with markup off (rich would read ``[red]`` in a params key as a
+    style)."""
+    safe = _UNSAFE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), scrub(text))
     if len(safe) > limit:
         safe = f"{safe[:limit]}… ({len(safe) - limit} more characters)"
     return safe
