@@ -87,9 +87,11 @@ def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) 
                 "free some space and run it again"
             )
         elif exc.errno in UNWRITABLE and exc.filename:
+            from rlhf_lab.io import target_of
+
             ui.error(
-                f"{stage}: {exc.filename}: {UNWRITABLE[exc.errno]}; fix its permissions (or "
-                "choose another path) and run it again"
+                f"{stage}: {target_of(exc.filename)}: {UNWRITABLE[exc.errno]}; fix the "
+                "permissions of it or its folder (or choose another path) and run it again"
             )
         else:
             raise

@@ -56,6 +56,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def target_of(path: str | Path) -> Path:
+    """The output a temporary sibling (``.<name>.tmp-<pid>-*`` / ``.old-``) stands for, or
+    ``path`` itself: what an error message should name."""
+    path = Path(path)
+    m = re.match(rf"^\.(.+)\.(?:{TMP_TAG}|{OLD_TAG})-\d+-", path.name)
+    return path.parent / m.group(1) if m else path
+
+
 def _stale_siblings(target: Path, tag: str) -> list[Path]:
     """``target``'s temp (``tmp``) or moved-aside (``old``) siblings whose writer is dead.
 
