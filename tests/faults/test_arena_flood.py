@@ -107,7 +107,7 @@ def test_comparisons_evicted_by_the_cap_are_never_generated(tmp_path, gate):
         ("/api/comparisons", b'{"prompt": "hi \\ud800"}', "prompt holds a lone surrogate"),
         ("/api/comparisons", b'{"prompt": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", "nested"),
         ("vote", b'{"label": "left", "note": "\\udfff"}', "note holds a lone surrogate"),
-        ("vote", b'{"label": "left", "note": ' + b"{" * 9_000 + b"}", "malformed JSON"),
+        ("vote", b'{"label": "left", "note": ' + b'{"a":' * 4_000 + b"1" + b"}" * 4_001, "nested"),
     ],
 )
 def test_hostile_bodies_are_400_not_500(tmp_path, path, body, message):
