@@ -13,6 +13,7 @@ import contextlib
 import errno
 import importlib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,7 +52,8 @@ def _params_named(message: str, params_path: Path) -> str:
     (it does not know the path), which is wrong and misleading under ``--params other.yaml``."""
     if params_path == DEFAULT_PARAMS:
         return message
-    return message.replace(f"{DEFAULT_PARAMS}:", f"{params_path}:")
+    # only the bare name: "/some/dir/params.yaml:3:" already names the file it means
+    return re.sub(r"(?<![\w/.-])params\.yaml:", lambda _: f"{params_path}:", message)
 
 
 UNWRITABLE = {
