@@ -267,7 +267,7 @@ def read_hub(source: str, data_dir: str | None, split: str) -> Iterator[Record]:
     except Exception as exc:  # network, auth, missing split: all one line for the user
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(
-            f"data.source {source!r}: not 'chitchat', not a local file "
+            f"data.source {clip(source)}: not 'chitchat', not a local file "
             f"({Path(source).resolve()}), and loading it as a hub dataset failed: {first}"
         ) from None
     label = f"{source}[{split}]" if data_dir is None else f"{source}/{data_dir}[{split}]"
@@ -309,10 +309,10 @@ def local_files(source: str) -> list[Path] | None:
             if p.name.endswith(FILE_SUFFIXES) and p.name not in ID_MAP_FILES
         )
         if not files:
-            raise DataError(f"data.source {source!r}: no {'/'.join(FILE_SUFFIXES)} files in it")
+            raise DataError(f"data.source {clip(source)}: no {'/'.join(FILE_SUFFIXES)} files in it")
         return files
     if source.startswith((".", "/", "~")) or source.endswith((*FILE_SUFFIXES, ".gz", ".json")):
-        raise DataError(f"data.source {source!r}: file not found ({path.resolve()})")
+        raise DataError(f"data.source {clip(source)}: file not found ({path.resolve()})")
     return None
 
 
@@ -334,7 +334,8 @@ def read_source(cfg: DataConfig) -> Iterator[Record]:
             yield from read_json(path)
         else:
             raise DataError(
-                f"data.source {str(path)!r}: unsupported file type; use {', '.join(FILE_SUFFIXES)}"
+                f"data.source {clip(str(path))}: unsupported file type; use "
+                f"{', '.join(FILE_SUFFIXES)}"
             )
 
 
@@ -421,7 +422,7 @@ def resolve_format(cfg: DataConfig, task: TaskConfig, first: Mapping[str, Any] |
     if cfg.format == "chitchat" and cfg.source != "chitchat":
         raise ConfigError(
             "params.yaml: data.format 'chitchat' reads the embedded chats; "
-            f"set data.source to 'chitchat' (got {cfg.source!r})"
+            f"set data.source to 'chitchat' (got {clip(cfg.source)})"
         )
     if cfg.format != "auto":
         return cfg.format
@@ -533,7 +534,7 @@ def _chat(value: Any, field: str) -> list[Message]:
         if not (isinstance(m, dict) and isinstance(m.get("content"), str)):
             raise RowError(WRONG_TYPE, f"{field}[{i}]", "expected a {role, content} message")
         if m.get("role") not in _ROLES:
-            raise RowError(WRONG_TYPE, f"{field}[{i}].role", f"unknown role {m.get('role')!r}")
+            raise RowError(WRONG_TYPE, f"{field}[{i}].role", f"unknown role {clip(m.get('role'))}")
         turns.append({"role": m["role"], "content": m["content"]})
     return turns
 
@@ -1035,7 +1036,7 @@ def _humaneval_parts(source: str, entry_point: str) -> tuple[str, str, str]:
         None,
     )
     if func is None:
-        raise RowError(BAD_CODE, "entry_point", f"no top-level function {entry_point!r}")
+        raise RowError(BAD_CODE, "entry_point", f"no top-level function {clip(entry_point)}")
     # The first string statement: HumanEval/115 puts `import math` before its docstring.
     doc = next(
         (
@@ -1048,7 +1049,7 @@ def _humaneval_parts(source: str, entry_point: str) -> tuple[str, str, str]:
         None,
     )
     if doc is None or len(func.body) < 2 or func.end_lineno is None or doc.end_lineno is None:
-        raise RowError(BAD_CODE, "prompt", f"{entry_point!r} has no docstring and a body")
+        raise RowError(BAD_CODE, "prompt", f"{clip(entry_point)} has no docstring and a body")
     docstring = inspect.cleandoc(doc.value.value)  # type: ignore[attr-defined]
     lines = source.splitlines(keepends=True)
     first = func.decorator_list[0] if func.decorator_list else func
