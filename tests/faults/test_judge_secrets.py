@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,27 +15,32 @@ import pytest
 from rlhf_lab.errors import REDACTED, scrub
 from rlhf_lab.judge.base import RatingRequest
 from rlhf_lab.judge.openai_backend import MAX_BACKOFF_S, OpenAIJudge, retry_after_s
-from tests.faults.test_judge_server import _judge, _pair, _run
+from tests.faults.test_judge_server import (
+    MisbehavingServer,
+    _completion,
+    _judge,
+    _pair,
+    _run,
+    _serve,
+)
 
 KEY = "sk-echo-Secret-9x7Q"
 _MARKER = re.compile(r"\[(\w+)\]")
 _RATING_DIGIT = re.compile(r"(?<!\d)[1-5](?!\d)")
 
 
-class EchoServer:
+class EchoServer(MisbehavingServer):
     """``[echo401]``: 401 whose message is the request; ``[echo200]``: a 200 whose answer text
     is the request (its rating digits masked, so no rating is found and the text is kept as the
     failure detail); ``[r429]``: 429 with ``Retry-After: 7``; ``[deep]``: a 200 body nested
     50,000 levels (~100 KB, under the 1 MiB cap); anything else: a rating of 4."""
 
     def __init__(self) -> None:
+        super().__init__()  # the server plumbing; the answers are this class's
         self.markers: list[str] = []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
+        class Handler(self.httpd.RequestHandlerClass):  # type: ignore[name-defined,misc]
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers["Content-Length"]))
                 user = json.loads(raw)["messages"][-1]["content"]
@@ -53,40 +56,23 @@ class EchoServer:
                     return self._send(401, json.dumps(msg).encode())
                 if marker == "echo200":
                     text = _RATING_DIGIT.sub("#", echo)
-                    choice = {"message": {"role": "assistant", "content": text}}
-                    return self._send(200, json.dumps({"choices": [choice]}).encode())
+                    return self._send(200, json.dumps(_completion(text)).encode())
                 if marker == "r429":
-                    return self._send(429, f"slow down {echo}".encode(), {"Retry-After": "7"})
+                    self.send_response(429)
+                    self.send_header("Retry-After", "7")
+                    self.send_header("Content-Length", str(len(echo.encode())))
+                    self.end_headers()
+                    return self.wfile.write(echo.encode())
                 if marker == "deep":
                     return self._send(200, b"[" * 50_000 + b"]" * 50_000)
-                choice = {"message": {"role": "assistant", "content": "4"}}
-                return self._send(200, json.dumps({"choices": [choice]}).encode())
+                return self._send(200, json.dumps(_completion("4")).encode())
 
-            def _send(self, status: int, data: bytes, headers: dict | None = None) -> None:
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.httpd.RequestHandlerClass = Handler
 
 
 @pytest.fixture
 def echo() -> Iterator[EchoServer]:
-    server = EchoServer()
-    server.thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
+    yield from _serve(EchoServer())  # type: ignore[misc]
 
 
 @pytest.fixture
