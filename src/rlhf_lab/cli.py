@@ -48,12 +48,12 @@ def _stage_lock(stage: str, package: str) -> contextlib.AbstractContextManager[N
 
 
 def _params_named(message: str, params_path: Path) -> str:
-    """``message`` naming the params file the user gave: library code says ``params.yaml:``
+    """``message`` naming the params file the user gave: library code says ``params.yaml``
     (it does not know the path), which is wrong and misleading under ``--params other.yaml``."""
     if params_path == DEFAULT_PARAMS:
         return message
     # only the bare name: "/some/dir/params.yaml:3:" already names the file it means
-    return re.sub(r"(?<![\w/.-])params\.yaml:", lambda _: f"{params_path}:", message)
+    return re.sub(r"(?<![\w/.-])params\.yaml(?![\w/-])", lambda _: str(params_path), message)
 
 
 UNWRITABLE = {
