@@ -53,7 +53,7 @@ def _params_named(message: str, params_path: Path) -> str:
     if params_path == DEFAULT_PARAMS:
         return message
     # only the bare name: "/some/dir/params.yaml:3:" already names the file it means
-    return re.sub(r"(?<![\w/.-])params\.yaml(?![\w/-])", lambda _: str(params_path), message)
+    return re.sub(r"(?<![\w/.-])params\.yaml(?![\w/-]|\.\w)", lambda _: str(params_path), message)
 
 
 UNWRITABLE = {
