@@ -23,14 +23,7 @@ from typing import Any
 from rlhf_lab.config import DataConfig, TaskConfig
 from rlhf_lab.data import pairs as pairs_lib
 from rlhf_lab.data.rows import Example
-from rlhf_lab.data.sources import (
-    Record,
-    check_has_rows,
-    make_parser,
-    peek,
-    read_source,
-    resolve_format,
-)
+from rlhf_lab.data.sources import Record, make_parser, peek, read_source, resolve_format
 from rlhf_lab.data.splits import SPLITS, Subsample, split_rows
 from rlhf_lab.data.validate import (
     NO_PREFERENCE,
@@ -101,10 +94,6 @@ class Prepared:
 def open_source(cfg: DataConfig, task: TaskConfig) -> Source:
     """Start reading ``data.source`` and resolve ``data.format`` (peeking at the first row)."""
     first, records = peek(read_source(cfg))
-    if first is None:  # peek read them all: none is a JSON object
-        seen = list(records)
-        check_has_rows(cfg, seen)
-        records = iter(seen)
     return Source(resolve_format(cfg, task, first), records)
 
 

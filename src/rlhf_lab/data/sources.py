@@ -317,7 +317,23 @@ def local_files(source: str) -> list[Path] | None:
 
 
 def read_source(cfg: DataConfig) -> Iterator[Record]:
-    """Records of ``data.source``, whatever it is (see the module docstring)."""
+    """Records of ``data.source``, whatever it is (see the module docstring).
+
+    A source that ends without one JSON object (none at all; or, for ``data.format: auto``,
+    only unreadable ones) raises :func:`check_has_rows`'s DataError at its end: with no row,
+    the problem is the data, and ``auto`` has nothing to infer a format from.
+    """
+    first: Record | None = None
+    has_value = False
+    for rec in _records(cfg):
+        first = first or rec
+        has_value = has_value or rec.value is not None
+        yield rec
+    if not has_value:
+        check_has_rows(cfg, first)
+
+
+def _records(cfg: DataConfig) -> Iterator[Record]:
     if cfg.source == "chitchat":
         yield from read_chitchat()
         return
@@ -342,17 +358,16 @@ def read_source(cfg: DataConfig) -> Iterator[Record]:
 # ---------------------------------------------------------------------------------- format
 
 
-def check_has_rows(cfg: DataConfig, seen: list[Record]) -> None:
+def check_has_rows(cfg: DataConfig, first: Record | None) -> None:
     """DataError saying what is wrong with the data when ``data.source`` gave no JSON object:
-    ``seen`` is every record it gave (none at all, or only unreadable ones). Without a row,
+    ``first`` is its first record (None: it had none; else an unreadable one). Without a row,
     ``data.format: auto`` has nothing to infer from: the problem is the data, not the params."""
     files = local_files(cfg.source) if cfg.source != "chitchat" else None
-    where = ", ".join(str(p) for p in files) if files else repr(cfg.source)
-    if not seen:
+    where = ", ".join(str(p) for p in files) if files else clip(cfg.source)
+    if first is None:
         what = _why_empty(files[0]) if files and len(files) == 1 else "holds no rows"
         raise DataError(f"{where}: {what}; a data file holds one JSON object per row")
     if cfg.format == "auto":
-        first = seen[0]
         raise DataError(
             f"{where}: no row is a JSON object (first: {first.origin}: {first.error}); "
             "a data file holds one JSON object per row"

@@ -50,7 +50,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhf_lab.errors import scrub
 from rlhf_lab.judge.base import DETERMINISTIC_KINDS, FAILURE_KINDS, PAIRWISE, Rating
 from rlhf_lab.judge.label import TIE, agreement, pick_pair
 from rlhf_lab.judge.rows import is_candidate_row, with_prompt_meta
@@ -84,7 +83,7 @@ def _failure(split: str, row: Mapping[str, Any], reply: str, dim: str, r: Rating
         "reply": reply,
         "dim": dim,
         "kind": r.fallback or r.error,
-        "detail": scrub(r.detail) if r.detail else r.detail,  # the server's words: no secret
+        "detail": r.detail,
     }
     if r.fallback:
         out["fallback"] = r.value
