@@ -13,7 +13,7 @@ lm-human-preferences' ``validate()``: bad combinations fail before any model is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
@@ -24,8 +24,6 @@ from rlhf_lab.io import decode_utf8
 
 SEED_MAX = 2**32 - 1
 """Largest seed: numpy's and torch's seeding take 0 … 2**32 − 1 and fail deep in a stage beyond."""
-Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
-"""Every ``seed`` field's type: checked when params load, not when a stage seeds torch."""
 MAX_YAML_NODES = 100_000
 """Largest params document, counted in YAML nodes *after* aliases expand (the default params
 have ~300). Aliases share a node, so a ~300-byte "billion laughs" document is tiny on disk but
@@ -116,7 +114,7 @@ class DataConfig(Section):
     """Sampling temperature for base-policy replies."""
     sample_batch_size: int = Field(16, ge=1)
     """Prompts per generation batch."""
-    seed: Seed = 0
+    seed: int = 0
     """Seed for splitting, subsampling and sampling."""
 
     @model_validator(mode="after")
@@ -202,7 +200,7 @@ class RewardTrainConfig(Section):
     """Global gradient-norm clip."""
     max_bad_steps: int = Field(3, ge=1)
     """Abort after this many optimiser steps skipped for a non-finite loss or gradient."""
-    seed: Seed = 0
+    seed: int = 0
     """Seed for head init and shuffling."""
 
 
@@ -254,7 +252,7 @@ class SftConfig(Section):
     """Abort after this many optimiser steps skipped for a non-finite loss or gradient."""
     lora: LoraConfig = LoraConfig()
     """LoRA adapter settings; the adapter is merged into models/sft at the end."""
-    seed: Seed = 0
+    seed: int = 0
     """Seed for adapter init and shuffling."""
 
 
@@ -281,7 +279,7 @@ class DpoConfig(Section):
     """Abort after this many optimiser steps skipped for a non-finite loss or gradient."""
     lora: LoraConfig = LoraConfig()
     """LoRA adapter on the SFT model; merged into models/dpo at the end."""
-    seed: Seed = 0
+    seed: int = 0
     """Seed for adapter init and shuffling."""
 
 
@@ -308,7 +306,7 @@ class CriticConfig(Section):
     """Abort after this many optimiser steps skipped for a non-finite loss or gradient."""
     lora: LoraConfig = LoraConfig()
     """LoRA adapter settings of the critic."""
-    seed: Seed = 0
+    seed: int = 0
     """Seed for init and shuffling."""
     shared_trunk: bool = False
     """PPO (gae): the value head reads the policy's hidden states, no critic adapter (1 pass)."""
@@ -397,7 +395,7 @@ class PpoConfig(Section):
     """Checkpoint every this many steps (for --resume)."""
     max_bad_steps: int = Field(3, ge=1)
     """Abort after this many updates skipped for a non-finite loss."""
-    seed: Seed = 0
+    seed: int = 0
     """Seed for sampling and minibatch order."""
 
     @model_validator(mode="after")
@@ -499,7 +497,7 @@ class EvalConfig(Section):
     """Thresholds for the proceed / adjust / reconsider verdict."""
     judge: bool = False
     """Score replies with the configured judge too (slow on CPU)."""
-    seed: Seed = 0
+    seed: int = 0
     """Seed for sampling (shared by every model) and the bootstrap."""
 
     @model_validator(mode="after")
@@ -571,7 +569,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         key = clip(".".join(str(p) for p in err["loc"]), quote=False) or "(top level)"
@@ -581,6 +579,22 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
             msg = clip(str(err["msg"]).removeprefix("Value error, "), 500, quote=False)
             raise ConfigError(f"{source}: {msg}{more}") from None
         raise ConfigError(f"{source}: {key}: {_describe(err)}{more}") from None
+    _check_seeds(params, "", source)
+    return params
+
+
+def _check_seeds(model: BaseModel, prefix: str, source: str) -> None:
+    """Every field named ``seed``, in every section present or future, within 0 … SEED_MAX:
+    checked when params load rather than when a stage seeds numpy/torch, minutes later."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            _check_seeds(value, f"{prefix}{name}.", source)
+        elif name == "seed" and not 0 <= value <= SEED_MAX:
+            raise ConfigError(
+                f"{source}: {prefix}{name}: a seed is an integer from 0 to {SEED_MAX} "
+                f"(got {clip(value)})"
+            )
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -103,7 +103,6 @@ def nested(path: tuple[str, ...], value: object) -> dict:
 
 def test_the_walk_sees_every_seed():
     assert {".".join(p) for p in SEEDS} >= {"data.seed", "ppo.seed", "reward.train.seed"}
-    assert len(SEEDS) == 7
 
 
 @pytest.mark.parametrize("path", SEEDS, ids=[".".join(p) for p in SEEDS])
@@ -111,8 +110,8 @@ def test_every_seed_is_checked_against_the_range_torch_takes(workdir, path):
     for bad in (-1, SEED_MAX + 1, 10**30):
         Path("params.yaml").write_text(yaml.safe_dump(nested(path, bad)))
         out = one_line(*cli("prepare_models"))
-        assert f"params.yaml: {'.'.join(path)}: " in out
-        assert (str(SEED_MAX) if bad > 0 else "greater than or equal to 0") in out
+        expect = f"params.yaml: {'.'.join(path)}: a seed is an integer from 0 to {SEED_MAX} (got"
+        assert expect in out
     Path("params.yaml").write_text(yaml.safe_dump(nested(path, SEED_MAX)))
     load_params("params.yaml")
 

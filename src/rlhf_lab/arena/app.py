@@ -16,10 +16,10 @@ comparisons will be generated before it). Model names are sent only in the answe
 
 The queue is bounded, per page and overall, and served round-robin across pages, so no client
 can starve another: a page with :attr:`Arena.max_queued_per_page` comparisons waiting or
-generating gets 429; when :attr:`Arena.max_queued` are queued, a new page's request takes the
-place of the newest waiting comparison of the page with the most (that one shows an error),
-and gets 429 only when no page has more than it. A comparison that expires or is evicted by
-the ``max_open`` cap leaves the queue too.
+generating gets 429; when :attr:`Arena.max_queued` are queued, a request takes the place of
+the newest waiting comparison of the page with the most (that one shows an error) if that page
+has at least two more than the requesting one, and gets 429 otherwise. A comparison that
+expires or is evicted by the ``max_open`` cap leaves the queue too.
 
 Security (a local tool, but one page in a browser that also visits other sites):
 
