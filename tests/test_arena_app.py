@@ -254,8 +254,8 @@ def test_reply_with_html_is_returned_as_plain_json_text(tmp_path):
 
 
 def test_concurrent_votes_append_every_row_once(arena):
-    token = arena.new_token()
-    comps = [arena.new_comparison(token, f"q{i}") for i in range(30)]
+    # one page each: a page may have only arena.max_queued_per_page comparisons queued
+    comps = [arena.new_comparison(arena.new_token(), f"q{i}") for i in range(30)]
     for _ in range(500):
         if all(c.status == "ready" for c in comps):
             break
@@ -267,7 +267,7 @@ def test_concurrent_votes_append_every_row_once(arena):
     def cast(job):
         c, label = job
         try:
-            return arena.vote(token, c.id, label, "n" * 500)["label"]
+            return arena.vote(c.token, c.id, label, "n" * 500)["label"]
         except Exception as exc:  # ArenaError(409) for the loser
             return getattr(exc, "status", exc)
 

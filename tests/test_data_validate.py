@@ -46,6 +46,7 @@ BAD_LINES: list[tuple[bytes, str | None, str | None]] = [
         "bad_encoding",
         "prompt[0]",
     ),
+    (b'{"chosen": "a", "rejected": "b", "chosen": "c"}', "duplicate_key", None),
     (hh("fine", "ok", "not ok").encode(), None, None),
 ]
 
@@ -72,7 +73,7 @@ def test_every_rejection_reason_is_reported_with_field_and_line(tmp_path):
     assert {r for _, r, _ in expected} == set(REASONS) - others
     assert [ex.origin.line for ex in loaded.examples] == [1, len(BAD_LINES)]
     assert loaded.rows_read == loaded.rows_seen == len(BAD_LINES)
-    assert loaded.invalid_fraction == pytest.approx(12 / 14)
+    assert loaded.invalid_fraction == pytest.approx(13 / 15)
     # each dropped row is self-describing: raw text of unparseable lines, the row otherwise
     rows = {r.origin.line: r.to_json() for r in loaded.rejected}
     assert rows[2]["raw"].startswith('{"chosen"') and rows[2]["reason"] == "bad_json"
@@ -95,7 +96,7 @@ def test_too_many_invalid_rows_fail_with_one_line_naming_file_and_line(tmp_path)
     msg = str(err.value)
     assert "\n" not in msg
     assert msg.startswith(f"{path}:2: bad_json: ")
-    assert "12 of 14 rows (85.7%) are invalid, above data.max_invalid_fraction 0.2" in msg
+    assert "13 of 15 rows (86.7%) are invalid, above data.max_invalid_fraction 0.2" in msg
     assert msg.endswith("every dropped row is in data/invalid/")
     # under the limit: no error
     ok, cfg = load(path, max_invalid_fraction=0.9)
@@ -105,9 +106,8 @@ def test_too_many_invalid_rows_fail_with_one_line_naming_file_and_line(tmp_path)
 def test_an_empty_source_fails(tmp_path):
     path = write_lines(tmp_path / "empty.jsonl", [])
     cfg = parse_params({"data": {"source": str(path), "format": "hh"}}).data
-    loaded = prepare.load_examples(prepare.open_source(cfg, TaskConfig()), cfg)
-    with pytest.raises(DataError, match="no usable rows"):
-        prepare.check_invalid_fraction(loaded, cfg, "data/invalid")
+    with pytest.raises(DataError, match=r"empty\.jsonl: the file holds only blank lines"):
+        prepare.open_source(cfg, TaskConfig())
 
 
 def test_redial_and_docstring_field_errors(tmp_path):

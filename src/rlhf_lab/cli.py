@@ -13,6 +13,7 @@ import contextlib
 import errno
 import importlib
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,11 +47,27 @@ def _stage_lock(stage: str, package: str) -> contextlib.AbstractContextManager[N
     return stage_lock(stage)
 
 
+def _params_named(message: str, params_path: Path) -> str:
+    """``message`` naming the params file the user gave: library code says ``params.yaml``
+    (it does not know the path), which is wrong and misleading under ``--params other.yaml``."""
+    if params_path == DEFAULT_PARAMS:
+        return message
+    # only the bare name: "/some/dir/params.yaml:3:" already names the file it means
+    return re.sub(r"(?<![\w/.-])params\.yaml(?![\w/-]|\.\w)", lambda _: str(params_path), message)
+
+
+UNWRITABLE = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "not permitted",
+    errno.EROFS: "read-only file system",
+}
+"""OSErrors a user fixes by making a folder writable; reported in one line, like a full disk."""
+
+
 def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) -> None:
     """Load params, then ``rlhf_lab.<package>.<stage>.main`` (stages; tools are not stages)."""
-    from rlhf_lab import precision
+    from rlhf_lab import precision, ui
     from rlhf_lab.config import load_params
-    from rlhf_lab.ui import console
 
     try:
         params = load_params(params_path)
@@ -59,20 +76,27 @@ def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) 
         with _stage_lock(stage, package):
             module.main(params, **kwargs)
     except RlhfLabError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        ui.error(_params_named(str(exc), params_path))
         raise typer.Exit(2) from None
     except OSError as exc:
-        # A full disk is the user's to fix, and every output is written atomically, so the
-        # previous outputs are still whole: say so in one line instead of a traceback.
-        if exc.errno != errno.ENOSPC:
-            raise
+        # A full disk or a read-only folder is the user's to fix, and every output is written
+        # atomically, so the previous outputs are still whole: say so in one line instead of
+        # a traceback.
         where = f" writing {exc.filename}" if exc.filename else ""
-        console.print(
-            f"[bold red]error:[/] {stage}: no space left on device{where}; its previous "
-            "outputs are intact, free some space and run it again",
-            highlight=False,
-            soft_wrap=True,
-        )
+        if exc.errno == errno.ENOSPC:
+            ui.error(
+                f"{stage}: no space left on device{where}; its previous outputs are intact, "
+                "free some space and run it again"
+            )
+        elif exc.errno in UNWRITABLE and exc.filename:
+            from rlhf_lab.io import target_of
+
+            ui.error(
+                f"{stage}: {target_of(exc.filename)}: {UNWRITABLE[exc.errno]}; fix the "
+                "permissions of it or its folder (or choose another path) and run it again"
+            )
+        else:
+            raise
         raise typer.Exit(2) from None
 
 
@@ -319,8 +343,8 @@ def params_cmd(
     ] = None,
 ) -> None:
     """Print the default params.yaml, every key with its one-line doc (or a task preset)."""
+    from rlhf_lab import ui
     from rlhf_lab.config import default_params_yaml
-    from rlhf_lab.ui import console
 
     if preset is None:
         typer.echo(default_params_yaml(), nl=False)
@@ -330,7 +354,7 @@ def params_cmd(
     try:
         typer.echo(preset_yaml(preset, base), nl=False)
     except RlhfLabError as exc:
-        console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        ui.error(str(exc))
         raise typer.Exit(2) from None
 
 

@@ -21,8 +21,15 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from rlhf_lab.errors import ConfigError
+from rlhf_lab.errors import ConfigError, clip
 from rlhf_lab.io import decode_utf8
+
+SEED_MAX = 2**32 - 1
+"""Largest seed: numpy's and torch's seeding take 0 … 2**32 − 1 and fail deep in a stage beyond."""
+MAX_YAML_NODES = 100_000
+"""Largest params document, counted in YAML nodes *after* aliases expand (the default params
+have ~300). Aliases share a node, so a ~300-byte "billion laughs" document is tiny on disk but
+expands to 10**9 nodes in anything that walks it (validation, error messages)."""
 
 
 class Section(BaseModel):
@@ -674,13 +681,13 @@ class Params(Section):
 
 def _describe(err: dict[str, Any]) -> str:
     kind = err["type"]
-    got = err.get("input")
+    got = clip(err.get("input"))
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
         return "missing key"
     if kind == "finite_number":
-        return f"expected a finite number, got {got!r}"
+        return f"expected a finite number, got {got}"
     if kind in {"float_type", "int_type", "bool_type", "string_type", "dict_type", "list_type"}:
         want = {
             "float_type": "a number",
@@ -690,8 +697,8 @@ def _describe(err: dict[str, Any]) -> str:
             "dict_type": "a mapping",
             "list_type": "a list",
         }[kind]
-        return f"expected {want}, got {got!r}"
-    return f"{err['msg']} (got {got!r})"
+        return f"expected {want}, got {got}"
+    return f"{err['msg']} (got {got})"
 
 
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
@@ -701,16 +708,32 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections at the top level")
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        key = clip(".".join(str(p) for p in err["loc"]), quote=False) or "(top level)"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         if err["type"] == "value_error":
             # model validators: the message already names the keys
-            msg = str(err["msg"]).removeprefix("Value error, ")
+            msg = clip(str(err["msg"]).removeprefix("Value error, "), 500, quote=False)
             raise ConfigError(f"{source}: {msg}{more}") from None
         raise ConfigError(f"{source}: {key}: {_describe(err)}{more}") from None
+    _check_seeds(params, "", source)
+    return params
+
+
+def _check_seeds(model: BaseModel, prefix: str, source: str) -> None:
+    """Every field named ``seed``, in every section present or future, within 0 … SEED_MAX:
+    checked when params load rather than when a stage seeds numpy/torch, minutes later."""
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            _check_seeds(value, f"{prefix}{name}.", source)
+        elif name == "seed" and not 0 <= value <= SEED_MAX:
+            raise ConfigError(
+                f"{source}: {prefix}{name}: a seed is an integer from 0 to {SEED_MAX} "
+                f"(got {clip(value)})"
+            )
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -719,13 +742,81 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     text = decode_utf8(path.read_bytes(), str(path), ConfigError)
+    loader = _ParamsLoader(text)
     try:
-        raw = yaml.safe_load(text)
+        node = loader.get_single_node()
+        if node is not None:
+            _check_size(node, str(path))
+        raw = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        problem = clip(str(getattr(exc, "problem", None) or exc), quote=False)
+        raise ConfigError(f"{path}{where}: invalid YAML ({problem})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid YAML (nested too deeply)") from None
+    finally:
+        loader.dispose()
     return parse_params(raw, str(path))
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key twice in one mapping (PyYAML keeps the last one
+    silently, so ``ppo: {lr: 1e-4, lr: 1}`` would train with 1)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` may be overridden by the keys beside it
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, list | dict):  # unhashable: the base class says why
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {clip(key)}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_size(root: yaml.Node, source: str) -> None:
+    """Refuse a document over :data:`MAX_YAML_NODES` nodes once aliases expand, or one that
+    holds itself (``&a [*a]``), before anything walks it. Each distinct node is visited once
+    (sizes memoised), so the check is linear in the file, not in the expansion."""
+    size: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    open_nodes: set[int] = set()
+    while stack:
+        node, done = stack.pop()
+        if done:
+            open_nodes.discard(id(node))
+            children = _children(node)
+            size[id(node)] = 1 + sum(size[id(c)] for c in children)
+            if size[id(node)] > MAX_YAML_NODES:
+                line = node.start_mark.line + 1
+                raise ConfigError(
+                    f"{source}:{line}: YAML expands to over {MAX_YAML_NODES} values through "
+                    "anchors and aliases (&x / *x); params are never that large"
+                )
+            continue
+        if id(node) in size:
+            continue
+        if id(node) in open_nodes:
+            raise ConfigError(
+                f"{source}:{node.start_mark.line + 1}: YAML alias refers to a value that holds it"
+            )
+        open_nodes.add(id(node))
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in size)
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def section_dict(params: Params, *names: str) -> dict[str, Any]:

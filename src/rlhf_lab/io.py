@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from rlhf_lab.errors import ConfigError, StageBusyError
+from rlhf_lab.errors import ConfigError, StageBusyError, clip
 
 TMP_TAG = "tmp"
 """Marks a sibling being written (``.<name>.tmp-<pid>-<random>``)."""
@@ -62,6 +62,14 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True  # someone else's live process
     return True
+
+
+def target_of(path: str | Path) -> Path:
+    """The output a temporary sibling (``.<name>.tmp-<pid>-*`` / ``.old-``) stands for, or
+    ``path`` itself: what an error message should name."""
+    path = Path(path)
+    m = re.match(rf"^\.(.+)\.(?:{TMP_TAG}|{OLD_TAG})-\d+-", path.name)
+    return path.parent / m.group(1) if m else path
 
 
 def _stale_siblings(target: Path, tag: str) -> list[Path]:
@@ -468,6 +476,89 @@ def write_json(path: str | Path, data: dict[str, Any]) -> None:
     with atomic_file(path) as fh:
         json.dump(clean, fh, indent=2, sort_keys=True, ensure_ascii=False)
         fh.write("\n")
+
+
+MAX_JSON_DEPTH = 100
+"""Deepest nesting of arrays/objects accepted in JSON from outside (data rows, a ``.json``
+source, a judge reply, an arena request). Python's parser recurses: ~1000 levels raise
+RecursionError, and fewer still crash whatever walks the value later."""
+
+
+class JsonInputError(ValueError):
+    """JSON from outside that parses but is refused: nested too deeply, or a key twice."""
+
+    def __init__(self, message: str, duplicate_key: str | None = None) -> None:
+        super().__init__(message)
+        self.duplicate_key = duplicate_key
+        """The repeated key, when that is the problem (the caller may count it apart)."""
+
+
+def _repeated(pairs: list[tuple[str, Any]]) -> str | None:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
+
+
+def parse_json(
+    data: str | bytes,
+    *,
+    max_depth: int = MAX_JSON_DEPTH,
+    unique: bool = False,
+    duplicates: dict[int, str] | None = None,
+) -> Any:
+    """``json.loads`` for untrusted input: JsonInputError (a ValueError, like a syntax error)
+    when it nests deeper than ``max_depth`` or, with ``unique``, repeats a key in an object
+    (``json`` keeps the last one silently). ``duplicates`` instead records ``id(object) ->
+    repeated key`` for :func:`find_duplicate`. A UTF-8 byte-order mark is allowed at the start.
+    """
+    if isinstance(data, bytes):
+        data = data.removeprefix(b"\xef\xbb\xbf")
+    else:
+        data = data.removeprefix("\ufeff")
+
+    def pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out = dict(pairs)
+        if len(out) != len(pairs):  # only then look for which key
+            key = _repeated(pairs)
+            if duplicates is None:
+                raise JsonInputError(f"key {clip(key)} appears twice in one object", key)
+            duplicates[id(out)] = key or ""
+        return out
+
+    hook = pairs_hook if unique or duplicates is not None else None
+    try:
+        value = json.loads(data, object_pairs_hook=hook)
+    except RecursionError:
+        raise JsonInputError(f"nested deeper than {max_depth} levels") from None
+    # An explicit walk, not recursion: the bound must hold whatever the interpreter's limit.
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                raise JsonInputError(f"nested deeper than {max_depth} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return value
+
+
+def find_duplicate(value: Any, duplicates: dict[int, str]) -> str | None:
+    """The first repeated key :func:`parse_json` recorded anywhere inside ``value``, or None."""
+    if not duplicates:
+        return None
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if id(item) in duplicates:
+                return duplicates[id(item)]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def decode_utf8(data: bytes, where: str, error: type[Exception]) -> str:

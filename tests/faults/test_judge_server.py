@@ -156,8 +156,8 @@ class MisbehavingServer:
         return sum(r["marker"] == marker for r in self.requests)
 
 
-def _serve() -> Iterator[MisbehavingServer]:
-    server = MisbehavingServer()
+def _serve(server: MisbehavingServer | None = None) -> Iterator[MisbehavingServer]:
+    server = server or MisbehavingServer()
     server.thread.start()
     yield server
     server.httpd.shutdown()

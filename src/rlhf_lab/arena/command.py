@@ -169,6 +169,8 @@ def main(
     app = create_app(arena, LOOPBACK_HOSTS if not allow_remote else ["*"])
     ui.console.print(
         f"arena: {', '.join(dirs)} · {len(held_out)} held-out prompts · votes -> {votes}\n"
-        f"open http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/  (Ctrl-C to stop)"
+        f"open http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}/  (Ctrl-C to stop)",
+        markup=False,  # model names and paths are the user's text, not styles
+        highlight=False,
     )
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -44,7 +44,7 @@ from rlhf_lab.data.validate import (
     check_text,
     text_key,
 )
-from rlhf_lab.errors import DataError
+from rlhf_lab.errors import DataError, clip
 from rlhf_lab.generation import Sample
 
 
@@ -164,13 +164,13 @@ def check_invalid_fraction(loaded: Loaded, cfg: DataConfig, invalid_dir: str) ->
     """One-line DataError when there is nothing usable or too much is invalid."""
     if loaded.rows_seen == 0:
         raise DataError(
-            f"data.source {cfg.source!r}: no usable rows ({loaded.rows_read} records read, "
+            f"data.source {clip(cfg.source)}: no usable rows ({loaded.rows_read} records read, "
             f"none of them held a {loaded.format} example)"
         )
     frac = loaded.invalid_fraction
     if not loaded.examples and not loaded.rejected:
         raise DataError(
-            f"data.source {cfg.source!r}: no pairs: all {len(loaded.skipped)} rows prefer "
+            f"data.source {clip(cfg.source)}: no pairs: all {len(loaded.skipped)} rows prefer "
             "neither reply (tie, both_bad)"
         )
     if frac > cfg.max_invalid_fraction or not loaded.examples:

@@ -87,6 +87,7 @@ from rlhf_lab.data.validate import (
     BAD_JSON,
     BAD_TRANSCRIPT,
     CODE_TOO_NESTED,
+    DUPLICATE_KEY,
     NO_PREFERENCE,
     UNKNOWN_ID,
     WRONG_TYPE,
@@ -96,7 +97,8 @@ from rlhf_lab.data.validate import (
     first_present,
     require,
 )
-from rlhf_lab.errors import ConfigError, DataError
+from rlhf_lab.errors import ConfigError, DataError, clip
+from rlhf_lab.io import MAX_JSON_DEPTH, JsonInputError, find_duplicate, parse_json
 
 FORMATS = tuple(f for f in get_args(DataConfig.model_fields["format"].annotation) if f != "auto")
 """Every row format ``data.format`` names (the config's Literal is the one list)."""
@@ -144,6 +146,9 @@ def read_jsonl(path: str | Path) -> Iterator[Record]:
     try:
         with opener(path, "rb") as fh:
             for lineno, raw in enumerate(fh, start=1):
+                if lineno == 1:
+                    _refuse_utf16(path, raw)
+                    raw = raw.removeprefix(UTF8_BOM)  # Windows editors write one; not data
                 if not raw.strip():
                     continue  # blank lines (a trailing newline) are not rows
                 origin = Origin(source, lineno, split)
@@ -159,7 +164,11 @@ def read_jsonl(path: str | Path) -> Iterator[Record]:
                     )
                     continue
                 try:
-                    value = json.loads(text)
+                    value = parse_json(text, unique=True)
+                except JsonInputError as exc:
+                    reason = BAD_JSON if exc.duplicate_key is None else DUPLICATE_KEY
+                    yield Record(origin, error=RowError(reason, None, str(exc)), raw=text.rstrip())
+                    continue
                 except json.JSONDecodeError as exc:
                     err = RowError(BAD_JSON, None, f"{exc.msg} at column {exc.colno}")
                     yield Record(origin, error=err, raw=text.rstrip("\r\n"))
@@ -174,6 +183,20 @@ def read_jsonl(path: str | Path) -> Iterator[Record]:
     except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError
         where = f" after line {lineno}" if lineno else ""
         raise DataError(f"{path}: cannot read{where}: {exc}") from None
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = {b"\xff\xfe": "UTF-16 LE", b"\xfe\xff": "UTF-16 BE"}
+
+
+def _refuse_utf16(path: Path, head: bytes) -> None:
+    """DataError for a UTF-16 file (every line would be bad_encoding; say it once, plainly)."""
+    for bom, name in _UTF16_BOMS.items():
+        if head.startswith(bom):
+            raise DataError(
+                f"{path}: the file is {name} text (it starts with a byte-order mark); data "
+                "files must be UTF-8: re-save it as UTF-8"
+            )
 
 
 def read_parquet(path: str | Path) -> Iterator[Record]:
@@ -207,8 +230,16 @@ def read_json(path: str | Path) -> Iterator[Record]:
     """Records of a ``.json`` file: a JSON array of objects (line = 1-based element number), or
     else JSON Lines (what ``datasets`` also accepts under that suffix)."""
     path = Path(path)
+    duplicates: dict[int, str] = {}
     try:
-        value = json.loads(path.read_bytes())
+        data = path.read_bytes()
+        _refuse_utf16(path, data)
+        # One level more than a row may have: the array holding the rows.
+        value = parse_json(data, max_depth=MAX_JSON_DEPTH + 1, duplicates=duplicates)
+    except JsonInputError:
+        raise DataError(
+            f"{path}: a row nests arrays/objects deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
     except (ValueError, UnicodeDecodeError):  # JSON Lines, or bad: read_jsonl says which line
         value = None
     except OSError as exc:
@@ -223,6 +254,11 @@ def read_json(path: str | Path) -> Iterator[Record]:
             err = RowError(WRONG_TYPE, None, f"expected a JSON object, got {type(item).__name__}")
             yield Record(origin, error=err, raw=json.dumps(item)[:2000])
             continue
+        dup = find_duplicate(item, duplicates)
+        if dup is not None:
+            err = RowError(DUPLICATE_KEY, None, f"key {clip(dup)} appears twice in one object")
+            yield Record(origin, error=err, raw=json.dumps(item)[:2000])
+            continue
         yield Record(origin, item)
 
 
@@ -235,7 +271,7 @@ def read_hub(source: str, data_dir: str | None, split: str) -> Iterator[Record]:
     except Exception as exc:  # network, auth, missing split: all one line for the user
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise DataError(
-            f"data.source {source!r}: not 'chitchat', not a local file "
+            f"data.source {clip(source)}: not 'chitchat', not a local file "
             f"({Path(source).resolve()}), and loading it as a hub dataset failed: {first}"
         ) from None
     label = f"{source}[{split}]" if data_dir is None else f"{source}/{data_dir}[{split}]"
@@ -277,15 +313,31 @@ def local_files(source: str) -> list[Path] | None:
             if p.name.endswith(FILE_SUFFIXES) and p.name not in ID_MAP_FILES
         )
         if not files:
-            raise DataError(f"data.source {source!r}: no {'/'.join(FILE_SUFFIXES)} files in it")
+            raise DataError(f"data.source {clip(source)}: no {'/'.join(FILE_SUFFIXES)} files in it")
         return files
     if source.startswith((".", "/", "~")) or source.endswith((*FILE_SUFFIXES, ".gz", ".json")):
-        raise DataError(f"data.source {source!r}: file not found ({path.resolve()})")
+        raise DataError(f"data.source {clip(source)}: file not found ({path.resolve()})")
     return None
 
 
 def read_source(cfg: DataConfig) -> Iterator[Record]:
-    """Records of ``data.source``, whatever it is (see the module docstring)."""
+    """Records of ``data.source``, whatever it is (see the module docstring).
+
+    A source that ends without one JSON object (none at all; or, for ``data.format: auto``,
+    only unreadable ones) raises :func:`check_has_rows`'s DataError at its end: with no row,
+    the problem is the data, and ``auto`` has nothing to infer a format from.
+    """
+    first: Record | None = None
+    has_value = False
+    for rec in _records(cfg):
+        first = first or rec
+        has_value = has_value or rec.value is not None
+        yield rec
+    if not has_value:
+        check_has_rows(cfg, first)
+
+
+def _records(cfg: DataConfig) -> Iterator[Record]:
     if cfg.source == "chitchat":
         yield from read_chitchat()
         return
@@ -302,11 +354,40 @@ def read_source(cfg: DataConfig) -> Iterator[Record]:
             yield from read_json(path)
         else:
             raise DataError(
-                f"data.source {str(path)!r}: unsupported file type; use {', '.join(FILE_SUFFIXES)}"
+                f"data.source {clip(str(path))}: unsupported file type; use "
+                f"{', '.join(FILE_SUFFIXES)}"
             )
 
 
 # ---------------------------------------------------------------------------------- format
+
+
+def check_has_rows(cfg: DataConfig, first: Record | None) -> None:
+    """DataError saying what is wrong with the data when ``data.source`` gave no JSON object:
+    ``first`` is its first record (None: it had none; else an unreadable one). Without a row,
+    ``data.format: auto`` has nothing to infer from: the problem is the data, not the params."""
+    files = local_files(cfg.source) if cfg.source != "chitchat" else None
+    where = ", ".join(str(p) for p in files) if files else clip(cfg.source)
+    if first is None:
+        what = _why_empty(files[0]) if files and len(files) == 1 else "holds no rows"
+        raise DataError(f"{where}: {what}; a data file holds one JSON object per row")
+    if cfg.format == "auto":
+        raise DataError(
+            f"{where}: no row is a JSON object (first: {first.origin}: {first.error}); "
+            "a data file holds one JSON object per row"
+        )
+
+
+def _why_empty(path: Path) -> str:
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    if not head:
+        return "the file is empty"
+    if not head.removeprefix(UTF8_BOM).strip():
+        return "the file holds only blank lines"
+    if head.strip().startswith(b"["):
+        return "the file is an empty JSON array"
+    return "holds no rows"
 
 
 def _format_from_keys(row: Mapping[str, Any]) -> str | None:
@@ -360,7 +441,7 @@ def resolve_format(cfg: DataConfig, task: TaskConfig, first: Mapping[str, Any] |
     if cfg.format == "chitchat" and cfg.source != "chitchat":
         raise ConfigError(
             "params.yaml: data.format 'chitchat' reads the embedded chats; "
-            f"set data.source to 'chitchat' (got {cfg.source!r})"
+            f"set data.source to 'chitchat' (got {clip(cfg.source)})"
         )
     if cfg.format != "auto":
         return cfg.format
@@ -374,8 +455,9 @@ def resolve_format(cfg: DataConfig, task: TaskConfig, first: Mapping[str, Any] |
     if by_task:
         return by_task
     raise ConfigError(
-        f"params.yaml: data.format: cannot infer the format of data.source {cfg.source!r}; "
-        f"set data.format to one of {', '.join(FORMATS)}"
+        f"params.yaml: data.format: cannot infer the format of data.source {clip(cfg.source)} "
+        f"from its first row's keys {clip(sorted(first or {}))}; set data.format to one of "
+        f"{', '.join(FORMATS)}"
     )
 
 
@@ -471,7 +553,7 @@ def _chat(value: Any, field: str) -> list[Message]:
         if not (isinstance(m, dict) and isinstance(m.get("content"), str)):
             raise RowError(WRONG_TYPE, f"{field}[{i}]", "expected a {role, content} message")
         if m.get("role") not in _ROLES:
-            raise RowError(WRONG_TYPE, f"{field}[{i}].role", f"unknown role {m.get('role')!r}")
+            raise RowError(WRONG_TYPE, f"{field}[{i}].role", f"unknown role {clip(m.get('role'))}")
         turns.append({"role": m["role"], "content": m["content"]})
     return turns
 
@@ -1057,7 +1139,7 @@ def _humaneval_parts(source: str, entry_point: str) -> tuple[str, str, str]:
         None,
     )
     if func is None:
-        raise RowError(BAD_CODE, "entry_point", f"no top-level function {entry_point!r}")
+        raise RowError(BAD_CODE, "entry_point", f"no top-level function {clip(entry_point)}")
     # The first string statement: HumanEval/115 puts `import math` before its docstring.
     doc = next(
         (
@@ -1070,7 +1152,7 @@ def _humaneval_parts(source: str, entry_point: str) -> tuple[str, str, str]:
         None,
     )
     if doc is None or len(func.body) < 2 or func.end_lineno is None or doc.end_lineno is None:
-        raise RowError(BAD_CODE, "prompt", f"{entry_point!r} has no docstring and a body")
+        raise RowError(BAD_CODE, "prompt", f"{clip(entry_point)} has no docstring and a body")
     docstring = inspect.cleandoc(doc.value.value)  # type: ignore[attr-defined]
     lines = source.splitlines(keepends=True)
     first = func.decorator_list[0] if func.decorator_list else func

@@ -5,7 +5,10 @@ line) that the stage writes to ``data/invalid/<split>.jsonl``; counts per reason
 metrics. The reasons, one per kind of problem a user can fix in their data:
 
 ======================== ======================================================================
-``bad_json``             the line is not valid JSON
+``bad_json``             the line is not valid JSON, or nests arrays/objects deeper than
+                         ``rlhf_lab.io.MAX_JSON_DEPTH`` (100) levels
+``duplicate_key``        an object in the row has the same key twice (JSON keeps the last one
+                         silently: which value was meant is unknown)
 ``bad_encoding``         the line's bytes are not valid UTF-8, or a text anywhere in the row
                          (turns, ids, movie names, urls) holds a lone surrogate (JSON
                          ``"\\ud800"``) that no UTF-8 file or tokenizer can take
@@ -46,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BAD_JSON = "bad_json"
+DUPLICATE_KEY = "duplicate_key"
 BAD_ENCODING = "bad_encoding"
 MISSING_FIELD = "missing_field"
 WRONG_TYPE = "wrong_type"
@@ -62,6 +66,7 @@ NO_PREFERENCE = "no_preference"
 
 REASONS: tuple[str, ...] = (
     BAD_JSON,
+    DUPLICATE_KEY,
     BAD_ENCODING,
     MISSING_FIELD,
     WRONG_TYPE,

@@ -7,7 +7,8 @@ with a :class:`Rating`: a value, or ``value=None`` plus a failure ``error`` kind
 
 Failure kinds fall in three classes (:data:`FAILURE_CLASS`), because what helps differs:
 ``transient`` ones (timeout, 5xx, connection, a body that is not a chat completion) may pass on
-a re-run; ``request`` ones (4xx, a redirect) need params fixed; ``deterministic`` ones (a
+a re-run; ``request`` ones (4xx, a redirect) need params fixed; ``rate_limit`` (429) needs
+fewer requests at once or more patience; ``deterministic`` ones (a
 well-formed answer with no rating, or with impossible values) come back the same at
 temperature 0, so a re-run cannot help: they get the neutral score (:func:`neutral`), flagged.
 """
@@ -27,13 +28,15 @@ FAILURE_KINDS: tuple[str, ...] = (
     "timeout",
     "http_5xx",
     "http_4xx",
+    "rate_limited",
     "malformed",
     "no_rating",
     "connection",
     "invalid",
     "redirect",
 )
-"""Why an item failed: no answer in time, server error, request rejected, body not the
+"""Why an item failed: no answer in time, server error, request rejected, too many requests
+(HTTP 429, after honouring its ``Retry-After``), body not the
 chat-completions schema, a well-formed answer with no rating in it, server unreachable, an
 answer with impossible types or values (content not text, a logprob above 0), a 3xx answer
 (never followed: the API key goes to ``judge.base_url`` only)."""
@@ -44,6 +47,7 @@ FAILURE_CLASS: dict[str, str] = {
     "connection": "transient",
     "malformed": "transient",
     "http_4xx": "request",
+    "rate_limited": "rate_limit",
     "redirect": "request",
     "no_rating": "deterministic",
     "invalid": "deterministic",

@@ -17,8 +17,10 @@ Robustness, because a long scoring run against a shared server will meet all of 
   read, so a server trickling a byte at a time still times out; bodies over
   :data:`MAX_BODY_BYTES` are refused unread;
 - up to ``judge.max_retries`` retries with exponential backoff and jitter
-  (``retry_backoff_s · 2^attempt · U(0.5, 1)``) for timeouts, connection errors, 5xx, 408/429
-  and bodies that are not the chat-completions schema (a proxy's HTML error page);
+  (``retry_backoff_s · 2^attempt · U(0.5, 1)``, or the server's ``Retry-After`` when longer,
+  at most :data:`MAX_BACKOFF_S`) for timeouts, connection errors, 5xx, 408/429 and bodies
+  that are not the chat-completions schema (a proxy's HTML error page); a 429 that persists
+  fails as ``rate_limited``;
 - no retry for other 4xx (the request itself is wrong: retrying cannot help), nor for an
   answer with no rating in it or with impossible values (temperature 0: the judge would say
   the same again). Those two are asked once more with :data:`REASK` appended and
@@ -40,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email.utils
 import http.client
 import json
 import math
@@ -57,12 +60,15 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from rlhf_lab.config import JudgeConfig
-from rlhf_lab.errors import ConfigError
+from rlhf_lab.errors import ConfigError, register_secret, scrub
+from rlhf_lab.io import parse_json
 from rlhf_lab.judge.base import FAILURE_CLASS, Rating, RatingRequest, answer_probs
 from rlhf_lab.judge.rubrics import PAIRWISE_LABELS, SCALE, pairwise_messages, rating_messages
 
 RETRY_STATUS = frozenset({408, 429})
 """4xx statuses that mean "try again later" and are retried like 5xx."""
+RATE_LIMITED = 429
+"""Too Many Requests: its own failure kind (``rate_limited``), advised as rate limiting."""
 MAX_TOKENS = 4
 """Tokens the judge may generate: the digit, plus slack for a leading space or newline."""
 REASK_MAX_TOKENS = 16
@@ -83,14 +89,37 @@ _LETTER = re.compile(r"\b([AB])\b")
 
 
 class _Failure(Exception):
-    def __init__(self, kind: str, detail: str, retry: bool) -> None:
+    def __init__(self, kind: str, detail: str, retry: bool, retry_after: float = 0.0) -> None:
         super().__init__(detail)
         self.kind, self.detail, self.retry = kind, detail, retry
+        self.retry_after = retry_after
+        """Seconds the server asked us to wait (``Retry-After``), 0 when it did not say."""
+
+
+def retry_after_s(value: str | None, now: float | None = None) -> float:
+    """A ``Retry-After`` header in seconds (RFC 9110 §10.2.3: delay-seconds or an HTTP-date),
+    at most :data:`MAX_BACKOFF_S`; 0 when absent or unreadable."""
+    if not value:
+        return 0.0
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return 0.0
+        if when.tzinfo is None:
+            return 0.0
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), MAX_BACKOFF_S)
 
 
 def _short(data: bytes | str, limit: int = 120) -> str:
+    """The server's words for a failure detail: one line, secrets scrubbed *before* cutting
+    (a key cut in half would not be found), at most ``limit`` characters."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    text = " ".join(text.split())
+    text = " ".join(scrub(text).split())
     return text[:limit] + ("…" if len(text) > limit else "")
 
 
@@ -116,7 +145,7 @@ def display_url(url: str) -> str:
 def parse_response(request: RatingRequest, body: bytes) -> Rating:
     """A :class:`Rating` from a chat-completions response body (raises _Failure)."""
     try:
-        doc = json.loads(body)
+        doc = parse_json(body)  # bounded nesting: a deep reply is malformed, not a crash
         choice = doc["choices"][0]
         content = choice["message"].get("content")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
@@ -253,6 +282,7 @@ class OpenAIJudge:
                 f"${self.api_key_env}: the API key has whitespace, control or non-ASCII "
                 "characters inside it (not printed); set the variable to the bare key"
             )
+        register_secret(key)  # whatever echoes it back is scrubbed before it is printed/written
         return f"Bearer {key}"
 
     def body(self, request: RatingRequest, *, reask: bool = False) -> dict[str, Any]:
@@ -372,9 +402,12 @@ class OpenAIJudge:
                 "judge.base_url): set judge.base_url to the final address",
                 False,
             )
+        wait = retry_after_s(resp.getheader("Retry-After"))
         if status >= 500:
-            raise _Failure("http_5xx", f"HTTP {status}: {text}", True)
-        raise _Failure("http_4xx", f"HTTP {status}: {text}", status in RETRY_STATUS)
+            raise _Failure("http_5xx", f"HTTP {status}: {text}", True, wait)
+        if status == RATE_LIMITED:
+            raise _Failure("rate_limited", f"HTTP {status} (rate limited): {text}", True, wait)
+        raise _Failure("http_4xx", f"HTTP {status}: {text}", status in RETRY_STATUS, wait)
 
     @staticmethod
     def _read(resp: http.client.HTTPResponse, expired: threading.Event, timeout: _Failure) -> bytes:
@@ -403,7 +436,8 @@ class OpenAIJudge:
         for attempt in range(self.max_retries + 1):
             if attempt:
                 wait = self.retry_backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)
-                time.sleep(min(wait, MAX_BACKOFF_S))
+                # The server's Retry-After, when longer, wins (both bounded by MAX_BACKOFF_S).
+                time.sleep(min(max(wait, failure.retry_after), MAX_BACKOFF_S))
             try:
                 return parse_response(request, self._post(payload, auth))
             except _Failure as exc:
@@ -411,7 +445,7 @@ class OpenAIJudge:
                 if not exc.retry:
                     break
         tries = f" (after {attempt + 1} attempts)" if attempt else ""
-        return Rating(None, failure.kind, failure.detail + tries)
+        return Rating(None, failure.kind, scrub(failure.detail + tries))
 
     def rate_one(self, request: RatingRequest, auth: str | None = None) -> Rating:
         """Ask the server (module docstring); always returns a Rating."""

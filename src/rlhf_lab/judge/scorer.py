@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlhf_lab import ui
 from rlhf_lab.config import JudgeConfig
-from rlhf_lab.errors import ConfigError
+from rlhf_lab.errors import ConfigError, scrub
 from rlhf_lab.judge import rubrics
 from rlhf_lab.judge.base import (
     DETERMINISTIC_KINDS,
@@ -184,7 +184,10 @@ class Judge:
         return [answers[k] for k in keys]
 
     def _checked(self, request: RatingRequest, rating: Rating) -> Rating:
-        """``rating``, an ``invalid`` failure if off the scale, or the neutral fallback."""
+        """``rating``, an ``invalid`` failure if off the scale, or the neutral fallback; its
+        detail scrubbed of secrets (a server's words: every writer downstream gets it clean)."""
+        if rating.detail:
+            rating = replace(rating, detail=scrub(rating.detail))
         if rating.value is not None and not valid_value(request, rating.value):
             rating = Rating(None, "invalid", f"judge rating {rating.value!r} is off the scale")
         if rating.mass is not None:

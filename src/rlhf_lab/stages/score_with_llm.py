@@ -123,6 +123,8 @@ UNCHANGED = f"{SCORED_DIR}/ and {METRICS} are unchanged"
 ADVICE = {
     "transient": "a re-run scores only the missing items",
     "request": "the server refused the request: check judge.base_url, judge.model and the key",
+    "rate_limit": "the server is rate limiting (HTTP 429): lower judge.concurrency or raise "
+    "judge.retry_backoff_s / judge.max_retries; a re-run scores only the missing items",
     "deterministic": "a re-run gets the same answers: use a stronger judge",
 }
 """What helps, per failure class (rlhf_lab.judge.base.FAILURE_CLASS)."""

@@ -76,7 +76,7 @@ def _print(result: Mapping[str, Any]) -> None:
         )
     ui.console.print(tests)
     for w in result["warnings"]:
-        ui.console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        ui.warning(w)
 
 
 def main(
