@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_lab.errors import REDACTED, scrub
+from rlhf_lab.io import failed_output
 from rlhf_lab.judge.base import RatingRequest
 from rlhf_lab.judge.openai_backend import MAX_BACKOFF_S, OpenAIJudge, retry_after_s
 from tests.faults.test_judge_server import (
@@ -96,9 +97,11 @@ def test_echoed_key_reaches_no_file_and_no_printed_line(echo, tmp_path, monkeypa
     monkeypatch.setenv("RLHF_FAULT_KEY", KEY)
     rows = [_pair(0, "good a [echo401]", "meh a [echo200]"), _pair(1, "good b", "meh b")]
     code, out = _run(tmp_path, rows, _judge(echo, max_retries=0, max_fallback_fraction=1.0))
-    assert code == 2 and "Traceback" not in out  # the 401s fail the stage; outputs written
+    assert code == 2 and "Traceback" not in out  # the 401s fail the stage
     assert echo.markers.count("echo401") == 2 and echo.markers.count("echo200") == 4
-    failures = [json.loads(x) for x in (tmp_path / "data/scored/failures.jsonl").open()]
+    # A failed stage changes none of its outputs: what it found goes where its error points.
+    found = tmp_path / failed_output("score_with_llm", "data/scored") / "failures.jsonl"
+    failures = [json.loads(x) for x in found.open()]
     details = {f["kind"]: f["detail"] for f in failures}
     # the server's words are kept (they say what went wrong), the key and header value are not
     assert "invalid key in request" in details["http_4xx"]
