@@ -42,8 +42,22 @@ class Section(BaseModel):
     )
 
 
+TASK_FORMATS: dict[str, tuple[str, ...]] = {
+    "chat": (),
+    "crs": ("redial", "crs_turns"),
+    "docstring": ("docstring", "humaneval"),
+}
+"""Every ``task.name`` -> the ``data.format`` values its rows come in, the first being what
+``data.format: auto`` falls back to (none: any chat format, no fallback). The tasks themselves
+(:func:`rlhf_lab.tasks.registry.get_task`) sit above config and data, which read only this;
+a test checks that the registry registers exactly these names."""
+
+TASKS: tuple[str, ...] = tuple(TASK_FORMATS)
+"""Every ``task.name``."""
+
+
 class TaskConfig(Section):
-    name: Literal["chat", "crs", "docstring"] = "chat"
+    name: Literal[tuple(TASKS)] = "chat"  # type: ignore[valid-type]
     """Which task: preference-tuned chat, movie recommendation (ReDial) or docstrings."""
     system_prompt: str | None = None
     """System message put before every prompt; null keeps the chat template's default."""
