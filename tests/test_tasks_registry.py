@@ -102,3 +102,13 @@ def test_the_branch_pattern_has_teeth():
     ):
         assert BRANCH_ON_TASK.search(line)
     assert not BRANCH_ON_TASK.search("task = get_task(name)")
+
+
+def test_the_rubrics_moved_into_the_tasks_without_changing_what_the_judge_sees():
+    # The shas main computed when the rubrics were a dict in judge/rubrics.py: cached judge
+    # scores stay valid. Editing a rubric on purpose changes its sha; update it here then.
+    assert {t: rubrics.rubric_sha(t) for t in TASKS} == {
+        "chat": "a56720c6cfc086d126b0c77ac1091d9edb995b308c9fe8532575868fd48638c4",
+        "crs": "5ffb9cd8a3dfed6df1b0482ed8081491eb97e1795eee48a6649c05fd0b5472df",
+        "docstring": "d14835cad3d04e6e3c13ea196c1b3490862c198c53ee7f74eff7a0fde0938bb8",
+    }

@@ -534,7 +534,7 @@ class ProtocolGates(Section):
     ``min_bleu_gain`` and KL < ``max_kl_per_token``; else ``adjust`` (the reward rose by less
     than ``adjust_reward_gain``, KL is above ``max_kl_per_token``, or a gain fell short of the
     proceed bar). A null threshold takes the task's default
-    (:data:`rlhf_lab.evaluation.gates.TASK_PROTOCOLS`).
+    (:attr:`rlhf_lab.tasks.base.Task.gate_defaults`).
     """
 
     use: bool | None = None

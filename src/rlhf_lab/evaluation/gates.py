@@ -7,8 +7,9 @@ the gate that decided it:
   soft gates (BLEU, distinct-2 and EOS-rate drops); the rule is also in
   :class:`rlhf_lab.config.EvalGates`'s docstring and the report;
 - a task's protocol (:func:`check_protocol`), used when ``eval.gates.protocol.use`` is true or
-  null for a task in :data:`TASK_PROTOCOLS` (docstring: the Phase-1 gates on the rule reward,
-  BLEU-4 and the mean KL per token, :class:`rlhf_lab.config.ProtocolGates`).
+  null for a task with :attr:`~rlhf_lab.tasks.base.Task.gate_defaults` (docstring: the
+  Phase-1 gates on the rule reward, BLEU-4 and the mean KL per token,
+  :class:`rlhf_lab.config.ProtocolGates`).
 
 Pure: metrics in, verdict out.
 """
