@@ -78,6 +78,9 @@ class Task:
     ``rec_hit``, ``rec``)."""
     reply_metrics: Callable[[Sequence[str], Sequence[Row]], dict[str, float]] | None = None
     """Corpus metrics of one model's replies (``<m>/<key>``; docstring: doctest pass rate)."""
+    report_rows: tuple[tuple[str, str, bool], ...] = ()
+    """Rows the flags and metrics add to evaluate's headline table: (metric key without the
+    model prefix, label, has a bootstrap CI)."""
     gate_defaults: Mapping[str, float] = field(default_factory=dict)
     """Default ``eval.gates.protocol`` thresholds; empty: the generic gates decide."""
     reward_check: RewardCheck | None = None

@@ -82,6 +82,10 @@ CRS = Task(
     load_context=_crs_catalogue,
     forced_scores=_crs_forced_scores,
     reply_flags=_crs_reply_flags,
+    report_rows=(
+        ("rec_hit_rate", "recommendation hit rate (gold movie named)", False),
+        ("rec_rate", "recommendation rate (any known movie named)", False),
+    ),
     reward_check=RewardCheck(
         usable=lambda row: bool((row.get("meta") or {}).get("gold_movies")),
         bad_variants=lambda rows: [crs.bad_reply_variants(row) for row in rows],

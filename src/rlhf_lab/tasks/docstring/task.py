@@ -47,6 +47,11 @@ TASK = Task(
     default_weights={f"docstring/{k}": v for k, v in rewards.DEFAULT_WEIGHTS.items()},
     judge_context=function_source,
     reply_metrics=rewards.reply_metrics,
+    report_rows=(
+        ("doctest/with_example", "replies with an example calling the function", False),
+        ("doctest/pass_rate", "doctest pass rate of those examples (sandbox)", False),
+        ("doctest/replies", "functions that carry examples (doctest rows)", False),
+    ),
     gate_defaults=rewards.PHASE1_GATES,
     reward_check=RewardCheck(
         usable=lambda row: function_source(row) is not None,
