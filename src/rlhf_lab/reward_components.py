@@ -144,7 +144,7 @@ def _judge_component(judge_cfg: JudgeConfig, task: str, context: Any) -> RewardF
     # Imported only here: the judge loads a second LLM, which PPO must not pay for at weight 0.
     from rlhf_lab.judge import OVERALL, build_judge, to_unit
 
-    judge = build_judge(judge_cfg, task, use_cache=False, catalogue=context)
+    judge = build_judge(judge_cfg, task, use_cache=False, context=context)
 
     def score(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
         out = []

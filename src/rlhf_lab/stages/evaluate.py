@@ -37,7 +37,7 @@ def _judge_factory(params: Params) -> JudgeScorer:
     from rlhf_lab.judge import build_judge
 
     context = get_task(params.task.name).load_context(params)  # crs: data.catalogue
-    return build_judge(params.judge, params.task.name, progress=True, catalogue=context).score
+    return build_judge(params.judge, params.task.name, progress=True, context=context).score
 
 
 def _run_params(params: Params) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def main(params: Params, **_: Any) -> None:
     else:
         context = get_task(params.task.name).load_context(params)  # crs: data.catalogue
         judge = build_judge(
-            cfg, params.task.name, progress=True, catalogue=context, neutral_fallback=True
+            cfg, params.task.name, progress=True, context=context, neutral_fallback=True
         )
         result = score_preference(
             judge,
