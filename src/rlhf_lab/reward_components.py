@@ -15,8 +15,9 @@ bound here once, never through module globals a caller must remember to set.
 
 Names are namespaced by task (``crs/recommendation``, ``docstring/param_coverage``); generic
 text rewards have the ``text/`` prefix and apply to every task; ``reward_model`` and ``judge``
-hold weights. The task modules (:mod:`rlhf_lab.tasks`) define the pure scoring functions and do
-not import this module; :data:`RULES` below is the one table that names them.
+hold weights. Each task declares its rules (:attr:`rlhf_lab.tasks.base.Task.reward_rules`, pure
+scoring functions that do not import this module); :data:`RULES` below collects them with the
+``text/*`` ones into the one table of names.
 """
 
 from __future__ import annotations
