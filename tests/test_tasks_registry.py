@@ -20,7 +20,7 @@ from rlhf_lab.tasks.registry import TASKS as REGISTRY
 from .conftest import REPO
 
 SRC = REPO / "src" / "rlhf_lab"
-BRANCH_ON_TASK = re.compile(r"\btask(?:\.name)?\s*==|==\s*\w*\.?task(?:\.name)?\b")
+BRANCH_ON_TASK = re.compile(r"\btask(?:\.name)?\s*[!=]=|[!=]=\s*\w*\.?task(?:\.name)?\b")
 
 
 def test_the_registry_and_config_name_the_same_tasks_in_the_same_order():
@@ -99,6 +99,7 @@ def test_the_branch_pattern_has_teeth():
         'if task == "crs":',
         'x if params.task.name == "crs" else None',
         "if check.task == t:",
+        'if code and task != "docstring":',
     ):
         assert BRANCH_ON_TASK.search(line)
     assert not BRANCH_ON_TASK.search("task = get_task(name)")

@@ -81,6 +81,9 @@ class Task:
     report_rows: tuple[tuple[str, str, bool], ...] = ()
     """Rows the flags and metrics add to evaluate's headline table: (metric key without the
     model prefix, label, has a bootstrap CI)."""
+    writes_about_code: bool = False
+    """Its prompt is a function's source and its reply the docstring: ``rlhf-lab generate
+    --code`` builds such prompts from files or snippets (docstring)."""
     gate_defaults: Mapping[str, float] = field(default_factory=dict)
     """Default ``eval.gates.protocol`` thresholds; empty: the generic gates decide."""
     reward_check: RewardCheck | None = None

@@ -46,6 +46,7 @@ TASK = Task(
     reward_rules={f"docstring/{c}": _component_rule(c) for c in rewards.COMPONENTS},
     default_weights={f"docstring/{k}": v for k, v in rewards.DEFAULT_WEIGHTS.items()},
     judge_context=function_source,
+    writes_about_code=True,
     reply_metrics=rewards.reply_metrics,
     report_rows=(
         ("doctest/with_example", "replies with an example calling the function", False),
