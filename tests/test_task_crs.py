@@ -151,10 +151,10 @@ def test_factory_component_and_booleans(catalogue_file):
 def test_rule_context_loads_the_params_catalogue_for_crs_only(catalogue_file, tmp_path):
     ctx = reward_components.RuleContext.from_params
     chat = Params(data={"catalogue": str(catalogue_file)})
-    assert ctx(chat).catalogue is None
-    assert ctx(Params(task={"name": "crs"})).catalogue is None
+    assert ctx(chat).context is None
+    assert ctx(Params(task={"name": "crs"})).context is None
     crs_params = Params(task={"name": "crs"}, data={"catalogue": str(catalogue_file)})
-    assert "111111" in ctx(crs_params).catalogue
+    assert "111111" in ctx(crs_params).context
     missing = Params(task={"name": "crs"}, data={"catalogue": str(tmp_path / "nope.csv")})
     with pytest.raises(DataError, match=r"data\.catalogue: file not found"):
         ctx(missing)

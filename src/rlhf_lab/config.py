@@ -49,8 +49,22 @@ class Section(BaseModel):
     )
 
 
+TASK_FORMATS: dict[str, tuple[str, ...]] = {
+    "chat": (),
+    "crs": ("redial", "crs_turns"),
+    "docstring": ("docstring", "humaneval"),
+}
+"""Every ``task.name`` -> the ``data.format`` values its rows come in, the first being what
+``data.format: auto`` falls back to (none: any chat format, no fallback). The tasks themselves
+(:func:`rlhf_lab.tasks.registry.get_task`) sit above config and data, which read only this;
+a test checks that the registry registers exactly these names."""
+
+TASKS: tuple[str, ...] = tuple(TASK_FORMATS)
+"""Every ``task.name``."""
+
+
 class TaskConfig(Section):
-    name: Literal["chat", "crs", "docstring"] = "chat"
+    name: Literal[tuple(TASKS)] = "chat"  # type: ignore[valid-type]
     """Which task: preference-tuned chat, movie recommendation (ReDial) or docstrings."""
     system_prompt: str | None = None
     """System message put before every prompt; null keeps the chat template's default."""
@@ -531,7 +545,7 @@ class ProtocolGates(Section):
     ``min_bleu_gain`` and KL < ``max_kl_per_token``; else ``adjust`` (the reward rose by less
     than ``adjust_reward_gain``, KL is above ``max_kl_per_token``, or a gain fell short of the
     proceed bar). A null threshold takes the task's default
-    (:data:`rlhf_lab.evaluation.gates.TASK_PROTOCOLS`).
+    (:attr:`rlhf_lab.tasks.base.Task.gate_defaults`).
     """
 
     use: bool | None = None

@@ -15,8 +15,9 @@ bound here once, never through module globals a caller must remember to set.
 
 Names are namespaced by task (``crs/recommendation``, ``docstring/param_coverage``); generic
 text rewards have the ``text/`` prefix and apply to every task; ``reward_model`` and ``judge``
-hold weights. The task modules (:mod:`rlhf_lab.tasks`) define the pure scoring functions and do
-not import this module; :data:`RULES` below is the one table that names them.
+hold weights. Each task declares its rules (:attr:`rlhf_lab.tasks.base.Task.reward_rules`, pure
+scoring functions that do not import this module); :data:`RULES` below collects them with the
+``text/*`` ones into the one table of names.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.tasks import crs, docstring, text
-from rlhf_lab.tasks.crs import grounding
+from rlhf_lab.tasks import text
+from rlhf_lab.tasks.registry import TASKS, get_task
 
 if TYPE_CHECKING:
     from rlhf_lab.config import JudgeConfig, Params
@@ -51,18 +52,20 @@ class RuleContext:
 
     length_band: tuple[int, int]
     """``reward.length_band``: the ``text/length`` band in whitespace tokens."""
-    catalogue: crs.MovieCatalogue | None = None
-    """crs: ``data.catalogue`` loaded (movies known beyond each dialogue's own), or None."""
+    context: Any = None
+    """The task's context (:attr:`rlhf_lab.tasks.base.Task.load_context`; crs: the
+    ``data.catalogue`` movies known beyond each dialogue's own), or None."""
 
     @classmethod
-    def from_params(cls, params: Params) -> RuleContext:
+    def from_params(cls, params: Params, task: str | None = None) -> RuleContext:
+        """The context of ``task`` (default ``params.task.name``) read from ``params``."""
         band = params.reward.length_band
-        catalogue = crs.load_catalogue(params.data.catalogue) if params.task.name == "crs" else None
-        return cls((int(band[0]), int(band[1])), catalogue)
+        context = get_task(task or params.task.name).load_context(params)
+        return cls((int(band[0]), int(band[1])), context)
 
 
-def _docstring_rule(short: str) -> Callable[[RuleContext], RewardFn]:
-    return lambda ctx: docstring.component_reward(short)
+def _task_rule(build: Callable[[Any], RewardFn]) -> Callable[[RuleContext], RewardFn]:
+    return lambda ctx: build(ctx.context)
 
 
 RULES: dict[str, Callable[[RuleContext], RewardFn]] = {
@@ -70,12 +73,10 @@ RULES: dict[str, Callable[[RuleContext], RewardFn]] = {
     "text/bleu2": lambda ctx: text.bleu2_reward,
     "text/distinct": lambda ctx: text.distinct_reward,
     "text/length": lambda ctx: text.length_reward(*ctx.length_band),
-    "crs/recommendation": lambda ctx: crs.recommendation_reward(ctx.catalogue),
-    "crs/grounded": lambda ctx: grounding.grounded_reward(ctx.catalogue),
-    "crs/no_hallucination": lambda ctx: grounding.no_hallucination_reward(ctx.catalogue),
-    **{f"docstring/{c}": _docstring_rule(c) for c in docstring.COMPONENTS},
+    **{n: _task_rule(b) for task in TASKS.values() for n, b in task.reward_rules.items()},
 }
-"""Rule component name -> builder from the :class:`RuleContext`."""
+"""Rule component name -> builder from the :class:`RuleContext`: the generic ``text/*`` ones,
+then every task's :attr:`~rlhf_lab.tasks.base.Task.reward_rules`."""
 
 
 def rule_names() -> list[str]:
@@ -103,15 +104,9 @@ policy is trained on (evaluate's ``<m>/reward/total_with_reference``)."""
 
 
 def default_weights(task: str) -> dict[str, float]:
-    """The task's own weights: docstring's DEFAULT_WEIGHTS; crs's recommendation component."""
-    if task == "docstring":
-        return {f"docstring/{k}": v for k, v in docstring.DEFAULT_WEIGHTS.items()}
-    if task == "crs":
-        # crs/grounded and crs/no_hallucination score replies to candidate-grounded prompts
-        # (meta.candidates); the checked rows are plain ReDial turns, so they are reported but
-        # not weighted by default.
-        return {"crs/recommendation": 1.0}
-    return dict.fromkeys(task_rules(task), 1.0)
+    """The task's own weights (:meth:`rlhf_lab.tasks.base.Task.weights`: docstring's
+    DEFAULT_WEIGHTS; crs's single component)."""
+    return get_task(task).weights()
 
 
 def task_weights(task: str, reward_weights: Mapping[str, float]) -> tuple[dict[str, float], str]:
@@ -146,13 +141,11 @@ def _reward_model_component(model_dir: str | Path) -> RewardFn:
     return score
 
 
-def _judge_component(
-    judge_cfg: JudgeConfig, task: str, catalogue: crs.MovieCatalogue | None
-) -> RewardFn:
+def _judge_component(judge_cfg: JudgeConfig, task: str, context: Any) -> RewardFn:
     # Imported only here: the judge loads a second LLM, which PPO must not pay for at weight 0.
     from rlhf_lab.judge import OVERALL, build_judge, to_unit
 
-    judge = build_judge(judge_cfg, task, use_cache=False, catalogue=catalogue)
+    judge = build_judge(judge_cfg, task, use_cache=False, context=context)
 
     def score(replies: Sequence[str], rows: Sequence[Row]) -> list[float]:
         out = []
@@ -195,7 +188,7 @@ def build(
                 raise ConfigError(
                     "params.yaml: reward.weights.judge is non-zero but judge.backend is 'none'"
                 )
-            out[name] = _judge_component(params.judge, params.task.name, ctx.catalogue)
+            out[name] = _judge_component(params.judge, params.task.name, ctx.context)
         else:
             out[name] = RULES[name](ctx)
     return out

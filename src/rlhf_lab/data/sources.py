@@ -79,7 +79,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, get_args
 
-from rlhf_lab.config import DataConfig, TaskConfig
+from rlhf_lab.config import TASK_FORMATS, DataConfig, TaskConfig
 from rlhf_lab.data.rows import Example, Message
 from rlhf_lab.data.validate import (
     BAD_CODE,
@@ -451,9 +451,9 @@ def resolve_format(cfg: DataConfig, task: TaskConfig, first: Mapping[str, Any] |
     found = (_format_from_keys(first) if first else None) or _format_from_name(cfg.source)
     if found:
         return found
-    by_task = {"crs": "redial", "docstring": "docstring"}.get(task.name)
+    by_task = TASK_FORMATS[task.name]
     if by_task:
-        return by_task
+        return by_task[0]
     raise ConfigError(
         f"params.yaml: data.format: cannot infer the format of data.source {clip(cfg.source)} "
         f"from its first row's keys {clip(sorted(first or {}))}; set data.format to one of "

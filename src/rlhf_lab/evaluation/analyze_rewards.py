@@ -52,13 +52,12 @@ from rlhf_lab.errors import ConfigError, DataError
 from rlhf_lab.evaluation.plotting import BINS, WHO, num, pyplot, slug, write_csv
 from rlhf_lab.reward_components import TOTAL, TOTAL_REF, is_reference_based
 from rlhf_lab.tasks import crs
+from rlhf_lab.tasks import registry as task_registry
 
 MIN_GAP = 0.2
 """The total gap (good - bad, on [0, 1]) the check asks for."""
-TASKS = ("docstring", "crs")
-"""Tasks with rule rewards to check."""
-FORMAT_OF_TASK = {"docstring": ("docstring", "humaneval"), "crs": ("redial", "crs_turns")}
-"""The source formats each task reads."""
+TASKS = tuple(n for n, t in task_registry.TASKS.items() if t.reward_check is not None)
+"""Tasks with rule rewards to check (:attr:`rlhf_lab.tasks.base.Task.reward_check`)."""
 GOOD = "good"
 """Kind of the reference reply in the scored items."""
 
@@ -119,7 +118,7 @@ def read_source_rows(
 
     cfg = data.model_copy(update={"source": str(path), "format": "auto", "max_examples": limit})
     source = open_source(cfg, TaskConfig(name=task))  # type: ignore[arg-type]
-    want = FORMAT_OF_TASK[task]
+    want = task_registry.get_task(task).formats
     if source.format not in want:
         raise DataError(
             f"{path}: reads as {source.format} rows; the {task} task needs {' or '.join(want)}"
@@ -139,10 +138,8 @@ def is_usable(row: Row, task: str) -> bool:
     ref = row.get("reference")
     if not isinstance(ref, str) or not ref.strip():
         return False
-    meta = row.get("meta") or {}
-    if task == "docstring":
-        return isinstance(meta.get("code"), str) and bool(meta["code"].strip())
-    return bool(meta.get("gold_movies"))
+    check = task_registry.get_task(task).reward_check
+    return check is not None and check.usable(row)
 
 
 def load_inputs(path: str | Path, task: str, data: DataConfig, limit: int = 0) -> Inputs:
@@ -189,9 +186,7 @@ def task_components(task: str) -> list[str]:
 def component_functions(task: str, params: Params) -> dict[str, ComponentFn]:
     """The task's component functions from the one factory; crs's recommendation reads
     ``data.catalogue`` whatever ``params.task.name`` says (``--task`` may override it)."""
-    band = params.reward.length_band
-    catalogue = crs.load_catalogue(params.data.catalogue) if task == "crs" else None
-    ctx = reward_components.RuleContext((int(band[0]), int(band[1])), catalogue)
+    ctx = reward_components.RuleContext.from_params(params, task)
     return reward_components.build(task_components(task), params, context=ctx)
 
 
@@ -228,17 +223,10 @@ def weighted(scores: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> 
 
 def bad_variants(rows: Sequence[Row], task: str) -> list[dict[str, str]]:
     """Bad replies by kind, one dict per row (the next row's reference is "another function's")."""
-    if task == "crs":
-        from rlhf_lab.tasks.crs import bad_reply_variants
-
-        return [bad_reply_variants(row) for row in rows]
-    from rlhf_lab.tasks.docstring import bad_docstring_variants
-
-    out = []
-    for i, row in enumerate(rows):
-        other = rows[(i + 1) % len(rows)]["reference"] if len(rows) > 1 else None
-        out.append(bad_docstring_variants(row["meta"]["code"], row["reference"], other))
-    return out
+    check = task_registry.get_task(task).reward_check
+    if check is None:
+        raise ConfigError(f"task {task!r} has no rule rewards to check")
+    return check.bad_variants(rows)
 
 
 @dataclass
@@ -347,11 +335,9 @@ def check_metrics(check: RewardCheck) -> dict[str, Any]:
         m[f"analyze/gap_by_kind/{kind}"] = float(
             np.mean(check.scores[TOTAL][gk] - check.scores[TOTAL][bk])
         )
-    if check.task == "docstring":
-        from rlhf_lab.tasks.docstring import analyze_function
-
-        parsed = [analyze_function(r["meta"]["code"]).parse_ok for r in check.rows]
-        m["analyze/parse_ok_fraction"] = float(np.mean(parsed))
+    task_check = task_registry.get_task(check.task).reward_check
+    if task_check is not None:
+        m.update(task_check.metrics(check.rows))
     m["analyze/min_gap"] = MIN_GAP
     m["analyze/pass"] = int(m[f"analyze/gap/{TOTAL}"] > MIN_GAP)
     return m

@@ -232,7 +232,7 @@ def run_evaluation(
         components=reward_components.build(
             reward_components.task_rules(task, generic=True), params, context=rules
         ),
-        catalogue=rules.catalogue,
+        context=rules.context,
         task=task,
         reward_model=RewardModel(paths.reward),
         bert_scorer=BertScorer.from_dir(paths.encoder, cfg.bertscore_layers, cfg.batch_size),

@@ -7,8 +7,9 @@ the gate that decided it:
   soft gates (BLEU, distinct-2 and EOS-rate drops); the rule is also in
   :class:`rlhf_lab.config.EvalGates`'s docstring and the report;
 - a task's protocol (:func:`check_protocol`), used when ``eval.gates.protocol.use`` is true or
-  null for a task in :data:`TASK_PROTOCOLS` (docstring: the Phase-1 gates on the rule reward,
-  BLEU-4 and the mean KL per token, :class:`rlhf_lab.config.ProtocolGates`).
+  null for a task with :attr:`~rlhf_lab.tasks.base.Task.gate_defaults` (docstring: the
+  Phase-1 gates on the rule reward, BLEU-4 and the mean KL per token,
+  :class:`rlhf_lab.config.ProtocolGates`).
 
 Pure: metrics in, verdict out.
 """
@@ -24,11 +25,7 @@ import numpy as np
 from rlhf_lab.config import EvalGates, ProtocolGates
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.reward_components import TOTAL, TOTAL_REF
-from rlhf_lab.tasks import docstring
-
-TASK_PROTOCOLS: dict[str, dict[str, float]] = {"docstring": docstring.PHASE1_GATES}
-"""Each task's default ``eval.gates.protocol`` thresholds; a task not here uses the generic
-gates unless ``eval.gates.protocol.use`` is true and every threshold is set."""
+from rlhf_lab.tasks.registry import get_task
 
 PROCEED_ALL = "all"
 """``decided_by`` of a proceed verdict: every gate passed, none decided it alone."""
@@ -224,12 +221,13 @@ PROTOCOL_FIELDS = (
 
 def protocol_thresholds(cfg: ProtocolGates, task: str) -> dict[str, float] | None:
     """The protocol thresholds in force for ``task``: each ``eval.gates.protocol`` field, or the
-    task's default (:data:`TASK_PROTOCOLS`) where it is null; None when the generic gates
-    decide (``use: false``, or null for a task without a protocol).
+    task's default (:attr:`rlhf_lab.tasks.base.Task.gate_defaults`) where it is null; None when
+    the generic gates decide (``use: false``, or null for a task without a protocol: a task
+    with no defaults uses the generic gates unless ``use`` is true and every threshold is set).
 
     ConfigError when the protocol is on and a threshold has neither a value nor a default.
     """
-    defaults = TASK_PROTOCOLS.get(task, {})
+    defaults = get_task(task).gate_defaults
     use = cfg.use if cfg.use is not None else bool(defaults)
     if not use:
         return None

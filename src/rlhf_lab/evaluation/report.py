@@ -41,6 +41,7 @@ from rlhf_lab.evaluation.plotting import BINS, num, pyplot, slug, write_csv
 from rlhf_lab.evaluation.scoring import reference_of
 from rlhf_lab.judge.rubrics import OVERALL
 from rlhf_lab.reward_components import REWARD_MODEL, TOTAL, TOTAL_REF
+from rlhf_lab.tasks.registry import TASKS
 
 REF = "ref"
 """The human references' key in ``EvalResult.outputs`` and their column in the plot data."""
@@ -384,12 +385,10 @@ HEADLINE: tuple[tuple[str, str, bool], ...] = (
     ("length", "mean length (words)", False),
     ("tokens", "mean length (tokens, EOS included)", False),
     ("eos_rate", "EOS rate (reply finished)", False),
-    ("rec_hit_rate", "recommendation hit rate (gold movie named)", False),
-    ("rec_rate", "recommendation rate (any known movie named)", False),
-    ("doctest/with_example", "replies with an example calling the function", False),
-    ("doctest/pass_rate", "doctest pass rate of those examples (sandbox)", False),
-    ("doctest/replies", "functions that carry examples (doctest rows)", False),
+    *(row for task in TASKS.values() for row in task.report_rows),
 )
+"""The headline table's rows, each shown when a model has the metric: the generic ones, then
+every task's :attr:`~rlhf_lab.tasks.base.Task.report_rows`."""
 
 
 def _headline(result: EvalResult) -> list[str]:

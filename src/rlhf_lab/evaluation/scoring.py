@@ -19,13 +19,7 @@ import numpy as np
 from rlhf_lab.data.rows import Row
 from rlhf_lab.evaluation.metrics import ModelOutputs
 from rlhf_lab.reward_components import REWARD_MODEL, RewardFn, is_reference_based
-from rlhf_lab.tasks import crs, docstring
-
-TASK_REPLY_METRICS: dict[str, Callable[[Sequence[str], Sequence[Row]], dict[str, float]]] = {
-    "docstring": docstring.reply_metrics,
-}
-"""Each task's corpus metrics of one model's replies (``<m>/<key>`` in the metrics): docstring's
-doctest pass rate on the functions that carry examples."""
+from rlhf_lab.tasks.registry import get_task
 
 
 def reference_of(row: Row) -> str | None:
@@ -55,20 +49,23 @@ def score_outputs(
     bert_scorer: Any | None,
     judge: JudgeScorer | None,
     rm_batch_size: int = 32,
-    catalogue: crs.MovieCatalogue | None = None,
+    context: Any = None,
     task: str = "chat",
 ) -> None:
     """Fill each output's ``scores``, ``bertscore_f1``, ``judge``, ``task_flags`` and
     ``task_metrics`` in place.
 
     ``components`` are the rule components (:func:`rlhf_lab.reward_components.build`);
-    crs also gets the hit / recommendation flags, over ``catalogue`` (``data.catalogue``);
-    a task in :data:`TASK_REPLY_METRICS` its own metrics (references included).
+    the task's :attr:`~rlhf_lab.tasks.base.Task.reply_flags` (crs: hit / recommendation, over
+    ``context``, the ``data.catalogue`` movies) and
+    :attr:`~rlhf_lab.tasks.base.Task.reply_metrics` (docstring: doctest pass rate) are
+    computed for every output, references included.
 
     ``reward_model`` is a ``rlhf_lab.reward_model.RewardModel`` (or anything with its
     ``score``); ``bert_scorer`` a :class:`~rlhf_lab.evaluation.bertscore.BertScorer`.
     The judge scores the models only (rating the references too would add to its cost).
     """
+    spec = get_task(task)
     refs = [reference_of(r) for r in rows]
     has_ref = np.array([r is not None for r in refs])
     for who, out in outputs.items():
@@ -85,15 +82,11 @@ def score_outputs(
             sel = np.flatnonzero(valid)
             vals = fn([out.texts[i] for i in sel], [rows[i] for i in sel])
             out.scores[name] = _aligned([float(x) for x in vals], valid)
-        if task == "crs":
-            pairs = list(zip(sub_texts, sub_rows, strict=True))
-            hits = [float(crs.recommendation_hit(t, r, catalogue)) for t, r in pairs]
-            recs = [float(crs.recommends_any(t, r, catalogue)) for t, r in pairs]
-            out.task_flags["rec_hit"] = _aligned(hits, out.valid)
-            out.task_flags["rec"] = _aligned(recs, out.valid)
-        task_metrics = TASK_REPLY_METRICS.get(task)
-        if task_metrics is not None:
-            out.task_metrics.update(task_metrics(sub_texts, sub_rows))
+        if spec.reply_flags is not None:
+            for flag, values in spec.reply_flags(sub_texts, sub_rows, context).items():
+                out.task_flags[flag] = _aligned(values, out.valid)
+        if spec.reply_metrics is not None:
+            out.task_metrics.update(spec.reply_metrics(sub_texts, sub_rows))
         if who == "ref":
             continue
         if bert_scorer is not None and has_ref.any():

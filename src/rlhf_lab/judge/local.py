@@ -45,7 +45,7 @@ from rlhf_lab.tokens import default_device, pad, position_ids
 
 ELLIPSIS = "…"
 """Put where truncated context starts, so the judge sees the conversation was cut."""
-DIMS_PER_REPLY = max(len(spec["dimensions"]) for spec in TASKS.values())
+DIMS_PER_REPLY = max(len(dimensions(task)) for task in TASKS)
 """Rubric dimensions per reply; a backend call takes ``batch_size`` replies' worth of items."""
 
 

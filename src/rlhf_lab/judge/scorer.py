@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rlhf_lab import ui
 from rlhf_lab.config import JudgeConfig
@@ -49,9 +49,6 @@ from rlhf_lab.judge.base import (
 )
 from rlhf_lab.judge.cache import ScoreCache
 from rlhf_lab.judge.rubrics import OVERALL
-
-if TYPE_CHECKING:
-    from rlhf_lab.tasks.crs import MovieCatalogue
 
 MASS_SLACK = 1e-3
 """Rounding allowed above probability 1 in a backend's answer mass (clipped to 1)."""
@@ -117,14 +114,15 @@ class Judge:
         cache: ScoreCache | None = None,
         *,
         progress: bool = False,
-        catalogue: MovieCatalogue | None = None,
+        context: Any = None,
         neutral_fallback: bool = False,
     ) -> None:
         self.backend = backend
         self.neutral_fallback = neutral_fallback
         self.task = task
-        self.catalogue = catalogue
-        """crs: ``data.catalogue``, for the no-movie rule (:func:`rubrics.forced_scores`)."""
+        self.context = context
+        """The task's context (``Task.load_context``; crs: ``data.catalogue``), for the rules
+        that fix a dimension's score (:func:`rubrics.forced_scores`)."""
         self.dims = rubrics.dimensions(task)
         self.rubric_sha = rubrics.rubric_sha(task)
         self.cache = cache
@@ -210,7 +208,7 @@ class Judge:
         plan: list[tuple[dict[str, float], dict[str, int]]] = []
         contexts: dict[int, str] = {}
         for row, reply in zip(rows, replies, strict=True):
-            forced = rubrics.forced_scores(self.task, reply, row, self.catalogue)
+            forced = rubrics.forced_scores(self.task, reply, row, self.context)
             context = contexts.setdefault(id(row), rubrics.context_for(self.task, row))
             slots: dict[str, int] = {}
             for dim in self.dims:
@@ -291,11 +289,12 @@ def build_judge(
     *,
     use_cache: bool = True,
     progress: bool = False,
-    catalogue: MovieCatalogue | None = None,
+    context: Any = None,
     neutral_fallback: bool = False,
 ) -> Judge:
     """A :class:`Judge` for ``task`` from ``params.judge`` (cache under ``cfg.cache_dir``);
-    ``catalogue`` is the crs ``data.catalogue`` (:func:`rlhf_lab.tasks.crs.load_catalogue`)."""
+    ``context`` is the task's (:meth:`rlhf_lab.tasks.base.Task.load_context`; crs: the
+    ``data.catalogue`` movies)."""
     backend = build_backend(cfg)
     cache = (
         ScoreCache(cfg.cache_dir, backend.judge_id, rubrics.rubric_sha(task)) if use_cache else None
@@ -305,6 +304,6 @@ def build_judge(
         task,
         cache,
         progress=progress,
-        catalogue=catalogue,
+        context=context,
         neutral_fallback=neutral_fallback,
     )

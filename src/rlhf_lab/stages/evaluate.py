@@ -23,6 +23,7 @@ from rlhf_lab.evaluation import report
 from rlhf_lab.evaluation.evaluate import EvalPaths, JudgeScorer, load_prompt_rows, run_evaluation
 from rlhf_lab.io import atomic_dir, stage_outputs, write_json, write_jsonl
 from rlhf_lab.models import read_provenance
+from rlhf_lab.tasks.registry import get_task
 
 PROMPTS = Path("data/prompts/test.jsonl")
 REPORTS_DIR = Path("reports")
@@ -34,10 +35,9 @@ PATHS = EvalPaths()
 def _judge_factory(params: Params) -> JudgeScorer:
     # Imported only when eval.judge is on: building a judge loads a second LM (local backend).
     from rlhf_lab.judge import build_judge
-    from rlhf_lab.tasks.crs import load_catalogue
 
-    catalogue = load_catalogue(params.data.catalogue) if params.task.name == "crs" else None
-    return build_judge(params.judge, params.task.name, progress=True, catalogue=catalogue).score
+    context = get_task(params.task.name).load_context(params)  # crs: data.catalogue
+    return build_judge(params.judge, params.task.name, progress=True, context=context).score
 
 
 def _run_params(params: Params) -> dict[str, Any]:

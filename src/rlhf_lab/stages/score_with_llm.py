@@ -27,6 +27,7 @@ from rlhf_lab.judge import build_judge
 from rlhf_lab.judge.base import FAILURE_CLASS
 from rlhf_lab.judge.preference import ScoredPreference, score_preference, unscored
 from rlhf_lab.judge.rows import is_candidate_row, load_preference, load_prompt_meta
+from rlhf_lab.tasks.registry import get_task
 
 PREFERENCE_DIR = Path("data/preference")
 PROMPTS_DIR = Path("data/prompts")
@@ -49,11 +50,9 @@ def main(params: Params, **_: Any) -> None:
             )
         result = unscored(splits)
     else:
-        from rlhf_lab.tasks.crs import load_catalogue
-
-        catalogue = load_catalogue(params.data.catalogue) if params.task.name == "crs" else None
+        context = get_task(params.task.name).load_context(params)  # crs: data.catalogue
         judge = build_judge(
-            cfg, params.task.name, progress=True, catalogue=catalogue, neutral_fallback=True
+            cfg, params.task.name, progress=True, context=context, neutral_fallback=True
         )
         result = score_preference(
             judge,

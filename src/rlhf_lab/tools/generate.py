@@ -38,9 +38,6 @@ from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import DataError, ModelSourceError
 from rlhf_lab.io import write_jsonl
 
-CODE_TASK = "docstring"
-"""The task whose prompts are code (``--code``)."""
-
 MODEL_ALIASES = {
     "base": Path("models/base/policy"),
     "sft": Path("models/sft"),
@@ -137,7 +134,9 @@ def code_rows(code: Sequence[str]) -> list[Row]:
     return rows
 
 
-def _show_docstrings(rows: Sequence[Row], replies: dict[str, list[Any]], params: Params) -> None:
+def _show_docstrings(
+    rows: Sequence[Row], replies: dict[str, list[Any]], params: Params, task: str
+) -> None:
     """Each function's docstrings by model, side by side, with their rule rewards."""
     from rich.console import Console
     from rich.table import Table
@@ -146,7 +145,7 @@ def _show_docstrings(rows: Sequence[Row], replies: dict[str, list[Any]], params:
     from rlhf_lab.reward_components import task_weights
     from rlhf_lab.tasks import docstring
 
-    weights, _ = task_weights(CODE_TASK, params.reward.weights)
+    weights, _ = task_weights(task, params.reward.weights)
     weights = normalised(weights, reference_free=True)
     table = Table(show_header=True, header_style="bold", show_lines=True)
     table.add_column("function", overflow="fold")
@@ -181,10 +180,12 @@ def main(
     """Sample one reply per (prompt, model); print them, write ``out`` if given; return rows."""
     from rlhf_lab import generation
     from rlhf_lab.evaluation.evaluate import load_policy
+    from rlhf_lab.tasks.registry import TASKS, get_task
 
     task = task or params.task.name
-    if code and task != CODE_TASK:
-        raise DataError(f"--code needs --task {CODE_TASK} (task is {task!r})")
+    if code and not get_task(task).writes_about_code:
+        takes = " or ".join(n for n, t in TASKS.items() if t.writes_about_code)
+        raise DataError(f"--code needs --task {takes} (task is {task!r})")
     if code and (prompts or file is not None):
         raise DataError("give --code, or --prompt / --file, not both")
     rows = code_rows(code)
@@ -212,7 +213,7 @@ def main(
         del model
         gc.collect()  # one policy in memory at a time
     if rows:
-        _show_docstrings(rows, replies, params)
+        _show_docstrings(rows, replies, params, task)
     else:
         _show(messages, replies)
     written = [
