@@ -48,16 +48,21 @@ def _stage_lock(stage: str, package: str) -> contextlib.AbstractContextManager[N
 
 def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) -> None:
     """Load params, then ``rlhf_lab.<package>.<stage>.main`` (stages; tools are not stages)."""
-    from rlhf_lab import precision
+    from rlhf_lab import precision, tracking
     from rlhf_lab.config import load_params
-    from rlhf_lab.ui import console
+    from rlhf_lab.ui import console, quiet_libraries
 
+    quiet_libraries()
     try:
         params = load_params(params_path)
         module = importlib.import_module(f"rlhf_lab.{package}.{stage}")
         precision.configure(params.models.mixed_precision)
+        tracking.configure(params.tracking, stage)
         with _stage_lock(stage, package):
-            module.main(params, **kwargs)
+            try:
+                module.main(params, **kwargs)
+            finally:
+                tracking.close()
     except RlhfLabError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -17,7 +17,14 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.io import decode_utf8
@@ -518,6 +525,27 @@ class EvalConfig(Section):
         return [self.baseline, *self.policies]
 
 
+class TrackingConfig(Section):
+    """Where the training curves go besides DVC (rlhf_lab.tracking). No stage declares this
+    section: it changes where numbers are sent, never a stage's outputs."""
+
+    log_with: list[Literal["dvclive", "tensorboard", "mlflow", "wandb"]] = ["dvclive"]
+    """Trackers: dvclive (always: DVC's plots read it) plus tensorboard, mlflow, wandb."""
+    dir: str = "runs"
+    """TensorBoard's log dir (one sub-folder per stage) and wandb's working dir."""
+    mlflow_uri: str = "file:./mlruns"
+    """MLflow tracking URI: a local file store by default, or an http(s) server."""
+    project: str = "rlhf-lab"
+    """MLflow experiment and wandb project name; each stage is one run in it."""
+
+    @field_validator("log_with")
+    @classmethod
+    def _dvclive_stays(cls, value: list[str]) -> list[str]:
+        if "dvclive" not in value:
+            raise ValueError("tracking.log_with must include dvclive (DVC's plots read it)")
+        return value
+
+
 class Params(Section):
     """All of params.yaml."""
 
@@ -531,6 +559,7 @@ class Params(Section):
     ppo: PpoConfig = PpoConfig()
     dpo: DpoConfig = DpoConfig()
     eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
 
 def _describe(err: dict[str, Any]) -> str:

@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from rich.markup import escape
 
-from rlhf_lab import precision, ui
+from rlhf_lab import precision, tracking, ui
 from rlhf_lab.config import PpoConfig
 from rlhf_lab.errors import NonFiniteLossError, RlhfLabError
 from rlhf_lab.io import atomic_dir, remove_dir
@@ -103,6 +103,8 @@ from rlhf_lab.training.common import NonFiniteGuard
 Row = dict[str, Any]
 Scorer = Callable[[Sequence[str], Sequence[Row], int], Scores]
 
+STEP_LINE = {"score": "objective/score", "kl": "objective/kl", "length": "gen/length"}
+"""What the per-step line shows (``ui.step_line``), from the step's logged stats."""
 CHECKPOINT_PREFIX = "step-"
 KEEP_CHECKPOINTS = 2
 # ppo keys that may change between a checkpoint and a resume (they do not change what the
@@ -805,8 +807,17 @@ class PpoTrainer:
                     stats.update({f"weight/{k}": v for k, v in ro.scored.weights.items()})
                 stats = {"step": float(step), **stats}
                 self.history.append(stats)
+                if self.dp.is_main:
+                    ui.step_line(
+                        "train_ppo",
+                        step + 1,
+                        cfg.steps,
+                        {k: stats.get(f, math.nan) for k, f in STEP_LINE.items()},
+                        timing["time/rollout_s"] + timing["time/update_s"],
+                    )
                 if live is not None:
                     self._log(live, stats)
+                    tracking.log(step, {k: v for k, v in stats.items() if k != "step"})
                 self.step = step + 1
                 if self.checkpoint_dir is not None and (
                     self.step % cfg.save_every == 0 or self.step == cfg.steps

@@ -21,7 +21,8 @@ from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.evaluation import report
 from rlhf_lab.evaluation.evaluate import EvalPaths, JudgeScorer, load_prompt_rows, run_evaluation
-from rlhf_lab.io import atomic_dir, write_json, write_jsonl
+from rlhf_lab.headline import write_metrics
+from rlhf_lab.io import atomic_dir, write_jsonl
 from rlhf_lab.models import read_provenance
 
 PROMPTS = Path("data/prompts/test.jsonl")
@@ -72,7 +73,7 @@ def main(params: Params, **_: Any) -> None:
             n_boot=cfg.n_boot,
         )
         (tmp / "report.md").write_text(text, encoding="utf-8")
-    write_json(METRICS, result.metrics)
+    write_metrics(METRICS, result.metrics)
     m, base = result.metrics, cfg.baseline
     summary: dict[str, Any] = {f"reward model {base}": f"{m[f'{base}/rm_score']:.3f}"}
     for p in cfg.policies:

@@ -18,7 +18,8 @@ from rlhf_lab import models, ui
 from rlhf_lab.config import Params
 from rlhf_lab.data import pairs, prepare
 from rlhf_lab.errors import DataError, ModelSourceError
-from rlhf_lab.io import atomic_dir, write_json, write_jsonl
+from rlhf_lab.headline import write_metrics
+from rlhf_lab.io import atomic_dir, write_jsonl
 from rlhf_lab.tokens import default_device
 
 POLICY_DIR = Path("models/base/policy")
@@ -75,6 +76,6 @@ def main(params: Params, **_: Any) -> None:
     _write_dir(PROMPTS_DIR, prepared.prompts)
     _write_dir(PREFERENCE_DIR, prepared.preference)
     _write_dir(INVALID_DIR, prepared.invalid)
-    write_json(METRICS, prepared.metrics)
+    write_metrics(METRICS, prepared.metrics)
 
     ui.summary("prepare_preference", prepare.summary_rows(prepared.metrics, seconds))

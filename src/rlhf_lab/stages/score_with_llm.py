@@ -22,7 +22,8 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params
 from rlhf_lab.errors import ConfigError, RlhfLabError
-from rlhf_lab.io import atomic_dir, write_json, write_jsonl
+from rlhf_lab.headline import write_metrics
+from rlhf_lab.io import atomic_dir, write_jsonl
 from rlhf_lab.judge import build_judge
 from rlhf_lab.judge.base import FAILURE_CLASS
 from rlhf_lab.judge.preference import ScoredPreference, score_preference, unscored
@@ -73,7 +74,7 @@ def _write(result: ScoredPreference) -> None:
         for split, rows in result.splits.items():
             write_jsonl(tmp / f"{split}.jsonl", rows)
         write_jsonl(tmp / "failures.jsonl", result.failures)
-    write_json(METRICS, result.metrics)
+    write_metrics(METRICS, result.metrics)
 
 
 def _summary(result: ScoredPreference, backend: str) -> None:

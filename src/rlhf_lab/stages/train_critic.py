@@ -23,7 +23,8 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import read_jsonl, write_json
+from rlhf_lab.headline import write_metrics
+from rlhf_lab.io import read_jsonl
 from rlhf_lab.training.critic import (
     ScoredReply,
     candidate_replies,
@@ -142,7 +143,7 @@ def main(params: Params, **_: Any) -> None:
         "train/skipped_rows": skipped,
         "valid/skipped_rows": valid_skipped,
     }
-    write_json(METRICS, metrics)
+    write_metrics(METRICS, metrics)
     m = outcome.metrics
 
     def pair(key: str) -> str:

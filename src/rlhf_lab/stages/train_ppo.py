@@ -35,7 +35,8 @@ import torch
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import atomic_dir, read_jsonl, write_json
+from rlhf_lab.headline import write_metrics
+from rlhf_lab.io import atomic_dir, read_jsonl
 from rlhf_lab.ppo.composite_score import active_components, build_scorer, describe
 from rlhf_lab.ppo.distributed import DataParallel
 from rlhf_lab.ppo.fingerprint import stage_fingerprint
@@ -124,7 +125,7 @@ def main(params: Params, resume: bool | None = None, **_: Any) -> None:
             params=section_dict(params, "task", "ppo", "reward"),
             metrics={k: v for k, v in metrics.items() if not k.startswith("time/")},
         )
-    write_json(METRICS, metrics)
+    write_metrics(METRICS, metrics)
     show = [
         "objective/score_start",
         "objective/score",

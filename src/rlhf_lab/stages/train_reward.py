@@ -30,7 +30,8 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import read_jsonl, write_json
+from rlhf_lab.headline import write_metrics
+from rlhf_lab.io import read_jsonl
 from rlhf_lab.training.reward_model import pairs_from_rows, train_reward_model
 
 SCORED_DIR = Path("data/scored")
@@ -71,7 +72,7 @@ def main(params: Params, **_: Any) -> None:
         return
     m = outcome.metrics
     m.update({f"data/dropped_{split}": n for split, n in dropped.items()})
-    write_json(METRICS, m)
+    write_metrics(METRICS, m)
     ui.summary(
         "train_reward",
         {

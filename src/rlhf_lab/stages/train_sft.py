@@ -24,7 +24,8 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import read_jsonl, write_json
+from rlhf_lab.headline import write_metrics
+from rlhf_lab.io import read_jsonl
 from rlhf_lab.training.sft import sft_examples, train_sft_model
 
 PROMPTS_DIR = Path("data/prompts")
@@ -67,7 +68,7 @@ def main(params: Params, **_: Any) -> None:
     if not outcome.is_main_process:
         return
     m = outcome.metrics
-    write_json(METRICS, m)
+    write_metrics(METRICS, m)
     ui.summary(
         "train_sft",
         {

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from rlhf_lab import models
+from rlhf_lab import models, ui
 from rlhf_lab.config import DpoConfig
 from rlhf_lab.training.common import (
     Curves,
@@ -132,6 +132,8 @@ def preference_metrics(
     }
 
 
+STEP_LINE = ("loss", "rewards/accuracies", "rewards/margins")
+"""What the per-step line shows (``ui.step_line``), from the step's train metrics."""
 METRIC_NAMES = (
     "loss",
     "rewards/chosen",
@@ -347,7 +349,8 @@ def train_dpo_model(
     history: list[dict[str, float]] = []
     step, seen, eval_seconds = 0, 0, 0.0
     epoch_points: list[dict[str, float]] = []
-    start = time.perf_counter()
+    start = step_start = time.perf_counter()
+    total_steps = len(loader) * cfg.epochs
     for epoch in range(cfg.epochs):
         model.train()
         epoch_points = []
@@ -375,10 +378,20 @@ def train_dpo_model(
             epoch_points.append(point)
             history.append({"step": step, **point})
             curves.log(step, point)
+            if accelerator.is_main_process:
+                ui.step_line(
+                    "train_dpo",
+                    step,
+                    total_steps,
+                    {k: point[f"train/{k}"] for k in STEP_LINE},
+                    time.perf_counter() - step_start,
+                )
+            step_start = time.perf_counter()
         t0 = time.perf_counter()
         valid = evaluate()
         eval_seconds += time.perf_counter() - t0
         curves.log(step, valid)
+        step_start = time.perf_counter()
     train_seconds = time.perf_counter() - start - eval_seconds
 
     unwrapped = accelerator.unwrap_model(model)
