@@ -584,6 +584,22 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{err['msg']} (got {got!r})"
 
 
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    """``" (did you mean 'clip'?)"`` for an unknown key close to a key of its section."""
+    import difflib
+
+    model: Any = Params
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return ""
+        model = field.annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a parsed YAML mapping; raise ConfigError with one line naming the key."""
     if raw is None:
@@ -600,7 +616,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
             # model validators: the message already names the keys
             msg = str(err["msg"]).removeprefix("Value error, ")
             raise ConfigError(f"{source}: {msg}{more}") from None
-        raise ConfigError(f"{source}: {key}: {_describe(err)}{more}") from None
+        hint = _did_you_mean(err["loc"]) if err["type"] == "extra_forbidden" else ""
+        raise ConfigError(f"{source}: {key}: {_describe(err)}{hint}{more}") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlhf_lab import ui
+from rlhf_lab import outputs, ui
 from rlhf_lab.arena import ratings
 from rlhf_lab.arena import votes as votes_lib
 from rlhf_lab.config import Params
@@ -45,16 +45,20 @@ def resolve_models(names: Sequence[str]) -> dict[str, Path]:
             Path(d).name: Path(d) for d in DEFAULT_MODELS if (Path(d) / "config.json").is_file()
         }
         if len(found) < 2:
+            missing = next(d for d in DEFAULT_MODELS if Path(d).name not in found)
             raise DataError(
                 f"the arena needs two models; found {', '.join(found) or 'none'} of "
-                f"{', '.join(DEFAULT_MODELS)}; train them first or give --model twice"
+                f"{', '.join(DEFAULT_MODELS)}: for {missing}, {outputs.how_to_get(missing)} "
+                "(or give --model twice)"
             )
         return found
     out: dict[str, Path] = {}
     for name in names:
         path = Path(ALIASES.get(name, name))
         if not (path / "config.json").is_file():
-            raise DataError(f"--model {name!r}: {path} holds no model (config.json)")
+            raise DataError(
+                f"--model {name!r}: {path} holds no model (config.json): {outputs.how_to_get(path)}"
+            )
         out[name if name in ALIASES else str(path)] = path
     if len(out) < 2:
         raise DataError("the arena needs at least two different --model")

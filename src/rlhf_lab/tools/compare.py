@@ -23,7 +23,7 @@ from typing import Any
 
 from rich.table import Table
 
-from rlhf_lab import ui
+from rlhf_lab import outputs, ui
 from rlhf_lab.config import Params
 from rlhf_lab.errors import DataError
 from rlhf_lab.evaluation import compare as cmp
@@ -53,8 +53,16 @@ def dvc_samples(exp: cmp.Experiment) -> list[dict[str, Any]]:
             text = Path(SAMPLES).read_text(encoding="utf-8")
         else:
             text = dvc.api.read(SAMPLES, rev=exp.rev, encoding="utf-8")
-    except Exception as exc:  # dvc raises many kinds; each means "not available at that rev"
-        raise DataError(f"compare: {SAMPLES} of experiment {exp.name!r}: {exc}") from None
+    except Exception:  # dvc raises many kinds; each means "not available at that rev"
+        fix = (
+            outputs.how_to_get(SAMPLES)
+            if exp.name == "workspace"
+            else f"`dvc pull` (a commit) or `dvc exp pull <remote> {exp.name}` (an experiment) "
+            "fetches it, or `dvc repro evaluate` at that rev makes it"
+        )
+        raise DataError(
+            f"compare: {SAMPLES} of experiment {exp.name!r} is not in the DVC cache: {fix}"
+        ) from None
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
