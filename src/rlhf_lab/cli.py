@@ -344,7 +344,7 @@ def arena(
 def params_cmd(
     preset: Annotated[
         str | None,
-        typer.Option(help="apply a task preset: crs or docstring (see README 'Tasks')"),
+        typer.Option(help="apply a task preset: crs or docstring (see docs/tasks.md)"),
     ] = None,
     base: Annotated[
         Path | None,
