@@ -77,3 +77,17 @@ def test_stage_in_a_repo_without_a_commit_is_one_line(fresh_clone):
     assert result.exit_code == 2
     (line,) = result.output.strip().splitlines()
     assert "no commit yet" in line and "git commit" in line
+
+
+def test_compare_without_the_samples_says_how_to_get_them(fresh_clone, monkeypatch):
+    row = {
+        "rev": "0123456789abcdef",
+        "name": "main",
+        "data": {"metrics": {"metrics/evaluate.json": {"data": {"ppo/rm_score": 0.5}}}},
+    }
+    monkeypatch.setattr("rlhf_lab.tools.compare.dvc_exp_show", lambda: [row])
+    result = CliRunner().invoke(app, ["compare", "--all"])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert "reports/samples.jsonl of experiment 'main' is not in the DVC cache" in line
+    assert "`dvc pull`" in line and "`dvc repro evaluate`" in line

@@ -55,6 +55,26 @@ def tiny_repo(tmp_path) -> Path:
     return repo
 
 
+def _remote_round_trip(repo: Path) -> None:
+    """A team's path: `dvc push` to a local-directory remote from one clone, `dvc pull` in
+    another reproduces the models and reports, and nothing is left to rerun."""
+    remote = repo.parent / "dvc-remote"
+    _run([*DVC, "remote", "add", "-d", "store", str(remote)], repo)
+    _run(["git", "commit", "-qam", "a DVC remote"], repo)
+    _run([*DVC, "push"], repo)
+    clone = repo.parent / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], repo.parent)
+    assert not (clone / "models/ppo").exists()
+    _run([*DVC, "pull"], clone)
+    for path in ("models/ppo/model.safetensors", "models/dpo/model.safetensors", "reports"):
+        assert (clone / path).exists(), path
+    assert (clone / "reports/samples.jsonl").read_bytes() == (
+        repo / "reports/samples.jsonl"
+    ).read_bytes()
+    status = json.loads(_run([*DVC, "status", "--json"], clone).stdout)
+    assert status == {"track_inputs": ["always changed"]}
+
+
 def test_full_dvc_repro_then_experiment(tiny_repo):
     """The whole DAG on the tiny profile; a no-op repro; an experiment with a changed param."""
     _run([*DVC, "repro"], tiny_repo)
@@ -98,6 +118,7 @@ def test_full_dvc_repro_then_experiment(tiny_repo):
     assert_plots_once(plots, yaml.safe_load((tiny_repo / "dvc.yaml").read_text()))
     _run(["git", "add", "-A"], tiny_repo)
     _run(["git", "commit", "-qm", "baseline"], tiny_repo)
+    _remote_round_trip(tiny_repo)
     _run([*DVC, "exp", "run", "-S", "ppo.clip=0.1", "-n", "clip01"], tiny_repo)
     shown = _run([*DVC, "exp", "show", "--json"], tiny_repo).stdout
     assert "clip01" in shown and "0.1" in shown

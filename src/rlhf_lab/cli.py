@@ -103,7 +103,8 @@ def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) 
         params = load_params(params_path)
         module = importlib.import_module(f"rlhf_lab.{package}.{stage}")
         precision.configure(params.models.mixed_precision)
-        tracking.configure(params.tracking, stage)
+        if package == "stages":  # the commands that log training curves
+            tracking.configure(params.tracking, stage)
         with _stage_lock(stage, package):
             try:
                 module.main(params, **kwargs)

@@ -67,7 +67,7 @@ def _plain(text: str) -> None:
 
 def _progress_line(description: str, done: int, total: int | None, elapsed: float) -> None:
     if total:
-        left = elapsed / done * (total - done) if done else None
+        left = elapsed / done * (total - done) if 0 < done < total else None
         eta = "" if left is None else f", ~{left:.0f} s left"
         _plain(f"{description}: {done}/{total} ({done / total:.0%}), {elapsed:.0f} s{eta}")
     else:

@@ -44,16 +44,23 @@ def dvc_exp_show() -> list[dict[str, Any]]:
     return json.loads(out.stdout)
 
 
-def dvc_samples(exp: cmp.Experiment) -> list[dict[str, Any]]:
-    """``reports/samples.jsonl`` at the experiment's rev (the workspace file for ``workspace``)."""
+def _read_at(path: str, exp: cmp.Experiment) -> str | None:
+    """``path`` at the experiment's rev (the workspace file for ``workspace``); None when it
+    is not available there."""
     import dvc.api
 
     try:
         if exp.name == "workspace":
-            text = Path(SAMPLES).read_text(encoding="utf-8")
-        else:
-            text = dvc.api.read(SAMPLES, rev=exp.rev, encoding="utf-8")
+            return Path(path).read_text(encoding="utf-8")
+        return dvc.api.read(path, rev=exp.rev, encoding="utf-8")
     except Exception:  # dvc raises many kinds; each means "not available at that rev"
+        return None
+
+
+def dvc_samples(exp: cmp.Experiment) -> list[dict[str, Any]]:
+    """``reports/samples.jsonl`` at the experiment's rev (the workspace file for ``workspace``)."""
+    text = _read_at(SAMPLES, exp)
+    if text is None:
         fix = (
             outputs.how_to_get(SAMPLES)
             if exp.name == "workspace"
@@ -62,23 +69,15 @@ def dvc_samples(exp: cmp.Experiment) -> list[dict[str, Any]]:
         )
         raise DataError(
             f"compare: {SAMPLES} of experiment {exp.name!r} is not in the DVC cache: {fix}"
-        ) from None
+        )
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def dvc_full_metrics(exp: cmp.Experiment) -> dict[str, Any]:
     """Evaluate's full metrics at the experiment's rev; its headline (from ``dvc exp show``)
     where the rev has no full file (written before evaluate split its metrics)."""
-    import dvc.api
-
-    try:
-        if exp.name == "workspace":
-            text = Path(FULL_METRICS).read_text(encoding="utf-8")
-        else:
-            text = dvc.api.read(FULL_METRICS, rev=exp.rev, encoding="utf-8")
-    except Exception:  # dvc raises many kinds; each means "not available at that rev"
-        return exp.metrics
-    return {**exp.metrics, **json.loads(text)}
+    text = _read_at(FULL_METRICS, exp)
+    return exp.metrics if text is None else {**exp.metrics, **json.loads(text)}
 
 
 def _print(result: Mapping[str, Any]) -> None:
