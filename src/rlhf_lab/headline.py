@@ -36,7 +36,7 @@ HEADLINE: dict[str, tuple[str, ...]] = {
         "{m}/tokens",
         "{m}/bleu4",
         "{m}/rec_hit_rate",  # crs
-        "{m}/reward/doctest",  # docstring: the doctest pass rate
+        "{m}/doctest/pass_rate",  # docstring
         "delta/{m}/win_rate_rm",
         "delta/{m}/win_rate_rm_lc",
         "delta/{m}/rm_pvalue_wilcoxon",
