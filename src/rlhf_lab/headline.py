@@ -10,6 +10,7 @@ it with each experiment and ``rlhf-lab compare`` reads it, but DVC does not tabu
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from functools import cache
@@ -82,8 +83,6 @@ def write_metrics(metrics_path: str | Path, metrics: Mapping[str, Any]) -> None:
 
 def read_metrics(metrics_path: str | Path) -> dict[str, Any]:
     """A stage's full metrics: :func:`full_path` when it exists, else the file itself."""
-    import json
-
     path = Path(metrics_path)
     full = full_path(path)
     return json.loads((full if full.is_file() else path).read_text(encoding="utf-8"))
