@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from rlhf_lab import outputs
+from rlhf_lab import outputs, ui
 from rlhf_lab.cli import app
 from rlhf_lab.config import parse_params
 from rlhf_lab.errors import ConfigError
@@ -91,3 +93,29 @@ def test_compare_without_the_samples_says_how_to_get_them(fresh_clone, monkeypat
     (line,) = result.output.strip().splitlines()
     assert "reports/samples.jsonl of experiment 'main' is not in the DVC cache" in line
     assert "`dvc pull`" in line and "`dvc repro evaluate`" in line
+
+
+def test_arena_report_says_when_there_are_too_few_games(tmp_path, monkeypatch):
+    from rlhf_lab.arena import command
+    from rlhf_lab.arena.app import Arena
+
+    from .test_arena_app import HELD_OUT, fake_replier
+
+    monkeypatch.chdir(tmp_path)
+    votes = Path("data/human/votes.jsonl")
+    arena = Arena(["sft", "ppo"], fake_replier, votes, HELD_OUT)
+    token = arena.new_token()
+    for label in ["left", "left", "left"]:
+        c = arena.new_comparison(token, "q")
+        for _ in range(500):
+            if c.status == "ready":
+                break
+            time.sleep(0.01)
+        arena.vote(token, c.id, label, "")
+    arena.close()
+    monkeypatch.setattr(ui.console, "_width", 200)  # one table row per line
+    with ui.console.capture() as out:
+        m = command.report(votes, Path("metrics/arena.json"), n_boot=200, seed=0)
+    assert m["arena/sft/games"] == 3
+    text = out.get()
+    assert "too few games for a CI: 3 < 10" in text and "[1.00, 1.00]" not in text

@@ -36,6 +36,9 @@ ALIASES = {
 }
 PROMPTS = Path("data/prompts/test.jsonl")
 METRICS = Path("metrics/arena.json")
+MIN_GAMES = 10
+"""Below this many games a model's bootstrap CI is not shown: with a handful of votes it
+collapses to a point (3 wins of 3 give "1.00 [1.00, 1.00]") and reads as certainty."""
 
 
 def resolve_models(names: Sequence[str]) -> dict[str, Path]:
@@ -131,9 +134,14 @@ def report(votes_path: Path, metrics_path: Path, n_boot: int, seed: int) -> dict
     )
     for model in models:
         k = f"arena/{model}"
+        n = m[f"{k}/games"]
+        ci = (
+            f"[{m[f'{k}/win_rate_lo']:.2f}, {m[f'{k}/win_rate_hi']:.2f}]"
+            if n >= MIN_GAMES
+            else f"(too few games for a CI: {n} < {MIN_GAMES})"
+        )
         rows[f"{model}: Elo / win rate [95% CI] / games"] = (
-            f"{m[f'{k}/elo']:.0f} / {m[f'{k}/win_rate']:.2f} "
-            f"[{m[f'{k}/win_rate_lo']:.2f}, {m[f'{k}/win_rate_hi']:.2f}] / {m[f'{k}/games']}"
+            f"{m[f'{k}/elo']:.0f} / {m[f'{k}/win_rate']:.2f} {ci} / {n}"
         )
     if bad:
         rows["unreadable lines (skipped)"] = ", ".join(map(str, bad[:10]))
