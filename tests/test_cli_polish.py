@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -96,26 +94,21 @@ def test_compare_without_the_samples_says_how_to_get_them(fresh_clone, monkeypat
 
 
 def test_arena_report_says_when_there_are_too_few_games(tmp_path, monkeypatch):
-    from rlhf_lab.arena import command
-    from rlhf_lab.arena.app import Arena
+    from rlhf_lab.arena import command, votes
 
-    from .test_arena_app import HELD_OUT, fake_replier
-
-    monkeypatch.chdir(tmp_path)
-    votes = Path("data/human/votes.jsonl")
-    arena = Arena(["sft", "ppo"], fake_replier, votes, HELD_OUT)
-    token = arena.new_token()
-    for label in ["left", "left", "left"]:
-        c = arena.new_comparison(token, "q")
-        for _ in range(500):
-            if c.status == "ready":
-                break
-            time.sleep(0.01)
-        arena.vote(token, c.id, label, "")
-    arena.close()
+    path = tmp_path / "votes.jsonl"
+    for i in range(3):  # sft wins all three: a bootstrap CI would be the point [1.00, 1.00]
+        row = votes.vote_row(
+            comparison_id=f"c{i}",
+            prompt=[{"role": "user", "content": "q"}],
+            models=("sft", "ppo"),
+            replies=("a", "b"),
+            label="left",
+        )
+        votes.append_vote(path, row)
     monkeypatch.setattr(ui.console, "_width", 200)  # one table row per line
     with ui.console.capture() as out:
-        m = command.report(votes, Path("metrics/arena.json"), n_boot=200, seed=0)
-    assert m["arena/sft/games"] == 3
+        m = command.report(path, tmp_path / "arena.json", n_boot=200, seed=0)
+    assert m["arena/sft/games"] == 3 and m["arena/sft/win_rate"] == 1.0
     text = out.get()
     assert "too few games for a CI: 3 < 10" in text and "[1.00, 1.00]" not in text
