@@ -23,7 +23,7 @@ from rich.table import Table
 
 from benchlib import RESULTS as RESULTS_DIR
 from benchlib import ROOT, machine
-from rlhf_lab import precision
+from rlhf_lab import headline, precision
 
 RESULTS = RESULTS_DIR / "e2e.json"
 
@@ -56,7 +56,7 @@ def main() -> None:
     metrics = {}
     evaluate = ROOT / "metrics" / "evaluate.json"
     if evaluate.is_file():
-        metrics = json.loads(evaluate.read_text())
+        metrics = headline.read_metrics(evaluate)  # every number, not only the headline
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
         json.dumps(

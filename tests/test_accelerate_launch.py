@@ -86,7 +86,7 @@ def test_train_reward_on_two_cpu_processes(tiny_models, tmp_path):
     log = out.stdout + out.stderr
     assert out.returncode == 0, log
 
-    m = json.loads((tmp_path / "metrics/train_reward.json").read_text())
+    m = json.loads((tmp_path / "metrics/full/train_reward.json").read_text())
     assert m["perf/num_processes"] == 2
     # the global batch is split across processes, so the step count is the 1-process one
     assert m["train/steps"] == 4 * 128 // 16
@@ -339,7 +339,7 @@ def test_train_ppo_on_two_cpu_processes_saves_once_and_resumes(tiny_models, tmp_
     stage = ["-m", "rlhf_lab.cli", "train_ppo", "--params", "params.yaml"]
     log = _launch(stage, tmp_path)
 
-    m = json.loads((tmp_path / "metrics/train_ppo.json").read_text())
+    m = json.loads((tmp_path / "metrics/full/train_ppo.json").read_text())
     assert m["train/steps"] == 2 and m["train/skipped_updates"] == 0
     # minibatches=2 of the global 4 prompts: 2 updates per epoch whatever the process count
     assert m["train/updates"] == 2 * 2
@@ -362,7 +362,7 @@ def test_train_ppo_on_two_cpu_processes_saves_once_and_resumes(tiny_models, tmp_
     (last / "state.json").unlink()  # no longer a complete checkpoint
     log = _launch([*stage, "--resume"], tmp_path)
     assert log.count("resuming train_ppo at step 1/2") == 1
-    resumed = json.loads((tmp_path / "metrics/train_ppo.json").read_text())
+    resumed = json.loads((tmp_path / "metrics/full/train_ppo.json").read_text())
     assert {k: v for k, v in resumed.items() if not k.startswith("time/")} == {
         k: v for k, v in m.items() if not k.startswith("time/")
     }

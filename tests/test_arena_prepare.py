@@ -36,7 +36,7 @@ def test_votes_become_human_pairs_and_ties_are_recorded_not_paired(tmp_path, mon
     result = CliRunner().invoke(app, ["prepare_preference", "--params", str(params)])
     assert result.exit_code == 0, result.output
 
-    metrics = json.loads((tmp_path / "metrics/prepare_preference.json").read_text())
+    metrics = json.loads((tmp_path / "metrics/full/prepare_preference.json").read_text())
     assert metrics["data/format"] == "preference" and metrics["data/pairs"] == "human"
     assert metrics["data/label_source"] == "human"
     assert (metrics["data/rows_read"], metrics["data/rows_kept"]) == (15, 12)
@@ -85,7 +85,7 @@ def test_new_votes_make_dvc_rerun_prepare_preference(tiny_repo):  # noqa: F811
     models.materialise_policy(str(tiny_repo / "tiny-models/policy"), policy, "float32", None)
     _run([*DVC, "repro", "--single-item", "track_inputs"], tiny_repo)  # data/inputs/*.json
     _run([*DVC, "repro", "--single-item", "prepare_preference"], tiny_repo)
-    metrics = json.loads((tiny_repo / "metrics/prepare_preference.json").read_text())
+    metrics = json.loads((tiny_repo / "metrics/full/prepare_preference.json").read_text())
     assert metrics["data/rows_kept"] == 10 and metrics["data/pairs"] == "human"
     assert "up to date" in _run([*DVC, "status", "prepare_preference"], tiny_repo).stdout.lower()
     vote(10)

@@ -169,11 +169,12 @@ def test_arm_runs_from_one_experiment():
 
 @pytest.fixture
 def fake_dvc(tmp_path, monkeypatch):
-    """The command's two DVC reads answered from the fixtures above, in an empty folder."""
+    """The command's DVC reads answered from the fixtures above, in an empty folder."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("{}\n")
     monkeypatch.setattr("rlhf_lab.tools.compare.dvc_exp_show", lambda: SHOW)
     monkeypatch.setattr("rlhf_lab.tools.compare.dvc_samples", _samples)
+    monkeypatch.setattr("rlhf_lab.tools.compare.dvc_full_metrics", lambda exp: exp.metrics)
     return tmp_path
 
 

@@ -153,7 +153,7 @@ def test_e2e_prepare_preference_on_crs_turns(tiny_models, tmp_path, monkeypatch)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": data, "task": {"name": "crs"}}))
     result = CliRunner().invoke(app, ["prepare_preference", "--params", "params.yaml"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "metrics/prepare_preference.json").read_text())
+    metrics = json.loads((tmp_path / "metrics/full/prepare_preference.json").read_text())
     assert metrics["data/format"] == "crs_turns" and metrics["invalid/unknown_id"] == 1
     prompts = [r for s in ("train", "valid", "test") for r in read_jsonl(f"data/prompts/{s}.jsonl")]
     assert len(prompts) == 8 and all(r["meta"]["gold_movies"] == ["Alien"] for r in prompts)

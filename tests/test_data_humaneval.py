@@ -118,7 +118,7 @@ def test_e2e_prepare_preference_on_humaneval(tiny_models, tmp_path, monkeypatch)
     Path("params.yaml").write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, ["prepare_preference", "--params", "params.yaml"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads(Path("metrics/prepare_preference.json").read_text())
+    metrics = json.loads(Path("metrics/full/prepare_preference.json").read_text())
     assert metrics["data/format"] == "humaneval" and metrics["invalid/bad_code"] == 1
     prompts = [r for s in ("train", "valid", "test") for r in read_jsonl(f"data/prompts/{s}.jsonl")]
     assert len(prompts) == 7 and all(">>>" in r["reference"] for r in prompts)

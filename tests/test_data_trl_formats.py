@@ -214,7 +214,7 @@ def run(tmp_path: Path, data: dict) -> tuple[int, str, dict]:
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump({"data": data, "task": {"name": "chat"}}))
     result = CliRunner().invoke(app, ["prepare_preference", "--params", str(params)])
-    metrics_path = tmp_path / "metrics/prepare_preference.json"
+    metrics_path = tmp_path / "metrics/full/prepare_preference.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     return result.exit_code, result.output, metrics
 

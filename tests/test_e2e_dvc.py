@@ -16,8 +16,12 @@ from rlhf_lab.config import documented_yaml, parse_params
 from rlhf_lab.testing import build_tiny_encoder, build_tiny_policy
 
 from .conftest import REPO
+from .test_dvc_plots import assert_plots_once
 
 DVC = [sys.executable, "-m", "dvc"]
+METRIC_COLUMNS = 40
+"""Budget for the metric columns of ``dvc exp show`` with no flags (the headline files only:
+``rlhf_lab.headline.HEADLINE``); the full metrics are outputs DVC does not tabulate."""
 
 
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -54,10 +58,30 @@ def make_tiny_repo(repo: Path) -> Path:
     return repo
 
 
+def _remote_round_trip(repo: Path) -> None:
+    """A team's path: `dvc push` to a local-directory remote from one clone, `dvc pull` in
+    another reproduces the models and reports, and nothing is left to rerun."""
+    remote = repo.parent / "dvc-remote"
+    _run([*DVC, "remote", "add", "-d", "store", str(remote)], repo)
+    _run(["git", "commit", "-qam", "a DVC remote"], repo)
+    _run([*DVC, "push"], repo)
+    clone = repo.parent / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], repo.parent)
+    assert not (clone / "models/ppo").exists()
+    _run([*DVC, "pull"], clone)
+    for path in ("models/ppo/model.safetensors", "models/dpo/model.safetensors", "reports"):
+        assert (clone / path).exists(), path
+    assert (clone / "reports/samples.jsonl").read_bytes() == (
+        repo / "reports/samples.jsonl"
+    ).read_bytes()
+    status = json.loads(_run([*DVC, "status", "--json"], clone).stdout)
+    assert status == {"track_inputs": ["always changed"]}
+
+
 def test_full_dvc_repro_then_experiment(tiny_repo):
     """The whole DAG on the tiny profile; a no-op repro; an experiment with a changed param."""
     _run([*DVC, "repro"], tiny_repo)
-    metrics = json.loads((tiny_repo / "metrics/evaluate.json").read_text())
+    metrics = json.loads((tiny_repo / "metrics/full/evaluate.json").read_text())
     for policy in ("ppo", "dpo"):  # eval.policies' default: every arm against SFT
         assert metrics[f"verdict/{policy}/decision"] in {"proceed", "adjust", "reconsider"}
         assert 0.0 <= metrics[f"delta/{policy}/win_rate_rm"] <= 1.0
@@ -80,13 +104,31 @@ def test_full_dvc_repro_then_experiment(tiny_repo):
     # local models on every repro), so DVC always lists it; every other stage is up to date.
     status = json.loads(_run([*DVC, "status", "--json"], tiny_repo).stdout)
     assert status == {"track_inputs": ["always changed"]}
+    rows = json.loads(_run([*DVC, "exp", "show", "--json"], tiny_repo).stdout)
+    (workspace,) = [r for r in rows if r["rev"] == "workspace"]
+    shown = workspace["data"]["metrics"]
+    columns = sum(len(m["data"]) for m in shown.values())
+    assert 20 <= columns <= METRIC_COLUMNS, {k: sorted(m["data"]) for k, m in shown.items()}
+    assert not any(path.startswith("metrics/full/") for path in shown)
+    assert (
+        shown["metrics/evaluate.json"]["data"]["verdict/ppo/decision"]
+        == (metrics["verdict/ppo/decision"])
+    )
+    # every declared curve renders from the tiny run's files, each once, dvclive's
+    # metrics.json none of them
+    rendered = str(tiny_repo.parent / "dvc_plots")  # outside the repo: not committed below
+    plots = json.loads(_run([*DVC, "plots", "show", "--json", "-o", rendered], tiny_repo).stdout)
+    assert not plots.get("errors"), plots["errors"]
+    assert_plots_once(plots, yaml.safe_load((tiny_repo / "dvc.yaml").read_text()))
     _run(["git", "add", "-A"], tiny_repo)
     _run(["git", "commit", "-qm", "baseline"], tiny_repo)
+    _remote_round_trip(tiny_repo)
     _run([*DVC, "exp", "run", "-S", "ppo.clip=0.1", "-n", "clip01"], tiny_repo)
     shown = _run([*DVC, "exp", "show", "--json"], tiny_repo).stdout
     assert "clip01" in shown and "0.1" in shown
-    diff = _run([*DVC, "metrics", "diff", "--json"], tiny_repo).stdout
-    assert "metrics/evaluate.json" in diff or "metrics/train_ppo.json" in diff
+    # --all: a clip the tiny run never reaches may leave every headline number unchanged
+    diff = json.loads(_run([*DVC, "metrics", "diff", "--all", "--json"], tiny_repo).stdout)
+    assert {"metrics/evaluate.json", "metrics/train_ppo.json"} <= set(diff)
     # compare on a real repo: dvc exp show + each experiment's samples read from the DVC cache
     rlhf = str(Path(sys.executable).parent / "rlhf-lab")
     _run([rlhf, "compare", "--all", "--out", "compare.json"], tiny_repo)

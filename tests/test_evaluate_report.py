@@ -177,3 +177,14 @@ def test_samples(result):
 def test_flatten_params():
     flat = report.flatten_params({"ppo": {"lr": 1.0, "lora": {"r": 4}}, "task": {"name": "chat"}})
     assert flat == {"ppo.lr": 1.0, "ppo.lora.r": 4, "task.name": "chat"}
+
+
+def test_ecdf_and_grid_shape():
+    from rlhf_lab.evaluation.plotting import ecdf, grid_shape
+
+    x, y = ecdf([3.0, 1.0, float("nan"), 2.0, 2.0])
+    assert x.tolist() == [1.0, 2.0, 2.0, 3.0] and y.tolist() == [0.25, 0.5, 0.75, 1.0]
+    # as few spare cells as possible, at most 3 wide
+    shapes = {n: grid_shape(n) for n in (1, 2, 3, 4, 5, 6, 8, 9)}
+    assert shapes == {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2), 5: (2, 3), 6: (2, 3),
+                      8: (4, 2), 9: (3, 3)}  # fmt: skip

@@ -88,7 +88,7 @@ def evaluated(workspace):
 
 
 def _metrics(root):
-    return json.loads((root / "metrics/evaluate.json").read_text())
+    return json.loads((root / "metrics/full/evaluate.json").read_text())
 
 
 def test_metrics_keys_and_ranges(evaluated):

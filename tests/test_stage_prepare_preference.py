@@ -52,7 +52,7 @@ def test_embedded_chitchat_reference_vs_sample(workdir):
     }
     code, out = run(workdir, data)
     assert code == 0, out
-    metrics = json.loads((workdir / "metrics/prepare_preference.json").read_text())
+    metrics = json.loads((workdir / "metrics/full/prepare_preference.json").read_text())
     assert metrics["data/format"] == "chitchat" and metrics["data/pairs"] == "reference_vs_sample"
     assert metrics["data/label_source"] == "human"
     assert metrics["data/rows_read"] == 7168 and metrics["data/rows_kept"] == 16
@@ -113,7 +113,7 @@ def test_hh_file_human_pairs_invalid_rows_and_determinism(tmp_path, monkeypatch)
         ("chosen_equals_rejected", 32),
         ("duplicate", 33),
     ]
-    metrics = json.loads((tmp_path / "metrics/prepare_preference.json").read_text())
+    metrics = json.loads((tmp_path / "metrics/full/prepare_preference.json").read_text())
     assert metrics["data/pairs"] == "human" and metrics["invalid/total"] == 3
     assert metrics["invalid/fraction"] == pytest.approx(3 / 33)
     assert "sample/count" not in metrics
@@ -144,7 +144,7 @@ def test_unfinished_samples_are_trimmed_or_dropped_with_their_reason(workdir):
     data = {"max_examples": 16, "sample_max_new_tokens": 6, "sample_batch_size": 8}
     code, out = run(workdir, {**data, "unfinished_samples": "trim"})
     assert code == 0, out
-    metrics = json.loads((workdir / "metrics/prepare_preference.json").read_text())
+    metrics = json.loads((workdir / "metrics/full/prepare_preference.json").read_text())
     pref = [r for split in rows(workdir, "preference").values() for r in split]
     n_unfinished = metrics.get("pairs/dropped_unfinished_sample", 0)
     assert len(pref) + metrics["pairs/dropped"] == 16 and n_unfinished >= 1
@@ -164,7 +164,7 @@ def test_unfinished_samples_are_trimmed_or_dropped_with_their_reason(workdir):
 
     code, out = run(workdir, {**data, "unfinished_samples": "drop"})
     assert code == 0, out
-    metrics = json.loads((workdir / "metrics/prepare_preference.json").read_text())
+    metrics = json.loads((workdir / "metrics/full/prepare_preference.json").read_text())
     pref = [r for split in rows(workdir, "preference").values() for r in split]
     assert all(r["meta"]["rejected_eos"] for r in pref)
     assert metrics["pairs/dropped_unfinished_sample"] >= n_unfinished
@@ -206,7 +206,7 @@ def test_redial_judge_candidates(workdir):
     }
     code, out = run(workdir, data, task={"name": "crs", "system_prompt": "Recommend movies."})
     assert code == 0, out
-    metrics = json.loads((workdir / "metrics/prepare_preference.json").read_text())
+    metrics = json.loads((workdir / "metrics/full/prepare_preference.json").read_text())
     assert metrics["data/format"] == "redial" and metrics["data/label_source"] == "judge"
     assert metrics["sample/count"] == 12 * 3
     prompts = [r for split in rows(workdir, "prompts").values() for r in split]

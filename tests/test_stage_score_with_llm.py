@@ -50,7 +50,7 @@ def _read(root: Path, split: str) -> list[dict]:
 
 
 def _metrics(root: Path) -> dict:
-    return json.loads((root / "metrics/score_with_llm.json").read_text())
+    return json.loads((root / "metrics/full/score_with_llm.json").read_text())
 
 
 def test_local_judge_scores_every_reply_and_reruns_from_cache(tiny_models, tmp_path, monkeypatch):

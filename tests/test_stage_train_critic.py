@@ -62,7 +62,7 @@ def test_train_critic_learns_and_saves_what_ppo_loads(workspace):
         assert (out / name).is_file(), name
     info = json.loads((out / "critic.json").read_text())
     assert info["format"] == 1 and info["score_std"] > 0
-    metrics = json.loads((workspace / "metrics/train_critic.json").read_text())
+    metrics = json.loads((workspace / "metrics/full/train_critic.json").read_text())
     for key in (
         "valid/mse",
         "valid/pearson",
@@ -114,7 +114,7 @@ def test_reward_model_target_regresses_on_the_rm_scores(workspace, tiny_models):
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, ["train_critic", "--params", "params.yaml"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads((workspace / "metrics/train_critic.json").read_text())
+    metrics = json.loads((workspace / "metrics/full/train_critic.json").read_text())
     rows = [json.loads(line) for line in (workspace / "data/scored/train.jsonl").open()]
     replies = candidate_replies(rows)
     assert metrics["critic/target"] == "reward_model"
@@ -152,7 +152,7 @@ def test_ppo_score_target_is_the_clipped_composite_in_ppo_units(workspace, tiny_
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, ["train_critic", "--params", "params.yaml"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads((workspace / "metrics/train_critic.json").read_text())
+    metrics = json.loads((workspace / "metrics/full/train_critic.json").read_text())
     rows = [json.loads(line) for line in (workspace / "data/scored/train.jsonl").open()]
     replies = candidate_replies(rows)
     rm = RewardModel(workspace / "models/reward")
@@ -177,7 +177,7 @@ def test_zero_epochs_is_the_least_squares_head_alone(workspace):
     (workspace / "params.yaml").write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, ["train_critic", "--params", "params.yaml"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads((workspace / "metrics/train_critic.json").read_text())
+    metrics = json.loads((workspace / "metrics/full/train_critic.json").read_text())
     assert metrics["train/steps"] == 0 and metrics["train/loss"] is None
     for key in ("mse", "pearson"):
         assert metrics[f"valid/{key}"] == metrics[f"valid/least_squares/{key}"]

@@ -70,7 +70,7 @@ def workspace(tiny_models, tmp_path, monkeypatch):
 
 def _three_clean_steps(workspace):
     """metrics/train_ppo.json of a finished run: every issue key, 3 steps, no skipped update."""
-    metrics = json.loads((workspace / "metrics/train_ppo.json").read_text())
+    metrics = json.loads((workspace / "metrics/full/train_ppo.json").read_text())
     for key in ISSUE_KEYS:
         assert key in metrics, key
     assert metrics["train/steps"] == 3 and metrics["train/skipped_updates"] == 0
@@ -153,7 +153,7 @@ def test_critic_free_estimator_needs_no_critic_and_logs_no_critic_metric(workspa
     result = _invoke("train_ppo")
     assert result.exit_code == 0, result.output
 
-    metrics = json.loads((workspace / "metrics/train_ppo.json").read_text())
+    metrics = json.loads((workspace / "metrics/full/train_ppo.json").read_text())
     assert metrics["train/steps"] == 3 and metrics["train/skipped_updates"] == 0
     for key in ISSUE_KEYS:
         if key.startswith("val/") or key == "loss/value":

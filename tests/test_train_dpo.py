@@ -261,7 +261,7 @@ def test_train_dpo_stage_smoke(tiny_models, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "train_dpo" in result.output and "valid reward accuracy" in result.output
 
-    m = json.loads((tmp_path / "metrics/train_dpo.json").read_text())
+    m = json.loads((tmp_path / "metrics/full/train_dpo.json").read_text())
     assert m["train/pairs"] == 16 and m["valid/pairs"] == 12 and m["data/dropped_train"] == 1
     assert m["train/steps"] == 2 and m["train/skipped_nonfinite"] == 0
     assert m["valid_start/loss"] == pytest.approx(math.log(2), rel=1e-6)

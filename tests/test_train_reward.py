@@ -215,7 +215,7 @@ def test_train_reward_stage_smoke(tiny_models, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["train_reward", "--params", str(params)])
     assert result.exit_code == 0, result.output
 
-    metrics = json.loads((tmp_path / "metrics/train_reward.json").read_text())
+    metrics = json.loads((tmp_path / "metrics/full/train_reward.json").read_text())
     for split in ("valid", "test"):
         for key in ("accuracy", "margin", "longer_wins_accuracy", "accuracy_chosen_shorter"):
             assert metrics[f"{split}/{key}"] is not None

@@ -202,7 +202,7 @@ def test_train_sft_stage_smoke(tiny_models, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["train_sft", "--params", str(params)])
     assert result.exit_code == 0, result.output
 
-    m = json.loads((tmp_path / "metrics/train_sft.json").read_text())
+    m = json.loads((tmp_path / "metrics/full/train_sft.json").read_text())
     assert m["train/examples"] == 24 and m["valid/examples"] == 4
     assert m["train/steps"] == 3 * 3
     assert m["valid/loss"] < m["valid/loss_base"] - 0.2

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rlhf_lab.errors import RlhfLabError
+from rlhf_lab.errors import ConfigError, RlhfLabError
 
 app = typer.Typer(
     add_completion=False,
@@ -27,6 +27,29 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="RLHF experiment stages (run them through `dvc repro`; each is also a command).",
 )
+
+STAGES = "Stages (dvc repro runs them in order)"
+TOOLS = "Tools (read the pipeline's outputs)"
+ARENA = "Arena (human feedback)"
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"rlhf-lab {version('rlhf-lab')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = False,
+) -> None:
+    """RLHF experiment stages (run them through `dvc repro`; each is also a command)."""
+
 
 ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="params file (YAML)", show_default=True)
@@ -64,17 +87,47 @@ UNWRITABLE = {
 """OSErrors a user fixes by making a folder writable; reported in one line, like a full disk."""
 
 
-def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) -> None:
-    """Load params, then ``rlhf_lab.<package>.<stage>.main`` (stages; tools are not stages)."""
-    from rlhf_lab import precision, ui
-    from rlhf_lab.config import load_params
+def _git_without_commit() -> bool:
+    """Inside a git work tree that has no commit yet (dvclive's experiment record needs one;
+    without it a stage would end in a long dvclive traceback)."""
+    import subprocess
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], capture_output=True, text=True)
 
     try:
+        inside = git("rev-parse", "--is-inside-work-tree")
+        return (
+            inside.stdout.strip() == "true"
+            and git("rev-parse", "-q", "--verify", "HEAD").returncode != 0
+        )
+    except OSError:  # no git: nothing to check
+        return False
+
+
+def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) -> None:
+    """Load params, then ``rlhf_lab.<package>.<stage>.main`` (stages; tools are not stages)."""
+    from rlhf_lab import precision, tracking, ui
+    from rlhf_lab.config import load_params
+    from rlhf_lab.ui import quiet_libraries
+
+    quiet_libraries()
+    try:
+        if package == "stages" and _git_without_commit():
+            raise ConfigError(
+                f"{stage}: this git repository has no commit yet; commit once (git add -A && "
+                "git commit -m init), then run the stage: DVC and dvclive record the commit"
+            )
         params = load_params(params_path)
         module = importlib.import_module(f"rlhf_lab.{package}.{stage}")
         precision.configure(params.models.mixed_precision)
+        if package == "stages":  # the commands that log training curves
+            tracking.configure(params.tracking, stage)
         with _stage_lock(stage, package):
-            module.main(params, **kwargs)
+            try:
+                module.main(params, **kwargs)
+            finally:
+                tracking.close()
     except RlhfLabError as exc:
         ui.error(_params_named(str(exc), params_path))
         raise typer.Exit(2) from None
@@ -100,55 +153,55 @@ def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) 
         raise typer.Exit(2) from None
 
 
-@app.command("track_inputs")
+@app.command("track_inputs", rich_help_panel=STAGES)
 def track_inputs(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Fingerprint data.source, data.catalogue and local models into data/inputs/ for DVC."""
     _run("track_inputs", params)
 
 
-@app.command("prepare_models")
+@app.command("prepare_models", rich_help_panel=STAGES)
 def prepare_models(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Materialise models/base/{policy,encoder} from embedded models, local dirs or hub ids."""
     _run("prepare_models", params)
 
 
-@app.command("prepare_preference")
+@app.command("prepare_preference", rich_help_panel=STAGES)
 def prepare_preference(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Normalise a data source into preference pairs and prompts; drop invalid rows to a file."""
     _run("prepare_preference", params)
 
 
-@app.command("score_with_llm")
+@app.command("score_with_llm", rich_help_panel=STAGES)
 def score_with_llm(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Score every candidate reply with the LLM judge (local model or OpenAI-compatible API)."""
     _run("score_with_llm", params)
 
 
-@app.command("train_reward")
+@app.command("train_reward", rich_help_panel=STAGES)
 def train_reward(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Train the Bradley–Terry reward model on preference pairs."""
     _run("train_reward", params)
 
 
-@app.command("train_critic")
+@app.command("train_critic", rich_help_panel=STAGES)
 def train_critic(params: ParamsOpt = DEFAULT_PARAMS) -> None:
-    """Warm-start the PPO critic (LoRA + value head) by regression on judge scores."""
+    """Warm-start the PPO critic (LoRA + value head) by regression on critic.target scores."""
     _run("train_critic", params)
 
 
-@app.command("train_sft")
+@app.command("train_sft", rich_help_panel=STAGES)
 def train_sft(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Supervised fine-tuning with LoRA, merged into models/sft (the baseline)."""
     _run("train_sft", params)
 
 
-@app.command("train_dpo")
+@app.command("train_dpo", rich_help_panel=STAGES)
 def train_dpo(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """DPO (or IPO) on the preference pairs from the SFT policy, merged into models/dpo."""
     _run("train_dpo", params)
 
 
-@app.command("train_ppo")
+@app.command("train_ppo", rich_help_panel=STAGES)
 def train_ppo(
     params: ParamsOpt = DEFAULT_PARAMS,
     resume: Annotated[
@@ -160,23 +213,23 @@ def train_ppo(
         ),
     ] = None,
 ) -> None:
-    """PPO on the SFT policy against the composite reward."""
+    """Online RL from the SFT policy (ppo.advantage: gae, grpo, rloo, reinforce_pp)."""
     _run("train_ppo", params, resume=resume)
 
 
-@app.command("train_recommender")
+@app.command("train_recommender", rich_help_panel=STAGES)
 def train_recommender(params: ParamsOpt = DEFAULT_PARAMS) -> None:
     """Fit the crs recommender; measure it and two baselines (other tasks: a skip marker)."""
     _run("train_recommender", params)
 
 
-@app.command("evaluate")
+@app.command("evaluate", rich_help_panel=STAGES)
 def evaluate(params: ParamsOpt = DEFAULT_PARAMS) -> None:
-    """Compare SFT and PPO on held-out prompts; write metrics, samples, plots and a report."""
+    """Compare eval.baseline with every eval.policies arm; metrics, samples, plots, report."""
     _run("evaluate", params)
 
 
-@app.command("generate")
+@app.command("generate", rich_help_panel=TOOLS)
 def generate(
     prompt: Annotated[
         list[str] | None, typer.Option("--prompt", help="a user message (repeatable)")
@@ -228,7 +281,7 @@ def generate(
     )
 
 
-@app.command("analyze_rewards")
+@app.command("analyze_rewards", rich_help_panel=TOOLS)
 def analyze_rewards(
     input: Annotated[
         Path | None,
@@ -270,7 +323,7 @@ def analyze_rewards(
     )
 
 
-@app.command("compare")
+@app.command("compare", rich_help_panel=TOOLS)
 def compare(
     experiments: Annotated[
         list[str] | None,
@@ -284,7 +337,7 @@ def compare(
     _run("compare", params, package="tools", experiments=experiments or [], all_=all_, out=out)
 
 
-@app.command("arena")
+@app.command("arena", rich_help_panel=ARENA)
 def arena(
     model: Annotated[
         list[str] | None,
@@ -331,11 +384,11 @@ def arena(
     )
 
 
-@app.command("params")
+@app.command("params", rich_help_panel=TOOLS)
 def params_cmd(
     preset: Annotated[
         str | None,
-        typer.Option(help="apply a task preset: crs or docstring (see README 'Tasks')"),
+        typer.Option(help="apply a task preset: crs or docstring (see docs/tasks.md)"),
     ] = None,
     base: Annotated[
         Path | None,

@@ -19,7 +19,14 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rlhf_lab.errors import ConfigError, clip
 from rlhf_lab.io import decode_utf8
@@ -672,6 +679,27 @@ class RecommenderConfig(Section):
     """Top-k recommender candidates a grounded crs prompt carries (ECR's retrieval prompt)."""
 
 
+class TrackingConfig(Section):
+    """Where the training curves go besides DVC (rlhf_lab.tracking). No stage declares this
+    section: it changes where numbers are sent, never a stage's outputs."""
+
+    log_with: list[Literal["dvclive", "tensorboard", "mlflow", "wandb"]] = ["dvclive"]
+    """Trackers: dvclive (always: DVC's plots read it) plus tensorboard, mlflow, wandb."""
+    dir: str = "runs"
+    """TensorBoard's log dir (one sub-folder per stage) and wandb's working dir."""
+    mlflow_uri: str = "file:./mlruns"
+    """MLflow tracking URI: a local file store by default, or an http(s) server."""
+    project: str = "rlhf-lab"
+    """MLflow experiment and wandb project name; each stage is one run in it."""
+
+    @field_validator("log_with")
+    @classmethod
+    def _dvclive_stays(cls, value: list[str]) -> list[str]:
+        if "dvclive" not in value:
+            raise ValueError("tracking.log_with must include dvclive (DVC's plots read it)")
+        return value
+
+
 class Params(Section):
     """All of params.yaml."""
 
@@ -686,6 +714,7 @@ class Params(Section):
     dpo: DpoConfig = DpoConfig()
     eval: EvalConfig = EvalConfig()
     recommender: RecommenderConfig = RecommenderConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @property
     def critic_layout(self) -> CriticLayout:
@@ -715,6 +744,22 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{err['msg']} (got {got})"
 
 
+def _did_you_mean(loc: tuple[Any, ...]) -> str:
+    """``" (did you mean 'clip'?)"`` for an unknown key close to a key of its section."""
+    import difflib
+
+    model: Any = Params
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not (
+            isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+        ):
+            return ""
+        model = field.annotation
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def parse_params(raw: Any, source: str = "params.yaml") -> Params:
     """Validate a parsed YAML mapping; raise ConfigError with one line naming the key."""
     if raw is None:
@@ -731,7 +776,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> Params:
             # model validators: the message already names the keys
             msg = clip(str(err["msg"]).removeprefix("Value error, "), 500, quote=False)
             raise ConfigError(f"{source}: {msg}{more}") from None
-        raise ConfigError(f"{source}: {key}: {_describe(err)}{more}") from None
+        hint = _did_you_mean(err["loc"]) if err["type"] == "extra_forbidden" else ""
+        raise ConfigError(f"{source}: {key}: {_describe(err)}{hint}{more}") from None
     _check_seeds(params, "", source)
     return params
 

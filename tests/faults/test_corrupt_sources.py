@@ -137,7 +137,7 @@ def test_parquet_rejected_row_with_timestamps_and_bytes_is_recorded(workdir):
     assert (bad["reason"], bad["field"], bad["line"]) == ("missing_field", "rejected", 6)
     assert bad["raw"]["created"] == "2020-01-02 03:04:05"
     assert bad["raw"]["blob"] == "b'\\x00\\xff\\x05'"
-    metrics = json.loads((workdir / "metrics/prepare_preference.json").read_text())
+    metrics = json.loads((workdir / "metrics/full/prepare_preference.json").read_text())
     assert metrics["invalid/missing_field"] == 1 and metrics["data/rows_kept"] == 5
 
 
@@ -192,7 +192,7 @@ def test_lone_surrogates_outside_the_texts_go_to_invalid_before_sampling(policy_
     ]
     assert invalid[0]["detail"] == "unencodable character \\ud800 at 4"
     assert invalid[0]["raw"]["meta"]["movies"]["11"] == "Bad \\ud800 Name"  # escaped, kept
-    metrics = json.loads((policy_workdir / "metrics/prepare_preference.json").read_text())
+    metrics = json.loads((policy_workdir / "metrics/full/prepare_preference.json").read_text())
     assert metrics["invalid/bad_encoding"] == 6 and metrics["sample/count"] == 6
 
 
@@ -239,7 +239,7 @@ def test_code_too_nested_for_ast_parse_goes_to_invalid(policy_workdir):
         (8, "code_too_nested", "code", "ast.parse: too many levels of indentation"),
         (9, "bad_encoding", "meta.source_id", "unencodable character \\ud800 at 10"),
     ]
-    metrics = json.loads((policy_workdir / "metrics/prepare_preference.json").read_text())
+    metrics = json.loads((policy_workdir / "metrics/full/prepare_preference.json").read_text())
     assert metrics["invalid/code_too_nested"] == 4 and metrics["data/rows_kept"] == 4
 
 

@@ -256,7 +256,7 @@ def test_sigkill_mid_checkpoint_save_then_resume_gives_the_uninterrupted_model(
     (root / "params.yaml").write_text(yaml.safe_dump(PPO_PARAMS))
 
     def result() -> tuple[dict[str, bytes], dict[str, float]]:
-        metrics = json.loads((root / "metrics/train_ppo.json").read_text())
+        metrics = json.loads((root / "metrics/full/train_ppo.json").read_text())
         return _tree(root / "models/ppo"), {
             k: v for k, v in metrics.items() if not k.startswith("time/")
         }
@@ -265,7 +265,7 @@ def test_sigkill_mid_checkpoint_save_then_resume_gives_the_uninterrupted_model(
     assert rc == 0, log
     reference = result()
     shutil.rmtree(root / "models/ppo")
-    (root / "metrics/train_ppo.json").unlink()
+    (root / "metrics/full/train_ppo.json").unlink()
 
     # --fresh: the finished run's checkpoints match, so a plain run would just resume at 3/3
     rc, log = _run(root, fault_env, "train_ppo", "--fresh", fault="kill_before:step-000002")

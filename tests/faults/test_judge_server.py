@@ -325,7 +325,7 @@ def test_stage_passes_with_deterministic_failures_as_flagged_neutral_scores(
     # default max_failure_fraction 0: transient failures would fail the stage, these don't
     code, out = _run(tmp_path, rows, _judge(server, max_fallback_fraction=0.25))
     assert code == 0, out
-    m = json.loads((tmp_path / "metrics/score_with_llm.json").read_text())
+    m = json.loads((tmp_path / "metrics/full/score_with_llm.json").read_text())
     assert m["judge/items"] == 20 and m["judge/failures"] == 0
     assert m["judge/fallback"] == 4  # 2 replies x 2 dimensions
     assert m["judge/fallback/no_rating"] == 2 and m["judge/fallback/invalid"] == 2
@@ -413,7 +413,7 @@ def test_corrupt_cache_records_are_skipped_counted_and_reasked(server, tmp_path,
     before = len(server.requests)
     code, out = _run(tmp_path, rows, _judge(server))
     assert code == 0, out
-    m = json.loads((tmp_path / "metrics/score_with_llm.json").read_text())
+    m = json.loads((tmp_path / "metrics/full/score_with_llm.json").read_text())
     assert m["judge/cache_skipped_lines"] == 7
     assert m["judge/items_new"] == 7 and m["judge/items_cached"] == 9
     assert len(server.requests) - before == 7  # exactly the unreadable ones, asked again

@@ -71,7 +71,7 @@ def _last_line(result) -> str:
 
 def _outputs(root):
     """What train_ppo publishes: the model's bytes and the metrics (timings aside)."""
-    metrics = json.loads((root / "metrics/train_ppo.json").read_text())
+    metrics = json.loads((root / "metrics/full/train_ppo.json").read_text())
     return (
         (root / "models/ppo/model.safetensors").read_bytes(),
         {k: v for k, v in metrics.items() if not k.startswith("time/")},
@@ -119,7 +119,7 @@ def test_killed_mid_checkpoint_then_rerun_equals_uninterrupted(workspaces, monke
     result = _invoke("train_ppo", "--resume")
     assert result.exit_code == 0, result.output
     assert "resuming train_ppo at step 3/4" in result.output
-    assert json.loads((killed / "metrics/train_ppo.json").read_text())["train/steps"] == 4
+    assert json.loads((killed / "metrics/full/train_ppo.json").read_text())["train/steps"] == 4
 
 
 def _reweight(root):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rlhf_lab import ui
+from rlhf_lab import outputs, ui
 from rlhf_lab.arena import ratings
 from rlhf_lab.arena import votes as votes_lib
 from rlhf_lab.config import Params
@@ -36,6 +36,9 @@ ALIASES = {
 }
 PROMPTS = Path("data/prompts/test.jsonl")
 METRICS = Path("metrics/arena.json")
+MIN_GAMES = 10
+"""Below this many games a model's bootstrap CI is not shown: with a handful of votes it
+collapses to a point (3 wins of 3 give "1.00 [1.00, 1.00]") and reads as certainty."""
 
 
 def resolve_models(names: Sequence[str]) -> dict[str, Path]:
@@ -45,16 +48,20 @@ def resolve_models(names: Sequence[str]) -> dict[str, Path]:
             Path(d).name: Path(d) for d in DEFAULT_MODELS if (Path(d) / "config.json").is_file()
         }
         if len(found) < 2:
+            missing = next(d for d in DEFAULT_MODELS if Path(d).name not in found)
             raise DataError(
                 f"the arena needs two models; found {', '.join(found) or 'none'} of "
-                f"{', '.join(DEFAULT_MODELS)}; train them first or give --model twice"
+                f"{', '.join(DEFAULT_MODELS)}: for {missing}, {outputs.how_to_get(missing)} "
+                "(or give --model twice)"
             )
         return found
     out: dict[str, Path] = {}
     for name in names:
         path = Path(ALIASES.get(name, name))
         if not (path / "config.json").is_file():
-            raise DataError(f"--model {name!r}: {path} holds no model (config.json)")
+            raise DataError(
+                f"--model {name!r}: {path} holds no model (config.json): {outputs.how_to_get(path)}"
+            )
         out[name if name in ALIASES else str(path)] = path
     if len(out) < 2:
         raise DataError("the arena needs at least two different --model")
@@ -127,9 +134,14 @@ def report(votes_path: Path, metrics_path: Path, n_boot: int, seed: int) -> dict
     )
     for model in models:
         k = f"arena/{model}"
+        n = m[f"{k}/games"]
+        ci = (
+            f"[{m[f'{k}/win_rate_lo']:.2f}, {m[f'{k}/win_rate_hi']:.2f}]"
+            if n >= MIN_GAMES
+            else f"(too few games for a CI: {n} < {MIN_GAMES})"
+        )
         rows[f"{model}: Elo / win rate [95% CI] / games"] = (
-            f"{m[f'{k}/elo']:.0f} / {m[f'{k}/win_rate']:.2f} "
-            f"[{m[f'{k}/win_rate_lo']:.2f}, {m[f'{k}/win_rate_hi']:.2f}] / {m[f'{k}/games']}"
+            f"{m[f'{k}/elo']:.0f} / {m[f'{k}/win_rate']:.2f} {ci} / {n}"
         )
     if bad:
         rows["unreadable lines (skipped)"] = ", ".join(map(str, bad[:10]))

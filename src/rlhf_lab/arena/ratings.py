@@ -114,7 +114,7 @@ def elo_scale(strengths: Mapping[str, float], base: float = 1000.0) -> dict[str,
 def summary(
     votes: list[Mapping[str, Any]], *, prior: float = 1.0, n_boot: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
-    """Flat ``arena/...`` metrics of a vote file's rows (see the README's metrics table)."""
+    """Flat ``arena/...`` metrics of a vote file's rows (see docs/metrics.md)."""
     played = games(votes)
     m: dict[str, Any] = {
         "arena/votes": len(votes),

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 BINS = 20
 """Histogram bins per component (fixed bins on [0, 1] line two runs' files up bin for bin)."""
 WHO = ("sft", "ppo", "ref")
@@ -50,3 +52,23 @@ def pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def ecdf(values: Sequence[float] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The empirical CDF of the finite ``values``: sorted x and the fraction of values <= x.
+
+    Drawn as a step line it shows every one of a few dozen replies without the spikes that
+    histogram bins give so few points, and two runs' curves compare at a glance.
+    """
+    x = np.sort(np.asarray(values, dtype=float))
+    x = x[np.isfinite(x)]
+    return x, np.arange(1, x.size + 1) / max(1, x.size)
+
+
+def grid_shape(n: int, max_cols: int = 3) -> tuple[int, int]:
+    """``(rows, cols)`` for ``n`` panels with as few empty cells as possible (at most
+    ``max_cols`` wide): 4 panels are 2 x 2, 6 are 2 x 3, 5 are 2 x 3 with one spare cell."""
+    if n <= max_cols:
+        return 1, max(1, n)
+    cols = min(range(2, max_cols + 1), key=lambda c: (-(n // c * c == n), math.ceil(n / c), -c))
+    return math.ceil(n / cols), cols

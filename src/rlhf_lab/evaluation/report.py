@@ -3,8 +3,9 @@
 Given an :class:`~rlhf_lab.evaluation.evaluate.EvalResult` (the baseline, every policy of
 ``eval.policies`` and the references; one colour and one column per model):
 
-- :func:`write_plot_images` draws ``reward_hist.png`` (reward-model score of every model and
-  the references), ``component_hists.png`` (one panel per rule component) and
+- :func:`write_plot_images` draws ``reward_hist.png`` (the ECDF of the reward-model score of
+  every model and the references), ``component_hists.png`` (one ECDF panel per rule
+  component; the names stay from when they were histograms) and
   ``component_delta.png`` (policy - baseline per component with its paired 95% CI, one bar
   colour per policy);
 - :func:`write_plot_data` writes the same distributions as DVC plot data, so ``dvc plots diff``
@@ -37,7 +38,7 @@ from rlhf_lab.evaluation.metrics import (
     ranking_score,
     rule_reward_key,
 )
-from rlhf_lab.evaluation.plotting import BINS, num, pyplot, slug, write_csv
+from rlhf_lab.evaluation.plotting import BINS, ecdf, grid_shape, num, pyplot, slug, write_csv
 from rlhf_lab.evaluation.scoring import reference_of
 from rlhf_lab.judge.rubrics import OVERALL
 from rlhf_lab.reward_components import REWARD_MODEL, TOTAL, TOTAL_REF
@@ -169,23 +170,43 @@ def write_plot_data(result: EvalResult, out_dir: str | Path) -> list[Path]:
 # --------------------------------------------------------------------------------------------
 
 
-def _hist_axes(ax: Any, result: EvalResult, name: str, per: Mapping[str, np.ndarray]) -> None:
-    edges, _ = histogram(per)
+RM_AXIS = "reward-model score (z-score: 0 = the mean, 1 = one std over the training prompts)"
+"""What the reward model's number is: ``models/reward`` normalises raw scores with the mean
+and std it saw on the training prompts (``reward_stats.json``), as PPO does."""
+
+
+def _axis_label(name: str, per: Mapping[str, np.ndarray]) -> str:
+    if name == REWARD_MODEL:
+        return RM_AXIS
+    if all(v.min() >= 0.0 and v.max() <= 1.0 for v in per.values() if v.size):
+        return f"{name} score (0 = worst, 1 = best)"
+    return f"{name} score"
+
+
+def _ecdf_axes(
+    ax: Any, result: EvalResult, name: str, per: Mapping[str, np.ndarray], title: str = ""
+) -> None:
+    """One ECDF step line per reply set: at x, the fraction of replies scoring <= x, so a
+    curve further right scores higher; the legend holds each set's size and mean."""
     for who in _series(result):
-        if who in per:
-            ax.hist(
-                per[who],
-                bins=edges,
-                weights=np.full(per[who].size, 1.0 / per[who].size),
-                histtype="step",
-                linewidth=1.6,
-                color=colour(result, who),
-                linestyle=linestyle(result, who),
-                label=f"{label(who)} (mean {per[who].mean():.3g})",
-            )
-    ax.set_title(name, fontsize=10)
-    ax.set_ylabel("fraction of replies")
-    ax.legend(fontsize=7)
+        if who not in per:
+            continue
+        x, y = ecdf(per[who])
+        ax.step(
+            np.r_[x[0], x],
+            np.r_[0.0, y],
+            where="post",
+            linewidth=1.6,
+            color=colour(result, who),
+            linestyle=linestyle(result, who),
+            label=f"{label(who)} (n={x.size}, mean {x.mean():.3g})",
+        )
+    ax.set_title(title or name, fontsize=10)
+    ax.set_xlabel(_axis_label(name, per), fontsize=8)
+    ax.set_ylabel("fraction of replies scoring <= x", fontsize=8)
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left")
 
 
 def _delta_bars(ax: Any, result: EvalResult) -> None:
@@ -230,21 +251,28 @@ def write_plot_images(result: EvalResult, out_dir: str | Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     dists = distributions(result)
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    _hist_axes(ax, result, "reward model score (normalised)", dists[REWARD_MODEL])
-    ax.set_xlabel("score")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    title = "Reward-model score per reply (ECDF; further right = higher)"
+    _ecdf_axes(ax, result, REWARD_MODEL, dists[REWARD_MODEL], title)
     fig.tight_layout()
     fig.savefig(out_dir / REWARD_HIST, dpi=110)
     plt.close(fig)
 
-    names = [n for n in dists if n != REWARD_MODEL]
-    cols = 3
-    rows = max(1, math.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    names = [n for n in dists if n != REWARD_MODEL and dists[n]]
+    rows, cols = grid_shape(max(1, len(names)))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names, strict=False):
-        _hist_axes(ax, result, name, dists[name])
-    for ax in list(axes.flat)[len(names) :]:
-        ax.axis("off")
+        _ecdf_axes(ax, result, name, dists[name])
+    if not names:
+        axes[0, 0].text(0.5, 0.5, "no rule component scored", ha="center", va="center")
+        axes[0, 0].set_axis_off()
+    for ax in list(axes.flat)[max(1, len(names)) :]:
+        fig.delaxes(ax)  # a spare cell of the grid: no empty frame
+    fig.suptitle(
+        "Rule components per reply (ECDF; further right = higher; the references are not "
+        "scored on components that need one)",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(out_dir / COMPONENT_HISTS, dpi=100)
     plt.close(fig)

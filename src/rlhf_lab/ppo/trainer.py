@@ -68,6 +68,8 @@ from rlhf_lab.training.common import Curves, NonFiniteGuard
 
 MINIBATCH_KEYS = ("loss/policy", "loss/value", "policy/clipfrac", "policy/approxkl", "val/clipfrac")
 """Logged per minibatch (averaged over a step's updates): nan in a step that made none."""
+STEP_LINE = {"score": "objective/score", "kl": "objective/kl", "length": "gen/length"}
+"""What the per-step line shows (``ui.step_line``), from the step's logged stats."""
 
 
 class _Units(NamedTuple):
@@ -570,6 +572,14 @@ class PpoTrainer(Checkpointing):
                 stats = {"step": float(step), **stats}
                 self.history.append(stats)
                 curves.log(step, _curve_values(stats))
+                if self.dp.is_main:
+                    ui.step_line(
+                        "train_ppo",
+                        step + 1,
+                        cfg.steps,
+                        {k: stats.get(f, math.nan) for k, f in STEP_LINE.items()},
+                        timing["time/rollout_s"] + timing["time/update_s"],
+                    )
                 self.step = step + 1
                 if self.checkpoint_dir is not None and (
                     self.step % cfg.save_every == 0 or self.step == cfg.steps

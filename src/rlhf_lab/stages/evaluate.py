@@ -21,7 +21,8 @@ from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.evaluation import report
 from rlhf_lab.evaluation.evaluate import EvalPaths, JudgeScorer, load_prompt_rows, run_evaluation
-from rlhf_lab.io import atomic_dir, stage_outputs, write_json, write_jsonl
+from rlhf_lab.headline import full_path, write_metrics
+from rlhf_lab.io import atomic_dir, stage_outputs, write_jsonl
 from rlhf_lab.models import read_provenance
 from rlhf_lab.tasks.registry import get_task
 
@@ -60,7 +61,7 @@ def main(params: Params, **_: Any) -> None:
         paths=PATHS,
         judge_factory=(lambda: _judge_factory(params)) if cfg.judge else None,
     )
-    with stage_outputs(PLOTS_DIR, REPORTS_DIR, METRICS):
+    with stage_outputs(PLOTS_DIR, REPORTS_DIR, full_path(METRICS), METRICS):
         with atomic_dir(PLOTS_DIR) as tmp:
             report.write_plot_images(result, tmp)
             report.write_plot_data(result, tmp)
@@ -73,7 +74,7 @@ def main(params: Params, **_: Any) -> None:
                 n_boot=cfg.n_boot,
             )
             (tmp / "report.md").write_text(text, encoding="utf-8")
-        write_json(METRICS, result.metrics)
+        write_metrics(METRICS, result.metrics)
     m, base = result.metrics, cfg.baseline
     summary: dict[str, Any] = {f"reward model {base}": f"{m[f'{base}/rm_score']:.3f}"}
     for p in cfg.policies:

@@ -18,7 +18,8 @@ from rlhf_lab import models, ui
 from rlhf_lab.config import Params
 from rlhf_lab.data import pairs, prepare
 from rlhf_lab.errors import DataError, ModelSourceError
-from rlhf_lab.io import atomic_dir, failed_output, stage_outputs, write_json, write_jsonl
+from rlhf_lab.headline import full_path, write_metrics
+from rlhf_lab.io import atomic_dir, failed_output, stage_outputs, write_jsonl
 from rlhf_lab.tasks import crs
 from rlhf_lab.tokens import default_device
 
@@ -79,10 +80,10 @@ def main(params: Params, **_: Any) -> None:
         seconds = time.perf_counter() - start
 
     prepared = prepare.build(loaded, mode, cfg, samples)
-    with stage_outputs(PROMPTS_DIR, PREFERENCE_DIR, INVALID_DIR, METRICS):
+    with stage_outputs(PROMPTS_DIR, PREFERENCE_DIR, INVALID_DIR, full_path(METRICS), METRICS):
         _write_dir(PROMPTS_DIR, prepared.prompts)
         _write_dir(PREFERENCE_DIR, prepared.preference)
         _write_dir(INVALID_DIR, prepared.invalid)
-        write_json(METRICS, prepared.metrics)
+        write_metrics(METRICS, prepared.metrics)
 
     ui.summary("prepare_preference", prepare.summary_rows(prepared.metrics, seconds))

@@ -22,7 +22,8 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params
 from rlhf_lab.errors import ConfigError, RlhfLabError
-from rlhf_lab.io import atomic_dir, failed_output, stage_outputs, write_json, write_jsonl
+from rlhf_lab.headline import full_path, write_metrics
+from rlhf_lab.io import atomic_dir, failed_output, stage_outputs, write_jsonl
 from rlhf_lab.judge import build_judge
 from rlhf_lab.judge.base import FAILURE_CLASS
 from rlhf_lab.judge.preference import ScoredPreference, score_preference, unscored
@@ -74,7 +75,7 @@ def main(params: Params, **_: Any) -> None:
             result,
         )
         raise
-    with stage_outputs(SCORED_DIR, METRICS):
+    with stage_outputs(SCORED_DIR, full_path(METRICS), METRICS):
         _write(SCORED_DIR, METRICS, result)
 
 
@@ -83,7 +84,7 @@ def _write(scored_dir: Path, metrics: Path, result: ScoredPreference) -> None:
         for split, rows in result.splits.items():
             write_jsonl(tmp / f"{split}.jsonl", rows)
         write_jsonl(tmp / "failures.jsonl", result.failures)
-    write_json(metrics, result.metrics)
+    write_metrics(metrics, result.metrics)
 
 
 def _summary(result: ScoredPreference, backend: str) -> None:

@@ -5,7 +5,7 @@
 Reads ``models.policy`` / ``encoder`` / ``revision``, ``data.source`` / ``format`` /
 ``data_dir`` / ``split``, ``data.catalogue`` and ``judge.backend`` / ``model``; writes
 ``data/inputs/{models,source,catalogue,judge}.json``, which the stages that read those inputs
-depend on (README "Inputs outside the repo"; :mod:`rlhf_lab.inputs`). ``always_changed`` in
+depend on (docs/inputs.md; :mod:`rlhf_lab.inputs`). ``always_changed`` in
 dvc.yaml: it runs on every ``dvc repro`` (about a second while the inputs are unchanged).
 """
 

@@ -23,7 +23,8 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import read_jsonl, stage_outputs, write_json
+from rlhf_lab.headline import full_path, write_metrics
+from rlhf_lab.io import read_jsonl, stage_outputs
 from rlhf_lab.training.critic import (
     ScoredReply,
     candidate_replies,
@@ -124,7 +125,7 @@ def main(params: Params, **_: Any) -> None:
             "valid metrics will be null",
             highlight=False,
         )
-    with stage_outputs(OUT_DIR, PLOTS_DIR, METRICS):
+    with stage_outputs(OUT_DIR, PLOTS_DIR, full_path(METRICS), METRICS):
         outcome = train_critic(
             SFT_DIR,
             train,
@@ -143,7 +144,7 @@ def main(params: Params, **_: Any) -> None:
             "train/skipped_rows": skipped,
             "valid/skipped_rows": valid_skipped,
         }
-        write_json(METRICS, metrics)
+        write_metrics(METRICS, metrics)
     m = outcome.metrics
 
     def pair(key: str) -> str:

@@ -29,7 +29,8 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import read_jsonl, stage_outputs, write_json
+from rlhf_lab.headline import full_path, write_metrics
+from rlhf_lab.io import read_jsonl, stage_outputs
 from rlhf_lab.training.dpo import train_dpo_model
 from rlhf_lab.training.reward_model import pairs_from_rows
 
@@ -56,7 +57,7 @@ def main(params: Params, **_: Any) -> None:
             f"{PREFERENCE_DIR / 'train.jsonl'}: no preference pairs with two distinct replies "
             "(run `rlhf-lab prepare_preference` first)"
         )
-    with stage_outputs(OUT_DIR, PLOTS, METRICS):
+    with stage_outputs(OUT_DIR, PLOTS, full_path(METRICS), METRICS):
         outcome = train_dpo_model(
             SFT_DIR,
             pairs["train"],
@@ -74,7 +75,7 @@ def main(params: Params, **_: Any) -> None:
         if not outcome.is_main_process:
             return
         m = outcome.metrics | {f"data/dropped_{k}": v for k, v in dropped.items()}
-        write_json(METRICS, m)
+        write_metrics(METRICS, m)
 
     def before_after(key: str) -> str:
         return f"{_num(m[f'valid_start/{key}'])} → {_num(m[f'valid/{key}'])}"

@@ -36,7 +36,8 @@ import torch
 from rlhf_lab import ui
 from rlhf_lab.config import CriticLayout, Params, section_dict
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import atomic_dir, read_jsonl, stage_outputs, write_json
+from rlhf_lab.headline import full_path, write_metrics
+from rlhf_lab.io import atomic_dir, read_jsonl, stage_outputs
 from rlhf_lab.ppo.composite_score import active_components, build_scorer, describe
 from rlhf_lab.ppo.distributed import DataParallel
 from rlhf_lab.ppo.fingerprint import stage_fingerprint
@@ -97,7 +98,7 @@ def main(params: Params, resume: bool | None = None, **_: Any) -> None:
         device=accelerator.device,
         shared_trunk=layout is CriticLayout.SHARED_TRUNK,
     )
-    with stage_outputs(OUT_DIR, PLOTS_DIR, METRICS):
+    with stage_outputs(OUT_DIR, PLOTS_DIR, full_path(METRICS), METRICS):
         trainer = PpoTrainer(
             model,
             rows,
@@ -127,7 +128,7 @@ def main(params: Params, resume: bool | None = None, **_: Any) -> None:
                 params=section_dict(params, "task", "ppo", "reward"),
                 metrics={k: v for k, v in metrics.items() if not k.startswith("time/")},
             )
-        write_json(METRICS, metrics)
+        write_metrics(METRICS, metrics)
     show = [
         "objective/score_start",
         "objective/score",

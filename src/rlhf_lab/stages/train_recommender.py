@@ -21,7 +21,8 @@ from typing import Any
 
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
-from rlhf_lab.io import atomic_dir, read_jsonl, write_json, write_jsonl
+from rlhf_lab.headline import full_path, write_metrics
+from rlhf_lab.io import atomic_dir, read_jsonl, stage_outputs, write_json, write_jsonl
 from rlhf_lab.models import PROVENANCE
 from rlhf_lab.tasks.crs import ranking, recommender
 
@@ -40,9 +41,10 @@ def main(params: Params, **_: Any) -> None:
     }
     if not recommender.applies(params.task.name):
         why = f"task is {params.task.name}"
-        with atomic_dir(MODEL_DIR) as tmp:
-            write_json(tmp / PROVENANCE, provenance | {"skipped": why})
-        write_json(METRICS, {"recommender/skipped": 1, "recommender/skipped_reason": why})
+        with stage_outputs(MODEL_DIR, full_path(METRICS), METRICS):
+            with atomic_dir(MODEL_DIR) as tmp:
+                write_json(tmp / PROVENANCE, provenance | {"skipped": why})
+            write_metrics(METRICS, {"recommender/skipped": 1, "recommender/skipped_reason": why})
         ui.summary("train_recommender", {"skipped": why})
         return
     from rlhf_lab.evaluation.recommender import compare
@@ -71,11 +73,12 @@ def main(params: Params, **_: Any) -> None:
         )
         for row in test_rows
     ]
-    with atomic_dir(MODEL_DIR) as tmp:
-        model.save(tmp)
-        write_jsonl(tmp / CANDIDATE_PROMPTS, grounded)
-        write_json(tmp / PROVENANCE, provenance)
-    write_json(METRICS, metrics)
+    with stage_outputs(MODEL_DIR, full_path(METRICS), METRICS):
+        with atomic_dir(MODEL_DIR) as tmp:
+            model.save(tmp)
+            write_jsonl(tmp / CANDIDATE_PROMPTS, grounded)
+            write_json(tmp / PROVENANCE, provenance)
+        write_metrics(METRICS, metrics)
     ui.summary(
         "train_recommender",
         {key: metrics[key] for key in metrics if key.split("/")[1] in ranking.HEADLINE},

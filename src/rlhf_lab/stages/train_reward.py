@@ -30,7 +30,8 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import read_jsonl, stage_outputs, write_json
+from rlhf_lab.headline import full_path, write_metrics
+from rlhf_lab.io import read_jsonl, stage_outputs
 from rlhf_lab.training.reward_model import pairs_from_rows, train_reward_model
 
 SCORED_DIR = Path("data/scored")
@@ -58,7 +59,7 @@ def main(params: Params, **_: Any) -> None:
         pairs[split], dropped[split] = pairs_from_rows(_rows(split))
     if not pairs["train"]:
         raise DataError(f"{SCORED_DIR / 'train.jsonl'}: no usable preference pairs")
-    with stage_outputs(OUT_DIR, PLOTS, METRICS):
+    with stage_outputs(OUT_DIR, PLOTS, full_path(METRICS), METRICS):
         outcome = train_reward_model(
             ENCODER_DIR,
             pairs["train"],
@@ -72,7 +73,7 @@ def main(params: Params, **_: Any) -> None:
             return
         m = outcome.metrics
         m.update({f"data/dropped_{split}": n for split, n in dropped.items()})
-        write_json(METRICS, m)
+        write_metrics(METRICS, m)
     ui.summary(
         "train_reward",
         {

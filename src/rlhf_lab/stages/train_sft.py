@@ -24,7 +24,8 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.errors import DataError
-from rlhf_lab.io import read_jsonl, stage_outputs, write_json
+from rlhf_lab.headline import full_path, write_metrics
+from rlhf_lab.io import read_jsonl, stage_outputs
 from rlhf_lab.training.sft import sft_examples, train_sft_model
 
 PROMPTS_DIR = Path("data/prompts")
@@ -54,7 +55,7 @@ def main(params: Params, **_: Any) -> None:
             f"{PREFERENCE_DIR / 'train.jsonl'} (chosen replies) has any "
             "(run `rlhf-lab prepare_preference` first)"
         )
-    with stage_outputs(OUT_DIR, PLOTS, METRICS):
+    with stage_outputs(OUT_DIR, PLOTS, full_path(METRICS), METRICS):
         outcome = train_sft_model(
             POLICY_DIR,
             examples["train"],
@@ -68,7 +69,7 @@ def main(params: Params, **_: Any) -> None:
         if not outcome.is_main_process:
             return
         m = outcome.metrics
-        write_json(METRICS, m)
+        write_metrics(METRICS, m)
     ui.summary(
         "train_sft",
         {

@@ -3,7 +3,7 @@
 The stages, the trainers, the evaluation and the judge never branch on ``task.name``: they ask
 :func:`rlhf_lab.tasks.registry.get_task` for the task and call its hooks. Each hook has a
 neutral default, so a task states only what it has (chat: a rubric and nothing else). How to
-add a task: ``docs/tasks.md``.
+add a task: ``docs/task-interface.md``.
 """
 
 from __future__ import annotations

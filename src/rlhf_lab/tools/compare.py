@@ -3,15 +3,17 @@
     rlhf-lab compare exp-a exp-b exp-c --out reports/compare.json
     rlhf-lab compare --all
 
-Runs ``dvc exp show --json`` (each experiment's params and ``metrics/evaluate.json``) and reads
-each experiment's ``reports/samples.jsonl`` (a DVC-cached output of ``evaluate``) at its rev
-with ``dvc.api.read``; prints per arm the mean ± 95% CI half-width across seeds, and the
+Runs ``dvc exp show --json`` (each experiment's params and headline ``metrics/evaluate.json``)
+and reads each experiment's full ``metrics/full/evaluate.json`` (git-tracked) and
+``reports/samples.jsonl`` (a DVC-cached output of ``evaluate``) at its rev with
+``dvc.api.read``; prints per arm the mean ± 95% CI half-width across seeds, and the
 paired Wilcoxon test between every two arms. ``--out`` also writes the numbers as JSON. The
 method is in ``rlhf_lab.evaluation.compare``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -21,13 +23,15 @@ from typing import Any
 
 from rich.table import Table
 
-from rlhf_lab import ui
+from rlhf_lab import outputs, ui
 from rlhf_lab.config import Params
 from rlhf_lab.errors import DataError
 from rlhf_lab.evaluation import compare as cmp
+from rlhf_lab.headline import full_path
 from rlhf_lab.io import write_json
 
 SAMPLES = "reports/samples.jsonl"
+FULL_METRICS = str(full_path(cmp.METRICS_FILE))
 
 
 def dvc_exp_show() -> list[dict[str, Any]]:
@@ -40,18 +44,40 @@ def dvc_exp_show() -> list[dict[str, Any]]:
     return json.loads(out.stdout)
 
 
-def dvc_samples(exp: cmp.Experiment) -> list[dict[str, Any]]:
-    """``reports/samples.jsonl`` at the experiment's rev (the workspace file for ``workspace``)."""
+def _read_at(path: str, exp: cmp.Experiment) -> str | None:
+    """``path`` at the experiment's rev (the workspace file for ``workspace``); None when it
+    is not available there."""
     import dvc.api
 
     try:
         if exp.name == "workspace":
-            text = Path(SAMPLES).read_text(encoding="utf-8")
-        else:
-            text = dvc.api.read(SAMPLES, rev=exp.rev, encoding="utf-8")
-    except Exception as exc:  # dvc raises many kinds; each means "not available at that rev"
-        raise DataError(f"compare: {SAMPLES} of experiment {exp.name!r}: {exc}") from None
+            return Path(path).read_text(encoding="utf-8")
+        return dvc.api.read(path, rev=exp.rev, encoding="utf-8")
+    except Exception:  # dvc raises many kinds; each means "not available at that rev"
+        return None
+
+
+def dvc_samples(exp: cmp.Experiment) -> list[dict[str, Any]]:
+    """``reports/samples.jsonl`` at the experiment's rev (the workspace file for ``workspace``)."""
+    text = _read_at(SAMPLES, exp)
+    if text is None:
+        fix = (
+            outputs.how_to_get(SAMPLES)
+            if exp.name == "workspace"
+            else f"`dvc pull` (a commit) or `dvc exp pull <remote> {exp.name}` (an experiment) "
+            "fetches it, or `dvc repro evaluate` at that rev makes it"
+        )
+        raise DataError(
+            f"compare: {SAMPLES} of experiment {exp.name!r} is not in the DVC cache: {fix}"
+        )
     return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def dvc_full_metrics(exp: cmp.Experiment) -> dict[str, Any]:
+    """Evaluate's full metrics at the experiment's rev; its headline (from ``dvc exp show``)
+    where the rev has no full file (written before evaluate split its metrics)."""
+    text = _read_at(FULL_METRICS, exp)
+    return exp.metrics if text is None else {**exp.metrics, **json.loads(text)}
 
 
 def _print(result: Mapping[str, Any]) -> None:
@@ -87,12 +113,15 @@ def main(
     out: Path | None = None,
     show: Callable[[], list[dict[str, Any]]] | None = None,
     read_samples: Callable[[cmp.Experiment], list[dict[str, Any]]] | None = None,
+    read_metrics: Callable[[cmp.Experiment], dict[str, Any]] | None = None,
     **_: Any,
 ) -> None:
-    """``show`` / ``read_samples`` (default :func:`dvc_exp_show` / :func:`dvc_samples`) let
-    tests feed fixture JSON instead of a git + DVC repo."""
+    """``show`` / ``read_samples`` / ``read_metrics`` (default :func:`dvc_exp_show` /
+    :func:`dvc_samples` / :func:`dvc_full_metrics`) let tests feed fixture JSON instead of a
+    git + DVC repo."""
     show = show or dvc_exp_show
     read_samples = read_samples or dvc_samples
+    read_metrics = read_metrics or dvc_full_metrics
     if bool(experiments) == all_:
         raise DataError("compare: name the experiments to compare, or pass --all (not both)")
     found = cmp.parse_exp_show(show())
@@ -100,6 +129,7 @@ def main(
         chosen = [e for e in found if e.name != "workspace"] or found
     else:
         chosen = cmp.select(found, experiments)
+    chosen = [dataclasses.replace(e, metrics=read_metrics(e)) for e in chosen]
     result = cmp.compare(chosen, read_samples)
     _print(result)
     if out is not None:

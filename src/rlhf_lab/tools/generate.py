@@ -33,6 +33,7 @@ from typing import Any
 
 import typer
 
+from rlhf_lab import outputs
 from rlhf_lab.config import Params
 from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import DataError, ModelSourceError
@@ -54,8 +55,8 @@ def resolve_model(name: str) -> Path:
     if not (path / "config.json").is_file():
         known = ", ".join(MODEL_ALIASES)
         raise ModelSourceError(
-            f"model {name!r}: {path} holds no trained model (config.json); give {known} "
-            "(after the stage that makes it) or a model directory"
+            f"model {name!r}: {path} holds no trained model (config.json): "
+            f"{outputs.how_to_get(path)} (--model takes {known} or a model directory)"
         )
     return path
 

@@ -29,7 +29,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 
-from rlhf_lab import models, precision, ui
+from rlhf_lab import models, precision, tracking, ui
 from rlhf_lab.config import LoraConfig
 from rlhf_lab.errors import ConfigError, NonFiniteLossError
 from rlhf_lab.io import atomic_dir, finite_or_none
@@ -239,6 +239,7 @@ class Curves:
         self.live.step = step
         for name, value in values.items():
             self.live.log_metric(name, float(value))
+        tracking.log(step, values)  # TensorBoard / MLflow / W&B when params name them
 
     def close(self) -> None:
         """Write ``metrics.json`` (the last values) and publish the folder."""

@@ -123,6 +123,8 @@ def preference_metrics(
     }
 
 
+STEP_LINE = ("loss", "rewards/accuracies", "rewards/margins")
+"""What the per-step line shows (``ui.step_line``), from the step's train metrics."""
 METRIC_NAMES = (
     "loss",
     "rewards/chosen",
@@ -341,7 +343,10 @@ def train_dpo_model(
             )
         return valid
 
-    fitted = loop.fit(model, loader, optimizer, scheduler, step, label="dpo", evaluate=evaluate)
+    fitted = loop.fit(
+        model, loader, optimizer, scheduler, step, label="dpo", evaluate=evaluate,
+        step_line={k: f"train/{k}" for k in STEP_LINE},
+    )  # fmt: skip
     unwrapped = accelerator.unwrap_model(model)
     seen = cfg.batch_size * len(fitted.history)
     metrics: dict[str, Any] = {

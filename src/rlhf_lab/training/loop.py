@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 
+from rlhf_lab import ui
 from rlhf_lab.config import OptimConfig
 from rlhf_lab.training.common import (
     Curves,
@@ -99,7 +100,7 @@ class SupervisedLoop:
         plots_dir: str | Path | None,
     ) -> None:
         """``hint`` completes the abort message after "lower <section>.lr, or ..."."""
-        self.accelerator, self.cfg = accelerator, cfg
+        self.accelerator, self.cfg, self.stage = accelerator, cfg, stage
         self.curves = Curves(plots_dir, enabled=accelerator.is_main_process)
         self.guard = NonFiniteGuard(
             stage, f"{section}.max_bad_steps", cfg.max_bad_steps, f"lower {section}.lr, or {hint}",
@@ -116,12 +117,18 @@ class SupervisedLoop:
         *,
         label: str,
         evaluate: Callable[[], Mapping[str, float]] | None = None,
+        step_line: Mapping[str, str] | None = None,
     ) -> Fitted:
-        """``cfg.epochs`` passes over ``loader`` (progress bars read "<label> epoch i/n")."""
+        """``cfg.epochs`` passes over ``loader`` (progress bars read "<label> epoch i/n").
+
+        ``step_line`` (shown name -> curve key): also print one line per applied step
+        (:func:`rlhf_lab.ui.step_line`), which a log file keeps where a progress bar is not drawn.
+        """
         acc, cfg = self.accelerator, self.cfg
         fitted = Fitted(steps=0)
         eval_seconds = 0.0
-        start = time.perf_counter()
+        start = step_start = time.perf_counter()
+        total = len(loader) * cfg.epochs if step_line else 0  # type: ignore[arg-type]
         for epoch in range(cfg.epochs):
             points: list[dict[str, float]] = []
             with train_mode(model, True):
@@ -141,12 +148,18 @@ class SupervisedLoop:
                     points.append(point)
                     fitted.history.append({"step": fitted.steps, **point})
                     self.curves.log(fitted.steps, point)
+                    if step_line and acc.is_main_process:
+                        shown = {name: point[key] for name, key in step_line.items()}
+                        seconds = time.perf_counter() - step_start
+                        ui.step_line(self.stage, fitted.steps, total, shown, seconds)
+                    step_start = time.perf_counter()
             fitted.epochs.append(points)
             if evaluate is not None:
                 t0 = time.perf_counter()
                 valid = evaluate()
                 eval_seconds += time.perf_counter() - t0
                 self.curves.log(fitted.steps, valid)
+                step_start = time.perf_counter()
         fitted.train_seconds = time.perf_counter() - start - eval_seconds
         return fitted
 

@@ -1,0 +1,74 @@
+"""tracking.log_with: the curves a stage logs reach TensorBoard's event files and an MLflow
+file store (both local, offline), next to dvclive."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhf_lab import tracking
+from rlhf_lab.config import TrackingConfig, parse_params
+from rlhf_lab.errors import ConfigError
+from rlhf_lab.training.common import Curves
+
+
+@pytest.fixture(autouse=True)
+def _closed():
+    yield
+    tracking.close()
+    tracking.configure(TrackingConfig(), "none")  # back to dvclive only
+
+
+def test_tensorboard_event_files_round_trip(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    settings = TrackingConfig(log_with=["dvclive", "tensorboard"], dir=str(tmp_path / "runs"))
+    tracking.configure(settings, "train_sft")
+    curves = Curves(tmp_path / "plots/train_sft")  # the supervised loops' one logging place
+    curves.log(1, {"train/loss": 2.5})
+    curves.log(2, {"train/loss": 1.5, "valid/loss": float("nan")})
+    curves.close()
+    tracking.close()
+    acc = EventAccumulator(str(tmp_path / "runs/train_sft"))
+    acc.Reload()
+    assert acc.Tags()["scalars"] == ["train/loss"]  # the NaN was not sent
+    assert [(e.step, e.value) for e in acc.Scalars("train/loss")] == [(1, 2.5), (2, 1.5)]
+    # dvclive still wrote DVC's curve
+    tsv = (tmp_path / "plots/train_sft/plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert tsv[0].split("\t") == ["step", "loss"] and len(tsv) == 3
+
+
+def test_mlflow_file_store_round_trip(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    settings = TrackingConfig(log_with=["dvclive", "mlflow"], mlflow_uri=uri, project="lab")
+    tracking.configure(settings, "train_ppo")
+    tracking.log(0, {"objective/score": 0.25, "objective/kl": 0.0})
+    tracking.log(1, {"objective/score": 0.75, "objective/kl": 0.125})
+    tracking.close()
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("lab").experiment_id])
+    assert run.info.run_name == "train_ppo" and run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "objective/score")
+    assert [(m.step, m.value) for m in history] == [(0, 0.25), (1, 0.75)]
+    assert run.data.metrics == {"objective/score": 0.75, "objective/kl": 0.125}
+
+
+def test_only_dvclive_opens_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tracking.configure(TrackingConfig(), "train_sft")
+    tracking.log(0, {"train/loss": 1.0})
+    tracking.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_config_errors_are_one_line():
+    with pytest.raises(ConfigError, match=r"tracking\.log_with.*must include dvclive"):
+        parse_params({"tracking": {"log_with": ["tensorboard"]}})
+    with pytest.raises(ConfigError, match=r"tracking\.log_with"):
+        parse_params({"tracking": {"log_with": ["dvclive", "comet"]}})
+    try:
+        import wandb  # noqa: F401
+    except ImportError:  # not installed here: the stage says how to get it, before training
+        with pytest.raises(ConfigError, match=r"names wandb, which is not installed \(pip"):
+            tracking.configure(TrackingConfig(log_with=["dvclive", "wandb"]), "train_ppo")
