@@ -30,7 +30,7 @@ def test_crs_fits_the_recommender_and_measures_it_beside_the_baselines(tmp_path,
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     result = CliRunner().invoke(app, ["train_recommender", "--params", "params.yaml"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "metrics/train_recommender.json").read_text())
+    metrics = json.loads((tmp_path / "metrics/full/train_recommender.json").read_text())
     assert metrics["recommender/recall@1"] == 1.0
     assert metrics["baseline_popularity/recall@10"] == 0.0
     assert metrics["baseline_cooccurrence/recall@10"] == 1.0
@@ -56,7 +56,7 @@ def test_other_tasks_skip_in_a_moment_without_reading_data(tmp_path, monkeypatch
     (tmp_path / "params.yaml").write_text("task:\n  name: chat\n")
     result = CliRunner().invoke(app, ["train_recommender", "--params", "params.yaml"])
     assert result.exit_code == 0, result.output
-    metrics = json.loads((tmp_path / "metrics/train_recommender.json").read_text())
+    metrics = json.loads((tmp_path / "metrics/full/train_recommender.json").read_text())
     assert metrics == {"recommender/skipped": 1, "recommender/skipped_reason": "task is chat"}
     marker = json.loads((tmp_path / "models/recommender/provenance.json").read_text())
     assert marker["skipped"] == "task is chat"
