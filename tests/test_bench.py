@@ -169,3 +169,22 @@ def test_benchlib_results_name_the_machine_but_no_path_of_it(tmp_path):
     assert "load_average_1min_start_end" not in benchlib.machine()
     # every script writes under the same two folders
     assert benchlib.RESULTS == BENCH / "results" and benchlib.WORK == BENCH / ".work"
+
+
+def test_rollout_levers_tiny_run_gives_the_plain_rollout(tmp_path, monkeypatch):
+    bench = _load("rollout_levers")
+    real, tiny = tmp_path / "real.json", tmp_path / "tiny.json"
+    monkeypatch.setattr(bench, "RESULTS", real)
+    monkeypatch.setattr(bench, "TINY_RESULTS", tiny)
+    monkeypatch.setattr(bench, "WORK", tmp_path / "work")
+    argv = ["--tiny", "--batch", "4", "--group", "2", "--new-tokens", "3", "--repeats", "1"]
+    result = bench.main(argv)
+
+    assert tiny.is_file() and not real.exists()
+    assert json.loads(tiny.read_text())["levers"].keys() == set(bench.ARMS)
+    for lever, arm in result["levers"].items():
+        # each lever changes the work, not the rollout
+        assert arm["same_replies"], lever
+        assert arm["max_abs_diff"]["logprobs"] < 1e-5, lever
+        assert all(v > 0 for v in arm["speedup_off_over_on"].values()), lever
+    assert result["levers"]["share_prompt_cache"]["ppo"]["num_generations"] == 2
