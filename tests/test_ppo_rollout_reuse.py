@@ -162,3 +162,8 @@ def test_each_lever_gives_the_plain_rollout(dirs, lever, over):
         torch.testing.assert_close(
             getattr(fast, name), getattr(plain, name), atol=ATOL, rtol=0, msg=name
         )
+    # and the update takes it (tensors recorded under inference mode, the sampled log-probs as
+    # the old policy's)
+    stats = trainer.update(fast, 0)
+    assert stats["train/updates"] == CFG["epochs"] * trainer.cfg.minibatches
+    assert torch.isfinite(torch.tensor(stats["loss/policy"]))
