@@ -23,6 +23,17 @@ def _load(name: str):
     return module
 
 
+def _tiny_paths(name: str, tmp_path, monkeypatch):
+    """Bench ``name`` with its real and tiny results files and its work folder under
+    ``tmp_path``: ``(module, real results path, tiny results path)``."""
+    bench = _load(name)
+    real, tiny = tmp_path / "real.json", tmp_path / "tiny.json"
+    monkeypatch.setattr(bench, "RESULTS", real)
+    monkeypatch.setattr(bench, "TINY_RESULTS", tiny)
+    monkeypatch.setattr(bench, "WORK", tmp_path / "work")
+    return bench, real, tiny
+
+
 def test_ppo_vs_trl_tiny_never_overwrites_the_committed_results():
     bench = _load("ppo_vs_trl")
     assert bench.results_path(None, tiny=False) == bench.RESULTS
@@ -39,11 +50,7 @@ def test_ppo_vs_trl_tiny_never_overwrites_the_committed_results():
 
 
 def test_throughput_tiny_run(tmp_path, monkeypatch):
-    bench = _load("throughput")
-    real, tiny = tmp_path / "real.json", tmp_path / "tiny.json"
-    monkeypatch.setattr(bench, "RESULTS", real)
-    monkeypatch.setattr(bench, "TINY_RESULTS", tiny)
-    monkeypatch.setattr(bench, "WORK", tmp_path / "work")
+    bench, real, tiny = _tiny_paths("throughput", tmp_path, monkeypatch)
     argv = ["--tiny", "--batches", "2", "--dtypes", "fp32", "--variants", "dynamic,static"]
     argv += ["--new-tokens", "4", "--repeats", "1", "--matmul-size", "64", "--update-batch", "2"]
     argv += ["--threads", "1"]
@@ -172,11 +179,7 @@ def test_benchlib_results_name_the_machine_but_no_path_of_it(tmp_path):
 
 
 def test_rollout_levers_tiny_run_gives_the_plain_rollout(tmp_path, monkeypatch):
-    bench = _load("rollout_levers")
-    real, tiny = tmp_path / "real.json", tmp_path / "tiny.json"
-    monkeypatch.setattr(bench, "RESULTS", real)
-    monkeypatch.setattr(bench, "TINY_RESULTS", tiny)
-    monkeypatch.setattr(bench, "WORK", tmp_path / "work")
+    bench, real, tiny = _tiny_paths("rollout_levers", tmp_path, monkeypatch)
     argv = ["--tiny", "--batch", "4", "--group", "2", "--new-tokens", "3", "--repeats", "1"]
     result = bench.main(argv)
 
