@@ -3,13 +3,16 @@ GRPO/RLOO group, chunks of similar length — each equal to the plain path it re
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from rlhf_lab.config import PpoConfig
+from rlhf_lab import precision
+from rlhf_lab.config import CriticLayout, PpoConfig
 from rlhf_lab.ppo.composite_score import CompositeScorer
 from rlhf_lab.ppo.model import SampledLogprobs, chat_prompt_ids, load_policy_critic
-from rlhf_lab.ppo.rollout import length_order
+from rlhf_lab.ppo.rollout import _reuses_sampling, length_order
 from rlhf_lab.ppo.trainer import PpoTrainer
 from rlhf_lab.tokens import pad
 
@@ -112,6 +115,21 @@ def test_shared_prompt_cache_refuses_rows_that_are_not_groups(dirs):
     query, query_mask = _query(model, 6)
     with pytest.raises(ValueError, match="runs of 3 copies"):
         model.generate(query, query_mask, 2, group_size=3)
+
+
+def test_sampling_logprobs_only_where_they_are_the_recomputation():
+    on, off = PpoConfig(logprobs_from_sampling=True), PpoConfig()
+    separate, none, shared = (
+        SimpleNamespace(layout=x)
+        for x in (CriticLayout.SEPARATE, CriticLayout.NONE, CriticLayout.SHARED_TRUNK)
+    )
+    assert _reuses_sampling(separate, on) and _reuses_sampling(none, on)
+    assert not _reuses_sampling(separate, off)
+    # a shared trunk's policy pass gives the values: nothing to skip
+    assert not _reuses_sampling(shared, on)
+    # bf16 sampling: bf16 logits, not the recomputation's float32 head
+    precision.configure("bf16")
+    assert not _reuses_sampling(separate, on)
 
 
 def test_length_order_sorts_by_prompt_then_reply_length():

@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import torch
@@ -239,10 +239,24 @@ def _reuses_sampling(model: PolicyCritic, cfg: PpoConfig) -> bool:
     backbone. Under bf16 autocast the sampling pass's backbone and LM head run in bf16 where
     the recomputation's head is float32; with a shared trunk the policy pass also gives the
     values, so there is nothing to skip."""
-    return (
-        cfg.logprobs_from_sampling
-        and not precision.bf16_enabled()
-        and model.layout is not CriticLayout.SHARED_TRUNK
+    if not cfg.logprobs_from_sampling:
+        return False
+    if precision.bf16_enabled():
+        _note_recomputed("bf16 sampling (models.mixed_precision)")
+        return False
+    if model.layout is CriticLayout.SHARED_TRUNK:
+        _note_recomputed("critic.shared_trunk: the policy pass gives the values too")
+        return False
+    return True
+
+
+@cache
+def _note_recomputed(why: str) -> None:
+    """Say once per process why ``ppo.logprobs_from_sampling`` does not apply."""
+    ui.console.print(
+        f"[yellow]note:[/] ppo.logprobs_from_sampling does not apply with {why}; "
+        "the rollout recomputes the policy's log-probs",
+        highlight=False,
     )
 
 
