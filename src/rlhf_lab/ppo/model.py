@@ -214,7 +214,8 @@ class SampledLogprobs(LogitsProcessor):
     def _take(self, tokens: torch.Tensor) -> None:
         assert self._last is not None
         z = self._last.unsqueeze(1)
-        self._logprobs.append(logprobs_from_logits(z, tokens.unsqueeze(1)).squeeze(1).cpu())
+        tokens = tokens.to(z.device).unsqueeze(1)
+        self._logprobs.append(logprobs_from_logits(z, tokens).squeeze(1).cpu())
         self._entropy.append(entropy_from_logits(z).squeeze(1).cpu())
         self._last = None
 
