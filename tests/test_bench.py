@@ -23,6 +23,17 @@ def _load(name: str):
     return module
 
 
+def _tiny_paths(name: str, tmp_path, monkeypatch):
+    """Bench ``name`` with its real and tiny results files and its work folder under
+    ``tmp_path``: ``(module, real results path, tiny results path)``."""
+    bench = _load(name)
+    real, tiny = tmp_path / "real.json", tmp_path / "tiny.json"
+    monkeypatch.setattr(bench, "RESULTS", real)
+    monkeypatch.setattr(bench, "TINY_RESULTS", tiny)
+    monkeypatch.setattr(bench, "WORK", tmp_path / "work")
+    return bench, real, tiny
+
+
 def test_ppo_vs_trl_tiny_never_overwrites_the_committed_results():
     bench = _load("ppo_vs_trl")
     assert bench.results_path(None, tiny=False) == bench.RESULTS
@@ -39,11 +50,7 @@ def test_ppo_vs_trl_tiny_never_overwrites_the_committed_results():
 
 
 def test_throughput_tiny_run(tmp_path, monkeypatch):
-    bench = _load("throughput")
-    real, tiny = tmp_path / "real.json", tmp_path / "tiny.json"
-    monkeypatch.setattr(bench, "RESULTS", real)
-    monkeypatch.setattr(bench, "TINY_RESULTS", tiny)
-    monkeypatch.setattr(bench, "WORK", tmp_path / "work")
+    bench, real, tiny = _tiny_paths("throughput", tmp_path, monkeypatch)
     argv = ["--tiny", "--batches", "2", "--dtypes", "fp32", "--variants", "dynamic,static"]
     argv += ["--new-tokens", "4", "--repeats", "1", "--matmul-size", "64", "--update-batch", "2"]
     argv += ["--threads", "1"]
@@ -187,3 +194,18 @@ def test_docstring_plan_runs_every_arm_on_the_preset():
         "arms": [{"arm": "sft", "verdicts": [None]}, {"arm": "ppo:gae", "verdicts": verdicts}]
     }
     assert bench.proceed_counts(compared) == {"ppo:gae": "2/3"}
+
+
+def test_rollout_levers_tiny_run_gives_the_plain_rollout(tmp_path, monkeypatch):
+    bench, real, tiny = _tiny_paths("rollout_levers", tmp_path, monkeypatch)
+    argv = ["--tiny", "--batch", "4", "--group", "2", "--new-tokens", "3", "--repeats", "1"]
+    result = bench.main(argv)
+
+    assert tiny.is_file() and not real.exists()
+    assert json.loads(tiny.read_text())["levers"].keys() == set(bench.ARMS)
+    for lever, arm in result["levers"].items():
+        # each lever changes the work, not the rollout
+        assert arm["same_replies"], lever
+        assert arm["max_abs_diff"]["logprobs"] < 1e-5, lever
+        assert all(v > 0 for v in arm["speedup_off_over_on"].values()), lever
+    assert result["levers"]["share_prompt_cache"]["ppo"]["num_generations"] == 2

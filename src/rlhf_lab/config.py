@@ -485,6 +485,12 @@ class PpoConfig(Section):
     """Abort after this many updates skipped for a non-finite loss."""
     seed: int = 0
     """Seed for sampling and minibatch order."""
+    logprobs_from_sampling: bool = False
+    """Keep the policy's rollout log-probs from the sampling pass (float32, no shared trunk)."""
+    share_prompt_cache: bool = False
+    """Prefill each prompt once and sample its num_generations replies from copies of its cache."""
+    sort_by_length: bool = False
+    """Evaluate the rollout in chunks of similar prompt length (less padding; same order out)."""
 
     @model_validator(mode="after")
     def _sizes(self) -> PpoConfig:

@@ -56,6 +56,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import LogitsProcessor
 
 from rlhf_lab import models, precision
 from rlhf_lab.config import CriticLayout, LoraConfig
@@ -177,6 +178,62 @@ class ValueHead(nn.Module):
         with torch.no_grad():
             self.linear.weight.copy_(state["weight"])
             self.linear.bias.copy_(state["bias"])
+
+
+# ---------------------------------------------------------------------------------------------
+# log-probs of the sampling pass
+# ---------------------------------------------------------------------------------------------
+
+
+class SampledLogprobs(LogitsProcessor):
+    """Records the log-prob and entropy of each sampled token from the sampling pass itself.
+
+    A logits processor that returns the scores untouched. transformers applies user processors
+    before the sampling warpers (``GenerationMixin._get_logits_processor``), so it sees the
+    float32 logits of the step and divides them by the temperature exactly as
+    ``TemperatureLogitsWarper`` does; the token drawn from them shows up as the last column of
+    ``input_ids`` at the next step (the last one in :meth:`finish`). The values are those of
+    :meth:`PolicyCritic.policy_logprobs` (the same core functions on the same scaled logits)
+    up to the float rounding of a cached decode against a full-sequence pass; with bf16
+    sampling the logits themselves differ, so callers use it in float32 only.
+    """
+
+    def __init__(self) -> None:
+        self.reset(1.0)
+
+    def reset(self, temperature: float) -> None:
+        self.temperature = float(temperature)
+        self._last: torch.Tensor | None = None
+        self._logprobs: list[torch.Tensor] = []
+        self._entropy: list[torch.Tensor] = []
+        self.logprobs: torch.Tensor | None = None
+        """[B, steps] log-probs of the sampled tokens (after :meth:`finish`)."""
+        self.entropy: torch.Tensor | None = None
+        """[B, steps] entropy of each step's temperature-scaled distribution."""
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        assert self._last is not None
+        z = self._last.unsqueeze(1)
+        tokens = tokens.to(z.device).unsqueeze(1)
+        self._logprobs.append(logprobs_from_logits(z, tokens).squeeze(1).cpu())
+        self._entropy.append(entropy_from_logits(z).squeeze(1).cpu())
+        self._last = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._last is not None:
+            self._take(input_ids[:, -1])
+        self._last = scores.float() / self.temperature
+        return scores
+
+    def finish(self, response: torch.Tensor) -> None:
+        """Close the record with the sampled ``response`` [B, steps] (prompt cut off)."""
+        steps = response.shape[1]
+        if self._last is not None and len(self._logprobs) < steps:
+            self._take(response[:, len(self._logprobs)])
+        self._last = None
+        # Steps beyond the response (transformers may undo a deferred last step) are dropped.
+        self.logprobs = torch.stack(self._logprobs[:steps], dim=1)
+        self.entropy = torch.stack(self._entropy[:steps], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,6 +527,9 @@ class PolicyCritic(nn.Module):
         query_mask: torch.Tensor,
         max_new_tokens: int,
         temperature: float | None = None,
+        *,
+        group_size: int = 1,
+        record: SampledLogprobs | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Sample replies from the policy → ``(response, response_mask, eos_found)`` on the CPU.
 
@@ -477,23 +537,58 @@ class PolicyCritic(nn.Module):
         (top-k, top-p, min-p, typical-p, repetition penalties...) is set to its neutral value,
         because the PPO ratio assumes the tokens came from ``softmax(logits / T)`` ([N-details]
         "top_k=0, top_p=1.0"; :func:`rlhf_lab.tokens.sampling_kwargs`, as for every sampler).
+
+        ``group_size`` N > 1: the rows come in runs of N copies of one prompt (a GRPO/RLOO
+        group); each prompt goes through the prefill once and its N replies continue from
+        copies of its KV cache (:meth:`_shared_prompt_cache`). ``record`` collects the sampled
+        tokens' log-probs and entropies of the sampling pass itself (:class:`SampledLogprobs`).
         """
         dev = self.device
+        temperature = self.temperature if temperature is None else temperature
+        kwargs = sampling_kwargs(max_new_tokens, temperature, self.eos_ids, self.tok.pad_token_id)
+        if record is not None:
+            if temperature <= 0:
+                raise ValueError("greedy decoding has no sampling distribution to record")
+            record.reset(temperature)
+            kwargs["logits_processor"] = [record]
         # bf16 sampling where configured (rlhf_lab.precision): the tokens' log-probs are
         # recomputed (float32 head) before any loss uses them.
         with self.adapter(POLICY), precision.inference():
+            if group_size > 1 and query.shape[1] > 1:
+                kwargs["past_key_values"] = self._shared_prompt_cache(
+                    query.to(dev), query_mask.to(dev), group_size
+                )
             out = self.lm.generate(
-                input_ids=query.to(dev),
-                attention_mask=query_mask.to(dev),
-                **sampling_kwargs(
-                    max_new_tokens,
-                    temperature or self.temperature,
-                    self.eos_ids,
-                    self.tok.pad_token_id,
-                ),
+                input_ids=query.to(dev), attention_mask=query_mask.to(dev), **kwargs
             )
         response = out[:, query.shape[1] :].cpu()
+        if record is not None:
+            record.finish(response)
         return truncate_after_eos(response, self.eos_ids, self.tok.pad_token_id)
+
+    def _shared_prompt_cache(
+        self, query: torch.Tensor, query_mask: torch.Tensor, group_size: int
+    ) -> Any:
+        """The KV cache of every query token but the last, computed once per group of
+        ``group_size`` identical rows and repeated for each of them.
+
+        ``generate`` then runs only the last prompt token and the replies (it feeds the tokens
+        the cache does not hold; transformers' "re-use a prompt cache" recipe, which needs at
+        least one uncached token). Positions and padding are those ``generate`` would use.
+        """
+        n = group_size
+        if query.shape[0] % n or not (
+            torch.equal(query[::n].repeat_interleave(n, 0), query)
+            and torch.equal(query_mask[::n].repeat_interleave(n, 0), query_mask)
+        ):
+            raise ValueError(f"the rows are not runs of {n} copies of one prompt")
+        ids, mask = query[::n, :-1], query_mask[::n, :-1]
+        out = self.lm.get_decoder()(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True
+        )
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(n)
+        return cache
 
     # -- export --------------------------------------------------------------------------------
 
