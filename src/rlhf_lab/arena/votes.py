@@ -5,7 +5,8 @@
      "label": "left", "label_source": "human",
      "model_left": "sft", "model_right": "ppo", "reply_left": ..., "reply_right": ...,
      "position": "left", "chosen_model": "sft", "rejected_model": "ppo",
-     "note": "", "timestamp": "2026-12-02T11:40:00Z", "generation": {...}}
+     "note": "", "timestamp": "2026-12-02T11:40:00Z", "generation": {...},
+     "rater": "ann" | null, "identical": false}
 
 ``label`` is which side the voter preferred (``left``, ``right``) or neither (``tie``,
 ``both_bad``). Only ``left``/``right`` votes are pairs; the others keep both replies (and
@@ -49,6 +50,7 @@ def vote_row(
     note: str = "",
     generation: Mapping[str, Any] | None = None,
     timestamp: datetime | None = None,
+    rater: str | None = None,
 ) -> dict[str, Any]:
     """The vote-file row of one vote (``models``/``replies`` in left, right order)."""
     if label not in LABELS:
@@ -71,7 +73,12 @@ def vote_row(
         "note": note,
         "timestamp": when.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "generation": dict(generation or {}),
+        "rater": rater,
+        # Two equal texts are no preference: such a row is never a pair (nor a rated game).
+        "identical": replies[0] == replies[1],
     }
+    if label in PAIR_LABELS and replies[0] == replies[1]:
+        raise ValueError("identical replies: vote tie or both_bad, not a side")
     if label in PAIR_LABELS:
         win = 0 if label == "left" else 1
         row.update(

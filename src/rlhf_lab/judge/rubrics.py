@@ -171,6 +171,43 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 
 
+ECR_RUBRICS: tuple[Dimension, ...] = (
+    Dimension(
+        "emotional_intensity",
+        "How strongly does the reply express emotion?",
+        "flat, no emotion",
+        "strong, vivid emotion",
+    ),
+    Dimension(
+        "emotional_persuasiveness",
+        "How much do the reply's feelings make you want to watch the movie?",
+        "not at all",
+        "very much",
+    ),
+    Dimension(
+        "logical_persuasiveness",
+        "How convincing are the reply's reasons for the recommendation?",
+        "no reasons, or unconvincing ones",
+        "clear, convincing reasons",
+    ),
+    Dimension(
+        "informativeness",
+        "How much useful information about the movie does the reply give?",
+        "none",
+        "rich, specific information",
+    ),
+    Dimension(
+        "lifelikeness",
+        "How natural and human-like does the reply sound?",
+        "robotic or unnatural",
+        "like a person talking",
+    ),
+)
+"""ECR's human-evaluation rubrics for crs replies, each scored 1-5 (Zhang et al. 2024,
+"Towards Empathetic Conversational Recommender Systems", RecSys, §5.3): the arena's rating form
+and ``arena --report`` use these names."""
+
+
 def _task(task: str) -> dict[str, Any]:
     try:
         return TASKS[task]
