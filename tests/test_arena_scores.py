@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from rlhf_lab.arena import scores
+from rlhf_lab.arena.command import METRICS
 from rlhf_lab.arena.ratings import MIN_SAMPLES
 from rlhf_lab.evaluation.stats import mean_ci
 from rlhf_lab.judge.rubrics import ECR_RUBRICS
@@ -96,3 +99,10 @@ def test_summary_ci_is_the_bootstrap_of_evaluation_stats():
         3.0,
         3.0,
     )
+
+
+def test_arena_metrics_are_declared_for_dvc_and_committed_empty():
+    root = Path(__file__).resolve().parents[1]
+    assert str(METRICS) in yaml.safe_load((root / "dvc.yaml").read_text())["metrics"]
+    # Present before any vote, so `dvc metrics show` never reports it missing.
+    assert json.loads((root / METRICS).read_text()) == {"arena/votes": 0}
