@@ -73,7 +73,7 @@ def test_crs_page_has_a_score_form_and_scores_land_beside_the_votes(crs):
     board = client.get("/api/leaderboard", headers=headers(token)).json()
     right = row["model_right"]
     [entry] = [m for m in board["models"] if m["model"] == right]
-    assert entry["human"]["lifelikeness"] == "5.00 (too few votes: 1 < 10)"
+    assert entry["human"]["lifelikeness"] == "5.00 (too few ratings: 1 < 10)"
 
 
 def test_bad_scores_are_refused_with_the_field(crs):

@@ -186,11 +186,11 @@ def summary(
     return m
 
 
-def with_ci(m: Mapping[str, Any], key: str, n: int, fmt: str = ".2f") -> str:
+def with_ci(m: Mapping[str, Any], key: str, n: int, fmt: str = ".2f", unit: str = "votes") -> str:
     """``key``'s value with its ``[lo, hi]`` from the flat metrics, or a small-sample warning."""
     value = format(m[key], fmt)
     if f"{key}_lo" not in m:
-        return f"{value} (too few votes: {n} < {MIN_SAMPLES})"
+        return f"{value} (too few {unit}: {n} < {MIN_SAMPLES})"
     return f"{value} [{format(m[f'{key}_lo'], fmt)}, {format(m[f'{key}_hi'], fmt)}]"
 
 
@@ -216,7 +216,8 @@ def leaderboard(m: Mapping[str, Any]) -> dict[str, Any]:
                 "elo": with_ci(m, f"{k}/elo", m[f"{k}/games"], ".0f"),
                 "win_rate": with_ci(m, f"{k}/win_rate", m[f"{k}/games"]),
                 "human": {
-                    r: with_ci(m, f"{k}/human/{r}", m.get(f"{k}/human/replies", 0)) for r in human
+                    r: with_ci(m, f"{k}/human/{r}", m.get(f"{k}/human/replies", 0), unit="ratings")
+                    for r in human
                 },
             }
         )
