@@ -13,7 +13,6 @@ Each reply gets a 1-5 score on every rubric of :data:`rlhf_lab.judge.rubrics.ECR
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rlhf_lab.arena.ratings import MIN_SAMPLES
+from rlhf_lab.arena.votes import read_rows
 from rlhf_lab.evaluation.stats import mean_ci
 from rlhf_lab.io import append_jsonl_line
 from rlhf_lab.judge.rubrics import ECR_RUBRICS, SCALE
@@ -80,31 +80,17 @@ def append_scores(path: str | Path, row: dict[str, Any]) -> None:
     append_jsonl_line(path, row)
 
 
+def _valid(row: dict[str, Any]) -> bool:
+    try:
+        check_scores(row.get("scores"))
+    except ValueError:
+        return False
+    return True
+
+
 def read_scores(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
     """(rows, line numbers that are not a valid score row); none if the file is absent."""
-    path = Path(path)
-    if not path.is_file():
-        return [], []
-    rows: list[dict[str, Any]] = []
-    bad: list[int] = []
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-                ok = isinstance(row, dict) and all(
-                    isinstance(row.get(k), str) for k in ("model_left", "model_right")
-                )
-                if ok:
-                    check_scores(row.get("scores"))
-            except (UnicodeDecodeError, json.JSONDecodeError, ValueError):
-                ok = False
-            if ok:
-                rows.append(row)
-            else:
-                bad.append(n)
-    return rows, bad
+    return read_rows(path, _valid)
 
 
 def summary(

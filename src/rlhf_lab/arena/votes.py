@@ -21,7 +21,7 @@ concurrent votes never interleave and a vote acknowledged to the page is on disk
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,16 +96,20 @@ def append_vote(path: str | Path, row: dict[str, Any]) -> None:
     append_jsonl_line(path, row)
 
 
-def read_votes(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """(votes, line numbers that are not a readable vote) of a vote file; none if it is absent.
+def read_rows(
+    path: str | Path, is_row: Callable[[dict[str, Any]], bool]
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """(rows, line numbers that are not a valid row) of an append-only JSON-lines file of the
+    arena (votes, rubric scores); none if it is absent. A row is valid when it is a JSON object
+    with both model ids and ``is_row`` accepts it.
 
     Unreadable lines (a row torn by a crash mid-write, a hand edit gone wrong) are reported,
-    not fatal: every other vote still counts.
+    not fatal: every other row still counts.
     """
     path = Path(path)
     if not path.is_file():
         return [], []
-    votes: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     bad: list[int] = []
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
@@ -116,9 +120,16 @@ def read_votes(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
             except (UnicodeDecodeError, json.JSONDecodeError):
                 bad.append(n)
                 continue
-            ok = isinstance(row, dict) and row.get("label") in LABELS
-            if ok and all(isinstance(row.get(k), str) for k in ("model_left", "model_right")):
-                votes.append(row)
+            ok = isinstance(row, dict) and all(
+                isinstance(row.get(k), str) for k in ("model_left", "model_right")
+            )
+            if ok and is_row(row):
+                rows.append(row)
             else:
                 bad.append(n)
-    return votes, bad
+    return rows, bad
+
+
+def read_votes(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """(votes, line numbers that are not a readable vote) of a vote file (see :func:`read_rows`)."""
+    return read_rows(path, lambda row: row.get("label") in LABELS)
