@@ -1,4 +1,5 @@
-"""The arena page in headless Chromium (Debian's, driven by Playwright): vote, reveal, escape.
+"""The arena page in headless Chromium (Debian's, driven by Playwright): vote, reveal, escape,
+score the rubrics (a crs arena), read the leaderboard panel.
 
 Skips with the reason when /usr/bin/chromium or the playwright package is absent; `make test`
 installs Chromium first (`make browser`) when it runs as root.
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_lab.arena import scores
 from rlhf_lab.arena.app import Arena, create_app
 from rlhf_lab.arena.votes import read_votes
 
@@ -42,6 +44,8 @@ def served(tmp_path):
         tmp_path / "votes.jsonl",
         [[{"role": "user", "content": "Say something <i>nice</i>."}]],
         {"temperature": 0.7, "max_new_tokens": 16},
+        scores_path=tmp_path / "ratings.jsonl",
+        rubrics=scores.RUBRICS,
     )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -82,6 +86,7 @@ def test_vote_in_the_browser_reveals_models_and_writes_the_vote(served):
             assert "<i>nice</i>" in page.locator("#prompt-view").inner_text()
             assert page.locator("#model-left").inner_text() == ""  # blind before the vote
             page.fill("#note", "the plain one reads better")
+            page.fill("#rater", "ann")
             page.click('button[data-label="left"]')
             page.wait_for_selector("#model-left:not(:empty)")  # no eval: the page's CSP forbids it
             shown_left = page.locator("#model-left").inner_text()
@@ -89,6 +94,26 @@ def test_vote_in_the_browser_reveals_models_and_writes_the_vote(served):
             assert {shown_left, shown_right} == {"html-model", "plain-model"}
             assert page.locator("#count").inner_text() == "1"
             assert "win" in (page.locator("#card-left").get_attribute("class") or "")
+            # Not colour alone: the verdict is also written on each card.
+            assert page.locator("#verdict-left").inner_text() == "✓ preferred"
+            assert page.locator("#verdict-right").inner_text() == "✗ not preferred"
+            # ECR's rubrics: one select per rubric and reply; scores saved beside the votes.
+            for sel in page.locator("select[data-rubric]").all():
+                page.select_option(
+                    f'select[data-rubric="{sel.get_attribute("data-rubric")}"]'
+                    f'[data-side="{sel.get_attribute("data-side")}"]',
+                    "4" if sel.get_attribute("data-side") == "left" else "2",
+                )
+            page.click("#save-scores")
+            page.wait_for_selector("#save-scores:disabled")
+            # The leaderboard panel: both models, small-sample warnings, votes per pair.
+            page.wait_for_selector("#board tr:nth-child(2)")  # no eval: CSP forbids it
+            page.locator("#board-head th", has_text="lifelikeness").wait_for()
+            board = page.locator("#board").inner_text()
+            assert "html-model" in board and "plain-model" in board
+            assert "too few votes: 1 < 10" in board
+            notes = page.locator("#board-notes").inner_text()
+            assert "html-model vs plain-model: 1" in notes and "prompts shown: 1 of 1" in notes
             if os.environ.get("ARENA_SCREENSHOT"):
                 page.screenshot(path=os.environ["ARENA_SCREENSHOT"], full_page=True)
             assert errors == []
@@ -99,4 +124,6 @@ def test_vote_in_the_browser_reveals_models_and_writes_the_vote(served):
     [vote] = votes
     assert vote["label"] == "left" and vote["model_left"] == shown_left
     assert vote["chosen"] == [{"role": "assistant", "content": left}]
-    assert vote["note"] == "the plain one reads better"
+    assert vote["note"] == "the plain one reads better" and vote["rater"] == "ann"
+    [rated], _ = scores.read_scores(arena.scores_path)
+    assert rated["scores"]["left"] == dict.fromkeys(scores.RUBRICS, 4) and rated["rater"] == "ann"

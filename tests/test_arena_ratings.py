@@ -105,5 +105,60 @@ def test_summary_metrics():
         "arena/pairs": 0,
         "arena/ties": 0,
         "arena/both_bad": 0,
+        "arena/identical": 0,
         "arena/left_win_fraction": 0.0,
     }
+    # 5 games each, below MIN_SAMPLES: no interval, and the leaderboard says why.
+    assert "arena/ppo/win_rate_lo" not in m and "arena/ppo/elo_lo" not in m
+    assert m["arena/pair/ppo vs sft"] == 5
+    board = ratings.leaderboard(m)
+    assert [r["model"] for r in board["models"]] == ["ppo", "sft"]
+    assert board["models"][0]["win_rate"] == "0.80 (too few votes: 5 < 10)"
+    assert board["left_wins"] == "0.00 (too few votes: 3 < 10)"
+    assert board["pairs"] == {"ppo vs sft": 5}
+
+
+def test_identical_replies_are_flagged_never_a_pair_and_not_a_game():
+    row = vote_row(
+        comparison_id="c",
+        prompt=[{"role": "user", "content": "hi"}],
+        models=("a", "b"),
+        replies=("same", "same"),
+        label="tie",
+    )
+    assert row["identical"] is True and row["chosen"] is None
+    assert ratings.games([row]) == []
+    assert ratings.summary([row])["arena/identical"] == 1
+    with pytest.raises(ValueError, match="identical replies"):
+        vote_row(
+            comparison_id="c",
+            prompt=[{"role": "user", "content": "hi"}],
+            models=("a", "b"),
+            replies=("same", "same"),
+            label="left",
+        )
+
+
+def test_intervals_once_there_are_enough_votes():
+    # 12 decisive votes, ppo wins 9: win rate 0.75; left (ppo is left in 6) wins 6 of 12.
+    rows = [vote("ppo", "sft", "left")] * 6 + [vote("sft", "ppo", "right")] * 3
+    rows += [vote("sft", "ppo", "left")] * 3
+    m = ratings.summary(rows, n_boot=400)
+    assert m["arena/ppo/win_rate"] == pytest.approx(0.75)
+    assert m["arena/left_win_fraction"] == pytest.approx(9 / 12)
+    assert 0.0 <= m["arena/ppo/win_rate_lo"] < 0.75 < m["arena/ppo/win_rate_hi"] <= 1.0
+    # BT with one virtual tie: 9.5 : 3.5 -> Elo gap 400 log10(19/7) = 173.4, inside its CI
+    gap = m["arena/ppo/elo"] - m["arena/sft/elo"]
+    assert gap == pytest.approx(400 * math.log10(9.5 / 3.5))
+    assert m["arena/ppo/elo_lo"] < m["arena/ppo/elo"] < m["arena/ppo/elo_hi"]
+    board = ratings.leaderboard(m)
+    lo, hi = m["arena/ppo/win_rate_lo"], m["arena/ppo/win_rate_hi"]
+    assert board["models"][0]["win_rate"] == f"0.75 [{lo:.2f}, {hi:.2f}]"
+
+
+def test_elo_ci_of_a_single_game_kind_is_a_point():
+    # Every resample is the same multiset of games: the interval collapses on the fit.
+    played = [Game("a", "b", 0.5)] * 4
+    bounds = ratings.elo_ci(played, n_boot=50)
+    assert bounds["a"] == pytest.approx((1000.0, 1000.0))
+    assert ratings.elo_ci([]) == {}

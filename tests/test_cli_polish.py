@@ -111,4 +111,4 @@ def test_arena_report_says_when_there_are_too_few_games(tmp_path, monkeypatch):
         m = command.report(path, tmp_path / "arena.json", n_boot=200, seed=0)
     assert m["arena/sft/games"] == 3 and m["arena/sft/win_rate"] == 1.0
     text = out.get()
-    assert "too few games for a CI: 3 < 10" in text and "[1.00, 1.00]" not in text
+    assert "too few votes: 3 < 10" in text and "[1.00, 1.00]" not in text

@@ -366,6 +366,9 @@ def arena(
     metrics: Annotated[Path, typer.Option(help="--report's metrics file")] = Path(
         "metrics/arena.json"
     ),
+    ratings: Annotated[
+        Path, typer.Option(help="crs: rubric-score file (appended), beside the votes")
+    ] = Path("data/human/ratings.jsonl"),
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Blind side-by-side comparison page; votes become human preference pairs (not a stage)."""
@@ -381,6 +384,7 @@ def arena(
         votes=votes,
         show_report=report,
         metrics=metrics,
+        ratings_path=ratings,
     )
 
 

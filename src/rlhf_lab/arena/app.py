@@ -7,6 +7,14 @@ A Starlette app, server-rendered HTML and a little plain JS (``page.py``); no bu
     GET  /api/comparisons/{id}         -> {"id", "prompt", "status", "left", "right"}
     POST /api/comparisons/{id}/vote    {"label", "note"} -> {"label", "models", "votes"}
     GET  /api/stats                    -> {"votes"}
+    POST /api/comparisons/{id}/scores  {"scores": {side: {rubric: 1-5}}, "rater"} -> {"rated"}
+    GET  /api/leaderboard              -> ratings ± CI, votes per pair, position bias, coverage
+
+Held-out prompts are drawn without replacement (a shuffled deck, reshuffled when spent), so
+every prompt is shown once before any is shown twice; the leaderboard counts the coverage.
+Two identical replies are flagged (``identical``): they can be voted tie or both bad, never a
+side, so they never become a preference pair. With ``rubrics`` (crs: ECR's five) a rater can
+also score each reply 1-5, appended to ``scores_path`` (``scores.py``).
 
 A comparison takes a prompt (typed, or a random one from the held-out prompts), two distinct
 models drawn at random in random left/right order, and one sampling seed shared by both.
@@ -61,6 +69,8 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from rlhf_lab.arena import ratings as ratings_lib
+from rlhf_lab.arena import scores as scores_lib
 from rlhf_lab.arena import votes as votes_lib
 from rlhf_lab.arena.page import render_page
 from rlhf_lab.io import JsonInputError, parse_json
@@ -72,6 +82,7 @@ Replier = Callable[[str, Messages, dict[str, Any]], str]
 MAX_BODY_BYTES = 32_768
 MAX_PROMPT_CHARS = 4_000
 MAX_NOTE_CHARS = 2_000
+MAX_RATER_CHARS = 64
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -90,6 +101,9 @@ class Comparison:
     replies: tuple[str, str] | None = None
     error: str | None = None
     label: str | None = None
+    identical: bool = False
+    """Both replies are the same text: no side can be preferred."""
+    scored: bool = False
 
     def public(self) -> dict[str, Any]:
         """What the page may see before the vote: no model names."""
@@ -98,6 +112,8 @@ class Comparison:
             out["left"], out["right"] = self.replies
         if self.error is not None:
             out["error"] = self.error
+        if self.identical:
+            out["identical"] = True
         return out
 
 
@@ -129,6 +145,10 @@ class Arena:
     clock: Callable[[], float] = time.monotonic
     rng: random.Random = field(default_factory=random.SystemRandom)
     secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    scores_path: Path | None = None
+    """Where rubric scores are appended; None: no scoring."""
+    rubrics: Sequence[str] = ()
+    """Rubrics a rater scores each reply on (crs: ECR's five); empty: vote only."""
 
     def __post_init__(self) -> None:
         if len(set(self.models)) < 2:
@@ -145,6 +165,8 @@ class Arena:
         self._worker.start()
         found, _ = votes_lib.read_votes(self.votes_path)
         self.vote_count = len(found)
+        self._deck: list[int] = []
+        self._shown: set[int] = set()
 
     # ------------------------------------------------------------------ tokens
     def new_token(self) -> str:
@@ -218,7 +240,7 @@ class Arena:
             _check_storable(prompt_text, "prompt")
             prompt = [{"role": "user", "content": prompt_text.strip()}]
         elif self.prompts:
-            prompt = self.rng.choice(list(self.prompts))
+            prompt = self.draw_prompt()
         else:
             raise ArenaError(400, "no held-out prompts loaded: type a prompt")
         left, right = self.rng.sample(sorted(set(self.models)), 2)  # random pair, random sides
@@ -262,6 +284,7 @@ class Arena:
             return
         with self._lock:
             comp.replies = (replies[0], replies[1])
+            comp.identical = replies[0] == replies[1]
             comp.status = "ready"
 
     def get(self, token: str, cid: str) -> Comparison:
@@ -272,7 +295,9 @@ class Arena:
             raise ArenaError(404, "unknown or expired comparison; start a new one")
         return comp
 
-    def vote(self, token: str, cid: str, label: Any, note: Any) -> dict[str, Any]:
+    def vote(
+        self, token: str, cid: str, label: Any, note: Any, rater: Any = None
+    ) -> dict[str, Any]:
         if label not in votes_lib.LABELS:
             raise ArenaError(400, f"label must be one of {', '.join(votes_lib.LABELS)}")
         if note is None:
@@ -282,12 +307,15 @@ class Arena:
         if len(note) > MAX_NOTE_CHARS:
             raise ArenaError(413, f"note too long: {len(note)} > {MAX_NOTE_CHARS}")
         _check_storable(note, "note")
+        rater = check_rater(rater)
         comp = self.get(token, cid)
         with self._lock:  # one vote per comparison, however many requests race for it
             if comp.status == "voted":
                 raise ArenaError(409, "this comparison already has a vote")
             if comp.status != "ready" or comp.replies is None:
                 raise ArenaError(409, f"the replies are not ready (status {comp.status})")
+            if comp.identical and label in votes_lib.PAIR_LABELS:
+                raise ArenaError(409, "the replies are identical: vote tie or both bad")
             row = votes_lib.vote_row(
                 comparison_id=comp.id,
                 prompt=comp.prompt,
@@ -296,6 +324,7 @@ class Arena:
                 label=label,
                 note=note.strip(),
                 generation=comp.generation,
+                rater=rater,
             )
             try:
                 votes_lib.append_vote(self.votes_path, row)  # on disk before the page hears
@@ -312,6 +341,59 @@ class Arena:
             "votes": count,
         }
 
+    # ------------------------------------------------------------------ prompts, scores
+    def draw_prompt(self) -> Messages:
+        """The next held-out prompt, without replacement: a shuffled deck, refilled when spent."""
+        with self._lock:
+            if not self._deck:
+                self._deck = list(range(len(self.prompts)))
+                self.rng.shuffle(self._deck)
+            i = self._deck.pop()
+            self._shown.add(i)
+        return self.prompts[i]
+
+    def coverage(self) -> dict[str, int]:
+        """How many distinct held-out prompts have been shown, of how many."""
+        with self._lock:
+            return {"shown": len(self._shown), "prompts": len(self.prompts)}
+
+    def score(self, token: str, cid: str, scores: Any, rater: Any = None) -> dict[str, Any]:
+        """Append a rater's rubric scores of both replies (once per comparison)."""
+        if not self.rubrics or self.scores_path is None:
+            raise ArenaError(404, "this arena scores no rubrics (crs prompts only)")
+        rater = check_rater(rater)
+        comp = self.get(token, cid)
+        with self._lock:
+            if comp.scored:
+                raise ArenaError(409, "this comparison already has scores")
+            if comp.replies is None:
+                raise ArenaError(409, f"the replies are not ready (status {comp.status})")
+            try:
+                row = scores_lib.score_row(
+                    comparison_id=comp.id,
+                    prompt=comp.prompt,
+                    models=comp.models,
+                    replies=comp.replies,
+                    scores=scores,
+                    rater=rater,
+                )
+            except ValueError as exc:
+                raise ArenaError(400, str(exc)) from None
+            try:
+                scores_lib.append_scores(self.scores_path, row)
+            except OSError as exc:
+                raise ArenaError(507, f"could not save the scores ({exc}); try again") from None
+            comp.scored = True
+        return {"scored": True}
+
+    def leaderboard(self, n_boot: int = 200) -> dict[str, Any]:
+        """The page's leaderboard panel: from the vote and score files as they are on disk."""
+        found, _ = votes_lib.read_votes(self.votes_path)
+        m = ratings_lib.summary(found, n_boot=n_boot)
+        if self.scores_path is not None:
+            m.update(scores_lib.summary(scores_lib.read_scores(self.scores_path)[0], n_boot=n_boot))
+        return {**ratings_lib.leaderboard(m), "coverage": self.coverage()}
+
     def close(self) -> None:
         """Let a running generation finish; drop the queued ones."""
         with self._lock:
@@ -325,6 +407,18 @@ def _check_storable(text: str, what: str) -> None:
     """400 for text no UTF-8 file can hold (JSON's ``"\\ud800"`` decodes to a lone surrogate)."""
     if _SURROGATE.search(text):
         raise ArenaError(400, f"{what} holds a lone surrogate (invalid Unicode); send real text")
+
+
+def check_rater(rater: Any) -> str | None:
+    """An optional rater id: short text, or None when absent or blank."""
+    if rater is None:
+        return None
+    if not isinstance(rater, str):
+        raise ArenaError(400, "rater must be text")
+    if len(rater) > MAX_RATER_CHARS:
+        raise ArenaError(413, f"rater too long: {len(rater)} > {MAX_RATER_CHARS}")
+    _check_storable(rater, "rater")
+    return rater.strip() or None
 
 
 # ---------------------------------------------------------------------------------- http
@@ -356,11 +450,46 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return data
 
 
+def page_token(arena: Arena, request: Request) -> str:
+    """The request's valid page token (the ``X-Arena-Token`` header), or ArenaError 403."""
+    return arena.check_token(request.headers.get("x-arena-token"))
+
+
+def _rating_routes(arena: Arena) -> list[Route]:
+    """The rubric-score and leaderboard routes (same token rule as every ``/api`` call)."""
+
+    def token_of(request: Request) -> str:
+        return page_token(arena, request)
+
+    async def score(request: Request) -> Response:
+        try:
+            token = token_of(request)
+            data = await _json_body(request)
+            result = arena.score(
+                token, request.path_params["cid"], data.get("scores"), data.get("rater")
+            )
+        except ArenaError as exc:
+            return _error(exc)
+        return JSONResponse(result)
+
+    async def leaderboard(request: Request) -> Response:
+        try:
+            token_of(request)
+        except ArenaError as exc:
+            return _error(exc)
+        return JSONResponse(arena.leaderboard())
+
+    return [
+        Route("/api/comparisons/{cid}/scores", score, methods=["POST"]),
+        Route("/api/leaderboard", leaderboard, methods=["GET"]),
+    ]
+
+
 def create_app(arena: Arena, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> Starlette:
     """The Starlette app serving ``arena`` (``allowed_hosts``: Host header check)."""
 
     def token_of(request: Request) -> str:
-        return arena.check_token(request.headers.get("x-arena-token"))
+        return page_token(arena, request)
 
     async def page(request: Request) -> Response:
         nonce = secrets.token_urlsafe(16)
@@ -372,6 +501,7 @@ def create_app(arena: Arena, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> S
             n_models=len(set(arena.models)),
             max_prompt=MAX_PROMPT_CHARS,
             max_note=MAX_NOTE_CHARS,
+            rubrics=arena.rubrics,
         )
         csp = (
             f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
@@ -411,7 +541,11 @@ def create_app(arena: Arena, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> S
             token = token_of(request)
             data = await _json_body(request)
             result = arena.vote(
-                token, request.path_params["cid"], data.get("label"), data.get("note")
+                token,
+                request.path_params["cid"],
+                data.get("label"),
+                data.get("note"),
+                data.get("rater"),
             )
         except ArenaError as exc:
             return _error(exc)
@@ -437,6 +571,7 @@ def create_app(arena: Arena, allowed_hosts: Sequence[str] = LOOPBACK_HOSTS) -> S
             Route("/api/comparisons/{cid}", show, methods=["GET"]),
             Route("/api/comparisons/{cid}/vote", vote, methods=["POST"]),
             Route("/api/stats", stats, methods=["GET"]),
+            *_rating_routes(arena),
         ],
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
         lifespan=lifespan,

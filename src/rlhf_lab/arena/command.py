@@ -2,13 +2,15 @@
 
     rlhf-lab arena                                   # models/sft + every trained policy
     rlhf-lab arena --model sft --model models/ppo --port 8765
-    rlhf-lab arena --report                          # win rates, CIs, Elo -> metrics/arena.json
+    rlhf-lab arena --report                          # leaderboard -> metrics/arena.json
 
 The page serves on 127.0.0.1 only; ``--host 0.0.0.0`` is refused unless ``--allow-remote`` is
 given too (anyone who can reach the port could then vote). Replies are sampled as ``evaluate``
 samples them: params ``eval.temperature`` and ``eval.max_new_tokens``, ``task.system_prompt``,
 one fresh seed per comparison shared by both models. Votes go to ``data/human/votes.jsonl``;
-``data.source: data/human/votes.jsonl`` makes ``prepare_preference`` train on them.
+``data.source: data/human/votes.jsonl`` makes ``prepare_preference`` train on them. With
+``task.name: crs`` the page also asks for ECR's five rubric scores of each reply (1-5), appended
+to ``data/human/ratings.jsonl``; ``--report`` averages them per policy with 95% CIs.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from typing import Any
 
 from rlhf_lab import outputs, ui
 from rlhf_lab.arena import ratings
+from rlhf_lab.arena import scores as scores_lib
 from rlhf_lab.arena import votes as votes_lib
 from rlhf_lab.config import Params
 from rlhf_lab.errors import ConfigError, DataError
 from rlhf_lab.io import write_json
+from rlhf_lab.tasks.registry import get_task
 
 DEFAULT_MODELS = ("models/sft", "models/ppo", "models/dpo")
 """The baseline and every trained policy the pipeline makes; those that exist are served."""
@@ -36,9 +40,6 @@ ALIASES = {
 }
 PROMPTS = Path("data/prompts/test.jsonl")
 METRICS = Path("metrics/arena.json")
-MIN_GAMES = 10
-"""Below this many games a model's bootstrap CI is not shown: with a handful of votes it
-collapses to a point (3 wins of 3 give "1.00 [1.00, 1.00]") and reads as certainty."""
 
 
 def resolve_models(names: Sequence[str]) -> dict[str, Path]:
@@ -114,37 +115,43 @@ class PolicyReplier:
         return sample.text
 
 
-def report(votes_path: Path, metrics_path: Path, n_boot: int, seed: int) -> dict[str, Any]:
-    """Ratings of the vote file, written as flat metrics and printed."""
+def report(
+    votes_path: Path,
+    metrics_path: Path,
+    n_boot: int,
+    seed: int,
+    scores_path: Path = scores_lib.SCORES_PATH,
+) -> dict[str, Any]:
+    """The leaderboard of the vote file (and the rubric scores beside it), written as flat
+    metrics and printed."""
     found, bad = votes_lib.read_votes(votes_path)
     if not found:
         raise DataError(f"{votes_path}: no votes yet; run `rlhf-lab arena` and vote first")
     m = ratings.summary(found, n_boot=n_boot, seed=seed)
     m["arena/unreadable_lines"] = len(bad)
+    scored, bad_scores = scores_lib.read_scores(scores_path)
+    if scored or bad_scores:
+        m.update(scores_lib.summary(scored, n_boot=n_boot, seed=seed))
+        m["arena/unreadable_score_lines"] = len(bad_scores)
     write_json(metrics_path, m)
+    board = ratings.leaderboard(m)
     rows: dict[str, str] = {
-        "votes (pairs / ties / both bad)": (
-            f"{m['arena/votes']} ({m['arena/pairs']} / {m['arena/ties']} / {m['arena/both_bad']})"
+        "votes (pairs / ties / both bad / identical)": (
+            f"{m['arena/votes']} ({m['arena/pairs']} / {m['arena/ties']} / "
+            f"{m['arena/both_bad']} / {m['arena/identical']})"
         ),
-        "left wins of decisive votes": f"{m['arena/left_win_fraction']:.0%}",
+        "A (left) wins of decisive votes [95% CI]": board["left_wins"],
+        "votes per pair": " · ".join(f"{p}: {n}" for p, n in board["pairs"].items()) or "none",
     }
-    models = sorted(
-        {k.removeprefix("arena/").removesuffix("/elo") for k in m if k.endswith("/elo")},
-        key=lambda x: -m[f"arena/{x}/elo"],
-    )
-    for model in models:
-        k = f"arena/{model}"
-        n = m[f"{k}/games"]
-        ci = (
-            f"[{m[f'{k}/win_rate_lo']:.2f}, {m[f'{k}/win_rate_hi']:.2f}]"
-            if n >= MIN_GAMES
-            else f"(too few games for a CI: {n} < {MIN_GAMES})"
-        )
-        rows[f"{model}: Elo / win rate [95% CI] / games"] = (
-            f"{m[f'{k}/elo']:.0f} / {m[f'{k}/win_rate']:.2f} {ci} / {n}"
-        )
+    for row in board["models"]:
+        rows[f"{row['model']}: Elo [95% CI]"] = f"{row['elo']} · {row['games']} games"
+        rows[f"{row['model']}: win rate [95% CI]"] = row["win_rate"]
+        for rubric, text in row["human"].items():
+            rows[f"{row['model']}: {rubric.replace('_', ' ')} (1-5)"] = text
     if bad:
         rows["unreadable lines (skipped)"] = ", ".join(map(str, bad[:10]))
+    if bad_scores:
+        rows[f"unreadable lines of {scores_path} (skipped)"] = ", ".join(map(str, bad_scores[:10]))
     ui.summary(f"arena ({votes_path})", rows)
     return m
 
@@ -160,9 +167,10 @@ def main(
     votes: Path = votes_lib.VOTES_PATH,
     show_report: bool = False,
     metrics: Path = METRICS,
+    ratings_path: Path = scores_lib.SCORES_PATH,
 ) -> None:
     if show_report:
-        report(votes, metrics, params.eval.n_boot, params.eval.seed)
+        report(votes, metrics, params.eval.n_boot, params.eval.seed, ratings_path)
         return
     check_host(host, allow_remote)
     import uvicorn
@@ -177,7 +185,16 @@ def main(
         "max_new_tokens": params.eval.max_new_tokens,
         "system_prompt": params.task.system_prompt,
     }
-    arena = Arena(list(dirs), PolicyReplier(dirs, params), votes, held_out, settings)
+    arena = Arena(
+        list(dirs),
+        PolicyReplier(dirs, params),
+        votes,
+        held_out,
+        settings,
+        scores_path=ratings_path,
+        # ECR's human evaluation is of movie-recommendation replies: crs prompts only.
+        rubrics=tuple(d.name for d in get_task(params.task.name).human_rubrics),
+    )
     app = create_app(arena, LOOPBACK_HOSTS if not allow_remote else ["*"])
     ui.console.print(
         f"arena: {', '.join(dirs)} · {len(held_out)} held-out prompts · votes -> {votes}\n"

@@ -18,12 +18,18 @@ Every vote is a *game* between its two models. A win scores 1, a loss 0; ``tie``
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from rlhf_lab.evaluation.stats import mean_ci
+
+MIN_SAMPLES = 10
+"""Below this many games (or rated replies) a model's interval is not shown: a handful of votes
+gives degenerate bootstrap intervals such as 1.00 [1.00, 1.00], which read as certainty."""
 
 SCORE_LEFT = {"left": 1.0, "right": 0.0, "tie": 0.5, "both_bad": 0.5}
 """The left model's score for each vote label."""
@@ -38,10 +44,14 @@ class Game:
 
 
 def games(votes: Iterable[Mapping[str, Any]]) -> list[Game]:
-    """One game per vote row of the vote file (same-model comparisons are skipped)."""
+    """One game per vote row of the vote file.
+
+    Same-model comparisons and identical replies (``"identical": true``, flagged by the app) are
+    skipped: two equal texts say nothing about which model is better.
+    """
     out = []
     for v in votes:
-        if v["model_left"] != v["model_right"]:
+        if v["model_left"] != v["model_right"] and not v.get("identical"):
             out.append(Game(v["model_left"], v["model_right"], SCORE_LEFT[v["label"]]))
     return out
 
@@ -111,29 +121,111 @@ def elo_scale(strengths: Mapping[str, float], base: float = 1000.0) -> dict[str,
     return {m: base + 400.0 * math.log10(p) for m, p in strengths.items()}
 
 
+def elo_ci(
+    played: list[Game],
+    prior: float = 1.0,
+    confidence: float = 0.95,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap CI of each model's Elo-scale rating: games resampled with
+    replacement and the Bradley–Terry fit redone, as Chatbot Arena's leaderboard does
+    (Chiang et al. 2024, §5). A model missing from a resample is left out of that draw."""
+    if not played:
+        return {}
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = defaultdict(list)
+    for _ in range(n_boot):
+        sample = [played[i] for i in rng.integers(0, len(played), len(played))]
+        for model, r in elo_scale(bradley_terry(sample, prior, tol=1e-8)).items():
+            draws[model].append(r)
+    alpha = (1.0 - confidence) / 2.0
+    return {
+        m: (float(np.quantile(d, alpha)), float(np.quantile(d, 1.0 - alpha)))
+        for m, d in sorted(draws.items())
+    }
+
+
 def summary(
     votes: list[Mapping[str, Any]], *, prior: float = 1.0, n_boot: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
     """Flat ``arena/...`` metrics of a vote file's rows (see docs/metrics.md)."""
     played = games(votes)
+    decisive = [v["label"] == "left" for v in votes if v["label"] in ("left", "right")]
     m: dict[str, Any] = {
         "arena/votes": len(votes),
         "arena/pairs": sum(v["label"] in ("left", "right") for v in votes),
         "arena/ties": sum(v["label"] == "tie" for v in votes),
         "arena/both_bad": sum(v["label"] == "both_bad" for v in votes),
+        "arena/identical": sum(bool(v.get("identical")) for v in votes),
         # Position bias: how often the left reply wins a decisive vote (0.5 = none).
         "arena/left_win_fraction": (
             sum(v["label"] == "left" for v in votes)
             / max(1, sum(v["label"] in ("left", "right") for v in votes))
         ),
     }
+    if len(decisive) >= MIN_SAMPLES:
+        _, m["arena/left_win_fraction_lo"], m["arena/left_win_fraction_hi"] = mean_ci(
+            decisive, n_boot=n_boot, seed=seed
+        )
+    for (a, b), n in sorted(Counter(tuple(sorted((g.a, g.b))) for g in played).items()):
+        m[f"arena/pair/{a} vs {b}"] = n
     if not played:
         return m
     ratings = elo_scale(bradley_terry(played, prior))
+    # The Elo bootstrap refits per draw; a tenth of n_boot keeps the report within seconds.
+    elo_bounds = elo_ci(played, prior, n_boot=max(100, n_boot // 10), seed=seed)
     for model, wr in win_rates(played, n_boot=n_boot, seed=seed).items():
         m[f"arena/{model}/games"] = wr.games
         m[f"arena/{model}/win_rate"] = wr.rate
-        m[f"arena/{model}/win_rate_lo"] = wr.lo
-        m[f"arena/{model}/win_rate_hi"] = wr.hi
         m[f"arena/{model}/elo"] = ratings[model]
+        if wr.games >= MIN_SAMPLES:
+            m[f"arena/{model}/win_rate_lo"] = wr.lo
+            m[f"arena/{model}/win_rate_hi"] = wr.hi
+            m[f"arena/{model}/elo_lo"], m[f"arena/{model}/elo_hi"] = elo_bounds[model]
     return m
+
+
+def with_ci(m: Mapping[str, Any], key: str, n: int, fmt: str = ".2f", unit: str = "votes") -> str:
+    """``key``'s value with its ``[lo, hi]`` from the flat metrics, or a small-sample warning."""
+    value = format(m[key], fmt)
+    if f"{key}_lo" not in m:
+        return f"{value} (too few {unit}: {n} < {MIN_SAMPLES})"
+    return f"{value} [{format(m[f'{key}_lo'], fmt)}, {format(m[f'{key}_hi'], fmt)}]"
+
+
+def leaderboard(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The leaderboard of :func:`summary`'s metrics (plus ``rlhf_lab.arena.scores``'), for the
+    report and the page: models best Elo first, votes per pair, left/right position bias."""
+    models = sorted(
+        {k.removeprefix("arena/").removesuffix("/elo") for k in m if k.endswith("/elo")},
+        key=lambda x: -m[f"arena/{x}/elo"],
+    )
+    rows = []
+    for model in models:
+        k = f"arena/{model}"
+        human = {
+            key.removeprefix(f"{k}/human/"): m[key]
+            for key in m
+            if key.startswith(f"{k}/human/") and not key.endswith(("_lo", "_hi", "/replies"))
+        }
+        rows.append(
+            {
+                "model": model,
+                "games": m[f"{k}/games"],
+                "elo": with_ci(m, f"{k}/elo", m[f"{k}/games"], ".0f"),
+                "win_rate": with_ci(m, f"{k}/win_rate", m[f"{k}/games"]),
+                "human": {
+                    r: with_ci(m, f"{k}/human/{r}", m.get(f"{k}/human/replies", 0), unit="ratings")
+                    for r in human
+                },
+            }
+        )
+    decisive = m["arena/pairs"]
+    return {
+        "votes": m["arena/votes"],
+        "models": rows,
+        "pairs": {k.removeprefix("arena/pair/"): v for k, v in m.items() if "/pair/" in k},
+        "left_wins": with_ci(m, "arena/left_win_fraction", decisive),
+        "identical": m.get("arena/identical", 0),
+    }

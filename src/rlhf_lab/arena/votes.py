@@ -5,7 +5,8 @@
      "label": "left", "label_source": "human",
      "model_left": "sft", "model_right": "ppo", "reply_left": ..., "reply_right": ...,
      "position": "left", "chosen_model": "sft", "rejected_model": "ppo",
-     "note": "", "timestamp": "2026-12-02T11:40:00Z", "generation": {...}}
+     "note": "", "timestamp": "2026-12-02T11:40:00Z", "generation": {...},
+     "rater": "ann" | null, "identical": false}
 
 ``label`` is which side the voter preferred (``left``, ``right``) or neither (``tie``,
 ``both_bad``). Only ``left``/``right`` votes are pairs; the others keep both replies (and
@@ -20,7 +21,7 @@ concurrent votes never interleave and a vote acknowledged to the page is on disk
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ def vote_row(
     note: str = "",
     generation: Mapping[str, Any] | None = None,
     timestamp: datetime | None = None,
+    rater: str | None = None,
 ) -> dict[str, Any]:
     """The vote-file row of one vote (``models``/``replies`` in left, right order)."""
     if label not in LABELS:
@@ -71,7 +73,12 @@ def vote_row(
         "note": note,
         "timestamp": when.isoformat(timespec="seconds").replace("+00:00", "Z"),
         "generation": dict(generation or {}),
+        "rater": rater,
+        # Two equal texts are no preference: such a row is never a pair (nor a rated game).
+        "identical": replies[0] == replies[1],
     }
+    if label in PAIR_LABELS and replies[0] == replies[1]:
+        raise ValueError("identical replies: vote tie or both_bad, not a side")
     if label in PAIR_LABELS:
         win = 0 if label == "left" else 1
         row.update(
@@ -89,16 +96,20 @@ def append_vote(path: str | Path, row: dict[str, Any]) -> None:
     append_jsonl_line(path, row)
 
 
-def read_votes(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """(votes, line numbers that are not a readable vote) of a vote file; none if it is absent.
+def read_rows(
+    path: str | Path, is_row: Callable[[dict[str, Any]], bool]
+) -> tuple[list[dict[str, Any]], list[int]]:
+    """(rows, line numbers that are not a valid row) of an append-only JSON-lines file of the
+    arena (votes, rubric scores); none if it is absent. A row is valid when it is a JSON object
+    with both model ids and ``is_row`` accepts it.
 
     Unreadable lines (a row torn by a crash mid-write, a hand edit gone wrong) are reported,
-    not fatal: every other vote still counts.
+    not fatal: every other row still counts.
     """
     path = Path(path)
     if not path.is_file():
         return [], []
-    votes: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     bad: list[int] = []
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
@@ -109,9 +120,16 @@ def read_votes(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
             except (UnicodeDecodeError, json.JSONDecodeError):
                 bad.append(n)
                 continue
-            ok = isinstance(row, dict) and row.get("label") in LABELS
-            if ok and all(isinstance(row.get(k), str) for k in ("model_left", "model_right")):
-                votes.append(row)
+            ok = isinstance(row, dict) and all(
+                isinstance(row.get(k), str) for k in ("model_left", "model_right")
+            )
+            if ok and is_row(row):
+                rows.append(row)
             else:
                 bad.append(n)
-    return votes, bad
+    return rows, bad
+
+
+def read_votes(path: str | Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """(votes, line numbers that are not a readable vote) of a vote file (see :func:`read_rows`)."""
+    return read_rows(path, lambda row: row.get("label") in LABELS)

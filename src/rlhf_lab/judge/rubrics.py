@@ -34,10 +34,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rlhf_lab.io import sha256_text
-from rlhf_lab.tasks.registry import NO_RECOMMENDATION_SCORE, TASKS, get_task
+from rlhf_lab.tasks.registry import ECR_RUBRICS, NO_RECOMMENDATION_SCORE, TASKS, get_task
 from rlhf_lab.tasks.rubric import SCALE, Dimension, Rubric
 
-__all__ = ["NO_RECOMMENDATION_SCORE", "SCALE", "Dimension"]  # defined by the tasks, used here
+__all__ = [
+    "ECR_RUBRICS",
+    "NO_RECOMMENDATION_SCORE",
+    "SCALE",
+    "Dimension",
+]  # defined by the tasks, used here
 
 RUBRIC_VERSION = 1
 """Bump when the rendering code (not the text below) changes what the judge sees."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlhf_lab.config import TASK_FORMATS
 from rlhf_lab.data.rows import Row
-from rlhf_lab.tasks.rubric import Rubric
+from rlhf_lab.tasks.rubric import Dimension, Rubric
 
 if TYPE_CHECKING:
     from rlhf_lab.config import Params
@@ -88,6 +88,8 @@ class Task:
     """Default ``eval.gates.protocol`` thresholds; empty: the generic gates decide."""
     reward_check: RewardCheck | None = None
     """``analyze_rewards``' hooks; None: the task has no rule rewards to check."""
+    human_rubrics: tuple[Dimension, ...] = ()
+    """Rubrics a human rater scores each reply on in the arena, 1-5 (crs: ECR's five)."""
     preset: str | None = None
     """Name of the task's preset in :data:`rlhf_lab.presets.PRESETS`, or None."""
 

@@ -56,6 +56,43 @@ CRS_RUBRIC = Rubric(
 (:mod:`rlhf_lab.judge.rubrics`' docstring says why)."""
 
 
+ECR_RUBRICS: tuple[Dimension, ...] = (
+    Dimension(
+        "emotional_intensity",
+        "How strongly does the reply express emotion?",
+        "flat, no emotion",
+        "strong, vivid emotion",
+    ),
+    Dimension(
+        "emotional_persuasiveness",
+        "How much do the reply's feelings make you want to watch the movie?",
+        "not at all",
+        "very much",
+    ),
+    Dimension(
+        "logical_persuasiveness",
+        "How convincing are the reply's reasons for the recommendation?",
+        "no reasons, or unconvincing ones",
+        "clear, convincing reasons",
+    ),
+    Dimension(
+        "informativeness",
+        "How much useful information about the movie does the reply give?",
+        "none",
+        "rich, specific information",
+    ),
+    Dimension(
+        "lifelikeness",
+        "How natural and human-like does the reply sound?",
+        "robotic or unnatural",
+        "like a person talking",
+    ),
+)
+"""ECR's human-evaluation rubrics for crs replies, each scored 1-5 (Zhang et al. 2024,
+"Towards Empathetic Conversational Recommender Systems", RecSys, §5.3): the arena's rating form
+and ``arena --report`` use these names."""
+
+
 def _crs_catalogue(params: Params) -> Any:
     return crs.load_catalogue(params.data.catalogue)
 
@@ -98,6 +135,7 @@ CRS = Task(
         usable=lambda row: bool((row.get("meta") or {}).get("gold_movies")),
         bad_variants=lambda rows: [crs.bad_reply_variants(row) for row in rows],
     ),
+    human_rubrics=ECR_RUBRICS,
     preset="crs",
 )
 """The conversational-recommendation task (ReDial, the ECR system)."""
