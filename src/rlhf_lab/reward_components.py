@@ -73,6 +73,7 @@ RULES: dict[str, Callable[[RuleContext], RewardFn]] = {
     "crs/recommendation": lambda ctx: crs.recommendation_reward(ctx.catalogue),
     "crs/grounded": lambda ctx: grounding.grounded_reward(ctx.catalogue),
     "crs/no_hallucination": lambda ctx: grounding.no_hallucination_reward(ctx.catalogue),
+    "crs/empathy": lambda ctx: grounding.empathy_reward(ctx.catalogue),
     **{f"docstring/{c}": _docstring_rule(c) for c in docstring.COMPONENTS},
 }
 """Rule component name -> builder from the :class:`RuleContext`."""

@@ -20,6 +20,7 @@ from rlhf_lab.data.rows import Row
 from rlhf_lab.evaluation.metrics import ModelOutputs
 from rlhf_lab.reward_components import REWARD_MODEL, RewardFn, is_reference_based
 from rlhf_lab.tasks import crs, docstring
+from rlhf_lab.tasks.crs import grounding
 
 TASK_REPLY_METRICS: dict[str, Callable[[Sequence[str], Sequence[Row]], dict[str, float]]] = {
     "docstring": docstring.reply_metrics,
@@ -91,6 +92,10 @@ def score_outputs(
             recs = [float(crs.recommends_any(t, r, catalogue)) for t, r in pairs]
             out.task_flags["rec_hit"] = _aligned(hits, out.valid)
             out.task_flags["rec"] = _aligned(recs, out.valid)
+            made_up = [
+                float(bool(grounding.hallucinated_titles(t, r, catalogue))) for t, r in pairs
+            ]
+            out.task_flags["hallucinated"] = _aligned(made_up, out.valid)
         task_metrics = TASK_REPLY_METRICS.get(task)
         if task_metrics is not None:
             out.task_metrics.update(task_metrics(sub_texts, sub_rows))
