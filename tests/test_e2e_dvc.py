@@ -176,15 +176,15 @@ def _redial_dialogues(n: int, pairs: int = 8) -> list[dict]:
                 },
                 "respondentQuestions": {},
                 "messages": [
-                    {"text": "hi there", "senderWorkerId": 1, "messageId": 1},
-                    {"text": "hello! what do you like?", "senderWorkerId": 2, "messageId": 2},
-                    {"text": f"I really loved @{liked}", "senderWorkerId": 1, "messageId": 3},
+                    {"text": f"hi there, seeker {d} here", "senderWorkerId": 1, "messageId": 1},
+                    {"text": f"hello {d}! what do you like?", "senderWorkerId": 2, "messageId": 2},
+                    {"text": f"I really loved @{liked} ({d})", "senderWorkerId": 1, "messageId": 3},
                     {
                         "text": f"Then try @{gold}, you will like it",
                         "senderWorkerId": 2,
                         "messageId": 4,
                     },
-                    {"text": "thanks, sounds great!", "senderWorkerId": 1, "messageId": 5},
+                    {"text": f"thanks, sounds great ({d})!", "senderWorkerId": 1, "messageId": 5},
                     {"text": "enjoy the movie!", "senderWorkerId": 2, "messageId": 6},
                 ],
             }
