@@ -87,14 +87,19 @@ def main() -> None:
     )
     # The grounded prompt's candidates: how often they hold a gold movie (the reply's best
     # case), and how often the hallucination check flags a human reference (its false alarms).
+    # On the training turns: ranked by the model that counted them (in sample) and
+    # cross-fitted, as train_recommender grounds the training prompts.
     k = cfg.candidates
-    rec_turns = rec.recommendation_turns(test)
-    tops = [rec.top_k(model, t, k) for t in rec_turns]
     grounded = {
-        f"candidates/turns_with_gold_in_top_{k}": sum(
-            bool(set(top) & set(t.gold)) for top, t in zip(tops, rec_turns, strict=True)
-        )
-        / max(len(rec_turns), 1),
+        f"candidates/turns_with_gold_in_top_{k}": rec.candidate_hit_rate(
+            test, [rec.top_k(model, t, k) for t in test]
+        ),
+        f"candidates/train_in_sample_gold_in_top_{k}": rec.candidate_hit_rate(
+            train, [rec.top_k(model, t, k) for t in train]
+        ),
+        f"candidates/train_cross_fitted_gold_in_top_{k}": rec.candidate_hit_rate(
+            train, model.cross_fitted_top_k(train, k)
+        ),
         "no_hallucination/human_references_flagged": sum(
             bool(grounding.hallucinated_titles(r["reference"] or "", r, catalogue))
             for r in test_rows

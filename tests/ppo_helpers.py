@@ -135,4 +135,4 @@ def make_reward_model(encoder_dir: Path, out_dir: Path) -> Path:
 
 def write_prompts(root: Path, n: int = 8) -> None:
     for split in ("train", "valid", "test"):
-        write_jsonl(root / "data/prompts" / f"{split}.jsonl", prompt_rows(n))
+        write_jsonl(root / "data/grounded" / f"{split}.jsonl", prompt_rows(n))

@@ -114,3 +114,21 @@ def test_titles_with_lower_case_words_inside_are_read_whole():
     assert grounding.hallucinated_titles("Try Rogue Nation Zeta (2015)", row, cat) == [
         "Try Rogue Nation Zeta (2015)"
     ]
+
+
+def test_empathy_is_vader_intensity_either_way():
+    """|compound| of VADER: feeling words score, negative as much as positive; plain
+    information scores 0. Values from vaderSentiment 3.3.2's lexicon."""
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    vader = SentimentIntensityAnalyzer()
+    row = _row()
+    for reply in ("I love it, you will adore Heat!", "Sorry, that sounds awful."):
+        expected = abs(vader.polarity_scores(reply)["compound"])
+        assert grounding.empathy_score(reply, row) == expected > 0.5
+    assert grounding.empathy_score("Heat (1995) is a film.", row) == 0.0
+    fn = reward_components.build(["crs/empathy"], Params(task={"name": "crs"}))["crs/empathy"]
+    assert fn(["I love it!", "It is a film."], [row, row]) == [
+        abs(vader.polarity_scores("I love it!")["compound"]),
+        0.0,
+    ]

@@ -3,6 +3,8 @@ co-mentions predict the gold (a dataset built so)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from rlhf_lab.config import RecommenderConfig
@@ -180,3 +182,32 @@ def test_the_hub_id_reaches_the_recommender_through_the_data_path(monkeypatch):
     )
     # the questionnaire says disliked and seen, whatever the words: demoted
     assert rec.is_demoted(turns[0].context[0], rec.Sentiment()(turns[0].context[0]))
+
+
+def test_cross_fitted_candidates_never_come_from_the_turns_own_dialogue():
+    """A pairing seen in one training dialogue only: the full model ranks its gold first for
+    that very turn (it counted it); the cross-fitted ranking, fitted without the dialogue,
+    cannot. Pairings repeated in other dialogues are still found."""
+    train_rows, _ = synthetic_rows()
+    liked = [{"id": "a_once", "liked": 1, "seen": 1, "said": "I loved a_once"}]
+    train_rows.append(prompt_row("once", "any ideas for tonight?", liked, ["b_once"]))
+    train = rec.turns_from_rows(train_rows)
+    model = rec.Recommender(train, (), RecommenderConfig())
+    crossed = model.cross_fitted_top_k(train, 5)
+    assert rec.top_k(model, train[-1], 5)[0] == "b_once"  # the full model saw it
+    assert "b_once" not in crossed[-1]
+    repeated = train[: 3 * 30]  # a<i> -> b<i>, three dialogues each
+    assert rec.candidate_hit_rate(repeated, crossed[: 3 * 30]) == 1.0
+    assert rec.candidate_hit_rate(train[-1:], crossed[-1:]) == 0.0
+
+
+def test_candidate_hit_rate_counts_turns_that_suggest_a_movie():
+    turns = rec.turns_from_rows(
+        [
+            prompt_row("1", "x", [], ["m1"]),
+            prompt_row("2", "x", [], ["m2", "m3"]),
+            prompt_row("3", "x", [], []),  # suggests nothing: not counted
+        ]
+    )
+    assert rec.candidate_hit_rate(turns, [["m1", "m9"], ["m9"], ["m1"]]) == 0.5
+    assert math.isnan(rec.candidate_hit_rate(turns[2:], [["m1"]]))

@@ -188,7 +188,7 @@ def test_docstring_preset_dvc_repro(tiny_repo):
     _run(["git", "add", "-A"], tiny_repo)
     _run(["git", "commit", "-qm", "docstring"], tiny_repo)
     _run([*DVC, "repro"], tiny_repo)
-    m = json.loads((tiny_repo / "metrics/evaluate.json").read_text())
+    m = json.loads((tiny_repo / "metrics/full/evaluate.json").read_text())
     for who in ("sft", "ppo", "dpo"):
         assert 0.0 <= m[f"{who}/reward/total_with_reference"] <= 1.0
         assert 0.0 <= m[f"{who}/meteor"] <= 1.0
@@ -199,3 +199,77 @@ def test_docstring_preset_dvc_repro(tiny_repo):
         assert m[f"verdict/{policy}/decision"] in {"proceed", "adjust", "reconsider"}
         assert m[f"verdict/{policy}/decided_by"]
     assert "## Phase 1" in (tiny_repo / "reports/report.md").read_text()
+
+
+def _redial_dialogues(n: int, pairs: int = 8) -> list[dict]:
+    """ReDial-format dialogues (a local source, so the test needs no shared data): a seeker
+    who loved movie 1<i> is suggested its partner 2<i>, each pairing in several dialogues, so
+    the recommender has something to learn and the grounded prompts a gold candidate."""
+    out = []
+    for d in range(n):
+        i = d % pairs
+        liked, gold = f"1{i:02d}", f"2{i:02d}"
+        out.append(
+            {
+                "conversationId": str(1000 + d),
+                "initiatorWorkerId": 1,
+                "respondentWorkerId": 2,
+                "movieMentions": {liked: f"Liked Film {i}  (1990)", gold: f"Partner {i} (2001)"},
+                "initiatorQuestions": {
+                    liked: {"suggested": 0, "seen": 1, "liked": 1},
+                    gold: {"suggested": 1, "seen": 0, "liked": 2},
+                },
+                "respondentQuestions": {},
+                "messages": [
+                    {"text": f"hi there, seeker {d} here", "senderWorkerId": 1, "messageId": 1},
+                    {"text": f"hello {d}! what do you like?", "senderWorkerId": 2, "messageId": 2},
+                    {"text": f"I really loved @{liked} ({d})", "senderWorkerId": 1, "messageId": 3},
+                    {
+                        "text": f"Then try @{gold}, you will like it",
+                        "senderWorkerId": 2,
+                        "messageId": 4,
+                    },
+                    {"text": f"thanks, sounds great ({d})!", "senderWorkerId": 1, "messageId": 5},
+                    {"text": "enjoy the movie!", "senderWorkerId": 2, "messageId": 6},
+                ],
+            }
+        )
+    return out
+
+
+def test_crs_preset_dvc_repro(tiny_repo):
+    """The crs preset on the tiny profile through dvc repro: the recommender grounds every
+    split, SFT/PPO/DPO train on the grounded prompts, evaluate reports the crs reply metrics."""
+    from rlhf_lab import presets
+
+    source = tiny_repo / "redial.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in _redial_dialogues(60)))
+    ids = [f"{k}{i:02d}" for k in (1, 2) for i in range(8)]
+    names = [f"Liked Film {i} (1990)" for i in range(8)] + [f"Partner {i} (2001)" for i in range(8)]
+    csv = "movieId,movieName\n" + "".join(f"{i},{n}\n" for i, n in zip(ids, names, strict=True))
+    (tiny_repo / "movies.csv").write_text(csv)
+    tiny = yaml.safe_load((REPO / "tests/profiles/tiny.yaml").read_text())
+    del tiny["task"]
+    raw = presets.merge(presets.preset_params("crs").model_dump(mode="json"), tiny)
+    raw["data"] |= {"source": "redial.jsonl", "catalogue": "movies.csv", "max_examples": 0}
+    raw["recommender"] = {"folds": 3, "candidates": 3}
+    (tiny_repo / "params.yaml").write_text(documented_yaml(parse_params(raw)))
+    _run(["git", "add", "-A"], tiny_repo)
+    _run(["git", "commit", "-qm", "crs"], tiny_repo)
+    _run([*DVC, "repro"], tiny_repo)
+    rec = json.loads((tiny_repo / "metrics/full/train_recommender.json").read_text())
+    assert rec["recommender/recall@1"] == 1.0  # every pairing is in several train dialogues
+    assert rec["grounding/test/candidate_hit"] == 1.0
+    assert 0.5 <= rec["grounding/train/candidate_hit"] <= 1.0
+    for split in ("train", "test"):
+        rows = [json.loads(x) for x in (tiny_repo / f"data/grounded/{split}.jsonl").open()]
+        assert rows and all(len(r["meta"]["candidates"]) == 3 for r in rows)
+        assert all("[Recommender candidates]" in r["prompt"][-1]["content"] for r in rows)
+    m = json.loads((tiny_repo / "metrics/full/evaluate.json").read_text())
+    for who in ("sft", "ppo", "dpo"):
+        for key in ("rec_hit_rate", "rec_rate", "hallucinated_rate", "reward/crs/empathy"):
+            assert 0.0 <= m[f"{who}/{key}"] <= 1.0, key
+        assert 0.0 <= m[f"{who}/bleu1"] <= 100.0
+        assert 0.0 <= m[f"{who}/distinct1"] <= 1.0 and 0.0 <= m[f"{who}/distinct2"] <= 1.0
+    assert m["ref/rec_hit_rate"] > 0.0  # the human suggestions name the gold
+    assert m["ref/hallucinated_rate"] == 0.0

@@ -307,12 +307,14 @@ def test_score_outputs_crs():
             "meta": {"movies": {"2": "Airplane! (1980)", "3": "Clue (1985)"}, "gold_movies": ["3"]},
         },
     ]
-    out = _score("crs", rows, ["You should watch Alien (1979).", "Watch Airplane!"])
+    out = _score("crs", rows, ["You should watch Alien (1979).", "Watch Airplane! or Zorg (2011)"])
     sft = out["sft"]
     assert sft.task_flags["rec_hit"].tolist() == [1.0, 0.0]
     assert sft.task_flags["rec"].tolist() == [1.0, 1.0]
+    assert sft.task_flags["hallucinated"].tolist() == [0.0, 1.0]  # no film "Zorg (2011)"
+    assert sft.scores["crs/empathy"].tolist() == [0.0, 0.0]  # no feeling words
     assert sft.scores["crs/recommendation"][0] == 1.0
-    assert sft.scores[REWARD_MODEL].tolist() == [5.0, 2.0]
+    assert sft.scores[REWARD_MODEL].tolist() == [5.0, 5.0]
     assert math.isnan(sft.scores["text/bleu"][1])  # no reference on row 2
     ref = out["ref"]
     assert "text/bleu" not in ref.scores and math.isnan(ref.scores[REWARD_MODEL][1])
@@ -322,6 +324,9 @@ def test_score_outputs_crs():
     assert (
         m["sft/rec_hit_rate"] == 0.5 and m["sft/rec_rate"] == 1.0 and m["ref/rec_hit_rate"] == 1.0
     )
+    assert m["sft/hallucinated_rate"] == 0.5 and m["ref/hallucinated_rate"] == 0.0
+    assert m["sft/reward/crs/empathy"] == 0.0 and 0.0 <= m["sft/bleu1"] <= 100.0
+    assert 0.0 < m["sft/distinct1"] <= 1.0 and 0.0 < m["sft/distinct2"] <= 1.0
 
 
 def test_score_outputs_docstring_and_judge():

@@ -68,7 +68,9 @@ def test_preset_on_a_params_file_keeps_what_it_does_not_name(tmp_path):
     assert params.reward.weights == {
         "reward_model": 1.0,
         "text/bleu": 0.2,
-        "crs/recommendation": 1.0,
+        "crs/grounded": 1.0,
+        "crs/no_hallucination": 0.5,
+        "crs/recommendation": 0.0,
         "text/length": 0.0,
     }
 

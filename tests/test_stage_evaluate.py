@@ -40,7 +40,7 @@ def fake_judge(rows, replies):
 
 @pytest.fixture(scope="module")
 def workspace(tiny_models, tmp_path_factory):
-    """A repo-like folder with models/{sft,ppo,dpo,reward,base/encoder}, data/prompts/test.jsonl."""
+    """A repo-like folder: models/{sft,ppo,dpo,reward,base/encoder}, data/grounded/test.jsonl."""
     root = tmp_path_factory.mktemp("evaluate")
     shutil.copytree(tiny_models["policy"], root / "models/sft")
     build_tiny_policy(root / "models/ppo", seed=1)  # same tokenizer, different weights
@@ -53,7 +53,7 @@ def workspace(tiny_models, tmp_path_factory):
     models.save_model(reward, tok, root / "models/reward")
     # A random head gives scores ~1e-3 apart; a small std spreads them like a trained RM.
     save_reward_stats(root / "models/reward", mean=0.0, std=1e-3, max_length=64)
-    prompts = root / "data/prompts/test.jsonl"
+    prompts = root / "data/grounded/test.jsonl"
     prompts.parent.mkdir(parents=True)
     rows = [
         {"id": f"t{i}", "prompt": [{"role": "user", "content": q}], "reference": r, "meta": {}}
@@ -177,7 +177,7 @@ def test_samples_and_plots(evaluated):
 def test_missing_policy_dir_is_one_line(workspace, tmp_path, monkeypatch):
     # a policy listed in eval.policies without a model dir is an error, never a silent skip
     (tmp_path / "data").mkdir()
-    shutil.copytree(workspace / "data/prompts", tmp_path / "data/prompts")
+    shutil.copytree(workspace / "data/grounded", tmp_path / "data/grounded")
     (tmp_path / "models").mkdir()
     (tmp_path / "models/sft").symlink_to(workspace / "models/sft")
     (tmp_path / "models/ppo").symlink_to(workspace / "models/ppo")
@@ -194,7 +194,7 @@ def test_missing_prompts_is_one_line(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text("eval:\n  num_prompts: 2\n")
     result = CliRunner().invoke(app, ["evaluate"])
     assert result.exit_code == 2
-    assert "data/prompts/test.jsonl: prompt file not found" in result.output
+    assert "data/grounded/test.jsonl: prompt file not found" in result.output
 
 
 def test_judge_factory_scores_with_the_configured_judge(tiny_models, tmp_path):
@@ -238,7 +238,7 @@ def docstring_evaluated(workspace, tmp_path_factory):
         }
         for i, (code, ref) in enumerate(FUNCTIONS)
     ]
-    prompts = root / "data/prompts/test.jsonl"
+    prompts = root / "data/grounded/test.jsonl"
     prompts.parent.mkdir(parents=True)
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     params = {

@@ -14,15 +14,18 @@ from rlhf_lab.tasks.crs import recommender
 from .test_crs_recommender import synthetic_rows
 
 
-def _write_prompts(root, train, test):
+def _write_prompts(root, train, test, valid=None):
     write_jsonl(root / "data/prompts/train.jsonl", train)
     write_jsonl(root / "data/prompts/test.jsonl", test)
+    if valid is not None:
+        write_jsonl(root / "data/prompts/valid.jsonl", valid)
 
 
 def test_crs_fits_the_recommender_and_measures_it_beside_the_baselines(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "data/prompts").mkdir(parents=True)
-    _write_prompts(tmp_path, *synthetic_rows())
+    train, test = synthetic_rows()
+    _write_prompts(tmp_path, train, test, valid=test[:4])
     ids = [f"{kind}{i}" for kind, n in (("a", 30), ("b", 30), ("p", 12)) for i in range(n)]
     csv = "movieId,movieName\n" + "".join(f"{i},Film {i} (2000)\n" for i in ids)
     (tmp_path / "movies.csv").write_text(csv)
@@ -38,8 +41,16 @@ def test_crs_fits_the_recommender_and_measures_it_beside_the_baselines(tmp_path,
     assert metrics["recommender_vs_baseline_popularity/wilcoxon_p"] < 1e-6
     model = recommender.load(tmp_path / "models/recommender")
     assert model.items == ids and model.settings.folds == 5  # the catalogue's movies
-    # the held-out prompts grounded in the top recommender.candidates (5) movies
-    grounded = read_jsonl(tmp_path / "models/recommender/candidate_prompts.jsonl")
+    # every split grounded in the top recommender.candidates (5) movies; train's cross-fitted
+    assert metrics["grounding/test/candidate_hit"] == 1.0
+    assert metrics["grounding/valid/candidate_hit"] == 1.0
+    assert 0.5 < metrics["grounding/train/candidate_hit"] <= 1.0
+    for split, rows in (("train", train), ("valid", test[:4])):
+        out = read_jsonl(tmp_path / f"data/grounded/{split}.jsonl")
+        assert [r["id"] for r in out] == [r["id"] for r in rows]
+        assert all(len(r["meta"]["candidates"]) == 5 for r in out)
+        assert all(r["reference"] == "try this one" for r in out)  # SFT's targets kept
+    grounded = read_jsonl(tmp_path / "data/grounded/test.jsonl")
     assert len(grounded) == 30
     first = grounded[0]
     assert first["meta"]["candidates"][0] == "b0" and len(first["meta"]["candidates"]) == 5
@@ -51,8 +62,10 @@ def test_crs_fits_the_recommender_and_measures_it_beside_the_baselines(tmp_path,
     assert provenance["params"]["recommender"]["folds"] == 5
 
 
-def test_other_tasks_skip_in_a_moment_without_reading_data(tmp_path, monkeypatch):
+def test_other_tasks_skip_and_pass_the_prompts_through(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    chat_row = {"id": "c1", "prompt": [{"role": "user", "content": "hi"}], "meta": {}}
+    _write_prompts(tmp_path, [chat_row], [chat_row, chat_row])  # no valid split
     (tmp_path / "params.yaml").write_text("task:\n  name: chat\n")
     result = CliRunner().invoke(app, ["train_recommender", "--params", "params.yaml"])
     assert result.exit_code == 0, result.output
@@ -63,6 +76,10 @@ def test_other_tasks_skip_in_a_moment_without_reading_data(tmp_path, monkeypatch
     assert sorted(p.name for p in (tmp_path / "models/recommender").iterdir()) == [
         "provenance.json"
     ]
+    for split in ("train", "test"):  # byte for byte
+        grounded = (tmp_path / f"data/grounded/{split}.jsonl").read_bytes()
+        assert grounded == (tmp_path / f"data/prompts/{split}.jsonl").read_bytes()
+    assert not (tmp_path / "data/grounded/valid.jsonl").exists()
 
 
 def test_prompts_without_crs_meta_are_one_line_and_exit_2(tmp_path, monkeypatch):
@@ -75,4 +92,5 @@ def test_prompts_without_crs_meta_are_one_line_and_exit_2(tmp_path, monkeypatch)
     assert result.exit_code == 2
     assert "data/prompts/train.jsonl:1: meta.context_movies missing" in result.output
     assert not (tmp_path / "models/recommender").exists()
+    assert not (tmp_path / "data/grounded").exists()
     assert not (tmp_path / "metrics").exists()

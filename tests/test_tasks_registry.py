@@ -77,6 +77,7 @@ def test_the_consumers_read_the_tasks():
     assert get_task("crs").reply_flags(["Watch Alien", "no"], [crs_row] * 2, None) == {
         "rec_hit": [1.0, 0.0],
         "rec": [1.0, 0.0],
+        "hallucinated": [0.0, 0.0],  # "Alien" is the row's own movie; "no" names none
     }
 
 

@@ -187,8 +187,8 @@ def _prompt_rows(split: str, repeat: int) -> list[dict]:
 
 
 def make_sft_workdir(root: Path, policy: Path, **sft: object) -> Path:
-    write_jsonl(root / "data/prompts/train.jsonl", _prompt_rows("train", 6))
-    write_jsonl(root / "data/prompts/valid.jsonl", _prompt_rows("valid", 1))
+    write_jsonl(root / "data/grounded/train.jsonl", _prompt_rows("train", 6))
+    write_jsonl(root / "data/grounded/valid.jsonl", _prompt_rows("valid", 1))
     shutil.copytree(policy, root / "models/base/policy")
     cfg = {"lr": 3e-2, "epochs": 3, "batch_size": 8, "max_length": 64, "lora": {"r": 4, "alpha": 8}}
     cfg.update(sft)
@@ -242,7 +242,7 @@ def test_train_sft_stage_smoke(tiny_models, tmp_path, monkeypatch):
 def test_no_sft_data_is_one_line(tiny_models, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     params = make_sft_workdir(tmp_path, tiny_models["policy"])
-    (tmp_path / "data/prompts/train.jsonl").unlink()
+    (tmp_path / "data/grounded/train.jsonl").unlink()
     result = CliRunner().invoke(app, ["train_sft", "--params", str(params)])
     assert result.exit_code == 2
     assert "no SFT examples" in result.output

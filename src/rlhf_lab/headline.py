@@ -39,6 +39,7 @@ HEADLINE: dict[str, tuple[str, ...]] = {
         "baseline_popularity/recall@10",
         "baseline_cooccurrence/recall@10",
         "recommender_vs_{m}/wilcoxon_p",
+        "grounding/test/candidate_hit",
     ),
     "evaluate": (
         "{m}/rm_score",
@@ -46,6 +47,7 @@ HEADLINE: dict[str, tuple[str, ...]] = {
         "{m}/tokens",
         "{m}/bleu4",
         "{m}/rec_hit_rate",  # crs
+        "{m}/hallucinated_rate",  # crs
         "{m}/doctest/pass_rate",  # docstring
         "delta/{m}/win_rate_rm",
         "delta/{m}/win_rate_rm_lc",

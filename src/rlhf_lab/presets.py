@@ -48,7 +48,8 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "crs": Preset(
-        "empathetic movie recommendation on ReDial dialogues (reward model + gold-movie hit)",
+        "empathetic movie recommendation on ReDial: replies grounded in the recommender's "
+        "candidates (reward model + grounded hit - invented titles)",
         {
             "task": {"name": "crs"},
             "data": {
@@ -60,11 +61,22 @@ PRESETS: dict[str, Preset] = {
                 "max_examples": 300,
             },
             "reward": {
-                # crs/recommendation: 1 for a gold movie, 0.3 for another known one, 0 for none;
+                # The prompts carry the recommender's candidates (train_recommender), so
+                # crs/grounded: 1 for a gold movie, 0.6 for another candidate, 0.3 for another
+                # known movie, 0 for none (it replaces crs/recommendation, which has no
+                # candidate tier); crs/no_hallucination: the penalty for an invented title;
                 # the reward model (~N(0, 1)) keeps the reply fluent and on topic.
+                # crs/empathy (VADER intensity) is reported, not weighted: a lexicon score
+                # rewards feeling words whether or not they fit the dialogue.
                 # text/length off: the chat profile's word band (12-40) is longer than ReDial's
                 # recommender turns (~9 words), and weights merge key by key.
-                "weights": {"reward_model": 1.0, "crs/recommendation": 1.0, "text/length": 0.0},
+                "weights": {
+                    "reward_model": 1.0,
+                    "crs/grounded": 1.0,
+                    "crs/no_hallucination": 0.5,
+                    "crs/recommendation": 0.0,
+                    "text/length": 0.0,
+                },
             },
         },
     ),

@@ -132,7 +132,7 @@ def _reweight(root):
     ("change", "message"),
     [
         (_reweight, "reward.weights.text/length changed (checkpoint 0.5 vs now 0.25)"),
-        (lambda root: write_prompts(root, 5), "data/prompts/train.jsonl changed (checkpoint "),
+        (lambda root: write_prompts(root, 5), "data/grounded/train.jsonl changed (checkpoint "),
         (
             lambda root: make_critic(root / "models/sft", root / "models/critic", seed=1),
             "models/critic changed (checkpoint ",

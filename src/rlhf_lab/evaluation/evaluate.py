@@ -35,7 +35,10 @@ that make sense for the references; ``<p>`` is a policy):
   (weights from ``reward.weights``, else the task's defaults:
   :func:`rlhf_lab.reward_components.task_weights`; :func:`.metrics.rule_total`), and
   ``<m>/reward/total`` (+ CI) the same without BLEU, the one ``ref`` has too;
-- ``<m>/rec_hit_rate``, ``rec_rate`` (crs): a gold movie / any known movie named;
+- ``<m>/rec_hit_rate``, ``rec_rate``, ``hallucinated_rate`` (crs): a gold movie / any known
+  movie / a title no catalogue knows named
+  (:func:`rlhf_lab.tasks.crs.grounding.hallucinated_titles`);
+  ``<m>/reward/crs/empathy``: VADER emotional intensity;
 - ``<m>/doctest/with_example``, ``doctest/pass_rate``, ``doctest/replies`` (docstring, ``ref``
   too): on the functions that carry examples, the fraction of replies with an example that
   calls the function and the fraction of those examples that pass in the sandbox
@@ -127,7 +130,9 @@ def load_prompt_rows(path: str | Path, num_prompts: int) -> list[Row]:
     if the file is shorter)."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: prompt file not found (run prepare_preference first)")
+        raise DataError(
+            f"{path}: prompt file not found (run prepare_preference and train_recommender first)"
+        )
     rows = read_jsonl(path)[:num_prompts]
     if not rows:
         raise DataError(f"{path}: no prompt rows to evaluate")

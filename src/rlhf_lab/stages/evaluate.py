@@ -3,7 +3,8 @@
     rlhf-lab evaluate --params params.yaml
 
 Reads ``task``, ``eval`` and ``reward.length_band`` (and ``judge`` when ``eval.judge`` is true),
-``data/prompts/test.jsonl``, ``models/<name>`` for ``eval.baseline`` (sft) and every one of
+``data/grounded/test.jsonl`` (train_recommender: the test prompts as the policy sees
+them), ``models/<name>`` for ``eval.baseline`` (sft) and every one of
 ``eval.policies`` (ppo, dpo), ``models/reward`` and ``models/base/encoder``. Writes
 ``metrics/evaluate.json`` (flat keys: ``sft/...``, ``ppo/...``, ``dpo/...``, ``ref/...``,
 ``delta/<policy>/...``, ``verdict/<policy>/...``), ``reports/samples.jsonl``,
@@ -26,7 +27,7 @@ from rlhf_lab.io import atomic_dir, stage_outputs, write_jsonl
 from rlhf_lab.models import read_provenance
 from rlhf_lab.tasks.registry import get_task
 
-PROMPTS = Path("data/prompts/test.jsonl")
+PROMPTS = Path("data/grounded/test.jsonl")
 REPORTS_DIR = Path("reports")
 PLOTS_DIR = Path("plots/evaluate")
 METRICS = Path("metrics/evaluate.json")

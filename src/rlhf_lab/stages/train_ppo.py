@@ -8,7 +8,8 @@
 
 Reads ``task``, ``ppo``, ``critic.shared_trunk``, ``reward.weights``/``weights_end``/
 ``length_band`` (and ``judge`` when the judge weight is non-zero),
-``data/prompts/train.jsonl``, ``models/sft``, ``models/critic`` and ``models/reward``; writes
+``data/grounded/train.jsonl`` (train_recommender), ``models/sft``, ``models/critic`` and
+``models/reward``; writes
 ``models/ppo`` (the policy merged into a plain causal LM), ``metrics/train_ppo.json``, dvclive
 curves under ``plots/train_ppo/`` and checkpoints under ``checkpoints/train_ppo/``. The loop
 is :class:`rlhf_lab.ppo.trainer.PpoTrainer`; which checkpoint a run continues, and why, is
@@ -46,7 +47,7 @@ from rlhf_lab.ppo.trainer import PpoTrainer
 from rlhf_lab.reward_components import REWARD_MODEL
 from rlhf_lab.training.common import make_accelerator
 
-PROMPTS = Path("data/prompts/train.jsonl")
+PROMPTS = Path("data/grounded/train.jsonl")
 SFT_DIR = Path("models/sft")
 CRITIC_DIR = Path("models/critic")
 REWARD_DIR = Path("models/reward")
@@ -70,7 +71,7 @@ def main(params: Params, resume: bool | None = None, **_: Any) -> None:
     if REWARD_MODEL in weighted and not REWARD_DIR.is_dir():
         raise DataError(f"{REWARD_DIR}: not found (run `rlhf-lab train_reward` first)")
     if not PROMPTS.is_file():
-        raise DataError(f"{PROMPTS}: not found (run `rlhf-lab prepare_preference` first)")
+        raise DataError(f"{PROMPTS}: not found (run `rlhf-lab train_recommender` first)")
     rows = read_jsonl(PROMPTS)
     if not rows:
         raise DataError(f"{PROMPTS}: no prompts")

@@ -1,21 +1,31 @@
-"""train_recommender: fit the crs recommender and measure it against two baselines.
+"""train_recommender: fit the crs recommender, measure it, and write the prompts the policy sees.
 
     rlhf-lab train_recommender --params params.yaml
 
-Reads ``task``, ``data.catalogue`` and ``recommender``, and ``data/prompts/{train,test}.jsonl``
-(prepare_preference). For crs: fits :class:`rlhf_lab.tasks.crs.recommender.Recommender` on the
-train prompts, writes ``models/recommender/`` (the model and its ``provenance.json``) and
+Reads ``task``, ``data.catalogue`` and ``recommender``, and
+``data/prompts/{train,valid,test}.jsonl`` (prepare_preference). Writes
+``data/grounded/{train,valid,test}.jsonl``: the prompt rows that train_sft, train_ppo and
+evaluate read.
+
+For crs: fits :class:`rlhf_lab.tasks.crs.recommender.Recommender` on the train prompts, writes
+``models/recommender/`` (the model and its ``provenance.json``) and
 ``metrics/train_recommender.json``: CRSLab's Recall@1/10/50, NDCG@10 ... on the test prompts'
 recommender turns that suggest a movie, for ``recommender/``, ``baseline_popularity/`` and
 ``baseline_cooccurrence/``, with paired tests of ours against each
-(:mod:`rlhf_lab.evaluation.recommender`), and ``models/recommender/candidate_prompts.jsonl``:
-the test prompts grounded in the model's top ``recommender.candidates`` movies
-(:func:`rlhf_lab.tasks.crs.grounding.with_candidates`). Other tasks have no recommender: the
-stage writes a ``skipped`` marker and metric in a moment, and reads no data.
+(:mod:`rlhf_lab.evaluation.recommender`). Every prompt is grounded in its top
+``recommender.candidates`` movies (:func:`rlhf_lab.tasks.crs.grounding.with_candidates`):
+valid and test by the model, train by signals fitted without the prompt's own dialogue
+(:meth:`~rlhf_lab.tasks.crs.recommender.Recommender.cross_fitted_top_k`), so SFT and PPO learn
+from candidates as noisy as the test prompts'; ``grounding/<split>/candidate_hit`` is the
+fraction of a split's recommender turns whose candidates hold a gold movie.
+
+Other tasks have no recommender: the stage writes a ``skipped`` marker and metric and copies
+``data/prompts`` to ``data/grounded`` unchanged, in a moment.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +37,10 @@ from rlhf_lab.models import PROVENANCE
 from rlhf_lab.tasks.crs import ranking, recommender
 
 PROMPTS_DIR = Path("data/prompts")
+GROUNDED_DIR = Path("data/grounded")
 MODEL_DIR = Path("models/recommender")
 METRICS = Path("metrics/train_recommender.json")
-CANDIDATE_PROMPTS = "candidate_prompts.jsonl"
-"""The test prompts grounded in the top ``recommender.candidates`` (inside MODEL_DIR)."""
+SPLITS = ("train", "valid", "test")
 
 
 def main(params: Params, **_: Any) -> None:
@@ -41,7 +51,11 @@ def main(params: Params, **_: Any) -> None:
     }
     if not recommender.applies(params.task.name):
         why = f"task is {params.task.name}"
-        with stage_outputs(MODEL_DIR, full_path(METRICS), METRICS):
+        with stage_outputs(GROUNDED_DIR, MODEL_DIR, full_path(METRICS), METRICS):
+            with atomic_dir(GROUNDED_DIR) as tmp:
+                for split in SPLITS:
+                    if (PROMPTS_DIR / f"{split}.jsonl").is_file():
+                        shutil.copyfile(PROMPTS_DIR / f"{split}.jsonl", tmp / f"{split}.jsonl")
             with atomic_dir(MODEL_DIR) as tmp:
                 write_json(tmp / PROVENANCE, provenance | {"skipped": why})
             write_metrics(METRICS, {"recommender/skipped": 1, "recommender/skipped_reason": why})
@@ -53,33 +67,52 @@ def main(params: Params, **_: Any) -> None:
     cfg = params.recommender
     catalogue = load_catalogue(params.data.catalogue)
     catalogue_ids = list(catalogue.ids()) if catalogue is not None else []
-    train_path, test_path = PROMPTS_DIR / "train.jsonl", PROMPTS_DIR / "test.jsonl"
-    train = recommender.turns_from_rows(read_jsonl(train_path), str(train_path))
-    test_rows = read_jsonl(test_path, missing_ok=True)
-    test = recommender.turns_from_rows(test_rows, str(test_path))
-    model, systems, seconds = recommender.fit_with_baselines(train, catalogue_ids, cfg)
-    metrics, _ = compare(systems, test, seed=cfg.seed)
+    rows = {
+        split: read_jsonl(PROMPTS_DIR / f"{split}.jsonl", missing_ok=split != "train")
+        for split in SPLITS
+    }
+    turns = {
+        split: recommender.turns_from_rows(rows[split], str(PROMPTS_DIR / f"{split}.jsonl"))
+        for split in SPLITS
+    }
+    model, systems, seconds = recommender.fit_with_baselines(turns["train"], catalogue_ids, cfg)
+    metrics, _ = compare(systems, turns["test"], seed=cfg.seed)
     metrics |= {f"recommender/weight_{k}": v for k, v in model.weights.items()}
     metrics |= {
         "recommender/items": float(len(model.items)),
-        "recommender/train_turns": float(len(recommender.recommendation_turns(train))),
+        "recommender/train_turns": float(len(recommender.recommendation_turns(turns["train"]))),
         "recommender/train_seconds": round(seconds, 3),
     }
-    # The held-out prompts grounded in the candidates (ECR's retrieval-augmented prompt).
     # Twice k ids per row, since an id no catalogue names is dropped from the note.
-    grounded = [
-        grounding.with_candidates(
-            row, recommender.candidates(model, row, 2 * cfg.candidates), catalogue, cfg.candidates
+    ids = {
+        split: model.cross_fitted_top_k(turns[split], 2 * cfg.candidates)
+        if split == "train"
+        else [recommender.top_k(model, t, 2 * cfg.candidates) for t in turns[split]]
+        for split in SPLITS
+    }
+    grounded = {
+        split: [
+            grounding.with_candidates(row, c, catalogue, cfg.candidates)
+            for row, c in zip(rows[split], ids[split], strict=True)
+        ]
+        for split in SPLITS
+    }
+    for split in SPLITS:
+        kept = [r["meta"]["candidates"] for r in grounded[split]]
+        metrics[f"grounding/{split}/candidate_hit"] = recommender.candidate_hit_rate(
+            turns[split], kept
         )
-        for row in test_rows
-    ]
-    with stage_outputs(MODEL_DIR, full_path(METRICS), METRICS):
+    with stage_outputs(GROUNDED_DIR, MODEL_DIR, full_path(METRICS), METRICS):
+        with atomic_dir(GROUNDED_DIR) as tmp:
+            for split in SPLITS:
+                if (PROMPTS_DIR / f"{split}.jsonl").is_file():
+                    write_jsonl(tmp / f"{split}.jsonl", grounded[split])
         with atomic_dir(MODEL_DIR) as tmp:
             model.save(tmp)
-            write_jsonl(tmp / CANDIDATE_PROMPTS, grounded)
             write_json(tmp / PROVENANCE, provenance)
         write_metrics(METRICS, metrics)
     ui.summary(
         "train_recommender",
-        {key: metrics[key] for key in metrics if key.split("/")[1] in ranking.HEADLINE},
+        {key: metrics[key] for key in metrics if key.split("/")[1] in ranking.HEADLINE}
+        | {k: v for k, v in metrics.items() if k.startswith("grounding/")},
     )

@@ -3,9 +3,10 @@
     rlhf-lab train_sft --params params.yaml
     accelerate launch --config_file accelerate/cpu.yaml -m rlhf_lab.cli train_sft
 
-Reads ``task`` (the system prompt) and ``sft``, ``data/prompts/{train,valid}.jsonl`` (the
-references) or, for data without references, ``data/preference/{train,valid}.jsonl`` (the chosen
-replies), and ``models/base/policy``; writes ``models/sft`` (a plain causal LM directory with
+Reads ``task`` (the system prompt) and ``sft``, ``data/grounded/{train,valid}.jsonl`` (the
+references, on train_recommender's prompts: for crs, grounded in the recommender's
+candidates) or, for data without references, ``data/preference/{train,valid}.jsonl`` (the
+chosen replies), and ``models/base/policy``; writes ``models/sft`` (a plain causal LM directory with
 ``provenance.json``), ``metrics/train_sft.json`` and the curves in ``plots/train_sft/``.
 Library code: ``rlhf_lab.training.sft``.
 
@@ -28,7 +29,7 @@ from rlhf_lab.headline import full_path, write_metrics
 from rlhf_lab.io import read_jsonl, stage_outputs
 from rlhf_lab.training.sft import sft_examples, train_sft_model
 
-PROMPTS_DIR = Path("data/prompts")
+PROMPTS_DIR = Path("data/grounded")
 PREFERENCE_DIR = Path("data/preference")
 POLICY_DIR = Path("models/base/policy")
 OUT_DIR = Path("models/sft")
@@ -53,7 +54,7 @@ def main(params: Params, **_: Any) -> None:
         raise DataError(
             f"no SFT examples: neither {PROMPTS_DIR / 'train.jsonl'} (references) nor "
             f"{PREFERENCE_DIR / 'train.jsonl'} (chosen replies) has any "
-            "(run `rlhf-lab prepare_preference` first)"
+            "(run `rlhf-lab prepare_preference` and `rlhf-lab train_recommender` first)"
         )
     with stage_outputs(OUT_DIR, PLOTS, full_path(METRICS), METRICS):
         outcome = train_sft_model(

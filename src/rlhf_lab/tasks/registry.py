@@ -110,6 +110,9 @@ def _crs_reply_flags(
     return {
         "rec_hit": [float(crs.recommendation_hit(t, r, catalogue)) for t, r in pairs],
         "rec": [float(crs.recommends_any(t, r, catalogue)) for t, r in pairs],
+        "hallucinated": [
+            float(bool(grounding.hallucinated_titles(t, r, catalogue))) for t, r in pairs
+        ],
     }
 
 
@@ -120,6 +123,7 @@ CRS = Task(
         "crs/recommendation": crs.recommendation_reward,
         "crs/grounded": grounding.grounded_reward,
         "crs/no_hallucination": grounding.no_hallucination_reward,
+        "crs/empathy": grounding.empathy_reward,
     },
     # crs/grounded and crs/no_hallucination score replies to candidate-grounded prompts
     # (meta.candidates); plain ReDial turns carry none, so they are reported, not weighted.

@@ -14,11 +14,14 @@ Rewards (both in [0, 1], built by :mod:`rlhf_lab.reward_components`):
 - ``crs/no_hallucination`` (:func:`hallucinated_titles`): 0.0 when the reply presents as a
   title (a ``Name (year)``, or a capitalised name in quotes) something that is neither a
   candidate, a movie of the dialogue, nor in ``data.catalogue``; else 1.0. Its weight is the
-  hallucination penalty (a reply that invents a title loses it).
+  hallucination penalty (a reply that invents a title loses it);
+- ``crs/empathy`` (:func:`empathy_score`): the reply's emotional intensity, the magnitude of
+  VADER's compound score (Hutto & Gilbert 2014, ``vaderSentiment``): offline, no model.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -155,3 +158,25 @@ def no_hallucination_reward(
 ) -> Callable[[Sequence[str], Sequence[Row]], list[float]]:
     """The ``crs/no_hallucination`` component: :func:`no_hallucination_score`."""
     return per_reply(no_hallucination_score, catalogue)
+
+
+@functools.cache
+def _vader() -> Any:
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def empathy_score(reply: str, row: Row, catalogue: MovieCatalogue | None = None) -> float:
+    """Emotional intensity of ``reply`` in [0, 1]: ``|compound|`` of VADER, the lexicon and
+    rules model of Hutto & Gilbert (2014) made for short informal text. ECR's "emotional
+    intensity" rubric, offline; it rewards feeling words and exclamation, not their fit to the
+    dialogue (the judge's rubrics are for that)."""
+    return abs(float(_vader().polarity_scores(reply)["compound"]))
+
+
+def empathy_reward(
+    catalogue: MovieCatalogue | None,
+) -> Callable[[Sequence[str], Sequence[Row]], list[float]]:
+    """The ``crs/empathy`` component: :func:`empathy_score`."""
+    return per_reply(empathy_score, catalogue)

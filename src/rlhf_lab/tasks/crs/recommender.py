@@ -399,16 +399,44 @@ class Recommender:
             self._blend = None
 
     def scores(self, turn: RecTurn) -> np.ndarray:
-        x = self._scaler.transform(self._signals.features(turn))
+        return self._scores(self._signals, turn)
+
+    def _scores(self, signals: _Signals, turn: RecTurn) -> np.ndarray:
+        x = self._scaler.transform(signals.features(turn))
         if self._blend is not None:
             s = self._blend.decision_function(x)
         else:
             s = x @ np.array([self.weights[f] for f in FEATURES])
         if self.settings.demote:
             # below the lowest fresh score, in the same order among themselves
-            demoted = self._signals.demoted(turn)
+            demoted = signals.demoted(turn)
             s[demoted] -= s.max() - s.min() + 1.0
         return s
+
+    def cross_fitted_top_k(self, turns: Sequence[RecTurn], k: int) -> list[list[str]]:
+        """The top ``k`` ids for each of ``turns`` (the ones it was fitted on), each ranked by
+        signals fitted without that turn's dialogue: ``GroupKFold`` over dialogues
+        (``recommender.folds``), the blend's weights kept (they were learnt on out-of-fold
+        signals already). A model ranks its own training turns' gold near the top; candidates
+        for training prompts must be as noisy as the ones a test prompt gets. With fewer than
+        two dialogues (nothing to hold out) the full model ranks them."""
+        from sklearn.model_selection import GroupKFold
+
+        turns = list(turns)
+        groups = [t.group for t in turns]
+        n_folds = min(self.settings.folds, len(set(groups)))
+        if n_folds < 2:
+            return [top_k(self, t, k) for t in turns]
+        out: list[list[str]] = [[] for _ in turns]
+        sentiment = Sentiment()
+        for fit_idx, held_idx in GroupKFold(n_splits=n_folds).split(turns, groups=groups):
+            fit = [turns[i] for i in fit_idx]
+            ranker: Ranker = self
+            if recommendation_turns(fit):
+                ranker = _FoldRanker(self, _Signals(fit, self._vocab, sentiment, self.settings))
+            for i in held_idx:
+                out[i] = top_k(ranker, turns[i], k)
+        return out
 
     def save(self, directory: str | Path) -> Path:
         """Write the fitted model to ``directory/recommender.pkl`` (pickle, as scikit-learn
@@ -416,6 +444,28 @@ class Recommender:
         path = Path(directory) / MODEL_FILE
         path.write_bytes(pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL))
         return path
+
+
+@dataclass(frozen=True)
+class _FoldRanker:
+    """A :class:`Recommender`'s blend over signals fitted on part of its training turns."""
+
+    model: Recommender
+    signals: _Signals
+
+    @property
+    def items(self) -> list[str]:
+        return self.model.items
+
+    def scores(self, turn: RecTurn) -> np.ndarray:
+        return self.model._scores(self.signals, turn)
+
+
+def candidate_hit_rate(turns: Sequence[RecTurn], candidates: Sequence[Sequence[str]]) -> float:
+    """Fraction of the turns that suggest a movie whose candidates hold one of their gold
+    movies (the best hit rate a reply grounded in them can reach); NaN when none suggests."""
+    hits = [bool(set(t.gold) & set(c)) for t, c in zip(turns, candidates, strict=True) if t.gold]
+    return float(np.mean(hits)) if hits else float("nan")
 
 
 def load(directory: str | Path) -> Recommender:
