@@ -53,7 +53,7 @@ def fixed_generate(model):
     eos = model.eos_ids[0]
     vocab = model.tok.vocab_size
 
-    def generate(query, query_mask, max_new_tokens, temperature=None):
+    def generate(query, query_mask, max_new_tokens, temperature=None, group_size=1, record=None):
         replies = []
         for ids, m in zip(query.tolist(), query_mask.tolist(), strict=True):
             ids = [t for t, k in zip(ids, m, strict=True) if k]

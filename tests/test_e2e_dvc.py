@@ -46,6 +46,9 @@ def make_tiny_repo(repo: Path) -> Path:
     (repo / "params.yaml").write_text(documented_yaml(tiny))
     shutil.copytree(REPO / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(REPO / "data/human", repo / "data/human")  # a prepare_preference dep
+    # the arena's metrics file (written by `arena --report`, not a stage) is committed
+    (repo / "metrics").mkdir(exist_ok=True)
+    shutil.copy(REPO / "metrics/arena.json", repo / "metrics/arena.json")
     build_tiny_policy(repo / "tiny-models/policy")
     build_tiny_encoder(repo / "tiny-models/encoder")
     _run(["git", "init", "-q"], repo)

@@ -171,6 +171,7 @@ def test_sigkill_of_dvc_exp_run_mid_stage(workspace, fault_env):  # noqa: F811
     assert not any((root / rel).exists() for rel in OUTPUTS)
     assert sorted(p.split("-")[0] for p in _leftovers(root)) == [
         "metrics/.train_sft.json.tmp",
+        "metrics/full/.train_sft.json.tmp",
         "models/.sft.tmp",
         "plots/.train_sft.tmp",
     ]

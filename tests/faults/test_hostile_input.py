@@ -195,7 +195,7 @@ def test_bom_first_row_reads_and_duplicate_keys_in_rows_are_counted(workdir):
         data_params("params.yaml", source)
         code, out = cli("prepare_preference")
         assert code == 0, out
-        metrics = json.loads(Path("metrics/prepare_preference.json").read_text())
+        metrics = json.loads(Path("metrics/full/prepare_preference.json").read_text())
         assert metrics["invalid/bad_json"] == 0  # the BOM is not part of the first row
         assert metrics["invalid/duplicate_key"] == 1 and metrics["data/rows_valid"] == 9
         [bad] = read_jsonl(f"data/invalid/{source.split('.')[0]}.jsonl")

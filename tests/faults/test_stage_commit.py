@@ -140,6 +140,6 @@ def test_a_failed_score_with_llm_keeps_the_last_good_scores(tmp_path, monkeypatc
     assert "data/scored/ and metrics/score_with_llm.json are unchanged" in line
     assert _outputs(root, outputs) == before
     failed = root / ".rlhf-lab/failed/score_with_llm"
-    n_items = json.loads((failed / "metrics/score_with_llm.json").read_text())["judge/items"]
+    n_items = json.loads((failed / "metrics/full/score_with_llm.json").read_text())["judge/items"]
     assert len(read_jsonl(failed / "data/scored/failures.jsonl")) == n_items > 0
     assert _leftovers(root) == []

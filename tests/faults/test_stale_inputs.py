@@ -57,9 +57,12 @@ def repo(tmp_path) -> Path:
     _run(["git", "config", "user.name", "t"], root)
     _run([*DVC, "init", "-q"], root)
     _run([*DVC, "config", "core.analytics", "false"], root)
-    _run([*DVC, "repro"], root)
+    # the stages need a commit to run in (dvclive records it): commit the source, then its run
     _run(["git", "add", "-A"], root)
     _run(["git", "commit", "-qm", "tiny"], root)
+    _run([*DVC, "repro"], root)
+    _run(["git", "add", "-A"], root)
+    _run(["git", "commit", "-qm", "tiny run"], root)
     return root
 
 
