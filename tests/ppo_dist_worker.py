@@ -114,6 +114,10 @@ def main(sft: str, critic: str, out: str, mode: str = "fixed") -> None:
         with open(out, "w") as f:
             json.dump(result, f)
     dp.barrier()
+    # Tear gloo down before the interpreter does: a process that exits with the group alive can
+    # abort in its C++ destructor ("terminate called without an active exception").
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

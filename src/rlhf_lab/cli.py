@@ -14,6 +14,7 @@ import errno
 import importlib
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -105,6 +106,19 @@ def _git_without_commit() -> bool:
         return False
 
 
+def _close_process_group() -> None:
+    """End a finished stage's distributed process group (``accelerate launch``) before the
+    interpreter exits: gloo's threads alive at exit can abort the process in a C++ destructor
+    ("terminate called without an active exception") after the work is done."""
+    torch = sys.modules.get("torch")  # never imported here for a stage that did not need it
+    if (
+        torch is not None
+        and torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+    ):
+        torch.distributed.destroy_process_group()
+
+
 def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) -> None:
     """Load params, then ``rlhf_lab.<package>.<stage>.main`` (stages; tools are not stages)."""
     from rlhf_lab import precision, tracking, ui
@@ -128,6 +142,7 @@ def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) 
                 module.main(params, **kwargs)
             finally:
                 tracking.close()
+            _close_process_group()
     except RlhfLabError as exc:
         ui.error(_params_named(str(exc), params_path))
         raise typer.Exit(2) from None
