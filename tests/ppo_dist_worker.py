@@ -20,6 +20,7 @@ import sys
 
 import torch
 
+from rlhf_lab.cli import finish_process_group
 from rlhf_lab.config import PpoConfig
 from rlhf_lab.ppo.composite_score import CompositeScorer
 from rlhf_lab.ppo.distributed import DataParallel
@@ -114,10 +115,7 @@ def main(sft: str, critic: str, out: str, mode: str = "fixed") -> None:
         with open(out, "w") as f:
             json.dump(result, f)
     dp.barrier()
-    # Tear gloo down before the interpreter does: a process that exits with the group alive can
-    # abort in its C++ destructor ("terminate called without an active exception").
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    finish_process_group()  # as a stage does: a gloo thread alive at exit can abort the process
 
 
 if __name__ == "__main__":

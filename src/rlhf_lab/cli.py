@@ -9,6 +9,7 @@ exit with code 2; anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import importlib
@@ -106,17 +107,27 @@ def _git_without_commit() -> bool:
         return False
 
 
-def _close_process_group() -> None:
-    """End a finished stage's distributed process group (``accelerate launch``) before the
-    interpreter exits: gloo's threads alive at exit can abort the process in a C++ destructor
-    ("terminate called without an active exception") after the work is done."""
+def finish_process_group() -> None:
+    """End a finished distributed run (``accelerate launch``): destroy the process group, run
+    the interpreter's exit handlers, then leave without C++ teardown.
+
+    Destroying the group alone is not enough: a gloo worker thread still alive when the
+    interpreter's C++ destructors run can abort a process whose work is done ("terminate called
+    without an active exception", SIGABRT; torch's own atexit fix was abandoned upstream), and
+    the launcher then reports the whole run failed. Every output is already written atomically
+    by then, so skipping the C++ destructors loses nothing. One process: does nothing."""
     torch = sys.modules.get("torch")  # never imported here for a stage that did not need it
-    if (
+    if not (
         torch is not None
         and torch.distributed.is_available()
         and torch.distributed.is_initialized()
     ):
-        torch.distributed.destroy_process_group()
+        return
+    torch.distributed.destroy_process_group()
+    atexit._run_exitfuncs()  # logging, trackers: what a normal exit would run
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) -> None:
@@ -142,7 +153,7 @@ def _run(stage: str, params_path: Path, package: str = "stages", **kwargs: Any) 
                 module.main(params, **kwargs)
             finally:
                 tracking.close()
-            _close_process_group()
+        finish_process_group()  # after the lock is released: it may not return
     except RlhfLabError as exc:
         ui.error(_params_named(str(exc), params_path))
         raise typer.Exit(2) from None
