@@ -32,9 +32,9 @@ from rlhf_lab.config import DataConfig, RecommenderConfig, TaskConfig
 from rlhf_lab.data import prepare
 from rlhf_lab.evaluation.recommender import compare
 from rlhf_lab.io import write_json
-from rlhf_lab.tasks import crs
 from rlhf_lab.tasks.crs import grounding, load_catalogue, ranking
 from rlhf_lab.tasks.crs import recommender as rec
+from rlhf_lab.tasks.registry import FORMAT_PARSERS
 
 DATA = ROOT.parent / "shared" / "data" / "redial"
 ANCHORS = {
@@ -50,7 +50,9 @@ def load_rows(source: str, split: str, catalogue: str | None) -> list[dict]:
     """Every recommender turn's prompt row of ``source``, through prepare_preference's own
     reading path."""
     cfg = DataConfig(source=source, split=split, catalogue=catalogue, max_examples=0)
-    loaded = prepare.load_examples(prepare.open_source(cfg, TaskConfig(name="crs")), cfg, crs)
+    loaded = prepare.load_examples(
+        prepare.open_source(cfg, TaskConfig(name="crs")), cfg, FORMAT_PARSERS
+    )
     return [ex.to_prompt_row() for ex in loaded.examples]
 
 

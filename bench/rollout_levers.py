@@ -75,7 +75,8 @@ def prompts(n: int) -> list[dict[str, Any]]:
     """``n`` prompt rows from the embedded chitchat conversations (every 7th example, so the
     prompts range from one turn to ``data.max_turns``)."""
     from rlhf_lab.config import DataConfig
-    from rlhf_lab.data.sources import parse_chitchat, read_chitchat
+    from rlhf_lab.data.readers import read_chitchat
+    from rlhf_lab.data.sources import parse_chitchat
 
     max_turns = DataConfig().max_turns
     rows: list[dict[str, Any]] = []

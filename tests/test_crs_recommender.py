@@ -8,12 +8,12 @@ import math
 import pytest
 
 from rlhf_lab.config import RecommenderConfig
-from rlhf_lab.data.sources import parse_redial
 from rlhf_lab.data.validate import Origin
 from rlhf_lab.evaluation.recommender import compare
-from rlhf_lab.tasks import crs
 from rlhf_lab.tasks.crs import recommender as rec
+from rlhf_lab.tasks.crs.formats import parse_redial
 from rlhf_lab.tasks.crs.recommender import Mention, RecTurn
+from rlhf_lab.tasks.registry import FORMAT_PARSERS
 
 from .test_data_sources import REDIAL
 
@@ -171,7 +171,9 @@ def test_the_hub_id_reaches_the_recommender_through_the_data_path(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     cfg = DataConfig(source="community-datasets/re_dial", split="test", max_examples=0)
-    loaded = prepare.load_examples(prepare.open_source(cfg, TaskConfig(name="crs")), cfg, crs)
+    loaded = prepare.load_examples(
+        prepare.open_source(cfg, TaskConfig(name="crs")), cfg, FORMAT_PARSERS
+    )
     turns = rec.recommendation_turns(
         rec.turns_from_rows(ex.to_prompt_row() for ex in loaded.examples)
     )

@@ -17,8 +17,8 @@ from rlhf_lab.data.prepare import load_examples, open_source
 from rlhf_lab.data.validate import BAD_TRANSCRIPT, MISSING_FIELD, UNKNOWN_ID, WRONG_TYPE
 from rlhf_lab.errors import DataError
 from rlhf_lab.io import read_jsonl
-from rlhf_lab.tasks import crs
 from rlhf_lab.tasks.crs import entity_name, load_catalogue, recommendation_score
+from rlhf_lab.tasks.registry import FORMAT_PARSERS
 
 DBP = "<http://dbpedia.org/resource/{}>"
 ENTITY2ID = {
@@ -51,7 +51,7 @@ def write_dir(tmp_path: Path, rows: list[dict], items: object = (1, 3, 4)) -> Pa
 def load(source: Path, **data):
     cfg = DataConfig(source=str(source), **data)
     src = open_source(cfg, TaskConfig(name="crs"))
-    return src.format, load_examples(src, cfg, movies=crs)
+    return src.format, load_examples(src, cfg, FORMAT_PARSERS)
 
 
 def test_entity_names_from_dbpedia_uris():

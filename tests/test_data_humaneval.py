@@ -13,10 +13,11 @@ from typer.testing import CliRunner
 from rlhf_lab import models
 from rlhf_lab.cli import app
 from rlhf_lab.config import DataConfig, TaskConfig
-from rlhf_lab.data.sources import parse_humaneval, resolve_format
+from rlhf_lab.data.sources import resolve_format
 from rlhf_lab.data.validate import BAD_CODE, MISSING_FIELD, Origin, RowError
 from rlhf_lab.io import read_jsonl
 from rlhf_lab.tasks import docstring as ds
+from rlhf_lab.tasks.docstring.formats import parse_humaneval
 
 ORIGIN = Origin("he.jsonl", 1, "he")
 

@@ -9,8 +9,8 @@ import pytest
 
 from rlhf_lab.config import TaskConfig, parse_params
 from rlhf_lab.data import prepare
-from rlhf_lab.data.sources import read_jsonl
-from rlhf_lab.tasks import crs
+from rlhf_lab.data.readers import read_jsonl
+from rlhf_lab.tasks.registry import FORMAT_PARSERS
 
 pytestmark = pytest.mark.shared_data
 N_ROWS = 200
@@ -21,7 +21,7 @@ def load_head(path, n: int, **data):
     cfg = parse_params({"data": {"source": str(path), "max_examples": 0, **data}}).data
     fmt = prepare.open_source(cfg, TaskConfig()).format
     records = itertools.islice(read_jsonl(path), n)
-    return prepare.load_examples(prepare.Source(fmt, records), cfg, movies=crs)
+    return prepare.load_examples(prepare.Source(fmt, records), cfg, FORMAT_PARSERS)
 
 
 def test_hh_helpful_base(shared_data):

@@ -12,22 +12,13 @@ import pytest
 
 from rlhf_lab.config import DataConfig, TaskConfig, parse_params
 from rlhf_lab.data import prepare
-from rlhf_lab.data.sources import (
-    make_parser,
-    parse_chitchat,
-    parse_docstring,
-    parse_hh,
-    parse_redial,
-    read_chitchat,
-    read_jsonl,
-    read_parquet,
-    resolve_format,
-    strip_docstring,
-    window,
-)
+from rlhf_lab.data.readers import read_chitchat, read_jsonl, read_parquet
+from rlhf_lab.data.sources import make_parser, parse_chitchat, parse_hh, resolve_format, window
 from rlhf_lab.data.validate import BAD_TRANSCRIPT, Origin, RowError
 from rlhf_lab.errors import ConfigError, DataError
-from rlhf_lab.tasks import crs
+from rlhf_lab.tasks.crs.formats import parse_redial
+from rlhf_lab.tasks.docstring.formats import parse_docstring, strip_docstring
+from rlhf_lab.tasks.registry import FORMAT_PARSERS
 
 ORIGIN = Origin("fixture.jsonl", 1, "fixture")
 
@@ -159,16 +150,16 @@ def test_redial_catalogue_names_unknown_ids(tmp_path):
     csv = tmp_path / "movies.csv"
     csv.write_text("movieId,movieName,nbMentions\n444,Se7en  (1995),3\n")
     cfg = data_cfg(source="x.jsonl", format="redial", catalogue=str(csv))
-    parse = make_parser("redial", cfg, movies=crs)
+    parse = make_parser("redial", cfg, FORMAT_PARSERS)
     third = parse(REDIAL, ORIGIN)[-1]
     assert third.reference == "Try Heat (1995) or Se7en (1995)"
     assert third.meta["movies"]["444"] == "Se7en (1995)"
 
 
-@pytest.mark.parametrize("fmt", ["redial", "crs_turns"])
-def test_crs_formats_need_the_movie_names_passed_in(fmt):
-    # data never imports a task (the layers contract): the caller passes tasks.crs in
-    with pytest.raises(ValueError, match=f"format '{fmt}' names movies: pass movies="):
+@pytest.mark.parametrize("fmt", ["redial", "crs_turns", "docstring", "humaneval"])
+def test_task_formats_need_the_task_parsers_passed_in(fmt):
+    # data never imports a task (the layers contract): the caller passes the tasks' parsers in
+    with pytest.raises(ValueError, match=f"format '{fmt}' is a task's: pass task_parsers="):
         make_parser(fmt, data_cfg(source="x.jsonl", format=fmt))
 
 

@@ -16,12 +16,12 @@ from rlhf_lab.cli import app
 from rlhf_lab.config import DataConfig, TaskConfig
 from rlhf_lab.data.pairs import resolve_pairs
 from rlhf_lab.data.prepare import load_examples, open_source
+from rlhf_lab.data.readers import read_source
 from rlhf_lab.data.sources import (
     parse_messages,
     parse_preference,
     parse_prompt_completion,
     parse_prompt_only,
-    read_source,
     resolve_format,
 )
 from rlhf_lab.data.validate import BAD_TRANSCRIPT, MISSING_FIELD, WRONG_TYPE, Origin, RowError
@@ -299,9 +299,10 @@ def test_every_format_is_a_params_choice_and_has_a_parser():
     from typing import get_args
 
     from rlhf_lab.data.sources import FORMATS, make_parser
+    from rlhf_lab.tasks.registry import FORMAT_PARSERS
 
     choices = set(get_args(DataConfig.model_fields["format"].annotation))
     assert choices == {"auto", *FORMATS}
     for fmt in FORMATS:
         if fmt not in ("redial", "crs_turns"):  # those two load their catalogues / id maps
-            assert callable(make_parser(fmt, DataConfig()))
+            assert callable(make_parser(fmt, DataConfig(), FORMAT_PARSERS))

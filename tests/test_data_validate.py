@@ -11,7 +11,7 @@ from rlhf_lab.config import TaskConfig, parse_params
 from rlhf_lab.data import prepare
 from rlhf_lab.data.validate import REASONS, Deduper, RowError, check_pair, text_key
 from rlhf_lab.errors import DataError
-from rlhf_lab.tasks import crs
+from rlhf_lab.tasks.registry import FORMAT_PARSERS
 
 
 def hh(prompt: str, chosen: str, rejected: str) -> str:
@@ -58,7 +58,7 @@ def write_lines(path: Path, lines: list[bytes]) -> Path:
 
 def load(path: Path, **data):
     cfg = parse_params({"data": {"source": str(path), "max_chars": 200, **data}}).data
-    return prepare.load_examples(prepare.open_source(cfg, TaskConfig()), cfg, movies=crs), cfg
+    return prepare.load_examples(prepare.open_source(cfg, TaskConfig()), cfg, FORMAT_PARSERS), cfg
 
 
 def test_every_rejection_reason_is_reported_with_field_and_line(tmp_path):

@@ -304,7 +304,8 @@ def test_functions_that_carry_examples_in_the_shared_corpus(shared_data):
     import gzip
     import json
 
-    from rlhf_lab.data.sources import RowError, strip_docstring
+    from rlhf_lab.data.validate import RowError
+    from rlhf_lab.tasks.docstring.formats import strip_docstring
 
     rows = []
     with gzip.open(shared_data / "docstring/valid.jsonl.gz", "rt") as fh:

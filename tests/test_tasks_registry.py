@@ -47,6 +47,18 @@ def test_each_task_declares_consistent_formats_rules_weights_and_preset():
     }
 
 
+def test_each_task_owns_the_parsers_of_its_formats_and_no_format_has_two():
+    from rlhf_lab.data.sources import FORMATS, GENERIC_PARSERS
+    from rlhf_lab.tasks.registry import FORMAT_PARSERS
+
+    for task in REGISTRY.values():
+        assert tuple(task.parsers) == task.formats
+    assert get_task("chat").parsers == {}
+    assert list(FORMAT_PARSERS) == ["redial", "crs_turns", "docstring", "humaneval"]
+    assert not set(FORMAT_PARSERS) & set(GENERIC_PARSERS)
+    assert set(FORMAT_PARSERS) | set(GENERIC_PARSERS) == set(FORMATS)
+
+
 def test_the_consumers_read_the_tasks():
     """Every former name branch now reads the task object: the values below are the ones the
     branches used to hard-code."""

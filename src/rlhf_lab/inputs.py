@@ -38,7 +38,7 @@ import yaml
 
 from rlhf_lab import models
 from rlhf_lab.config import DataConfig, JudgeConfig, Params
-from rlhf_lab.data.sources import local_files
+from rlhf_lab.data.readers import local_files
 from rlhf_lab.errors import DataError, ModelSourceError
 from rlhf_lab.io import dir_digest, sha256_file, write_json
 

@@ -2,7 +2,7 @@
 
     source = open_source(data, task)              # format resolved, records streamed
     mode = pairs.resolve_pairs(data.pairs, source.format)
-    loaded = load_examples(source, data, crs)     # parsed, validated, deduplicated, subsampled
+    loaded = load_examples(source, data, FORMAT_PARSERS)   # parsed, validated, deduped, sampled
     check_invalid_fraction(loaded, data, "data/invalid")   # one-line DataError above the limit
     samples = pairs.sample_for(model, tok, loaded.examples, ...)   # unless mode == "human"
     prepared = build(loaded, mode, data, samples) # splits, pairs, invalid rows, metrics
@@ -15,22 +15,16 @@ from the valid rows; splits and pairs come last.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Any
 
 from rlhf_lab.config import DataConfig, TaskConfig
 from rlhf_lab.data import pairs as pairs_lib
+from rlhf_lab.data.readers import Record, peek, read_source
 from rlhf_lab.data.rows import Example, PreferenceRow, PromptRow
-from rlhf_lab.data.sources import (
-    MovieNames,
-    Record,
-    make_parser,
-    peek,
-    read_source,
-    resolve_format,
-)
+from rlhf_lab.data.sources import ParserFactory, make_parser, resolve_format
 from rlhf_lab.data.splits import SPLITS, Subsample, split_rows
 from rlhf_lab.data.validate import (
     NO_PREFERENCE,
@@ -119,12 +113,14 @@ def validate_example(ex: Example, max_chars: int) -> None:
     check_encodable(ex.meta, "meta")
 
 
-def load_examples(source: Source, cfg: DataConfig, movies: MovieNames | None = None) -> Loaded:
+def load_examples(
+    source: Source, cfg: DataConfig, task_parsers: Mapping[str, ParserFactory] | None = None
+) -> Loaded:
     """Parse, validate and deduplicate every record; keep a deterministic subsample.
 
-    ``movies`` (:mod:`rlhf_lab.tasks.crs`) names the movie ids of the crs formats.
+    ``task_parsers`` (``rlhf_lab.tasks.registry.FORMAT_PARSERS``) parse the tasks' formats.
     """
-    parse = make_parser(source.format, cfg, movies)
+    parse = make_parser(source.format, cfg, task_parsers)
     dedupe = Deduper()
     keep: Subsample[Example] = Subsample(cfg.max_examples, cfg.seed)
     loaded = Loaded(source.format, [], [], [])

@@ -51,7 +51,6 @@ from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import ConfigError, DataError
 from rlhf_lab.evaluation.plotting import BINS, WHO, num, pyplot, slug, write_csv
 from rlhf_lab.reward_components import TOTAL, TOTAL_REF, is_reference_based
-from rlhf_lab.tasks import crs
 from rlhf_lab.tasks import registry as task_registry
 
 MIN_GAP = 0.2
@@ -90,7 +89,7 @@ def _is_prompt_row(value: Mapping[str, Any]) -> bool:
 
 def read_prompt_rows(path: str | Path) -> list[Row]:
     """Prompt rows of a ``.jsonl[.gz]`` file; the first bad line is a DataError naming it."""
-    from rlhf_lab.data.sources import read_jsonl
+    from rlhf_lab.data.readers import read_jsonl
 
     rows: list[Row] = []
     for rec in read_jsonl(path):
@@ -123,7 +122,7 @@ def read_source_rows(
         raise DataError(
             f"{path}: reads as {source.format} rows; the {task} task needs {' or '.join(want)}"
         )
-    loaded = load_examples(source, cfg, movies=crs)
+    loaded = load_examples(source, cfg, task_registry.FORMAT_PARSERS)
     if not loaded.examples or loaded.invalid_fraction > cfg.max_invalid_fraction:
         first = loaded.rejected[0].describe() if loaded.rejected else f"{path}: no rows"
         raise DataError(
@@ -144,7 +143,7 @@ def is_usable(row: Row, task: str) -> bool:
 
 def load_inputs(path: str | Path, task: str, data: DataConfig, limit: int = 0) -> Inputs:
     """Rows from prompt rows or a raw source file (which one: the first row's keys)."""
-    from rlhf_lab.data.sources import peek, read_jsonl
+    from rlhf_lab.data.readers import peek, read_jsonl
 
     path = Path(path)
     if not path.is_file():
@@ -371,7 +370,7 @@ class SamplesBreakdown:
 def read_samples(path: str | Path) -> list[dict[str, Any]]:
     """``reports/samples.jsonl`` rows (id, reference, sft_reply, ppo_reply); DataError naming
     the file and line on the first bad one."""
-    from rlhf_lab.data.sources import read_jsonl
+    from rlhf_lab.data.readers import read_jsonl
 
     path = Path(path)
     if not path.is_file():

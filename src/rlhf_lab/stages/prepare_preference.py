@@ -20,7 +20,7 @@ from rlhf_lab.data import pairs, prepare
 from rlhf_lab.errors import DataError, ModelSourceError
 from rlhf_lab.headline import full_path, write_metrics
 from rlhf_lab.io import atomic_dir, failed_output, stage_outputs, write_jsonl
-from rlhf_lab.tasks import crs
+from rlhf_lab.tasks.registry import FORMAT_PARSERS
 from rlhf_lab.tokens import default_device
 
 POLICY_DIR = Path("models/base/policy")
@@ -43,7 +43,7 @@ def main(params: Params, **_: Any) -> None:
     cfg, task = params.data, params.task
     source = prepare.open_source(cfg, task)
     mode = pairs.resolve_pairs(cfg.pairs, source.format)
-    loaded = prepare.load_examples(source, cfg, movies=crs)
+    loaded = prepare.load_examples(source, cfg, FORMAT_PARSERS)
     try:
         prepare.check_invalid_fraction(loaded, cfg, str(FAILED_INVALID_DIR))
     except DataError:

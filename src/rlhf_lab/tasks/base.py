@@ -18,6 +18,7 @@ from rlhf_lab.tasks.rubric import Dimension, Rubric
 
 if TYPE_CHECKING:
     from rlhf_lab.config import Params
+    from rlhf_lab.data.sources import ParserFactory
 
 ReplyScorer = Callable[[Sequence[str], Sequence[Row]], Any]
 """A rule reward: ``(replies, rows) -> one score in [0, 1] per reply``
@@ -92,6 +93,10 @@ class Task:
     """Rubrics a human rater scores each reply on in the arena, 1-5 (crs: ECR's five)."""
     preset: str | None = None
     """Name of the task's preset in :data:`rlhf_lab.presets.PRESETS`, or None."""
+    parsers: Mapping[str, ParserFactory] = field(default_factory=dict)
+    """The task's own row formats: ``data.format`` -> parser factory (its ``formats`` module);
+    the registry hands them to :func:`rlhf_lab.data.sources.make_parser`. Empty: the task reads
+    the generic formats only (chat)."""
 
     @property
     def formats(self) -> tuple[str, ...]:

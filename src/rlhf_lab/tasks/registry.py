@@ -21,11 +21,13 @@ from typing import TYPE_CHECKING, Any
 from rlhf_lab.data.rows import Row
 from rlhf_lab.tasks import chat, crs, docstring
 from rlhf_lab.tasks.base import RewardCheck, Task
+from rlhf_lab.tasks.crs import formats as crs_formats
 from rlhf_lab.tasks.crs import grounding
 from rlhf_lab.tasks.rubric import CONVERSATION_LABELS, SCALE, Dimension, Rubric
 
 if TYPE_CHECKING:
     from rlhf_lab.config import Params
+    from rlhf_lab.data.sources import ParserFactory
 
 # ---------------------------------------------------------------------------------------- crs
 
@@ -141,6 +143,7 @@ CRS = Task(
     ),
     human_rubrics=ECR_RUBRICS,
     preset="crs",
+    parsers=crs_formats.PARSERS,
 )
 """The conversational-recommendation task (ReDial, the ECR system)."""
 
@@ -151,6 +154,13 @@ CHAT = Task(name="chat", rubric=chat.RUBRIC)
 
 TASKS: dict[str, Task] = {t.name: t for t in (CHAT, CRS, docstring.TASK)}
 """Every task by name, in :data:`rlhf_lab.config.TASKS`' order."""
+
+
+FORMAT_PARSERS: dict[str, ParserFactory] = {
+    fmt: factory for task in TASKS.values() for fmt, factory in task.parsers.items()
+}
+"""Every task's own row formats, ``data.format`` -> parser factory: what the callers of
+:func:`rlhf_lab.data.prepare.load_examples` pass, since ``data`` never imports a task."""
 
 
 def get_task(name: str) -> Task:

@@ -113,8 +113,9 @@ def _show(prompts: Sequence[Messages], replies: dict[str, list[Any]]) -> None:
 def code_rows(code: Sequence[str]) -> list[Row]:
     """Docstring prompt rows for ``--code`` values: a file path or a snippet each, one row per
     function in it (:func:`rlhf_lab.tasks.docstring.functions_in`), its docstring removed."""
-    from rlhf_lab.data.sources import RowError, docstring_prompt, strip_docstring
+    from rlhf_lab.data.validate import RowError
     from rlhf_lab.tasks.docstring import functions_in
+    from rlhf_lab.tasks.docstring.formats import docstring_prompt, strip_docstring
 
     rows: list[Row] = []
     for arg in code:

@@ -8,7 +8,7 @@ import numpy as np
 
 from rlhf_lab.data.rows import Row
 from rlhf_lab.tasks.base import ReplyScorer, RewardCheck, Task
-from rlhf_lab.tasks.docstring import rewards
+from rlhf_lab.tasks.docstring import formats, rewards
 from rlhf_lab.tasks.docstring.rubric import RUBRIC
 
 
@@ -60,5 +60,6 @@ TASK = Task(
         metrics=parse_ok_fraction,
     ),
     preset="docstring",
+    parsers=formats.PARSERS,
 )
 """The docstring task: static-analysis and doctest rewards, the Phase-1 gates."""
