@@ -20,7 +20,10 @@ from rlhf_lab.tasks.registry import TASKS as REGISTRY
 from .conftest import REPO
 
 SRC = REPO / "src" / "rlhf_lab"
-BRANCH_ON_TASK = re.compile(r"\btask(?:\.name)?\s*[!=]=|[!=]=\s*\w*\.?task(?:\.name)?\b")
+BRANCH_ON_TASK = re.compile(
+    r"\btask(?:_name|\.name)?\s*[!=]=|[!=]=\s*\w*\.?task(?:_name|\.name)?\b"
+    r"|[!=]=\s*[\"'](?:chat|crs|docstring)[\"']"
+)
 
 
 def test_the_registry_and_config_name_the_same_tasks_in_the_same_order():
@@ -72,6 +75,8 @@ def test_the_consumers_read_the_tasks():
     assert analyze_rewards.TASKS == ("crs", "docstring")
     assert get_task("crs").formats == ("redial", "crs_turns")
     assert get_task("docstring").formats == ("docstring", "humaneval")
+    # train_recommender: only crs fits a recommender; the others copy their prompts through
+    assert [n for n, t in REGISTRY.items() if t.has_recommender] == ["crs"]
     # gates: docstring's Phase-1 defaults; chat and crs none
     gates = Params().eval.gates.protocol
     assert protocol_thresholds(gates, "docstring") == docstring.PHASE1_GATES
@@ -113,6 +118,8 @@ def test_the_branch_pattern_has_teeth():
         'x if params.task.name == "crs" else None',
         "if check.task == t:",
         'if code and task != "docstring":',
+        "return task_name == TASK",
+        'if name == "crs":',
     ):
         assert BRANCH_ON_TASK.search(line)
     assert not BRANCH_ON_TASK.search("task = get_task(name)")

@@ -35,6 +35,7 @@ from rlhf_lab.headline import full_path, write_metrics
 from rlhf_lab.io import atomic_dir, read_jsonl, stage_outputs, write_json, write_jsonl
 from rlhf_lab.models import PROVENANCE
 from rlhf_lab.tasks.crs import ranking, recommender
+from rlhf_lab.tasks.registry import get_task
 
 PROMPTS_DIR = Path("data/prompts")
 GROUNDED_DIR = Path("data/grounded")
@@ -49,7 +50,7 @@ def main(params: Params, **_: Any) -> None:
         "params": section_dict(params, "task", "recommender"),
         "data.catalogue": params.data.catalogue,
     }
-    if not recommender.applies(params.task.name):
+    if not get_task(params.task.name).has_recommender:
         why = f"task is {params.task.name}"
         with stage_outputs(GROUNDED_DIR, MODEL_DIR, full_path(METRICS), METRICS):
             with atomic_dir(GROUNDED_DIR) as tmp:

@@ -82,6 +82,9 @@ class Task:
     report_rows: tuple[tuple[str, str, bool], ...] = ()
     """Rows the flags and metrics add to evaluate's headline table: (metric key without the
     model prefix, label, has a bootstrap CI)."""
+    has_recommender: bool = False
+    """Its prompts name items a recommender ranks: ``train_recommender`` fits one and grounds
+    the prompts in its candidates (crs); every other task's stage copies the prompts through."""
     writes_about_code: bool = False
     """Its prompt is a function's source and its reply the docstring: ``rlhf-lab generate
     --code`` builds such prompts from files or snippets (docstring)."""

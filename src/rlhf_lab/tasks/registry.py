@@ -142,6 +142,7 @@ CRS = Task(
         bad_variants=lambda rows: [crs.bad_reply_variants(row) for row in rows],
     ),
     human_rubrics=ECR_RUBRICS,
+    has_recommender=True,
     preset="crs",
     parsers=crs_formats.PARSERS,
 )

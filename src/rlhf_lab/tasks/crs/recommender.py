@@ -50,8 +50,6 @@ from scipy import sparse
 from rlhf_lab.config import RecommenderConfig
 from rlhf_lab.errors import DataError
 
-TASK = "crs"
-"""The task the recommender serves; other tasks skip its stage."""
 MODEL_FILE = "recommender.pkl"
 """The fitted :class:`Recommender` inside ``models/recommender/``."""
 FEATURES = (
@@ -66,11 +64,6 @@ FEATURES = (
     "seen",
 )
 """The blend's inputs, in column order (module docstring)."""
-
-
-def applies(task_name: str) -> bool:
-    """Does ``task_name`` have a recommender? (Only crs; the stage skips the others.)"""
-    return task_name == TASK
 
 
 @dataclass(frozen=True)
