@@ -161,7 +161,7 @@ def ppo_update_step(ws: Path, params: Params) -> Step:
     model = load_policy_critic(ws / "models/sft", ws / "models/critic", cfg.lora, cfg.temperature)
     rows = read_jsonl(ws / "data/prompts/train.jsonl")
     if (ws / "models/reward/config.json").is_file():
-        from rlhf_lab.reward_model import RewardModel
+        from rlhf_lab.reward_scorer import RewardModel
 
         rm = RewardModel(ws / "models/reward")
 

@@ -189,7 +189,7 @@ def prepare(spec: Spec) -> None:
     from rlhf_lab.ppo.model import new_critic, save_critic
 
     if spec.tiny:
-        from rlhf_lab.reward_model import save_reward_stats
+        from rlhf_lab.reward_scorer import save_reward_stats
         from rlhf_lab.testing import build_tiny_encoder, build_tiny_policy
 
         build_tiny_policy(spec.policy, seed=spec.seed)

@@ -14,7 +14,7 @@ from rlhf_lab import models
 from rlhf_lab.config import LoraConfig
 from rlhf_lab.io import write_jsonl
 from rlhf_lab.ppo.model import new_critic, save_critic
-from rlhf_lab.reward_model import save_reward_stats
+from rlhf_lab.reward_scorer import save_reward_stats
 
 TINY_LORA = LoraConfig(r=4, alpha=8)
 TINY_PPO = {

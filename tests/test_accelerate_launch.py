@@ -20,7 +20,7 @@ from rlhf_lab import models
 from rlhf_lab.errors import ConfigError
 from rlhf_lab.ppo.distributed import DataParallel, check_sizes, shard
 from rlhf_lab.ppo.trainer import batch_indices
-from rlhf_lab.reward_model import RewardModel
+from rlhf_lab.reward_scorer import RewardModel
 
 from .conftest import REPO
 from .ppo_helpers import TINY_PPO, copy_policy, make_critic, make_reward_model, write_prompts

@@ -12,7 +12,7 @@ from rlhf_lab import reward_components
 from rlhf_lab.cli import app
 from rlhf_lab.config import DataConfig, Params
 from rlhf_lab.errors import ConfigError, DataError
-from rlhf_lab.evaluation import analyze_rewards as ar
+from rlhf_lab.evaluation import reward_check as ar
 from rlhf_lab.tasks import crs
 from rlhf_lab.tasks import docstring as ds
 

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rlhf_lab.cli import app
-from rlhf_lab.evaluation import compare as cmp
+from rlhf_lab.evaluation import arms as cmp
 from rlhf_lab.evaluation import stats
 
 PROMPTS = ["p0", "p1", "p2", "p3", "p4", "p5"]

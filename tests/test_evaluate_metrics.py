@@ -9,7 +9,7 @@ import pytest
 
 from rlhf_lab import reward_components, text_metrics
 from rlhf_lab.config import EvalConfig, EvalGates, Params
-from rlhf_lab.evaluation import evaluate, metrics, scoring, stats
+from rlhf_lab.evaluation import metrics, pipeline, scoring, stats
 from rlhf_lab.evaluation.gates import check_gates, decide
 from rlhf_lab.reward_components import REWARD_MODEL, is_reference_based
 
@@ -382,7 +382,7 @@ def test_finish_puts_the_verdict_in_the_metrics():
     # 4 toy prompts: no test could be significant; only the KL gate is under test here
     gates = EvalGates(max_kl=0.5, max_rm_pvalue=1.0, max_eos_rate_drop=1.0)
     cfg = EvalConfig(policies=["ppo"], n_boot=100, gates=gates)
-    result = evaluate.finish("chat", ROWS, {"sft": SFT, "ppo": PPO}, KL, cfg)
+    result = pipeline.finish("chat", ROWS, {"sft": SFT, "ppo": PPO}, KL, cfg)
     assert result.metrics["verdict/ppo/decision"] == "reconsider"
     assert result.metrics["verdict/ppo/failed_gates"] == "kl"
     assert result.gains == {"ppo": [0, 2, 3]} and result.losses == {"ppo": [1]}

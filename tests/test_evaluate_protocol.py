@@ -10,7 +10,7 @@ import pytest
 
 from rlhf_lab.config import EvalConfig, EvalGates, ProtocolGates, parse_params
 from rlhf_lab.errors import ConfigError
-from rlhf_lab.evaluation import evaluate, metrics, report
+from rlhf_lab.evaluation import metrics, pipeline, report
 from rlhf_lab.evaluation.gates import check_gates, protocol_thresholds
 from rlhf_lab.evaluation.metrics import ModelOutputs
 from rlhf_lab.reward_components import REWARD_MODEL, task_weights
@@ -241,7 +241,7 @@ def test_docstring_report_phase1_section():
     weights, _ = task_weights("docstring", {})
     metrics.add_rule_totals(outs, weights)
     cfg = EvalConfig(policies=["ppo"], n_boot=200)
-    result = evaluate.finish("docstring", rows, outs, {"ppo": np.full(n, 0.1)}, cfg)
+    result = pipeline.finish("docstring", rows, outs, {"ppo": np.full(n, 0.1)}, cfg)
     m = result.metrics
     assert m["delta/ppo/kl_per_token"] == pytest.approx(0.01)
     assert m["verdict/ppo/decision"] == "proceed" and m["verdict/ppo/rule"] == "protocol"

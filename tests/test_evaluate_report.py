@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlhf_lab.config import EvalConfig, EvalGates
-from rlhf_lab.evaluation import evaluate, metrics, report, scoring
+from rlhf_lab.evaluation import metrics, pipeline, report, scoring
 from rlhf_lab.reward_components import REWARD_MODEL
 
 N = 8
@@ -57,12 +57,12 @@ def _outputs() -> dict[str, metrics.ModelOutputs]:
 
 
 @pytest.fixture(scope="module")
-def result() -> evaluate.EvalResult:
+def result() -> pipeline.EvalResult:
     # max_distinct2_drop=0 with PPO's repeated words fails exactly one soft gate: "adjust"
     gates = EvalGates(min_reward_gain=-10.0, max_distinct2_drop=0.0)
     cfg = EvalConfig(policies=["ppo", "dpo"], baseline="sft", n_boot=200, gates=gates)
     kl = {"ppo": np.full(N, 0.25), "dpo": np.full(N, 0.5)}
-    return evaluate.finish("chat", ROWS, _outputs(), kl, cfg)
+    return pipeline.finish("chat", ROWS, _outputs(), kl, cfg)
 
 
 def test_histogram_fractions():

@@ -106,7 +106,7 @@ def test_judge_is_built_only_when_weighted(monkeypatch):
 
 
 def test_reward_model_component_is_normalised(tiny_models, tmp_path):
-    from rlhf_lab.reward_model import RewardModel
+    from rlhf_lab.reward_scorer import RewardModel
 
     rm_dir = make_reward_model(tiny_models["encoder"], tmp_path / "reward")
     rows = prompt_rows(3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlhf_lab import models
-from rlhf_lab.reward_model import RewardModel, encoder_inputs, render_context, save_reward_stats
+from rlhf_lab.reward_scorer import RewardModel, encoder_inputs, render_context, save_reward_stats
 
 
 def _tok(tiny_models):

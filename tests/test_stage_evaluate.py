@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from rlhf_lab import models
 from rlhf_lab.cli import app
 from rlhf_lab.config import parse_params
-from rlhf_lab.reward_model import save_reward_stats
+from rlhf_lab.reward_scorer import save_reward_stats
 from rlhf_lab.stages.evaluate import _judge_factory
 from rlhf_lab.testing import build_tiny_policy
 

@@ -106,7 +106,7 @@ def test_all_null_scores_fail_in_one_line(workspace):
 def test_reward_model_target_regresses_on_the_rm_scores(workspace, tiny_models):
     """critic.target reward_model: every reply is scored by models/reward (the rows' judge
     scores are ignored, null ones included), and the critic learns those targets."""
-    from rlhf_lab.reward_model import RewardModel
+    from rlhf_lab.reward_scorer import RewardModel
     from rlhf_lab.training.critic import candidate_replies
 
     make_reward_model(tiny_models["encoder"], workspace / "models/reward")
@@ -139,7 +139,7 @@ def test_ppo_score_target_is_the_clipped_composite_in_ppo_units(workspace, tiny_
     """critic.target ppo_score (the default): each reply's target is PPO's step-0 composite
     (reward model + length band here), clipped to ±ppo.score_clip and not z-scored, since PPO
     adds the values to its rewards as they are; the head starts from the least-squares fit."""
-    from rlhf_lab.reward_model import RewardModel
+    from rlhf_lab.reward_scorer import RewardModel
     from rlhf_lab.tasks.text import length_reward
     from rlhf_lab.training.critic import candidate_replies
 

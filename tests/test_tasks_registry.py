@@ -9,7 +9,7 @@ import pytest
 
 from rlhf_lab import reward_components
 from rlhf_lab.config import TASK_FORMATS, TASKS, DataConfig, Params, TaskConfig
-from rlhf_lab.evaluation import analyze_rewards
+from rlhf_lab.evaluation import reward_check
 from rlhf_lab.evaluation.gates import PROTOCOL_FIELDS, protocol_thresholds
 from rlhf_lab.judge import rubrics
 from rlhf_lab.presets import PRESETS
@@ -72,7 +72,7 @@ def test_the_consumers_read_the_tasks():
         f"docstring/{c}" for c in docstring.COMPONENTS
     ]
     # analyze_rewards: the tasks with rules to check, the formats they read
-    assert analyze_rewards.TASKS == ("crs", "docstring")
+    assert reward_check.TASKS == ("crs", "docstring")
     assert get_task("crs").formats == ("redial", "crs_turns")
     assert get_task("docstring").formats == ("docstring", "humaneval")
     # train_recommender: only crs fits a recommender; the others copy their prompts through

@@ -18,7 +18,7 @@ from rlhf_lab import models
 from rlhf_lab.cli import app
 from rlhf_lab.config import RewardTrainConfig
 from rlhf_lab.io import write_jsonl
-from rlhf_lab.reward_model import RewardModel
+from rlhf_lab.reward_scorer import RewardModel
 from rlhf_lab.training.reward_model import (
     PairCollator,
     PreferencePair,

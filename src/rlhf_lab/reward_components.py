@@ -125,7 +125,7 @@ def is_reference_based(component: str) -> bool:
 
 
 def _reward_model_component(model_dir: str | Path) -> RewardFn:
-    from rlhf_lab.reward_model import RewardModel
+    from rlhf_lab.reward_scorer import RewardModel
 
     if not (Path(model_dir) / "config.json").is_file():
         raise ConfigError(

@@ -4,7 +4,7 @@ Every policy in ``eval.policies`` is compared with ``eval.baseline`` on the same
 functions take the two names and never assume which models exist.
 
 Pure (numbers in, numbers out) and unit-tested without models. Key names are documented in
-:mod:`rlhf_lab.evaluation.evaluate`.
+:mod:`rlhf_lab.evaluation.pipeline`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """evaluate's outputs for people and for DVC: the markdown report, PNG plots, plot data.
 
-Given an :class:`~rlhf_lab.evaluation.evaluate.EvalResult` (the baseline, every policy of
+Given an :class:`~rlhf_lab.evaluation.pipeline.EvalResult` (the baseline, every policy of
 ``eval.policies`` and the references; one colour and one column per model):
 
 - :func:`write_plot_images` draws ``reward_hist.png`` (the ECDF of the reward-model score of
@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_lab.evaluation.evaluate import EvalResult
 from rlhf_lab.evaluation.metrics import (
     CONFIDENCE,
     EXAMPLES_RM,
@@ -38,6 +37,7 @@ from rlhf_lab.evaluation.metrics import (
     ranking_score,
     rule_reward_key,
 )
+from rlhf_lab.evaluation.pipeline import EvalResult
 from rlhf_lab.evaluation.plotting import BINS, ecdf, grid_shape, num, pyplot, slug, write_csv
 from rlhf_lab.evaluation.scoring import reference_of
 from rlhf_lab.judge.rubrics import OVERALL

@@ -61,7 +61,7 @@ def score_outputs(
     :attr:`~rlhf_lab.tasks.base.Task.reply_metrics` (docstring: doctest pass rate) are
     computed for every output, references included.
 
-    ``reward_model`` is a ``rlhf_lab.reward_model.RewardModel`` (or anything with its
+    ``reward_model`` is a ``rlhf_lab.reward_scorer.RewardModel`` (or anything with its
     ``score``); ``bert_scorer`` a :class:`~rlhf_lab.evaluation.bertscore.BertScorer`.
     The judge scores the models only (rating the references too would add to its cost).
     """

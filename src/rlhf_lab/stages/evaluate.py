@@ -9,7 +9,7 @@ them), ``models/<name>`` for ``eval.baseline`` (sft) and every one of
 ``metrics/evaluate.json`` (flat keys: ``sft/...``, ``ppo/...``, ``dpo/...``, ``ref/...``,
 ``delta/<policy>/...``, ``verdict/<policy>/...``), ``reports/samples.jsonl``,
 ``reports/report.md`` and ``plots/evaluate/``
-(PNGs plus DVC plot data). The library is ``rlhf_lab.evaluation.evaluate`` (sampling,
+(PNGs plus DVC plot data). The library is ``rlhf_lab.evaluation.pipeline`` (sampling,
 scoring, metrics, gates) and ``rlhf_lab.evaluation.report`` (report and plots).
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
 from rlhf_lab.evaluation import report
-from rlhf_lab.evaluation.evaluate import EvalPaths, JudgeScorer, load_prompt_rows, run_evaluation
+from rlhf_lab.evaluation.pipeline import EvalPaths, JudgeScorer, load_prompt_rows, run_evaluation
 from rlhf_lab.headline import full_path, write_metrics
 from rlhf_lab.io import atomic_dir, stage_outputs, write_jsonl
 from rlhf_lab.models import read_provenance

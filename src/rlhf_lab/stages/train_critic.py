@@ -58,7 +58,7 @@ def _fmt(value: Any) -> str:
 def _reward_model_targets(
     train_rows: list[dict[str, Any]], valid_rows: list[dict[str, Any]]
 ) -> tuple[list[ScoredReply], list[ScoredReply], int, int]:
-    from rlhf_lab.reward_model import RewardModel
+    from rlhf_lab.reward_scorer import RewardModel
 
     if not (REWARD_DIR / "config.json").is_file():
         raise DataError(f"{REWARD_DIR}: no model (run `rlhf-lab train_reward` first)")

@@ -10,7 +10,7 @@ source file in the task's format. Writes ``metrics/analyze_rewards.json`` and
 ``plots/analyze_rewards/``: ``summary.md``, ``hists.png``, ``gaps.png`` (and
 ``samples_hists.png``), DVC plot data ``dist/*.csv``, ``components.csv``, ``kinds.csv``
 (``samples.csv``) and every scored reply in ``scores.jsonl``. The method and the metric keys
-are in ``rlhf_lab.evaluation.analyze_rewards``.
+are in ``rlhf_lab.evaluation.reward_check``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 
 from rlhf_lab import reward_components, ui
 from rlhf_lab.config import Params
-from rlhf_lab.evaluation import analyze_rewards as ar
+from rlhf_lab.evaluation import reward_check as ar
 from rlhf_lab.io import atomic_dir, claim_out_dir, mark_out_dir, write_json
 
 INPUT = Path("data/prompts/test.jsonl")

@@ -8,7 +8,7 @@ and reads each experiment's full ``metrics/full/evaluate.json`` (git-tracked) an
 ``reports/samples.jsonl`` (a DVC-cached output of ``evaluate``) at its rev with
 ``dvc.api.read``; prints per arm the mean ± 95% CI half-width across seeds, and the
 paired Wilcoxon test between every two arms. ``--out`` also writes the numbers as JSON. The
-method is in ``rlhf_lab.evaluation.compare``.
+method is in ``rlhf_lab.evaluation.arms``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from rich.table import Table
 from rlhf_lab import outputs, ui
 from rlhf_lab.config import Params
 from rlhf_lab.errors import DataError
-from rlhf_lab.evaluation import compare as cmp
+from rlhf_lab.evaluation import arms as cmp
 from rlhf_lab.headline import full_path
 from rlhf_lab.io import write_json
 

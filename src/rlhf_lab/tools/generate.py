@@ -143,7 +143,7 @@ def _show_docstrings(
     from rich.console import Console
     from rich.table import Table
 
-    from rlhf_lab.evaluation.analyze_rewards import normalised
+    from rlhf_lab.evaluation.reward_check import normalised
     from rlhf_lab.reward_components import task_weights
     from rlhf_lab.tasks import docstring
 
@@ -181,7 +181,7 @@ def main(
 ) -> list[dict[str, Any]]:
     """Sample one reply per (prompt, model); print them, write ``out`` if given; return rows."""
     from rlhf_lab import generation
-    from rlhf_lab.evaluation.evaluate import load_policy
+    from rlhf_lab.evaluation.pipeline import load_policy
     from rlhf_lab.tasks.registry import TASKS, get_task
 
     task = task or params.task.name

@@ -122,7 +122,7 @@ def candidate_replies(rows: Sequence[Mapping[str, Any]]) -> list[tuple[list[dict
 def reward_model_targets(
     rm: Any, replies: Sequence[tuple[list[dict], str]], batch_size: int = 32
 ) -> list[ScoredReply]:
-    """Score ``replies`` with a :class:`rlhf_lab.reward_model.RewardModel` (normalised exactly
+    """Score ``replies`` with a :class:`rlhf_lab.reward_scorer.RewardModel` (normalised exactly
     as PPO normalises it), as :class:`ScoredReply` rows."""
     from rlhf_lab import ui
 

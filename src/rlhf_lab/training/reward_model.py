@@ -2,7 +2,7 @@
 
 The loss is ``-log σ(r(x, y_chosen) - r(x, y_rejected))`` (Bradley & Terry 1952; Ouyang et al.
 2022, eq. 1), the same whatever produced the label (human, reference-vs-sample, judge). Inputs go
-through :func:`rlhf_lab.reward_model.encoder_inputs`, the format PPO and evaluate score with, so
+through :func:`rlhf_lab.reward_scorer.encoder_inputs`, the format PPO and evaluate score with, so
 the reply is always kept and the oldest context is cut first.
 
 We train with the supervised loop (:mod:`rlhf_lab.training.loop`) instead of TRL's
@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from rlhf_lab import models, precision
 from rlhf_lab.config import RewardTrainConfig
-from rlhf_lab.reward_model import encoder_inputs, save_reward_stats
+from rlhf_lab.reward_scorer import encoder_inputs, save_reward_stats
 from rlhf_lab.training.common import (
     TrainOutcome,
     make_accelerator,

@@ -92,7 +92,7 @@ from rlhf_lab.evaluation.sampling import load_policy, sample_models  # noqa: F40
 from rlhf_lab.evaluation.scoring import JudgeScorer, reference_of, score_outputs
 from rlhf_lab.io import read_jsonl
 from rlhf_lab.reward_components import task_weights
-from rlhf_lab.reward_model import RewardModel
+from rlhf_lab.reward_scorer import RewardModel
 
 
 @dataclass(frozen=True)
