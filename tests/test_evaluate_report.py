@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rlhf_lab.config import EvalConfig, EvalGates
-from rlhf_lab.evaluation import metrics, pipeline, report, scoring
+from rlhf_lab.evaluation import figures, metrics, pipeline, report, scoring
 from rlhf_lab.reward_components import REWARD_MODEL
 
 N = 8
@@ -66,20 +66,20 @@ def result() -> pipeline.EvalResult:
 
 
 def test_histogram_fractions():
-    edges, frac = report.histogram({"a": np.array([0.0, 0.1, 1.0]), "b": np.array([0.5])}, 4)
+    edges, frac = figures.histogram({"a": np.array([0.0, 0.1, 1.0]), "b": np.array([0.5])}, 4)
     assert edges.tolist() == [0.0, 0.25, 0.5, 0.75, 1.0]  # [0, 1] scores: fixed bins
     assert frac["a"].tolist() == pytest.approx([2 / 3, 0, 0, 1 / 3])
     assert frac["b"].tolist() == [0, 0, 1, 0]
-    edges, frac = report.histogram({"a": np.array([-2.0, 2.0])}, 4)
+    edges, frac = figures.histogram({"a": np.array([-2.0, 2.0])}, 4)
     assert edges[0] == -2.0 and edges[-1] == 2.0 and frac["a"].sum() == 1.0
 
 
 def test_plot_data_files(result, tmp_path):
-    report.write_plot_data(result, tmp_path)
+    figures.write_plot_data(result, tmp_path)
     with (tmp_path / "dist" / "reward_model.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     # one column per model, the baseline first, then the references
-    assert len(rows) == report.BINS and list(rows[0]) == ["score", "sft", "ppo", "dpo", "ref"]
+    assert len(rows) == figures.BINS and list(rows[0]) == ["score", "sft", "ppo", "dpo", "ref"]
     for who in ("sft", "ppo", "dpo", "ref"):
         assert sum(float(r[who]) for r in rows) == pytest.approx(1.0, abs=1e-4)
     with (tmp_path / "dist" / "text_bleu.csv").open() as fh:
@@ -102,7 +102,7 @@ def test_plot_data_files(result, tmp_path):
 
 
 def test_plot_images(result, tmp_path):
-    paths = report.write_plot_images(result, tmp_path)
+    paths = figures.write_plot_images(result, tmp_path)
     assert [p.name for p in paths] == [
         "reward_hist.png",
         "component_hists.png",

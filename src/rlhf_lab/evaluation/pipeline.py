@@ -15,7 +15,8 @@ stage module only loads params and writes the outputs), one module per concern:
    each policy with the baseline as one flat dict of namespaced metrics;
 4. :mod:`~rlhf_lab.evaluation.gates`: ``eval.gates`` and a verdict per policy.
 
-:mod:`~rlhf_lab.evaluation.report` writes the report and plots from the :class:`EvalResult`.
+:mod:`~rlhf_lab.evaluation.report` writes the report and :mod:`~rlhf_lab.evaluation.figures` the
+plots from the :class:`EvalResult`.
 
 Metric keys are flat and namespaced for ``dvc metrics diff`` / ``dvc exp show``
 (``<m>`` is the baseline or a policy, e.g. ``sft``, ``ppo``, ``dpo``; ``ref`` has the keys

@@ -10,7 +10,8 @@ them), ``models/<name>`` for ``eval.baseline`` (sft) and every one of
 ``delta/<policy>/...``, ``verdict/<policy>/...``), ``reports/samples.jsonl``,
 ``reports/report.md`` and ``plots/evaluate/``
 (PNGs plus DVC plot data). The library is ``rlhf_lab.evaluation.pipeline`` (sampling,
-scoring, metrics, gates) and ``rlhf_lab.evaluation.report`` (report and plots).
+scoring, metrics, gates), ``rlhf_lab.evaluation.report`` (report, samples) and
+``rlhf_lab.evaluation.figures`` (plots).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
-from rlhf_lab.evaluation import report
+from rlhf_lab.evaluation import figures, report
 from rlhf_lab.evaluation.pipeline import EvalPaths, JudgeScorer, load_prompt_rows, run_evaluation
 from rlhf_lab.headline import full_path, write_metrics
 from rlhf_lab.io import atomic_dir, stage_outputs, write_jsonl
@@ -64,8 +65,8 @@ def main(params: Params, **_: Any) -> None:
     )
     with stage_outputs(PLOTS_DIR, REPORTS_DIR, full_path(METRICS), METRICS):
         with atomic_dir(PLOTS_DIR) as tmp:
-            report.write_plot_images(result, tmp)
-            report.write_plot_data(result, tmp)
+            figures.write_plot_images(result, tmp)
+            figures.write_plot_data(result, tmp)
         with atomic_dir(REPORTS_DIR) as tmp:
             write_jsonl(tmp / "samples.jsonl", report.sample_rows(result))
             text = report.render_report(
