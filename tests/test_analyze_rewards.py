@@ -13,6 +13,7 @@ from rlhf_lab.cli import app
 from rlhf_lab.config import DataConfig, Params
 from rlhf_lab.errors import ConfigError, DataError
 from rlhf_lab.evaluation import reward_check as ar
+from rlhf_lab.evaluation.plotting import BINS
 from rlhf_lab.tasks import crs
 from rlhf_lab.tasks import docstring as ds
 
@@ -257,7 +258,7 @@ def test_command_writes_metrics_plots_and_summary(tmp_path, monkeypatch):
         assert (out / name).stat().st_size > 0, name
     with (out / "dist/total.csv").open() as fh:
         dist = list(csv.DictReader(fh))
-    assert len(dist) == ar.BINS and sum(float(r["good"]) for r in dist) == pytest.approx(1.0)
+    assert len(dist) == BINS and sum(float(r["good"]) for r in dist) == pytest.approx(1.0)
     with (out / "components.csv").open() as fh:
         comps = {r["component"]: r for r in csv.DictReader(fh)}
     assert float(comps["total"]["gap"]) == pytest.approx(m["analyze/gap/total"], abs=1e-6)

@@ -10,7 +10,8 @@ source file in the task's format. Writes ``metrics/analyze_rewards.json`` and
 ``plots/analyze_rewards/``: ``summary.md``, ``hists.png``, ``gaps.png`` (and
 ``samples_hists.png``), DVC plot data ``dist/*.csv``, ``components.csv``, ``kinds.csv``
 (``samples.csv``) and every scored reply in ``scores.jsonl``. The method and the metric keys
-are in ``rlhf_lab.evaluation.reward_check``.
+are in ``rlhf_lab.evaluation.reward_check``, the plots and summary in
+``rlhf_lab.evaluation.reward_check_report``.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from rlhf_lab import reward_components, ui
 from rlhf_lab.config import Params
 from rlhf_lab.evaluation import reward_check as ar
+from rlhf_lab.evaluation import reward_check_report as report
 from rlhf_lab.io import atomic_dir, claim_out_dir, mark_out_dir, write_json
 
 INPUT = Path("data/prompts/test.jsonl")
@@ -56,9 +58,11 @@ def main(
         metrics.update(ar.samples_metrics(breakdown))
     with atomic_dir(out_dir) as tmp:
         mark_out_dir(tmp, "analyze_rewards")
-        ar.write_plot_data(check, tmp, breakdown)
-        ar.write_plot_images(check, tmp, breakdown)
-        text = ar.render_summary(check, str(source), breakdown, str(samples) if samples else None)
+        report.write_plot_data(check, tmp, breakdown)
+        report.write_plot_images(check, tmp, breakdown)
+        text = report.render_summary(
+            check, str(source), breakdown, str(samples) if samples else None
+        )
         (tmp / "summary.md").write_text(text, encoding="utf-8")
     write_json(metrics_path, metrics)
     rows: dict[str, Any] = {
