@@ -8,6 +8,9 @@ that names the file, the section and the key, e.g.::
 
 Derived sizes (PPO minibatch size, ...) are computed once here and checked, in the spirit of
 lm-human-preferences' ``validate()``: bad combinations fail before any model is loaded.
+
+This module stays whole: the project keeps one frozen class per section in this one file, so
+``params.yaml``, ``rlhf-lab params`` and the cross-section checks read a single place.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ A stage has several outputs (a model, its curves, its metrics file); inside
 :func:`stage_outputs` each stays in its temporary sibling until the whole stage has succeeded,
 and then all are renamed in, so a stage that fails or is killed changes none of them
 (docs/crash-safety.md).
+
+This module stays whole: every writer in it follows the one temporary-name, fsync and rename
+protocol above, and splitting it would scatter that contract over files.
 """
 
 from __future__ import annotations

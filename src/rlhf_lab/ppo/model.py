@@ -42,6 +42,9 @@ Critic directory format (``models/critic``, written by :func:`save_critic`)::
     value_head.safetensors             {"weight": [1, hidden], "bias": [1]} (float32)
     critic.json                        format, hidden size, score normalisation, lora, ...
     provenance.json                    what made it (rlhf_lab.models.write_provenance)
+
+This module stays whole: the critic layouts, the directory format above and the functions that
+save and load it change together; a reader checks one against the others.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ estimators in :mod:`rlhf_lab.ppo.advantages`, the model (one base; its critic la
 resume in :mod:`rlhf_lab.ppo.checkpoint`. Under ``accelerate launch`` each process runs this
 loop on its shard of every batch, with batch statistics, losses and gradients made global by
 :mod:`rlhf_lab.ppo.distributed` (the identity for one process).
+
+This module stays whole: it is the one PPO loop, read top to bottom as cleanrl's ``ppo.py`` is;
+its math, estimators, model and checkpoints already live in the modules named above.
 """
 
 from __future__ import annotations
