@@ -8,7 +8,7 @@ import numpy as np
 
 from rlhf_lab.data.rows import Row
 from rlhf_lab.tasks.base import ReplyScorer, RewardCheck, Task
-from rlhf_lab.tasks.docstring import formats, rewards
+from rlhf_lab.tasks.docstring import analysis, formats, rewards, variants
 from rlhf_lab.tasks.docstring.rubric import RUBRIC
 
 
@@ -20,18 +20,18 @@ def function_source(row: Row) -> str | None:
 
 
 def bad_variants(rows: Sequence[Row]) -> list[dict[str, str]]:
-    """:func:`~rlhf_lab.tasks.docstring.rewards.bad_docstring_variants` of each row; the next
+    """:func:`~rlhf_lab.tasks.docstring.variants.bad_docstring_variants` of each row; the next
     row's reference is "another function's docstring"."""
     out = []
     for i, row in enumerate(rows):
         other = rows[(i + 1) % len(rows)]["reference"] if len(rows) > 1 else None
-        out.append(rewards.bad_docstring_variants(row["meta"]["code"], row["reference"], other))
+        out.append(variants.bad_docstring_variants(row["meta"]["code"], row["reference"], other))
     return out
 
 
 def parse_ok_fraction(rows: Sequence[Row]) -> dict[str, float]:
     """``analyze/parse_ok_fraction``: the share of the checked functions that parse."""
-    parsed = [rewards.analyze_function(r["meta"]["code"]).parse_ok for r in rows]
+    parsed = [analysis.analyze_function(r["meta"]["code"]).parse_ok for r in rows]
     return {"analyze/parse_ok_fraction": float(np.mean(parsed))}
 
 
