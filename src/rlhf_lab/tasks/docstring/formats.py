@@ -166,13 +166,11 @@ def parse_humaneval(row: Mapping[str, Any], origin: Origin, *, max_turns: int) -
     task_id = require(row, "task_id", str)
     source = require(row, "prompt", str) + require(row, "canonical_solution", str)
     setup, code, docstring = _humaneval_parts(source, require(row, "entry_point", str))
-    instruction = DOCSTRING_INSTRUCTION.format(language="Python")
-    prompt = [{"role": "user", "content": f"{instruction}\n\n```python\n{code}\n```"}]
     return [
         Example(
             id=f"humaneval-{task_id.replace('/', '-')}",
             group=f"humaneval-{task_id}",
-            prompt=prompt,
+            prompt=docstring_prompt(code),  # the docstring task's prompt
             reference=docstring,
             origin=origin,
             meta={"code": code, "setup": setup, "source_id": task_id, "origin": str(origin)},
