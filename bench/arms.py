@@ -31,11 +31,13 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from benchlib import RESULTS as RESULTS_DIR
 from benchlib import ROOT, WORK, machine
+from rlhf_lab import presets
 from rlhf_lab.config import ESTIMATORS, load_params
 
 RESULTS = RESULTS_DIR / "arms.json"
@@ -84,6 +86,17 @@ def experiments(
             }
             runs.append((f"arms-{arm}-s{seed}", sets))
     return runs
+
+
+def preset_plan(
+    preset: str, arms: Sequence[str], seeds: list[int], batch_size: int, extra: dict[str, str]
+) -> list[tuple[str, dict[str, str]]]:
+    """:func:`experiments` for ``arms`` with a task preset's ``-S`` values
+    (``rlhf-lab params --preset <preset>``, ``++key`` for mappings) under ``extra``; each
+    experiment named ``<preset>-<arm>-s<seed>``."""
+    sets = dict(o.split("=", 1) for o in presets.dvc_overrides(preset))
+    runs = experiments(list(arms), seeds, batch_size, {**sets, **extra})
+    return [(name.replace("arms-", f"{preset}-", 1), s) for name, s in runs]
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:

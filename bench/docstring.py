@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import sys
 
-from arms import compare_plan, experiments, plan_parser, plan_sets, print_plan, run_plan
+from arms import compare_plan, plan_parser, plan_sets, preset_plan, print_plan, run_plan
 from benchlib import RESULTS as RESULTS_DIR
 from benchlib import ROOT, WORK, machine
 from rlhf_lab import presets
@@ -41,15 +41,9 @@ EXPECTED = {
 """The Phase-1 protocol's expectations (its own model and data), shown beside ours."""
 
 
-def preset_sets() -> dict[str, str]:
-    """The docstring preset as ``-S`` key/value pairs (``++key`` for mappings)."""
-    return dict(o.split("=", 1) for o in presets.dvc_overrides(PRESET))
-
-
 def plan(seeds: list[int], batch_size: int, extra: dict[str, str]) -> list[tuple[str, dict]]:
     """``bench/arms.py``'s plan for :data:`ARMS`, every experiment on the docstring preset."""
-    runs = experiments(list(ARMS), seeds, batch_size, {**preset_sets(), **extra})
-    return [(name.replace("arms-", "docstring-", 1), sets) for name, sets in runs]
+    return preset_plan(PRESET, ARMS, seeds, batch_size, extra)
 
 
 def proceed_counts(compared: dict) -> dict[str, str]:

@@ -45,7 +45,7 @@ def dvc_exp_show() -> list[dict[str, Any]]:
     return json.loads(out.stdout)
 
 
-def _read_at(path: str, exp: cmp.Experiment) -> str | None:
+def read_at(path: str, exp: cmp.Experiment) -> str | None:
     """``path`` at the experiment's rev (the workspace file for ``workspace``); None when it
     is not available there."""
     import dvc.api
@@ -60,7 +60,7 @@ def _read_at(path: str, exp: cmp.Experiment) -> str | None:
 
 def dvc_samples(exp: cmp.Experiment) -> list[dict[str, Any]]:
     """``reports/samples.jsonl`` at the experiment's rev (the workspace file for ``workspace``)."""
-    text = _read_at(SAMPLES, exp)
+    text = read_at(SAMPLES, exp)
     if text is None:
         fix = (
             outputs.how_to_get(SAMPLES)
@@ -77,7 +77,7 @@ def dvc_samples(exp: cmp.Experiment) -> list[dict[str, Any]]:
 def dvc_full_metrics(exp: cmp.Experiment) -> dict[str, Any]:
     """Evaluate's full metrics at the experiment's rev; its headline (from ``dvc exp show``)
     where the rev has no full file (written before evaluate split its metrics)."""
-    text = _read_at(FULL_METRICS, exp)
+    text = read_at(FULL_METRICS, exp)
     return exp.metrics if text is None else {**exp.metrics, **json.loads(text)}
 
 
