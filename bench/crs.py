@@ -27,15 +27,11 @@ the seed's ECR reference numbers (:data:`REFERENCE`) beside ours, with the CPU a
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping
 from typing import Any
 
-from arms import compare_plan, plan_parser, plan_sets, preset_plan, print_plan, run_plan
+from arms import preset_main
 from benchlib import RESULTS as RESULTS_DIR
-from benchlib import ROOT, WORK, machine
-from rlhf_lab import presets
-from rlhf_lab.config import load_params
 from rlhf_lab.evaluation.compare import Experiment
 from rlhf_lab.headline import full_path
 from rlhf_lab.stages.train_recommender import METRICS as RECOMMENDER_METRICS
@@ -88,11 +84,6 @@ REFERENCE = {
     },
 }
 """The seed's numbers: its ECR baseline and the gains it expects from RL, beside ours."""
-
-
-def plan(seeds: list[int], batch_size: int, extra: dict[str, str]) -> list[tuple[str, dict]]:
-    """``bench/arms.py``'s plan for :data:`ARMS`, every experiment on the crs preset."""
-    return preset_plan(PRESET, ARMS, seeds, batch_size, extra)
 
 
 def _cell(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -149,31 +140,17 @@ def recommender_metrics(compared: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    args = plan_parser(__doc__, RESULTS).parse_args()
-    params = presets.preset_params(PRESET, load_params(ROOT / "params.yaml"))
-    runs = plan(args.seeds, params.ppo.batch_size, plan_sets(args))
-    if args.dry_run:
-        print_plan(runs)
-        return
-
-    seconds, finished = run_plan(runs, WORK / "crs_seconds.json", args.compare_only)
-    compared = compare_plan(runs, finished, args.out)
-    result = {
-        "command": "python bench/crs.py "
-        + " ".join(a for a in sys.argv[1:] if a != "--compare-only"),
-        **machine(),
-        "preset": PRESET,
-        "replies_per_step": params.ppo.batch_size,
-        "steps": args.steps or params.ppo.steps,
-        "experiments": {name: sets for name, sets in runs if name in finished},
-        "missing": [name for name, _ in runs if name not in finished],
-        "experiment_seconds": {n: s for n, s in seconds.items() if n in finished},
-        **summarise(compared, recommender_metrics(compared)),
-        "reference": REFERENCE,
-        "compare": compared,
-    }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    preset_main(
+        "crs.py",
+        __doc__,
+        PRESET,
+        ARMS,
+        RESULTS,
+        lambda compared: {
+            **summarise(compared, recommender_metrics(compared)),
+            "reference": REFERENCE,
+        },
+    )
 
 
 if __name__ == "__main__":
