@@ -78,7 +78,7 @@ def test_scored_rows_have_the_typed_keys(tmp_path):
 
 
 def test_on_policy_prompts_takes_the_grounded_prompt_and_meta_by_id():
-    from rlhf_lab.data.rows import on_policy_prompts
+    from rlhf_lab.data.policy_prompts import on_policy_prompts
 
     pair = preference_row(EX, "Try Alien (1979).", "no idea", "human", {"pairs": "r"})
     note = "Any good films?\n\n[Recommender candidates]\nMovies to consider: Heat (1995)."
@@ -106,7 +106,7 @@ def test_on_policy_prompts_leaves_a_copied_prompt_row_byte_for_byte():
     # chat: train_recommender copies data/prompts, so the scored and DPO rows do not change
     import json
 
-    from rlhf_lab.data.rows import on_policy_prompts
+    from rlhf_lab.data.policy_prompts import on_policy_prompts
 
     pair = preference_row(EX, "Try Alien (1979).", "no idea", "human", {"pairs": "r"})
     [out] = on_policy_prompts([pair], [json.loads(json.dumps(EX.to_prompt_row()))])

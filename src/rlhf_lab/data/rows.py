@@ -22,9 +22,8 @@ pair (hh); :meth:`Example.to_prompt_row` and :func:`preference_row` write the ro
 
 # No ``from __future__ import annotations`` here: TypedDict reads NotRequired[...] from the
 # evaluated annotations (as strings every key would count as required, Python 3.11).
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, NotRequired, TypedDict, TypeVar, cast
+from typing import Any, Literal, NotRequired, TypedDict
 
 from rlhf_lab.data.validate import Origin
 
@@ -163,27 +162,3 @@ def preference_row(
     if candidates is not None:
         row["candidates"] = candidates
     return row
-
-
-R = TypeVar("R", bound=Mapping[str, Any])
-
-
-def on_policy_prompts(rows: Iterable[R], prompt_rows: Iterable[Mapping[str, Any]]) -> list[R]:
-    """Each preference row on the prompt the policy is given: the ``prompt`` of the prompt row
-    with the same ``id`` (``data/grounded``, whose crs rows carry the recommender's candidates),
-    that row's ``meta`` over the pair's (``candidates``, the candidates' names in ``movies``).
-
-    A pair and its prompt row come from one :class:`Example`, so for a task whose prompts
-    train_recommender copies unchanged (chat, docstring) each row comes back equal, its meta
-    keys in the same order. Rows with no prompt row of their id are returned as they are.
-    """
-    by_id = {str(p["id"]): p for p in prompt_rows}
-    out: list[R] = []
-    for row in rows:
-        seen = by_id.get(str(row["id"]))
-        if seen is None:
-            out.append(row)
-            continue
-        meta = {**(row.get("meta") or {}), **(seen.get("meta") or {})}
-        out.append(cast(R, {**row, "prompt": seen["prompt"], "meta": meta}))
-    return out

@@ -5,7 +5,7 @@
 Reads ``task``, ``judge``, ``data.pairs`` (and ``data.catalogue`` for crs); reads
 ``data/preference/{train,valid,test}.jsonl`` and ``data/grounded/*.jsonl`` (train_recommender:
 the prompts the policy is given, with their task meta); every pair is scored on the prompt of
-its id there (:func:`rlhf_lab.data.rows.on_policy_prompts`: for crs, grounded in the
+its id there (:func:`rlhf_lab.data.policy_prompts.on_policy_prompts`: for crs, grounded in the
 recommender's candidates, so the reward model and the critic learn from the prompts PPO samples
 from; for other tasks the same prompt, unchanged); writes ``data/scored/{split}.jsonl`` (scored
 rows; judge-labelled pairs when ``data.pairs: judge``), ``data/scored/failures.jsonl`` (one line
@@ -25,7 +25,7 @@ from typing import Any
 
 from rlhf_lab import ui
 from rlhf_lab.config import Params
-from rlhf_lab.data.rows import on_policy_prompts
+from rlhf_lab.data.policy_prompts import on_policy_prompts
 from rlhf_lab.errors import ConfigError, RlhfLabError
 from rlhf_lab.headline import full_path, write_metrics
 from rlhf_lab.io import atomic_dir, failed_output, stage_outputs, write_jsonl

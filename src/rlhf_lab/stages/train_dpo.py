@@ -7,7 +7,7 @@ Reads ``dpo``, ``task.system_prompt``, ``data/preference/{train,valid}.jsonl`` (
 rejected; rows without two distinct replies are dropped), each pair on the prompt of its id in
 ``data/grounded/{train,valid}.jsonl`` (train_recommender: the prompt PPO and evaluate give the
 policy; for crs grounded in the recommender's candidates, for other tasks the same prompt;
-:func:`rlhf_lab.data.rows.on_policy_prompts`) and ``models/sft`` (the policy to
+:func:`rlhf_lab.data.policy_prompts.on_policy_prompts`) and ``models/sft`` (the policy to
 train *and* the reference: the same weights with the LoRA adapter off); writes ``models/dpo``
 (a plain causal LM directory with ``provenance.json``, as ``models/sft``),
 ``metrics/train_dpo.json`` and the curves in ``plots/train_dpo/``. Library code:
@@ -31,7 +31,7 @@ from typing import Any
 
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
-from rlhf_lab.data.rows import on_policy_prompts
+from rlhf_lab.data.policy_prompts import on_policy_prompts
 from rlhf_lab.errors import DataError
 from rlhf_lab.headline import full_path, write_metrics
 from rlhf_lab.io import read_jsonl, stage_outputs
