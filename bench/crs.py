@@ -1,7 +1,7 @@
 """The crs (ECR) benchmark over seeds: SFT vs PPO (gae) vs GRPO vs DPO on ReDial.
 
     python bench/crs.py --dry-run               # print the experiments it would run
-    python bench/crs.py                         # 3 seeds (hours on 2 cores)
+    python bench/crs.py                         # 3 seeds: 6 RL + 3 DPO trainings (not timed)
     python bench/crs.py --steps 6 --seeds 0     # a shorter profile
     python bench/crs.py --set eval.judge=true   # ECR's rubrics by the judge too (slow on CPU)
     python bench/crs.py --compare-only          # aggregate what has run (after a stop)
