@@ -31,12 +31,14 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from benchlib import RESULTS as RESULTS_DIR
 from benchlib import ROOT, WORK, machine
-from rlhf_lab.config import ESTIMATORS, load_params
+from rlhf_lab import presets
+from rlhf_lab.config import ESTIMATORS, Params, load_params
 
 RESULTS = RESULTS_DIR / "arms.json"
 ONLINE = tuple(ESTIMATORS)
@@ -84,6 +86,17 @@ def experiments(
             }
             runs.append((f"arms-{arm}-s{seed}", sets))
     return runs
+
+
+def preset_plan(
+    preset: str, arms: Sequence[str], seeds: list[int], batch_size: int, extra: dict[str, str]
+) -> list[tuple[str, dict[str, str]]]:
+    """:func:`experiments` for ``arms`` with a task preset's ``-S`` values
+    (``rlhf-lab params --preset <preset>``, ``++key`` for mappings) under ``extra``; each
+    experiment named ``<preset>-<arm>-s<seed>``."""
+    sets = dict(o.split("=", 1) for o in presets.dvc_overrides(preset))
+    runs = experiments(list(arms), seeds, batch_size, {**sets, **extra})
+    return [(name.replace("arms-", f"{preset}-", 1), s) for name, s in runs]
 
 
 def parse_sets(items: list[str]) -> dict[str, str]:
@@ -188,6 +201,59 @@ def compare_plan(
     return result
 
 
+def plan_result(
+    script: str,
+    args: argparse.Namespace,
+    params: Params,
+    runs: list[tuple[str, dict[str, str]]],
+    finished: set[str],
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """What every arms-style result file opens with: the command that reproduces it (a
+    ``--compare-only`` call only aggregated it), the machine, the budget and the experiments."""
+    return {
+        "command": f"python bench/{script} "
+        + " ".join(a for a in sys.argv[1:] if a != "--compare-only"),
+        **machine(),
+        "replies_per_step": params.ppo.batch_size,
+        "steps": args.steps or params.ppo.steps,
+        "experiments": {name: sets for name, sets in runs if name in finished},
+        "missing": [name for name, _ in runs if name not in finished],
+        "experiment_seconds": {n: s for n, s in seconds.items() if n in finished},
+    }
+
+
+def preset_main(
+    script: str,
+    doc: str | None,
+    preset: str,
+    arms: Sequence[str],
+    results: Path,
+    summary: Callable[[dict[str, Any]], dict[str, Any]],
+) -> None:
+    """A task benchmark's whole command (``bench/docstring.py``, ``bench/crs.py``): the
+    :func:`preset_plan` of ``arms`` on ``preset``, printed (``--dry-run``) or run and compared,
+    then ``results`` (``--out``): :func:`plan_result`, the preset, ``summary(compared)`` and
+    ``rlhf-lab compare``'s JSON."""
+    args = plan_parser(doc, results).parse_args()
+    params = presets.preset_params(preset, load_params(ROOT / "params.yaml"))
+    runs = preset_plan(preset, arms, args.seeds, params.ppo.batch_size, plan_sets(args))
+    if args.dry_run:
+        print_plan(runs)
+        return
+
+    seconds, finished = run_plan(runs, WORK / f"{preset}_seconds.json", args.compare_only)
+    compared = compare_plan(runs, finished, args.out)
+    result = {
+        **plan_result(script, args, params, runs, finished, seconds),
+        "preset": preset,
+        **summary(compared),
+        "compare": compared,
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     parser = plan_parser(__doc__, RESULTS)
     parser.add_argument("--arms", nargs="*", default=list(ONLINE), choices=ONLINE)
@@ -204,17 +270,9 @@ def main() -> None:
     seconds, finished = run_plan(runs, WORK / "arms_seconds.json", args.compare_only)
     compared = compare_plan(runs, finished, args.out)
     result = {
-        # what reproduces the table (a --compare-only call only aggregated it)
-        "command": "python bench/arms.py "
-        + " ".join(a for a in sys.argv[1:] if a != "--compare-only"),
-        **machine(),
-        "replies_per_step": params.ppo.batch_size,
-        "steps": args.steps or params.ppo.steps,
+        **plan_result("arms.py", args, params, runs, finished, seconds),
         "group_size": GROUP,  # replies per prompt of the group estimators
         "dpo_seeds": "per seed" if args.dpo_seed is None else [args.dpo_seed],
-        "experiments": {name: sets for name, sets in runs if name in finished},
-        "missing": [name for name, _ in runs if name not in finished],
-        "experiment_seconds": {n: s for n, s in seconds.items() if n in finished},
         "compare": compared,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")

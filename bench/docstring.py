@@ -18,14 +18,8 @@ elsewhere) with the protocol's expectations beside the figures, the CPU and the 
 
 from __future__ import annotations
 
-import json
-import sys
-
-from arms import compare_plan, experiments, plan_parser, plan_sets, print_plan, run_plan
+from arms import preset_main, preset_plan
 from benchlib import RESULTS as RESULTS_DIR
-from benchlib import ROOT, WORK, machine
-from rlhf_lab import presets
-from rlhf_lab.config import load_params
 
 RESULTS = RESULTS_DIR / "docstring.json"
 ARMS = ("gae", "grpo")
@@ -41,15 +35,9 @@ EXPECTED = {
 """The Phase-1 protocol's expectations (its own model and data), shown beside ours."""
 
 
-def preset_sets() -> dict[str, str]:
-    """The docstring preset as ``-S`` key/value pairs (``++key`` for mappings)."""
-    return dict(o.split("=", 1) for o in presets.dvc_overrides(PRESET))
-
-
 def plan(seeds: list[int], batch_size: int, extra: dict[str, str]) -> list[tuple[str, dict]]:
     """``bench/arms.py``'s plan for :data:`ARMS`, every experiment on the docstring preset."""
-    runs = experiments(list(ARMS), seeds, batch_size, {**preset_sets(), **extra})
-    return [(name.replace("arms-", "docstring-", 1), sets) for name, sets in runs]
+    return preset_plan(PRESET, ARMS, seeds, batch_size, extra)
 
 
 def proceed_counts(compared: dict) -> dict[str, str]:
@@ -63,31 +51,14 @@ def proceed_counts(compared: dict) -> dict[str, str]:
 
 
 def main() -> None:
-    args = plan_parser(__doc__, RESULTS).parse_args()
-    params = presets.preset_params(PRESET, load_params(ROOT / "params.yaml"))
-    runs = plan(args.seeds, params.ppo.batch_size, plan_sets(args))
-    if args.dry_run:
-        print_plan(runs)
-        return
-
-    seconds, finished = run_plan(runs, WORK / "docstring_seconds.json", args.compare_only)
-    compared = compare_plan(runs, finished, args.out)
-    result = {
-        "command": "python bench/docstring.py "
-        + " ".join(a for a in sys.argv[1:] if a != "--compare-only"),
-        **machine(),
-        "preset": PRESET,
-        "replies_per_step": params.ppo.batch_size,
-        "steps": args.steps or params.ppo.steps,
-        "experiments": {name: sets for name, sets in runs if name in finished},
-        "missing": [name for name, _ in runs if name not in finished],
-        "experiment_seconds": {n: s for n, s in seconds.items() if n in finished},
-        "proceed": proceed_counts(compared),
-        "expected": EXPECTED,
-        "compare": compared,
-    }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    preset_main(
+        "docstring.py",
+        __doc__,
+        PRESET,
+        ARMS,
+        RESULTS,
+        lambda compared: {"proceed": proceed_counts(compared), "expected": EXPECTED},
+    )
 
 
 if __name__ == "__main__":

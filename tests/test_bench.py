@@ -209,3 +209,92 @@ def test_rollout_levers_tiny_run_gives_the_plain_rollout(tmp_path, monkeypatch):
         assert arm["max_abs_diff"]["logprobs"] < 1e-5, lever
         assert all(v > 0 for v in arm["speedup_off_over_on"].values()), lever
     assert result["levers"]["share_prompt_cache"]["ppo"]["num_generations"] == 2
+
+
+def test_crs_dry_run_prints_every_arm_and_seed_on_the_preset(capsys, monkeypatch):
+    bench = _load("crs")
+    monkeypatch.setattr(sys, "argv", ["crs.py", "--dry-run", "--steps", "6"])
+    bench.main()
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines] == [
+        f"crs-{a}-s{s}" for s in (0, 1, 2) for a in ("gae", "grpo")
+    ]
+    for line in lines:
+        assert "-S task.name=crs" in line and "-S ppo.steps=6" in line
+        assert "-S data.catalogue=../shared/data/redial/movies_with_mentions.csv" in line
+        assert "crs/grounded: 1.0" in line  # the preset's reward weights
+    # DPO evaluated once per seed, with gae; GRPO gets groups of 4, the same replies per step
+    assert "eval.policies" not in lines[0] and "-S dpo.seed=0" in lines[0]
+    assert "-S eval.policies=[ppo]" in lines[1] and "-S ppo.num_generations=4" in lines[1]
+
+
+def _vs(mean_diff, p_key, p):
+    return {"mean_diff": mean_diff, "ci_lo": mean_diff - 1, "ci_hi": mean_diff + 1, p_key: p}
+
+
+def test_crs_result_assembles_compare_output_and_the_recommender():
+    bench = _load("crs")
+
+    def summary(mean):
+        return {"mean": mean, "ci_lo": mean - 0.5, "ci_hi": mean + 0.5, "n": 3}
+
+    compared = {
+        "arms": [
+            {"arm": "sft", "metrics": {"bleu1": summary(14.0), "rec_hit_rate": summary(0.1)}},
+            {
+                "arm": "ppo:gae",
+                "metrics": {
+                    "bleu1": summary(16.5),
+                    "rec_hit_rate": summary(0.2),
+                    "kl": summary(0.3),
+                    "rm_score": summary(1.0),  # not one of crs.json's metrics
+                },
+            },
+        ],
+        "vs_baseline": [
+            {
+                "arm": "ppo:gae",
+                "baseline": "sft",
+                "seeds": {
+                    "bleu1": _vs(2.5, "ttest_p", 0.04),
+                    "rec_hit_rate": _vs(0.1, "ttest_p", 0.2),
+                },
+                "prompts": {"flag/rec_hit": _vs(0.1, "wilcoxon_p", 0.01)},
+            }
+        ],
+    }
+    recommender = {
+        "recommender/recall@1": 0.03,
+        "recommender/recall@10": 0.146,
+        "baseline_popularity/recall@1": 0.0126,
+        "recommender/ndcg@10": 0.078,  # not reported
+    }
+    out = bench.summarise(compared, recommender)
+    assert out["baseline"] == "sft"
+    assert out["arms"]["sft"] == {
+        "bleu1": {"mean": 14.0, "ci_lo": 13.5, "ci_hi": 14.5, "seeds": 3},
+        "rec_hit_rate": {"mean": 0.1, "ci_lo": -0.4, "ci_hi": 0.6, "seeds": 3},
+    }
+    ppo = out["arms"]["ppo:gae"]
+    assert set(ppo) == {"bleu1", "rec_hit_rate", "kl"}
+    assert ppo["bleu1"]["vs_baseline_seeds"]["ttest_p"] == 0.04
+    assert "vs_baseline_prompts" not in ppo["bleu1"]  # a corpus metric: seeds only
+    assert ppo["rec_hit_rate"]["vs_baseline_prompts"]["wilcoxon_p"] == 0.01
+    assert "vs_baseline_seeds" not in ppo["kl"]  # KL is to SFT already
+    assert out["recommender"] == {
+        "recommender/recall@1": 0.03,
+        "recommender/recall@10": 0.146,
+        "baseline_popularity/recall@1": 0.0126,
+    }
+    assert bench.REFERENCE["bleu1"]["baseline"] == 14.25
+    assert bench.REFERENCE["recall@1"]["rl_expected"] == [0.030, 0.035]
+
+
+def test_crs_reads_the_recommender_metrics_at_the_compared_experiment(tmp_path, monkeypatch):
+    bench = _load("crs")
+    monkeypatch.chdir(tmp_path)
+    compared = {"experiments": [{"name": "workspace", "rev": "workspace"}]}
+    assert bench.recommender_metrics(compared) == {}  # not there: nothing invented
+    (tmp_path / "metrics/full").mkdir(parents=True)
+    (tmp_path / "metrics/full/train_recommender.json").write_text('{"recommender/recall@1": 0.03}')
+    assert bench.recommender_metrics(compared) == {"recommender/recall@1": 0.03}

@@ -196,6 +196,15 @@ def test_cli_compare_all_writes_the_table(fake_dvc):
     assert tests[("ppo:gae", "ppo:grpo")]["mean_diff"] == pytest.approx(-0.9)
     assert tests[("ppo:gae", "ppo:grpo")]["win_rate"] == 0.0
     assert "ppo:gae" in out.output and "Wilcoxon" in out.output
+    vs = {v["arm"]: v for v in result["vs_baseline"]}
+    assert list(vs) == ["ppo:gae", "dpo", "ppo:grpo"]
+    # RM score 0.2 and 0.4 over SFT's 0.0 in their own experiments: +0.3 across 2 seeds
+    gain = vs["ppo:gae"]["seeds"]["rm_score"]
+    assert gain["n"] == 2 and gain["mean_diff"] == pytest.approx(0.3)
+    assert vs["ppo:gae"]["seeds"]["tokens"]["mean_diff"] == pytest.approx(2.0)
+    # per prompt: ppo:gae's i + 0.1 against SFT's 0.0
+    assert vs["ppo:gae"]["prompts"]["reward_model"]["mean_diff"] == pytest.approx(2.6)
+    assert "each arm − its baseline" in out.output
 
 
 def test_cli_compare_named_and_errors(fake_dvc):
@@ -232,3 +241,59 @@ def test_phase1_columns_and_verdicts():
     assert header == ["arm", "seeds", "rm_score", "reward", "bleu4", "meteor", "doctest_pass",
                       "kl_per_token"]  # fmt: skip
     assert rows[1][3] == "0.620 (1 seed)"
+
+
+def _crs_run(arm, seed, exp, bleu1, hits, baseline="sft"):
+    model = arm.split(":")[0]
+    return cmp.ArmRun(
+        arm=arm,
+        model=model,
+        seed=seed,
+        experiment=exp,
+        values={"bleu1": bleu1, "rec_hit_rate": float(np.mean(hits))},
+        prompt_rm=dict.fromkeys(PROMPTS, 0.0),
+        baseline=None if arm == baseline else baseline,
+        prompt_scores={"flag/rec_hit": dict(zip(PROMPTS, hits, strict=True))},
+    )
+
+
+def test_versus_baseline_pairs_seeds_within_experiments_and_prompts_across_them():
+    sft_hits = [0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    runs = []
+    for seed, (bleu1, hits) in enumerate(
+        [(16.0, [1, 1, 0, 1, 1, 0]), (17.0, [1, 1, 1, 1, 1, 0]), (18.0, [1, 0, 1, 1, 1, 0])]
+    ):
+        exp = f"crs-gae-s{seed}"
+        runs.append(_crs_run("sft", None, exp, 14.0, sft_hits))  # the same SFT every time
+        runs.append(_crs_run("ppo:gae", seed, exp, bleu1, [float(h) for h in hits]))
+    result = cmp.aggregate(runs)
+    (vs,) = result["vs_baseline"]
+    assert vs["arm"] == "ppo:gae" and vs["baseline"] == "sft"
+    bleu = vs["seeds"]["bleu1"]
+    # differences 2, 3, 4: mean 3, s = 1, t_{0.975, 2} = 4.302653
+    assert bleu["mean_diff"] == pytest.approx(3.0) and bleu["n"] == 3
+    assert bleu["ci_hi"] - 3.0 == pytest.approx(4.302653 / math.sqrt(3), rel=1e-5)
+    assert bleu["ttest_p"] == pytest.approx(
+        stats.paired_test([16.0, 17.0, 18.0], [14.0, 14.0, 14.0])["ttest_p"]
+    )
+    # per prompt, PPO's hits averaged over seeds vs SFT's: +1, +2/3, +2/3, +1, 0, 0
+    hit = vs["prompts"]["flag/rec_hit"]
+    ppo_mean = np.array([1.0, 2 / 3, 2 / 3, 1.0, 1.0, 0.0])
+    assert hit["n_prompts"] == 6
+    assert hit["mean_diff"] == pytest.approx(float((ppo_mean - np.array(sft_hits)).mean()))
+    assert hit["ci_lo"] <= hit["mean_diff"] <= hit["ci_hi"]
+    assert hit["wilcoxon_p"] == stats.paired_test(ppo_mean, sft_hits)["wilcoxon_p"]
+    assert vs["prompts"]["reward_model"]["wilcoxon_p"] == 1.0  # identical RM scores
+    # the baseline is one run (the same numbers in every experiment), not three seeds
+    arms = {a["arm"]: a for a in result["arms"]}
+    assert arms["sft"]["metrics"]["bleu1"]["n"] == 1
+
+
+def test_arm_runs_name_their_baseline_and_keep_every_prompt_score():
+    exp = cmp.parse_exp_show(SHOW)[3]
+    rows = _samples(exp)
+    rows[0]["ppo_scores"]["flag/rec_hit"] = 1.0
+    runs = {r.arm: r for r in cmp.arm_runs(exp, rows)}
+    assert runs["sft"].baseline is None and runs["ppo:grpo"].baseline == "sft"
+    assert runs["ppo:grpo"].prompt_scores["flag/rec_hit"] == {"p0": 1.0}
+    assert runs["ppo:grpo"].prompt_scores["reward_model"] == runs["ppo:grpo"].prompt_rm

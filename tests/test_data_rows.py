@@ -75,3 +75,39 @@ def test_scored_rows_have_the_typed_keys(tmp_path):
     assert _keys(out[1]) <= required | ScoredRow.__optional_keys__
     (bare,) = unscored({"train": [pair]}).splits["train"]
     assert _keys(bare) == required and bare["scores"] is None and bare["judge"] is None
+
+
+def test_on_policy_prompts_takes_the_grounded_prompt_and_meta_by_id():
+    from rlhf_lab.data.policy_prompts import on_policy_prompts
+
+    pair = preference_row(EX, "Try Alien (1979).", "no idea", "human", {"pairs": "r"})
+    note = "Any good films?\n\n[Recommender candidates]\nMovies to consider: Heat (1995)."
+    grounded = {
+        "id": "c-1",
+        "prompt": [{"role": "user", "content": note}],
+        "reference": "Try Alien (1979).",
+        "meta": {"origin": "x.jsonl:1", "movies": {"9": "Heat (1995)"}, "candidates": ["9"]},
+    }
+    other = {**pair, "id": "c-2"}
+    [out, untouched] = on_policy_prompts([pair, other], [grounded])
+    assert out["prompt"] == [{"role": "user", "content": note}]
+    assert out["meta"] == {
+        "origin": "x.jsonl:1",
+        "pairs": "r",
+        "movies": {"9": "Heat (1995)"},
+        "candidates": ["9"],
+    }
+    assert (out["chosen"], out["rejected"]) == ("Try Alien (1979).", "no idea")
+    assert untouched is other  # no prompt row with its id: as it was
+    assert pair["prompt"] == EX.prompt  # the input is not modified
+
+
+def test_on_policy_prompts_leaves_a_copied_prompt_row_byte_for_byte():
+    # chat: train_recommender copies data/prompts, so the scored and DPO rows do not change
+    import json
+
+    from rlhf_lab.data.policy_prompts import on_policy_prompts
+
+    pair = preference_row(EX, "Try Alien (1979).", "no idea", "human", {"pairs": "r"})
+    [out] = on_policy_prompts([pair], [json.loads(json.dumps(EX.to_prompt_row()))])
+    assert json.dumps(out) == json.dumps(pair)

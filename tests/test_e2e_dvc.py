@@ -268,6 +268,10 @@ def test_crs_preset_dvc_repro(tiny_repo):
         rows = [json.loads(x) for x in (tiny_repo / f"data/grounded/{split}.jsonl").open()]
         assert rows and all(len(r["meta"]["candidates"]) == 3 for r in rows)
         assert all("[Recommender candidates]" in r["prompt"][-1]["content"] for r in rows)
+    # the reward model, the critic and DPO learn on the same grounded prompts
+    scored = [json.loads(x) for x in (tiny_repo / "data/scored/train.jsonl").open()]
+    assert scored and all(len(r["meta"]["candidates"]) == 3 for r in scored)
+    assert all("[Recommender candidates]" in r["prompt"][-1]["content"] for r in scored)
     m = json.loads((tiny_repo / "metrics/full/evaluate.json").read_text())
     for who in ("sft", "ppo", "dpo"):
         for key in ("rec_hit_rate", "rec_rate", "hallucinated_rate", "reward/crs/empathy"):
@@ -275,4 +279,8 @@ def test_crs_preset_dvc_repro(tiny_repo):
         assert 0.0 <= m[f"{who}/bleu1"] <= 100.0
         assert 0.0 <= m[f"{who}/distinct1"] <= 1.0 and 0.0 <= m[f"{who}/distinct2"] <= 1.0
     assert m["ref/rec_hit_rate"] > 0.0  # the human suggestions name the gold
+    for policy in ("ppo", "dpo"):  # paired CIs and tests of the crs rates against SFT
+        lo, hi = m[f"delta/{policy}/rec_hit_rate_ci_lo"], m[f"delta/{policy}/rec_hit_rate_ci_hi"]
+        assert -1.0 <= lo <= m[f"delta/{policy}/rec_hit_rate"] <= hi <= 1.0
+        assert 0.0 <= m[f"delta/{policy}/hallucinated_rate_pvalue_wilcoxon"] <= 1.0
     assert m["ref/hallucinated_rate"] == 0.0

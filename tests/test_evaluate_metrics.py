@@ -394,3 +394,23 @@ def test_eval_config_rejects_bad_model_lists():
                 {"policies": ["ref"]}, {"baseline": "delta"}, {"policies": ["a/b"]}):  # fmt: skip
         with pytest.raises(ValueError, match="eval"):
             EvalConfig(**bad)
+
+
+def test_task_flags_and_task_scores_get_paired_cis_and_tests():
+    # crs: per reply a gold hit (0/1) and an empathy score; PPO hits on 3 prompts SFT missed
+    sft = _model(SFT.texts, SFT.scores[REWARD_MODEL], **{"crs/empathy": np.full(4, 0.5)})
+    sft.task_flags["rec_hit"] = np.array([0.0, 0.0, 0.0, 1.0])
+    ppo = _model(PPO.texts, PPO.scores[REWARD_MODEL], **{"crs/empathy": np.full(4, 0.75)})
+    ppo.task_flags["rec_hit"] = np.array([1.0, 1.0, 1.0, np.nan])  # one reply not flagged
+    m = metrics.build_metrics({"sft": sft, "ppo": ppo}, REFS, KL, **SFT_PPO, n_boot=500, seed=0)
+    assert m["sft/rec_hit_rate"] == 0.25 and m["ppo/rec_hit_rate"] == 1.0
+    # paired on the 3 prompts both have: every difference is +1
+    assert m["delta/ppo/rec_hit_rate_ci_lo"] == 1.0 and m["delta/ppo/rec_hit_rate_ci_hi"] == 1.0
+    p = stats.paired_test([1.0, 1.0, 1.0], [0.0, 0.0, 0.0])["wilcoxon_p"]
+    assert m["delta/ppo/rec_hit_rate_pvalue_wilcoxon"] == p == pytest.approx(0.25)
+    assert m["delta/ppo/reward/crs/empathy"] == pytest.approx(0.25)
+    assert m["delta/ppo/reward/crs/empathy_ci_lo"] == pytest.approx(0.25)
+    assert m["delta/ppo/reward/crs/empathy_ci_hi"] == pytest.approx(0.25)
+    assert m["delta/ppo/reward/crs/empathy_pvalue_wilcoxon"] == pytest.approx(0.125)
+    # the reward model and the generic text components keep their own keys only
+    assert metrics.task_scores(ppo, sft) == ["crs/empathy"]

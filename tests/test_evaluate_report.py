@@ -188,3 +188,16 @@ def test_ecdf_and_grid_shape():
     shapes = {n: grid_shape(n) for n in (1, 2, 3, 4, 5, 6, 8, 9)}
     assert shapes == {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2), 5: (2, 3), 6: (2, 3),
                       8: (4, 2), 9: (3, 3)}  # fmt: skip
+
+
+def test_samples_carry_the_task_flags_per_reply(result):
+    import dataclasses
+
+    flags = {"rec_hit": np.array([1.0, 0.0] + [np.nan] * (N - 2))}
+    outputs = dict(result.outputs)
+    outputs["ppo"] = dataclasses.replace(outputs["ppo"], task_flags=flags)
+    rows = report.sample_rows(dataclasses.replace(result, outputs=outputs))
+    assert rows[0]["ppo_scores"]["flag/rec_hit"] == 1.0
+    assert rows[1]["ppo_scores"]["flag/rec_hit"] == 0.0
+    assert "flag/rec_hit" not in rows[2]["ppo_scores"]  # no flag: left out, not faked
+    assert not [k for k in rows[0]["sft_scores"] if k.startswith("flag/")]

@@ -255,7 +255,7 @@ def test_crs_scores_recommendation_minimum_without_a_movie(tiny_models, tmp_path
     movies = {"111": "The Matrix (1999)"}
     row = _pair(0, "you should watch The Matrix", "how was your day")
     _write(tmp_path, "train", [row])
-    # the movie list lives on the prompt row; score_with_llm joins it by id
+    # the movie list lives on the prompt row the policy sees; score_with_llm joins it by id
     _write(
         tmp_path,
         "train",
@@ -267,7 +267,7 @@ def test_crs_scores_recommendation_minimum_without_a_movie(tiny_models, tmp_path
                 "meta": {"movies": movies, "gold_movies": ["111"]},
             }
         ],
-        "data/prompts",
+        "data/grounded",
     )
     params = {
         "task": {"name": "crs"},

@@ -53,6 +53,16 @@ ARM_METRICS: tuple[tuple[str, str], ...] = (
     ("doctest_examples", "{m}/doctest/with_example"),
     ("doctest_pass", "{m}/doctest/pass_rate"),
     ("kl_per_token", "delta/{m}/kl_per_token"),
+    # crs (ECR's reply metrics); bleu1 and distinct-n exist for every task with references
+    ("bleu1", "{m}/bleu1"),
+    ("distinct1", "{m}/distinct1"),
+    ("distinct2", "{m}/distinct2"),
+    ("empathy", "{m}/reward/crs/empathy"),
+    ("judge_emotional_intensity", "{m}/judge/emotional_intensity"),
+    ("judge_emotional_persuasiveness", "{m}/judge/emotional_persuasiveness"),
+    ("rec_hit_rate", "{m}/rec_hit_rate"),
+    ("rec_rate", "{m}/rec_rate"),
+    ("hallucinated_rate", "{m}/hallucinated_rate"),
 )
 """What the table shows per arm, read from ``metrics/evaluate.json`` (a column no arm has is
 left out of the table)."""
@@ -85,6 +95,11 @@ class ArmRun:
     """Test prompt id -> this run's reward-model score."""
     verdict: str | None = None
     """``verdict/<model>/decision`` (None for the baseline)."""
+    baseline: str | None = None
+    """The arm this run was evaluated against in its experiment (None: it is the baseline)."""
+    prompt_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Every per-reply score of ``reports/samples.jsonl`` (the rule components, ``flag/*``,
+    ``judge/*``...) -> test prompt id -> this run's value."""
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -173,16 +188,16 @@ def arm_runs(exp: Experiment, samples: Sequence[Mapping[str, Any]]) -> list[ArmR
     baseline, policies = models_of(exp)
     runs = []
     for model in (baseline, *policies):
+        prompt_scores: dict[str, dict[str, float]] = {}
+        for row in samples:
+            for key, score in (row.get(f"{model}_scores") or {}).items():
+                if row.get("id") is not None and isinstance(score, int | float):
+                    prompt_scores.setdefault(key, {})[str(row["id"])] = float(score)
         values = {}
         for column, key in ARM_METRICS:
             v = exp.metrics.get(key.format(m=model))
             if isinstance(v, int | float) and math.isfinite(v):
                 values[column] = float(v)
-        prompt_rm = {}
-        for row in samples:
-            score = (row.get(f"{model}_scores") or {}).get(REWARD_MODEL)
-            if row.get("id") is not None and isinstance(score, int | float):
-                prompt_rm[str(row["id"])] = float(score)
         runs.append(
             ArmRun(
                 arm=arm_name(model, exp.params),
@@ -190,8 +205,10 @@ def arm_runs(exp: Experiment, samples: Sequence[Mapping[str, Any]]) -> list[ArmR
                 seed=exp.params.get(f"{model}.seed"),
                 experiment=exp.name,
                 values=values,
-                prompt_rm=prompt_rm,
+                prompt_rm=prompt_scores.get(REWARD_MODEL, {}),
                 verdict=exp.metrics.get(f"verdict/{model}/decision"),
+                baseline=None if model == baseline else arm_name(baseline, exp.params),
+                prompt_scores=prompt_scores,
             )
         )
     return runs
@@ -212,10 +229,92 @@ def _unique(runs: Iterable[ArmRun]) -> dict[str, list[ArmRun]]:
     return by_arm
 
 
-def _prompt_means(runs: Sequence[ArmRun]) -> dict[str, float]:
-    """Prompt id -> mean RM score over the runs, on the prompts every run scored."""
-    shared = set.intersection(*(set(r.prompt_rm) for r in runs)) if runs else set()
-    return {p: float(np.mean([r.prompt_rm[p] for r in runs])) for p in sorted(shared)}
+def _prompt_values(run: ArmRun, key: str) -> dict[str, float]:
+    return run.prompt_rm if key == REWARD_MODEL else run.prompt_scores.get(key, {})
+
+
+def _prompt_means(runs: Sequence[ArmRun], key: str = REWARD_MODEL) -> dict[str, float]:
+    """Prompt id -> mean score ``key`` over the runs, on the prompts every run scored."""
+    values = [_prompt_values(r, key) for r in runs]
+    shared = set.intersection(*(set(v) for v in values)) if runs else set()
+    return {p: float(np.mean([v[p] for v in values])) for p in sorted(shared)}
+
+
+def _p(value: float) -> float | None:
+    # NaN (too few pairs) as None: JSON has no NaN
+    return value if math.isfinite(value) else None
+
+
+def versus_baseline(runs: Sequence[ArmRun]) -> list[dict[str, Any]]:
+    """Each policy arm against the baseline it was evaluated with, paired two ways.
+
+    ``seeds``: per column, the run's value minus its own experiment's baseline value, one
+    difference per seed: mean and 95% Student-t interval of the differences, and the paired
+    t-test p-value across seeds (None with one seed). ``prompts``: per per-reply score of
+    ``reports/samples.jsonl`` (reward model, the task's flags and rules, judge dimensions),
+    each prompt's value averaged over the arm's seeds minus the baseline's: the mean, its 95%
+    paired-bootstrap CI (:func:`stats.mean_ci`) and the Wilcoxon signed-rank p-value over the
+    shared prompts. Corpus metrics (BLEU, distinct-n) have only the seed pairing.
+
+    Returns ``[{"arm", "baseline", "seeds": {column: {"mean_diff", "ci_lo", "ci_hi", "n",
+    "ttest_p"}}, "prompts": {score: {"n_prompts", "mean_diff", "ci_lo", "ci_hi",
+    "wilcoxon_p"}}}]``, one per policy arm in first-seen order.
+    """
+    in_exp = {(r.experiment, r.arm): r for r in runs}
+    pairs: dict[str, list[tuple[ArmRun, ArmRun]]] = {}
+    for run in runs:
+        base = in_exp.get((run.experiment, run.baseline)) if run.baseline else None
+        if base is None:
+            continue
+        seen = pairs.setdefault(run.arm, [])
+        if not any(_same_run(p, run) for p, _ in seen):
+            seen.append((run, base))
+    baselines = _unique(r for r in runs if r.baseline is None)
+    out = []
+    for arm, arm_pairs in pairs.items():
+        by_seed = {}
+        for column, _ in ARM_METRICS:
+            both = [
+                (p.values[column], b.values[column])
+                for p, b in arm_pairs
+                if column in p.values and column in b.values
+            ]
+            if not both:
+                continue
+            xp, xb = np.array([x for x, _ in both]), np.array([y for _, y in both])
+            mean, lo, hi = stats.t_interval(xp - xb, confidence=CONFIDENCE)
+            p = stats.paired_test(xp, xb)["ttest_p"] if len(both) > 1 else float("nan")
+            by_seed[column] = {
+                "mean_diff": mean,
+                "ci_lo": lo,
+                "ci_hi": hi,
+                "n": len(both),
+                "ttest_p": _p(p),
+            }
+        policy_runs = [p for p, _ in arm_pairs]
+        base_name = arm_pairs[0][1].arm
+        base_runs = baselines.get(base_name, [])
+        keys = set.intersection(
+            *(set(r.prompt_scores) | {REWARD_MODEL} for r in policy_runs + base_runs)
+        )
+        by_prompt = {}
+        for key in sorted(keys):
+            a, b = _prompt_means(policy_runs, key), _prompt_means(base_runs, key)
+            shared = sorted(set(a) & set(b))
+            if not shared:
+                continue
+            xa, xb = np.array([a[q] for q in shared]), np.array([b[q] for q in shared])
+            _, lo, hi = stats.mean_ci(xa - xb, confidence=CONFIDENCE)
+            test = stats.paired_test(xa, xb)
+            by_prompt[key] = {
+                "n_prompts": len(shared),
+                "mean_diff": test["mean_diff"],
+                "ci_lo": lo,
+                "ci_hi": hi,
+                "wilcoxon_p": _p(test["wilcoxon_p"]),
+            }
+        out.append({"arm": arm, "baseline": base_name, "seeds": by_seed, "prompts": by_prompt})
+    return out
 
 
 def aggregate(runs: Iterable[ArmRun]) -> dict[str, Any]:
@@ -224,9 +323,11 @@ def aggregate(runs: Iterable[ArmRun]) -> dict[str, Any]:
 
     Returns ``{"arms": [{"arm", "model", "seeds", "experiments", "verdicts", "metrics":
     {column: {"mean", "ci_lo", "ci_hi", "n"}}}], "tests": [{"a", "b", "n_prompts", "mean_diff",
-    "win_rate", "wilcoxon_p"}], "warnings": [...]}``; ``ci_lo``/``ci_hi`` are None with one
-    seed; a test is left out when the two arms share no prompt.
+    "win_rate", "wilcoxon_p"}], "vs_baseline": [...] (:func:`versus_baseline`), "warnings":
+    [...]}``; ``ci_lo``/``ci_hi`` are None with one seed; a test is left out when the two arms
+    share no prompt.
     """
+    runs = list(runs)
     by_arm = _unique(runs)
     arms = []
     for arm, rs in by_arm.items():
@@ -262,8 +363,7 @@ def aggregate(runs: Iterable[ArmRun]) -> dict[str, Any]:
                 "n_prompts": len(shared),
                 "mean_diff": test["mean_diff"],
                 "win_rate": stats.win_rate(xa, xb),
-                # NaN (too few pairs) as None: JSON has no NaN
-                "wilcoxon_p": p if math.isfinite(p := test["wilcoxon_p"]) else None,
+                "wilcoxon_p": _p(test["wilcoxon_p"]),
             }
         )
     warnings = [
@@ -273,7 +373,12 @@ def aggregate(runs: Iterable[ArmRun]) -> dict[str, Any]:
         for seed in dict.fromkeys(r.seed for r in rs)
         if (n := sum(r.seed == seed for r in rs)) > 1
     ]
-    return {"arms": arms, "tests": tests, "warnings": warnings}
+    return {
+        "arms": arms,
+        "tests": tests,
+        "vs_baseline": versus_baseline(runs),
+        "warnings": warnings,
+    }
 
 
 def _cell(m: Mapping[str, Any] | None) -> str:

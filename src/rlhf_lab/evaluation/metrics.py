@@ -30,6 +30,10 @@ names its totals: ``total`` without the reference-based components (what the ref
 too, so the gap to them compares like with like) and ``total_with_reference`` with them (the
 reward the policy was trained on)."""
 
+FLAG_PREFIX = "flag/"
+"""Prefix of a task flag's per-reply 0/1 value among a model's scores in
+``reports/samples.jsonl`` (``flag/rec_hit``); its corpus mean is ``<m>/<flag>_rate``."""
+
 
 @dataclass
 class ModelOutputs:
@@ -237,7 +241,9 @@ def compare_with_baseline(
     token lengths); the same on the judge's ``overall``; ``kl`` (+ CI): KL(policy || baseline)
     per reply, ``kl_per_token`` (:func:`kl_per_token`); ``reward/<total>_ci_lo/hi`` and
     ``reward/<total>_pvalue_wilcoxon``: the paired CI and test of the rule-reward gain
-    (``<total>``: :func:`rule_reward_key`).
+    (``<total>``: :func:`rule_reward_key`); the same for each task flag's rate
+    (``<flag>_rate_ci_lo/hi``, ``<flag>_rate_pvalue_wilcoxon``) and each of the task's own
+    scores (``reward/<task>/<rule>_ci_lo/hi``, ``..._pvalue_wilcoxon``; :func:`task_scores`).
     """
     out: dict[str, Any] = {}
     # CI bounds of the two means do not subtract into a CI of the difference; the paired CIs
@@ -270,14 +276,39 @@ def compare_with_baseline(
         out["kl_per_token"] = kl_per_token(kl, policy.n_tokens)
     key = rule_reward_key(baseline)
     if key is not None and key in policy.scores:
-        a, b = policy.scores[key], baseline.scores[key]
-        both = np.isfinite(a) & np.isfinite(b)
-        if both.any():
-            diff = a[both] - b[both]
-            _, lo, hi = stats.mean_ci(diff, confidence=CONFIDENCE, n_boot=n_boot, seed=seed)
-            out[f"reward/{key}_ci_lo"], out[f"reward/{key}_ci_hi"] = lo, hi
-            out[f"reward/{key}_pvalue_wilcoxon"] = stats.paired_test(a[both], b[both])["wilcoxon_p"]
+        _paired_gain(out, f"reward/{key}", policy.scores[key], baseline.scores[key], n_boot, seed)
+    # The task's per-reply outcomes (crs: gold hit, any movie, invented title; its empathy
+    # score), each a paired CI and test like the rule reward's: a rate that moves by a few
+    # points on 100 prompts is noise or not only with the pairing.
+    for name in sorted(set(policy.task_flags) & set(baseline.task_flags)):
+        flags = policy.task_flags[name], baseline.task_flags[name]
+        _paired_gain(out, f"{name}_rate", *flags, n_boot, seed)
+    for name in task_scores(policy, baseline):
+        scores = policy.scores[name], baseline.scores[name]
+        _paired_gain(out, f"reward/{name}", *scores, n_boot, seed)
     return out
+
+
+def task_scores(policy: ModelOutputs, baseline: ModelOutputs) -> list[str]:
+    """The task's own per-reply scores both have (``<task>/<rule>``, e.g. ``crs/empathy``):
+    not the reward model, the rule totals or the generic ``text/*`` components."""
+    shared = set(policy.scores) & set(baseline.scores)
+    return sorted(k for k in shared if "/" in k and not k.startswith("text/"))
+
+
+def _paired_gain(
+    out: dict[str, Any], key: str, policy: np.ndarray, baseline: np.ndarray, n_boot: int, seed: int
+) -> None:
+    """``key_ci_lo``/``key_ci_hi`` (paired bootstrap CI of the mean per-prompt gain) and
+    ``key_pvalue_wilcoxon`` into ``out``, on the prompts where both are finite."""
+    a, b = np.asarray(policy, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    both = np.isfinite(a) & np.isfinite(b)
+    if not both.any():
+        return
+    diff = a[both] - b[both]
+    _, lo, hi = stats.mean_ci(diff, confidence=CONFIDENCE, n_boot=n_boot, seed=seed)
+    out[f"{key}_ci_lo"], out[f"{key}_ci_hi"] = lo, hi
+    out[f"{key}_pvalue_wilcoxon"] = stats.paired_test(a[both], b[both])["wilcoxon_p"]
 
 
 def build_metrics(

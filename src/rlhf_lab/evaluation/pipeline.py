@@ -56,7 +56,9 @@ that make sense for the references; ``<p>`` is a policy):
 - ``delta/<p>/kl`` (+ CI): KL(policy || baseline) in nats per reply (step 2);
   ``delta/<p>/kl_per_token``: the same per sampled token (:func:`.metrics.kl_per_token`);
   ``delta/<p>/reward/total_with_reference_ci_lo/hi`` and ``..._pvalue_wilcoxon``: the
-  paired CI and Wilcoxon test of the rule-reward gain;
+  paired CI and Wilcoxon test of the rule-reward gain; the same for each task flag's rate
+  (``delta/<p>/<flag>_rate_ci_lo/hi``, ``..._pvalue_wilcoxon``) and each of the task's own
+  per-reply scores (``delta/<p>/reward/<task>/<rule>_ci_lo/hi``, ``..._pvalue_wilcoxon``);
 - ``eval/num_prompts``, ``eval/num_references``: prompts evaluated, of which with a reference;
 - ``verdict/<p>/decision`` (proceed / adjust / reconsider, :func:`.gates.check_gates`),
   ``verdict/<p>/decided_by`` (the gate that decided it; ``all`` for proceed),

@@ -29,6 +29,7 @@ from rlhf_lab.evaluation.metrics import (
     CONFIDENCE,
     EXAMPLES_RM,
     EXAMPLES_RULE,
+    FLAG_PREFIX,
     ranking_score,
     rule_reward_key,
 )
@@ -56,6 +57,9 @@ def _row_scores(result: EvalResult, who: str, i: int) -> dict[str, float | None]
         tables["bertscore_f1"] = out.bertscore_f1
     if out.judge is not None:
         tables.update({f"judge/{d}": v for d, v in out.judge.items()})
+    # the task's 0/1 outcomes per reply (crs: rec_hit, rec, hallucinated), so compare can pair
+    # them across experiments by prompt
+    tables.update({f"{FLAG_PREFIX}{f}": v for f, v in out.task_flags.items()})
     for name, values in tables.items():
         v = float(values[i])
         if math.isfinite(v):
@@ -67,7 +71,8 @@ def sample_rows(result: EvalResult) -> list[dict[str, Any]]:
     """``reports/samples.jsonl`` rows: prompt, reference, every model's reply and scores.
 
     Per model ``<m>`` (baseline and policies): ``<m>_reply``, ``<m>_eos``, ``<m>_tokens`` and
-    ``<m>_scores`` (``reward_model``, the rule components, ``bertscore_f1``, ``judge/*``);
+    ``<m>_scores`` (``reward_model``, the rule components, ``bertscore_f1``, ``judge/*``, and
+    ``flag/<name>`` for each task flag, 0 or 1);
     per policy ``<p>``: ``kl_<p>_<baseline>``. ``baseline`` and ``policies`` name the models,
     so a reader (``rlhf-lab compare``, ``analyze_rewards``) needs no params.
     """

@@ -114,20 +114,21 @@ def load_preference(
     return splits
 
 
-def load_prompt_meta(folder: Path) -> dict[str, dict[str, Any]]:
-    """``id -> meta`` from ``folder/*.jsonl`` prompt rows ({} when the folder is absent)."""
-    metas: dict[str, dict[str, Any]] = {}
+def load_prompt_rows(folder: Path) -> dict[str, dict[str, Any]]:
+    """``id -> prompt row`` from ``folder/*.jsonl`` ({} when the folder is absent)."""
+    rows: dict[str, dict[str, Any]] = {}
     if not folder.is_dir():
-        return metas
+        return rows
     for path in sorted(folder.glob("*.jsonl")):
         for lineno, raw in read_rows(path):
             if not isinstance(raw, dict) or "id" not in raw:
                 raise DataError(f"{path}:{lineno}: field 'id': missing")
-            meta = raw.get("meta") or {}
-            if not isinstance(meta, dict):
+            if not isinstance(raw.get("meta") or {}, dict):
                 raise DataError(f"{path}:{lineno}: field 'meta': expected an object")
-            metas[str(raw["id"])] = meta
-    return metas
+            if not isinstance(raw.get("prompt"), list):
+                raise DataError(f"{path}:{lineno}: field 'prompt': expected a list of messages")
+            rows[str(raw["id"])] = raw
+    return rows
 
 
 def with_prompt_meta(row: dict[str, Any], metas: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -3,15 +3,19 @@
     rlhf-lab score_with_llm --params params.yaml
 
 Reads ``task``, ``judge``, ``data.pairs`` (and ``data.catalogue`` for crs); reads
-``data/preference/{train,valid,test}.jsonl`` and ``data/prompts/*.jsonl`` (task meta);
-writes ``data/scored/{split}.jsonl`` (scored rows; judge-labelled pairs when
-``data.pairs: judge``), ``data/scored/failures.jsonl`` (one line per failed judge item, and
-per item given the neutral fallback) and ``metrics/score_with_llm.json``. Answers are cached
-under ``judge.cache_dir``: a re-run, or a run resumed after a kill, asks the judge only for
-what is missing. When more than ``judge.max_failure_fraction`` of the items fail, or more
-than ``judge.max_fallback_fraction`` get the neutral score (the judge gave no usable rating
-even when re-asked: a re-run would get the same answer), the outputs are still written and
-the stage exits with code 2; the message says which kinds failed and what helps.
+``data/preference/{train,valid,test}.jsonl`` and ``data/grounded/*.jsonl`` (train_recommender:
+the prompts the policy is given, with their task meta); every pair is scored on the prompt of
+its id there (:func:`rlhf_lab.data.policy_prompts.on_policy_prompts`: for crs, grounded in the
+recommender's candidates, so the reward model and the critic learn from the prompts PPO samples
+from; for other tasks the same prompt, unchanged); writes ``data/scored/{split}.jsonl`` (scored
+rows; judge-labelled pairs when ``data.pairs: judge``), ``data/scored/failures.jsonl`` (one line
+per failed judge item, and per item given the neutral fallback) and
+``metrics/score_with_llm.json``. Answers are cached under ``judge.cache_dir``: a re-run, or a
+run resumed after a kill, asks the judge only for what is missing. When more than
+``judge.max_failure_fraction`` of the items fail, or more than ``judge.max_fallback_fraction``
+get the neutral score (the judge gave no usable rating even when re-asked: a re-run would get
+the same answer), the outputs are still written and the stage exits with code 2; the message
+says which kinds failed and what helps.
 """
 
 from __future__ import annotations
@@ -21,17 +25,18 @@ from typing import Any
 
 from rlhf_lab import ui
 from rlhf_lab.config import Params
+from rlhf_lab.data.policy_prompts import on_policy_prompts
 from rlhf_lab.errors import ConfigError, RlhfLabError
 from rlhf_lab.headline import full_path, write_metrics
 from rlhf_lab.io import atomic_dir, failed_output, stage_outputs, write_jsonl
 from rlhf_lab.judge import build_judge
 from rlhf_lab.judge.base import FAILURE_CLASS
 from rlhf_lab.judge.preference import ScoredPreference, score_preference, unscored
-from rlhf_lab.judge.rows import is_candidate_row, load_preference, load_prompt_meta
+from rlhf_lab.judge.rows import is_candidate_row, load_preference, load_prompt_rows
 from rlhf_lab.tasks.registry import get_task
 
 PREFERENCE_DIR = Path("data/preference")
-PROMPTS_DIR = Path("data/prompts")
+PROMPTS_DIR = Path("data/grounded")
 SCORED_DIR = Path("data/scored")
 METRICS = Path("metrics/score_with_llm.json")
 
@@ -42,7 +47,13 @@ class JudgeFailures(RlhfLabError):
 
 def main(params: Params, **_: Any) -> None:
     cfg = params.judge
-    splits = load_preference(PREFERENCE_DIR, require_candidates=params.data.pairs == "judge")
+    prompts = load_prompt_rows(PROMPTS_DIR)
+    splits = {
+        split: on_policy_prompts(rows, prompts.values())
+        for split, rows in load_preference(
+            PREFERENCE_DIR, require_candidates=params.data.pairs == "judge"
+        ).items()
+    }
     if cfg.backend == "none":
         if any(is_candidate_row(r) for rows in splits.values() for r in rows):
             raise ConfigError(
@@ -60,7 +71,7 @@ def main(params: Params, **_: Any) -> None:
             splits,
             min_margin=cfg.min_margin,
             pairwise=cfg.pairwise,
-            prompt_meta=load_prompt_meta(PROMPTS_DIR),
+            prompt_meta={k: r.get("meta") or {} for k, r in prompts.items()},
         )
         result.metrics["judge/backend"] = cfg.backend
     _summary(result, cfg.backend)

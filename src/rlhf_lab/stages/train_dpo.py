@@ -4,7 +4,10 @@
     accelerate launch --config_file accelerate/cpu.yaml -m rlhf_lab.cli train_dpo
 
 Reads ``dpo``, ``task.system_prompt``, ``data/preference/{train,valid}.jsonl`` (prompt, chosen,
-rejected; rows without two distinct replies are dropped) and ``models/sft`` (the policy to
+rejected; rows without two distinct replies are dropped), each pair on the prompt of its id in
+``data/grounded/{train,valid}.jsonl`` (train_recommender: the prompt PPO and evaluate give the
+policy; for crs grounded in the recommender's candidates, for other tasks the same prompt;
+:func:`rlhf_lab.data.policy_prompts.on_policy_prompts`) and ``models/sft`` (the policy to
 train *and* the reference: the same weights with the LoRA adapter off); writes ``models/dpo``
 (a plain causal LM directory with ``provenance.json``, as ``models/sft``),
 ``metrics/train_dpo.json`` and the curves in ``plots/train_dpo/``. Library code:
@@ -28,6 +31,7 @@ from typing import Any
 
 from rlhf_lab import ui
 from rlhf_lab.config import Params, section_dict
+from rlhf_lab.data.policy_prompts import on_policy_prompts
 from rlhf_lab.errors import DataError
 from rlhf_lab.headline import full_path, write_metrics
 from rlhf_lab.io import read_jsonl, stage_outputs
@@ -35,6 +39,7 @@ from rlhf_lab.training.dpo import train_dpo_model
 from rlhf_lab.training.reward_model import pairs_from_rows
 
 PREFERENCE_DIR = Path("data/preference")
+PROMPTS_DIR = Path("data/grounded")
 SFT_DIR = Path("models/sft")
 OUT_DIR = Path("models/dpo")
 METRICS = Path("metrics/train_dpo.json")
@@ -50,7 +55,10 @@ def main(params: Params, **_: Any) -> None:
     pairs, dropped = {}, {}
     for split in ("train", "valid"):
         pairs[split], dropped[split] = pairs_from_rows(
-            read_jsonl(PREFERENCE_DIR / f"{split}.jsonl", missing_ok=True)
+            on_policy_prompts(
+                read_jsonl(PREFERENCE_DIR / f"{split}.jsonl", missing_ok=True),
+                read_jsonl(PROMPTS_DIR / f"{split}.jsonl", missing_ok=True),
+            )
         )
     if not pairs["train"]:
         raise DataError(

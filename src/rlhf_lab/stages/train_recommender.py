@@ -5,7 +5,7 @@
 Reads ``task``, ``data.catalogue`` and ``recommender``, and
 ``data/prompts/{train,valid,test}.jsonl`` (prepare_preference). Writes
 ``data/grounded/{train,valid,test}.jsonl``: the prompt rows that train_sft, train_ppo and
-evaluate read.
+evaluate read, and the prompts score_with_llm and train_dpo put the preference pairs on.
 
 For crs: fits :class:`rlhf_lab.tasks.crs.recommender.Recommender` on the train prompts, writes
 ``models/recommender/`` (the model and its ``provenance.json``) and

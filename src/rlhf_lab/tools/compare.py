@@ -6,9 +6,10 @@
 Runs ``dvc exp show --json`` (each experiment's params and headline ``metrics/evaluate.json``)
 and reads each experiment's full ``metrics/full/evaluate.json`` (git-tracked) and
 ``reports/samples.jsonl`` (a DVC-cached output of ``evaluate``) at its rev with
-``dvc.api.read``; prints per arm the mean ± 95% CI half-width across seeds, and the
-paired Wilcoxon test between every two arms. ``--out`` also writes the numbers as JSON. The
-method is in ``rlhf_lab.evaluation.arms``.
+``dvc.api.read``; prints per arm the mean ± 95% CI half-width across seeds, the paired Wilcoxon
+test between every two arms, and each arm against its baseline (per seed and per prompt,
+:func:`rlhf_lab.evaluation.arms.versus_baseline`). ``--out`` also writes the numbers as JSON.
+The method is in ``rlhf_lab.evaluation.arms``.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def dvc_exp_show() -> list[dict[str, Any]]:
     return json.loads(out.stdout)
 
 
-def _read_at(path: str, exp: cmp.Experiment) -> str | None:
+def read_at(path: str, exp: cmp.Experiment) -> str | None:
     """``path`` at the experiment's rev (the workspace file for ``workspace``); None when it
     is not available there."""
     import dvc.api
@@ -59,7 +60,7 @@ def _read_at(path: str, exp: cmp.Experiment) -> str | None:
 
 def dvc_samples(exp: cmp.Experiment) -> list[dict[str, Any]]:
     """``reports/samples.jsonl`` at the experiment's rev (the workspace file for ``workspace``)."""
-    text = _read_at(SAMPLES, exp)
+    text = read_at(SAMPLES, exp)
     if text is None:
         fix = (
             outputs.how_to_get(SAMPLES)
@@ -76,7 +77,7 @@ def dvc_samples(exp: cmp.Experiment) -> list[dict[str, Any]]:
 def dvc_full_metrics(exp: cmp.Experiment) -> dict[str, Any]:
     """Evaluate's full metrics at the experiment's rev; its headline (from ``dvc exp show``)
     where the rev has no full file (written before evaluate split its metrics)."""
-    text = _read_at(FULL_METRICS, exp)
+    text = read_at(FULL_METRICS, exp)
     return exp.metrics if text is None else {**exp.metrics, **json.loads(text)}
 
 
@@ -101,8 +102,42 @@ def _print(result: Mapping[str, Any]) -> None:
             "–" if t["wilcoxon_p"] is None else f"{t['wilcoxon_p']:.3g}",
         )
     ui.console.print(tests)
+    _print_vs_baseline(result.get("vs_baseline") or [])
     for w in result["warnings"]:
         ui.warning(w)
+
+
+def _ci(d: Mapping[str, Any]) -> str:
+    if d["ci_lo"] is None:
+        return f"{d['mean_diff']:+.3f}"
+    return f"{d['mean_diff']:+.3f} [{d['ci_lo']:+.3f}, {d['ci_hi']:+.3f}]"
+
+
+def _print_vs_baseline(rows: Sequence[Mapping[str, Any]]) -> None:
+    table = Table(title="each arm − its baseline: per seed (t) and per prompt (Wilcoxon), 95% CI")
+    for h in ("arm", "metric", "seeds: mean [CI]", "t-test p", "prompts: mean [CI]", "Wilcoxon p"):
+        table.add_column(h, justify="left" if h in ("arm", "metric") else "right")
+    for row in rows:
+        for column, seeds in row["seeds"].items():
+            table.add_row(
+                f"{row['arm']} − {row['baseline']}",
+                column,
+                f"{_ci(seeds)} (n={seeds['n']})",
+                "–" if seeds["ttest_p"] is None else f"{seeds['ttest_p']:.3g}",
+                "",
+                "",
+            )
+        for key, prompts in row["prompts"].items():
+            table.add_row(
+                f"{row['arm']} − {row['baseline']}",
+                key,
+                "",
+                "",
+                f"{_ci(prompts)} (n={prompts['n_prompts']})",
+                "–" if prompts["wilcoxon_p"] is None else f"{prompts['wilcoxon_p']:.3g}",
+            )
+    if table.row_count:
+        ui.console.print(table)
 
 
 def main(

@@ -1,0 +1,157 @@
+"""The crs (ECR) benchmark over seeds: SFT vs PPO (gae) vs GRPO vs DPO on ReDial.
+
+    python bench/crs.py --dry-run               # print the experiments it would run
+    python bench/crs.py                         # 3 seeds: 6 RL + 3 DPO trainings (not timed)
+    python bench/crs.py --steps 6 --seeds 0     # a shorter profile
+    python bench/crs.py --set eval.judge=true   # ECR's rubrics by the judge too (slow on CPU)
+    python bench/crs.py --compare-only          # aggregate what has run (after a stop)
+
+Run it in a workspace where ``dvc repro`` has finished. Every (arm, seed) is one DVC experiment
+(``dvc exp run --temp``) with the crs preset's ``-S`` values (``rlhf-lab params --preset crs``:
+ReDial in ``../shared/data/redial`` with its movie catalogue; every prompt grounded in the
+recommender's candidates by train_recommender) and the arm's; the plan is ``bench/arms.py``'s
+(the same replies per step for every online arm; DPO evaluated once per seed, with the first
+arm). SFT is the baseline of every experiment and one model: no SFT param follows the seed, so
+each RL arm's difference from it is paired within its experiment.
+
+``rlhf-lab compare`` aggregates arms x seeds, and this script writes ``bench/results/crs.json``
+(``--out`` elsewhere): per arm and metric (:data:`METRICS`: BLEU-1, distinct-1/2, empathy by the
+VADER lexicon and by the judge where ``eval.judge`` ran, gold-hit / any-movie /
+hallucinated-title rates, KL to SFT) the mean and 95% Student-t interval across seeds; each RL
+arm minus SFT per seed (95% t-interval, paired t-test p) and, for a per-reply metric, per
+prompt (95% paired-bootstrap CI, Wilcoxon p); the recommender's Recall@1/10/50 beside the
+popularity and co-occurrence baselines (train_recommender, the same in every experiment); and
+the seed's ECR reference numbers (:data:`REFERENCE`) beside ours, with the CPU and the command.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from arms import preset_main
+from benchlib import RESULTS as RESULTS_DIR
+from rlhf_lab.evaluation.arms import Experiment
+from rlhf_lab.headline import full_path
+from rlhf_lab.stages.train_recommender import METRICS as RECOMMENDER_METRICS
+from rlhf_lab.tools.compare import read_at
+
+RESULTS = RESULTS_DIR / "crs.json"
+ARMS = ("gae", "grpo")
+"""The online arms (DPO is the offline one every seed evaluates with the first of them)."""
+PRESET = "crs"
+
+METRICS: tuple[tuple[str, str, str | None], ...] = (
+    # (name in crs.json, rlhf-lab compare's column, per-reply score in samples.jsonl or None)
+    ("bleu1", "bleu1", None),
+    ("distinct1", "distinct1", None),
+    ("distinct2", "distinct2", None),
+    ("empathy_lexicon", "empathy", "crs/empathy"),
+    ("empathy_judge", "judge_emotional_intensity", "judge/emotional_intensity"),
+    ("rec_hit_rate", "rec_hit_rate", "flag/rec_hit"),
+    ("any_movie_rate", "rec_rate", "flag/rec"),
+    ("hallucinated_rate", "hallucinated_rate", "flag/hallucinated"),
+    ("kl", "kl", None),
+)
+"""What ``crs.json`` reports per arm. Corpus metrics (BLEU-1, distinct-n) have no per-prompt
+value, so their difference from SFT is paired by seed only."""
+
+RECOMMENDER = ("recommender", "baseline_popularity", "baseline_cooccurrence")
+RECALLS = ("recall@1", "recall@10", "recall@50")
+
+REFERENCE = {
+    "bleu1": {
+        "baseline": 14.25,
+        "rl_expected": [16.0, 18.0],
+        "unit": "percent; ours is sacrebleu's corpus BLEU-1 (0-100) against the human reply",
+    },
+    "distinct1": {
+        "baseline": 1.64,
+        "rl_expected": [2.0, 2.5],
+        "unit": "the seed's Dist-1 scale; ours is distinct / all unigrams of the replies, in "
+        "[0, 1]: not the same unit, so set side by side only",
+    },
+    "empathy": {
+        "rl_expected": [3.5, 4.0],
+        "unit": "judge rating of 5; ours: empathy_judge where eval.judge ran (ECR's emotional "
+        "intensity rubric); empathy_lexicon is VADER's |compound| in [0, 1], not on that scale",
+    },
+    "recall@1": {
+        "baseline": 0.0234,
+        "rl_expected": [0.030, 0.035],
+        "unit": "fraction; ours is the recommender (train_recommender), which RL does not train",
+    },
+}
+"""The seed's numbers: its ECR baseline and the gains it expects from RL, beside ours."""
+
+
+def _cell(summary: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("mean", "ci_lo", "ci_hi")} | {"seeds": summary["n"]}
+
+
+def summarise(compared: Mapping[str, Any], recommender: Mapping[str, Any]) -> dict[str, Any]:
+    """``crs.json``'s figures from ``rlhf-lab compare``'s JSON and train_recommender's metrics.
+
+    ``arms``: arm -> :data:`METRICS` name -> ``{"mean", "ci_lo", "ci_hi", "seeds"}``, with
+    ``vs_baseline_seeds`` (``mean_diff``, t-interval, ``ttest_p``, ``n``) and, for a per-reply
+    metric, ``vs_baseline_prompts`` (``mean_diff``, paired-bootstrap CI, ``wilcoxon_p``,
+    ``n_prompts``) for every arm evaluated against a baseline; ``baseline``: that arm's name;
+    ``recommender``: ``<system>/recall@k`` for each system that has it.
+    """
+    versus = {v["arm"]: v for v in compared.get("vs_baseline") or []}
+    arms: dict[str, dict[str, Any]] = {}
+    for arm in compared["arms"]:
+        row = {}
+        vs = versus.get(arm["arm"])
+        for name, column, score in METRICS:
+            if column not in arm["metrics"]:
+                continue
+            cell = _cell(arm["metrics"][column])
+            if vs is not None and column in vs["seeds"]:
+                cell["vs_baseline_seeds"] = vs["seeds"][column]
+            if vs is not None and score is not None and score in vs["prompts"]:
+                cell["vs_baseline_prompts"] = vs["prompts"][score]
+            row[name] = cell
+        arms[arm["arm"]] = row
+    baselines = {v["baseline"] for v in versus.values()}
+    return {
+        "baseline": baselines.pop() if len(baselines) == 1 else sorted(baselines),
+        "arms": arms,
+        "recommender": {
+            f"{system}/{k}": recommender[f"{system}/{k}"]
+            for system in RECOMMENDER
+            for k in RECALLS
+            if f"{system}/{k}" in recommender
+        },
+    }
+
+
+def recommender_metrics(compared: Mapping[str, Any]) -> dict[str, Any]:
+    """train_recommender's full metrics at the first compared experiment's rev ({} when not
+    available there): the recommender does not change between the plan's experiments."""
+    for exp in compared.get("experiments") or []:
+        text = read_at(
+            str(full_path(RECOMMENDER_METRICS)), Experiment(exp["name"], exp["rev"], {}, {})
+        )
+        if text is not None:
+            return json.loads(text)
+    return {}
+
+
+def main() -> None:
+    preset_main(
+        "crs.py",
+        __doc__,
+        PRESET,
+        ARMS,
+        RESULTS,
+        lambda compared: {
+            **summarise(compared, recommender_metrics(compared)),
+            "reference": REFERENCE,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
