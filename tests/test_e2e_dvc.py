@@ -56,6 +56,7 @@ def make_tiny_repo(repo: Path) -> Path:
     _run(["git", "config", "user.name", "t"], repo)
     _run([*DVC, "init", "-q"], repo)
     _run([*DVC, "config", "core.analytics", "false"], repo)
+    shutil.copy(REPO / ".dvcignore", repo / ".dvcignore")  # __pycache__ beside the src deps
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "tiny"], repo)
     return repo
