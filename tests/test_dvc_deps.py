@@ -137,19 +137,29 @@ def test_stage_deps_cover_every_module_it_imports(stage):
     assert not missing, f"dvc.yaml: stage {stage} imports modules its deps miss: {missing}"
 
 
+def expected_code_deps(stage: str) -> list[str]:
+    """The ``src/`` deps ``stage`` should declare, in dvc.yaml's order: its own stage module (a
+    stage's edit reruns that stage only), then every package it imports as a directory (a file
+    moved between packages needs no edit), then the top-level modules it imports."""
+    rel = [f.relative_to(SRC / PACKAGE) for f in needed_files(stage)]
+    packages = sorted({r.parts[0] for r in rel if len(r.parts) > 1 and r.parts[0] != "stages"})
+    top = sorted(r.name for r in rel if len(r.parts) == 1)
+    base = f"src/{PACKAGE}"
+    return [
+        f"{base}/stages/{stage}.py",
+        f"{base}/stages/__init__.py",
+        *(f"{base}/{p}" for p in packages),
+        *(f"{base}/{t}" for t in top),
+    ]
+
+
 @pytest.mark.parametrize("stage", list(_stages()))
 def test_stage_code_deps_are_its_module_packages_and_top_level_modules(stage):
-    """The shape: its own stage module, whole packages, top-level modules; none it never runs."""
-    needed = needed_files(stage)
-    for dep in _code_deps(_stages()[stage]):
-        path = REPO / dep
-        parts = path.relative_to(SRC / PACKAGE).parts
-        if parts[0] == "stages":  # one stage's edit reruns that stage only
-            assert dep in {f"src/{PACKAGE}/stages/{stage}.py", f"src/{PACKAGE}/stages/__init__.py"}
-        else:
-            assert len(parts) == 1, f"{stage}: {dep} is inside a package: declare the package"
-        assert path.exists(), f"{stage}: {dep} does not exist"
-        assert any(f == path or path in f.parents for f in needed), f"{stage} never runs {dep}"
+    """Exactly the shape above: nothing missing, nothing the stage never runs, no single file
+    inside a package. On a failure (a merge, a new import) paste the printed lines."""
+    expected = expected_code_deps(stage)
+    lines = "\n".join(f"      - {d}" for d in expected)
+    assert _code_deps(_stages()[stage]) == expected, f"dvc.yaml {stage} deps, src/ part:\n{lines}"
 
 
 def test_code_deps_fit_their_column_budget():
