@@ -315,10 +315,16 @@ def test_cli_refuses_remote_bind_and_reports_ratings(tmp_path, monkeypatch):
             time.sleep(0.01)
         arena.vote(token, c.id, label, "")
     arena.close()
+    # the held-out prompts: "q" (voted on three times) and one nobody has voted on yet
+    prompts = tmp_path / "data/prompts/test.jsonl"
+    prompts.parent.mkdir(parents=True)
+    rows = [{"id": str(i), "prompt": [{"role": "user", "content": q}]} for i, q in enumerate("qr")]
+    prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))
     r = runner.invoke(cli_app, ["arena", "--report", "--params", str(params)])
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "metrics/arena.json").read_text())
     assert (m["arena/votes"], m["arena/pairs"], m["arena/ties"]) == (3, 2, 1)
+    assert (m["arena/prompts_voted"], m["arena/prompts"]) == (1, 2)
     assert m["arena/sft/win_rate"] + m["arena/ppo/win_rate"] == pytest.approx(1.0)
     assert m["arena/sft/games"] == 3 and m["arena/unreadable_lines"] == 0
     assert "Elo" in r.output

@@ -129,12 +129,23 @@ def test_prompts_are_drawn_without_replacement_with_coverage(tmp_path):
         for n in range(5):
             seen.append(ready_comparison(client, token, None)["prompt"][0]["content"])
             cov = client.get("/api/leaderboard", headers=headers(token)).json()["coverage"]
-            assert cov == {"shown": n + 1, "prompts": 5}
+            assert cov == {"shown": n + 1, "voted": 0, "prompts": 5}
         assert sorted(seen) == [f"q{i}" for i in range(5)]  # every prompt once
-        ready_comparison(client, token, None)  # the deck refills; coverage stays complete
+        c = ready_comparison(client, token, None)  # the deck refills; coverage stays complete
+        for label in ("left", "tie"):  # two votes on one prompt: one prompt voted on
+            client.post(
+                f"/api/comparisons/{c['id']}/vote", json={"label": label}, headers=headers(token)
+            )
+            c = ready_comparison(client, token, c["prompt"][0]["content"])
         cov = client.get("/api/leaderboard", headers=headers(token)).json()["coverage"]
-        assert cov == {"shown": 5, "prompts": 5}
+        assert cov == {"shown": 5, "voted": 1, "prompts": 5}
     a.close()
+    # a restarted arena forgets what it showed; the votes on disk keep what was voted on
+    b = make(tmp_path, prompts=prompts)
+    with TestClient(create_app(b), base_url="http://127.0.0.1") as client:
+        cov = client.get("/api/leaderboard", headers=headers(page_token(client))).json()
+        assert cov["coverage"] == {"shown": 0, "voted": 1, "prompts": 5}
+    b.close()
 
 
 def test_optional_rater_id_is_saved_with_the_vote(tmp_path):

@@ -114,6 +114,7 @@ def test_vote_in_the_browser_reveals_models_and_writes_the_vote(served):
             assert "too few votes: 1 < 10" in board
             notes = page.locator("#board-notes").inner_text()
             assert "html-model vs plain-model: 1" in notes and "prompts shown: 1 of 1" in notes
+            assert "voted on: 1 of 1" in notes  # read back from the vote file
             if os.environ.get("ARENA_SCREENSHOT"):
                 page.screenshot(path=os.environ["ARENA_SCREENSHOT"], full_page=True)
             assert errors == []

@@ -11,14 +11,34 @@ from rlhf_lab.arena.ratings import Game
 from rlhf_lab.arena.votes import vote_row
 
 
-def vote(left: str, right: str, label: str) -> dict:
+def vote(left: str, right: str, label: str, prompt: str = "hi") -> dict:
     return vote_row(
         comparison_id="c",
-        prompt=[{"role": "user", "content": "hi"}],
+        prompt=[{"role": "user", "content": prompt}],
         models=(left, right),
         replies=("a", "b"),
         label=label,
     )
+
+
+def test_prompt_coverage_counts_distinct_held_out_prompts_with_any_vote():
+    held_out = [[{"role": "user", "content": f"q{i}"}] for i in range(4)]
+    held_out.append([{"role": "user", "content": "q0"}])  # a duplicate is one prompt
+    rows = [
+        vote("sft", "ppo", "left", "q0"),
+        vote("ppo", "sft", "tie", "q0"),
+        vote("sft", "ppo", "both_bad", "q2"),
+        vote("sft", "ppo", "right", "typed, not held out"),
+    ]
+    assert ratings.prompt_coverage(rows, held_out) == {"arena/prompts_voted": 2, "arena/prompts": 4}
+    # a multi-turn prompt matches on every turn, not on its last message alone
+    turns = [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "x"}]
+    assert (
+        ratings.prompt_coverage([vote("a", "b", "left", "q1")], [turns])["arena/prompts_voted"] == 0
+    )
+    assert ratings.prompt_coverage([], held_out) == {"arena/prompts_voted": 0, "arena/prompts": 4}
+    board = ratings.leaderboard({**ratings.summary(rows, n_boot=50), "arena/prompts": 4})
+    assert board["coverage"] == {"voted": 0, "prompts": 4}
 
 
 def test_games_score_ties_and_both_bad_as_half():

@@ -8,9 +8,9 @@ import subprocess
 import pytest
 from typer.testing import CliRunner
 
-from rlhf_lab import outputs, ui
+from rlhf_lab import outputs, presets, ui
 from rlhf_lab.cli import app
-from rlhf_lab.config import parse_params
+from rlhf_lab.config import TASKS, parse_params
 from rlhf_lab.errors import ConfigError
 
 from .conftest import REPO
@@ -112,3 +112,24 @@ def test_arena_report_says_when_there_are_too_few_games(tmp_path, monkeypatch):
     assert m["arena/sft/games"] == 3 and m["arena/sft/win_rate"] == 1.0
     text = out.get()
     assert "too few votes: 3 < 10" in text and "[1.00, 1.00]" not in text
+
+
+@pytest.mark.parametrize(
+    ("command", "option", "values"),
+    [
+        ("generate", "--task", TASKS),
+        ("analyze_rewards", "--task", TASKS),
+        ("params", "--preset", tuple(presets.PRESETS)),
+    ],
+)
+def test_task_and_preset_options_list_their_values_and_reject_others(command, option, values):
+    assert set(values) >= {"crs", "docstring"}
+    runner = CliRunner(env={"COLUMNS": "200"})  # rich's panels: one line per message
+    help_text = runner.invoke(app, [command, "--help"]).output
+    (line,) = [line for line in help_text.splitlines() if line.strip("│ ").startswith(option)]
+    assert f"<{'|'.join(values)}>" in line
+    result = runner.invoke(app, [command, option, "poetry"])
+    assert result.exit_code == 2
+    (error,) = [line for line in result.output.splitlines() if "poetry" in line]
+    quoted = ", ".join(f"'{v}'" for v in values)
+    assert f"Invalid value for '{option}'" in error and f"is not one of {quoted}" in error

@@ -100,21 +100,82 @@ def import_closure(module: str) -> set[Path]:
     return files
 
 
+CODE_DEP_PATHS = 35
+"""Budget for the distinct ``src/`` paths across dvc.yaml (each is a column of ``dvc exp show``):
+one module per stage, the packages as directories and the top-level modules. Per-file deps
+were 70 paths."""
+
+
 def _stages() -> dict[str, dict]:
     return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def needed_files(stage: str) -> set[Path]:
+    """What `rlhf-lab <stage>` runs: the CLI module, then the stage module."""
+    return import_closure(f"{PACKAGE}.cli") | import_closure(f"{PACKAGE}.stages.{stage}")
+
+
+def missing_deps(stage: str, spec: dict) -> list[str]:
+    """Project modules ``stage`` imports that no file or directory in its deps holds."""
+    deps = [REPO / d for d in spec.get("deps", [])]
+    return sorted(
+        str(f.relative_to(REPO))
+        for f in needed_files(stage)
+        if not any(f == d or d in f.parents for d in deps)
+    )
+
+
+def _code_deps(spec: dict) -> list[str]:
+    return [d for d in spec.get("deps", []) if d.startswith("src/")]
 
 
 @pytest.mark.parametrize("stage", list(_stages()))
 def test_stage_deps_cover_every_module_it_imports(stage):
     spec = _stages()[stage]
     assert spec["cmd"].split()[:2] == ["rlhf-lab", stage], "one name per stage everywhere"
-    deps = [REPO / d for d in spec.get("deps", [])]
-    # What `rlhf-lab <stage>` runs: the CLI module, then the stage module.
-    needed = import_closure(f"{PACKAGE}.cli") | import_closure(f"{PACKAGE}.stages.{stage}")
-    missing = sorted(
-        str(f.relative_to(REPO)) for f in needed if not any(f == d or d in f.parents for d in deps)
-    )
+    missing = missing_deps(stage, spec)
     assert not missing, f"dvc.yaml: stage {stage} imports modules its deps miss: {missing}"
+
+
+def expected_code_deps(stage: str) -> list[str]:
+    """The ``src/`` deps ``stage`` should declare, in dvc.yaml's order: its own stage module (a
+    stage's edit reruns that stage only), then every package it imports as a directory (a file
+    moved between packages needs no edit), then the top-level modules it imports."""
+    rel = [f.relative_to(SRC / PACKAGE) for f in needed_files(stage)]
+    packages = sorted({r.parts[0] for r in rel if len(r.parts) > 1 and r.parts[0] != "stages"})
+    top = sorted(r.name for r in rel if len(r.parts) == 1)
+    base = f"src/{PACKAGE}"
+    return [
+        f"{base}/stages/{stage}.py",
+        f"{base}/stages/__init__.py",
+        *(f"{base}/{p}" for p in packages),
+        *(f"{base}/{t}" for t in top),
+    ]
+
+
+@pytest.mark.parametrize("stage", list(_stages()))
+def test_stage_code_deps_are_its_module_packages_and_top_level_modules(stage):
+    """Exactly the shape above: nothing missing, nothing the stage never runs, no single file
+    inside a package. On a failure (a merge, a new import) paste the printed lines."""
+    expected = expected_code_deps(stage)
+    lines = "\n".join(f"      - {d}" for d in expected)
+    assert _code_deps(_stages()[stage]) == expected, f"dvc.yaml {stage} deps, src/ part:\n{lines}"
+
+
+def test_code_deps_fit_their_column_budget():
+    paths = {d for spec in _stages().values() for d in _code_deps(spec)}
+    assert len(paths) <= CODE_DEP_PATHS, sorted(paths)
+    assert f"src/{PACKAGE}/ppo" in paths and f"src/{PACKAGE}/tasks" in paths
+
+
+def test_a_missing_package_or_module_is_reported():
+    spec = _stages()["train_ppo"]
+    assert not missing_deps("train_ppo", spec)
+    without = [d for d in spec["deps"] if d not in {f"src/{PACKAGE}/ppo", f"src/{PACKAGE}/io.py"}]
+    missing = missing_deps("train_ppo", {**spec, "deps": without})
+    assert f"src/{PACKAGE}/io.py" in missing
+    assert {f"src/{PACKAGE}/ppo/trainer.py", f"src/{PACKAGE}/ppo/core.py"} <= set(missing)
+    assert not any(m.startswith(f"src/{PACKAGE}/tasks/") for m in missing)
 
 
 def test_the_walk_follows_lazy_and_relative_imports():

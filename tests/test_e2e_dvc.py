@@ -24,6 +24,36 @@ METRIC_COLUMNS = 40
 ``rlhf_lab.headline.HEADLINE``); the full metrics are outputs DVC does not tabulate."""
 
 
+TABLE_COLUMNS = 200
+"""Budget for the columns of the `dvc exp show` table that docs/experiments.md tells a reader to
+compare experiments with (``--only-changed``)."""
+DEP_COLUMNS = 52
+"""Budget for the dependency columns of ``dvc exp show`` with no flags: the src/ paths of
+dvc.yaml (packages as directories, tests/test_dvc_deps.py) and the data and model deps."""
+FIXED_COLUMNS = ["Experiment", "rev", "typ", "Created", "parent"]
+
+
+def _leaves(tree: dict) -> int:
+    """Columns DVC makes of a params or metrics file: one per leaf (a list is one value)."""
+    return sum(_leaves(v) if isinstance(v, dict) and v else 1 for v in tree.values())
+
+
+def exp_show_columns(repo: Path, *flags: str) -> dict[str, int]:
+    """The columns of `dvc exp show [flags]`: its CSV header, split by kind (from --json)."""
+    header = _run([*DVC, "exp", "show", "--csv", *flags], repo).stdout.splitlines()[0].split(",")
+    rows = json.loads(_run([*DVC, "exp", "show", "--json", *flags], repo).stdout)
+    (workspace,) = [r["data"] for r in rows if r["rev"] == "workspace"]
+    counts = {
+        "fixed": sum(c in FIXED_COLUMNS for c in header),
+        "metrics": sum(_leaves(m["data"]) for m in workspace["metrics"].values()),
+        "params": sum(_leaves(p["data"]) for p in workspace["params"].values()),
+        "deps": len(workspace["deps"]),
+    }
+    if not flags:  # --json ignores --only-changed: only the no-flag table splits exactly
+        assert header[:5] == FIXED_COLUMNS and len(header) == sum(counts.values()), counts
+    return {**counts, "total": len(header)}
+
+
 def _run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
@@ -56,6 +86,7 @@ def make_tiny_repo(repo: Path) -> Path:
     _run(["git", "config", "user.name", "t"], repo)
     _run([*DVC, "init", "-q"], repo)
     _run([*DVC, "config", "core.analytics", "false"], repo)
+    shutil.copy(REPO / ".dvcignore", repo / ".dvcignore")  # __pycache__ beside the src deps
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "tiny"], repo)
     return repo
@@ -113,6 +144,12 @@ def test_full_dvc_repro_then_experiment(tiny_repo):
     columns = sum(len(m["data"]) for m in shown.values())
     assert 20 <= columns <= METRIC_COLUMNS, {k: sorted(m["data"]) for k, m in shown.items()}
     assert not any(path.startswith("metrics/full/") for path in shown)
+    # The whole table. DVC (3.67) shows every key of params.yaml whatever the stages declare,
+    # so the params alone are over 170 columns: the reading table is --only-changed (below).
+    table = exp_show_columns(tiny_repo)
+    assert table["params"] == _leaves(yaml.safe_load((tiny_repo / "params.yaml").read_text()))
+    assert table["metrics"] <= METRIC_COLUMNS and table["deps"] <= DEP_COLUMNS, table
+    print(f"dvc exp show columns: {table}")
     assert (
         shown["metrics/evaluate.json"]["data"]["verdict/ppo/decision"]
         == (metrics["verdict/ppo/decision"])
@@ -129,6 +166,10 @@ def test_full_dvc_repro_then_experiment(tiny_repo):
     _run([*DVC, "exp", "run", "-S", "ppo.clip=0.1", "-n", "clip01"], tiny_repo)
     shown = _run([*DVC, "exp", "show", "--json"], tiny_repo).stdout
     assert "clip01" in shown and "0.1" in shown
+    header = _run([*DVC, "exp", "show", "--csv", "--only-changed"], tiny_repo).stdout
+    header = header.splitlines()[0].split(",")
+    assert "ppo.clip" in header and len(header) <= TABLE_COLUMNS, header
+    print(f"dvc exp show --only-changed columns: {len(header)}")
     # --all: a clip the tiny run never reaches may leave every headline number unchanged
     diff = json.loads(_run([*DVC, "metrics", "diff", "--all", "--json"], tiny_repo).stdout)
     assert {"metrics/evaluate.json", "metrics/train_ppo.json"} <= set(diff)

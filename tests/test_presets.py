@@ -1,4 +1,4 @@
-"""Task presets: valid params, known reward components, and -S lines that DVC applies the same."""
+"""Presets: valid params, known reward components, and -S lines that DVC applies the same."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from rlhf_lab.reward_components import MODEL_COMPONENTS
 
 from .conftest import REPO
 
-NAMES = sorted(presets.PRESETS)
+NAMES = sorted(n for n, p in presets.PRESETS.items() if "task" in p.overrides)
+"""The task presets (``quick`` changes sizes only)."""
 
 
 def test_both_tasks_have_a_preset():
@@ -49,7 +50,7 @@ def test_preset_reward_weights_are_registered_for_its_task(name):
     assert all(w >= 0 for w in weights.values())
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_dvc_set_param_lines_give_the_same_params(tmp_path, name):
     """What `dvc exp run -S ...` does to a params.yaml equals the printed preset."""
     hydra = pytest.importorskip("dvc.utils.hydra")
@@ -108,11 +109,31 @@ def test_params_command_applies_a_preset_to_a_base_file(tmp_path):
 
 
 def test_unknown_preset_is_a_one_line_error():
-    with pytest.raises(ConfigError, match="unknown preset 'poetry'; known: crs, docstring"):
+    with pytest.raises(ConfigError, match="unknown preset 'poetry'; known: crs, docstring, quick"):
         presets.get("poetry")
-    result = CliRunner().invoke(app, ["params", "--preset", "poetry"])
+    # the CLI offers the names as choices: a usage error before anything is read
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["params", "--preset", "poetry"])
     assert result.exit_code == 2
-    assert "unknown preset 'poetry'" in result.output
+    assert "'poetry' is not one of 'crs', 'docstring', 'quick'" in result.output
+
+
+def test_quick_preset_shrinks_the_default_run_and_keeps_its_models_and_data():
+    quick, default = presets.preset_params("quick"), Params()
+    # the same embedded models, task and data source: a real result, not a random model
+    for section in ("task", "models", "judge", "critic"):
+        assert getattr(quick, section) == getattr(default, section), section
+    assert quick.data.source == default.data.source
+    assert (quick.data.max_examples, default.data.max_examples) == (60, 300)
+    assert (quick.ppo.steps, quick.ppo.batch_size, quick.ppo.epochs) == (4, 8, 1)
+    assert quick.eval.num_prompts == 12 < default.eval.num_prompts
+    assert quick.reward.train.epochs == 2 < default.reward.train.epochs
+    # every number it sets is at most the default's: it only shrinks the run
+    raw = default.model_dump(mode="json")
+    for key, value, _ in presets._leaves(Params, presets.get("quick").overrides):
+        node = raw
+        for part in key.split("."):
+            node = node[part]
+        assert isinstance(value, int) and 0 < value <= node, key
 
 
 @pytest.mark.parametrize(

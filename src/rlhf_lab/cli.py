@@ -17,11 +17,13 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
+from rlhf_lab.config import TASKS
 from rlhf_lab.errors import ConfigError, RlhfLabError
+from rlhf_lab.presets import PRESETS
 
 app = typer.Typer(
     add_completion=False,
@@ -57,6 +59,11 @@ ParamsOpt = Annotated[
     Path, typer.Option("--params", "-p", help="params file (YAML)", show_default=True)
 ]
 DEFAULT_PARAMS = Path("params.yaml")
+
+# `--help` lists the values and a wrong one is a one-line usage error (exit 2), before any
+# params file or model is read.
+TaskName = Literal[TASKS]  # type: ignore[valid-type]
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 def _stage_lock(stage: str, package: str) -> contextlib.AbstractContextManager[None]:
@@ -279,7 +286,8 @@ def generate(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="sampling seed (default: eval.seed)")] = None,
     task: Annotated[
-        str | None, typer.Option("--task", help="task (default: task.name); docstring for --code")
+        TaskName | None,
+        typer.Option("--task", help="task (default: task.name); docstring for --code"),
     ] = None,
     code: Annotated[
         list[str] | None,
@@ -322,7 +330,10 @@ def analyze_rewards(
         Path | None,
         typer.Option(help="evaluate's reports/samples.jsonl: also break down SFT/PPO replies"),
     ] = None,
-    task: Annotated[str | None, typer.Option(help="docstring or crs (default: task.name)")] = None,
+    task: Annotated[
+        TaskName | None,
+        typer.Option(help="a task with rule rewards: docstring or crs (default: task.name)"),
+    ] = None,
     limit: Annotated[
         int,
         typer.Option(help="rows checked (0 = all; from a source file: a fixed subsample)", min=0),
@@ -417,8 +428,8 @@ def arena(
 @app.command("params", rich_help_panel=TOOLS)
 def params_cmd(
     preset: Annotated[
-        str | None,
-        typer.Option(help="apply a task preset: crs or docstring (see docs/tasks.md)"),
+        PresetName | None,
+        typer.Option(help="a task preset (docs/tasks.md) or quick (docs/experiments.md)"),
     ] = None,
     base: Annotated[
         Path | None,

@@ -1,8 +1,9 @@
-"""Task presets: the ``params.yaml`` overrides that switch to the crs or docstring task.
+"""Presets: the ``params.yaml`` overrides that switch to the crs or docstring task, or shrink
+the default run to a few minutes (``quick``).
 
-Switching task is a params change, nothing else. A preset is a partial ``params.yaml`` (the same
-nesting, validated by the same classes in :mod:`rlhf_lab.config`), so there are two equivalent
-ways to apply one:
+Switching task or scale is a params change, nothing else. A preset is a partial
+``params.yaml`` (the same nesting, validated by the same classes in :mod:`rlhf_lab.config`), so
+there are two equivalent ways to apply one:
 
     rlhf-lab params --preset docstring > params.yaml           # the full documented file
     dvc exp run -S 'task.name=docstring' -S ...                 # the printed -S lines
@@ -16,8 +17,9 @@ The data sources below are the public copies in ``../shared/data`` (ReDial, and 
 Sennrich code-docstring corpus); they are documented examples, not requirements: any local file
 in the same format or a hub id works (``community-datasets/re_dial`` for ReDial,
 CodeSearchNet-style ``{"code", "docstring"}`` rows for docstrings). Sizes are for a laptop CPU:
-the per-stage compute settings stay as ``params.yaml`` has them, and a preset only changes what
-the task needs (docstring prompts hold a whole function, so its token limits are longer).
+the per-stage compute settings stay as ``params.yaml`` has them, and a task preset only changes
+what the task needs (docstring prompts hold a whole function, so its token limits are longer).
+``quick`` changes sizes only (docs/experiments.md: what its numbers mean).
 """
 
 from __future__ import annotations
@@ -118,6 +120,24 @@ PRESETS: dict[str, Preset] = {
             "critic": {"max_length": 512},
             "ppo": {"max_prompt_length": 448, "max_new_tokens": 64},
             "eval": {"max_new_tokens": 64},
+        },
+    ),
+    "quick": Preset(
+        "the default chat run in minutes on a laptop CPU: the embedded SmolLM2 and MiniLM on 60 "
+        "dialogues, 4 PPO steps of 8 replies, about 10 test prompts (a smoke run, not a result)",
+        {
+            # 60 rows split 70/10/20 by hash: ~42 training pairs, ~10 held-out test prompts.
+            # Replies keep the default 32 tokens: at 24, 40% of SFT's replies had no EOS yet, and
+            # ppo.missing_eos_penalty then outweighed every other part of the PPO score.
+            "data": {"max_examples": 60},
+            "reward": {"train": {"epochs": 2}},
+            "sft": {"max_length": 128},
+            "dpo": {"max_length": 128},
+            # 4 rollouts of 8 replies, one update pass each: long enough to move the KL and
+            # the score off step 0, far too short to conclude anything from them.
+            "ppo": {"steps": 4, "batch_size": 8, "epochs": 1},
+            # Every test prompt (~10): a win rate's 95% CI spans about +-0.3 at that size.
+            "eval": {"num_prompts": 12, "n_boot": 1000},
         },
     ),
 }

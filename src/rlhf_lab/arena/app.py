@@ -11,7 +11,8 @@ A Starlette app, server-rendered HTML and a little plain JS (``page.py``); no bu
     GET  /api/leaderboard              -> ratings ± CI, votes per pair, position bias, coverage
 
 Held-out prompts are drawn without replacement (a shuffled deck, reshuffled when spent), so
-every prompt is shown once before any is shown twice; the leaderboard counts the coverage.
+every prompt is shown once before any is shown twice; the leaderboard counts the coverage:
+prompts shown (in memory) and prompts voted on (from the vote file, so it survives a restart).
 Two identical replies are flagged (``identical``): they can be voted tie or both bad, never a
 side, so they never become a preference pair. With ``rubrics`` (crs: ECR's five) a rater can
 also score each reply 1-5, appended to ``scores_path`` (``scores.py``).
@@ -392,7 +393,9 @@ class Arena:
         m = ratings_lib.summary(found, n_boot=n_boot)
         if self.scores_path is not None:
             m.update(scores_lib.summary(scores_lib.read_scores(self.scores_path)[0], n_boot=n_boot))
-        return {**ratings_lib.leaderboard(m), "coverage": self.coverage()}
+        m.update(ratings_lib.prompt_coverage(found, self.prompts))
+        board = ratings_lib.leaderboard(m)
+        return {**board, "coverage": {**board["coverage"], **self.coverage()}}
 
     def close(self) -> None:
         """Let a running generation finish; drop the queued ones."""

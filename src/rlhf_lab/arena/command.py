@@ -121,14 +121,19 @@ def report(
     n_boot: int,
     seed: int,
     scores_path: Path = scores_lib.SCORES_PATH,
+    prompts_path: Path = PROMPTS,
 ) -> dict[str, Any]:
     """The leaderboard of the vote file (and the rubric scores beside it), written as flat
-    metrics and printed."""
+    metrics and printed; with the held-out prompts file, how many of them have votes."""
+    from rlhf_lab.tools.generate import read_prompts
+
     found, bad = votes_lib.read_votes(votes_path)
     if not found:
         raise DataError(f"{votes_path}: no votes yet; run `rlhf-lab arena` and vote first")
     m = ratings.summary(found, n_boot=n_boot, seed=seed)
     m["arena/unreadable_lines"] = len(bad)
+    if prompts_path.is_file():
+        m.update(ratings.prompt_coverage(found, read_prompts(prompts_path)))
     scored, bad_scores = scores_lib.read_scores(scores_path)
     if scored or bad_scores:
         m.update(scores_lib.summary(scored, n_boot=n_boot, seed=seed))
@@ -143,6 +148,10 @@ def report(
         "A (left) wins of decisive votes [95% CI]": board["left_wins"],
         "votes per pair": " · ".join(f"{p}: {n}" for p, n in board["pairs"].items()) or "none",
     }
+    if "arena/prompts" in m:
+        rows[f"held-out prompts voted on ({prompts_path})"] = (
+            f"{m['arena/prompts_voted']} of {m['arena/prompts']}"
+        )
     for row in board["models"]:
         rows[f"{row['model']}: Elo [95% CI]"] = f"{row['elo']} · {row['games']} games"
         rows[f"{row['model']}: win rate [95% CI]"] = row["win_rate"]
@@ -170,7 +179,7 @@ def main(
     ratings_path: Path = scores_lib.SCORES_PATH,
 ) -> None:
     if show_report:
-        report(votes, metrics, params.eval.n_boot, params.eval.seed, ratings_path)
+        report(votes, metrics, params.eval.n_boot, params.eval.seed, ratings_path, prompts)
         return
     check_host(host, allow_remote)
     import uvicorn

@@ -155,7 +155,8 @@ async function refreshBoard() {
     $('board-notes').textContent =
       'votes per pair: ' + (pairs || 'none') + ' · A (left) wins of decisive votes: ' +
       b.left_wins + ' · identical replies: ' + b.identical +
-      ' · prompts shown: ' + b.coverage.shown + ' of ' + b.coverage.prompts;
+      ' · prompts shown: ' + b.coverage.shown + ' of ' + b.coverage.prompts +
+      ' · voted on: ' + b.coverage.voted + ' of ' + b.coverage.prompts;
   } catch (e) {
     $('board-notes').textContent = 'leaderboard unavailable: ' + e.message;
   }

@@ -146,6 +146,23 @@ def elo_ci(
     }
 
 
+def _prompt_key(messages: Iterable[Mapping[str, Any]]) -> tuple[tuple[Any, Any], ...]:
+    """A prompt's identity: its messages' roles and contents (what a vote row stores)."""
+    return tuple((m.get("role"), m.get("content")) for m in messages)
+
+
+def prompt_coverage(
+    votes: Iterable[Mapping[str, Any]], prompts: Iterable[Iterable[Mapping[str, Any]]]
+) -> dict[str, int]:
+    """How many distinct held-out ``prompts`` have at least one vote (any label), of how many.
+
+    Read back from the vote file, so it survives a server restart (the page's "shown" count is
+    in memory). A typed prompt counts only when it equals a held-out one."""
+    held = {_prompt_key(p) for p in prompts}
+    voted = {_prompt_key(v.get("prompt") or ()) for v in votes} & held
+    return {"arena/prompts_voted": len(voted), "arena/prompts": len(held)}
+
+
 def summary(
     votes: list[Mapping[str, Any]], *, prior: float = 1.0, n_boot: int = 2000, seed: int = 0
 ) -> dict[str, Any]:
@@ -228,4 +245,8 @@ def leaderboard(m: Mapping[str, Any]) -> dict[str, Any]:
         "pairs": {k.removeprefix("arena/pair/"): v for k, v in m.items() if "/pair/" in k},
         "left_wins": with_ci(m, "arena/left_win_fraction", decisive),
         "identical": m.get("arena/identical", 0),
+        "coverage": {
+            "voted": m.get("arena/prompts_voted", 0),
+            "prompts": m.get("arena/prompts", 0),
+        },
     }
