@@ -6,6 +6,7 @@ and ``import benchlib`` finds this module; ``tests/test_bench.py`` puts it there
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 from pathlib import Path
@@ -29,6 +30,7 @@ def machine(load_start: float | None = None) -> dict[str, Any]:
     and now: on a shared machine a time says as much about the neighbours as about the code.
     """
     info: dict[str, Any] = {
+        "date": datetime.date.today().isoformat(),
         "cpu": precision.cpu_model(),
         "cpu_native_bf16": precision.cpu_has_native_bf16(),
         "cpu_count": os.cpu_count(),
