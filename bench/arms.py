@@ -162,6 +162,30 @@ def print_plan(runs: list[tuple[str, dict[str, str]]]) -> None:
         print(name, " ".join(f"-S {k}={v}" for k, v in sets.items()))
 
 
+TEMP_RUNS = Path(".dvc/tmp/exps/standalone")
+"""Where ``dvc exp run --temp`` copies the repository (DVC 3: ``tmp<random>`` inside it)."""
+
+
+def link_shared_data(root: Path) -> Path | None:
+    """Make the presets' ``../shared/...`` data paths resolve inside DVC's temporary copies.
+
+    A stage runs in ``root/.dvc/tmp/exps/standalone/tmpXXXX``, where ``../shared`` is
+    ``root/.dvc/tmp/exps/standalone/shared``, not the ``shared`` folder beside the repository,
+    so every preset experiment failed in ``track_inputs`` (file not found). A symlink there to
+    ``root.parent / "shared"`` fixes it without putting machine-specific absolute paths in the
+    experiments' params. Returns the link (None when there is no ``shared`` beside the repo);
+    an existing file or link there is left as it is.
+    """
+    shared = root.parent / "shared"
+    if not shared.is_dir():
+        return None
+    link = root / TEMP_RUNS / "shared"
+    if not link.exists() and not link.is_symlink():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(shared.resolve(), target_is_directory=True)
+    return link
+
+
 def run_plan(
     runs: list[tuple[str, dict[str, str]]], seconds_file: Path, compare_only: bool = False
 ) -> tuple[dict[str, float], set[str]]:
@@ -172,6 +196,7 @@ def run_plan(
     same command resumes the plan. The seconds are kept across calls in ``seconds_file``
     (under bench/.work, git-ignored).
     """
+    link_shared_data(ROOT)
     done = set(_exp_names())
     seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
     for name, sets in runs:

@@ -298,3 +298,19 @@ def test_crs_reads_the_recommender_metrics_at_the_compared_experiment(tmp_path, 
     (tmp_path / "metrics/full").mkdir(parents=True)
     (tmp_path / "metrics/full/train_recommender.json").write_text('{"recommender/recall@1": 0.03}')
     assert bench.recommender_metrics(compared) == {"recommender/recall@1": 0.03}
+
+
+def test_preset_data_resolves_inside_dvc_temporary_copies(tmp_path):
+    """``dvc exp run --temp`` runs a stage in ``.dvc/tmp/exps/standalone/tmpXXXX``: the
+    presets' ``../shared/...`` must reach the ``shared`` folder beside the repository."""
+    bench = _load("arms")
+    root = tmp_path / "repo"
+    root.mkdir()
+    assert bench.link_shared_data(root) is None  # no shared folder: nothing made
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "shared" / "data" / "x.txt").write_text("x")
+    link = bench.link_shared_data(root)
+    temp_copy = root / bench.TEMP_RUNS / "tmpabc123"
+    temp_copy.mkdir()
+    assert (temp_copy / "../shared/data/x.txt").read_text() == "x"
+    assert link.is_symlink() and bench.link_shared_data(root) == link  # made once, kept
