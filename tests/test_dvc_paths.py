@@ -20,20 +20,13 @@ import yaml
 
 from rlhf_lab import inputs
 from rlhf_lab.headline import full_path
+from rlhf_lab.outputs import OUTPUT_KINDS, declared_paths, holds
 
 from .conftest import REPO
 
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]
 ROOTS = ("data", "models", "metrics", "plots", "reports")
 """The folders `dvc repro` writes (docs/layout.md)."""
-
-
-def _declared(spec: dict, kinds: tuple[str, ...]) -> list[PurePosixPath]:
-    paths = []
-    for kind in kinds:
-        for entry in spec.get(kind) or []:
-            paths.append(PurePosixPath(next(iter(entry)) if isinstance(entry, dict) else entry))
-    return paths
 
 
 def module_paths(stage: str) -> dict[str, PurePosixPath]:
@@ -59,15 +52,11 @@ def module_paths(stage: str) -> dict[str, PurePosixPath]:
     return found
 
 
-def _within(path: PurePosixPath, folders: list[PurePosixPath]) -> bool:
-    return any(path == f or f in path.parents for f in folders)
-
-
 @pytest.mark.parametrize("stage", sorted(STAGES))
 def test_module_paths_are_declared_for_their_stage(stage):
     spec = STAGES[stage]
-    declared = _declared(spec, ("outs", "metrics", "plots", "deps"))
-    missing = {n: str(p) for n, p in module_paths(stage).items() if not _within(p, declared)}
+    declared = declared_paths(spec, (*OUTPUT_KINDS, "deps"))
+    missing = {n: str(p) for n, p in module_paths(stage).items() if not holds(p, declared)}
     assert not missing, f"dvc.yaml stage {stage} does not declare {missing}"
 
 
@@ -80,7 +69,7 @@ def test_declared_outputs_are_written_by_the_stage(stage):
     known = named + derived
     stray = [
         str(out)
-        for out in _declared(STAGES[stage], ("outs", "metrics", "plots"))
+        for out in declared_paths(STAGES[stage])
         if not any(out == p or p in out.parents or out in p.parents for p in known)
     ]
     assert not stray, f"dvc.yaml stage {stage} declares outputs its module never names: {stray}"
@@ -90,6 +79,6 @@ def test_the_checks_read_what_a_stage_module_names_and_bite():
     assert module_paths("train_sft")["OUT_DIR"] == PurePosixPath("models/sft")
     assert module_paths("train_sft")["METRICS"] == PurePosixPath("metrics/train_sft.json")
     spec = {"outs": ["models/sft"], "deps": ["data/preference"]}
-    assert _within(PurePosixPath("models/sft/adapter"), _declared(spec, ("outs",)))
+    assert holds(PurePosixPath("models/sft/adapter"), declared_paths(spec, ("outs",)))
     # a path renamed in the module only (models/sft2) is reported
-    assert not _within(PurePosixPath("models/sft2"), _declared(spec, ("outs", "deps")))
+    assert not holds(PurePosixPath("models/sft2"), declared_paths(spec, ("outs", "deps")))

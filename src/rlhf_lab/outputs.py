@@ -13,6 +13,25 @@ from pathlib import Path, PurePosixPath
 DVC_YAML = Path("dvc.yaml")
 
 
+OUTPUT_KINDS = ("outs", "metrics", "plots")
+"""The keys of a dvc.yaml stage that list what it writes."""
+
+
+def declared_paths(stage: dict, kinds: tuple[str, ...] = OUTPUT_KINDS) -> list[PurePosixPath]:
+    """The paths a dvc.yaml ``stage`` lists under ``kinds`` (an entry is a path or
+    ``{path: options}``)."""
+    return [
+        PurePosixPath(next(iter(entry)) if isinstance(entry, dict) else entry)
+        for kind in kinds
+        for entry in stage.get(kind) or []
+    ]
+
+
+def holds(path: PurePosixPath, folders: list[PurePosixPath]) -> bool:
+    """Whether ``path`` is one of ``folders`` or lies under one."""
+    return any(path == f or f in path.parents for f in folders)
+
+
 def stage_of(path: str | Path, dvc_yaml: str | Path = DVC_YAML) -> str | None:
     """The stage whose ``outs`` / ``metrics`` / ``plots`` hold ``path`` (or a folder above
     it), or None (no dvc.yaml, or no stage makes it)."""
@@ -24,11 +43,8 @@ def stage_of(path: str | Path, dvc_yaml: str | Path = DVC_YAML) -> str | None:
         return None
     target = PurePosixPath(Path(path).as_posix())
     for name, stage in stages.items():
-        for kind in ("outs", "metrics", "plots"):
-            for out in stage.get(kind) or []:
-                out_path = PurePosixPath(next(iter(out)) if isinstance(out, dict) else out)
-                if target == out_path or out_path in target.parents:
-                    return name
+        if holds(target, declared_paths(stage)):
+            return name
     return None
 
 
