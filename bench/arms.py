@@ -7,11 +7,10 @@
     python bench/arms.py --steps 6 --compare-only # aggregate what has run (after a stop)
 
 Run it in a workspace where ``dvc repro`` has finished (the upstream stages' outputs are in the
-DVC cache). Every (arm, seed) is one DVC experiment, ``dvc exp run --temp -S ...``, run one
-after another (two torch processes on 2 cores slow each other 5-10x; ``dvc exp run --queue``
-plus ``dvc queue start`` does the same unattended). Each experiment reruns train_ppo, train_dpo
-and evaluate (``eval.policies = [ppo, dpo]`` against ``sft``); train_dpo depends only on
-``dpo.*``, so DVC's run cache restores it in every arm of a seed after its first training.
+DVC cache). Every (arm, seed) is one DVC experiment, ``dvc exp run -S ...`` in the workspace,
+run one after another (two torch processes on 2 cores slow each other 5-10x). Each experiment
+reruns only the stages whose params it changes: train_ppo and evaluate (``eval.policies =
+[ppo, dpo]`` against ``sft``), and train_dpo once per seed (it depends only on ``dpo.*``).
 ``rlhf-lab compare`` then aggregates arms x seeds (mean and 95% CI across seeds, paired
 Wilcoxon between arms on the shared test prompts) and this script writes its result to
 ``bench/results/arms.json`` (``--out`` elsewhere) with the settings and the CPU.
@@ -34,6 +33,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from benchlib import RESULTS as RESULTS_DIR
 from benchlib import ROOT, WORK, machine
@@ -162,49 +163,73 @@ def print_plan(runs: list[tuple[str, dict[str, str]]]) -> None:
         print(name, " ".join(f"-S {k}={v}" for k, v in sets.items()))
 
 
-TEMP_RUNS = Path(".dvc/tmp/exps/standalone")
-"""Where ``dvc exp run --temp`` copies the repository (DVC 3: ``tmp<random>`` inside it)."""
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` as ``{"a.b": 1}`` (a list is one value, as DVC's ``-S`` takes it)."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
 
 
-def link_shared_data(root: Path) -> Path | None:
-    """Make the presets' ``../shared/...`` data paths resolve inside DVC's temporary copies.
+def _as_override(value: Any) -> str:
+    """A params value as a ``-S`` value (YAML flow style: ``[ppo, dpo]``, ``4``, ``null``)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+    return text.removesuffix("...").strip()
 
-    A stage runs in ``root/.dvc/tmp/exps/standalone/tmpXXXX``, where ``../shared`` is
-    ``root/.dvc/tmp/exps/standalone/shared``, not the ``shared`` folder beside the repository,
-    so every preset experiment failed in ``track_inputs`` (file not found). A symlink there to
-    ``root.parent / "shared"`` fixes it without putting machine-specific absolute paths in the
-    experiments' params. Returns the link (None when there is no ``shared`` beside the repo);
-    an existing file or link there is left as it is.
-    """
-    shared = root.parent / "shared"
-    if not shared.is_dir():
-        return None
-    link = root / TEMP_RUNS / "shared"
-    if not link.exists() and not link.is_symlink():
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(shared.resolve(), target_is_directory=True)
-    return link
+
+def workspace_runs(
+    runs: list[tuple[str, dict[str, str]]], base_params: str
+) -> list[tuple[str, dict[str, str]]]:
+    """The plan for experiments run one after another in the workspace: each also sets, to its
+    value in ``base_params`` (the text of HEAD's params.yaml), every key another experiment of
+    the plan sets and it does not, so no experiment inherits the previous one's values.
+    ``++key`` (a mapping replaced whole) must be set by every experiment that sets it."""
+    base = _flatten(yaml.safe_load(base_params) or {})
+    keys = {key for _, sets in runs for key in sets}
+    out = []
+    for name, sets in runs:
+        missing = sorted(keys - set(sets))
+        if any(key.startswith("++") for key in missing):
+            raise SystemExit(f"{name}: a ++ override is not set by every experiment: {missing}")
+        unknown = [key for key in missing if key not in base]
+        if unknown:
+            raise SystemExit(f"{name}: {unknown} not in HEAD's params.yaml: cannot reset them")
+        out.append((name, {**sets, **{key: _as_override(base[key]) for key in missing}}))
+    return out
 
 
 def run_plan(
     runs: list[tuple[str, dict[str, str]]], seconds_file: Path, compare_only: bool = False
 ) -> tuple[dict[str, float], set[str]]:
-    """Run the plan's experiments one after another; ``(wall seconds by experiment, names of
-    the finished ones)``.
+    """Run the plan's experiments one after another in the workspace; ``(wall seconds by
+    experiment, names of the finished ones)``.
+
+    In the workspace, not ``--temp``: like ``dvc repro``, ``dvc exp run`` there skips every
+    stage whose deps and params match ``dvc.lock``, so a seed's second arm reruns train_ppo and
+    evaluate only. A ``--temp`` copy starts from HEAD's lock and relies on the run cache, which
+    DVC never writes for a stage with a git-tracked (``cache: false``) output that is not a
+    metric or plot (``Stage.run`` in DVC 3), and every stage here has one
+    (``metrics/full/<stage>.json``), so each ``--temp`` experiment re-ran the whole pipeline.
+    The workspace ends holding the last experiment (``git checkout params.yaml dvc.lock &&
+    dvc checkout`` returns to HEAD's).
 
     An experiment that already exists (a stopped earlier call) is not run again: rerunning the
     same command resumes the plan. The seconds are kept across calls in ``seconds_file``
     (under bench/.work, git-ignored).
     """
-    link_shared_data(ROOT)
     done = set(_exp_names())
     seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
-    for name, sets in runs:
+    head_params = subprocess.run(
+        ["git", "show", "HEAD:params.yaml"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+    for name, sets in workspace_runs(runs, head_params):
         if name in done or compare_only:
             continue
         start = time.perf_counter()
         sets_args = [a for k, v in sets.items() for a in ("-S", f"{k}={v}")]
-        _run([sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name, *sets_args])
+        _run([sys.executable, "-m", "dvc", "exp", "run", "--name", name, *sets_args])
         seconds[name] = time.perf_counter() - start
         seconds_file.parent.mkdir(parents=True, exist_ok=True)
         seconds_file.write_text(json.dumps(seconds, indent=2) + "\n")

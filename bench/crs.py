@@ -7,7 +7,8 @@
     python bench/crs.py --compare-only          # aggregate what has run (after a stop)
 
 Run it in a workspace where ``dvc repro`` has finished. Every (arm, seed) is one DVC experiment
-(``dvc exp run --temp``) with the crs preset's ``-S`` values (``rlhf-lab params --preset crs``:
+(``dvc exp run`` in the workspace, one after another) with the crs preset's ``-S`` values
+(``rlhf-lab params --preset crs``:
 ReDial in ``../shared/data/redial`` with its movie catalogue; every prompt grounded in the
 recommender's candidates by train_recommender) and the arm's; the plan is ``bench/arms.py``'s
 (the same replies per step for every online arm; DPO evaluated once per seed, with the first

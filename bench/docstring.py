@@ -5,7 +5,8 @@
     python bench/docstring.py --steps 6 --seeds 0     # a shorter profile
     python bench/docstring.py --compare-only          # aggregate what has run (after a stop)
 
-Every (arm, seed) is one DVC experiment (``dvc exp run --temp``) with the docstring preset's
+Every (arm, seed) is one DVC experiment (``dvc exp run`` in the workspace, one after another)
+with the docstring preset's
 ``-S`` values (``rlhf-lab params --preset docstring``: the Barone & Sennrich functions in
 ``../shared/data/docstring``) and the arm's; the plan is ``bench/arms.py``'s (the same replies
 per step for every online arm; DPO evaluated once per seed, with the first arm). evaluate

@@ -300,17 +300,18 @@ def test_crs_reads_the_recommender_metrics_at_the_compared_experiment(tmp_path, 
     assert bench.recommender_metrics(compared) == {"recommender/recall@1": 0.03}
 
 
-def test_preset_data_resolves_inside_dvc_temporary_copies(tmp_path):
-    """``dvc exp run --temp`` runs a stage in ``.dvc/tmp/exps/standalone/tmpXXXX``: the
-    presets' ``../shared/...`` must reach the ``shared`` folder beside the repository."""
+def test_workspace_runs_reset_what_the_previous_experiment_set():
+    """Run one after another in the workspace, an experiment must not inherit the previous
+    one's values: every key another experiment sets goes back to HEAD's value."""
     bench = _load("arms")
-    root = tmp_path / "repo"
-    root.mkdir()
-    assert bench.link_shared_data(root) is None  # no shared folder: nothing made
-    (tmp_path / "shared" / "data").mkdir(parents=True)
-    (tmp_path / "shared" / "data" / "x.txt").write_text("x")
-    link = bench.link_shared_data(root)
-    temp_copy = root / bench.TEMP_RUNS / "tmpabc123"
-    temp_copy.mkdir()
-    assert (temp_copy / "../shared/data/x.txt").read_text() == "x"
-    assert link.is_symlink() and bench.link_shared_data(root) == link  # made once, kept
+    head = "ppo:\n  batch_size: 16\n  num_generations: 1\neval:\n  policies: [ppo, dpo]\n"
+    runs = bench.preset_plan("crs", ["gae", "grpo"], [0, 1], 16, {})
+    plan = dict(bench.workspace_runs(runs, head))
+    assert plan["crs-grpo-s0"]["ppo.batch_size"] == "4"
+    assert plan["crs-gae-s1"]["ppo.batch_size"] == "16"  # back to HEAD after grpo-s0
+    assert plan["crs-gae-s1"]["ppo.num_generations"] == "1"
+    assert plan["crs-gae-s0"]["eval.policies"] == "[ppo, dpo]"
+    assert plan["crs-grpo-s0"]["eval.policies"] == "[ppo]"
+    assert all(s["++reward.weights"] == runs[0][1]["++reward.weights"] for s in plan.values())
+    with pytest.raises(SystemExit, match="not in HEAD"):
+        bench.workspace_runs(runs, "ppo:\n  batch_size: 16\n")
