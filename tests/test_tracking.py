@@ -1,7 +1,11 @@
-"""tracking.log_with: the curves a stage logs reach TensorBoard's event files and an MLflow
-file store (both local, offline), next to dvclive."""
+"""tracking.log_with: the curves a stage logs reach TensorBoard's event files, an MLflow file
+store and a wandb offline run (all local), next to dvclive."""
 
 from __future__ import annotations
+
+import json
+import struct
+import sys
 
 import pytest
 
@@ -67,8 +71,65 @@ def test_config_errors_are_one_line():
         parse_params({"tracking": {"log_with": ["tensorboard"]}})
     with pytest.raises(ConfigError, match=r"tracking\.log_with"):
         parse_params({"tracking": {"log_with": ["dvclive", "comet"]}})
-    try:
-        import wandb  # noqa: F401
-    except ImportError:  # not installed here: the stage says how to get it, before training
-        with pytest.raises(ConfigError, match=r"names wandb, which is not installed \(pip"):
-            tracking.configure(TrackingConfig(log_with=["dvclive", "wandb"]), "train_ppo")
+
+
+def test_a_tracker_that_is_not_installed_is_a_one_line_error_before_training(monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
+    with pytest.raises(ConfigError, match=r"names wandb, which is not installed \(pip"):
+        tracking.configure(TrackingConfig(log_with=["dvclive", "wandb"]), "train_ppo")
+
+
+def _wandb_records(path):
+    """The protobuf records of a ``.wandb`` run file. wandb 0.31 reads it only in its Go core,
+    so this is the file's documented layout, LevelDB's log format: a 7-byte header (``:W&B``,
+    magic, version), then 32 KiB blocks of chunks, each ``crc32 (4) | length (2, LE) | type
+    (1: full, 2: first, 3: middle, 4: last)`` and its bytes; a block's tail under 7 bytes is
+    padding."""
+    data, block, pos, parts = path.read_bytes(), 32768, 7, []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        parts.append(data[pos + 7 : pos + 7 + length])
+        pos += 7 + length
+        if kind in (1, 4):
+            yield b"".join(parts)
+            parts = []
+        elif kind == 0:
+            break
+
+
+def test_wandb_offline_run_round_trip(tmp_path, monkeypatch):
+    from wandb.proto import wandb_internal_pb2
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no account, no network: a local run file
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    settings = TrackingConfig(log_with=["dvclive", "wandb"], dir=str(tmp_path / "runs"))
+    tracking.configure(settings, "train_ppo")
+    tracking.log(0, {"objective/score": 0.25, "objective/kl": 0.0})
+    tracking.log(1, {"objective/score": 0.75, "objective/kl": float("nan")})
+    tracking.close()
+    (run_file,) = (tmp_path / "runs/wandb").glob("offline-run-*/run-*.wandb")
+    history, names = [], []
+    for raw in _wandb_records(run_file):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            items = {
+                i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                for i in record.history.item
+            }
+            history.append(
+                {k: v for k, v in items.items() if not k.startswith("_")}
+                | {"_step": items["_step"]}
+            )
+        elif kind == "run":
+            names.append((record.run.display_name, record.run.project))
+    assert names and names[0] == ("train_ppo", settings.project)
+    assert history == [  # the NaN was not sent
+        {"objective/score": 0.25, "objective/kl": 0.0, "_step": 0},
+        {"objective/score": 0.75, "_step": 1},
+    ]
