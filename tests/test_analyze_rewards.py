@@ -210,6 +210,13 @@ def test_bad_samples_file(tmp_path):
     path = _write_jsonl(tmp_path / "samples.jsonl", [{"id": "x", "sft_reply": "a"}])
     with pytest.raises(DataError, match=r"samples\.jsonl:1: .*'ppo_reply'"):
         ar.read_samples(path)
+    # evaluate's samples name their baseline and policies: each needs its reply
+    row = {"id": "x", "baseline": "sft", "policies": ["ppo", "dpo"], "sft_reply": "a"}
+    path = _write_jsonl(tmp_path / "samples.jsonl", [{**row, "ppo_reply": "b"}])
+    with pytest.raises(DataError, match=r"samples\.jsonl:1: .*'dpo_reply'"):
+        ar.read_samples(path)
+    assert ar.reply_sets(row) == ("sft", "ppo", "dpo", "ref")
+    assert ar.reply_sets({"id": "x"}) == ("sft", "ppo", "ref")  # a file without the names
 
 
 # --------------------------------------------------------------------------------- the CLI
@@ -221,8 +228,11 @@ def _samples(rows):
             "id": r["id"],
             "prompt": r["prompt"],
             "reference": r["reference"],
+            "baseline": "sft",
+            "policies": ["ppo", "dpo"],
             "sft_reply": "Does something.",
             "ppo_reply": r["reference"],
+            "dpo_reply": r["reference"].split(".")[0],
         }
         for r in rows
     ]
@@ -251,6 +261,7 @@ def test_command_writes_metrics_plots_and_summary(tmp_path, monkeypatch):
     assert m["analyze/samples/matched"] == len(DOC_ROWS) and m["analyze/samples/unmatched"] == 1
     assert m["analyze/samples/ppo/total"] == pytest.approx(m["analyze/samples/ref/total"])
     assert m["analyze/samples/ppo/total"] > m["analyze/samples/sft/total"]
+    assert 0.0 <= m["analyze/samples/dpo/total"] <= 1.0  # every policy evaluate ran
     assert "analyze/samples/ref/docstring/bleu" not in m  # a reference is not compared with itself
 
     out = tmp_path / "plots/analyze_rewards"
@@ -263,9 +274,12 @@ def test_command_writes_metrics_plots_and_summary(tmp_path, monkeypatch):
         comps = {r["component"]: r for r in csv.DictReader(fh)}
     assert float(comps["total"]["gap"]) == pytest.approx(m["analyze/gap/total"], abs=1e-6)
     with (out / "samples.csv").open() as fh:
-        assert {r["component"] for r in csv.DictReader(fh)} >= {"total", "docstring/length"}
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == ["component", "sft", "ppo", "dpo", "ref"]
+        assert {r["component"] for r in reader} >= {"total", "docstring/length"}
     summary = (out / "summary.md").read_text()
-    assert "**PASS**" in summary and "| params_renamed |" in summary and "SFT" in summary
+    assert "**PASS**" in summary and "| params_renamed |" in summary
+    assert "| component | SFT | PPO | DPO | references |" in summary
     scored = [json.loads(line) for line in (out / "scores.jsonl").read_text().splitlines()]
     assert len(scored) == len(DOC_ROWS) + m["analyze/pairs"]
 

@@ -316,7 +316,7 @@ def test_cli_refuses_remote_bind_and_reports_ratings(tmp_path, monkeypatch):
         arena.vote(token, c.id, label, "")
     arena.close()
     # the held-out prompts: "q" (voted on three times) and one nobody has voted on yet
-    prompts = tmp_path / "data/prompts/test.jsonl"
+    prompts = tmp_path / "data/grounded/test.jsonl"  # the prompts evaluate samples
     prompts.parent.mkdir(parents=True)
     rows = [{"id": str(i), "prompt": [{"role": "user", "content": q}]} for i, q in enumerate("qr")]
     prompts.write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -154,3 +155,22 @@ def test_code_needs_the_docstring_task(repo):
         app, ["generate", "--task", "docstring", "--code", "nope.py", "-m", "sft"]
     )
     assert missing.exit_code == 2 and "--code nope.py: file not found" in missing.output
+
+
+def test_aliases_and_held_out_prompts_are_pipeline_outputs():
+    """generate's and the arena's short names, and the prompts the arena and analyze_rewards
+    read by default, are what dvc.yaml's stages make (so `dvc repro -s` can make them)."""
+    from rlhf_lab import outputs
+    from rlhf_lab.arena.command import DEFAULT_MODELS
+    from rlhf_lab.tools.generate import HELD_OUT_PROMPTS, MODEL_ALIASES
+
+    root = Path(__file__).resolve().parents[1]
+    made_by = {n: outputs.stage_of(p, root / "dvc.yaml") for n, p in MODEL_ALIASES.items()}
+    assert made_by == {
+        "base": "prepare_models",
+        "sft": "train_sft",
+        "ppo": "train_ppo",
+        "dpo": "train_dpo",
+    }
+    assert DEFAULT_MODELS == ("models/sft", "models/ppo", "models/dpo")
+    assert outputs.stage_of(HELD_OUT_PROMPTS, root / "dvc.yaml") == "train_recommender"

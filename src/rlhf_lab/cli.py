@@ -273,7 +273,7 @@ def generate(
     ] = None,
     model: Annotated[
         list[str] | None,
-        typer.Option("--model", "-m", help="base, sft, ppo or a model dir (repeat to compare)"),
+        typer.Option("--model", "-m", help="base, sft, ppo, dpo or a model dir (repeat to compare)"),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="also write the replies as JSONL")
@@ -322,8 +322,8 @@ def analyze_rewards(
         typer.Option(
             "--input",
             "-i",
-            help="prompt rows (default data/prompts/test.jsonl) or a source file in the "
-            "task's format, e.g. ../shared/data/docstring/valid.jsonl.gz",
+            help="prompt rows (default: the test prompts evaluate uses) or a source file in "
+            "the task's format, e.g. ../shared/data/docstring/valid.jsonl.gz",
         ),
     ] = None,
     samples: Annotated[
@@ -391,9 +391,10 @@ def arena(
     allow_remote: Annotated[
         bool, typer.Option("--allow-remote", help="allow a non-loopback --host such as 0.0.0.0")
     ] = False,
-    prompts: Annotated[Path, typer.Option(help="held-out prompts to draw from")] = Path(
-        "data/prompts/test.jsonl"
-    ),
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="held-out prompts to draw from (default: those evaluate uses)"),
+    ] = None,
     votes: Annotated[Path, typer.Option(help="vote file (appended)")] = Path(
         "data/human/votes.jsonl"
     ),

@@ -622,7 +622,7 @@ class EvalConfig(Section):
     baseline: str = "sft"
     """The model every policy is compared with: the model dir models/<name> (e.g. sft)."""
     num_prompts: int = Field(60, ge=1)
-    """Held-out prompts evaluated (from data/prompts/test.jsonl)."""
+    """Held-out prompts evaluated (from data/grounded/test.jsonl)."""
     batch_size: int = Field(16, ge=1)
     """Prompts per generation batch."""
     max_new_tokens: int = Field(32, ge=1)

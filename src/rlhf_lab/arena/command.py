@@ -29,16 +29,10 @@ from rlhf_lab.config import Params
 from rlhf_lab.errors import ConfigError, DataError
 from rlhf_lab.io import write_json
 from rlhf_lab.tasks.registry import get_task
+from rlhf_lab.tools.generate import HELD_OUT_PROMPTS, MODEL_ALIASES, read_prompts
 
-DEFAULT_MODELS = ("models/sft", "models/ppo", "models/dpo")
+DEFAULT_MODELS = tuple(str(MODEL_ALIASES[m]) for m in ("sft", "ppo", "dpo"))
 """The baseline and every trained policy the pipeline makes; those that exist are served."""
-ALIASES = {
-    "base": "models/base/policy",
-    "sft": "models/sft",
-    "ppo": "models/ppo",
-    "dpo": "models/dpo",
-}
-PROMPTS = Path("data/prompts/test.jsonl")
 METRICS = Path("metrics/arena.json")
 
 
@@ -58,12 +52,12 @@ def resolve_models(names: Sequence[str]) -> dict[str, Path]:
         return found
     out: dict[str, Path] = {}
     for name in names:
-        path = Path(ALIASES.get(name, name))
+        path = MODEL_ALIASES.get(name, Path(name))
         if not (path / "config.json").is_file():
             raise DataError(
                 f"--model {name!r}: {path} holds no model (config.json): {outputs.how_to_get(path)}"
             )
-        out[name if name in ALIASES else str(path)] = path
+        out[name if name in MODEL_ALIASES else str(path)] = path
     if len(out) < 2:
         raise DataError("the arena needs at least two different --model")
     return out
@@ -121,11 +115,10 @@ def report(
     n_boot: int,
     seed: int,
     scores_path: Path = scores_lib.SCORES_PATH,
-    prompts_path: Path = PROMPTS,
+    prompts_path: Path = HELD_OUT_PROMPTS,
 ) -> dict[str, Any]:
     """The leaderboard of the vote file (and the rubric scores beside it), written as flat
     metrics and printed; with the held-out prompts file, how many of them have votes."""
-    from rlhf_lab.tools.generate import read_prompts
 
     found, bad = votes_lib.read_votes(votes_path)
     if not found:
@@ -172,12 +165,13 @@ def main(
     host: str = "127.0.0.1",
     port: int = 8765,
     allow_remote: bool = False,
-    prompts: Path = PROMPTS,
+    prompts: Path | None = None,
     votes: Path = votes_lib.VOTES_PATH,
     show_report: bool = False,
     metrics: Path = METRICS,
     ratings_path: Path = scores_lib.SCORES_PATH,
 ) -> None:
+    prompts = prompts or HELD_OUT_PROMPTS
     if show_report:
         report(votes, metrics, params.eval.n_boot, params.eval.seed, ratings_path, prompts)
         return
@@ -185,7 +179,6 @@ def main(
     import uvicorn
 
     from rlhf_lab.arena.app import LOOPBACK_HOSTS, Arena, create_app
-    from rlhf_lab.tools.generate import read_prompts
 
     dirs = resolve_models(models)
     held_out = read_prompts(prompts) if prompts.is_file() else []

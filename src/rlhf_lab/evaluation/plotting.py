@@ -16,8 +16,6 @@ import numpy as np
 
 BINS = 20
 """Histogram bins per component (fixed bins on [0, 1] line two runs' files up bin for bin)."""
-WHO = ("sft", "ppo", "ref")
-"""The reply sets compared: the baseline, the RL policy and the human references."""
 
 
 def slug(component: str) -> str:

@@ -51,7 +51,6 @@ from rlhf_lab import reward_components
 from rlhf_lab.config import DataConfig, Params, TaskConfig
 from rlhf_lab.data.rows import Row
 from rlhf_lab.errors import ConfigError, DataError
-from rlhf_lab.evaluation.plotting import WHO
 from rlhf_lab.reward_components import TOTAL, TOTAL_REF, is_reference_based
 from rlhf_lab.tasks import registry as task_registry
 
@@ -61,6 +60,9 @@ TASKS = tuple(n for n, t in task_registry.TASKS.items() if t.reward_check is not
 """Tasks with rule rewards to check (:attr:`rlhf_lab.tasks.base.Task.reward_check`)."""
 GOOD = "good"
 """Kind of the reference reply in the scored items."""
+REFERENCE = "ref"
+"""The human references' reply set in a samples breakdown (scored without the reference-based
+components, which would match themselves)."""
 
 ComponentFn = Callable[[Sequence[str], Sequence[Row]], Sequence[float]]
 
@@ -351,13 +353,19 @@ def check_metrics(check: RewardCheck) -> dict[str, Any]:
 
 @dataclass
 class SamplesBreakdown:
-    """Component scores of the SFT and PPO replies and the references of a samples file."""
+    """Component scores of every reply set of a samples file: the baseline's, each policy's
+    and the references."""
 
     scores: dict[str, dict[str, np.ndarray]]
-    """who (sft, ppo, ref) -> column -> score per sample (NaN: not scored)."""
+    """who (e.g. sft, ppo, dpo, ref) -> column -> score per sample (NaN: not scored)."""
     columns: list[str]
     matched: int
     unmatched: int
+
+    @property
+    def who(self) -> tuple[str, ...]:
+        """The reply sets in order: the baseline, the policies as evaluate ran them, ``ref``."""
+        return tuple(self.scores)
 
     def means(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
@@ -369,9 +377,20 @@ class SamplesBreakdown:
         return out
 
 
+def reply_sets(sample: Mapping[str, Any]) -> tuple[str, ...]:
+    """The reply sets of an evaluate sample: its ``baseline``, its ``policies`` (every one
+    evaluate ran: ppo, dpo, ...), then ``ref``; ``(sft, ppo, ref)`` for a sample that does not
+    name them."""
+    policies = sample.get("policies")
+    if not isinstance(policies, list) or not all(isinstance(p, str) for p in policies):
+        policies = ["ppo"]
+    baseline = sample.get("baseline")
+    return (baseline if isinstance(baseline, str) else "sft", *policies, REFERENCE)
+
+
 def read_samples(path: str | Path) -> list[dict[str, Any]]:
-    """``reports/samples.jsonl`` rows (id, reference, sft_reply, ppo_reply); DataError naming
-    the file and line on the first bad one."""
+    """``reports/samples.jsonl`` rows (id, reference, ``<name>_reply`` of the baseline and of
+    each policy); DataError naming the file and line on the first bad one."""
     from rlhf_lab.data.readers import read_jsonl
 
     path = Path(path)
@@ -382,7 +401,8 @@ def read_samples(path: str | Path) -> list[dict[str, Any]]:
         if rec.error is not None:
             raise DataError(f"{rec.origin}: {rec.error}")
         value = rec.value or {}
-        missing = [k for k in ("id", "sft_reply", "ppo_reply") if not isinstance(value.get(k), str)]
+        keys = ["id", *(f"{w}_reply" for w in reply_sets(value) if w != REFERENCE)]
+        missing = [k for k in keys if not isinstance(value.get(k), str)]
         if missing:
             raise DataError(f"{rec.origin}: not an evaluate sample (no string {missing[0]!r})")
         out.append(value)
@@ -398,7 +418,8 @@ def score_samples(
     check: RewardCheck,
     source: str = "samples",
 ) -> SamplesBreakdown:
-    """Score each sample's SFT and PPO replies and its reference with the check's components.
+    """Score each sample's replies (the baseline's and every policy's, :func:`reply_sets` of the
+    first sample) and its reference with the check's components.
 
     Samples are joined to ``rows`` by id (the rows hold the task meta: code, movies). The
     references are not scored on reference-based components (they would match themselves).
@@ -408,12 +429,12 @@ def score_samples(
     if not pairs:
         raise DataError(
             f"{source}: no sample id matches a row of the input; pass the prompt rows the "
-            "samples were made from (--input data/prompts/test.jsonl)"
+            "samples were made from (evaluate's data/grounded/test.jsonl)"
         )
     sub_rows = [r for _, r in pairs]
     out: dict[str, dict[str, np.ndarray]] = {}
-    for who in WHO:
-        if who == "ref":
+    for who in reply_sets(samples[0]):
+        if who == REFERENCE:
             texts = [r["reference"] or "" for r in sub_rows]
             names = {n: f for n, f in fns.items() if not is_reference_based(n)}
         else:
@@ -424,7 +445,9 @@ def score_samples(
         cols[TOTAL] = weighted(scores, check.weights)
         if TOTAL_REF in check.columns():
             cols[TOTAL_REF] = (
-                weighted(scores, check.weights_ref) if who != "ref" else np.full(len(texts), np.nan)
+                weighted(scores, check.weights_ref)
+                if who != REFERENCE
+                else np.full(len(texts), np.nan)
             )
         out[who] = cols
     return SamplesBreakdown(out, check.columns(), len(pairs), len(samples) - len(pairs))

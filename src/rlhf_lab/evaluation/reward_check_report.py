@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from rlhf_lab.evaluation.plotting import BINS, WHO, num, pyplot, slug, write_csv
+from rlhf_lab.evaluation.plotting import BINS, num, pyplot, slug, write_csv
 from rlhf_lab.evaluation.reward_check import (
     MIN_GAP,
+    REFERENCE,
     RewardCheck,
     SamplesBreakdown,
     pair_accuracy,
@@ -92,8 +93,8 @@ def write_plot_data(
         means = samples.means()
         write_csv(
             out / "samples.csv",
-            ["component", *WHO],
-            [[col, *(num(means[w][col]) for w in WHO)] for col in samples.columns],
+            ["component", *samples.who],
+            [[col, *(num(means[w][col]) for w in samples.who)] for col in samples.columns],
         )
     with (out / "scores.jsonl").open("w", encoding="utf-8") as fh:
         for i, (kind, text) in enumerate(zip(check.kinds, check.texts, strict=True)):
@@ -110,7 +111,7 @@ def write_plot_data(
 def _hist_grid(plt: Any, series: Mapping[str, Mapping[str, np.ndarray]], path: Path) -> None:
     """One panel per column, one step histogram per series, fixed bins on [0, 1]."""
     colours = {"good": "#2ca02c", "bad": "#d62728", "sft": "#1f77b4", "ppo": "#d62728"}
-    colours["ref"] = "#7f7f7f"
+    colours |= {"dpo": "#ff7f0e", REFERENCE: "#7f7f7f"}
     cols = list(series)
     ncols = 3
     nrows = max(1, math.ceil(len(cols) / ncols))
@@ -180,7 +181,7 @@ def write_plot_images(
     if samples is not None:
         _hist_grid(
             plt,
-            {c: {w: samples.scores[w][c] for w in WHO} for c in order},
+            {c: {w: samples.scores[w][c] for w in samples.who} for c in order},
             out / "samples_hists.png",
         )
         written.append(out / "samples_hists.png")
@@ -256,11 +257,13 @@ def render_summary(
             "",
             f"## Model outputs (`{samples_path}`, {samples.matched} samples)",
             "",
-            "| component | SFT | PPO | references |",
-            "|---|---|---|---|",
+            "| component | "
+            + " | ".join("references" if w == REFERENCE else w.upper() for w in samples.who)
+            + " |",
+            "|---|" + "---|" * len(samples.who),
         ]
         for col in samples.columns:
-            lines.append(f"| {col} | " + " | ".join(_f(means[w][col]) for w in WHO) + " |")
+            lines.append(f"| {col} | " + " | ".join(_f(means[w][col]) for w in samples.who) + " |")
         lines += ["", "![samples](samples_hists.png)"]
     lines += ["", "## Examples", ""]
     for r in range(min(examples, len(check.rows))):

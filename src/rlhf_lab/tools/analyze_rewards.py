@@ -1,11 +1,11 @@
 """analyze_rewards: do the task's rule rewards tell good replies from bad ones? (a command)
 
     rlhf-lab analyze_rewards --task docstring --input ../shared/data/docstring/valid.jsonl.gz
-    rlhf-lab analyze_rewards --samples reports/samples.jsonl       # + SFT/PPO/reference breakdown
+    rlhf-lab analyze_rewards --samples reports/samples.jsonl  # + every policy, references
 
 Reads ``task.name`` (unless ``--task``), ``reward.weights`` (the total's weights) and ``data``
 (``catalogue`` for crs; ``max_chars``, ``max_turns``, ``max_invalid_fraction`` when the input
-is a raw source file). The input is prompt rows (default ``data/prompts/test.jsonl``) or a
+is a raw source file). The input is prompt rows (default ``data/grounded/test.jsonl``) or a
 source file in the task's format. Writes ``metrics/analyze_rewards.json`` and
 ``plots/analyze_rewards/``: ``summary.md``, ``hists.png``, ``gaps.png`` (and
 ``samples_hists.png``), DVC plot data ``dist/*.csv``, ``components.csv``, ``kinds.csv``
@@ -24,8 +24,8 @@ from rlhf_lab.config import Params
 from rlhf_lab.evaluation import reward_check as ar
 from rlhf_lab.evaluation import reward_check_report as report
 from rlhf_lab.io import atomic_dir, claim_out_dir, mark_out_dir, write_json
+from rlhf_lab.tools.generate import HELD_OUT_PROMPTS as INPUT
 
-INPUT = Path("data/prompts/test.jsonl")
 PLOTS_DIR = Path("plots/analyze_rewards")
 METRICS = Path("metrics/analyze_rewards.json")
 
@@ -73,7 +73,7 @@ def main(
     }
     rows.update({f"gap {c}": metrics[f"analyze/gap/{c}"] for c in check.components})
     if breakdown is not None:
-        for who in ar.WHO:
+        for who in breakdown.who:
             rows[f"{who} total"] = metrics.get(f"analyze/samples/{who}/total", float("nan"))
     rows["summary"] = str(out_dir / "summary.md")
     ui.summary("analyze_rewards", rows)

@@ -43,8 +43,13 @@ MODEL_ALIASES = {
     "base": Path("models/base/policy"),
     "sft": Path("models/sft"),
     "ppo": Path("models/ppo"),
+    "dpo": Path("models/dpo"),
 }
-"""Short names for the pipeline's policy directories."""
+"""Short names for the pipeline's policy directories (``generate``, ``arena``)."""
+HELD_OUT_PROMPTS = Path("data/grounded/test.jsonl")
+"""The held-out prompts as evaluate samples them (its ``PROMPTS``): train_recommender's copy of
+``data/prompts/test.jsonl``, which for crs carries the recommender's candidates, so a reply here
+is one the policy was trained to write (and the crs/grounded reward can see the candidates)."""
 
 Messages = list[dict[str, str]]
 
