@@ -280,11 +280,12 @@ def preset_main(
     arms: Sequence[str],
     results: Path,
     summary: Callable[[dict[str, Any]], dict[str, Any]],
+    table: Callable[[dict[str, Any]], str] | None = None,
 ) -> None:
     """A task benchmark's whole command (``bench/docstring.py``, ``bench/crs.py``): the
     :func:`preset_plan` of ``arms`` on ``preset``, printed (``--dry-run``) or run and compared,
     then ``results`` (``--out``): :func:`plan_result`, the preset, ``summary(compared)`` and
-    ``rlhf-lab compare``'s JSON."""
+    ``rlhf-lab compare``'s JSON; ``table(result)``, when given, is printed (markdown)."""
     args = plan_parser(doc, results).parse_args()
     params = presets.preset_params(preset, load_params(ROOT / "params.yaml"))
     runs = preset_plan(preset, arms, args.seeds, params.ppo.batch_size, plan_sets(args))
@@ -301,6 +302,8 @@ def preset_main(
         "compare": compared,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if table is not None:
+        print(table(result))
     print(f"wrote {args.out}")
 
 

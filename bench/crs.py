@@ -140,6 +140,61 @@ def recommender_metrics(compared: Mapping[str, Any]) -> dict[str, Any]:
     return {}
 
 
+LABELS = {
+    "bleu1": "BLEU-1 (%)",
+    "distinct1": "distinct-1",
+    "distinct2": "distinct-2",
+    "empathy_lexicon": "empathy, VADER |compound|",
+    "empathy_judge": "empathy, judge (1-5)",
+    "rec_hit_rate": "gold-hit rate",
+    "any_movie_rate": "any-movie rate",
+    "hallucinated_rate": "hallucinated-title rate",
+    "kl": "KL to SFT (nats/reply)",
+}
+REFERENCE_CELL = {
+    "bleu1": "14.25 -> 16-18",
+    "distinct1": "1.64 -> 2.0-2.5 (other scale)",
+    "empathy_judge": "-> 3.5-4.0",
+}
+"""The seed's ECR numbers (baseline -> expected from RL) beside each row where it has one."""
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """``crs.json`` as a markdown table: per metric and arm the mean over seeds with its 95%
+    interval; for an RL arm the difference from SFT and its p (per prompt, Wilcoxon, where the
+    metric is per reply; else over seeds, paired t); then the recommender's recalls."""
+    arms = list(result["arms"])
+    head = ["metric", *arms, "ECR reference"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, label in LABELS.items():
+        cells = []
+        for arm in arms:
+            c = result["arms"][arm].get(name)
+            if c is None:
+                cells.append("")
+                continue
+            text = f"{_fmt(c['mean'])} [{_fmt(c['ci_lo'])}, {_fmt(c['ci_hi'])}]"
+            vs = c.get("vs_baseline_prompts") or c.get("vs_baseline_seeds")
+            if vs is not None:
+                p = vs.get("wilcoxon_p", vs.get("ttest_p"))
+                text += f"; Δ {vs['mean_diff']:+.3g}, p {p:.2g}"
+            cells.append(text)
+        if any(cells):
+            lines.append(
+                f"| {label} | " + " | ".join(cells) + f" | {REFERENCE_CELL.get(name, '')} |"
+            )
+    rec = result.get("recommender") or {}
+    for system in RECOMMENDER:
+        values = [rec.get(f"{system}/{k}") for k in RECALLS]
+        if all(v is not None for v in values):
+            lines.append(f"\n{system} R@1/10/50: " + " / ".join(f"{v:.3f}" for v in values))
+    return "\n".join(lines)
+
+
 def main() -> None:
     preset_main(
         "crs.py",
@@ -151,6 +206,7 @@ def main() -> None:
             **summarise(compared, recommender_metrics(compared)),
             "reference": REFERENCE,
         },
+        markdown,
     )
 
 

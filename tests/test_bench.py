@@ -286,6 +286,12 @@ def test_crs_result_assembles_compare_output_and_the_recommender():
         "recommender/recall@10": 0.146,
         "baseline_popularity/recall@1": 0.0126,
     }
+    table = bench.markdown(out)
+    assert table.splitlines()[0] == "| metric | sft | ppo:gae | ECR reference |"
+    assert "| BLEU-1 (%) | 14.0 [13.5, 14.5] | 16.5 [16.0, 17.0]; Δ +2.5, p 0.04 | 14.25" in table
+    assert (
+        "| gold-hit rate | 0.100 [-0.400, 0.600] | 0.200 [-0.300, 0.700]; Δ +0.1, p 0.01 |" in table
+    )
     assert bench.REFERENCE["bleu1"]["baseline"] == 14.25
     assert bench.REFERENCE["recall@1"]["rl_expected"] == [0.030, 0.035]
 
