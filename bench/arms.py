@@ -34,8 +34,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from benchlib import RESULTS as RESULTS_DIR
 from benchlib import ROOT, WORK, machine
 from rlhf_lab import presets
@@ -163,41 +161,20 @@ def print_plan(runs: list[tuple[str, dict[str, str]]]) -> None:
         print(name, " ".join(f"-S {k}={v}" for k, v in sets.items()))
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` as ``{"a.b": 1}`` (a list is one value, as DVC's ``-S`` takes it)."""
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        out.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return out
+PARAMS = Path("params.yaml")
+LEFT = WORK / "params_left.yaml"
+"""The params.yaml the last experiment of a plan left in the workspace (git-ignored)."""
 
 
-def _as_override(value: Any) -> str:
-    """A params value as a ``-S`` value (YAML flow style: ``[ppo, dpo]``, ``4``, ``null``)."""
-    text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
-    return text.removesuffix("...").strip()
-
-
-def workspace_runs(
-    runs: list[tuple[str, dict[str, str]]], base_params: str
-) -> list[tuple[str, dict[str, str]]]:
-    """The plan for experiments run one after another in the workspace: each also sets, to its
-    value in ``base_params`` (the text of HEAD's params.yaml), every key another experiment of
-    the plan sets and it does not, so no experiment inherits the previous one's values.
-    ``++key`` (a mapping replaced whole) must be set by every experiment that sets it."""
-    base = _flatten(yaml.safe_load(base_params) or {})
-    keys = {key for _, sets in runs for key in sets}
-    out = []
-    for name, sets in runs:
-        missing = sorted(keys - set(sets))
-        if any(key.startswith("++") for key in missing):
-            raise SystemExit(f"{name}: a ++ override is not set by every experiment: {missing}")
-        unknown = [key for key in missing if key not in base]
-        if unknown:
-            raise SystemExit(f"{name}: {unknown} not in HEAD's params.yaml: cannot reset them")
-        out.append((name, {**sets, **{key: _as_override(base[key]) for key in missing}}))
-    return out
+def check_params(current: str, head: str, left: str | None) -> None:
+    """Refuse to run a plan over params.yaml edits of the user's: each experiment starts from
+    HEAD's params.yaml (plus its ``-S`` values), so the file is rewritten before each one. That
+    is safe when it is HEAD's or what this script's last experiment left (``left``)."""
+    if current not in (head, left):
+        raise SystemExit(
+            f"{PARAMS} has changes that are neither HEAD's nor the last benchmark experiment's: "
+            "commit or stash them (each experiment runs on HEAD's params plus its -S values)"
+        )
 
 
 def run_plan(
@@ -212,8 +189,10 @@ def run_plan(
     DVC never writes for a stage with a git-tracked (``cache: false``) output that is not a
     metric or plot (``Stage.run`` in DVC 3), and every stage here has one
     (``metrics/full/<stage>.json``), so each ``--temp`` experiment re-ran the whole pipeline.
-    The workspace ends holding the last experiment (``git checkout params.yaml dvc.lock &&
-    dvc checkout`` returns to HEAD's).
+    Before each experiment params.yaml goes back to HEAD's (:func:`check_params` first), so
+    none inherits the previous one's values, of this plan or of another. The workspace ends
+    holding the last experiment (``git checkout params.yaml dvc.lock && dvc checkout`` returns
+    to HEAD's).
 
     An experiment that already exists (a stopped earlier call) is not run again: rerunning the
     same command resumes the plan. The seconds are kept across calls in ``seconds_file``
@@ -221,18 +200,22 @@ def run_plan(
     """
     done = set(_exp_names())
     seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
-    head_params = subprocess.run(
-        ["git", "show", "HEAD:params.yaml"], cwd=ROOT, check=True, capture_output=True, text=True
+    head = subprocess.run(
+        ["git", "show", f"HEAD:{PARAMS}"], cwd=ROOT, check=True, capture_output=True, text=True
     ).stdout
-    for name, sets in workspace_runs(runs, head_params):
-        if name in done or compare_only:
-            continue
+    left = LEFT.read_text() if LEFT.is_file() else None
+    todo = [(n, sets) for n, sets in runs if n not in done and not compare_only]
+    if todo:
+        check_params((ROOT / PARAMS).read_text(), head, left)
+    for name, sets in todo:
+        (ROOT / PARAMS).write_text(head)
         start = time.perf_counter()
         sets_args = [a for k, v in sets.items() for a in ("-S", f"{k}={v}")]
         _run([sys.executable, "-m", "dvc", "exp", "run", "--name", name, *sets_args])
         seconds[name] = time.perf_counter() - start
         seconds_file.parent.mkdir(parents=True, exist_ok=True)
         seconds_file.write_text(json.dumps(seconds, indent=2) + "\n")
+        LEFT.write_text((ROOT / PARAMS).read_text())
     return seconds, set(_exp_names())
 
 

@@ -306,18 +306,12 @@ def test_crs_reads_the_recommender_metrics_at_the_compared_experiment(tmp_path, 
     assert bench.recommender_metrics(compared) == {"recommender/recall@1": 0.03}
 
 
-def test_workspace_runs_reset_what_the_previous_experiment_set():
-    """Run one after another in the workspace, an experiment must not inherit the previous
-    one's values: every key another experiment sets goes back to HEAD's value."""
+def test_plans_run_over_heads_params_or_what_the_last_experiment_left():
+    """Each experiment starts from HEAD's params.yaml: the script rewrites the file, so it
+    refuses when the file holds edits of the user's."""
     bench = _load("arms")
-    head = "ppo:\n  batch_size: 16\n  num_generations: 1\neval:\n  policies: [ppo, dpo]\n"
-    runs = bench.preset_plan("crs", ["gae", "grpo"], [0, 1], 16, {})
-    plan = dict(bench.workspace_runs(runs, head))
-    assert plan["crs-grpo-s0"]["ppo.batch_size"] == "4"
-    assert plan["crs-gae-s1"]["ppo.batch_size"] == "16"  # back to HEAD after grpo-s0
-    assert plan["crs-gae-s1"]["ppo.num_generations"] == "1"
-    assert plan["crs-gae-s0"]["eval.policies"] == "[ppo, dpo]"
-    assert plan["crs-grpo-s0"]["eval.policies"] == "[ppo]"
-    assert all(s["++reward.weights"] == runs[0][1]["++reward.weights"] for s in plan.values())
-    with pytest.raises(SystemExit, match="not in HEAD"):
-        bench.workspace_runs(runs, "ppo:\n  batch_size: 16\n")
+    head, left = "ppo:\n  seed: 0\n", "ppo:\n  seed: 2\n"
+    bench.check_params(head, head, None)  # a clean workspace
+    bench.check_params(left, head, left)  # what the previous experiment of a plan left
+    with pytest.raises(SystemExit, match="neither HEAD's nor the last benchmark"):
+        bench.check_params("ppo:\n  seed: 7\n", head, left)
