@@ -273,7 +273,9 @@ def generate(
     ] = None,
     model: Annotated[
         list[str] | None,
-        typer.Option("--model", "-m", help="base, sft, ppo, dpo or a model dir (repeat to compare)"),
+        typer.Option(
+            "--model", "-m", help="base, sft, ppo, dpo or a model dir (repeat to compare)"
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="also write the replies as JSONL")
