@@ -109,10 +109,18 @@ def parse_sets(items: list[str]) -> dict[str, str]:
     return out
 
 
-def _exp_names() -> list[str]:
-    """The names of this workspace's DVC experiments."""
+def _exp_names(all_commits: bool = False) -> list[str]:
+    """The names of this workspace's DVC experiments (of HEAD, or of every commit)."""
     out = subprocess.run(
-        [sys.executable, "-m", "dvc", "exp", "list", "--name-only"],
+        [
+            sys.executable,
+            "-m",
+            "dvc",
+            "exp",
+            "list",
+            "--name-only",
+            *(["-A"] if all_commits else []),
+        ],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -128,7 +136,7 @@ def _run(cmd: list[str]) -> None:
 
 def plan_parser(doc: str | None, results: Path) -> argparse.ArgumentParser:
     """The options every arms-style bench takes: seeds, steps, eval prompts, ``--set``,
-    ``--out``, ``--dry-run``, ``--compare-only``."""
+    ``--out``, ``--dry-run``, ``--compare-only``, ``--all-commits``."""
     parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
     parser.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, help="ppo.steps for every arm (default: params)")
@@ -140,6 +148,12 @@ def plan_parser(doc: str | None, results: Path) -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument(
         "--compare-only", action="store_true", help="run nothing: aggregate the finished ones"
+    )
+    parser.add_argument(
+        "--all-commits",
+        action="store_true",
+        help="count (and compare) the plan's experiments made on earlier commits too: only when "
+        "those commits changed nothing the experiments depend on (check the SFT rows agree)",
     )
     return parser
 
@@ -166,6 +180,23 @@ LEFT = WORK / "params_left.yaml"
 """The params.yaml the last experiment of a plan left in the workspace (git-ignored)."""
 
 
+def head_params_text() -> str:
+    """HEAD's params.yaml: what every experiment of a plan starts from."""
+    return subprocess.run(
+        ["git", "show", f"HEAD:{PARAMS}"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
+
+
+def head_params() -> Params:
+    """HEAD's params, which a plan is made from: the workspace's params.yaml holds what the
+    last experiment left (a GRPO arm's ``ppo.batch_size`` of 4 would make the next plan's
+    group arms sample 1 prompt)."""
+    path = WORK / "params_head.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(head_params_text())
+    return load_params(path)
+
+
 def check_params(current: str, head: str, left: str | None) -> None:
     """Refuse to run a plan over params.yaml edits of the user's: each experiment starts from
     HEAD's params.yaml (plus its ``-S`` values), so the file is rewritten before each one. That
@@ -178,7 +209,10 @@ def check_params(current: str, head: str, left: str | None) -> None:
 
 
 def run_plan(
-    runs: list[tuple[str, dict[str, str]]], seconds_file: Path, compare_only: bool = False
+    runs: list[tuple[str, dict[str, str]]],
+    seconds_file: Path,
+    compare_only: bool = False,
+    all_commits: bool = False,
 ) -> tuple[dict[str, float], set[str]]:
     """Run the plan's experiments one after another in the workspace; ``(wall seconds by
     experiment, names of the finished ones)``.
@@ -195,14 +229,12 @@ def run_plan(
     to HEAD's).
 
     An experiment that already exists (a stopped earlier call) is not run again: rerunning the
-    same command resumes the plan. The seconds are kept across calls in ``seconds_file``
-    (under bench/.work, git-ignored).
+    same command resumes the plan; with ``all_commits``, one made on an earlier commit counts.
+    The seconds are kept across calls in ``seconds_file`` (under bench/.work, git-ignored).
     """
-    done = set(_exp_names())
+    done = set(_exp_names(all_commits))
     seconds = json.loads(seconds_file.read_text()) if seconds_file.is_file() else {}
-    head = subprocess.run(
-        ["git", "show", f"HEAD:{PARAMS}"], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout
+    head = head_params_text()
     left = LEFT.read_text() if LEFT.is_file() else None
     todo = [(n, sets) for n, sets in runs if n not in done and not compare_only]
     if todo:
@@ -216,11 +248,14 @@ def run_plan(
         seconds_file.parent.mkdir(parents=True, exist_ok=True)
         seconds_file.write_text(json.dumps(seconds, indent=2) + "\n")
         LEFT.write_text((ROOT / PARAMS).read_text())
-    return seconds, set(_exp_names())
+    return seconds, set(_exp_names(all_commits))
 
 
 def compare_plan(
-    runs: list[tuple[str, dict[str, str]]], finished: set[str], out: Path
+    runs: list[tuple[str, dict[str, str]]],
+    finished: set[str],
+    out: Path,
+    all_commits: bool = False,
 ) -> dict[str, Any]:
     """``rlhf-lab compare`` over the plan's finished experiments (its JSON, read back)."""
     ran = [n for n, _ in runs if n in finished]
@@ -228,7 +263,8 @@ def compare_plan(
         raise SystemExit("no experiment of this plan has finished: nothing to compare")
     out.parent.mkdir(parents=True, exist_ok=True)
     compared = out.with_suffix(".compare.json")
-    _run(["rlhf-lab", "compare", *ran, "--out", str(compared)])
+    flags = ["--all-commits"] if all_commits else []
+    _run(["rlhf-lab", "compare", *ran, *flags, "--out", str(compared)])
     result = json.loads(compared.read_text())
     compared.unlink()
     return result
@@ -270,14 +306,16 @@ def preset_main(
     then ``results`` (``--out``): :func:`plan_result`, the preset, ``summary(compared)`` and
     ``rlhf-lab compare``'s JSON; ``table(result)``, when given, is printed (markdown)."""
     args = plan_parser(doc, results).parse_args()
-    params = presets.preset_params(preset, load_params(ROOT / "params.yaml"))
+    params = presets.preset_params(preset, head_params())
     runs = preset_plan(preset, arms, args.seeds, params.ppo.batch_size, plan_sets(args))
     if args.dry_run:
         print_plan(runs)
         return
 
-    seconds, finished = run_plan(runs, WORK / f"{preset}_seconds.json", args.compare_only)
-    compared = compare_plan(runs, finished, args.out)
+    seconds, finished = run_plan(
+        runs, WORK / f"{preset}_seconds.json", args.compare_only, args.all_commits
+    )
+    compared = compare_plan(runs, finished, args.out, args.all_commits)
     result = {
         **plan_result(script, args, params, runs, finished, seconds),
         "preset": preset,
@@ -296,15 +334,17 @@ def main() -> None:
     parser.add_argument("--dpo-seed", type=int, help="one DPO model (this dpo.seed) for all seeds")
     args = parser.parse_args()
 
-    params = load_params(ROOT / "params.yaml")
+    params = head_params()
     extra = plan_sets(args)
     runs = experiments(args.arms, args.seeds, params.ppo.batch_size, extra, args.dpo_seed)
     if args.dry_run:
         print_plan(runs)
         return
 
-    seconds, finished = run_plan(runs, WORK / "arms_seconds.json", args.compare_only)
-    compared = compare_plan(runs, finished, args.out)
+    seconds, finished = run_plan(
+        runs, WORK / "arms_seconds.json", args.compare_only, args.all_commits
+    )
+    compared = compare_plan(runs, finished, args.out, args.all_commits)
     result = {
         **plan_result("arms.py", args, params, runs, finished, seconds),
         "group_size": GROUP,  # replies per prompt of the group estimators

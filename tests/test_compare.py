@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 from rlhf_lab.cli import app
 from rlhf_lab.evaluation import arms as cmp
 from rlhf_lab.evaluation import stats
+from rlhf_lab.tools import compare as compare_tool
 
 PROMPTS = ["p0", "p1", "p2", "p3", "p4", "p5"]
 
@@ -168,11 +170,20 @@ def test_arm_runs_from_one_experiment():
 
 
 @pytest.fixture
-def fake_dvc(tmp_path, monkeypatch):
+def exp_show_calls():
+    """The ``all_commits`` flag of each ``dvc exp show`` call :func:`fake_dvc` answered."""
+    return []
+
+
+@pytest.fixture
+def fake_dvc(tmp_path, monkeypatch, exp_show_calls):
     """The command's DVC reads answered from the fixtures above, in an empty folder."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text("{}\n")
-    monkeypatch.setattr("rlhf_lab.tools.compare.dvc_exp_show", lambda: SHOW)
+    shown = exp_show_calls
+    monkeypatch.setattr(
+        "rlhf_lab.tools.compare.dvc_exp_show", lambda all_commits: shown.append(all_commits) or SHOW
+    )
     monkeypatch.setattr("rlhf_lab.tools.compare.dvc_samples", _samples)
     monkeypatch.setattr("rlhf_lab.tools.compare.dvc_full_metrics", lambda exp: exp.metrics)
     return tmp_path
@@ -207,14 +218,30 @@ def test_cli_compare_all_writes_the_table(fake_dvc):
     assert "each arm − its baseline" in out.output
 
 
-def test_cli_compare_named_and_errors(fake_dvc):
+def test_cli_compare_named_and_errors(fake_dvc, exp_show_calls):
     out = CliRunner().invoke(app, ["compare", "s1", "workspace"], terminal_width=200)
     assert out.exit_code == 0, out.output
     assert "ppo:grpo" in out.output  # the workspace's params
+    out = CliRunner().invoke(app, ["compare", "-A", "s1"], terminal_width=200)
+    assert out.exit_code == 0, out.output
+    assert exp_show_calls == [False, True]
     out = CliRunner().invoke(app, ["compare"])
     assert out.exit_code == 2 and "name the experiments to compare, or pass --all" in out.output
     out = CliRunner().invoke(app, ["compare", "nope"], terminal_width=200)
     assert out.exit_code == 2 and "no evaluated experiment 'nope'" in out.output
+
+
+def test_dvc_exp_show_lists_every_commit_with_all_commits(monkeypatch):
+    calls = []
+
+    def run(cmd, **_):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout="[]", stderr="")
+
+    monkeypatch.setattr("rlhf_lab.tools.compare.subprocess.run", run)
+    assert compare_tool.dvc_exp_show() == [] and compare_tool.dvc_exp_show(all_commits=True) == []
+    assert calls[0][-3:] == ["exp", "show", "--json"]
+    assert calls[1][-4:] == ["exp", "show", "--json", "-A"]
 
 
 def test_phase1_columns_and_verdicts():

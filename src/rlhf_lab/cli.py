@@ -369,11 +369,25 @@ def compare(
         typer.Argument(help="experiment names (or revs) from `dvc exp show`", show_default=False),
     ] = None,
     all_: Annotated[bool, typer.Option("--all", help="every evaluated experiment")] = False,
+    all_commits: Annotated[
+        bool,
+        typer.Option(
+            "--all-commits", "-A", help="experiments of every commit (dvc exp show -A), not HEAD's"
+        ),
+    ] = False,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="also write JSON here")] = None,
     params: ParamsOpt = DEFAULT_PARAMS,
 ) -> None:
     """Evaluate's results across DVC experiments: arms × seeds, mean ± 95% CI, paired tests."""
-    _run("compare", params, package="tools", experiments=experiments or [], all_=all_, out=out)
+    _run(
+        "compare",
+        params,
+        package="tools",
+        experiments=experiments or [],
+        all_=all_,
+        all_commits=all_commits,
+        out=out,
+    )
 
 
 @app.command("arena", rich_help_panel=ARENA)

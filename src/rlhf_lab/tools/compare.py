@@ -2,6 +2,7 @@
 
     rlhf-lab compare exp-a exp-b exp-c --out reports/compare.json
     rlhf-lab compare --all
+    rlhf-lab compare --all-commits exp-a exp-b   # experiments of earlier baseline commits too
 
 Runs ``dvc exp show --json`` (each experiment's params and headline ``metrics/evaluate.json``)
 and reads each experiment's full ``metrics/full/evaluate.json`` (git-tracked) and
@@ -35,9 +36,10 @@ SAMPLES = "reports/samples.jsonl"
 FULL_METRICS = str(full_path(cmp.METRICS_FILE))
 
 
-def dvc_exp_show() -> list[dict[str, Any]]:
-    """``dvc exp show --json`` in the current repo (the same interpreter's DVC)."""
-    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json"]
+def dvc_exp_show(all_commits: bool = False) -> list[dict[str, Any]]:
+    """``dvc exp show --json`` in the current repo (the same interpreter's DVC); with
+    ``all_commits`` (``-A``) the experiments of every commit, not only HEAD's."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["-A"] if all_commits else [])]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["failed"])[-1]
@@ -145,21 +147,24 @@ def main(
     *,
     experiments: Sequence[str] = (),
     all_: bool = False,
+    all_commits: bool = False,
     out: Path | None = None,
-    show: Callable[[], list[dict[str, Any]]] | None = None,
+    show: Callable[[bool], list[dict[str, Any]]] | None = None,
     read_samples: Callable[[cmp.Experiment], list[dict[str, Any]]] | None = None,
     read_metrics: Callable[[cmp.Experiment], dict[str, Any]] | None = None,
     **_: Any,
 ) -> None:
     """``show`` / ``read_samples`` / ``read_metrics`` (default :func:`dvc_exp_show` /
     :func:`dvc_samples` / :func:`dvc_full_metrics`) let tests feed fixture JSON instead of a
-    git + DVC repo."""
+    git + DVC repo. ``all_commits`` also lists the experiments of earlier baseline commits: a
+    seed made before an unrelated commit still counts, and an arm whose runs of one seed differ
+    between commits (its baseline SFT, say) is flagged in the result's ``warnings``."""
     show = show or dvc_exp_show
     read_samples = read_samples or dvc_samples
     read_metrics = read_metrics or dvc_full_metrics
     if bool(experiments) == all_:
         raise DataError("compare: name the experiments to compare, or pass --all (not both)")
-    found = cmp.parse_exp_show(show())
+    found = cmp.parse_exp_show(show(all_commits))
     if all_:
         chosen = [e for e in found if e.name != "workspace"] or found
     else:
