@@ -30,7 +30,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ from benchlib import RESULTS as RESULTS_DIR
 from benchlib import ROOT, WORK, machine
 from rlhf_lab import presets
 from rlhf_lab.config import ESTIMATORS, Params, load_params
+from rlhf_lab.evaluation.arms import Experiment
+from rlhf_lab.tools.compare import read_at
 
 RESULTS = RESULTS_DIR / "arms.json"
 ONLINE = tuple(ESTIMATORS)
@@ -290,6 +292,93 @@ def plan_result(
         "missing": [name for name, _ in runs if name not in finished],
         "experiment_seconds": {n: s for n, s in seconds.items() if n in finished},
     }
+
+
+def _cell(summary: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: summary[k] for k in ("mean", "ci_lo", "ci_hi")} | {"seeds": summary["n"]}
+
+
+def summarise_arms(
+    compared: Mapping[str, Any], metrics: Sequence[tuple[str, str, str | None]]
+) -> dict[str, Any]:
+    """A task benchmark's per-arm figures from ``rlhf-lab compare``'s JSON.
+
+    ``metrics``: (name in the result, compare's column, the per-reply score in samples.jsonl
+    or None for a corpus metric). ``arms``: arm -> name -> ``{"mean", "ci_lo", "ci_hi",
+    "seeds"}``, with ``vs_baseline_seeds`` (``mean_diff``, t-interval, ``ttest_p``, ``n``) and,
+    for a per-reply metric, ``vs_baseline_prompts`` (``mean_diff``, paired-bootstrap CI,
+    ``wilcoxon_p``, ``n_prompts``) for every arm evaluated against a baseline; ``baseline``:
+    that arm's name.
+    """
+    versus = {v["arm"]: v for v in compared.get("vs_baseline") or []}
+    arms: dict[str, dict[str, Any]] = {}
+    for arm in compared["arms"]:
+        row = {}
+        vs = versus.get(arm["arm"])
+        for name, column, score in metrics:
+            if column not in arm["metrics"]:
+                continue
+            cell = _cell(arm["metrics"][column])
+            if vs is not None and column in vs["seeds"]:
+                cell["vs_baseline_seeds"] = vs["seeds"][column]
+            if vs is not None and score is not None and score in vs["prompts"]:
+                cell["vs_baseline_prompts"] = vs["prompts"][score]
+            row[name] = cell
+        arms[arm["arm"]] = row
+    baselines = {v["baseline"] for v in versus.values()}
+    return {
+        "baseline": baselines.pop() if len(baselines) == 1 else sorted(baselines),
+        "arms": arms,
+    }
+
+
+def first_metrics(compared: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """The metrics file ``path`` at the first compared experiment's rev that has it ({} when
+    none does): for what is the same in every experiment of a plan (its SFT baseline, the
+    recommender)."""
+    for exp in compared.get("experiments") or []:
+        text = read_at(path, Experiment(exp["name"], exp["rev"], {}, {}))
+        if text is not None:
+            return json.loads(text)
+    return {}
+
+
+def fmt(x: float) -> str:
+    """A figure for a markdown table: one decimal from 10 up, else three."""
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
+
+
+def markdown_table(
+    result: Mapping[str, Any],
+    labels: Mapping[str, str],
+    reference: Mapping[str, str],
+    reference_head: str,
+) -> str:
+    """:func:`summarise_arms`'s ``arms`` as a markdown table: per metric (``labels``: name ->
+    row label, in row order) and arm the mean over seeds with its 95% interval; for an RL arm
+    the difference from the baseline and its p (per prompt, Wilcoxon, where the metric is per
+    reply; else over seeds, paired t); ``reference``: name -> the last column's cell."""
+    arms = list(result["arms"])
+    head = ["metric", *arms, reference_head]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, label in labels.items():
+        cells = []
+        for arm in arms:
+            c = result["arms"][arm].get(name)
+            if c is None:
+                cells.append("")
+                continue
+            text = fmt(c["mean"])
+            if c["ci_lo"] is not None:  # one seed has no interval
+                text += f" [{fmt(c['ci_lo'])}, {fmt(c['ci_hi'])}]"
+            vs = c.get("vs_baseline_prompts") or c.get("vs_baseline_seeds")
+            if vs is not None:
+                p = vs.get("wilcoxon_p", vs.get("ttest_p"))
+                text += f"; Δ {vs['mean_diff']:+.3g}" + ("" if p is None else f", p {p:.2g}")
+            cells.append(text)
+        if any(cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {reference.get(name, '')} |")
+    return "\n".join(lines)
 
 
 def preset_main(

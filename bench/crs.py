@@ -27,16 +27,13 @@ the seed's ECR reference numbers (:data:`REFERENCE`) beside ours, with the CPU a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
-from arms import preset_main
+from arms import first_metrics, markdown_table, preset_main, summarise_arms
 from benchlib import RESULTS as RESULTS_DIR
-from rlhf_lab.evaluation.arms import Experiment
 from rlhf_lab.headline import full_path
 from rlhf_lab.stages.train_recommender import METRICS as RECOMMENDER_METRICS
-from rlhf_lab.tools.compare import read_at
 
 RESULTS = RESULTS_DIR / "crs.json"
 ARMS = ("gae", "grpo")
@@ -87,38 +84,11 @@ REFERENCE = {
 """The seed's numbers: its ECR baseline and the gains it expects from RL, beside ours."""
 
 
-def _cell(summary: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: summary[k] for k in ("mean", "ci_lo", "ci_hi")} | {"seeds": summary["n"]}
-
-
 def summarise(compared: Mapping[str, Any], recommender: Mapping[str, Any]) -> dict[str, Any]:
-    """``crs.json``'s figures from ``rlhf-lab compare``'s JSON and train_recommender's metrics.
-
-    ``arms``: arm -> :data:`METRICS` name -> ``{"mean", "ci_lo", "ci_hi", "seeds"}``, with
-    ``vs_baseline_seeds`` (``mean_diff``, t-interval, ``ttest_p``, ``n``) and, for a per-reply
-    metric, ``vs_baseline_prompts`` (``mean_diff``, paired-bootstrap CI, ``wilcoxon_p``,
-    ``n_prompts``) for every arm evaluated against a baseline; ``baseline``: that arm's name;
-    ``recommender``: ``<system>/recall@k`` for each system that has it.
-    """
-    versus = {v["arm"]: v for v in compared.get("vs_baseline") or []}
-    arms: dict[str, dict[str, Any]] = {}
-    for arm in compared["arms"]:
-        row = {}
-        vs = versus.get(arm["arm"])
-        for name, column, score in METRICS:
-            if column not in arm["metrics"]:
-                continue
-            cell = _cell(arm["metrics"][column])
-            if vs is not None and column in vs["seeds"]:
-                cell["vs_baseline_seeds"] = vs["seeds"][column]
-            if vs is not None and score is not None and score in vs["prompts"]:
-                cell["vs_baseline_prompts"] = vs["prompts"][score]
-            row[name] = cell
-        arms[arm["arm"]] = row
-    baselines = {v["baseline"] for v in versus.values()}
+    """``crs.json``'s figures: :func:`arms.summarise_arms` of :data:`METRICS`, and
+    ``recommender``: ``<system>/recall@k`` for each system that has it."""
     return {
-        "baseline": baselines.pop() if len(baselines) == 1 else sorted(baselines),
-        "arms": arms,
+        **summarise_arms(compared, METRICS),
         "recommender": {
             f"{system}/{k}": recommender[f"{system}/{k}"]
             for system in RECOMMENDER
@@ -129,15 +99,9 @@ def summarise(compared: Mapping[str, Any], recommender: Mapping[str, Any]) -> di
 
 
 def recommender_metrics(compared: Mapping[str, Any]) -> dict[str, Any]:
-    """train_recommender's full metrics at the first compared experiment's rev ({} when not
-    available there): the recommender does not change between the plan's experiments."""
-    for exp in compared.get("experiments") or []:
-        text = read_at(
-            str(full_path(RECOMMENDER_METRICS)), Experiment(exp["name"], exp["rev"], {}, {})
-        )
-        if text is not None:
-            return json.loads(text)
-    return {}
+    """train_recommender's full metrics (:func:`arms.first_metrics`): the recommender does not
+    change between the plan's experiments."""
+    return first_metrics(compared, str(full_path(RECOMMENDER_METRICS)))
 
 
 LABELS = {
@@ -159,34 +123,10 @@ REFERENCE_CELL = {
 """The seed's ECR numbers (baseline -> expected from RL) beside each row where it has one."""
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
-
-
 def markdown(result: Mapping[str, Any]) -> str:
-    """``crs.json`` as a markdown table: per metric and arm the mean over seeds with its 95%
-    interval; for an RL arm the difference from SFT and its p (per prompt, Wilcoxon, where the
-    metric is per reply; else over seeds, paired t); then the recommender's recalls."""
-    arms = list(result["arms"])
-    head = ["metric", *arms, "ECR reference"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, label in LABELS.items():
-        cells = []
-        for arm in arms:
-            c = result["arms"][arm].get(name)
-            if c is None:
-                cells.append("")
-                continue
-            text = f"{_fmt(c['mean'])} [{_fmt(c['ci_lo'])}, {_fmt(c['ci_hi'])}]"
-            vs = c.get("vs_baseline_prompts") or c.get("vs_baseline_seeds")
-            if vs is not None:
-                p = vs.get("wilcoxon_p", vs.get("ttest_p"))
-                text += f"; Δ {vs['mean_diff']:+.3g}, p {p:.2g}"
-            cells.append(text)
-        if any(cells):
-            lines.append(
-                f"| {label} | " + " | ".join(cells) + f" | {REFERENCE_CELL.get(name, '')} |"
-            )
+    """``crs.json`` as :func:`arms.markdown_table` with the seed's ECR numbers beside it, then
+    the recommender's recalls."""
+    lines = [markdown_table(result, LABELS, REFERENCE_CELL, "ECR reference")]
     rec = result.get("recommender") or {}
     for system in RECOMMENDER:
         values = [rec.get(f"{system}/{k}") for k in RECALLS]

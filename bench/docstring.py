@@ -19,8 +19,13 @@ elsewhere) with the protocol's expectations beside the figures, the CPU and the 
 
 from __future__ import annotations
 
-from arms import preset_main, preset_plan
+from collections.abc import Mapping
+from typing import Any
+
+from arms import first_metrics, markdown_table, preset_main, preset_plan, summarise_arms
 from benchlib import RESULTS as RESULTS_DIR
+from rlhf_lab.evaluation.arms import METRICS_FILE
+from rlhf_lab.headline import full_path
 
 RESULTS = RESULTS_DIR / "docstring.json"
 ARMS = ("gae", "grpo")
@@ -34,6 +39,40 @@ EXPECTED = {
     "kl_per_token": {"rl": "< 0.02"},
 }
 """The Phase-1 protocol's expectations (its own model and data), shown beside ours."""
+
+
+METRICS: tuple[tuple[str, str, str | None], ...] = (
+    # (name in docstring.json, rlhf-lab compare's column, per-reply score in samples.jsonl)
+    ("reward", "reward", "total_with_reference"),
+    ("rm_score", "rm_score", "reward_model"),
+    ("bleu4", "bleu4", None),
+    ("rougeL", "rougeL", None),
+    ("meteor", "meteor", None),
+    ("doctest_examples", "doctest_examples", None),
+    ("doctest_pass", "doctest_pass", None),
+    ("kl_per_token", "kl_per_token", None),
+)
+"""What ``docstring.json`` reports per arm (:func:`arms.summarise_arms`)."""
+LABELS = {
+    "reward": "rule reward (trained on)",
+    "rm_score": "reward-model score",
+    "bleu4": "BLEU-4 (0-100)",
+    "rougeL": "ROUGE-L",
+    "meteor": "METEOR (no synonyms)",
+    "doctest_examples": "replies with an example (of functions that carry one)",
+    "doctest_pass": "doctest pass rate",
+    "kl_per_token": "KL per token to SFT",
+}
+REFERENCE_CELL = {
+    "reward": "0.55 -> 0.65-0.70",
+    "bleu4": "18.5 -> 20-22",
+    "rougeL": "0.335 -> 0.35-0.37",
+    "meteor": "0.45 -> 0.47-0.49 (with WordNet)",
+    "kl_per_token": "< 0.02",
+}
+"""The protocol's expectations (:data:`EXPECTED`) beside each row that has one."""
+COMPONENT = "docstring/"
+"""The prefix of the rule components' per-reply scores."""
 
 
 def plan(seeds: list[int], batch_size: int, extra: dict[str, str]) -> list[tuple[str, dict]]:
@@ -51,6 +90,61 @@ def proceed_counts(compared: dict) -> dict[str, str]:
     return out
 
 
+def components(compared: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """Per rule component: the baseline's mean (``baseline``: its evaluate metrics) and each RL
+    arm's difference from it per test function, averaged over seeds (``mean_diff``, paired
+    bootstrap ``ci_lo``/``ci_hi``, ``wilcoxon_p``): the protocol's before/after table."""
+    out: dict[str, Any] = {}
+    for vs in compared.get("vs_baseline") or []:
+        for key, diff in vs["prompts"].items():
+            if key.startswith(COMPONENT):
+                row = out.setdefault(
+                    key, {"baseline": baseline.get(f"{vs['baseline']}/reward/{key}")}
+                )
+                row[vs["arm"]] = {
+                    k: diff[k] for k in ("mean_diff", "ci_lo", "ci_hi", "wilcoxon_p") if k in diff
+                }
+    return out
+
+
+def summarise(compared: Mapping[str, Any], baseline: Mapping[str, Any]) -> dict[str, Any]:
+    """``docstring.json``'s figures: :data:`METRICS` per arm, the rule components, each arm's
+    verdicts and the protocol's expectations."""
+    return {
+        **summarise_arms(compared, METRICS),
+        "components": components(compared, baseline),
+        "verdicts": {
+            a["arm"]: a["verdicts"]
+            for a in compared["arms"]
+            if any(v is not None for v in a.get("verdicts") or [])
+        },
+        "proceed": proceed_counts(compared),
+        "expected": EXPECTED,
+    }
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """``docstring.json`` as markdown: :func:`arms.markdown_table` with the protocol's
+    expectations, each arm's verdicts by seed, and the components' before/after table."""
+    lines = [markdown_table(result, LABELS, REFERENCE_CELL, "protocol's expectation")]
+    for arm, verdicts in result["verdicts"].items():
+        lines.append(f"\n{arm} verdicts by seed: " + ", ".join(str(v) for v in verdicts))
+    arms = [a for a in result["arms"] if a != result["baseline"]]
+    head = ["component", f"{result['baseline']} mean", *(f"{a} Δ (p)" for a in arms)]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, row in result["components"].items():
+        base = row.get("baseline")
+        cells = [f"{base:.3f}" if base is not None else ""]
+        for arm in arms:
+            d = row.get(arm)
+            p = (d or {}).get("wilcoxon_p")
+            cells.append(
+                "" if not d else f"{d['mean_diff']:+.3f}" + ("" if p is None else f" ({p:.2g})")
+            )
+        lines.append(f"| {key.removeprefix(COMPONENT)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     preset_main(
         "docstring.py",
@@ -58,7 +152,8 @@ def main() -> None:
         PRESET,
         ARMS,
         RESULTS,
-        lambda compared: {"proceed": proceed_counts(compared), "expected": EXPECTED},
+        lambda compared: summarise(compared, first_metrics(compared, str(full_path(METRICS_FILE)))),
+        markdown,
     )
 
 

@@ -315,3 +315,108 @@ def test_plans_run_over_heads_params_or_what_the_last_experiment_left():
     bench.check_params(left, head, left)  # what the previous experiment of a plan left
     with pytest.raises(SystemExit, match="neither HEAD's nor the last benchmark"):
         bench.check_params("ppo:\n  seed: 7\n", head, left)
+
+
+def _summary(mean, n=3):
+    """rlhf-lab compare's summary of ``n`` seeds (one seed has no interval)."""
+    half = None if n == 1 else 0.5
+    return {
+        "mean": mean,
+        "ci_lo": half and mean - half,
+        "ci_hi": half and mean + half,
+        "n": n,
+    }
+
+
+def test_docstring_result_has_the_protocols_columns_components_and_verdicts():
+    bench = _load("docstring")
+    compared = {
+        "arms": [
+            {"arm": "sft", "verdicts": [None], "metrics": {"reward": _summary(0.40, 1)}},
+            {
+                "arm": "ppo:gae",
+                "verdicts": ["adjust", "reconsider", "proceed"],
+                "metrics": {"reward": _summary(0.45), "bleu4": _summary(0.7), "kl": _summary(2)},
+            },
+        ],
+        "vs_baseline": [
+            {
+                "arm": "ppo:gae",
+                "baseline": "sft",
+                "seeds": {"reward": _vs(0.05, "ttest_p", 0.2), "bleu4": _vs(0.1, "ttest_p", 0.5)},
+                "prompts": {
+                    "total_with_reference": _vs(0.05, "wilcoxon_p", 0.03),
+                    "docstring/param_coverage": _vs(0.2, "wilcoxon_p", 0.001),
+                    "reward_model": _vs(0.3, "wilcoxon_p", 0.01),
+                },
+            }
+        ],
+    }
+    baseline = {"sft/reward/docstring/param_coverage": 0.33, "sft/rm_score": 0.6}
+    out = bench.summarise(compared, baseline)
+    # the rule reward's gain is per prompt (Wilcoxon); BLEU-4's, a corpus metric, per seed
+    ppo = out["arms"]["ppo:gae"]
+    assert ppo["reward"]["vs_baseline_prompts"]["wilcoxon_p"] == 0.03
+    assert "vs_baseline_prompts" not in ppo["bleu4"] and "kl" not in ppo  # KL per reply: not here
+    assert out["components"] == {
+        "docstring/param_coverage": {
+            "baseline": 0.33,
+            "ppo:gae": {"mean_diff": 0.2, "ci_lo": -0.8, "ci_hi": 1.2, "wilcoxon_p": 0.001},
+        }
+    }
+    assert out["verdicts"] == {"ppo:gae": ["adjust", "reconsider", "proceed"]}  # SFT has none
+    assert out["proceed"] == {"ppo:gae": "1/3"}
+    table = bench.markdown(out)
+    # one seed: no interval; three: the interval and the gain with its p
+    assert "| rule reward (trained on) | 0.400 | 0.450 [-0.050, 0.950]; Δ +0.05, p 0.03 |" in table
+    assert "| 0.55 -> 0.65-0.70 |" in table
+    assert "ppo:gae verdicts by seed: adjust, reconsider, proceed" in table
+    assert "| param_coverage | 0.330 | +0.200 (0.001) |" in table
+
+
+def test_shared_trunk_plan_and_result():
+    bench = _load("shared_trunk")
+    runs = bench.plan([0, 1], {"ppo.steps": "3"})
+    # layout-major: train_critic reruns once; the separate critic (the default) first
+    assert [n for n, _ in runs] == [
+        "trunk-separate-s0",
+        "trunk-separate-s1",
+        "trunk-shared-s0",
+        "trunk-shared-s1",
+    ]
+    assert runs[2][1] == {"critic.shared_trunk": "true", "ppo.seed": "0", "ppo.steps": "3"}
+    compared = {
+        "arms": [
+            {"arm": "sft", "seeds": [None], "experiments": ["a"], "verdicts": [None]},
+            {
+                "arm": "ppo:gae",
+                "seeds": [0, 1],
+                "experiments": ["a", "b"],
+                "verdicts": ["proceed", "adjust"],
+                "metrics": {"rm_score": _summary(0.5, 2), "kl": _summary(2.0, 2)},
+            },
+        ],
+        "vs_baseline": [{"arm": "ppo:gae", "baseline": "sft", "seeds": {}, "prompts": {}}],
+    }
+    train = {
+        "a": {
+            "val/explained_variance": 0.2,
+            "time/total_rollout_s": 100,
+            "time/total_update_s": 50,
+        },
+        "b": {
+            "val/explained_variance": 0.4,
+            "time/total_rollout_s": 120,
+            "time/total_update_s": 70,
+        },
+        "other": {"val/explained_variance": 9.0},  # another layout's experiment
+    }
+    layout = bench.layout_summary(compared, train)
+    assert layout["seeds"] == [0, 1] and layout["verdicts"] == ["proceed", "adjust"]
+    assert set(layout["train_ppo"]) == {"a", "b"}
+    assert layout["train_ppo_mean"]["val/explained_variance"] == pytest.approx(0.3)
+    table = bench.markdown({"layouts": {"separate": layout}})
+    assert "| RM score | 0.500 [0.000, 1.000] |" in table
+    assert "| explained variance (last step) | 0.300 |" in table
+    assert "| train_ppo rollout + update (s) | 170 |" in table
+    assert "| verdicts by seed | proceed, adjust |" in table
