@@ -146,6 +146,9 @@ def plan_parser(doc: str | None, results: Path) -> argparse.ArgumentParser:
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="one more param, every arm"
     )
+    parser.add_argument(
+        "--tag", help="appended to every experiment's name: a variant (--set ...) of the plan"
+    )
     parser.add_argument("--out", type=Path, default=results)
     parser.add_argument("--dry-run", action="store_true")
     parser.add_argument(
@@ -158,6 +161,12 @@ def plan_parser(doc: str | None, results: Path) -> argparse.ArgumentParser:
         "those commits changed nothing the experiments depend on (check the SFT rows agree)",
     )
     return parser
+
+
+def tagged(runs: list[tuple[str, dict[str, str]]], tag: str | None):
+    """The plan with ``-<tag>`` after each experiment's name (``--tag``): a variant's
+    experiments are new ones, not the plain plan's (which would count as already run)."""
+    return [(f"{name}-{tag}" if tag else name, sets) for name, sets in runs]
 
 
 def plan_sets(args: argparse.Namespace) -> dict[str, str]:
@@ -394,9 +403,12 @@ def preset_main(
     :func:`preset_plan` of ``arms`` on ``preset``, printed (``--dry-run``) or run and compared,
     then ``results`` (``--out``): :func:`plan_result`, the preset, ``summary(compared)`` and
     ``rlhf-lab compare``'s JSON; ``table(result)``, when given, is printed (markdown)."""
-    args = plan_parser(doc, results).parse_args()
+    parser = plan_parser(doc, results)
+    parser.add_argument("--arms", nargs="*", default=list(arms), choices=arms)
+    args = parser.parse_args()
     params = presets.preset_params(preset, head_params())
-    runs = preset_plan(preset, arms, args.seeds, params.ppo.batch_size, plan_sets(args))
+    runs = preset_plan(preset, args.arms, args.seeds, params.ppo.batch_size, plan_sets(args))
+    runs = tagged(runs, args.tag)
     if args.dry_run:
         print_plan(runs)
         return
@@ -426,6 +438,7 @@ def main() -> None:
     params = head_params()
     extra = plan_sets(args)
     runs = experiments(args.arms, args.seeds, params.ppo.batch_size, extra, args.dpo_seed)
+    runs = tagged(runs, args.tag)
     if args.dry_run:
         print_plan(runs)
         return

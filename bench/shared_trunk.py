@@ -34,6 +34,7 @@ from arms import (
     plan_sets,
     print_plan,
     run_plan,
+    tagged,
 )
 from benchlib import RESULTS as RESULTS_DIR
 from benchlib import WORK
@@ -149,7 +150,7 @@ def markdown(result: Mapping[str, Any]) -> str:
 def main() -> None:
     args = plan_parser(__doc__, RESULTS).parse_args()
     params = head_params()
-    runs = plan(args.seeds, plan_sets(args))
+    runs = tagged(plan(args.seeds, plan_sets(args)), args.tag)
     if args.dry_run:
         print_plan(runs)
         return
@@ -158,7 +159,7 @@ def main() -> None:
     )
     layouts = {}
     for layout in LAYOUTS:
-        mine = [(n, s) for n, s in runs if n.startswith(f"trunk-{layout}-")]
+        mine = [(n, s) for n, s in runs if s["critic.shared_trunk"] == LAYOUTS[layout]]
         if not any(n in finished for n, _ in mine):
             continue
         compared = compare_plan(mine, finished, args.out, args.all_commits)

@@ -420,3 +420,10 @@ def test_shared_trunk_plan_and_result():
     assert "| explained variance (last step) | 0.300 |" in table
     assert "| train_ppo rollout + update (s) | 170 |" in table
     assert "| verdicts by seed | proceed, adjust |" in table
+
+
+def test_a_tagged_variant_is_a_plan_of_new_experiments():
+    bench = _load("arms")
+    runs = [("docstring-grpo-s2", {"ppo.seed": "2"})]
+    assert bench.tagged(runs, None) == runs
+    assert bench.tagged(runs, "rm0") == [("docstring-grpo-s2-rm0", {"ppo.seed": "2"})]
