@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rlhf_lab.cli import app
+from rlhf_lab.errors import DataError
 from rlhf_lab.evaluation import arms as cmp
 from rlhf_lab.evaluation import stats
 from rlhf_lab.tools import compare as compare_tool
@@ -231,17 +232,30 @@ def test_cli_compare_named_and_errors(fake_dvc, exp_show_calls):
     assert out.exit_code == 2 and "no evaluated experiment 'nope'" in out.output
 
 
-def test_dvc_exp_show_lists_every_commit_with_all_commits(monkeypatch):
+def test_dvc_exp_show_reads_every_baseline_that_has_experiments(monkeypatch):
     calls = []
+    listed = "main:\n\t5dc7c9c [docstring-gae-s2]\n1af5721:\n\tc9eefaf [docstring-gae-s0]\n"
 
     def run(cmd, **_):
-        calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, 0, stdout="[]", stderr="")
+        calls.append(cmd[3:])  # after `python -m dvc`
+        out = listed if cmd[3:5] == ["exp", "list"] else "[]"
+        return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
 
     monkeypatch.setattr("rlhf_lab.tools.compare.subprocess.run", run)
-    assert compare_tool.dvc_exp_show() == [] and compare_tool.dvc_exp_show(all_commits=True) == []
-    assert calls[0][-3:] == ["exp", "show", "--json"]
-    assert calls[1][-4:] == ["exp", "show", "--json", "-A"]
+    assert compare_tool.dvc_exp_show() == []
+    assert calls == [["exp", "show", "--json"]]
+    assert compare_tool.dvc_exp_show(all_commits=True) == []
+    assert calls[1:] == [
+        ["exp", "list", "-A"],
+        ["exp", "show", "--json", "--rev", "main", "--rev", "1af5721"],
+    ]
+
+    def fail(cmd, **_):
+        return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: not a dvc repo\n")
+
+    monkeypatch.setattr("rlhf_lab.tools.compare.subprocess.run", fail)
+    with pytest.raises(DataError, match=r"`dvc exp list -A`: ERROR: not a dvc repo"):
+        compare_tool.dvc_exp_show(all_commits=True)
 
 
 def test_phase1_columns_and_verdicts():

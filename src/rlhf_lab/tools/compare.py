@@ -2,7 +2,7 @@
 
     rlhf-lab compare exp-a exp-b exp-c --out reports/compare.json
     rlhf-lab compare --all
-    rlhf-lab compare --all-commits exp-a exp-b   # experiments of earlier baseline commits too
+    rlhf-lab compare -A exp-a exp-b   # experiments made on earlier commits too
 
 Runs ``dvc exp show --json`` (each experiment's params and headline ``metrics/evaluate.json``)
 and reads each experiment's full ``metrics/full/evaluate.json`` (git-tracked) and
@@ -36,15 +36,28 @@ SAMPLES = "reports/samples.jsonl"
 FULL_METRICS = str(full_path(cmp.METRICS_FILE))
 
 
-def dvc_exp_show(all_commits: bool = False) -> list[dict[str, Any]]:
-    """``dvc exp show --json`` in the current repo (the same interpreter's DVC); with
-    ``all_commits`` (``-A``) the experiments of every commit, not only HEAD's."""
-    cmd = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["-A"] if all_commits else [])]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+def _dvc(*args: str) -> str:
+    """``dvc <args>``'s stdout in the current repo (the same interpreter's DVC)."""
+    out = subprocess.run([sys.executable, "-m", "dvc", *args], capture_output=True, text=True)
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["failed"])[-1]
-        raise DataError(f"compare: `dvc exp show --json`: {last}")
-    return json.loads(out.stdout)
+        raise DataError(f"compare: `dvc {' '.join(args)}`: {last}")
+    return out.stdout
+
+
+def experiment_baselines() -> list[str]:
+    """Every commit that has experiments, as ``dvc exp list -A`` names it (a branch or a short
+    rev): its unindented ``<baseline>:`` lines."""
+    lines = _dvc("exp", "list", "-A").splitlines()
+    return [ln[:-1] for ln in lines if ln.endswith(":") and not ln[:1].isspace()]
+
+
+def dvc_exp_show(all_commits: bool = False) -> list[dict[str, Any]]:
+    """``dvc exp show --json``: HEAD's experiments, or with ``all_commits`` those of every
+    commit that has some (``--rev`` per :func:`experiment_baselines`; ``-A`` would also read
+    every commit of the history, minutes in a long one)."""
+    revs = [a for rev in experiment_baselines() for a in ("--rev", rev)] if all_commits else []
+    return json.loads(_dvc("exp", "show", "--json", *revs))
 
 
 def read_at(path: str, exp: cmp.Experiment) -> str | None:
