@@ -35,9 +35,10 @@ def test_aggregate_means_cis_and_paired_tests():
         _run("ppo:gae", 0, 0.2, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0], kl=1.0),
         _run("ppo:gae", 1, 0.4, [0.2, 1.2, 2.2, 3.2, 4.2, 5.2], kl=3.0),
         _run("ppo:gae", 2, 0.6, [0.4, 1.4, 2.4, 3.4, 4.4, 5.4], kl=2.0),
-        _run("dpo", 0, 0.1, [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]),
-        # the same DPO run seen again in another experiment: counted once
-        _run("dpo", 0, 0.1, [1.0, 0.0, 1.0, 0.0, 1.0, 0.0]),
+        _run("dpo", 0, 0.1, [1.0, 0.0, 1.0, 0.0, 1.0, 0.0], bertscore_f1=0.43129158369640375),
+        # the same DPO run seen again in another experiment: counted once, also when a
+        # metric moved by float noise (BERTScore batches replies with the other policies')
+        _run("dpo", 0, 0.1, [1.0, 0.0, 1.0, 0.0, 1.0, 0.0], bertscore_f1=0.4312915847489181),
     ]
     result = cmp.aggregate(runs)
     arms = {a["arm"]: a for a in result["arms"]}
