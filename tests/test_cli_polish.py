@@ -85,7 +85,7 @@ def test_compare_without_the_samples_says_how_to_get_them(fresh_clone, monkeypat
         "name": "main",
         "data": {"metrics": {"metrics/evaluate.json": {"data": {"ppo/rm_score": 0.5}}}},
     }
-    monkeypatch.setattr("rlhf_lab.tools.compare.dvc_exp_show", lambda: [row])
+    monkeypatch.setattr("rlhf_lab.tools.compare.dvc_exp_show", lambda all_commits: [row])
     result = CliRunner().invoke(app, ["compare", "--all"])
     assert result.exit_code == 2
     (line,) = result.output.strip().splitlines()

@@ -102,7 +102,7 @@ def test_compare_reads_the_full_metrics(tmp_path, monkeypatch):
         },
     }
     full = {"ppo/rm_score": 0.5, "ppo/tokens": 13.0, "sft/tokens": 11.0, "sft/rm_score": 0.1}
-    monkeypatch.setattr("rlhf_lab.tools.compare.dvc_exp_show", lambda: [row])
+    monkeypatch.setattr("rlhf_lab.tools.compare.dvc_exp_show", lambda all_commits: [row])
     monkeypatch.setattr("rlhf_lab.tools.compare.dvc_samples", lambda exp: [])
     monkeypatch.setattr("rlhf_lab.tools.compare.dvc_full_metrics", lambda exp: full)
     out = CliRunner().invoke(app, ["compare", "--all", "--out", "cmp.json"])
