@@ -341,14 +341,20 @@ def summarise_arms(
     }
 
 
+def metrics_at(exp: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    """The metrics file ``path`` at a compared experiment's rev (``rlhf-lab compare``'s
+    ``experiments`` entry: ``name``, ``rev``); None when it is not there."""
+    text = read_at(path, Experiment(exp["name"], exp["rev"], {}, {}))
+    return None if text is None else json.loads(text)
+
+
 def first_metrics(compared: Mapping[str, Any], path: str) -> dict[str, Any]:
     """The metrics file ``path`` at the first compared experiment's rev that has it ({} when
     none does): for what is the same in every experiment of a plan (its SFT baseline, the
     recommender)."""
     for exp in compared.get("experiments") or []:
-        text = read_at(path, Experiment(exp["name"], exp["rev"], {}, {}))
-        if text is not None:
-            return json.loads(text)
+        if (metrics := metrics_at(exp, path)) is not None:
+            return metrics
     return {}
 
 

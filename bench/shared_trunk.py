@@ -29,6 +29,7 @@ from typing import Any
 from arms import (
     compare_plan,
     head_params,
+    metrics_at,
     plan_parser,
     plan_result,
     plan_sets,
@@ -38,10 +39,8 @@ from arms import (
 )
 from benchlib import RESULTS as RESULTS_DIR
 from benchlib import WORK
-from rlhf_lab.evaluation.arms import Experiment
 from rlhf_lab.headline import full_path
 from rlhf_lab.stages.train_ppo import METRICS as PPO_METRICS
-from rlhf_lab.tools.compare import read_at
 
 RESULTS = RESULTS_DIR / "shared_trunk.json"
 LAYOUTS = {"separate": "false", "shared": "true"}
@@ -71,9 +70,7 @@ def train_metrics(experiments: Sequence[Mapping[str, Any]]) -> dict[str, dict[st
     rev; an experiment whose file is not there is left out."""
     out = {}
     for exp in experiments:
-        text = read_at(str(full_path(PPO_METRICS)), Experiment(exp["name"], exp["rev"], {}, {}))
-        if text is not None:
-            metrics = json.loads(text)
+        if (metrics := metrics_at(exp, str(full_path(PPO_METRICS)))) is not None:
             out[exp["name"]] = {k: metrics[k] for k in TRAIN_METRICS if k in metrics}
     return out
 
