@@ -2,7 +2,7 @@
 
     python bench/ppo_vs_trl.py --tiny          # smoke run on 2-layer random models (~1 min)
     python bench/ppo_vs_trl.py                 # models/sft (else models/base/policy), models/reward
-    python bench/ppo_vs_trl.py --shared-trunk  # ours with critic.shared_trunk (its own results)
+    python bench/ppo_vs_trl.py --separate-critic  # ours with a critic adapter (its own results)
     python bench/ppo_vs_trl.py --policy /tmp/defrun/models/base/policy \\
         --reward /tmp/defrun/models/reward --prompts /tmp/defrun/data/prompts/train.jsonl
 
@@ -18,13 +18,13 @@ writes ``bench/results/ppo_vs_trl.json``.
 
 What each side trains (``--trl-mode lora``, the default, is the like-for-like comparison):
 
-- ours (``rlhf_lab.ppo``): ONE frozen base; a policy LoRA adapter and a critic LoRA adapter
-  (peft, all-linear) + a scalar value head on it; reference = adapters disabled.
-  ``--shared-trunk`` (``critic.shared_trunk``): no critic adapter, the value head on the
-  policy's hidden states, one backbone pass and one backward for both losses (TRL's own
-  original ``AutoModelForCausalLMWithValueHead`` layout; TRL 1.12.0's PPOTrainer only takes a
-  separate value model). Its figures go to their own file
-  (``bench/results/ppo_vs_trl_shared_trunk.json``), never mixed with the default's.
+- ours (``rlhf_lab.ppo``), the pipeline's default (``critic.shared_trunk``): ONE frozen base, a
+  policy LoRA adapter (peft, all-linear) and a scalar value head on the policy's hidden states:
+  one backbone pass and one backward for both losses (TRL's own original
+  ``AutoModelForCausalLMWithValueHead`` layout; TRL 1.12.0's PPOTrainer only takes a separate
+  value model); reference = adapter disabled. ``--separate-critic``: a critic LoRA adapter +
+  value head on the same base (two passes). Its figures go to their own file
+  (``bench/results/ppo_vs_trl_separate_critic.json``), never mixed with the default's.
 - trl, ``lora``: ``peft_config`` = the same LoRA config on the policy (TRL's reference is then the
   adapter-disabled policy, no copy); the value model is a *second* copy of the base
   (``AutoModelForSequenceClassification``, ``num_labels=1``, as TRL's examples) with the same LoRA
@@ -83,6 +83,7 @@ from torch import nn
 from benchlib import RESULTS as RESULTS_DIR
 from benchlib import ROOT, load_span, machine, shown_path
 from benchlib import WORK as WORK_ROOT
+from rlhf_lab.config import Params
 
 HERE = ROOT / "bench"
 TRL_VERSION = "1.12.0"
@@ -91,8 +92,8 @@ WORK = WORK_ROOT / "ppo_vs_trl"
 RESULTS = RESULTS_DIR / "ppo_vs_trl.json"
 # --tiny's figures say nothing about speed: they go under the ignored work dir, never RESULTS.
 TINY_RESULTS = WORK / "tiny" / "ppo_vs_trl.json"
-SHARED_TRUNK_SUFFIX = "_shared_trunk"
-"""--shared-trunk's results file: RESULTS' (or TINY_RESULTS') name with this suffix."""
+SEPARATE_CRITIC_SUFFIX = "_separate_critic"
+"""--separate-critic's results file: RESULTS' (or TINY_RESULTS') name with this suffix."""
 SIDES = ("ours", "trl")
 GENERATED_PROMPTS = "generated tiny set"  # source_prompts of a run without --prompts
 TARGET_SPEEDUP = 1.5
@@ -144,7 +145,7 @@ class Spec:
     """Where ``prompts`` were taken from (for the results file)."""
     malloc_mmap_threshold: int | None = None
     """MALLOC_MMAP_THRESHOLD_ set in the runs (None: glibc's default)."""
-    shared_trunk: bool = False
+    shared_trunk: bool = True
     """Ours with ``critic.shared_trunk``: the value head on the policy, no critic adapter."""
 
     @property
@@ -237,7 +238,6 @@ def prompt_rows_and_ids(spec: Spec, tok: Any) -> tuple[list[dict], list[list[int
 
 def reward_component(spec: Spec) -> Callable[[Sequence[str], Sequence[dict]], torch.Tensor]:
     """Our ``reward_model`` score component (exactly what ``train_ppo``'s scorer calls)."""
-    from rlhf_lab.config import Params
     from rlhf_lab.reward_components import REWARD_MODEL, build
 
     return build([REWARD_MODEL], Params(), reward_model_dir=spec.reward)[REWARD_MODEL]
@@ -848,27 +848,38 @@ def main() -> None:
     ap.add_argument("--reward", default="models/reward", help="reward model dir")
     ap.add_argument("--prompts", default="data/prompts/train.jsonl", help="prompt rows (JSONL)")
     ap.add_argument("--tiny", action="store_true", help="2-layer random models, generated prompts")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--minibatches", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=2, help="PPO epochs per batch")
-    ap.add_argument("--max-new-tokens", type=int, default=48)
-    ap.add_argument("--max-prompt-length", type=int, default=256)
-    ap.add_argument("--temperature", type=float, default=0.7)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--kl-coef", type=float, default=0.05)
-    ap.add_argument("--missing-eos-penalty", type=float, default=1.0)
-    ap.add_argument("--lora-r", type=int, default=16)
-    ap.add_argument("--lora-alpha", type=int, default=32)
+    # The PPO shape and the critic layout default to the pipeline's own defaults (params.yaml's
+    # ppo and critic sections), so "no flags" measures the configuration a user runs.
+    ppo, critic = Params().ppo, Params().critic
+    ap.add_argument("--batch-size", type=int, default=ppo.batch_size)
+    ap.add_argument("--minibatches", type=int, default=ppo.minibatches)
+    ap.add_argument("--epochs", type=int, default=ppo.epochs, help="PPO epochs per batch")
+    ap.add_argument("--max-new-tokens", type=int, default=ppo.max_new_tokens)
+    ap.add_argument("--max-prompt-length", type=int, default=ppo.max_prompt_length)
+    ap.add_argument("--temperature", type=float, default=ppo.temperature)
+    ap.add_argument("--lr", type=float, default=ppo.lr)
+    ap.add_argument("--kl-coef", type=float, default=ppo.kl_coef)
+    ap.add_argument("--missing-eos-penalty", type=float, default=ppo.missing_eos_penalty)
+    ap.add_argument("--lora-r", type=int, default=ppo.lora.r)
+    ap.add_argument("--lora-alpha", type=int, default=ppo.lora.alpha)
     ap.add_argument("--steps", type=int, default=3, help="timed PPO steps per run")
     ap.add_argument("--warmup", type=int, default=1, help="untimed PPO steps first")
     ap.add_argument("--repeats", type=int, default=1, help="rounds of (ours, trl)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in each run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--trl-mode", choices=("lora", "full"), default="lora")
-    ap.add_argument(
+    layout = ap.add_mutually_exclusive_group()
+    layout.add_argument(
         "--shared-trunk",
         action="store_true",
-        help="ours with critic.shared_trunk (value head on the policy; results in their own file)",
+        default=critic.shared_trunk,
+        help="ours with critic.shared_trunk: the value head on the policy (the default)",
+    )
+    layout.add_argument(
+        "--separate-critic",
+        dest="shared_trunk",
+        action="store_false",
+        help="ours with a critic LoRA adapter + value head (results in their own file)",
     )
     ap.add_argument(
         "--malloc-mmap-threshold",
@@ -955,13 +966,13 @@ def main() -> None:
     report(spec, runs, results_path(args.out, spec.tiny, spec.shared_trunk), load_start)
 
 
-def results_path(out: Path | None, tiny: bool, shared_trunk: bool = False) -> Path:
+def results_path(out: Path | None, tiny: bool, shared_trunk: bool = True) -> Path:
     """Where the results go: ``--out``, else RESULTS, else (a tiny run) TINY_RESULTS; with
-    ``--shared-trunk`` a file of its own beside either, so the two layouts never mix."""
+    ``--separate-critic`` a file of its own beside either, so the two layouts never mix."""
     if out is not None:
         return out
     path = TINY_RESULTS if tiny else RESULTS
-    return path.with_stem(path.stem + SHARED_TRUNK_SUFFIX) if shared_trunk else path
+    return path if shared_trunk else path.with_stem(path.stem + SEPARATE_CRITIC_SUFFIX)
 
 
 def report(spec: Spec, runs: dict[str, list[dict]], out: Path, load_start: list[float]) -> None:
@@ -973,7 +984,7 @@ def report(spec: Spec, runs: dict[str, list[dict]], out: Path, load_start: list[
     print_table(
         ours,
         trl_,
-        f"PPO: ours{' (shared trunk)' if spec.shared_trunk else ''} vs trl {TRL_VERSION} "
+        f"PPO: ours{'' if spec.shared_trunk else ' (separate critic)'} vs trl {TRL_VERSION} "
         f"({spec.trl_mode}), batch {spec.batch_size}, "
         f"{spec.minibatches} minibatches, {spec.epochs} epochs, {spec.max_new_tokens} new tokens, "
         f"{spec.steps} timed steps x {repeats}",

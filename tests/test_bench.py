@@ -43,10 +43,12 @@ def test_ppo_vs_trl_tiny_never_overwrites_the_committed_results():
     assert tiny.is_relative_to(bench.WORK) and bench.WORK == BENCH / ".work" / "ppo_vs_trl"
     assert "bench/.work/" in (BENCH.parent / ".gitignore").read_text().splitlines()
     assert bench.results_path(Path("x.json"), tiny=True) == Path("x.json")
-    # --shared-trunk's figures go to a file of their own, never the default's
-    shared = bench.results_path(None, tiny=False, shared_trunk=True)
-    assert shared == bench.RESULTS.with_name("ppo_vs_trl_shared_trunk.json")
-    assert bench.results_path(None, tiny=True, shared_trunk=True).is_relative_to(bench.WORK)
+    # the default layout is the pipeline's (the shared trunk); --separate-critic's figures go
+    # to a file of their own, never the default's
+    assert bench.results_path(None, tiny=False, shared_trunk=True) == bench.RESULTS
+    separate = bench.results_path(None, tiny=False, shared_trunk=False)
+    assert separate == bench.RESULTS.with_name("ppo_vs_trl_separate_critic.json")
+    assert bench.results_path(None, tiny=True, shared_trunk=False).is_relative_to(bench.WORK)
 
 
 def test_throughput_tiny_run(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from rlhf_lab.config import Params, documented_yaml, load_params, parse_params
+from rlhf_lab.config import CriticLayout, Params, documented_yaml, load_params, parse_params
 from rlhf_lab.errors import ConfigError
 
 from .conftest import REPO
@@ -86,10 +86,15 @@ def test_group_estimators_size_the_rollout_by_num_generations():
     assert (Params().ppo.advantage, Params().ppo.critic_free) == ("gae", False)
 
 
-def test_shared_trunk_is_off_by_default_and_valid_with_the_least_squares_head():
-    assert Params().critic.shared_trunk is False
-    critic = parse_params({"critic": {"shared_trunk": True}}).critic
+def test_shared_trunk_is_the_default_and_valid_with_the_least_squares_head():
+    critic = Params().critic
     assert (critic.shared_trunk, critic.epochs, critic.head_init) == (True, 0, "least_squares")
+    assert Params().critic_layout is CriticLayout.SHARED_TRUNK
+    # a trained critic adapter is the separate layout: the error says which key to change
+    with pytest.raises(ConfigError, match=r"set critic\.shared_trunk false"):
+        parse_params({"critic": {"epochs": 2}})
+    separate = parse_params({"critic": {"epochs": 2, "shared_trunk": False}})
+    assert separate.critic_layout is CriticLayout.SEPARATE
     # a critic-free estimator ignores it (no critic is loaded), so it is not an error there
     assert parse_params(
         {"critic": {"shared_trunk": True}, "ppo": {"advantage": "rloo", "num_generations": 2}}

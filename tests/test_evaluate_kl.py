@@ -51,6 +51,27 @@ def test_sequence_logprobs_match_a_naive_loop(policy):
     )
 
 
+def test_sequence_logprobs_batch_similar_lengths_and_keep_the_input_order(policy, monkeypatch):
+    model, tok = policy
+    # long, short, long, short: in input order every batch of 2 pads a short row to a long one
+    prompt_ids = [[7] * 40, [7] * 5, [8] * 41, [8] * 6]
+    reply_ids = [[5, 6], [5, 6], [9], [9]]
+    widths = []
+    real = sampling.next_token_logits
+
+    def spy(lm, inputs, n):
+        widths.append(inputs["input_ids"].shape[1])
+        return real(lm, inputs, n)
+
+    monkeypatch.setattr(sampling, "next_token_logits", spy)
+    got = sampling.sequence_logprobs(
+        model, prompt_ids, reply_ids, temperature=1.0, pad_id=tok.pad_token_id, batch_size=2
+    )
+    assert widths == [7, 42]  # the two short rows together, then the two long ones
+    want = [_naive_logprob(model, p, r, 1.0) for p, r in zip(prompt_ids, reply_ids, strict=True)]
+    assert got == pytest.approx(want, abs=1e-3)
+
+
 def test_generated_token_ids_and_zero_kl_against_itself(policy):
     model, tok = policy
     cfg = EvalConfig(batch_size=2, max_new_tokens=6, temperature=0.7)

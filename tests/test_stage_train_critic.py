@@ -28,6 +28,7 @@ PARAMS = {
     "critic": {
         "target": "judge",
         "epochs": 4,
+        "shared_trunk": False,  # a trained critic adapter is the separate layout
         "batch_size": 8,
         "max_length": 64,
         "lr": 5e-3,

@@ -23,7 +23,14 @@ from .ppo_helpers import (  # noqa: F401
 )
 
 PARAMS = {
-    "critic": {"epochs": 1, "batch_size": 8, "max_length": 64, "lora": {"r": 4, "alpha": 8}},
+    # the separate layout (a trained critic adapter); the shared trunk has its own test below
+    "critic": {
+        "epochs": 1,
+        "shared_trunk": False,
+        "batch_size": 8,
+        "max_length": 64,
+        "lora": {"r": 4, "alpha": 8},
+    },
     "reward": {
         "weights": {"reward_model": 1.0, "text/length": 0.5},
         "weights_end": {"reward_model": 1.0, "text/distinct": 0.5},

@@ -338,7 +338,7 @@ class CriticConfig(OptimConfig, CriticTarget):
     """LoRA adapter settings of the critic."""
     seed: int = 0
     """Seed for init and shuffling."""
-    shared_trunk: bool = False
+    shared_trunk: bool = True
     """PPO (gae): the value head reads the policy's hidden states, no critic adapter (1 pass)."""
 
     @model_validator(mode="after")
@@ -355,7 +355,8 @@ class CriticConfig(OptimConfig, CriticTarget):
         if self.shared_trunk and self.epochs:
             raise ValueError(
                 f"critic.shared_trunk needs critic.epochs 0 (got {self.epochs}): PPO keeps only "
-                "the value head, fitted on the frozen base's features (head_init least_squares)"
+                "the value head, fitted on the frozen base's features (head_init least_squares); "
+                "set critic.shared_trunk false for a critic with its own trained adapter"
             )
         return self
 

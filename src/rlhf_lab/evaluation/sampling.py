@@ -62,13 +62,16 @@ def sequence_logprobs(
     reply ends at the last column and only the last ``max reply length + 1`` logits are
     needed (``logits_to_keep``): a [batch, reply, vocab] slice instead of the full
     [batch, prompt + reply, vocab] tensor, which for a 49k vocabulary and 1k-token prompts
-    would not fit in memory.
+    would not fit in memory. Batches are made of sequences of similar length (results come
+    back in the input order): in prompt order, half of a batch's positions were padding.
     """
     out = np.zeros(len(reply_ids), dtype=np.float64)
     device = next(model.parameters()).device
-    for start in range(0, len(reply_ids), batch_size):
-        p_chunk = prompt_ids[start : start + batch_size]
-        r_chunk = reply_ids[start : start + batch_size]
+    order = sorted(range(len(reply_ids)), key=lambda i: len(prompt_ids[i]) + len(reply_ids[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        p_chunk = [prompt_ids[i] for i in idx]
+        r_chunk = [reply_ids[i] for i in idx]
         r_max = max(len(r) for r in r_chunk)
         if r_max == 0:
             continue
@@ -85,7 +88,7 @@ def sequence_logprobs(
         logp = logprobs_from_logits(logits / temperature, input_ids[:, -r_max:].to(device))
         # where, not a product: a padding position's logits can be NaN (nothing to attend to)
         logp = torch.where(reply_mask > 0, logp.cpu(), torch.zeros_like(reply_mask))
-        out[start : start + len(r_chunk)] = logp.sum(-1).double().numpy()
+        out[idx] = logp.sum(-1).double().numpy()
     return out
 
 
