@@ -429,3 +429,28 @@ def test_a_tagged_variant_is_a_plan_of_new_experiments():
     runs = [("docstring-grpo-s2", {"ppo.seed": "2"})]
     assert bench.tagged(runs, None) == runs
     assert bench.tagged(runs, "rm0") == [("docstring-grpo-s2-rm0", {"ppo.seed": "2"})]
+
+
+def test_e2e_runs_each_stage_after_the_stages_it_reads():
+    """bench/e2e.py forces one stage at a time: a stage listed in dvc.yaml before a stage it
+    reads from (score_with_llm before train_recommender, which writes data/grounded) must
+    still run after it."""
+    import yaml
+
+    e2e = _load("e2e")
+    stages = yaml.safe_load((BENCH.parent / "dvc.yaml").read_text())["stages"]
+    order = e2e.pipeline_order(stages)
+    assert sorted(order) == sorted(stages) and order[0] == "track_inputs"
+    assert order.index("train_recommender") < order.index("score_with_llm")
+    assert order[-2:] == ["train_ppo", "evaluate"]
+    # file order where nothing constrains it; a cycle is an error
+    toy = {
+        "b": {"deps": ["x"], "outs": ["y"]},
+        "a": {"outs": [{"x": {"cache": False}}]},
+        "c": {"outs": ["z"]},
+    }
+    assert e2e.pipeline_order(toy) == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="cycle"):
+        e2e.pipeline_order(
+            {"a": {"deps": ["y"], "outs": ["x"]}, "b": {"deps": ["x"], "outs": ["y"]}}
+        )
