@@ -279,17 +279,17 @@ def train_dpo_model(
     build = lora_policy_builder(sft_dir, tok, cfg.lora)
     model = build()
     collate = PairCollator(tok.pad_token_id)
-
-    def width(f: dict[str, Any]) -> int:
-        return max(len(f["chosen"]["input_ids"]), len(f["rejected"]["input_ids"]))
-
-    # Both sorted by length, so the in-order passes (the reference log-probs, the valid set)
-    # pad little; training order comes from the length-grouped shuffle below, not this order.
-    train_feats, valid_feats = (
-        sorted((tokenize_pair(tok, p, cfg.max_length, system_prompt) for p in pairs), key=width)
-        for pairs in (train_pairs, valid_pairs)
+    train_feats = [tokenize_pair(tok, p, cfg.max_length, system_prompt) for p in train_pairs]
+    # Sorted by length: little padding, and the order does not change a mean.
+    valid_feats = sorted(
+        (tokenize_pair(tok, p, cfg.max_length, system_prompt) for p in valid_pairs),
+        key=lambda f: max(len(f["chosen"]["input_ids"]), len(f["rejected"]["input_ids"])),
     )
-    batches = LengthGroupedBatches([width(f) for f in train_feats], cfg.batch_size, cfg.seed)
+    batches = LengthGroupedBatches(
+        [max(len(f["chosen"]["input_ids"]), len(f["rejected"]["input_ids"])) for f in train_feats],
+        cfg.batch_size,
+        cfg.seed,
+    )
     optimizer, scheduler = adamw(model, cfg, len(batches))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
