@@ -39,8 +39,10 @@ bwrap:
 repro: setup
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
+# One pytest-xdist worker per core, a test file per worker at a time (its module fixtures built
+# once); tests/conftest.py gives each worker its share of the cores' torch threads.
 test: setup browser bwrap
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -q -n auto --dist loadfile
 
 # The layers contract and the dependency check also run under `make test`
 # (tests/test_architecture.py), so CI fails on a back-arrow or an unused dependency.

@@ -17,6 +17,24 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def worker_threads(cpus: int | None, workers: str | None) -> int | None:
+    """Torch threads for one pytest-xdist worker (``make test`` runs ``-n auto``): the cores
+    split between the workers, so two busy workers on 2 cores do not oversubscribe them (each
+    would be 5-10x slower). None outside xdist: torch's own default."""
+    if not workers:
+        return None
+    return max(1, (cpus or 1) // int(workers))
+
+
+_THREADS = worker_threads(os.cpu_count(), os.environ.get("PYTEST_XDIST_WORKER_COUNT"))
+if _THREADS is not None:
+    # before torch starts its pool; the stage subprocesses a test runs inherit it too
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    import torch
+
+    torch.set_num_threads(_THREADS)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """A 2-layer Llama policy and a 2-layer BERT encoder saved with save_pretrained."""

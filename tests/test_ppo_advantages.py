@@ -81,7 +81,9 @@ def test_a_class_without_a_spec_or_registered_twice_is_refused():
 
 
 def test_the_critic_layout_is_chosen_once_from_the_estimator_and_shared_trunk():
-    assert Params().critic_layout is CriticLayout.SEPARATE
+    assert Params().critic_layout is CriticLayout.SHARED_TRUNK
+    separate = {"critic": {"shared_trunk": False}}
+    assert parse_params(separate).critic_layout is CriticLayout.SEPARATE
     shared = {"critic": {"shared_trunk": True}}
     assert parse_params(shared).critic_layout is CriticLayout.SHARED_TRUNK
     for name in ("grpo", "dr_grpo", "rloo"):

@@ -79,7 +79,9 @@ def _critic(models: dict[str, Path], out: Path) -> TrainOutcome:
         ScoredReply(r["prompt"], (GOOD + BAD)[i % 4], float(i % 4))
         for i, r in enumerate(prompt_rows(12))
     ]
-    cfg = CriticConfig(epochs=2, batch_size=4, max_length=48, lr=1e-3, lora=TINY_LORA, seed=3)
+    cfg = CriticConfig(  # a trained adapter: the separate layout
+        epochs=2, shared_trunk=False, batch_size=4, max_length=48, lr=1e-3, lora=TINY_LORA, seed=3
+    )
     return train_critic(models["policy"], replies, replies[:3], cfg, out_dir=out)
 
 

@@ -169,7 +169,9 @@ def _critic(tiny_models, out_dir, **over):
         for i, r in enumerate(prompt_rows(8))
     ]
     cfg = CriticConfig(
-        **{"epochs": 2, "batch_size": 4, "max_length": 48, "lora": TINY_LORA, **over}
+        # epochs > 0 train the critic's own adapter: the separate layout
+        **{"epochs": 2, "shared_trunk": False, "batch_size": 4, "max_length": 48, "lora": TINY_LORA}
+        | over
     )
     return train_critic(tiny_models["policy"], replies, replies[:2], cfg, out_dir=out_dir)
 
