@@ -96,7 +96,8 @@ SEPARATE_CRITIC_SUFFIX = "_separate_critic"
 """--separate-critic's results file: RESULTS' (or TINY_RESULTS') name with this suffix."""
 SIDES = ("ours", "trl")
 GENERATED_PROMPTS = "generated tiny set"  # source_prompts of a run without --prompts
-TARGET_SPEEDUP = 1.5
+TARGET_SPEEDUP = 2.0
+"""The PPO step this project aims for: twice TRL 1.12's PPOTrainer in samples/s."""
 TINY_PROMPTS = [
     "hello how are you doing today",
     "what is your favorite movie",
