@@ -28,7 +28,7 @@ def worker_threads(cpus: int | None, workers: str | None) -> int | None:
 
 _THREADS = worker_threads(os.cpu_count(), os.environ.get("PYTEST_XDIST_WORKER_COUNT"))
 if _THREADS is not None:
-    # before torch starts its pool; the stage subprocesses a test runs inherit it too
+    # this process is set directly; the stage subprocesses a test starts inherit the variable
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)
     import torch
 
