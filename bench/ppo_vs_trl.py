@@ -92,6 +92,8 @@ WORK = WORK_ROOT / "ppo_vs_trl"
 RESULTS = RESULTS_DIR / "ppo_vs_trl.json"
 # --tiny's figures say nothing about speed: they go under the ignored work dir, never RESULTS.
 TINY_RESULTS = WORK / "tiny" / "ppo_vs_trl.json"
+DEFAULTS = Params()
+"""The pipeline's defaults: the PPO shape and critic layout a run with no flags measures."""
 SEPARATE_CRITIC_SUFFIX = "_separate_critic"
 """--separate-critic's results file: RESULTS' (or TINY_RESULTS') name with this suffix."""
 SIDES = ("ours", "trl")
@@ -146,7 +148,7 @@ class Spec:
     """Where ``prompts`` were taken from (for the results file)."""
     malloc_mmap_threshold: int | None = None
     """MALLOC_MMAP_THRESHOLD_ set in the runs (None: glibc's default)."""
-    shared_trunk: bool = True
+    shared_trunk: bool = DEFAULTS.critic.shared_trunk
     """Ours with ``critic.shared_trunk``: the value head on the policy, no critic adapter."""
 
     @property
@@ -241,7 +243,7 @@ def reward_component(spec: Spec) -> Callable[[Sequence[str], Sequence[dict]], to
     """Our ``reward_model`` score component (exactly what ``train_ppo``'s scorer calls)."""
     from rlhf_lab.reward_components import REWARD_MODEL, build
 
-    return build([REWARD_MODEL], Params(), reward_model_dir=spec.reward)[REWARD_MODEL]
+    return build([REWARD_MODEL], DEFAULTS, reward_model_dir=spec.reward)[REWARD_MODEL]
 
 
 def unique_parameters(*modules: nn.Module | None) -> list[nn.Parameter]:
@@ -851,7 +853,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="2-layer random models, generated prompts")
     # The PPO shape and the critic layout default to the pipeline's own defaults (params.yaml's
     # ppo and critic sections), so "no flags" measures the configuration a user runs.
-    ppo, critic = Params().ppo, Params().critic
+    ppo = DEFAULTS.ppo
     ap.add_argument("--batch-size", type=int, default=ppo.batch_size)
     ap.add_argument("--minibatches", type=int, default=ppo.minibatches)
     ap.add_argument("--epochs", type=int, default=ppo.epochs, help="PPO epochs per batch")
@@ -873,7 +875,7 @@ def main() -> None:
     layout.add_argument(
         "--shared-trunk",
         action="store_true",
-        default=critic.shared_trunk,
+        default=DEFAULTS.critic.shared_trunk,
         help="ours with critic.shared_trunk: the value head on the policy (the default)",
     )
     layout.add_argument(
@@ -967,7 +969,9 @@ def main() -> None:
     report(spec, runs, results_path(args.out, spec.tiny, spec.shared_trunk), load_start)
 
 
-def results_path(out: Path | None, tiny: bool, shared_trunk: bool = True) -> Path:
+def results_path(
+    out: Path | None, tiny: bool, shared_trunk: bool = DEFAULTS.critic.shared_trunk
+) -> Path:
     """Where the results go: ``--out``, else RESULTS, else (a tiny run) TINY_RESULTS; with
     ``--separate-critic`` a file of its own beside either, so the two layouts never mix."""
     if out is not None:
